@@ -1,0 +1,170 @@
+"""The `doppel` command: parse arguments, call flows, print results. No domain logic here."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")  # before prefect is imported; errors are ours to print
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from flows.display import metrics_table, print_summary  # noqa: E402
+from tasks.settings import LLMSettings, RunSettings, SimulationSettings  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="doppel: LLM doppelganger users for recommender systems.",
+                  pretty_exceptions_enable=False)
+console = Console(width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+
+FOLDS_ALL = ["u1", "u2", "u3", "u4", "u5"]
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _folds(fold: str, dataset: str) -> list[str]:
+    if fold == "all":
+        return FOLDS_ALL
+    return [f.strip() for f in fold.split(",") if f.strip()]
+
+
+@app.command()
+def run(
+    dataset: str = typer.Option("synthetic", help="synthetic | ml-100k | a ratings CSV / directory / zip"),
+    data_dir: Optional[Path] = typer.Option(None, help="local copy of the dataset (ml-100k: the unzipped folder)"),
+    item_text: Optional[Path] = typer.Option(None, help="item overview TSV (item id + overview)"),
+    fold: str = typer.Option("u1", help="u1..u5, a comma list, or all"),
+    users: Optional[int] = typer.Option(None, help="seeded sample of N test users per fold (default: all)"),
+    user_ids: Optional[str] = typer.Option(None, help="comma-separated user ids to simulate"),
+    synthetic_users: int = typer.Option(60, help="synthetic dataset: number of users"),
+    synthetic_items: int = typer.Option(120, help="synthetic dataset: number of items"),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint; default: the embedded model"),
+    model: str = typer.Option("qwen2.5-0.5b", help="endpoint model id, or an embedded model name"),
+    gguf: Optional[Path] = typer.Option(None, help="run the embedded server on this GGUF file"),
+    concurrency: int = typer.Option(8, min=1, help="LLM calls in flight across all workers"),
+    rpm: Optional[float] = typer.Option(None, help="requests per minute cap"),
+    concurrency_limit: Optional[str] = typer.Option(None, help="also hold this Prefect global concurrency limit"),
+    temperature: float = typer.Option(0.0),
+    seed: int = typer.Option(0, help="LLM seed and user sample seed"),
+    timeout: float = typer.Option(120.0, help="seconds per LLM call"),
+    history_n: int = typer.Option(60, help="N: last train ratings used for the profile"),
+    profile_batch: int = typer.Option(20, help="B: ratings per profile call"),
+    recent_k: int = typer.Option(10, help="K: recent ratings shown when rating"),
+    rate_batch: int = typer.Option(10, help="held-out items per rating call"),
+    max_test_items: Optional[int] = typer.Option(None, help="cap held-out items per user"),
+    update: bool = typer.Option(True, "--update/--no-update", help="update the profile after each rating batch"),
+    db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file"),
+    run_id: Optional[str] = typer.Option(None, help="resume or rerun this run id (default: a new run)"),
+    runner: str = typer.Option("dask", help="dask | threads"),
+    dask_address: Optional[str] = typer.Option(None, help="use an existing Dask scheduler (tcp://host:8786)"),
+    dask_workers: int = typer.Option(2, help="local Dask workers (and user chunks)"),
+    cache_dir: Optional[Path] = typer.Option(None, help="LLM response cache (default: .doppel/ next to the db)"),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="score CF baselines on the same rows"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    verbose: bool = typer.Option(False, "--verbose", help="show Prefect logs"),
+) -> None:
+    """Simulate users with an LLM, validate the output, and score it against the real ratings."""
+    if verbose:
+        os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
+    if runner not in ("dask", "threads"):
+        fail(f"--runner must be dask or threads, not {runner!r}")
+    settings = RunSettings(
+        dataset=dataset, data_dir=str(data_dir) if data_dir else None, item_text=str(item_text) if item_text else None,
+        synthetic_users=synthetic_users, synthetic_items=synthetic_items, folds=_folds(fold, dataset), users=users,
+        user_ids=[u.strip() for u in user_ids.split(",")] if user_ids else None, sample_seed=seed, db=str(db),
+        run_id=run_id, runner=runner, dask_address=dask_address, dask_workers=dask_workers, baselines=baselines,
+        progress=progress,
+        llm=LLMSettings(base_url=base_url, model=model, gguf=str(gguf) if gguf else None, temperature=temperature,
+                        seed=seed, timeout_s=timeout, concurrency=concurrency, rpm=rpm,
+                        concurrency_limit_name=concurrency_limit, cache_dir=str(cache_dir) if cache_dir else None),
+        sim=SimulationSettings(history_n=history_n, profile_batch=profile_batch, recent_k=recent_k,
+                               rate_batch=rate_batch, update_profile=update, max_test_items=max_test_items),
+    )
+    summary = _run_flow(settings)
+    print_summary(console, summary)
+
+
+def _run_flow(settings: RunSettings) -> dict:
+    from flows.errors import friendly_errors
+    from flows.runtime import prefect_api
+
+    with friendly_errors(fail):
+        with prefect_api():
+            from flows.simulate import simulate
+
+            return simulate(settings)
+
+
+@app.command()
+def models() -> None:
+    """List the embedded models: size, measured speed, installed or not."""
+    from tasks.llm.embedded import list_models
+
+    console.print(metrics_table_from_models(list_models()))
+
+
+def metrics_table_from_models(rows: list[dict]):
+    from rich.table import Table
+
+    table = Table(title="embedded models")
+    for column in ("name", "size", "installed", "assembled", "speed", "description"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(str(row.get("name")), f"{(row.get('size_bytes') or 0) / 1e6:,.0f} MB",
+                      "yes" if row.get("installed") else "no", "yes" if row.get("assembled") else "no",
+                      str(row.get("speed", "")), str(row.get("description", "")))
+    return table
+
+
+@app.command()
+def ingest(
+    dataset: str = typer.Option("synthetic"),
+    data_dir: Optional[Path] = typer.Option(None),
+    item_text: Optional[Path] = typer.Option(None),
+    db: Path = typer.Option(Path("doppel.duckdb")),
+    force: bool = typer.Option(False, help="reload even if the same source is stored"),
+) -> None:
+    """Load a dataset into the DuckDB file (`doppel run` does this implicitly)."""
+    from flows.errors import friendly_errors
+    from tasks.ingest import ingest as ingest_step
+    from tasks.store.db import init_db
+
+    settings = RunSettings(dataset=dataset, data_dir=str(data_dir) if data_dir else None,
+                           item_text=str(item_text) if item_text else None, db=str(db), folds=[])
+    with friendly_errors(fail):
+        init_db(db)
+        name, loaded = ingest_step(settings, force=force)
+    console.print(f"dataset [bold]{name}[/] {'loaded into' if loaded else 'already in'} {db}")
+
+
+@app.command()
+def score(run_id: str = typer.Option(...), db: Path = typer.Option(Path("doppel.duckdb")),
+          baselines: bool = typer.Option(True, "--baselines/--no-baselines")) -> None:
+    """Re-run the gate and the metrics of a finished run."""
+    from flows.errors import friendly_errors
+    from flows.runtime import prefect_api
+
+    with friendly_errors(fail), prefect_api():
+        from flows.score import score_run
+
+        records = score_run(db=str(db), run_id=run_id, baselines=baselines)
+    console.print(metrics_table(records))
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,51 @@
+"""Rich rendering of run summaries and metric tables for the CLI."""
+
+from __future__ import annotations
+
+import pandas as pd
+from rich.console import Console, Group
+from rich.table import Table
+
+METRIC_COLUMNS = [("rmse", "RMSE", "{:.3f}"), ("mae", "MAE", "{:.3f}"), ("exact", "exact %", "{:.1f}"),
+                  ("off_by_one", "off-by-1 %", "{:.1f}"), ("close", "close %", "{:.1f}"), ("tv", "TV", "{:.3f}"),
+                  ("n", "n", "{:,.0f}"), ("n_missing", "failed", "{:,.0f}")]
+
+
+def metrics_table(records: list[dict]) -> Group:
+    """One table per fold: a row per simulator (the LLM first, then baselines)."""
+    frame = pd.DataFrame.from_records(records)
+    if frame.empty:
+        return Group("no metrics")
+    tables = []
+    for fold, group in frame.groupby("fold", sort=True):
+        wide = group.pivot_table(index="simulator", columns="metric", values="value", aggfunc="first")
+        order = sorted(wide.index, key=lambda s: (s != "llm", s))
+        title = "mean over folds" if fold == "all" else f"fold {fold}"
+        table = Table(title=f"fidelity — {title}", title_justify="left")
+        table.add_column("simulator")
+        for _, label, _ in METRIC_COLUMNS:
+            table.add_column(label, justify="right")
+        for sim in order:
+            cells = [_fmt(wide.loc[sim].get(key), fmt) for key, _, fmt in METRIC_COLUMNS]
+            table.add_row("[bold]" + sim + "[/]" if sim == "llm" else sim, *cells)
+        tables.append(table)
+    return Group(*tables)
+
+
+def _fmt(value, fmt: str) -> str:
+    return "–" if value is None or pd.isna(value) else fmt.format(value)
+
+
+def print_summary(console: Console, summary: dict) -> None:
+    summary = {k: int(v) if isinstance(v, float) and k not in ("wall_s",) and float(v).is_integer() else v
+               for k, v in summary.items()}
+    console.print(metrics_table(summary.get("scores") or []))
+    console.print(
+        f"run [bold]{summary['run_id']}[/] {summary['status']}: {summary['users']} users, "
+        f"{summary['pairs']:,} pairs ({summary['failed_pairs']} failed), {summary['calls']:,} LLM calls "
+        f"({summary['cached_calls']:,} answered from cache), {summary['prompt_tokens']:,} prompt + "
+        f"{summary['completion_tokens']:,} completion tokens, {summary['wall_s']:.1f} s", highlight=False)
+    if summary["failed_pairs"] or summary["status"] != "finished":
+        console.print(f"rerun with [bold]--run-id {summary['run_id']}[/] to retry what is left.")
+    console.print(f"tables in [bold]{summary['db']}[/]: duckdb -readonly {summary['db']}  "
+                  f"or  doppel sql --db {summary['db']} \"select * from metrics\"", highlight=False)

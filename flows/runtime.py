@@ -1,0 +1,127 @@
+"""The engines a run needs, started and stopped by doppel: Prefect API, task runner, LLM server.
+
+Each is a context manager that cleans up on normal exit, errors and Ctrl-C; child processes also
+die with their parent (PR_SET_PDEATHSIG), so a SIGKILLed run leaves no orphans behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+from tasks.settings import LLMSettings, RunSettings
+
+PREFECT_QUIET_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the process that started it dies."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[str]:
+    """Use PREFECT_API_URL if set; else start one local API server shared by every worker process.
+
+    Without it each Dask worker would start its own ephemeral server (and race), so start one
+    before the cluster and export its URL for the workers to inherit.
+    """
+    for key, value in PREFECT_QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    import prefect
+
+    port = free_port()
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent), "--factory",
+         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "error", "--lifespan", "on"],
+        env=env, preexec_fn=die_with_parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        _wait_healthy(f"{url}/health", process, 90, "Prefect API server")
+        os.environ["PREFECT_API_URL"] = url
+        yield url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        _stop(process)
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            err = process.stderr.read().decode(errors="replace")[-2000:] if process.stderr else ""
+            raise RuntimeError(f"{what} exited with code {process.returncode} during start-up: {err}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not answer at {url} within {timeout_s:.0f} s")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def task_runner(settings: RunSettings, n_chunks: int):
+    """The Prefect task runner for the fan-out: Dask (local cluster or an address) or threads."""
+    if settings.runner == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=max(1, n_chunks))
+    from prefect_dask import DaskTaskRunner
+
+    if settings.dask_address:
+        return DaskTaskRunner(address=settings.dask_address)
+    spill = settings.work_dir() / "dask"
+    spill.mkdir(parents=True, exist_ok=True)
+    return DaskTaskRunner(cluster_kwargs={
+        "n_workers": settings.dask_workers, "threads_per_worker": 1, "processes": True,
+        "dashboard_address": None, "local_directory": str(spill), "host": "127.0.0.1",
+    })
+
+
+@contextlib.contextmanager
+def llm_endpoint(llm: LLMSettings) -> Iterator[tuple[LLMSettings, str]]:
+    """(settings with a base_url, the model id to send): the given endpoint or the embedded server."""
+    if llm.base_url:
+        yield llm, llm.model
+        return
+    from tasks.llm.embedded import EmbeddedServer, ensure_model
+
+    model_path = ensure_model(llm.gguf or llm.model)
+    with EmbeddedServer(model_path) as server:
+        # one slot on a small CPU: more concurrency only adds latency
+        yield llm.model_copy(update={"base_url": server.base_url, "concurrency": 1,
+                                     "timeout_s": max(llm.timeout_s, 600.0)}), server.model_name

@@ -1,0 +1,49 @@
+"""Gate, then score: GX contracts on a run's outputs, then fidelity metrics against baselines."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.scoring import gate_outputs, score_ratings
+from tasks.store.db import query
+from tasks.store.writes import save_metrics, save_validation
+
+gate = task(gate_outputs, name="validate-outputs", cache_policy=NO_CACHE, persist_result=False)
+score = task(score_ratings, name="score-ratings", cache_policy=NO_CACHE, persist_result=False)
+
+
+class GateFailed(RuntimeError):
+    """The outputs broke a contract: scoring did not run."""
+
+
+@flow(name="doppel-score")
+def score_run(db: str, run_id: str, baselines: bool = True) -> list[dict]:
+    """Validate the run's tables; when they pass, compute and store metrics (llm + baselines)."""
+    logger = get_run_logger()
+    frames = {
+        "simulated_ratings": query(db, "run_ratings", run_id=run_id),
+        "profiles": query(db, "run_profiles", run_id=run_id),
+    }
+    expected = query(db, "run_expected_pairs", run_id=run_id)
+    outcomes = gate(frames, run_id, expected)
+    for outcome in outcomes:
+        save_validation(db, run_id, outcome.suite, outcome.success, outcome.n_rows, outcome.failures)
+    failed = [o for o in outcomes if not o.success]
+    if failed:
+        from tasks.validate import format_failures
+
+        text = "\n".join(format_failures(o) for o in failed)
+        logger.error("validation failed, scoring skipped:\n%s", text)
+        raise GateFailed(f"validation failed for run {run_id}; scoring skipped:\n{text}")
+    rows = query(db, "scoring_rows", run_id=run_id)
+    dataset = query(db, "run_dataset", run_id=run_id)["dataset"].iloc[0]
+    train = {fold: query(db, "fold_train", dataset=dataset, fold=fold) for fold in rows["fold"].unique()}
+    table = score(rows, train, baselines)
+    save_metrics(db, run_id, table)
+    return table.to_dict(orient="records")
+
+
+def metrics_frame(records: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame.from_records(records)

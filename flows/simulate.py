@@ -1,0 +1,144 @@
+"""`doppel run`: ingest -> register the run -> fan users out -> write as they finish -> gate -> score."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+
+from flows.progress import RunProgress
+from flows.runtime import llm_endpoint, task_runner
+from flows.score import score_run
+from tasks.channel import ChannelReader, ResultChannel
+from tasks.ingest import ingest
+from tasks.llm.gateway import check_endpoint
+from tasks.llm.templates import all_prompt_hashes
+from tasks.planning import build_work, partition, select_users
+from tasks.settings import LLMSettings, RunSettings
+from tasks.simulation import LimitSpec, chain_shape, run_chunk
+from tasks.store.db import init_db, query
+from tasks.store.writes import add_run_users, finish_run, save_user_result, start_run
+from tasks.version import code_version
+
+simulate_chunk = task(run_chunk, name="simulate-chunk", cache_policy=NO_CACHE, persist_result=False,
+                      retries=1, retry_delay_seconds=2)
+ingest_dataset = task(ingest, name="ingest-dataset", cache_policy=NO_CACHE, persist_result=False)
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def n_chunks_for(settings: RunSettings, llm: LLMSettings) -> int:
+    """One chunk per worker (its users run as coroutines); one chunk when there is one slot."""
+    if settings.runner == "threads" or llm.concurrency <= 1:
+        return 1
+    return max(1, min(settings.dask_workers, llm.concurrency))
+
+
+@flow(name="doppel-run")
+def simulate(settings: RunSettings) -> dict:
+    """Simulate the selected users of each fold, then validate and score the run."""
+    logger = get_run_logger()
+    init_db(settings.db)
+    dataset, loaded = ingest_dataset(settings)
+    logger.info("dataset %s %s", dataset, "loaded" if loaded else "already in the database")
+    run_id = settings.run_id or new_run_id()
+    started = time.monotonic()
+    with llm_endpoint(settings.llm) as (llm, model_id):
+        check_endpoint(llm, model_id)
+        register_run(settings, run_id, dataset, llm, model_id)
+        runner = task_runner(settings, n_chunks_for(settings, llm))
+        status = "failed"
+        try:
+            fan_out.with_options(task_runner=runner)(run_id=run_id, dataset=dataset, settings=settings, llm=llm,
+                                                     model_id=model_id)
+            left = query(settings.db, "resume_state", run_id=run_id)
+            status = "finished" if left.empty else "incomplete"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            finish_run(settings.db, run_id, status)
+    summary = query(settings.db, "run_summary", run_id=run_id).iloc[0].to_dict()
+    summary.update(run_id=run_id, dataset=dataset, status=status, wall_s=round(time.monotonic() - started, 2),
+                   db=str(settings.db))
+    summary["scores"] = score_run(db=settings.db, run_id=run_id, baselines=settings.baselines)
+    return summary
+
+
+def register_run(settings: RunSettings, run_id: str, dataset: str, llm: LLMSettings, model_id: str) -> None:
+    """Record the run (config without secrets) and its users; a rerun keeps what is done."""
+    config = settings.model_dump(mode="json")
+    config["run_id"] = run_id
+    start_run(settings.db, run_id, dataset, settings.folds, config, code_version(), all_prompt_hashes(),
+              model_id, llm.base_url or "")
+    for fold in settings.folds:
+        users = select_users(settings.db, dataset, fold, settings.users, settings.user_ids, settings.sample_seed)
+        works = build_work(settings.db, dataset, fold, users, settings.sim)
+        rows = pd.DataFrame({"fold": fold, "user_id": [w.user_id for w in works],
+                             "n_pairs": [len(w.candidates) for w in works]})
+        add_run_users(settings.db, run_id, rows)
+
+
+@flow(name="doppel-fan-out")
+def fan_out(run_id: str, dataset: str, settings: RunSettings, llm: LLMSettings, model_id: str) -> dict:
+    """Chunks of users on the task runner; each finished user is written the moment it arrives."""
+    works = pending_work(settings, run_id, dataset)
+    if not works:
+        return {"users": 0}
+    n_chunks = n_chunks_for(settings, llm)
+    chunks = partition(works, n_chunks, cost=lambda w: sum(chain_shape(w, settings.sim)))
+    runner = FlowRunContext.get().task_runner
+    kind = "local" if settings.runner == "threads" else "dask"
+    channel = ResultChannel(f"doppel-{run_id}-{uuid.uuid4().hex[:8]}", kind)
+    reader = ChannelReader(channel, runner.client if kind == "dask" else None)
+    retries = {(w.fold, w.user_id): w.retry_round for w in works}
+    limits = [LimitSpec(local_slots=share, dask_semaphore_name=f"doppel-llm-{run_id}" if kind == "dask" else None,
+                        dask_max_leases=llm.concurrency, rpm=llm.rpm / len(chunks) if llm.rpm else None,
+                        prefect_limit_name=llm.concurrency_limit_name)
+              for share in _shares(llm.concurrency, len(chunks))]
+    cache_dir = str(settings.cache_dir())
+    futures = [simulate_chunk.submit(chunk, llm, settings.sim, model_id, cache_dir, limit, channel)
+               for chunk, limit in zip(chunks, limits)]
+    written = 0
+    with RunProgress(len(works), enabled=settings.progress) as progress:
+        while True:
+            all_done = all(f.wrapped_future.done() for f in futures)
+            for result in reader.drain(timeout=0.0 if all_done else 0.25):
+                save_user_result(settings.db, run_id, result, retries[(result.fold, result.user_id)])
+                progress.advance(result)
+                written += 1
+            if all_done:
+                for result in reader.drain(timeout=0.5):  # stragglers still in transit
+                    save_user_result(settings.db, run_id, result, retries[(result.fold, result.user_id)])
+                    progress.advance(result)
+                    written += 1
+                break
+    reader.close()
+    errors = [str(f.state.message) for f in futures if not f.state.is_completed()]
+    if errors:
+        get_run_logger().error("%d chunk(s) failed; their unfinished users stay pending for a rerun: %s",
+                               len(errors), "; ".join(errors)[:500])
+    return {"users": written, "chunk_errors": errors}
+
+
+def pending_work(settings: RunSettings, run_id: str, dataset: str):
+    """Users of the run that are not done: never finished (all pairs) or partial (failed pairs only)."""
+    left = query(settings.db, "resume_state", run_id=run_id)
+    works = []
+    for fold, group in left.groupby("fold", sort=True):
+        pending = {r.user_id: (list(r.failed_items) if r.status == "partial" and r.failed_items is not None
+                               else None) for r in group.itertuples()}
+        retries = {r.user_id: int(r.retries) + (1 if r.status == "partial" else 0) for r in group.itertuples()}
+        works += build_work(settings.db, dataset, fold, list(pending), settings.sim, pending, retries)
+    return works
+
+
+def _shares(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]

@@ -1,0 +1,1 @@
+select source from datasets where dataset = $dataset

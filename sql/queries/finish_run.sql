@@ -1,0 +1,1 @@
+update runs set status = $status, finished = current_timestamp where run_id = $run_id;

@@ -1,0 +1,2 @@
+insert into validation_results (run_id, suite, success, n_rows, failures)
+values ($run_id, $suite, $success, $n_rows, $failures::json);

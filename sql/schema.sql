@@ -1,0 +1,142 @@
+-- doppel's DuckDB schema: the only place tables are defined.
+-- Dataset tables are keyed by dataset name; run tables by run_id. Ids are strings.
+
+create table if not exists datasets (
+    dataset     varchar primary key,
+    source      varchar not null,        -- path, url or synthetic:seed=..
+    folds       varchar[] not null,
+    n_users     integer not null,
+    n_items     integer not null,
+    n_ratings   integer not null,
+    loaded_at   timestamp not null default current_timestamp
+);
+
+create table if not exists items (
+    dataset     varchar not null,
+    item_id     varchar not null,
+    title       varchar not null,
+    year        integer,
+    genres      varchar not null,        -- "|"-joined
+    text        varchar not null,        -- overview; "" when the dataset has none
+    primary key (dataset, item_id)
+);
+
+create table if not exists users (
+    dataset     varchar not null,
+    user_id     varchar not null,
+    age         integer,
+    gender      varchar,
+    occupation  varchar,
+    zip         varchar,
+    text        varchar not null,
+    primary key (dataset, user_id)
+);
+
+create table if not exists ratings (
+    dataset     varchar not null,
+    user_id     varchar not null,
+    item_id     varchar not null,
+    rating      integer not null,
+    ts          bigint not null,         -- unix seconds
+    primary key (dataset, user_id, item_id)
+);
+
+create table if not exists splits (
+    dataset     varchar not null,
+    fold        varchar not null,        -- u1..u5, ua, ub, or a generic adapter's fold name
+    split       varchar not null,        -- train | test
+    user_id     varchar not null,
+    item_id     varchar not null,
+    primary key (dataset, fold, user_id, item_id)
+);
+
+create table if not exists runs (
+    run_id        varchar primary key,
+    dataset       varchar not null,
+    folds         varchar[] not null,
+    started       timestamp not null,
+    finished      timestamp,
+    status        varchar not null,      -- running | finished | failed | interrupted
+    config        json not null,         -- settings without secrets
+    code_version  varchar not null,
+    prompt_hashes json not null,         -- {prompt name: sha256 of its template}
+    model         varchar not null,
+    base_url      varchar not null
+);
+
+-- the users a run simulates, one row per (run, fold, user); status tells resume what is left
+create table if not exists run_users (
+    run_id      varchar not null,
+    fold        varchar not null,
+    user_id     varchar not null,
+    status      varchar not null,        -- pending | done | partial (some pairs failed)
+    n_pairs     integer not null,
+    n_failed    integer not null default 0,
+    n_calls     integer not null default 0,
+    retries     integer not null default 0, -- reruns that re-asked failed pairs
+    finished_at timestamp,
+    primary key (run_id, fold, user_id)
+);
+
+create table if not exists profiles (
+    run_id      varchar not null,
+    fold        varchar not null,
+    user_id     varchar not null,
+    version     integer not null,        -- 1, 2, ... in the order they were written
+    stage       varchar not null,        -- initial | refine | update
+    text        varchar not null,
+    call_key    varchar,
+    primary key (run_id, fold, user_id, version)
+);
+
+-- exactly one row per requested (run, fold, user, item); failed pairs keep rating null + reason
+create table if not exists simulated_ratings (
+    run_id      varchar not null,
+    fold        varchar not null,
+    user_id     varchar not null,
+    item_id     varchar not null,
+    rating      integer,
+    status      varchar not null,        -- ok | failed
+    reason      varchar,
+    batch       integer not null,
+    attempts    integer not null,
+    call_key    varchar,
+    primary key (run_id, fold, user_id, item_id)
+);
+
+create table if not exists llm_calls (
+    call_key          varchar not null,  -- sha256(model, messages, params, sample index)
+    run_id            varchar not null,
+    fold              varchar,
+    user_id           varchar,
+    prompt_name       varchar not null,
+    prompt_hash       varchar not null,
+    model             varchar not null,
+    status            varchar not null,  -- ok | invalid | error
+    cached            boolean not null,  -- answered from the response cache (no HTTP call)
+    attempts          integer not null,  -- HTTP attempts including client retries
+    prompt_tokens     integer not null,
+    completion_tokens integer not null,
+    latency_s         double not null,
+    error             varchar,
+    response          varchar,
+    created_at        timestamp not null default current_timestamp
+);
+
+create table if not exists validation_results (
+    run_id      varchar not null,
+    suite       varchar not null,
+    success     boolean not null,
+    n_rows      integer not null,
+    failures    json not null,           -- [{expectation, column, details}]
+    checked_at  timestamp not null default current_timestamp
+);
+
+create table if not exists metrics (
+    run_id      varchar not null,
+    fold        varchar not null,        -- a fold or "all"
+    simulator   varchar not null,        -- llm | baseline:<name> | hybrid:<mode> | ...
+    metric      varchar not null,        -- rmse | mae | exact | off_by_one | close | tv | n
+    value       double,
+    primary key (run_id, fold, simulator, metric)
+);

@@ -1,0 +1,74 @@
+"""A one-way channel from chunk tasks to the flow, so each finished user is written as it arrives.
+
+`local`: a queue in this process (the thread-pool runner). `dask`: a `distributed.Queue` on the
+scheduler (the Dask runner, local or remote workers). Payloads travel pickled.
+"""
+
+from __future__ import annotations
+
+import pickle
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+_LOCAL: dict[str, queue.Queue] = {}
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ResultChannel:
+    name: str
+    kind: Literal["local", "dask"]
+
+    def put(self, item: Any) -> None:
+        """Send one item (called on the worker)."""
+        payload = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+        if self.kind == "local":
+            _local_queue(self.name).put(payload)
+        else:
+            from distributed import Queue
+
+            Queue(self.name).put(payload)
+
+
+class ChannelReader:
+    """The flow's end of a channel."""
+
+    def __init__(self, channel: ResultChannel, dask_client=None):
+        self.channel = channel
+        if channel.kind == "dask":
+            from distributed import Queue
+
+            self._queue = Queue(channel.name, client=dask_client)
+        else:
+            self._queue = _local_queue(channel.name)
+
+    def drain(self, timeout: float) -> list[Any]:
+        """Everything waiting now, or the first item to arrive within `timeout` seconds."""
+        if self.channel.kind == "local":
+            payloads = []
+            try:
+                payloads.append(self._queue.get(timeout=timeout))
+                while True:
+                    payloads.append(self._queue.get_nowait())
+            except queue.Empty:
+                pass
+        else:
+            payloads = self._queue.get(batch=True)
+            if not payloads:
+                try:
+                    payloads = [self._queue.get(timeout=timeout)]
+                except TimeoutError:
+                    payloads = []
+        return [pickle.loads(p) for p in payloads]
+
+    def close(self) -> None:
+        if self.channel.kind == "local":
+            with _LOCK:
+                _LOCAL.pop(self.channel.name, None)
+
+
+def _local_queue(name: str) -> queue.Queue:
+    with _LOCK:
+        return _LOCAL.setdefault(name, queue.Queue())

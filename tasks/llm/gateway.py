@@ -1,0 +1,260 @@
+"""The one LLM gateway: every call to a model goes through `LLMGateway`.
+
+The openai client owns transport (HTTP, timeouts, retries with backoff + jitter that honour
+Retry-After). The gateway adds: the response cache, the run's limits, structured output with a
+fallback for servers without json_schema, validation with repair re-asks, and a `CallRecord` per
+call for the audit log. It never raises on a bad answer: callers get what was valid plus reasons.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+from tasks.llm.cache import ResponseCache, call_key
+from tasks.llm.limits import CallLimiter
+from tasks.llm.schemas import parse_ratings, ratings_json_schema
+from tasks.llm.templates import ids_json, prompt_hash, render
+from tasks.settings import API_KEY_ENV_VARS, LLMSettings
+
+JSON_MODES = ("schema", "object", "text")
+
+
+@dataclass
+class CallRecord:
+    """One row of `llm_calls` (run/fold/user are added by the caller)."""
+
+    call_key: str
+    prompt_name: str
+    prompt_hash: str
+    model: str
+    status: str  # ok | invalid | error
+    cached: bool
+    attempts: int
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    error: str | None = None
+    response: str | None = None
+
+
+@dataclass
+class TextOutcome:
+    text: str | None  # None when every attempt failed
+    error: str | None
+    calls: list[CallRecord] = field(default_factory=list)
+
+
+@dataclass
+class RatingOutcome:
+    ratings: dict[str, int]
+    failed: dict[str, str]  # item_id -> reason, for ids with no valid rating after repairs
+    calls: list[CallRecord] = field(default_factory=list)
+
+
+class GatewayError(RuntimeError):
+    """A call that failed after the client's retries (network, HTTP, timeout)."""
+
+
+def api_key_from_env() -> str:
+    for var in API_KEY_ENV_VARS:
+        if os.environ.get(var):
+            return os.environ[var]
+    return "no-key"  # local servers ignore it
+
+
+class LLMGateway:
+    """Cached, limited, validated chat completions for one process and event loop."""
+
+    def __init__(self, settings: LLMSettings, cache: ResponseCache, limiter: CallLimiter, model_id: str):
+        self.settings = settings
+        self.cache = cache
+        self.limiter = limiter
+        self.model_id = model_id
+        self.json_mode = "schema" if settings.json_mode == "auto" else settings.json_mode
+        self._client = openai.AsyncOpenAI(
+            base_url=settings.base_url,
+            api_key=api_key_from_env(),
+            timeout=settings.timeout_s,
+            max_retries=settings.max_retries,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    # -- public calls ---------------------------------------------------------------------
+    async def text(self, prompt: str, variables: dict[str, Any], *, priority: float = 0.0,
+                   overview_chars: int = 160) -> TextOutcome:
+        """A free-text answer (profiles). Empty answers are re-asked with a new sample."""
+        messages = self._messages(prompt, variables, overview_chars)
+        params = {"temperature": self.settings.temperature, "max_tokens": self.settings.max_tokens_profile}
+        outcome = TextOutcome(text=None, error=None)
+        for sample in range(self.settings.repair_attempts + 1):
+            try:
+                content, record = await self._complete(prompt, messages, params, sample, priority)
+            except GatewayError as exc:
+                outcome.calls.append(exc.args[1])
+                outcome.error = exc.args[0]
+                return outcome
+            content = (content or "").strip()
+            if len(content) >= 5:
+                outcome.calls.append(record)
+                outcome.text = content
+                return outcome
+            record.status, record.error = "invalid", "empty answer"
+            outcome.calls.append(record)
+            outcome.error = "empty answer"
+        return outcome
+
+    async def ratings(self, variables: dict[str, Any], item_ids: list[str], *, sample: int = 0,
+                      priority: float = 0.0, overview_chars: int = 160) -> RatingOutcome:
+        """Integer 1..5 ratings for exactly `item_ids`, repairing bad answers by re-asking."""
+        variables = {**variables, "item_ids_json": ids_json(item_ids)}
+        messages = self._messages("rating", variables, overview_chars)
+        outcome = RatingOutcome(ratings={}, failed={})
+        pending = list(item_ids)
+        prompt = "rating"
+        for attempt in range(self.settings.repair_attempts + 1):
+            params = self._rating_params(pending)
+            try:
+                content, record = await self._complete(prompt, messages, params, sample, priority)
+            except GatewayError as exc:
+                outcome.calls.append(exc.args[1])
+                reason = f"call failed: {exc.args[0]}"
+                outcome.failed.update({i: reason for i in pending})
+                return outcome
+            parsed = parse_ratings(content, pending)
+            outcome.ratings.update(parsed.ratings)
+            pending = parsed.missing(pending)
+            if not pending:
+                outcome.calls.append(record)
+                return outcome
+            problem = "; ".join(parsed.problems)[:600]
+            record.status, record.error = "invalid", problem
+            outcome.calls.append(record)
+            if attempt == self.settings.repair_attempts:
+                reason = f"invalid answer after {attempt + 1} attempts: {problem}"
+                outcome.failed.update({i: reason for i in pending})
+                return outcome
+            # re-ask in the same conversation, quoting the problem, for what is still missing
+            prompt = "repair"
+            messages = messages + [
+                {"role": "assistant", "content": content or ""},
+                {"role": "user", "content": render("repair", error=problem, item_ids_json=ids_json(pending))},
+            ]
+        return outcome  # pragma: no cover - loop always returns
+
+    # -- mechanics ------------------------------------------------------------------------
+    def _messages(self, prompt: str, variables: dict[str, Any], overview_chars: int) -> list[dict]:
+        return [
+            {"role": "system", "content": render("system")},
+            {"role": "user", "content": render(prompt, overview_chars=overview_chars, **variables)},
+        ]
+
+    def _rating_params(self, item_ids: list[str]) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "temperature": self.settings.temperature,
+            "max_tokens": 24 + self.settings.max_tokens_rating_per_item * len(item_ids),
+        }
+        if self.json_mode == "schema":
+            params["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "ratings", "strict": True, "schema": ratings_json_schema(item_ids)},
+            }
+        elif self.json_mode == "object":
+            params["response_format"] = {"type": "json_object"}
+        return params
+
+    async def _complete(self, prompt: str, messages: list[dict], params: dict[str, Any], sample: int,
+                        priority: float) -> tuple[str, CallRecord]:
+        """One completion, from the cache if this exact request was answered before."""
+        request = {**params, "seed": self.settings.seed + sample}
+        key = call_key(self.model_id, messages, request, sample)
+        base = dict(call_key=key, prompt_name=prompt, prompt_hash=prompt_hash(prompt), model=self.model_id)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit["content"], CallRecord(
+                **base, status="ok", cached=True, attempts=0, prompt_tokens=hit["prompt_tokens"],
+                completion_tokens=hit["completion_tokens"], latency_s=0.0, response=hit["content"])
+        started = time.monotonic()
+        async with self.limiter.slot(priority):
+            try:
+                raw = await self._create(messages, request)
+            except openai.BadRequestError as exc:
+                if "response_format" in request and self._downgrade_json_mode(exc):
+                    return await self._complete(prompt, messages, self._rating_params_like(params), sample, priority)
+                raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
+            except openai.OpenAIError as exc:
+                raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
+        completion = raw.parse()
+        content = completion.choices[0].message.content or "" if completion.choices else ""
+        usage = completion.usage
+        prompt_tokens = usage.prompt_tokens if usage else _estimate_tokens(messages)
+        completion_tokens = usage.completion_tokens if usage else max(1, len(content) // 4)
+        latency = time.monotonic() - started
+        self.cache.put(key, {"content": content, "prompt_tokens": prompt_tokens,
+                             "completion_tokens": completion_tokens, "latency_s": latency})
+        return content, CallRecord(
+            **base, status="ok", cached=False, attempts=raw.retries_taken + 1, prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens, latency_s=latency, response=content)
+
+    async def _create(self, messages: list[dict], request: dict[str, Any]):
+        return await self._client.chat.completions.with_raw_response.create(
+            model=self.model_id, messages=messages, **request)
+
+    def _downgrade_json_mode(self, exc: openai.BadRequestError) -> bool:
+        """Servers without json_schema support: fall back to json_object, then to plain text."""
+        if self.settings.json_mode != "auto" or self.json_mode == "text":
+            return False
+        message = str(exc).lower()
+        if not any(word in message for word in ("response_format", "json_schema", "json schema", "schema")):
+            return False
+        self.json_mode = JSON_MODES[JSON_MODES.index(self.json_mode) + 1]
+        return True
+
+    def _rating_params_like(self, params: dict[str, Any]) -> dict[str, Any]:
+        schema = params.get("response_format", {}).get("json_schema", {}).get("schema", {})
+        prefix = schema.get("properties", {}).get("ratings", {}).get("prefixItems", [])
+        ids = [p["properties"]["item_id"]["const"] for p in prefix]
+        return self._rating_params(ids) if ids else {k: v for k, v in params.items() if k != "response_format"}
+
+    def _error_record(self, base: dict, exc: Exception, started: float) -> CallRecord:
+        return CallRecord(**base, status="error", cached=False, attempts=self.settings.max_retries + 1,
+                          prompt_tokens=0, completion_tokens=0, latency_s=time.monotonic() - started,
+                          error=_describe(exc))
+
+
+def _describe(exc: Exception) -> str:
+    status = getattr(exc, "status_code", None)
+    text = f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "")
+    detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{text}: {detail}" if detail else text
+
+
+def _estimate_tokens(messages: list[dict]) -> int:
+    return max(1, sum(len(m.get("content") or "") for m in messages) // 4)
+
+
+class EndpointError(RuntimeError):
+    """The endpoint cannot serve this run (unreachable, bad key, unknown model)."""
+
+
+def check_endpoint(settings: LLMSettings, model_id: str) -> None:
+    """Fail fast, before any work: the endpoint answers, accepts the key and serves the model."""
+    client = openai.OpenAI(base_url=settings.base_url, api_key=api_key_from_env(), timeout=15, max_retries=1)
+    try:
+        served = [m.id for m in client.models.list()]
+    except openai.AuthenticationError as exc:
+        raise EndpointError(f"{settings.base_url} rejected the API key (HTTP 401); set OPENAI_API_KEY") from exc
+    except openai.APIConnectionError as exc:
+        raise EndpointError(f"cannot reach --base-url {settings.base_url}: {exc.__cause__ or exc}") from exc
+    except openai.APIStatusError:
+        return  # no /models on this server: the first call will tell
+    finally:
+        client.close()
+    if served and model_id not in served:
+        raise EndpointError(f"model {model_id!r} is not served by {settings.base_url}; it serves {served[:10]}")

@@ -1,0 +1,84 @@
+"""Turn a run's settings into per-user work: who to simulate, with which history and items."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.records import CandidateItem, HistoryItem, UserWork
+from tasks.settings import SimulationSettings
+from tasks.store.db import connect, execute
+
+
+def select_users(db: str | Path, dataset: str, fold: str, n_users: int | None, user_ids: list[str] | None,
+                 seed: int) -> list[str]:
+    """The fold's test users: all, the given ids, or a seeded sample of n_users."""
+    with connect(db, read_only=True) as con:
+        frame = execute(con, "fold_test_users", dataset=dataset, fold=fold)
+    available = frame["user_id"].tolist() if frame is not None else []
+    if not available:
+        raise ValueError(f"fold {fold!r} of dataset {dataset!r} has no test users")
+    if user_ids:
+        unknown = sorted(set(user_ids) - set(available))
+        if unknown:
+            raise ValueError(f"user ids {unknown[:10]} are not test users of fold {fold!r} of {dataset!r}")
+        return [u for u in available if u in set(user_ids)]
+    if n_users is None or n_users >= len(available):
+        return available
+    rng = np.random.default_rng(seed)
+    chosen = set(rng.choice(np.array(available, dtype=object), size=n_users, replace=False).tolist())
+    return [u for u in available if u in chosen]
+
+
+def build_work(db: str | Path, dataset: str, fold: str, user_ids: list[str], sim: SimulationSettings,
+               pending: dict[str, list[str] | None] | None = None,
+               retries: dict[str, int] | None = None) -> list[UserWork]:
+    """One `UserWork` per user: last N train ratings (oldest first) and held-out items in time order."""
+    params = dict(dataset=dataset, fold=fold, user_ids=list(user_ids))
+    with connect(db, read_only=True) as con:
+        history = execute(con, "user_histories", history_n=sim.history_n, **params)
+        candidates = execute(con, "user_candidates", **params)
+        demographics = execute(con, "user_demographics", **params)
+    demo = dict(zip(demographics["user_id"], demographics["demographics"].fillna("")))
+    hist_by_user = {u: g for u, g in history.groupby("user_id", sort=False)}
+    cand_by_user = {u: g for u, g in candidates.groupby("user_id", sort=False)}
+    works = []
+    for user_id in user_ids:
+        items = cand_by_user.get(user_id)
+        if items is None or items.empty:
+            continue
+        if sim.max_test_items:
+            items = items.head(sim.max_test_items)
+        works.append(UserWork(
+            fold=fold,
+            user_id=user_id,
+            demographics=demo.get(user_id) or "unknown",
+            history=[HistoryItem(r.item_id, r.title, _year(r.year), r.genres, r.text, int(r.rating), int(r.ts))
+                     for r in _rows(hist_by_user.get(user_id))],
+            candidates=[CandidateItem(r.item_id, r.title, _year(r.year), r.genres, r.text, int(r.truth))
+                        for r in _rows(items)],
+            pending_item_ids=(pending or {}).get(user_id),
+            retry_round=(retries or {}).get(user_id, 0),
+        ))
+    return works
+
+
+def _rows(frame: pd.DataFrame | None):
+    return [] if frame is None else frame.itertuples(index=False)
+
+
+def _year(value) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def partition(works: list[UserWork], n_chunks: int, cost) -> list[list[UserWork]]:
+    """Split users into n_chunks with balanced total cost (longest first, to the lightest chunk)."""
+    chunks: list[list[UserWork]] = [[] for _ in range(max(1, n_chunks))]
+    loads = [0.0] * len(chunks)
+    for work in sorted(works, key=lambda w: -cost(w)):
+        lightest = loads.index(min(loads))
+        chunks[lightest].append(work)
+        loads[lightest] += cost(work)
+    return [c for c in chunks if c]

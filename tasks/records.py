@@ -1,0 +1,79 @@
+"""Shared record types passed between loaders, tasks and flows.
+
+Frames use these columns (ids are strings everywhere, so any dataset's ids fit):
+- items:   item_id, title, year (Int64, may be NA), genres ("|"-joined), text (overview, may be "")
+- users:   user_id, age (Int64, may be NA), gender, occupation, zip, text (free text, may be "")
+- ratings: user_id, item_id, rating (int 1..5), ts (int, seconds)
+- splits:  fold, split ("train" | "test"), user_id, item_id
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+ITEM_COLUMNS = ["item_id", "title", "year", "genres", "text"]
+USER_COLUMNS = ["user_id", "age", "gender", "occupation", "zip", "text"]
+RATING_COLUMNS = ["user_id", "item_id", "rating", "ts"]
+SPLIT_COLUMNS = ["fold", "split", "user_id", "item_id"]
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, line and reason."""
+
+    def __init__(self, path: str, line: int | None, reason: str):
+        self.path, self.line, self.reason = str(path), line, reason
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass
+class Dataset:
+    """A loaded dataset, ready to be written to DuckDB."""
+
+    name: str
+    items: pd.DataFrame
+    users: pd.DataFrame
+    ratings: pd.DataFrame
+    splits: pd.DataFrame
+    source: str = ""  # where it came from (path, url or "synthetic:seed=..")
+    folds: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    """One rated item as the LLM sees it."""
+
+    item_id: str
+    title: str
+    year: int | None
+    genres: str
+    text: str
+    rating: int
+    ts: int
+
+
+@dataclass(frozen=True)
+class CandidateItem:
+    """One held-out item to rate; `truth` is used only for the dynamic profile update."""
+
+    item_id: str
+    title: str
+    year: int | None
+    genres: str
+    text: str
+    truth: int
+
+
+@dataclass
+class UserWork:
+    """Everything a worker needs to simulate one user (no database access on workers)."""
+
+    fold: str
+    user_id: str
+    demographics: str
+    history: list[HistoryItem]  # last N train ratings, oldest first
+    candidates: list[CandidateItem]  # held-out items in time order
+    pending_item_ids: list[str] | None = None  # resume: only these still need a rating (None = all)
+    retry_round: int = 0  # >0 on a rerun that retries failed pairs (new cache sample index)

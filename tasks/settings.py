@@ -1,0 +1,79 @@
+"""Run settings: everything a run is configured with, and nothing secret.
+
+Settings reach tasks only as arguments; the API key is read from the environment by the
+LLM gateway on whichever process makes the call, so it never enters a setting, a Prefect
+parameter, a result or the database.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+API_KEY_ENV_VARS = ("DOPPEL_API_KEY", "OPENAI_API_KEY")
+
+
+class LLMSettings(BaseModel):
+    """How to reach the LLM and how hard to push it."""
+
+    base_url: str | None = None  # None: start the embedded llama.cpp server
+    model: str = "qwen2.5-0.5b"  # an embedded model name, or the endpoint's model id
+    gguf: str | None = None  # a local GGUF file for the embedded server
+    temperature: float = 0.0
+    seed: int = 0
+    max_tokens_profile: int = 220
+    max_tokens_rating_per_item: int = 16
+    timeout_s: float = 120.0
+    max_retries: int = 4  # transport retries by the openai client (429/5xx/timeouts)
+    repair_attempts: int = 2  # re-asks quoting the validation error
+    json_mode: Literal["auto", "schema", "object", "text"] = "auto"
+    concurrency: int = 8
+    rpm: float | None = None
+    concurrency_limit_name: str | None = None  # optional Prefect global concurrency limit
+    cache_dir: str | None = None  # response cache; default: next to the DuckDB file
+    price_prompt_per_mtok: float = 0.0  # for cost accounting (USD per million tokens)
+    price_completion_per_mtok: float = 0.0
+
+
+class SimulationSettings(BaseModel):
+    """The Lusifer-style profile-and-rate method."""
+
+    history_n: int = Field(60, ge=1, description="last N train ratings used to build the profile")
+    profile_batch: int = Field(20, ge=1, description="ratings per profile-building call")
+    recent_k: int = Field(10, ge=0, description="recent ratings shown with each rating call")
+    rate_batch: int = Field(10, ge=1, description="held-out items per rating call")
+    update_profile: bool = True  # dynamic user: update the profile with each batch's true ratings
+    overview_chars: int = Field(160, ge=0, description="item overview characters in prompts")
+    max_test_items: int | None = None  # cap held-out items per user (None: all)
+
+
+class RunSettings(BaseModel):
+    """A whole `doppel run`."""
+
+    dataset: str = "synthetic"  # synthetic | ml-100k | a path
+    data_dir: str | None = None
+    item_text: str | None = None
+    synthetic_users: int = 60
+    synthetic_items: int = 120
+    folds: list[str] = Field(default_factory=lambda: ["u1"])
+    users: int | None = None  # seeded sample of each fold's test users (None: all)
+    user_ids: list[str] | None = None
+    sample_seed: int = 0
+    db: str = "doppel.duckdb"
+    run_id: str | None = None
+    runner: Literal["dask", "threads"] = "dask"
+    dask_address: str | None = None
+    dask_workers: int = 2
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    sim: SimulationSettings = Field(default_factory=SimulationSettings)
+    baselines: bool = True
+    progress: bool = True
+
+    def work_dir(self) -> Path:
+        """Scratch space for this database: response cache, Dask spill, logs."""
+        return Path(self.db).resolve().parent / ".doppel"
+
+    def cache_dir(self) -> Path:
+        return Path(self.llm.cache_dir) if self.llm.cache_dir else self.work_dir() / "llm-cache"

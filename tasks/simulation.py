@@ -1,0 +1,184 @@
+"""Simulate users with the profile-and-rate method (Lusifer), many users at once with asyncio.
+
+Per user the calls form a chain with leaves:
+    profile_create -> profile_refine ... -> [rate batch 0] -> update 0 -> [rate batch 1] -> update 1 ...
+Rating batch j needs only profile j, so it runs beside the update chain. Every call waits for a
+slot with priority = the user's remaining chain length, which finishes the longest users first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from tasks.llm.cache import ResponseCache
+from tasks.llm.gateway import CallRecord, LLMGateway
+from tasks.llm.limits import CallLimiter
+from tasks.records import CandidateItem, HistoryItem, UserWork
+from tasks.settings import LLMSettings, SimulationSettings
+
+PROFILE_WORDS = 110
+
+
+@dataclass
+class UserResult:
+    """Rows for one finished user; the flow writes them in one transaction."""
+
+    fold: str
+    user_id: str
+    profiles: list[dict] = field(default_factory=list)
+    ratings: list[dict] = field(default_factory=list)
+    calls: list[CallRecord] = field(default_factory=list)
+
+    @property
+    def n_failed(self) -> int:
+        return sum(r["status"] == "failed" for r in self.ratings)
+
+    @property
+    def status(self) -> str:
+        return "partial" if self.n_failed else "done"
+
+
+@dataclass
+class LimitSpec:
+    """How one chunk joins the run's limits (picklable; the limiter is built on the worker)."""
+
+    local_slots: int
+    dask_semaphore_name: str | None = None
+    dask_max_leases: int | None = None
+    rpm: float | None = None
+    prefect_limit_name: str | None = None
+
+
+def batches(seq: list, size: int) -> list[list]:
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+def chain_shape(work: UserWork, sim: SimulationSettings) -> tuple[int, int, int]:
+    """(profile calls, rating calls, update calls) for one user."""
+    n_profile = len(batches(work.history, sim.profile_batch))
+    n_rate = len(batches(work.candidates, sim.rate_batch))
+    n_update = max(0, n_rate - 1) if sim.update_profile else 0
+    return n_profile, n_rate, n_update
+
+
+def critical_path(work: UserWork, sim: SimulationSettings) -> int:
+    """Calls on the user's longest dependency chain (the lower bound on its wall time)."""
+    n_profile, n_rate, n_update = chain_shape(work, sim)
+    return n_profile + n_update + (1 if n_rate else 0)
+
+
+def _mean(values: list[int]) -> str:
+    return f"{sum(values) / len(values):.1f}" if values else "n/a"
+
+
+async def simulate_user(work: UserWork, gateway: LLMGateway, sim: SimulationSettings) -> UserResult:
+    """Phase 1 (profile from history batches) then Phase 2 (rate held-out batches)."""
+    result = UserResult(fold=work.fold, user_id=work.user_id)
+    n_profile, n_rate, n_update = chain_shape(work, sim)
+    remaining = critical_path(work, sim)
+    common = {"demographics": work.demographics, "max_words": PROFILE_WORDS}
+    profile: str | None = None
+
+    async def next_profile(prompt: str, stage: str, variables: dict) -> str | None:
+        nonlocal remaining
+        outcome = await gateway.text(prompt, {**common, **variables}, priority=remaining,
+                                     overview_chars=sim.overview_chars)
+        remaining -= 1
+        result.calls.extend(outcome.calls)
+        if outcome.text is None:
+            return None
+        result.profiles.append({"version": len(result.profiles) + 1, "stage": stage, "text": outcome.text,
+                                "call_key": outcome.calls[-1].call_key})
+        return outcome.text
+
+    failure: str | None = None
+    for i, batch in enumerate(batches(work.history, sim.profile_batch)):
+        prompt, stage = ("profile_create", "initial") if i == 0 else ("profile_refine", "refine")
+        new = await next_profile(prompt, stage, {"profile": profile, "items": batch,
+                                                 "mean_rating": _mean([h.rating for h in batch])})
+        if new is None:
+            failure = f"profile call failed: {result.calls[-1].error}"
+            break
+        profile = new
+
+    recent = work.history[-sim.recent_k :] if sim.recent_k else []
+    pending = set(work.pending_item_ids) if work.pending_item_ids is not None else None
+    rating_jobs: list[asyncio.Task] = []
+    for j, batch in enumerate(batches(work.candidates, sim.rate_batch)):
+        wanted = [c for c in batch if pending is None or c.item_id in pending]
+        if failure is not None:
+            result.ratings.extend(_failed_rows(wanted, j, failure))
+            continue
+        if wanted:
+            rating_jobs.append(asyncio.create_task(
+                _rate_batch(gateway, common, profile, recent, wanted, j, work.retry_round, sim)))
+        if sim.update_profile and j < n_rate - 1:
+            new = await next_profile("profile_update", "update", {"profile": profile, "items": batch})
+            if new is None:
+                failure = f"profile update failed: {result.calls[-1].error}"
+            else:
+                profile = new
+    for rows, calls in await asyncio.gather(*rating_jobs):
+        result.ratings.extend(rows)
+        result.calls.extend(calls)
+    return result
+
+
+async def _rate_batch(gateway: LLMGateway, common: dict, profile: str | None, recent: list[HistoryItem],
+                      batch: list[CandidateItem], batch_index: int, retry_round: int,
+                      sim: SimulationSettings) -> tuple[list[dict], list[CallRecord]]:
+    item_ids = [c.item_id for c in batch]
+    outcome = await gateway.ratings({**common, "profile": profile, "recent": recent, "candidates": batch},
+                                    item_ids, sample=retry_round, priority=1, overview_chars=sim.overview_chars)
+    answering_key = outcome.calls[-1].call_key if outcome.calls else None
+    rows = []
+    for item_id in item_ids:
+        ok = item_id in outcome.ratings
+        rows.append({"item_id": item_id, "rating": outcome.ratings.get(item_id), "status": "ok" if ok else "failed",
+                     "reason": None if ok else outcome.failed.get(item_id, "no answer"), "batch": batch_index,
+                     "attempts": max(1, len(outcome.calls)), "call_key": answering_key})
+    return rows, outcome.calls
+
+
+def _failed_rows(batch: list[CandidateItem], batch_index: int, reason: str) -> list[dict]:
+    return [{"item_id": c.item_id, "rating": None, "status": "failed", "reason": reason, "batch": batch_index,
+             "attempts": 0, "call_key": None} for c in batch]
+
+
+async def simulate_chunk(works: list[UserWork], llm: LLMSettings, sim: SimulationSettings, model_id: str,
+                         cache_dir: str, limits: LimitSpec,
+                         publish: Callable[[UserResult], Awaitable[None]]) -> list[str]:
+    """Simulate `works` concurrently; publish each user's rows as soon as the user finishes."""
+    cache = ResponseCache(cache_dir)
+    limiter = CallLimiter(limits.local_slots, limits.dask_semaphore_name, limits.dask_max_leases,
+                          limits.rpm, limits.prefect_limit_name)
+    gateway = LLMGateway(llm, cache, limiter, model_id)
+    # One slot (the embedded server): take users one at a time, longest first, so each user's
+    # calls run back to back and the server's prompt-prefix cache hits. Otherwise all at once.
+    in_flight = asyncio.Semaphore(1 if limits.local_slots == 1 else len(works) or 1)
+    order = sorted(works, key=lambda w: -critical_path(w, sim))
+
+    async def one(work: UserWork) -> str:
+        async with in_flight:
+            result = await simulate_user(work, gateway, sim)
+        await publish(result)
+        return work.user_id
+
+    try:
+        return list(await asyncio.gather(*(one(w) for w in order)))
+    finally:
+        await gateway.aclose()
+        limiter.close()
+        cache.close()
+
+
+def run_chunk(works: list[UserWork], llm: LLMSettings, sim: SimulationSettings, model_id: str, cache_dir: str,
+              limits: LimitSpec, channel) -> list[str]:
+    """Synchronous entry for a task runner thread or Dask worker: results go out through `channel`."""
+
+    async def publish(result: UserResult) -> None:
+        await asyncio.to_thread(channel.put, result)
+
+    return asyncio.run(simulate_chunk(works, llm, sim, model_id, cache_dir, limits, publish))

@@ -1,0 +1,109 @@
+"""DuckDB access: short connections, statements from sql/, DataFrames in and out.
+
+DuckDB lets no other process open a file that one process holds read-write, so writers hold the
+file only for one short transaction and retry with backoff while someone else holds it; that is
+what lets `doppel sql` and `duckdb -readonly` look at a live run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+import pandas as pd
+
+from tasks.paths import SQL_DIR, sql_text
+
+_PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class DatabaseLockedError(RuntimeError):
+    """The DuckDB file stayed locked by another process for longer than the wait allowed."""
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+@contextlib.contextmanager
+def connect(db_path: str | Path, read_only: bool = False, wait_s: float = 120.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the file (waiting with backoff while another process holds it), then close it."""
+    path = Path(db_path)
+    if read_only and not path.exists():
+        raise FileNotFoundError(f"no DuckDB file at {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    delay = 0.02
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.Error as exc:
+            if not _is_lock_error(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise DatabaseLockedError(
+                    f"{path} is locked by another process (waited {wait_s:.0f} s): {str(exc).splitlines()[0]}"
+                ) from exc
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def statements(name: str) -> list[str]:
+    """The statements of sql/queries/<name>.sql, split on `;` at line ends."""
+    text = "\n".join(line for line in sql_text(f"queries/{name}.sql").splitlines()
+                     if not line.strip().startswith("--"))
+    return [s.strip() for s in re.split(r";\s*\n", text + "\n") if s.strip().rstrip(";").strip()]
+
+
+def execute(con: duckdb.DuckDBPyConnection, name: str, frames: dict[str, pd.DataFrame] | None = None,
+            **params: Any) -> pd.DataFrame | None:
+    """Run every statement of a query file; returns the last statement's rows (if it has any)."""
+    for view, frame in (frames or {}).items():
+        con.register(view, frame)
+    try:
+        out = None
+        for sql in statements(name):
+            used = {k: params[k] for k in dict.fromkeys(_PARAM.findall(sql)) if k in params}
+            cursor = con.execute(sql.rstrip(";"), used)
+            out = cursor.df() if cursor.description else None
+        return out
+    finally:
+        for view in frames or {}:
+            con.unregister(view)
+
+
+def query(db_path: str | Path, name: str, read_only: bool = False, **params: Any) -> pd.DataFrame:
+    with connect(db_path, read_only=read_only) as con:
+        out = execute(con, name, **params)
+    return out if out is not None else pd.DataFrame()
+
+
+def transaction(db_path: str | Path, name: str, frames: dict[str, pd.DataFrame] | None = None, **params: Any) -> None:
+    """Run a query file as one transaction on a short-lived connection."""
+    with connect(db_path) as con:
+        con.begin()
+        try:
+            execute(con, name, frames, **params)
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+
+
+def init_db(db_path: str | Path) -> None:
+    """Create every table (sql/schema.sql) and view (sql/views/*.sql); safe to repeat."""
+    with connect(db_path) as con:
+        con.execute(sql_text("schema.sql"))
+        for view in sorted((SQL_DIR / "views").glob("*.sql")):
+            con.execute(view.read_text())

@@ -1,0 +1,58 @@
+"""Writes, each one transaction on a short connection (only the flow process calls these)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.records import Dataset
+from tasks.store.db import transaction
+
+PROFILE_COLUMNS = ["version", "stage", "text", "call_key"]
+RATING_COLUMNS = ["item_id", "rating", "status", "reason", "batch", "attempts", "call_key"]
+CALL_COLUMNS = ["call_key", "prompt_name", "prompt_hash", "model", "status", "cached", "attempts",
+                "prompt_tokens", "completion_tokens", "latency_s", "error", "response"]
+
+
+def save_dataset(db: str | Path, ds: Dataset) -> None:
+    transaction(db, "save_dataset", {"new_items": ds.items, "new_users": ds.users, "new_ratings": ds.ratings,
+                                     "new_splits": ds.splits},
+                dataset=ds.name, source=ds.source, folds=list(ds.folds))
+
+
+def start_run(db: str | Path, run_id: str, dataset: str, folds: list[str], config: dict, code_version: str,
+              prompt_hashes: dict, model: str, base_url: str) -> None:
+    transaction(db, "start_run", run_id=run_id, dataset=dataset, folds=folds, config=json.dumps(config),
+                code_version=code_version, prompt_hashes=json.dumps(prompt_hashes), model=model, base_url=base_url)
+
+
+def add_run_users(db: str | Path, run_id: str, rows: pd.DataFrame) -> None:
+    """rows: fold, user_id, n_pairs. Users already registered keep their state."""
+    transaction(db, "add_run_users", {"new_run_users": rows}, run_id=run_id)
+
+
+def save_user_result(db: str | Path, run_id: str, result, retries: int) -> None:
+    """A finished user's profiles, ratings and calls, plus its run_users status, atomically."""
+    profiles = pd.DataFrame(result.profiles, columns=PROFILE_COLUMNS)
+    ratings = pd.DataFrame(result.ratings, columns=RATING_COLUMNS).astype({"rating": "Int64"})
+    calls = pd.DataFrame([asdict(c) for c in result.calls], columns=CALL_COLUMNS)
+    transaction(db, "save_user_result", {"new_profiles": profiles, "new_ratings": ratings, "new_calls": calls},
+                run_id=run_id, fold=result.fold, user_id=result.user_id, retries=retries)
+
+
+def finish_run(db: str | Path, run_id: str, status: str) -> None:
+    transaction(db, "finish_run", run_id=run_id, status=status)
+
+
+def save_validation(db: str | Path, run_id: str, suite: str, success: bool, n_rows: int, failures: list) -> None:
+    transaction(db, "save_validation", run_id=run_id, suite=suite, success=success, n_rows=n_rows,
+                failures=json.dumps(failures, default=str))
+
+
+def save_metrics(db: str | Path, run_id: str, metrics: pd.DataFrame) -> None:
+    """metrics: fold, simulator, metric, value (long format)."""
+    transaction(db, "save_metrics", {"new_metrics": metrics[["fold", "simulator", "metric", "value"]]},
+                run_id=run_id)

@@ -1,0 +1,218 @@
+"""The pure logic of the LLM test server (tests/llm_server.py): how a request is read, what the
+correct answer is, which fault a request gets and how an answer is spoiled.
+
+Every function here is pure: the same inputs give the same answer, fault and spoiled answer, which
+is what makes the test server reproducible (see ``choose_fault``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import re
+
+
+# ----------------------------------------------------------------------------- reading requests, answering
+
+ITEM_IDS_RE = re.compile(r"^[ \t]*item_ids:[ \t]*(\[.*\])[ \t]*$", re.MULTILINE)
+PROFILE_RE = re.compile(r"<profile>(.*?)</profile>", re.DOTALL)
+GENRES = ("Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+          "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
+          "Western")
+
+
+def message_text(message: dict) -> str:
+    """The text of a chat message (a string, or a list of content parts)."""
+    content = message.get("content") or ""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content)
+
+
+def _user_texts(body: dict) -> list[str]:
+    return [message_text(m) for m in body.get("messages", []) if m.get("role") == "user"]
+
+
+def _line_ids(text: str) -> list[str] | None:
+    match = ITEM_IDS_RE.search(text)
+    return [str(i) for i in json.loads(match.group(1))] if match else None
+
+
+def _json_schema(body: dict) -> dict | None:
+    fmt = body.get("response_format") or {}
+    return fmt.get("json_schema") if fmt.get("type") == "json_schema" else None
+
+
+def _schema_ids(body: dict) -> list[str] | None:
+    try:
+        items = _json_schema(body)["schema"]["properties"]["ratings"]["prefixItems"]
+        return [str(item["properties"]["item_id"]["const"]) for item in items]
+    except (KeyError, TypeError):
+        return None
+
+
+def request_kind(body: dict) -> str:
+    """``"rating"`` if the schema is named ``ratings`` or a user message has an ``item_ids:`` line."""
+    if (_json_schema(body) or {}).get("name") == "ratings":
+        return "rating"
+    return "rating" if any(_line_ids(t) is not None for t in _user_texts(body)) else "text"
+
+
+def requested_ids(body: dict) -> list[str]:
+    """Ids from the schema's ``prefixItems``, else from the last user message with an ``item_ids:`` line."""
+    ids = _schema_ids(body)
+    if ids is not None:
+        return ids
+    for text in reversed(_user_texts(body)):
+        if (ids := _line_ids(text)) is not None:
+            return ids
+    return []
+
+
+def profile_text(body: dict) -> str:
+    """The stripped text of the first ``<profile>`` block (the rating prompt's, if any), or ""."""
+    texts = _user_texts(body)
+    rating_prompts = [t for t in reversed(texts) if _line_ids(t) is not None]
+    for text in rating_prompts + [message_text(m) for m in body.get("messages", [])]:
+        if match := PROFILE_RE.search(text):
+            return match.group(1).strip()
+    return ""
+
+
+def expected_rating(item_id: str, profile_text: str) -> int:
+    """The rating the server gives ``item_id`` for a user with this profile (1..5)."""
+    return 1 + int(hashlib.sha256(f"{item_id}|{profile_text}".encode()).hexdigest(), 16) % 5
+
+
+def expected_ratings(item_ids: list[str], profile_text: str) -> list[dict]:
+    """The correct ``ratings`` list for these ids, in order."""
+    return [{"item_id": str(i), "rating": expected_rating(str(i), profile_text)} for i in item_ids]
+
+
+def profile_answer(body: dict) -> str:
+    """A deterministic ~60-word profile from the genres named in the user messages; no digits."""
+    text = "\n".join(_user_texts(body))
+    counts = {g: len(re.findall(rf"(?<![A-Za-z]){re.escape(g)}(?![A-Za-z])", text, re.IGNORECASE)) for g in GENRES}
+    ranked = [g.lower() for g, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n > 0]
+
+    def join(words: list[str]) -> str:
+        return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+    liked = join(ranked[:3]) if ranked else "all kinds of"
+    disliked = join(ranked[3:][-2:]) + " films" if len(ranked) > 3 else "anything slow or predictable"
+    return (f"Profile: This viewer is most drawn to {liked} films and seeks them out again and again. "
+            "They value engaging stories, memorable characters and a satisfying ending, and they reward "
+            f"familiar favourites with generous ratings. They are less keen on {disliked}, which they "
+            "watch only now and then and judge more strictly. Overall a thoughtful, fairly consistent "
+            "rater with moderate expectations.")
+
+
+def count_tokens(text: str) -> int:
+    return math.ceil(len(text) / 4)
+
+
+# ----------------------------------------------------------------------------- faults
+
+# Transport-level faults: apply to every chat request, whatever its kind.
+HTTP_FAULTS = ("http_500", "http_429", "drop_connection", "hang", "trickle")
+# Content faults: spoil the JSON of a rating answer; text (profile) answers never get them.
+CONTENT_FAULTS = (
+    "malformed_json",  # truncated or Python-repr JSON
+    "prose",  # valid JSON wrapped in chatter
+    "missing_ids",  # one requested id dropped
+    "extra_ids",  # one unrequested id added
+    "duplicate_ids",  # one id twice (the copy has another rating)
+    "unknown_ids",  # one requested id replaced by an unrequested one
+    "out_of_range",  # one rating 0 or 6
+    "non_integer",  # one rating 3.5 or "four"
+)
+FAULTS = HTTP_FAULTS + CONTENT_FAULTS
+
+
+def check_rates(rates: dict[str, float]) -> dict[str, float]:
+    """Validate ``{fault: rate}``; raise ValueError on an unknown fault or a rate outside [0, 1]."""
+    out = {}
+    for name, rate in rates.items():
+        if name not in FAULTS:
+            raise ValueError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
+        rate = float(rate)
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"fault rate {name}={rate} is outside [0, 1]")
+        out[name] = rate
+    return out
+
+
+def fault_rng(seed: int, body_hash: str, seen_before: int) -> random.Random:
+    """The RNG of one request: same seed, same body, same repetition -> same draws.
+
+    ``seen_before`` is how often this exact body arrived earlier, so a retry draws anew.
+    (``random.Random`` seeded with a str hashes it with SHA-512: stable across processes.)
+    """
+    return random.Random(f"{seed}|{body_hash}|{seen_before}")
+
+
+def choose_fault(rates: dict[str, float], kind: str, rng: random.Random) -> str | None:
+    """Pick at most one fault with a single uniform draw.
+
+    The eligible faults (content faults only for ``kind == "rating"``) split [0, 1) in ``FAULTS``
+    order, so each fault fires with exactly its rate while the rates sum to <= 1; above that they
+    are scaled down proportionally.
+    """
+    eligible = [(f, rates.get(f, 0.0)) for f in FAULTS if kind == "rating" or f in HTTP_FAULTS]
+    eligible = [(f, r) for f, r in eligible if r > 0]
+    total = sum(r for _, r in eligible)
+    u = rng.random() * max(total, 1.0)
+    for fault, rate in eligible:
+        if u < rate:
+            return fault
+        u -= rate
+    return None
+
+
+def _unused_id(requested: list[str], rng: random.Random) -> str:
+    taken = set(requested)
+    numeric = [int(i) for i in requested if i.isdigit()]
+    while True:
+        if numeric and len(numeric) == len(requested):
+            candidate = str(max(numeric) + 1 + rng.randrange(1000))
+        else:
+            candidate = f"unknown-{rng.randrange(10**6)}"
+        if candidate not in taken:
+            return candidate
+
+
+def spoil_ratings(fault: str, ratings: list[dict], rng: random.Random) -> str:
+    """Return the answer text of a rating request spoiled by the content ``fault``.
+
+    ``ratings`` is the correct ``[{"item_id": ..., "rating": ...}, ...]`` list (not modified).
+    """
+    items = [dict(r) for r in ratings]
+    ids = [r["item_id"] for r in items]
+    i = rng.randrange(len(items)) if items else None
+    if fault == "malformed_json":
+        good = json.dumps({"ratings": items})
+        if rng.random() < 0.5:
+            return good[: max(1, len(good) * 3 // 5)]  # cut off mid-way: never valid JSON
+        return repr({"ratings": items})  # single quotes: Python, not JSON
+    if fault == "prose":
+        return f"Sure! Here are the ratings: {json.dumps({'ratings': items})} Hope this helps!"
+    if fault == "extra_ids":
+        items.insert(rng.randrange(len(items) + 1), {"item_id": _unused_id(ids, rng), "rating": rng.randint(1, 5)})
+    elif i is None:
+        pass  # nothing requested: nothing to drop, duplicate, replace or spoil
+    elif fault == "missing_ids":
+        del items[i]
+    elif fault == "duplicate_ids":
+        copy = dict(items[i], rating=items[i]["rating"] % 5 + 1)
+        items.insert(i + 1, copy)
+    elif fault == "unknown_ids":
+        items[i]["item_id"] = _unused_id(ids, rng)
+    elif fault == "out_of_range":
+        items[i]["rating"] = rng.choice([0, 6])
+    elif fault == "non_integer":
+        items[i]["rating"] = rng.choice([3.5, "four"])
+    else:
+        raise ValueError(f"not a content fault: {fault!r}")
+    return json.dumps({"ratings": items})
