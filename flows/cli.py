@@ -8,6 +8,8 @@ import sys
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")  # before prefect is imported; errors are ours to print
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+os.environ.setdefault("DASK_DISTRIBUTED__WORKER__DAEMON", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 from pathlib import Path  # noqa: E402

@@ -40,11 +40,14 @@ def print_summary(console: Console, summary: dict) -> None:
     summary = {k: int(v) if isinstance(v, float) and k not in ("wall_s",) and float(v).is_integer() else v
                for k, v in summary.items()}
     console.print(metrics_table(summary.get("scores") or []))
+    now = summary.get("this_invocation") or {}
     console.print(
         f"run [bold]{summary['run_id']}[/] {summary['status']}: {summary['users']} users, "
-        f"{summary['pairs']:,} pairs ({summary['failed_pairs']} failed), {summary['calls']:,} LLM calls "
-        f"({summary['cached_calls']:,} answered from cache), {summary['prompt_tokens']:,} prompt + "
-        f"{summary['completion_tokens']:,} completion tokens, {summary['wall_s']:.1f} s", highlight=False)
+        f"{summary['pairs']:,} pairs ({summary['failed_pairs']} failed), {summary['calls']:,} LLM calls, "
+        f"{summary['prompt_tokens']:,} prompt + {summary['completion_tokens']:,} completion tokens in all", highlight=False)
+    console.print(
+        f"this invocation: {now.get('users', 0)} users simulated, {now.get('new_calls', 0):,} LLM calls "
+        f"(+{now.get('cached_calls', 0):,} answered from the cache), {summary['wall_s']:.1f} s", highlight=False)
     if summary["failed_pairs"] or summary["status"] != "finished":
         console.print(f"rerun with [bold]--run-id {summary['run_id']}[/] to retry what is left.")
     console.print(f"tables in [bold]{summary['db']}[/]: duckdb -readonly {summary['db']}  "

@@ -54,10 +54,11 @@ def simulate(settings: RunSettings) -> dict:
         check_endpoint(llm, model_id)
         register_run(settings, run_id, dataset, llm, model_id)
         runner = task_runner(settings, n_chunks_for(settings, llm))
-        status = "failed"
+        status, this_time = "failed", {"users": 0, "new_calls": 0, "cached_calls": 0}
         try:
-            fan_out.with_options(task_runner=runner)(run_id=run_id, dataset=dataset, settings=settings, llm=llm,
-                                                     model_id=model_id)
+            if not query(settings.db, "resume_state", run_id=run_id).empty:
+                this_time = fan_out.with_options(task_runner=runner)(
+                    run_id=run_id, dataset=dataset, settings=settings, llm=llm, model_id=model_id)
             left = query(settings.db, "resume_state", run_id=run_id)
             status = "finished" if left.empty else "incomplete"
         except KeyboardInterrupt:
@@ -67,7 +68,7 @@ def simulate(settings: RunSettings) -> dict:
             finish_run(settings.db, run_id, status)
     summary = query(settings.db, "run_summary", run_id=run_id).iloc[0].to_dict()
     summary.update(run_id=run_id, dataset=dataset, status=status, wall_s=round(time.monotonic() - started, 2),
-                   db=str(settings.db))
+                   db=str(settings.db), this_invocation=this_time)
     summary["scores"] = score_run(db=settings.db, run_id=run_id, baselines=settings.baselines)
     return summary
 
@@ -91,7 +92,7 @@ def fan_out(run_id: str, dataset: str, settings: RunSettings, llm: LLMSettings, 
     """Chunks of users on the task runner; each finished user is written the moment it arrives."""
     works = pending_work(settings, run_id, dataset)
     if not works:
-        return {"users": 0}
+        return {"users": 0, "new_calls": 0, "cached_calls": 0}
     n_chunks = n_chunks_for(settings, llm)
     chunks = partition(works, n_chunks, cost=lambda w: sum(chain_shape(w, settings.sim)))
     runner = FlowRunContext.get().task_runner
@@ -125,7 +126,7 @@ def fan_out(run_id: str, dataset: str, settings: RunSettings, llm: LLMSettings, 
     if errors:
         get_run_logger().error("%d chunk(s) failed; their unfinished users stay pending for a rerun: %s",
                                len(errors), "; ".join(errors)[:500])
-    return {"users": written, "chunk_errors": errors}
+    return {"users": written, "new_calls": progress.calls, "cached_calls": progress.cached, "chunk_errors": errors}
 
 
 def pending_work(settings: RunSettings, run_id: str, dataset: str):

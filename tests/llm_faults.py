@@ -94,7 +94,8 @@ def expected_ratings(item_ids: list[str], profile_text: str) -> list[dict]:
 def profile_answer(body: dict) -> str:
     """A deterministic ~60-word profile from the genres named in the user messages; no digits."""
     text = "\n".join(_user_texts(body))
-    counts = {g: len(re.findall(rf"(?<![A-Za-z]){re.escape(g)}(?![A-Za-z])", text, re.IGNORECASE)) for g in GENRES}
+    word = r"(?<![A-Za-z]){}(?![A-Za-z])"
+    counts = {g: len(re.findall(word.format(re.escape(g)), text, re.IGNORECASE)) for g in GENRES}
     ranked = [g.lower() for g, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n > 0]
 
     def join(words: list[str]) -> str:
@@ -199,7 +200,8 @@ def spoil_ratings(fault: str, ratings: list[dict], rng: random.Random) -> str:
     if fault == "prose":
         return f"Sure! Here are the ratings: {json.dumps({'ratings': items})} Hope this helps!"
     if fault == "extra_ids":
-        items.insert(rng.randrange(len(items) + 1), {"item_id": _unused_id(ids, rng), "rating": rng.randint(1, 5)})
+        extra = {"item_id": _unused_id(ids, rng), "rating": rng.randint(1, 5)}
+        items.insert(rng.randrange(len(items) + 1), extra)
     elif i is None:
         pass  # nothing requested: nothing to drop, duplicate, replace or spoil
     elif fault == "missing_ids":

@@ -34,9 +34,10 @@ from typing import Any, Callable
 
 import uvicorn
 
-from .llm_faults import (CONTENT_FAULTS, FAULTS, HTTP_FAULTS, check_rates, choose_fault, count_tokens,  # noqa: F401
-                         expected_rating, expected_ratings, fault_rng, message_text, profile_answer,
-                         profile_text, request_kind, requested_ids, spoil_ratings)
+# re-exported: benchmarks import the whole API from here
+from .llm_faults import (CONTENT_FAULTS, FAULTS, HTTP_FAULTS, check_rates, choose_fault,  # noqa: F401
+                         count_tokens, expected_rating, expected_ratings, fault_rng, message_text,
+                         profile_answer, profile_text, request_kind, requested_ids, spoil_ratings)
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -54,10 +55,13 @@ class ServerOptions:
     hang_seconds: float = 120.0  # the hang fault answers after this (or when the client leaves)
     trickle_seconds: float = 3.0  # the trickle fault spreads its body over this
     model: str = "doppel-test-model"  # listed by /v1/models; answers echo the request's model
+    reject_json_schema: bool = False  # act like a server without json_schema support (HTTP 400)
     faults: dict[str, float] = field(default_factory=dict)  # {fault name: rate in [0, 1]}
 
     def update(self, **changes: Any) -> None:
-        """Apply flat changes: option names and fault names (``http_500=0.1``) or ``faults={...}``."""
+        """Apply changes: option names, fault rates by name (``http_500=0.1``: the others stay), or
+        ``faults={...}``: the whole fault map (faults not named there drop to 0)."""
+        base = self.faults if changes.get("faults") is None else {}
         changes = {**(changes.pop("faults", None) or {}), **changes}
         rates = check_rates({k: v for k, v in changes.items() if k in FAULTS})
         settings = {k: v for k, v in changes.items() if k not in FAULTS}
@@ -74,7 +78,7 @@ class ServerOptions:
             if name != "model" and value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
             setattr(self, name, value)
-        self.faults = {**self.faults, **rates}
+        self.faults = {**base, **rates}
 
     def as_dict(self) -> dict:
         flat = {k: v for k, v in asdict(self).items() if k != "faults"}
@@ -111,9 +115,19 @@ async def _read_body(receive) -> bytes:
     return b"".join(chunks)
 
 
-async def _wait_disconnect(receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+async def _watch(receive, closing: asyncio.Event) -> str:
+    """Finish with "left" once the client disconnects, or "closing" once the server shuts down."""
+    async def disconnect() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    tasks = [asyncio.ensure_future(disconnect()), asyncio.ensure_future(closing.wait())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        return "left" if tasks[0] in done else "closing"
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _start(status: int, length: int, extra: tuple = ()) -> dict:
@@ -133,7 +147,7 @@ async def _drop(send) -> None:
     if transport is None:  # other servers: start a response and abort it
         await send({"type": "http.response.start", "status": 200, "headers": []})
         raise ConnectionAbortedError("drop_connection fault")
-    transport.close()  # the caller yields once more afterwards, so uvicorn sees the disconnect
+    transport.close()  # the caller yields once more afterwards (see _chat), so uvicorn sees it
 
 
 class LLMApp:
@@ -143,7 +157,7 @@ class LLMApp:
         self.options = options or ServerOptions()
         self.answer_fn = answer_fn
         self._lock = threading.Lock()
-        self.new_slots()
+        self.new_loop()
         self._in_flight = self._active = 0
         self.reset()
 
@@ -154,13 +168,21 @@ class LLMApp:
             options.update(**changes)  # validate on a copy: a bad change changes nothing
             self.options = options
             if "max_concurrency" in changes:
-                self.new_slots()
+                self._slots = self._semaphore()
             return options.as_dict()
 
-    def new_slots(self) -> None:
-        """A fresh semaphore for ``max_concurrency`` (also needed for a new event loop)."""
+    def _semaphore(self) -> asyncio.Semaphore | None:
         n = self.options.max_concurrency
-        self._slots = asyncio.Semaphore(n) if n else None
+        return asyncio.Semaphore(n) if n else None
+
+    def new_loop(self) -> None:
+        """Fresh asyncio primitives: call before serving on a new event loop."""
+        self._slots = self._semaphore()
+        self._closing = asyncio.Event()  # set when the server shuts down: hung requests then drop
+
+    def begin_shutdown(self) -> None:
+        """Called on the event loop when the server starts shutting down."""
+        self._closing.set()
 
     def reset(self) -> None:
         """Forget log, stats and seen bodies (so fault draws start over); keeps the options."""
@@ -217,10 +239,15 @@ class LLMApp:
                 raise ValueError("need a non-streaming request with a 'messages' list")
             kind = request_kind(body)
         except (ValueError, AttributeError, TypeError) as exc:
-            self._record({"kind": "invalid", "fault": None, "status": 400, "request": raw.decode(errors="replace"),
-                          "response": None, "completed": True})
+            self._record({"kind": "invalid", "fault": None, "status": 400, "response": None,
+                          "request": raw.decode(errors="replace"), "completed": True})
             return await _send_json(send, 400, api_error(f"bad request: {exc}", "invalid_request_error"))
 
+        if self.options.reject_json_schema and (body.get("response_format") or {}).get("type") == "json_schema":
+            self._record({"kind": kind, "fault": None, "status": 400, "response": None, "request": body,
+                          "completed": True})
+            return await _send_json(send, 400, api_error("response_format json_schema is not supported",
+                                                         "invalid_request_error"))
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         with self._lock:
             seen = self._seen.get(digest, 0)
@@ -232,7 +259,7 @@ class LLMApp:
         fault = choose_fault(opts.faults, kind, rng)
         call = _Call(self, {"kind": kind, "fault": fault, "status": None, "request": body, "response": None,
                             "seen_before": seen, "completed": False})
-        call.left = asyncio.ensure_future(_wait_disconnect(receive))
+        call.left = asyncio.ensure_future(_watch(receive, self._closing))
         try:
             if fault == "http_429":  # a rate limiter rejects at once: no latency, no slot
                 retry = (b"retry-after", f"{opts.retry_after:g}".encode())
@@ -250,15 +277,15 @@ class LLMApp:
         finally:
             call.left.cancel()
             call.settle(completed=False)  # no-op unless the request ended without a full response
-            if fault == "drop_connection":
+            if call.dropped:
                 await asyncio.sleep(0.01)  # let connection_lost run, else uvicorn answers 500 for us
 
     async def _answer(self, call: "_Call", send, body, kind, fault, opts, rng, cid: str) -> None:
         if fault == "drop_connection":
-            call.settle(completed=False)
-            return await _drop(send)
+            return await call.drop(send)
         if fault == "http_500":
-            return await call.respond(send, 500, api_error("Internal server error (test server)", "server_error"))
+            error = api_error("Internal server error (test server)", "server_error")
+            return await call.respond(send, 500, error)
         content = self.answer_fn(kind, body) if self.answer_fn else None
         call.entry["scripted"] = content is not None
         if content is None and kind == "rating":
@@ -271,11 +298,11 @@ class LLMApp:
             call.entry["fault"] = None  # scripted answers are sent as scripted
         prompt_tokens = count_tokens("".join(message_text(m) for m in body["messages"]))
         payload = completion(body.get("model") or opts.model, content, prompt_tokens, cid)
-        call.entry.update(response=content, usage=payload["usage"])
         if fault == "hang":
             await asyncio.wait([call.left], timeout=opts.hang_seconds)
-            if call.left.done():
-                return
+            if call.left.done():  # the client left, or the server is stopping
+                return await call.drop(send)
+        call.entry.update(response=content, usage=payload["usage"])
         await call.respond(send, 200, payload, trickle=opts.trickle_seconds if fault == "trickle" else None)
 
     def _record(self, entry: dict) -> None:
@@ -283,7 +310,8 @@ class LLMApp:
         with self._lock:
             stats = self._stats
             stats["requests"] += 1
-            for key, value in (("by_kind", entry["kind"]), ("by_fault", fault), ("by_status", str(entry["status"] or "none"))):
+            status = str(entry["status"] or "none")
+            for key, value in (("by_kind", entry["kind"]), ("by_fault", fault), ("by_status", status)):
                 stats[key][value] = stats[key].get(value, 0) + 1
             if entry["status"] == 200 and entry["completed"] and entry["fault"] not in CONTENT_FAULTS:
                 stats["ok"] += 1
@@ -299,8 +327,8 @@ class _Call:
 
     def __init__(self, app: LLMApp, entry: dict):
         self.app, self.entry = app, entry
-        self.left: asyncio.Future | None = None  # done once the client has disconnected
-        self.active = self.settled = False
+        self.left: asyncio.Future | None = None  # done once the client left or the server is closing
+        self.active = self.settled = self.dropped = False
 
     def activate(self) -> None:
         with self.app._lock:
@@ -318,6 +346,11 @@ class _Call:
             self.app._active -= self.active
         self.app._record(self.entry)
 
+    async def drop(self, send) -> None:
+        self.settle(completed=False)
+        self.dropped = True
+        await _drop(send)
+
     async def respond(self, send, status: int, payload: Any, extra: tuple = (), trickle: float | None = None):
         """Send a JSON response; with ``trickle`` (seconds) in 8-byte pieces spread over that time."""
         data = json.dumps(payload).encode()
@@ -326,9 +359,9 @@ class _Call:
         pieces = [data] if trickle is None else [data[i:i + 8] for i in range(0, len(data), 8)]
         for i, piece in enumerate(pieces):
             if i:
-                await asyncio.sleep(trickle / (len(pieces) - 1))
+                await asyncio.wait([self.left], timeout=trickle / (len(pieces) - 1))
             if self.left.done():
-                return
+                return await self.drop(send)
             last = i == len(pieces) - 1
             if last:
                 self.settle(completed=True)
@@ -344,15 +377,21 @@ class _UvicornServer(uvicorn.Server):
                                         log_config=None, log_level=log_level, access_log=False,
                                         timeout_graceful_shutdown=1, backlog=2048))
         self._on_started = on_started
+        self._llm_app = app
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets=sockets)
         if not self.should_exit:
             self._on_started()
 
+    async def shutdown(self, sockets=None) -> None:
+        self._llm_app.begin_shutdown()  # hung and trickling requests drop their connections
+        await super().shutdown(sockets=sockets)
+
 
 def _bind(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # proto: asyncio sets TCP_NODELAY
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only then (else +40 ms per keep-alive request)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((HOST, port))
     return sock
@@ -379,7 +418,7 @@ class LLMTestServer:
         if self._thread is not None:
             return self.base_url
         sock = _bind(self.port)
-        self.app.new_slots()
+        self.app.new_loop()
         self.port = sock.getsockname()[1]
         started = threading.Event()
         self._server = _UvicornServer(self.app, on_started=started.set)
@@ -395,7 +434,7 @@ class LLMTestServer:
         return self.base_url
 
     def stop(self) -> None:
-        """Stop serving (requests still hanging are cancelled after ~1 s)."""
+        """Stop serving; hung or trickling requests drop their connections at once."""
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:

@@ -32,9 +32,11 @@ def rating_messages(ids=IDS, profile=PROFILE, line=True) -> list[dict]:
 
 
 def ratings_format(ids=IDS) -> dict:
-    item = lambda i: {"type": "object", "required": ["item_id", "rating"], "additionalProperties": False,  # noqa: E731
-                      "properties": {"item_id": {"const": i},
-                                     "rating": {"type": "integer", "minimum": 1, "maximum": 5}}}
+    def item(i):
+        return {"type": "object", "required": ["item_id", "rating"], "additionalProperties": False,
+                "properties": {"item_id": {"const": i},
+                               "rating": {"type": "integer", "minimum": 1, "maximum": 5}}}
+
     ratings = {"type": "array", "prefixItems": [item(i) for i in ids], "items": False,
                "minItems": len(ids), "maxItems": len(ids)}
     schema = {"type": "object", "properties": {"ratings": ratings}, "required": ["ratings"],
@@ -218,6 +220,20 @@ def test_hang_makes_client_time_out(srv, client):
     assert stats["in_flight"] == 0 and stats["ok"] == 0 and srv.log()[0]["completed"] is False
 
 
+def test_stop_drops_hung_requests_quickly():
+    srv = LLMTestServer(hang=1.0, hang_seconds=60)
+    client = openai.OpenAI(base_url=srv.start(), api_key="test", max_retries=0, timeout=30)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(chat, client, rating_messages())
+        while not srv.stats()["in_flight"]:
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        srv.stop()
+        assert time.monotonic() - t0 < 0.8
+        with pytest.raises(openai.APIConnectionError):
+            pending.result(timeout=5)
+
+
 def test_hang_answers_after_hang_seconds(srv, client):
     srv.configure(hang=1.0, hang_seconds=0.3)
     t0 = time.monotonic()
@@ -242,7 +258,8 @@ def _outcomes(base_url: str, bodies: list[dict]) -> list:
     with httpx.Client(base_url=base_url, timeout=5) as http:
         for body in bodies:
             r = http.post("/chat/completions", json=body)
-            out.append((r.status_code, r.json()["choices"][0]["message"]["content"] if r.status_code == 200 else None))
+            content = r.json()["choices"][0]["message"]["content"] if r.status_code == 200 else None
+            out.append((r.status_code, content))
     return out
 
 
@@ -321,6 +338,15 @@ def test_admin_endpoints_over_http(srv, client):
     assert [e["fault"] for e in admin(srv.base_url, "log")] == [None, "http_500"]
     admin(srv.base_url, "reset")
     assert admin(srv.base_url, "stats")["requests"] == 0 and admin(srv.base_url, "log") == []
+
+
+def test_configure_by_name_updates_and_faults_map_replaces(srv):
+    srv.configure(http_500=0.5, prose=0.25)
+    config = srv.configure(prose=0.5)
+    assert (config["http_500"], config["prose"]) == (0.5, 0.5)
+    config = srv.configure(faults={"hang": 0.1}, latency=0.2)
+    assert (config["http_500"], config["prose"], config["hang"], config["latency"]) == (0, 0, 0.1, 0.2)
+    assert srv.configure(faults={})["hang"] == 0
 
 
 def test_bad_options_are_rejected():

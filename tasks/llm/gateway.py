@@ -8,6 +8,7 @@ call for the audit log. It never raises on a bad answer: callers get what was va
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass, field
@@ -203,8 +204,14 @@ class LLMGateway:
             completion_tokens=completion_tokens, latency_s=latency, response=content)
 
     async def _create(self, messages: list[dict], request: dict[str, Any]):
-        return await self._client.chat.completions.with_raw_response.create(
-            model=self.model_id, messages=messages, **request)
+        # httpx's timeout is per read, so a server trickling bytes never trips it: add a deadline
+        # over all of the client's attempts (each attempt may also wait out a Retry-After).
+        deadline = (self.settings.timeout_s + 5) * (self.settings.max_retries + 1)
+        try:
+            return await asyncio.wait_for(self._client.chat.completions.with_raw_response.create(
+                model=self.model_id, messages=messages, **request), timeout=deadline)
+        except asyncio.TimeoutError as exc:
+            raise openai.APITimeoutError(request=None) from exc  # type: ignore[arg-type]
 
     def _downgrade_json_mode(self, exc: openai.BadRequestError) -> bool:
         """Servers without json_schema support: fall back to json_object, then to plain text."""

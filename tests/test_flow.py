@@ -1,0 +1,123 @@
+"""Integration: the whole `doppel run` flow on a tiny synthetic dataset.
+
+Real Prefect API server, real Dask LocalCluster (or the thread runner), real DuckDB file, real GX
+gate, and the real openai client talking HTTP to the local test server.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def table(db: str, sql: str, *params):
+    con = duckdb.connect(db, read_only=True)
+    try:
+        return con.execute(sql, list(params)).df()
+    finally:
+        con.close()
+
+
+def check_complete_run(db: str, run_id: str, n_users: int) -> None:
+    runs = table(db, "select * from runs where run_id = ?", run_id)
+    assert runs["status"].tolist() == ["finished"]
+    users = table(db, "select * from run_users where run_id = ?", run_id)
+    assert len(users) == n_users and set(users["status"]) == {"done"}
+    ratings = table(db, "select * from simulated_ratings where run_id = ?", run_id)
+    assert len(ratings) == users["n_pairs"].sum()
+    assert ratings.duplicated(["fold", "user_id", "item_id"]).sum() == 0
+    assert ratings["rating"].between(1, 5).all() and set(ratings["status"]) == {"ok"}
+    profiles = table(db, "select * from profiles where run_id = ?", run_id)
+    assert set(profiles["user_id"]) == set(users["user_id"])
+    assert {"initial", "update"} <= set(profiles["stage"])
+    gate = table(db, "select suite, success from validation_results where run_id = ?", run_id)
+    assert set(gate["suite"]) == {"simulated_ratings", "profiles"} and gate["success"].all()
+    metrics = table(db, "select * from metrics where run_id = ?", run_id)
+    assert {"llm", "baseline:item_knn", "baseline:svd", "baseline:global_mean"} <= set(metrics["simulator"])
+    llm_n = metrics.query("simulator == 'llm' and metric == 'n'")["value"].iloc[0]
+    assert llm_n == len(ratings)
+
+
+@pytest.mark.parametrize("runner", ["dask", "threads"])
+def test_run_writes_every_table_and_rerun_makes_no_calls(prefect_server, llm_server, run_settings, runner):
+    from flows.simulate import simulate
+
+    settings = run_settings(runner=runner, run_id=f"it-{runner}")
+    summary = simulate(settings)
+    check_complete_run(settings.db, "it-" + runner, n_users=6)
+    calls = table(settings.db, "select count(*) n from llm_calls where run_id = ? and not cached", summary["run_id"])
+    assert llm_server.stats()["requests"] == calls["n"][0] > 0
+    # every stored rating is what the server answered for that item
+    answered = {}
+    for entry in llm_server.log():
+        if entry["kind"] == "rating" and entry.get("response"):
+            import json
+
+            for r in json.loads(entry["response"])["ratings"]:
+                answered.setdefault(r["item_id"], set()).add(r["rating"])
+    ratings = table(settings.db, "select item_id, rating from simulated_ratings where run_id = ?", summary["run_id"])
+    assert all(row.rating in answered[row.item_id] for row in ratings.itertuples())
+
+    before = llm_server.stats()["requests"]
+    again = simulate(settings)
+    assert llm_server.stats()["requests"] == before, "a rerun of a finished run must make no LLM calls"
+    assert again["this_invocation"]["new_calls"] == 0
+    check_complete_run(settings.db, "it-" + runner, n_users=6)
+
+
+def test_lost_database_rows_are_rebuilt_from_the_cache(prefect_server, llm_server, run_settings, tmp_path):
+    """A second database with the same cache replays every answer: zero calls, same ratings."""
+    from flows.simulate import simulate
+
+    first = run_settings(run_id="cache-a")
+    simulate(first)
+    before = llm_server.stats()["requests"]
+    second = first.model_copy(update={"db": str(tmp_path / "other.duckdb"),
+                                      "llm": first.llm.model_copy(update={"cache_dir": str(first.cache_dir())})})
+    simulate(second)
+    assert llm_server.stats()["requests"] == before
+    a = table(first.db, "select user_id, item_id, rating from simulated_ratings order by all")
+    b = table(second.db, "select user_id, item_id, rating from simulated_ratings order by all")
+    assert a.equals(b)
+
+
+def test_faults_lose_nothing_and_rerun_retries_failed_pairs(prefect_server, llm_server, run_settings):
+    from flows.simulate import simulate
+
+    llm_server.configure(malformed_json=0.3, missing_ids=0.2, http_500=0.1, http_429=0.05, retry_after=0.05)
+    settings = run_settings(run_id="faulty", users=8, llm={"repair_attempts": 1})
+    simulate(settings)
+    db = settings.db
+    users = table(db, "select * from run_users where run_id = 'faulty'")
+    ratings = table(db, "select * from simulated_ratings where run_id = 'faulty'")
+    assert len(ratings) == users["n_pairs"].sum(), "every requested pair has exactly one row"
+    failed = ratings[ratings["status"] == "failed"]
+    assert failed["reason"].notna().all()
+    assert ratings.loc[ratings["status"] == "ok", "rating"].between(1, 5).all()
+
+    llm_server.configure(malformed_json=0.0, missing_ids=0.0, http_500=0.0, http_429=0.0)
+    summary = simulate(settings)
+    assert summary["failed_pairs"] == 0 and summary["status"] == "finished"
+    if len(failed):
+        assert summary["this_invocation"]["new_calls"] > 0
+    check_complete_run(db, "faulty", n_users=8)
+
+
+def test_gate_blocks_scoring_of_corrupted_ratings(prefect_server, llm_server, run_settings):
+    from flows.score import GateFailed, score_run
+    from flows.simulate import simulate
+
+    settings = run_settings(run_id="corrupt")
+    simulate(settings)
+    con = duckdb.connect(settings.db)
+    con.execute("update simulated_ratings set rating = 7 where run_id = 'corrupt' and item_id in "
+                "(select item_id from simulated_ratings where run_id = 'corrupt' limit 2)")
+    con.execute("delete from metrics where run_id = 'corrupt'")
+    con.close()
+    with pytest.raises(GateFailed, match="rating"):
+        score_run(db=settings.db, run_id="corrupt")
+    assert table(settings.db, "select count(*) n from metrics where run_id = 'corrupt'")["n"][0] == 0
+    gate = table(settings.db, "select * from validation_results where run_id = 'corrupt' and not success")
+    assert "expect_column_values_to_be_in_set" in gate["failures"].iloc[-1]
