@@ -94,28 +94,61 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def task_runner(settings: RunSettings, n_chunks: int):
-    """The Prefect task runner for the fan-out: Dask (local cluster or an address) or threads."""
+def task_runner(settings: RunSettings, n_chunks: int, dask_address: str | None = None):
+    """The Prefect task runner for the fan-out: Dask (at an address) or threads."""
     if settings.runner == "threads":
         from prefect.task_runners import ThreadPoolTaskRunner
 
         return ThreadPoolTaskRunner(max_workers=max(1, n_chunks))
     from prefect_dask import DaskTaskRunner
 
-    if settings.dask_address:
-        return DaskTaskRunner(address=settings.dask_address)
+    return DaskTaskRunner(address=dask_address or settings.dask_address)
+
+
+def _warm_worker() -> None:
+    import tasks.simulation  # noqa: F401  (imports prefect, openai, diskcache once, before the first task)
+
+
+def _start_local_cluster(settings: RunSettings):
+    from distributed import Client, LocalCluster
+
     spill = settings.work_dir() / "dask"
     spill.mkdir(parents=True, exist_ok=True)
-    return DaskTaskRunner(cluster_kwargs={
-        "n_workers": settings.dask_workers, "threads_per_worker": 1, "processes": True,
-        "dashboard_address": None, "local_directory": str(spill), "host": "127.0.0.1",
-    })
+    cluster = LocalCluster(n_workers=settings.dask_workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None, local_directory=str(spill), host="127.0.0.1")
+    with Client(cluster) as client:
+        client.run(_warm_worker)
+    return cluster
 
 
 @contextlib.contextmanager
-def llm_endpoint(llm: LLMSettings) -> Iterator[tuple[LLMSettings, str]]:
-    """(settings with a base_url, the model id to send): the given endpoint or the embedded server."""
-    if llm.base_url:
+def dask_cluster(settings: RunSettings, start: bool = True) -> Iterator:
+    """A local Dask cluster started in the background while the flow does other work.
+
+    Yields a function returning the scheduler address (waiting for the start-up if needed), or
+    the given --dask-address, or None for the thread runner.
+    """
+    if settings.runner != "dask" or settings.dask_address or not start:
+        yield lambda: settings.dask_address
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dask-start") as pool:
+        starting = pool.submit(_start_local_cluster, settings)
+        try:
+            yield lambda: starting.result().scheduler_address
+        finally:
+            with contextlib.suppress(Exception):
+                starting.result().close()
+
+
+@contextlib.contextmanager
+def llm_endpoint(llm: LLMSettings, start: bool = True) -> Iterator[tuple[LLMSettings, str]]:
+    """(settings with a base_url, the model id to send): the given endpoint or the embedded server.
+
+    With start=False (nothing left to simulate) the embedded server is not started.
+    """
+    if llm.base_url or not start:
         yield llm, llm.model
         return
     from tasks.llm.embedded import EmbeddedServer, ensure_model

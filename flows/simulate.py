@@ -12,17 +12,18 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
 from flows.progress import RunProgress
-from flows.runtime import llm_endpoint, task_runner
+from flows.runtime import dask_cluster, llm_endpoint, task_runner
 from flows.score import score_run
 from tasks.channel import ChannelReader, ResultChannel
 from tasks.ingest import ingest
 from tasks.llm.gateway import check_endpoint
 from tasks.llm.templates import all_prompt_hashes
+from tasks.records import PackedWork
 from tasks.planning import build_work, partition, select_users
 from tasks.settings import LLMSettings, RunSettings
 from tasks.simulation import LimitSpec, chain_shape, run_chunk
 from tasks.store.db import init_db, query
-from tasks.store.writes import add_run_users, finish_run, save_user_result, start_run
+from tasks.store.writes import add_run_users, finish_run, save_user_results, start_run
 from tasks.version import code_version
 
 simulate_chunk = task(run_chunk, name="simulate-chunk", cache_policy=NO_CACHE, persist_result=False,
@@ -45,15 +46,19 @@ def n_chunks_for(settings: RunSettings, llm: LLMSettings) -> int:
 def simulate(settings: RunSettings) -> dict:
     """Simulate the selected users of each fold, then validate and score the run."""
     logger = get_run_logger()
-    init_db(settings.db)
-    dataset, loaded = ingest_dataset(settings)
-    logger.info("dataset %s %s", dataset, "loaded" if loaded else "already in the database")
-    run_id = settings.run_id or new_run_id()
     started = time.monotonic()
-    with llm_endpoint(settings.llm) as (llm, model_id):
-        check_endpoint(llm, model_id)
+    init_db(settings.db)
+    run_id = settings.run_id or new_run_id()
+    known = not query(settings.db, "run_dataset", run_id=run_id).empty
+    needs_workers = not known or not query(settings.db, "resume_state", run_id=run_id).empty
+    with dask_cluster(settings, start=needs_workers) as dask_address, \
+            llm_endpoint(settings.llm, start=needs_workers) as (llm, model_id):
+        dataset, loaded = ingest_dataset(settings)
+        logger.info("dataset %s %s", dataset, "loaded" if loaded else "already in the database")
+        if needs_workers:
+            check_endpoint(llm, model_id)
         register_run(settings, run_id, dataset, llm, model_id)
-        runner = task_runner(settings, n_chunks_for(settings, llm))
+        runner = task_runner(settings, n_chunks_for(settings, llm), dask_address())
         status, this_time = "failed", {"users": 0, "new_calls": 0, "cached_calls": 0}
         try:
             if not query(settings.db, "resume_state", run_id=run_id).empty:
@@ -90,7 +95,10 @@ def register_run(settings: RunSettings, run_id: str, dataset: str, llm: LLMSetti
 @flow(name="doppel-fan-out")
 def fan_out(run_id: str, dataset: str, settings: RunSettings, llm: LLMSettings, model_id: str) -> dict:
     """Chunks of users on the task runner; each finished user is written the moment it arrives."""
+    logger = get_run_logger()
+    t0 = time.monotonic()
     works = pending_work(settings, run_id, dataset)
+    logger.info("planned %d users in %.2f s", len(works), time.monotonic() - t0)
     if not works:
         return {"users": 0, "new_calls": 0, "cached_calls": 0}
     n_chunks = n_chunks_for(settings, llm)
@@ -105,23 +113,28 @@ def fan_out(run_id: str, dataset: str, settings: RunSettings, llm: LLMSettings, 
                         prefect_limit_name=llm.concurrency_limit_name)
               for share in _shares(llm.concurrency, len(chunks))]
     cache_dir = str(settings.cache_dir())
-    futures = [simulate_chunk.submit(chunk, llm, settings.sim, model_id, cache_dir, limit, channel)
+    futures = [simulate_chunk.submit(PackedWork(chunk), llm, settings.sim, model_id, cache_dir, limit, channel)
                for chunk, limit in zip(chunks, limits)]
-    written = 0
+    logger.info("submitted %d chunks in %.2f s", len(futures), time.monotonic() - t0)
+    written, first, write_s = 0, None, 0.0
     with RunProgress(len(works), enabled=settings.progress) as progress:
         while True:
             all_done = all(f.wrapped_future.done() for f in futures)
-            for result in reader.drain(timeout=0.0 if all_done else 0.25):
-                save_user_result(settings.db, run_id, result, retries[(result.fold, result.user_id)])
-                progress.advance(result)
-                written += 1
-            if all_done:
-                for result in reader.drain(timeout=0.5):  # stragglers still in transit
-                    save_user_result(settings.db, run_id, result, retries[(result.fold, result.user_id)])
+            # everything that arrived since the last write goes in one transaction
+            results = reader.drain(timeout=0.5 if all_done else 0.25)
+            if results:
+                first = first or time.monotonic() - t0
+                w = time.monotonic()
+                save_user_results(settings.db, run_id, results, retries)
+                write_s += time.monotonic() - w
+                for result in results:
                     progress.advance(result)
-                    written += 1
+                written += len(results)
+            elif all_done:
                 break
     reader.close()
+    logger.info("fan-out %.2f s: first user at %s s, %d users written in %.2f s of writes",
+                time.monotonic() - t0, f"{first:.1f}" if first else "-", written, write_s)
     errors = [str(f.state.message) for f in futures if not f.state.is_completed()]
     if errors:
         get_run_logger().error("%d chunk(s) failed; their unfinished users stay pending for a rerun: %s",

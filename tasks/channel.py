@@ -9,6 +9,7 @@ from __future__ import annotations
 import pickle
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -55,12 +56,11 @@ class ChannelReader:
             except queue.Empty:
                 pass
         else:
+            # non-blocking polls: a timed-out get makes the scheduler log an error each time
             payloads = self._queue.get(batch=True)
-            if not payloads:
-                try:
-                    payloads = [self._queue.get(timeout=timeout)]
-                except TimeoutError:
-                    payloads = []
+            if not payloads and timeout > 0:
+                time.sleep(timeout)
+                payloads = self._queue.get(batch=True)
         return [pickle.loads(p) for p in payloads]
 
     def close(self) -> None:

@@ -9,16 +9,19 @@ slot with priority = the user's remaining chain length, which finishes the longe
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from tasks.llm.cache import ResponseCache
 from tasks.llm.gateway import CallRecord, LLMGateway
 from tasks.llm.limits import CallLimiter
-from tasks.records import CandidateItem, HistoryItem, UserWork
+from tasks.records import CandidateItem, HistoryItem, PackedWork, UserWork
 from tasks.settings import LLMSettings, SimulationSettings
 
 PROFILE_WORDS = 110
+USERS_PER_SLOT = 3
 
 
 @dataclass
@@ -155,9 +158,10 @@ async def simulate_chunk(works: list[UserWork], llm: LLMSettings, sim: Simulatio
     limiter = CallLimiter(limits.local_slots, limits.dask_semaphore_name, limits.dask_max_leases,
                           limits.rpm, limits.prefect_limit_name)
     gateway = LLMGateway(llm, cache, limiter, model_id)
-    # One slot (the embedded server): take users one at a time, longest first, so each user's
-    # calls run back to back and the server's prompt-prefix cache hits. Otherwise all at once.
-    in_flight = asyncio.Semaphore(1 if limits.local_slots == 1 else len(works) or 1)
+    # Users start longest chain first, a few per slot: enough ready calls to keep every slot busy,
+    # and users finish (and are written) all along instead of all at the end. With one slot (the
+    # embedded server) one user at a time, so its calls run back to back and the prompt cache hits.
+    in_flight = asyncio.Semaphore(1 if limits.local_slots == 1 else USERS_PER_SLOT * limits.local_slots)
     order = sorted(works, key=lambda w: -critical_path(w, sim))
 
     async def one(work: UserWork) -> str:
@@ -167,18 +171,23 @@ async def simulate_chunk(works: list[UserWork], llm: LLMSettings, sim: Simulatio
         return work.user_id
 
     try:
+        await limiter.open()
         return list(await asyncio.gather(*(one(w) for w in order)))
     finally:
         await gateway.aclose()
-        limiter.close()
+        await limiter.aclose()
         cache.close()
 
 
-def run_chunk(works: list[UserWork], llm: LLMSettings, sim: SimulationSettings, model_id: str, cache_dir: str,
+def run_chunk(packed: PackedWork, llm: LLMSettings, sim: SimulationSettings, model_id: str, cache_dir: str,
               limits: LimitSpec, channel) -> list[str]:
     """Synchronous entry for a task runner thread or Dask worker: results go out through `channel`."""
 
     async def publish(result: UserResult) -> None:
         await asyncio.to_thread(channel.put, result)
 
-    return asyncio.run(simulate_chunk(works, llm, sim, model_id, cache_dir, limits, publish))
+    started = time.monotonic()
+    works = packed.unpack()
+    done = asyncio.run(simulate_chunk(works, llm, sim, model_id, cache_dir, limits, publish))
+    logging.getLogger("doppel").info("chunk of %d users done in %.2f s", len(works), time.monotonic() - started)
+    return done

@@ -53,6 +53,7 @@ _READY = "DOPPEL_LLAMA_LISTENING "
 _KEY_ENV = "DOPPEL_LLAMA_API_KEY"  # passed by environment, never on the command line (ps shows argv)
 _PR_SET_PDEATHSIG = 1
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never via HTTP_PROXY
 
 
 class EmbeddedServerError(RuntimeError):
@@ -85,6 +86,15 @@ def _kill(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
         proc.stdout.close()
 
 
+def _prune_logs(directory: Path, keep_days: float = 7.0) -> None:
+    """Remove llama-server logs (kept after failures or killed parents) older than keep_days."""
+    cutoff = time.time() - keep_days * 86400
+    for old in directory.glob("llama-server-*.log"):
+        with contextlib.suppress(OSError):
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+
+
 class EmbeddedServer:
     """A llama.cpp server on 127.0.0.1 in a child process; a context manager."""
 
@@ -115,12 +125,21 @@ class EmbeddedServer:
 
     @classmethod
     def from_model(
-        cls, name_or_path: str = DEFAULT_MODEL, cache_dir: str | Path | None = None, **kwargs: object
+        cls,
+        name_or_path: str = DEFAULT_MODEL,
+        cache_dir: str | Path | None = None,
+        *,
+        n_ctx: int = 4096,
+        threads: int | None = None,
+        cache_ram_mib: int = 1024,
+        startup_timeout: float = 120.0,
+        log_dir: str | os.PathLike[str] | None = None,
     ) -> EmbeddedServer:
-        """Verify/assemble a registry model (or a .gguf path) and make a server for it."""
+        """Verify/assemble a registry model (or a .gguf path) and make a server for it (not started)."""
         path = ensure_model(name_or_path, cache_dir)
         name = name_or_path if name_or_path in MODELS else path.stem
-        return cls(path, model_name=str(kwargs.pop("model_name", name)), **kwargs)  # type: ignore[arg-type]
+        return cls(path, n_ctx=n_ctx, threads=threads, cache_ram_mib=cache_ram_mib, model_name=name,
+                   startup_timeout=startup_timeout, log_dir=log_dir)
 
     @property
     def base_url(self) -> str:
@@ -161,6 +180,7 @@ class EmbeddedServer:
         env[_KEY_ENV] = self.api_key
         if not _verbose():
             self.log_dir.mkdir(parents=True, exist_ok=True)
+            _prune_logs(self.log_dir)
             self.log_path = self.log_dir / f"llama-server-{os.getpid()}-{time.time_ns()}.log"
             self._log = open(self.log_path, "wb")
         started = time.monotonic()
@@ -180,7 +200,8 @@ class EmbeddedServer:
         return self
 
     def stop(self, keep_log: bool = False) -> None:
-        """Stop the child (terminate, wait, kill) and close its log; idempotent."""
+        """Stop the child (terminate, wait, kill) and close its log (kept if the child had crashed)."""
+        keep_log = keep_log or (self._proc is not None and self._proc.poll() not in (None, 0))
         if self._finalizer is not None:
             self._finalizer()  # calls _kill once
             self._finalizer = None
@@ -207,20 +228,17 @@ class EmbeddedServer:
         assert self._proc is not None and self._proc.stdout is not None
         fd, buf = self._proc.stdout.fileno(), b""
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if ready:
+            eof = False
+            if select.select([fd], [], [], 0.2)[0]:
                 chunk = os.read(fd, 4096)
-                buf += chunk
+                buf, eof = buf + chunk, not chunk
                 for line in buf.decode("utf-8", "replace").splitlines():
                     if line.startswith(_READY):
                         return line[len(_READY):].strip().rstrip("/")
-                if not chunk:  # EOF: the child exited
-                    break
-            elif self._proc.poll() is not None:
-                break
-        code = self._proc.poll()
-        if code is not None:
-            raise self._fail(f"child exited with code {code} before listening")
+            if eof or self._proc.poll() is not None:  # EOF or exit: the child is going away
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(5)
+                raise self._fail(f"child exited with code {self._proc.returncode} before listening")
         raise self._fail(f"not listening after {self.startup_timeout:.0f} s")
 
     def _wait_healthy(self, deadline: float) -> None:
@@ -230,7 +248,7 @@ class EmbeddedServer:
             if self._proc.poll() is not None:
                 raise self._fail(f"child exited with code {self._proc.returncode} while loading")
             try:
-                with urllib.request.urlopen(f"{self.address}/health", timeout=5) as resp:
+                with _NO_PROXY.open(f"{self.address}/health", timeout=5) as resp:
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, OSError) as exc:

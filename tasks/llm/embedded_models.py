@@ -313,8 +313,10 @@ def _sha256(path: Path) -> str:
 
 
 def _is_assembled(model: EmbeddedModel, target: Path) -> bool:
+    """Right size and a marker for this sha256 and this very file (mtime), so no re-hash is needed."""
     try:
-        return target.stat().st_size == model.size and _marker(target).read_text().strip() == model.sha256
+        st = target.stat()
+        return st.st_size == model.size and _marker(target).read_text().split() == [model.sha256, str(st.st_mtime_ns)]
     except OSError:
         return False
 
@@ -332,7 +334,7 @@ def _locked(directory: Path) -> Iterator[None]:
 
 def _write_marker(target: Path, sha: str) -> None:
     tmp = _marker(target).with_suffix(".tmp")
-    tmp.write_text(sha + "\n")
+    tmp.write_text(f"{sha} {target.stat().st_mtime_ns}\n")
     os.replace(tmp, _marker(target))
 
 

@@ -34,13 +34,20 @@ def add_run_users(db: str | Path, run_id: str, rows: pd.DataFrame) -> None:
     transaction(db, "add_run_users", {"new_run_users": rows}, run_id=run_id)
 
 
-def save_user_result(db: str | Path, run_id: str, result, retries: int) -> None:
-    """A finished user's profiles, ratings and calls, plus its run_users status, atomically."""
-    profiles = pd.DataFrame(result.profiles, columns=PROFILE_COLUMNS)
-    ratings = pd.DataFrame(result.ratings, columns=RATING_COLUMNS).astype({"rating": "Int64"})
-    calls = pd.DataFrame([asdict(c) for c in result.calls], columns=CALL_COLUMNS)
-    transaction(db, "save_user_result", {"new_profiles": profiles, "new_ratings": ratings, "new_calls": calls},
-                run_id=run_id, fold=result.fold, user_id=result.user_id, retries=retries)
+def save_user_results(db: str | Path, run_id: str, results: list, retries: dict[tuple[str, str], int]) -> None:
+    """Finished users' profiles, ratings, calls and run_users state, in one transaction."""
+    if not results:
+        return
+    users = pd.DataFrame([{"fold": r.fold, "user_id": r.user_id, "retries": retries.get((r.fold, r.user_id), 0)}
+                          for r in results])
+    profiles = pd.DataFrame([{"fold": r.fold, "user_id": r.user_id, **p} for r in results for p in r.profiles],
+                            columns=["fold", "user_id", *PROFILE_COLUMNS])
+    ratings = pd.DataFrame([{"fold": r.fold, "user_id": r.user_id, **x} for r in results for x in r.ratings],
+                           columns=["fold", "user_id", *RATING_COLUMNS]).astype({"rating": "Int64"})
+    calls = pd.DataFrame([{"fold": r.fold, "user_id": r.user_id, **asdict(c)} for r in results for c in r.calls],
+                         columns=["fold", "user_id", *CALL_COLUMNS])
+    transaction(db, "save_user_results", {"new_users": users, "new_profiles": profiles, "new_ratings": ratings,
+                                          "new_calls": calls}, run_id=run_id)
 
 
 def finish_run(db: str | Path, run_id: str, status: str) -> None:
