@@ -120,10 +120,11 @@ def metrics_table_from_models(rows: list[dict]):
     from rich.table import Table
 
     table = Table(title="embedded models")
-    for column in ("name", "size", "installed", "assembled", "speed", "description"):
+    for column in ("name", "size", "installed", "assembled", "speed on 2 cores", "description"):
         table.add_column(column)
     for row in rows:
-        table.add_row(str(row.get("name")), f"{(row.get('size_bytes') or 0) / 1e6:,.0f} MB",
+        table.add_row(str(row.get("name")) + (" (default)" if row.get("default") else ""),
+                      f"{(row.get('size') or 0) / 1e6:,.0f} MB",
                       "yes" if row.get("installed") else "no", "yes" if row.get("assembled") else "no",
                       str(row.get("speed", "")), str(row.get("description", "")))
     return table

@@ -151,10 +151,9 @@ def llm_endpoint(llm: LLMSettings, start: bool = True) -> Iterator[tuple[LLMSett
     if llm.base_url or not start:
         yield llm, llm.model
         return
-    from tasks.llm.embedded import EmbeddedServer, ensure_model
+    from tasks.llm.embedded import EmbeddedServer
 
-    model_path = ensure_model(llm.gguf or llm.model)
-    with EmbeddedServer(model_path) as server:
+    with EmbeddedServer.from_model(llm.gguf or llm.model) as server:
         # one slot on a small CPU: more concurrency only adds latency
         yield llm.model_copy(update={"base_url": server.base_url, "concurrency": 1,
                                      "timeout_s": max(llm.timeout_s, 600.0)}), server.model_name

@@ -107,6 +107,7 @@ class EmbeddedServer:
         model_name: str | None = None,
         startup_timeout: float = 120.0,
         log_dir: str | os.PathLike[str] | None = None,
+        require_key: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx
@@ -115,7 +116,9 @@ class EmbeddedServer:
         self.model_name = model_name or self.model_path.stem
         self.startup_timeout = startup_timeout
         self.log_dir = Path(log_dir) if log_dir else cache_root() / "logs"
-        self.api_key = secrets.token_urlsafe(24)
+        # loopback only; a key is optional (doppel's Dask workers read keys only from their environment)
+        self.api_key = secrets.token_urlsafe(24) if require_key else "no-key"
+        self._require_key = require_key
         self.address: str | None = None
         self.log_path: Path | None = None
         self.load_seconds: float | None = None
@@ -177,7 +180,10 @@ class EmbeddedServer:
         ]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
-        env[_KEY_ENV] = self.api_key
+        if self._require_key:
+            env[_KEY_ENV] = self.api_key
+        else:
+            env.pop(_KEY_ENV, None)
         if not _verbose():
             self.log_dir.mkdir(parents=True, exist_ok=True)
             _prune_logs(self.log_dir)

@@ -182,15 +182,18 @@ class LLMGateway:
                 **base, status="ok", cached=True, attempts=0, prompt_tokens=hit["prompt_tokens"],
                 completion_tokens=hit["completion_tokens"], latency_s=0.0, response=hit["content"])
         started = time.monotonic()
+        downgrade = False
         async with self.limiter.slot(priority):
             try:
                 raw = await self._create(messages, request)
             except openai.BadRequestError as exc:
-                if "response_format" in request and self._downgrade_json_mode(exc):
-                    return await self._complete(prompt, messages, self._rating_params_like(params), sample, priority)
-                raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
+                if not ("response_format" in request and self._downgrade_json_mode(exc)):
+                    raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
+                downgrade = True
             except openai.OpenAIError as exc:
                 raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
+        if downgrade:  # ask again in the weaker JSON mode, after giving the slot back
+            return await self._complete(prompt, messages, self._rating_params_like(params), sample, priority)
         completion = raw.parse()
         content = completion.choices[0].message.content or "" if completion.choices else ""
         usage = completion.usage

@@ -39,8 +39,8 @@ def ratings_json_schema(item_ids: list[str]) -> dict:
         "properties": {
             "ratings": {
                 "type": "array",
+                # exactly these positions; llama.cpp rejects `"items": false`, min/max pin the length
                 "prefixItems": [entry(i) for i in item_ids],
-                "items": False,
                 "minItems": len(item_ids),
                 "maxItems": len(item_ids),
             }

@@ -1,0 +1,36 @@
+"""`doppel serve`: serve the deployments of deployments/prefect.yaml from this process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from flows.cli import app, console, fail
+
+
+@app.command()
+def serve(
+    file: Path = typer.Option(None, help="a prefect.yaml (default: deployments/prefect.yaml of the repo)"),
+    deployment: Optional[List[str]] = typer.Option(None, "--deployment", "-d",
+                                                   help="serve only this deployment name (repeatable)"),
+    param: Optional[List[str]] = typer.Option(None, "--param", "-p",
+                                              help="key=value for every served flow that takes it (repeatable)"),
+    schedules: bool = typer.Option(True, "--schedules/--no-schedules", help="keep the yaml's schedules"),
+    limit: Optional[int] = typer.Option(None, help="flow runs at once (default: no limit)"),
+    port: int = typer.Option(4200, help="port of the local Prefect server started when PREFECT_API_URL is unset"),
+) -> None:
+    """Serve the Prefect deployments from this process: schedules fire, runs start here, Ctrl-C stops.
+
+    Uses PREFECT_API_URL, or a Prefect server on 127.0.0.1:PORT (started here if none answers).
+    Trigger a run with `prefect deployment run doppel-job/weekly --param users=5` or from the UI.
+    """
+    from flows.deploy import DEFAULT_FILE, parse_params, serve_file
+
+    try:
+        overrides = parse_params(param or [])
+        serve_file(file or DEFAULT_FILE, names=deployment or None, overrides=overrides, schedules=schedules,
+                   limit=limit, port=port, announce=lambda text: console.print(text, highlight=False))
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        fail(str(exc), 2)

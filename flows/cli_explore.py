@@ -1,0 +1,107 @@
+"""`doppel sql` and `doppel report`: look at a DuckDB file (read-only, briefly) and write the HTML report.
+
+Registered on the main app by importing this module (flows/cli.py does `import flows.cli_explore`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pandas as pd
+import typer
+from rich.table import Table
+
+from flows.cli import app, console, fail
+
+
+@app.command()
+def sql(
+    query: Optional[str] = typer.Argument(None, help="SQL to run read-only, e.g. \"select * from run_costs\""),
+    view: Optional[str] = typer.Option(None, "--view", "-v", help="show one of doppel's views (see --list)"),
+    run_id: Optional[str] = typer.Option(None, help="with --view: only this run's rows"),
+    list_views: bool = typer.Option(False, "--list", help="list doppel's views"),
+    db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file"),
+    limit: int = typer.Option(50, min=1, help="rows to print"),
+    max_width: int = typer.Option(60, min=4, help="characters per cell before it is cut"),
+) -> None:
+    """Query the DuckDB file read-only (safe beside a live run) and print a table."""
+    from tasks.report import read_view, run_sql, view_names
+
+    if list_views:
+        console.print("\n".join(view_names()), highlight=False)
+        return
+    if (query is None) == (view is None):
+        fail('give a query ("select ...") or --view NAME (--list shows the views)')
+    if run_id is not None and view is None:
+        fail("--run-id filters a --view; put the filter in the query instead")
+    with _explore_errors():
+        frame, more = read_view(db, view, run_id, limit) if view else run_sql(db, query, limit)
+    if run_id is not None and "run_id" in frame:
+        frame = frame.drop(columns="run_id")  # one run: the column says nothing
+    console.print(frame_table(frame, max_width, title=view))
+    shown = f"{len(frame):,} row{'s' if len(frame) != 1 else ''}"
+    console.print(f"{shown}, more left out (--limit)" if more else shown, style="dim", highlight=False)
+
+
+@app.command()
+def report(
+    run_id: Optional[str] = typer.Option(None, help="the run to report (default: the latest run)"),
+    db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file"),
+    out: Path = typer.Option(Path("report.html"), help="HTML file to write"),
+) -> None:
+    """Write a self-contained HTML report of a run: plots, fidelity vs baselines, cost, validation."""
+    from tasks.report import write_report
+
+    with _explore_errors():
+        path = write_report(db, run_id, out)
+    console.print(f"report written to [bold]{path}[/]", highlight=False)
+
+
+@contextlib.contextmanager
+def _explore_errors() -> Iterator[None]:
+    """One clear line instead of a traceback (without flows.errors, which imports Prefect: slow)."""
+    import duckdb
+
+    from tasks.store.db import DatabaseLockedError
+
+    try:
+        yield
+    except (ValueError, FileNotFoundError, DatabaseLockedError) as exc:
+        fail(str(exc), 2)
+    except duckdb.Error as exc:  # the query's parser / binder / catalog error, as DuckDB words it
+        fail(str(exc).strip(), 2)
+
+
+def frame_table(frame: pd.DataFrame, max_width: int = 60, title: str | None = None) -> Table:
+    """A Rich table of a frame; long cells are cut to `max_width` characters with an ellipsis.
+
+    A single wide row (e.g. `run_costs` of one run) is printed as column / value pairs.
+    """
+    if len(frame) == 1 and len(frame.columns) > 6:
+        table = Table(title=title, title_justify="left")
+        table.add_column("column")
+        table.add_column("value", overflow="fold", max_width=max_width + 2)
+        for name, value in frame.iloc[0].items():
+            table.add_row(str(name), _cell(value, max_width))
+        return table
+    table = Table(title=title, title_justify="left")
+    for name, dtype in frame.dtypes.items():
+        numeric = pd.api.types.is_numeric_dtype(dtype)
+        table.add_column(str(name), justify="right" if numeric else "left", no_wrap=numeric,
+                         min_width=min(len(str(name)), max_width), overflow="fold", max_width=max_width + 2)
+    for row in frame.itertuples(index=False):
+        table.add_row(*(_cell(v, max_width) for v in row))
+    return table
+
+
+def _cell(value, max_width: int) -> str:
+    if value is None or (not isinstance(value, (list, tuple, dict)) and pd.isna(value)):
+        return "[dim]null[/]"
+    if isinstance(value, float):
+        text = f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.0f}"
+    else:
+        text = " ".join(str(value).split())  # one line: profiles and responses are multi-line
+    text = text if len(text) <= max_width else text[: max_width - 1] + "…"
+    return text.replace("[", r"\[")

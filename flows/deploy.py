@@ -1,0 +1,243 @@
+"""Deployments: the entry flow `deployments/prefect.yaml` schedules, and the logic of `doppel serve`.
+
+`run_job` is `doppel run` as a flow with flat, typed parameters (each one a field in the Prefect UI
+and a `--param key=value` of `prefect deployment run`); it builds the RunSettings and calls the
+`doppel-run` flow. `serve_file` serves the deployments of a prefect.yaml from this process, against
+PREFECT_API_URL or a `prefect server start` it starts itself (the scheduler needs a full server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import httpx
+import yaml
+from prefect import flow
+
+from flows.runtime import PREFECT_QUIET_ENV, _stop, _wait_healthy, die_with_parent
+from tasks.settings import LLMSettings, RunSettings, SimulationSettings
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_FILE = REPO / "deployments" / "prefect.yaml"
+FOLDS_ALL = ["u1", "u2", "u3", "u4", "u5"]
+
+_R, _L, _S = RunSettings(), LLMSettings(), SimulationSettings()  # one source of defaults
+
+
+@flow(name="doppel-job", log_prints=True)
+def run_job(
+    dataset: str = _R.dataset,
+    fold: str = "u1",
+    users: Optional[int] = _R.users,
+    user_ids: Optional[list[str]] = None,
+    db: str = _R.db,
+    run_id: Optional[str] = None,
+    base_url: Optional[str] = _L.base_url,
+    model: str = _L.model,
+    concurrency: int = _L.concurrency,
+    rpm: Optional[float] = _L.rpm,
+    concurrency_limit: Optional[str] = _L.concurrency_limit_name,
+    temperature: float = _L.temperature,
+    seed: int = _L.seed,
+    timeout: float = _L.timeout_s,
+    cache_dir: Optional[str] = _L.cache_dir,
+    runner: str = _R.runner,
+    dask_address: Optional[str] = _R.dask_address,
+    dask_workers: int = _R.dask_workers,
+    data_dir: Optional[str] = _R.data_dir,
+    item_text: Optional[str] = _R.item_text,
+    synthetic_users: int = _R.synthetic_users,
+    synthetic_items: int = _R.synthetic_items,
+    history_n: int = _S.history_n,
+    profile_batch: int = _S.profile_batch,
+    recent_k: int = _S.recent_k,
+    rate_batch: int = _S.rate_batch,
+    max_test_items: Optional[int] = _S.max_test_items,
+    update: bool = _S.update_profile,
+    baselines: bool = _R.baselines,
+) -> dict:
+    """Simulate a fold's users with an LLM, gate the output and score it (`doppel run` as a job).
+
+    The API key is never a parameter: the gateway reads OPENAI_API_KEY or DOPPEL_API_KEY from the
+    environment of the worker (or `doppel serve`) process.
+
+    Args:
+        dataset: synthetic | ml-100k | a ratings CSV, directory or zip on the worker's machine.
+        fold: u1..u5, a comma list, or all.
+        users: a seeded sample of N test users per fold (empty: all test users).
+        user_ids: simulate exactly these user ids.
+        db: the DuckDB file on the machine that runs the flow (relative: to the working directory).
+        run_id: resume or rerun this run id (empty: a new run each time).
+        base_url: an OpenAI-compatible endpoint (empty: the embedded llama.cpp model).
+        model: the endpoint's model id, or an embedded model name.
+        concurrency: LLM calls in flight across all workers.
+        rpm: requests-per-minute cap (empty: none).
+        concurrency_limit: also hold this Prefect global concurrency limit (shared by runs).
+        temperature: sampling temperature.
+        seed: LLM seed and user-sample seed.
+        timeout: seconds per LLM call.
+        cache_dir: the LLM response cache (empty: .doppel/llm-cache next to the db); shared storage
+            when Dask workers run on other machines.
+        runner: dask | threads.
+        dask_address: an existing Dask scheduler, tcp://host:8786 (empty: a local cluster).
+        dask_workers: local Dask workers (and user chunks).
+        data_dir: a local copy of the dataset.
+        item_text: an item overview TSV (item id + overview).
+        synthetic_users: synthetic dataset: number of users.
+        synthetic_items: synthetic dataset: number of items.
+        history_n: N, the last train ratings used for the profile.
+        profile_batch: B, ratings per profile call.
+        recent_k: K, recent ratings shown when rating.
+        rate_batch: held-out items per rating call.
+        max_test_items: cap held-out items per user (empty: all).
+        update: update the profile after each rating batch (the dynamic user).
+        baselines: score CF baselines on the same rows.
+    """
+    from flows.simulate import simulate
+
+    if runner not in ("dask", "threads"):
+        raise ValueError(f"runner must be dask or threads, not {runner!r}")
+    folds = FOLDS_ALL if fold == "all" else [f.strip() for f in fold.split(",") if f.strip()]
+    settings = RunSettings(
+        dataset=dataset, data_dir=data_dir, item_text=item_text, synthetic_users=synthetic_users,
+        synthetic_items=synthetic_items, folds=folds, users=users, user_ids=user_ids, sample_seed=seed, db=db,
+        run_id=run_id, runner=runner, dask_address=dask_address, dask_workers=dask_workers, baselines=baselines,
+        progress=False,
+        llm=LLMSettings(base_url=base_url, model=model, temperature=temperature, seed=seed, timeout_s=timeout,
+                        concurrency=concurrency, rpm=rpm, concurrency_limit_name=concurrency_limit,
+                        cache_dir=cache_dir),
+        sim=SimulationSettings(history_n=history_n, profile_batch=profile_batch, recent_k=recent_k,
+                               rate_batch=rate_batch, update_profile=update, max_test_items=max_test_items),
+    )
+    summary = simulate(settings)
+    print(f"run {summary['run_id']}: {summary['status']} in {summary['wall_s']} s -> {summary['db']}")
+    return json.loads(json.dumps(summary, default=_plain))
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else str(value)  # numpy scalars, timestamps
+
+
+# ----------------------------------------------------------------------------- doppel serve
+
+
+def load_specs(path: str | Path = DEFAULT_FILE, names: list[str] | None = None) -> list[dict]:
+    """The deployment entries of a prefect.yaml (anchors resolved), optionally only these names."""
+    specs = (yaml.safe_load(Path(path).read_text()) or {}).get("deployments") or []
+    if names:
+        unknown = set(names) - {s["name"] for s in specs}
+        if unknown:
+            raise ValueError(f"no deployment named {sorted(unknown)} in {path}; "
+                             f"known: {[s['name'] for s in specs]}")
+        specs = [s for s in specs if s["name"] in names]
+    return specs
+
+
+def load_entrypoint(entrypoint: str):
+    """`flows/<file>.py:<flow>` -> the flow object, imported as a module of the installed package."""
+    path, _, attr = entrypoint.partition(":")
+    module = ".".join(Path(path).with_suffix("").parts)
+    return getattr(importlib.import_module(module), attr)
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` pairs; a value is JSON when it parses (3, true, null, [..]), else a string."""
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param wants key=value, got {pair!r}")
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    return params
+
+
+def runner_deployments(specs: list[dict], overrides: dict[str, Any] | None = None,
+                       schedules: bool = True) -> list:
+    """RunnerDeployments for `prefect.serve`: the yaml's name, parameters, schedules, tags and
+    description; `overrides` go to every deployment whose flow takes that parameter."""
+    from prefect.schedules import Schedule
+
+    overrides = overrides or {}
+    deployments, used = [], set()
+    for spec in specs:
+        flow_obj = load_entrypoint(spec["entrypoint"])
+        accepted = set(inspect.signature(flow_obj.fn).parameters)
+        mine = {k: v for k, v in overrides.items() if k in accepted}
+        used |= set(mine)
+        limit = spec.get("concurrency_limit")
+        deployments.append(flow_obj.to_deployment(
+            name=spec["name"],
+            parameters={**(spec.get("parameters") or {}), **mine},
+            schedules=[Schedule(**s) for s in spec.get("schedules") or []] if schedules else None,
+            description=spec.get("description"),
+            tags=spec.get("tags"),
+            concurrency_limit=limit.get("limit") if isinstance(limit, dict) else limit,
+        ))
+    if unused := set(overrides) - used:
+        raise ValueError(f"no served flow takes the parameter(s) {sorted(unused)}")
+    return deployments
+
+
+def _healthy(url: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    return False
+
+
+@contextlib.contextmanager
+def local_prefect_server(port: int = 4200, host: str = "127.0.0.1") -> Iterator[str]:
+    """PREFECT_API_URL if set; else a server already on host:port; else `prefect server start` there.
+
+    A full server (scheduler, UI), not the ephemeral API: schedules only create runs with the
+    scheduler service. Its database is PREFECT_HOME's, so the run history survives restarts.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    url = f"http://{host}:{port}/api"
+    if _healthy(url):
+        yield url
+        return
+    env = {**os.environ, **PREFECT_QUIET_ENV}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
+        env=env, preexec_fn=die_with_parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_healthy(f"{url}/health", process, 120, "prefect server")
+        yield url
+    finally:
+        _stop(process)
+
+
+def serve_file(path: str | Path = DEFAULT_FILE, names: list[str] | None = None,
+               overrides: dict[str, Any] | None = None, schedules: bool = True, limit: int | None = None,
+               port: int = 4200, announce=print) -> None:
+    """Serve the deployments of a prefect.yaml from this process until Ctrl-C or SIGTERM.
+
+    Runs execute in subprocesses of this one; the schedules are paused again on shutdown.
+    """
+    specs = load_specs(path, names)
+    for key, value in PREFECT_QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    with local_prefect_server(port) as url:
+        os.environ["PREFECT_API_URL"] = url  # flow-run subprocesses inherit it
+        from prefect import serve
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: url}):
+            deployments = runner_deployments(specs, overrides, schedules)
+            announce(f"serving {', '.join(f'{d.flow_name}/{d.name}' for d in deployments)} on {url} "
+                     f"(UI: {url.removesuffix('/api')})")
+            with contextlib.suppress(KeyboardInterrupt):
+                serve(*deployments, limit=limit, print_starting_message=False)

@@ -1,0 +1,47 @@
+"""End to end on the real embedded model: 3 synthetic users through the whole flow, no API key."""
+
+from __future__ import annotations
+
+import duckdb
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def llama_children() -> list[psutil.Process]:
+    me = psutil.Process()
+    return [p for p in me.children(recursive=True)
+            if "tasks.llm.embedded" in " ".join(p.cmdline() if p.is_running() else [])]
+
+
+def test_three_synthetic_users_on_the_embedded_model(prefect_server, tmp_path, monkeypatch):
+    from flows.simulate import simulate
+    from tasks.settings import LLMSettings, RunSettings
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("DOPPEL_API_KEY", raising=False)
+    db = str(tmp_path / "doppel.duckdb")
+    settings = RunSettings(dataset="synthetic", users=3, db=db, run_id="e2e", progress=False,
+                           llm=LLMSettings(timeout_s=600))
+    summary = simulate(settings)
+
+    assert summary["status"] == "finished" and summary["users"] == 3
+    con = duckdb.connect(db, read_only=True)
+    try:
+        pairs = con.execute("select sum(n_pairs) from run_users where run_id = 'e2e'").fetchone()[0]
+        rows = con.execute("select status, rating from simulated_ratings where run_id = 'e2e'").df()
+        profiles = con.execute("select stage, text from profiles where run_id = 'e2e'").df()
+        gate = con.execute("select bool_and(success) from validation_results where run_id = 'e2e'").fetchone()[0]
+        llm_rmse = con.execute("select value from metrics where run_id = 'e2e' and simulator = 'llm' "
+                               "and metric = 'rmse'").fetchone()
+        model = con.execute("select model from runs where run_id = 'e2e'").fetchone()[0]
+    finally:
+        con.close()
+    assert len(rows) == pairs > 0
+    ok = rows[rows["status"] == "ok"]
+    assert len(ok) >= 0.8 * pairs and ok["rating"].between(1, 5).all()  # a 0.5B model, schema-constrained
+    assert len(profiles) >= 3 and profiles["text"].str.len().min() > 20
+    assert gate is True and llm_rmse is not None
+    assert model == "qwen2.5-0.5b"
+    assert llama_children() == [], "the embedded server must be stopped after the run"
