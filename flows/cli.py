@@ -74,6 +74,9 @@ def run(
     cache_dir: Optional[Path] = typer.Option(None, help="LLM response cache (default: .doppel/ next to the db)"),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="score CF baselines on the same rows"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    price_prompt: float = typer.Option(0.0, help="USD per million prompt tokens (cost accounting)"),
+    price_completion: float = typer.Option(0.0, help="USD per million completion tokens"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="estimate calls, tokens, cost and time; call nothing"),
     verbose: bool = typer.Option(False, "--verbose", help="show Prefect logs"),
 ) -> None:
     """Simulate users with an LLM, validate the output, and score it against the real ratings."""
@@ -89,12 +92,29 @@ def run(
         progress=progress,
         llm=LLMSettings(base_url=base_url, model=model, gguf=str(gguf) if gguf else None, temperature=temperature,
                         seed=seed, timeout_s=timeout, concurrency=concurrency, rpm=rpm,
-                        concurrency_limit_name=concurrency_limit, cache_dir=str(cache_dir) if cache_dir else None),
+                        concurrency_limit_name=concurrency_limit, cache_dir=str(cache_dir) if cache_dir else None,
+                        price_prompt_per_mtok=price_prompt, price_completion_per_mtok=price_completion),
         sim=SimulationSettings(history_n=history_n, profile_batch=profile_batch, recent_k=recent_k,
                                rate_batch=rate_batch, update_profile=update, max_test_items=max_test_items),
     )
+    if dry_run:
+        _dry_run(settings)
+        return
     summary = _run_flow(settings)
     print_summary(console, summary)
+
+
+def _dry_run(settings: RunSettings) -> None:
+    from flows.display import print_estimate
+    from flows.errors import friendly_errors
+    from tasks.estimate import estimate
+    from tasks.ingest import ingest as ingest_step
+    from tasks.store.db import init_db
+
+    with friendly_errors(fail):
+        init_db(settings.db)
+        dataset, _ = ingest_step(settings)
+        print_estimate(console, estimate(settings, dataset), settings)
 
 
 def _run_flow(settings: RunSettings) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -20,6 +21,7 @@ def serve(
     schedules: bool = typer.Option(True, "--schedules/--no-schedules", help="keep the yaml's schedules"),
     limit: Optional[int] = typer.Option(None, help="flow runs at once (default: no limit)"),
     port: int = typer.Option(4200, help="port of the local Prefect server started when PREFECT_API_URL is unset"),
+    log_level: str = typer.Option("INFO", help="log level of the runs started here (their logs print here)"),
 ) -> None:
     """Serve the Prefect deployments from this process: schedules fire, runs start here, Ctrl-C stops.
 
@@ -28,6 +30,7 @@ def serve(
     """
     from flows.deploy import DEFAULT_FILE, parse_params, serve_file
 
+    os.environ["PREFECT_LOGGING_LEVEL"] = log_level.upper()  # inherited by the flow-run processes
     try:
         overrides = parse_params(param or [])
         serve_file(file or DEFAULT_FILE, names=deployment or None, overrides=overrides, schedules=schedules,

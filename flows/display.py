@@ -52,3 +52,26 @@ def print_summary(console: Console, summary: dict) -> None:
         console.print(f"rerun with [bold]--run-id {summary['run_id']}[/] to retry what is left.")
     console.print(f"tables in [bold]{summary['db']}[/]: duckdb -readonly {summary['db']}  "
                   f"or  doppel sql --db {summary['db']} \"select * from metrics\"", highlight=False)
+
+
+def print_estimate(console: Console, est, settings) -> None:
+    """The dry-run table: calls, tokens, cost and the LLM-bound wall time at a few speeds."""
+    llm = settings.llm
+    embedded = not llm.base_url
+    concurrency = 1 if embedded else llm.concurrency
+    table = Table(title="dry run: nothing was called", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    rows = [("users", f"{est.users:,}"), ("requested pairs", f"{est.pairs:,}"), ("LLM calls", f"{est.calls:,}"),
+            ("longest user chain (calls)", f"{est.longest_chain}"),
+            ("prompt tokens (approx.)", f"{est.prompt_tokens:,}"),
+            ("completion tokens (at most)", f"{est.completion_tokens:,}"),
+            ("prompt tokens per rating", f"{est.prompt_tokens / max(1, est.pairs):.0f}"),
+            ("cost (USD, at the given prices)", f"{est.cost_usd:,.2f}")]
+    speeds = [10.0] if embedded else [0.5, 1.0, 2.0]
+    for seconds in speeds:
+        label = f"wall at {seconds:g} s/call, concurrency {concurrency}" + (" (embedded 0.5B)" if embedded else "")
+        rows.append((label, f"{est.wall_s(seconds, concurrency) / 60:,.1f} min"))
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)

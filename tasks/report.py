@@ -65,7 +65,8 @@ def run_sql(db: str | Path, sql: str, limit: int | None = None) -> tuple[pd.Data
     return _cut(frame, limit)
 
 
-def read_view(db: str | Path, name: str, run_id: str | None = None, limit: int | None = None) -> tuple[pd.DataFrame, bool]:
+def read_view(db: str | Path, name: str, run_id: str | None = None,
+              limit: int | None = None) -> tuple[pd.DataFrame, bool]:
     """Rows of one view (optionally of one run); returns (at most `limit` rows, whether rows were left out)."""
     if name not in view_names():
         raise ValueError(f"no view {name!r}; views: {', '.join(view_names())}")
@@ -124,7 +125,8 @@ def load_report_data(db: str | Path, run_id: str) -> ReportData:
         runs = _rows(con, "runs", run_id)
         if runs.empty:
             known = con.table("runs").df()["run_id"].tolist()
-            raise ValueError(f"no run {run_id!r} in {db}" + (f"; runs: {', '.join(known[-10:])}" if known else "; it has no runs"))
+            hint = f"; runs: {', '.join(known[-10:])}" if known else "; it has no runs"
+            raise ValueError(f"no run {run_id!r} in {db}{hint}")
         frames = {name: _rows(con, name, run_id) for name in (
             "run_overview", "run_costs", "rating_histograms", "confusion_matrix", "user_error", "failed_pairs",
             "metrics", "validation_results")}
@@ -181,7 +183,8 @@ def histogram_plot(histograms: pd.DataFrame) -> str:
     ax.set_ylabel("share of rated pairs")
     ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
     ax.set_title(f"Real vs simulated ratings (total variation {tv:.3f})", loc="left")
-    ax.legend(frameon=False)
+    ax.set_ylim(0, max(shares.max().max(), 0.01) * 1.25)  # headroom for the labels and the legend
+    ax.legend(frameon=False, ncol=2, loc="upper left")
     return _png(fig)
 
 
@@ -238,6 +241,7 @@ def activity_plot(user_error: pd.DataFrame) -> str:
     left.scatter(users["n_train"], users["rmse"].astype(float), s=12 + 4 * users["n"], alpha=0.6, color="#4c72b0")
     left.set_xlabel("user activity (train ratings)")
     left.set_ylabel("RMSE per user")
+    left.set_ylim(bottom=0)
     left.set_title("Per user (size = rated pairs)", loc="left")
     x = pd.Series(range(len(bins)), dtype=float)
     for offset, metric, color in ((-0.2, "rmse", "#4c72b0"), (0.2, "mae", "#55a868")):
@@ -246,7 +250,8 @@ def activity_plot(user_error: pd.DataFrame) -> str:
     right.set_xticks(x, [f"{b}\n{u} users" for b, u in zip(bins["bin"], bins["users"])], fontsize=8)
     right.set_xlabel("train ratings per user (quantile bins)")
     right.set_title("Pooled error by activity", loc="left")
-    right.legend(frameon=False)
+    right.set_ylim(0, max(float(bins[["rmse", "mae"]].max().max()), 0.01) * 1.3)
+    right.legend(frameon=False, ncol=2, loc="upper left")
     fig.tight_layout()
     return _png(fig)
 
@@ -257,7 +262,7 @@ def activity_plot(user_error: pd.DataFrame) -> str:
 def metrics_tables(metrics: pd.DataFrame) -> list[dict[str, Any]]:
     """Per fold: rows of formatted cells (the LLM first, then baselines), the best value per column marked."""
     tables = []
-    for fold, group in metrics.groupby("fold", sort=True):
+    for fold, group in sorted(metrics.groupby("fold"), key=lambda kv: (kv[0] == "all", kv[0])):  # "all" last
         wide = group.pivot_table(index="simulator", columns="metric", values="value", aggfunc="first")
         best = {}
         for key, _, _, better in METRICS:

@@ -42,7 +42,8 @@ insert into splits values
     -- another fold: must not count as u1's f1 activity
     ('toy', 'f2', 'train', 'u1', 'i1');
 insert into runs values
-    ('r1', 'toy', ['f1'], timestamp '2026-01-01 10:00:00', null, 'running', $config_r1::json, 'test', '{}', 'm', 'http://x/v1'),
+    ('r1', 'toy', ['f1'], timestamp '2026-01-01 10:00:00', null, 'running', $config_r1::json, 'test', '{}', 'm',
+     'http://x/v1'),
     ('r2', 'toy', ['f1'], timestamp '2026-01-02 10:00:00', timestamp '2026-01-02 10:00:30', 'finished',
      $config_r2::json, 'test', '{}', 'm', 'http://x/v1');
 insert into run_users (run_id, fold, user_id, status, n_pairs, n_failed) values
@@ -70,7 +71,8 @@ insert into metrics values
     ('r1', 'f1', 'baseline:user_mean', 'exact', 0.0), ('r1', 'f1', 'baseline:user_mean', 'close', 100.0),
     ('r1', 'f1', 'baseline:user_mean', 'tv', 0.3333), ('r1', 'f1', 'baseline:user_mean', 'n', 3);
 insert into validation_results (run_id, suite, success, n_rows, failures) values
-    ('r1', 'simulated_ratings', false, 4, '[{"expectation": "expect_column_values_to_not_be_null", "column": "rating"}]'),
+    ('r1', 'simulated_ratings', false, 4,
+     '[{"expectation": "expect_column_values_to_not_be_null", "column": "rating"}]'),
     ('r1', 'profiles', true, 4, '[]');
 """
 
@@ -182,7 +184,8 @@ def test_profile_evolution(toy_db):
     assert all(v1[k] is None or math.isnan(v1[k]) for k in ("words_delta", "new_words", "dropped_words"))
     assert (v2["stage"], v2["words"], v2["words_delta"], v2["new_words"], v2["dropped_words"]) == ("refine", 5, 2, 2, 0)
     # "Dislikes  drama." -> words {dislikes, drama}: new {dislikes}; dropped {likes, action, and, films}
-    assert (v3["stage"], v3["words"], v3["words_delta"], v3["new_words"], v3["dropped_words"]) == ("update", 2, -3, 1, 4)
+    assert (v3["stage"], v3["words"], v3["words_delta"], v3["new_words"], v3["dropped_words"]) == (
+        "update", 2, -3, 1, 4)
     assert got[("u2", 1)]["words"] == 2
 
 
@@ -197,7 +200,8 @@ def test_failed_pairs(toy_db):
 def test_run_overview(toy_db):
     got = by(rows(toy_db, "select * from run_overview"), "run_id")
     r1 = got["r1"]
-    assert (r1["status"], r1["users"], r1["users_done"], r1["users_partial"], r1["users_pending"]) == ("running", 3, 1, 1, 1)
+    assert (r1["status"], r1["users"], r1["users_done"], r1["users_partial"], r1["users_pending"]) == (
+        "running", 3, 1, 1, 1)
     assert (r1["pairs_requested"], r1["pairs"], r1["pairs_rated"], r1["pairs_failed"]) == (6, 4, 3, 1)
     assert r1["pairs_later_batches"] == 1  # u1's i2 was rated in batch 1
     assert r1["wall_s"] is None or math.isnan(r1["wall_s"])  # still running

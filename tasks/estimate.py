@@ -1,0 +1,80 @@
+"""`doppel run --dry-run`: what a run would cost before it spends anything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tasks.llm.templates import render
+from tasks.planning import build_work, select_users
+from tasks.records import UserWork
+from tasks.settings import RunSettings
+from tasks.simulation import PROFILE_WORDS, batches, chain_shape, critical_path
+
+CHARS_PER_TOKEN = 4.0  # rough, for English prompts; the run records the server's exact counts
+PLACEHOLDER_PROFILE = " ".join(["taste"] * PROFILE_WORDS)
+
+
+@dataclass
+class Estimate:
+    users: int
+    pairs: int
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    longest_chain: int
+    cost_usd: float
+
+    def wall_s(self, seconds_per_call: float, concurrency: int) -> float:
+        """The LLM-bound limit: work over concurrency, or the longest user chain."""
+        return max(self.calls * seconds_per_call / max(1, concurrency), self.longest_chain * seconds_per_call)
+
+
+def _tokens(text: str) -> int:
+    return int(len(text) / CHARS_PER_TOKEN) + 4
+
+
+def _user_tokens(work: UserWork, settings: RunSettings) -> tuple[int, int]:
+    """(prompt, completion) tokens of one user's calls, by rendering the real prompts."""
+    sim, llm = settings.sim, settings.llm
+    system = _tokens(render("system"))
+    common = {"demographics": work.demographics, "max_words": PROFILE_WORDS}
+    prompt = completion = 0
+    for i, batch in enumerate(batches(work.history, sim.profile_batch)):
+        name = "profile_create" if i == 0 else "profile_refine"
+        text = render(name, overview_chars=sim.overview_chars, **common, items=batch, mean_rating="3.5",
+                      profile=None if i == 0 else PLACEHOLDER_PROFILE)
+        prompt += system + _tokens(text)
+        completion += llm.max_tokens_profile
+    recent = work.history[-sim.recent_k:] if sim.recent_k else []
+    rate_batches = batches(work.candidates, sim.rate_batch)
+    for j, batch in enumerate(rate_batches):
+        ids = [c.item_id for c in batch]
+        text = render("rating", overview_chars=sim.overview_chars, **common, profile=PLACEHOLDER_PROFILE,
+                      recent=recent, candidates=batch, item_ids_json=str(ids))
+        prompt += system + _tokens(text)
+        completion += 24 + 12 * len(batch)
+        if sim.update_profile and j < len(rate_batches) - 1:
+            text = render("profile_update", overview_chars=sim.overview_chars, **common,
+                          profile=PLACEHOLDER_PROFILE, items=batch)
+            prompt += system + _tokens(text)
+            completion += llm.max_tokens_profile
+    return prompt, completion
+
+
+def estimate(settings: RunSettings, dataset: str) -> Estimate:
+    """Calls and tokens of a new run with these settings (the dataset must be ingested)."""
+    works: list[UserWork] = []
+    for fold in settings.folds:
+        users = select_users(settings.db, dataset, fold, settings.users, settings.user_ids, settings.sample_seed)
+        works += build_work(settings.db, dataset, fold, users, settings.sim)
+    prompt = completion = 0
+    for work in works:
+        p, c = _user_tokens(work, settings)
+        prompt, completion = prompt + p, completion + c
+    llm = settings.llm
+    cost = (prompt * llm.price_prompt_per_mtok + completion * llm.price_completion_per_mtok) / 1e6
+    return Estimate(
+        users=len(works), pairs=sum(len(w.candidates) for w in works),
+        calls=sum(sum(chain_shape(w, settings.sim)) for w in works), prompt_tokens=prompt,
+        completion_tokens=completion, longest_chain=max((critical_path(w, settings.sim) for w in works), default=0),
+        cost_usd=cost)

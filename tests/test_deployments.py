@@ -1,0 +1,276 @@
+"""Deployments: deployments/prefect.yaml on a real `prefect server`, a process work pool and worker;
+and `doppel serve`. Every process started here is stopped (with its children) even on failure.
+
+The round trip (trigger -> COMPLETED) is printed; run with `-s` to see it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import httpx
+import psutil
+import pytest
+
+from flows.runtime import die_with_parent, free_port
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT_YAML = REPO / "deployments" / "prefect.yaml"
+SERVE = [sys.executable, "-c", "import flows.cli_deploy; from flows.cli import app; app()", "serve"]
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def spawn(argv: list[str], log: Path, env: dict | None = None, cwd: Path = REPO) -> subprocess.Popen:
+    """A child in its own session, dying with us, output to `log`."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
+
+
+def stop_tree(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
+    """Signal a process and everything under it (its group too); kill what is left after `grace`."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        tree = [psutil.Process(proc.pid)]
+        tree += tree[0].children(recursive=True)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        for p in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(sig)
+        _, alive = psutil.wait_procs(tree, timeout=grace)
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(alive, timeout=5)
+    with contextlib.suppress(Exception):
+        proc.wait(timeout=5)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180.0) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args[:4]} exited with {proc.returncode}:\n{tail(log)}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return time.monotonic() - t0
+        time.sleep(0.2)
+    pytest.fail(f"no answer at {url} within {timeout:.0f} s:\n{tail(log)}")
+
+
+def tail(path: Path, n: int = 4000) -> str:
+    return path.read_text(errors="replace")[-n:] if path.exists() else ""
+
+
+def prefect_env(home: Path, api_url: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="INFO",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90", PYTHONPATH=str(REPO), PWD=str(REPO))
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+def prefect(env: dict, *args: str, log: Path, timeout: float = 120) -> str:
+    """Run the prefect CLI; fail the test with its output when it fails."""
+    done = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    with open(log, "a") as out:
+        out.write(f"$ prefect {' '.join(args)}\n{done.stdout}{done.stderr}\n")
+    assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def wait_flow_run(api: str, run_id: str, timeout: float, procs: dict) -> dict:
+    """Poll until the flow run is final; fail with the logs of `procs` if it is not COMPLETED."""
+    t0 = time.monotonic()
+    run = {}
+    while time.monotonic() - t0 < timeout:
+        run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+        if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            break
+        time.sleep(0.2)
+    if run.get("state_type") != "COMPLETED":
+        logs = "\n".join(f"--- {name}\n{tail(path)}" for name, path in procs.items())
+        pytest.fail(f"flow run {run_id} ended {run.get('state_type')}: {run.get('state', {}).get('message')}\n{logs}")
+    return run
+
+
+def table(db: str, sql: str):
+    con = duckdb.connect(db, read_only=True)
+    try:
+        return con.execute(sql).df()
+    finally:
+        con.close()
+
+
+def check_run_rows(db: str, run_id: str, n_users: int) -> None:
+    assert table(db, f"select status from runs where run_id = '{run_id}'")["status"].tolist() == ["finished"]
+    users = table(db, f"select * from run_users where run_id = '{run_id}'")
+    assert len(users) == n_users and set(users["status"]) == {"done"}
+    ratings = table(db, f"select * from simulated_ratings where run_id = '{run_id}'")
+    assert len(ratings) == users["n_pairs"].sum() > 0 and set(ratings["status"]) == {"ok"}
+    metrics = table(db, f"select * from metrics where run_id = '{run_id}' and simulator = 'llm'")
+    assert metrics.query("metric == 'n'")["value"].iloc[0] == len(ratings)
+
+
+def job_params(tmp_path: Path, base_url: str, run_id: str) -> dict:
+    """The weekly job pointed at a temp DuckDB and the test LLM server: 3 synthetic users, threads."""
+    return {"dataset": "synthetic", "synthetic_users": 24, "synthetic_items": 60, "users": 3,
+            "db": str(tmp_path / "doppel.duckdb"), "cache_dir": str(tmp_path / "llm-cache"),
+            "base_url": base_url, "model": "doppel-test-model", "runner": "threads", "run_id": run_id,
+            "baselines": False}
+
+
+@pytest.fixture(scope="module")
+def llm_subprocess(tmp_path_factory):
+    from tests.llm_server import start_subprocess
+
+    proc, base_url = start_subprocess(latency=0.02)
+    try:
+        yield base_url
+    finally:
+        stop_tree(proc)
+
+
+@pytest.fixture
+def started(tmp_path):
+    """started(name, argv, env) -> (process, log path); at teardown every process is stopped, and any
+    process still carrying this test's PREFECT_HOME (an orphan: a flow run, a Dask worker) fails it."""
+    procs: list[subprocess.Popen] = []
+
+    def start(name: str, argv: list[str], env: dict) -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / f"{name}.log"
+        procs.append(spawn(argv, log, env))
+        return procs[-1], log
+
+    yield start
+    for proc in reversed(procs):
+        stop_tree(proc)
+    orphans = processes_with_env("PREFECT_HOME", str(tmp_path))
+    for p in orphans:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    assert not orphans, f"processes left running: {[(p.pid, p.info['cmdline']) for p in orphans]}"
+
+
+def processes_with_env(key: str, prefix: str) -> list[psutil.Process]:
+    """Live processes whose environment has `key` starting with `prefix`."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        with contextlib.suppress(psutil.Error):
+            if p.info["status"] != psutil.STATUS_ZOMBIE and p.environ().get(key, "").startswith(prefix):
+                found.append(p)
+    return found
+
+
+def as_param(key: str, value) -> str:
+    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_prefect_deploy_worker_round_trip(tmp_path, llm_subprocess, started):
+    """prefect.yaml -> `prefect deploy --all` -> `prefect deployment run` -> worker --run-once -> rows."""
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = prefect_env(tmp_path / "prefect-home", api)
+    server, server_log = started("server", [sys.executable, "-m", "prefect", "server", "start",
+                                            "--host", "127.0.0.1", "--port", str(port)], env)
+    startup = wait_healthy(f"{api}/health", server, server_log)
+    cli_log = tmp_path / "cli.log"
+    prefect(env, "work-pool", "create", "doppel-process", "--type", "process", log=cli_log)
+    prefect(env, "deploy", "--all", "--prefect-file", str(PREFECT_YAML.relative_to(REPO)), log=cli_log)
+
+    job = httpx.get(f"{api}/deployments/name/doppel-job/weekly", timeout=10).json()
+    assert job["work_pool_name"] == "doppel-process" and job["tags"] == ["doppel"]
+    assert job["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
+    assert [s["schedule"]["cron"] for s in job["schedules"]] == ["0 3 * * 1"]
+    assert job["parameter_openapi_schema"]["properties"]["users"]["description"]
+    score = httpx.get(f"{api}/deployments/name/doppel-score/on-demand", timeout=10).json()
+    assert score["work_pool_name"] == "doppel-process" and "run_id" in score["parameter_openapi_schema"]["required"]
+
+    params = job_params(tmp_path, llm_subprocess, "deploy-it")
+    t0 = time.monotonic()
+    out = prefect(env, "deployment", "run", "doppel-job/weekly",
+                  *[a for k, v in params.items() for a in ("--param", as_param(k, v))], log=cli_log)
+    triggered = time.monotonic() - t0
+    flow_run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
+    worker, worker_log = started("worker", [sys.executable, "-m", "prefect", "worker", "start",
+                                            "--pool", "doppel-process", "--run-once"], env)
+    run = wait_flow_run(api, flow_run_id, 300, {"worker": worker_log, "server": server_log})
+    round_trip = time.monotonic() - t0
+    check_run_rows(params["db"], "deploy-it", n_users=3)
+    assert worker.wait(timeout=60) == 0
+
+    # the scoring deployment on the same file
+    out = prefect(env, "deployment", "run", "doppel-score/on-demand", "--param", f"db={params['db']}",
+                  "--param", "run_id=deploy-it", "--param", "baselines=false", log=cli_log)
+    score_run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
+    worker2, worker2_log = started("worker2", [sys.executable, "-m", "prefect", "worker", "start",
+                                               "--pool", "doppel-process", "--run-once"], env)
+    wait_flow_run(api, score_run_id, 180, {"worker": worker2_log})
+    gates = table(params["db"], "select success from validation_results where run_id = 'deploy-it'")
+    assert len(gates) == 4 and gates["success"].all()  # the run's own gate + the rescore's
+    assert worker2.wait(timeout=60) == 0
+
+    print(f"\nDEPLOYMENT server_start={startup:.1f}s trigger_cli={triggered:.1f}s "
+          f"round_trip={round_trip:.1f}s (trigger -> COMPLETED, worker start included) "
+          f"flow_run={run['total_run_time']:.1f}s "
+          f"queued={_seconds(run['start_time']) - _seconds(run['expected_start_time']):.1f}s")
+
+
+def test_doppel_serve_runs_a_triggered_deployment(tmp_path, llm_subprocess, started):
+    """`doppel serve` with no PREFECT_API_URL starts its own server, serves the yaml; an API-triggered
+    run of the served job completes; SIGTERM stops everything."""
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = prefect_env(tmp_path / "prefect-home", None)
+    params = job_params(tmp_path, llm_subprocess, "serve-it")
+    argv = SERVE + ["--port", str(port), "--deployment", "weekly",
+                    *[a for k, v in params.items() if k != "run_id" for a in ("-p", as_param(k, v))]]
+    serve, serve_log = started("serve", argv, env)
+    startup = wait_healthy(f"{api}/health", serve, serve_log)
+    t0 = time.monotonic()
+    deployment = None
+    while time.monotonic() - t0 < 120 and deployment is None:  # registered once serve is up
+        response = httpx.get(f"{api}/deployments/name/doppel-job/weekly", timeout=10)
+        deployment = response.json() if response.status_code == 200 else time.sleep(0.3)
+    assert deployment, f"doppel serve registered nothing:\n{tail(serve_log)}"
+    assert deployment["parameters"]["db"] == params["db"] and deployment["work_pool_name"] is None
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * 1"]
+
+    t1 = time.monotonic()
+    created = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run",
+                         json={"parameters": {"run_id": "serve-it"}}, timeout=10).json()
+    run = wait_flow_run(api, created["id"], 300, {"serve": serve_log})
+    round_trip = time.monotonic() - t1
+    check_run_rows(params["db"], "serve-it", n_users=3)
+
+    children = psutil.Process(serve.pid).children(recursive=True)
+    assert children, "the served run and the server it started are children of doppel serve"
+    serve.send_signal(signal.SIGTERM)
+    assert serve.wait(timeout=60) == 0, tail(serve_log)
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, f"doppel serve left {[p.pid for p in alive]} running"
+    print(f"\nSERVE startup={startup:.1f}s (server start included) round_trip={round_trip:.1f}s "
+          f"(API trigger -> COMPLETED) flow_run={run['total_run_time']:.1f}s")
+
+
+def _seconds(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
