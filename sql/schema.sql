@@ -117,7 +117,8 @@ create table if not exists llm_calls (
     attempts          integer not null,  -- HTTP attempts including client retries
     prompt_tokens     integer not null,
     completion_tokens integer not null,
-    latency_s         double not null,
+    latency_s         double not null,  -- the HTTP call (slot held), not the time queued for a slot
+    cached_prompt_tokens integer not null default 0,  -- reused from the server's prompt-prefix cache
     error             varchar,
     response          varchar,
     created_at        timestamp not null default current_timestamp

@@ -14,9 +14,9 @@ insert into simulated_ratings (run_id, fold, user_id, item_id, rating, status, r
 select $run_id, fold, user_id, item_id, rating, status, reason, batch, attempts, call_key from new_ratings;
 
 insert into llm_calls (call_key, run_id, fold, user_id, prompt_name, prompt_hash, model, status, cached,
-                       attempts, prompt_tokens, completion_tokens, latency_s, error, response)
+                       attempts, prompt_tokens, completion_tokens, latency_s, cached_prompt_tokens, error, response)
 select call_key, $run_id, fold, user_id, prompt_name, prompt_hash, model, status, cached,
-       attempts, prompt_tokens, completion_tokens, latency_s, error, response
+       attempts, prompt_tokens, completion_tokens, latency_s, cached_prompt_tokens, error, response
 from new_calls;
 
 update run_users r set

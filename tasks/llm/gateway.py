@@ -38,9 +38,10 @@ class CallRecord:
     attempts: int
     prompt_tokens: int
     completion_tokens: int
-    latency_s: float
+    latency_s: float  # the HTTP call itself (from slot acquired to answer), not time queued
     error: str | None = None
     response: str | None = None
+    cached_prompt_tokens: int = 0  # prompt tokens the server reused from its prefix cache
 
 
 @dataclass
@@ -181,9 +182,9 @@ class LLMGateway:
             return hit["content"], CallRecord(
                 **base, status="ok", cached=True, attempts=0, prompt_tokens=hit["prompt_tokens"],
                 completion_tokens=hit["completion_tokens"], latency_s=0.0, response=hit["content"])
-        started = time.monotonic()
         downgrade = False
         async with self.limiter.slot(priority):
+            started = time.monotonic()
             try:
                 raw = await self._create(messages, request)
             except openai.BadRequestError as exc:
@@ -199,12 +200,14 @@ class LLMGateway:
         usage = completion.usage
         prompt_tokens = usage.prompt_tokens if usage else _estimate_tokens(messages)
         completion_tokens = usage.completion_tokens if usage else max(1, len(content) // 4)
+        details = getattr(usage, "prompt_tokens_details", None) if usage else None
+        reused = int(getattr(details, "cached_tokens", 0) or 0)
         latency = time.monotonic() - started
         self.cache.put(key, {"content": content, "prompt_tokens": prompt_tokens,
                              "completion_tokens": completion_tokens, "latency_s": latency})
         return content, CallRecord(
             **base, status="ok", cached=False, attempts=raw.retries_taken + 1, prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens, latency_s=latency, response=content)
+            completion_tokens=completion_tokens, latency_s=latency, response=content, cached_prompt_tokens=reused)
 
     async def _create(self, messages: list[dict], request: dict[str, Any]):
         # httpx's timeout is per read, so a server trickling bytes never trips it: add a deadline

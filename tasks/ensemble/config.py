@@ -1,0 +1,62 @@
+"""Settings of `doppel ensemble`: what the spine's RunSettings do not already say."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from tasks.settings import LLMSettings, RunSettings
+
+
+class SASRecSettings(BaseModel):
+    """The statistical voter: a small SASRec with a like head (see tasks/ensemble/sasrec.py)."""
+
+    maxlen: int = Field(50, ge=2, description="train items per sequence (the most recent)")
+    dim: int = Field(48, ge=8)
+    blocks: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = 2e-3
+    like_weight: float = Field(1.0, ge=0.0, description="weight of the like loss next to the next-item loss")
+    seed: int = 0
+
+
+class EnsembleSettings(BaseModel):
+    """A whole `doppel ensemble`: dataset, fold, LLM item analysis, voters, evaluation."""
+
+    run: RunSettings = Field(default_factory=RunSettings)  # dataset, db, runner, llm (+ limits and cache)
+    fold: str = "u1"
+    items: int | None = Field(None, ge=1, description="analyse only the N most-rated train items (None: all)")
+    like_threshold: int = Field(4, ge=1, le=5, description="like = rating >= threshold (the seed used 3)")
+    compare_run_id: str | None = None  # a spine run whose LLM ratings are scored beside the voters
+    ensemble_id: str | None = None  # this ensemble run's id (default: a new one)
+    max_keywords: int = Field(5, ge=1, le=12, description="pros and cons per item and source")
+    reviews_per_item: int = Field(5, ge=1, description="reviews quoted per subjective-analysis call")
+    review_chars: int = Field(300, ge=20)
+    overview_chars: int = Field(400, ge=0)
+    max_tokens: int = Field(200, ge=32, description="completion tokens per item-analysis call")
+    vocab_threshold: float = Field(0.8, gt=0.0, le=1.0,
+                                   description="cosine similarity at which a keyword joins a more frequent one")
+    embed_batch: int = Field(64, ge=1)
+    sasrec: SASRecSettings = Field(default_factory=SASRecSettings)
+
+    @property
+    def llm(self) -> LLMSettings:
+        return self.run.llm
+
+    def work_dir(self) -> Path:
+        return self.run.work_dir() / "ensemble"
+
+
+def model_key(llm: LLMSettings) -> str:
+    """The model name keywords are stored under, known before any server starts.
+
+    The embedded server serves a registry model under its registry name and a GGUF file under its
+    stem (tasks/llm/embedded.py), so this equals the model id the gateway sends.
+    """
+    if llm.base_url is None and llm.gguf:
+        return Path(llm.gguf).stem
+    return llm.model

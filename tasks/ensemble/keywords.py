@@ -1,0 +1,268 @@
+"""LLM item analysis: pros and cons keywords per item, objective (item facts) and subjective (reviews).
+
+One call per (item, source), through the spine's gateway: same response cache, same limits, same
+audit records. The answer is JSON `{"pros": [...], "cons": [...]}`, constrained by a JSON schema
+(`response_format` json_schema; json_object or plain text on servers without it, as the gateway
+downgrades), validated here, and repaired by re-asking in the same conversation with the problem
+quoted. An item that still has no valid answer is recorded as failed, never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import pickle
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from pydantic import BaseModel, ValidationError
+
+from tasks.llm.gateway import CallRecord, GatewayError, LLMGateway
+from tasks.llm.templates import render
+
+SOURCES = {"obj": "item_keywords", "sub": "item_keywords_reviews"}  # source -> prompt template
+_WORD = re.compile(r"[a-z0-9][a-z0-9'&+-]*")
+_VAGUE = {"none", "n/a", "na", "nothing", "unknown", "good", "bad", "movie", "film", "great", "poor",
+          "pro", "pros", "con", "cons", "keyword", "keywords"}
+MAX_WORDS = 4
+MAX_CHARS = 40
+
+
+@dataclass(frozen=True)
+class ItemFacts:
+    """What the LLM sees of one item (objective facts, and reviews for the subjective source)."""
+
+    item_id: str
+    title: str
+    year: int | None
+    genres: str
+    text: str
+    reviews: tuple[str, ...] = ()
+
+
+@dataclass
+class ItemAnalysis:
+    """The keywords of one (item, source), ready for the flow to write."""
+
+    item_id: str
+    source: str  # obj | sub
+    status: str = "failed"  # ok | failed
+    pros: list[str] = field(default_factory=list)
+    cons: list[str] = field(default_factory=list)
+    error: str | None = None
+    calls: list[CallRecord] = field(default_factory=list)
+
+    @property
+    def n_failed(self) -> int:
+        return int(self.status != "ok")
+
+    @property
+    def llm_seconds(self) -> float:
+        return sum(c.latency_s for c in self.calls if not c.cached)
+
+
+class KeywordAnswer(BaseModel):
+    pros: list[str]
+    cons: list[str]
+
+
+def keywords_json_schema(max_keywords: int) -> dict:
+    """Short lowercase keyword lists; the pattern keeps small models from writing sentences."""
+    words = {"type": "string", "minLength": 2, "maxLength": MAX_CHARS, "pattern": "^[a-z][a-z0-9 '&-]*$"}
+    array = {"type": "array", "items": words, "minItems": 1, "maxItems": max_keywords}
+    return {"type": "object", "properties": {"pros": array, "cons": array}, "required": ["pros", "cons"],
+            "additionalProperties": False}
+
+
+def normalise_keyword(raw: Any) -> str | None:
+    """Lowercase words joined by one space; None for empty, vague or sentence-long keywords."""
+    if not isinstance(raw, str):
+        return None
+    words = _WORD.findall(raw.lower().replace("_", " "))
+    text = " ".join(words).strip("'&+-")
+    if len(words) == 0 or len(words) > MAX_WORDS or len(text) > MAX_CHARS or len(text) < 2 or text in _VAGUE:
+        return None
+    return text
+
+
+@dataclass
+class ParsedKeywords:
+    pros: list[str] = field(default_factory=list)
+    cons: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _load_json(text: str) -> Any:
+    text = text.strip()
+    if text.startswith("```"):
+        text = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", text)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        match = re.search(r"\{.*\}", text, re.DOTALL)
+        if not match:
+            raise
+        return json.loads(match.group(0))
+
+
+def parse_keywords(text: str | None, max_keywords: int) -> ParsedKeywords:
+    """Validate an answer; keep at most `max_keywords` distinct normalised keywords per list.
+
+    A keyword listed as both pro and con is ambiguous and dropped from both. An answer with no
+    usable keyword at all is a problem (the caller re-asks); an empty `cons` list alone is fine.
+    """
+    out = ParsedKeywords()
+    try:
+        answer = KeywordAnswer.model_validate(_load_json(text or ""))
+    except json.JSONDecodeError as exc:
+        out.problems.append(f"not valid JSON ({exc.msg} at char {exc.pos})")
+        return out
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        out.problems.append(f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', 'invalid')}")
+        return out
+    lists = {}
+    for name in ("pros", "cons"):
+        kept: list[str] = []
+        for raw in getattr(answer, name):
+            word = normalise_keyword(raw)
+            if word and word not in kept:
+                kept.append(word)
+        lists[name] = kept[:max_keywords]
+    both = set(lists["pros"]) & set(lists["cons"])
+    out.pros = [k for k in lists["pros"] if k not in both]
+    out.cons = [k for k in lists["cons"] if k not in both]
+    if not out.pros and not out.cons:
+        out.problems.append("no usable keyword: give short keywords of 1-3 words, not sentences or titles")
+    return out
+
+
+def _quote(text: str, limit: int) -> str:
+    """Dataset text stays data: one line, our delimiters neutralised, cut to `limit` characters."""
+    text = " ".join(str(text or "").split())
+    for tag in ("<data>", "</data>"):
+        text = text.replace(tag, tag.replace("<", "(").replace(">", ")"))
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def prompt_variables(item: ItemFacts, source: str, max_keywords: int, review_chars: int = 300) -> dict:
+    variables: dict[str, Any] = {"item": item, "max_keywords": max_keywords, "repair_error": None}
+    if source == "sub":
+        variables["reviews"] = [_quote(r, review_chars) for r in item.reviews]
+    return variables
+
+
+def _params(gateway: LLMGateway, max_keywords: int, max_tokens: int) -> dict[str, Any]:
+    params: dict[str, Any] = {"temperature": gateway.settings.temperature, "max_tokens": max_tokens}
+    if gateway.json_mode == "schema":
+        params["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": "item_keywords", "strict": True, "schema": keywords_json_schema(max_keywords)}}
+    elif gateway.json_mode == "object":
+        params["response_format"] = {"type": "json_object"}
+    return params
+
+
+async def analyse_item(gateway: LLMGateway, item: ItemFacts, source: str, *, max_keywords: int = 5,
+                       max_tokens: int = 200, overview_chars: int = 400, review_chars: int = 300,
+                       priority: float = 0.0) -> ItemAnalysis:
+    """Pros/cons keywords of one item from one source, repairing bad answers by re-asking.
+
+    Uses the gateway's cached, limited `_complete` with a keyword JSON schema (the gateway has no
+    public structured call for other schemas yet; see the report's proposed `LLMGateway.structured`).
+    """
+    prompt = SOURCES[source]
+    out = ItemAnalysis(item_id=item.item_id, source=source)
+    variables = prompt_variables(item, source, max_keywords, review_chars)
+    messages = [{"role": "user", "content": render(prompt, overview_chars=overview_chars, **variables)}]
+    for attempt in range(gateway.settings.repair_attempts + 1):
+        try:
+            content, record = await gateway._complete(prompt, messages, _params(gateway, max_keywords, max_tokens),
+                                                      0, priority)
+        except GatewayError as exc:
+            out.calls.append(exc.args[1])
+            out.error = f"call failed: {exc.args[0]}"
+            return out
+        parsed = parse_keywords(content, max_keywords)
+        if parsed.ok:
+            out.calls.append(record)
+            out.status, out.pros, out.cons, out.error = "ok", parsed.pros, parsed.cons, None
+            return out
+        problem = "; ".join(parsed.problems)[:400]
+        record.status, record.error = "invalid", problem
+        out.calls.append(record)
+        out.error = f"invalid answer after {attempt + 1} attempts: {problem}"
+        messages = messages + [
+            {"role": "assistant", "content": content or ""},
+            {"role": "user", "content": render(prompt, overview_chars=overview_chars,
+                                               **{**variables, "repair_error": problem})},
+        ]
+    return out
+
+
+class PackedItems:
+    """A chunk of (ItemFacts, source) pairs, pickled once (see tasks.records.PackedWork)."""
+
+    def __init__(self, jobs: list[tuple[ItemFacts, str]]):
+        self.blob = pickle.dumps(jobs, protocol=pickle.HIGHEST_PROTOCOL)
+        self.n_jobs = len(jobs)
+
+    def unpack(self) -> list[tuple[ItemFacts, str]]:
+        return pickle.loads(self.blob)
+
+    def __dask_tokenize__(self) -> str:
+        import hashlib
+
+        return hashlib.sha1(self.blob).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"PackedItems({self.n_jobs} jobs)"
+
+
+async def analyse_chunk(jobs: list[tuple[ItemFacts, str]], gateway: LLMGateway, options: dict,
+                        publish: Callable[[ItemAnalysis], Awaitable[None]], slots: int) -> list[str]:
+    """Analyse jobs concurrently (a few more in flight than slots); publish each as it finishes."""
+    in_flight = asyncio.Semaphore(max(1, 2 * slots))
+
+    async def one(item: ItemFacts, source: str) -> str:
+        async with in_flight:
+            result = await analyse_item(gateway, item, source, **options)
+        await publish(result)
+        return item.item_id
+
+    return list(await asyncio.gather(*(one(item, source) for item, source in jobs)))
+
+
+def run_analysis_chunk(packed: PackedItems, llm, model_id: str, cache_dir: str, limits, options: dict,
+                       channel) -> list[str]:
+    """Synchronous entry for a task-runner thread or Dask worker; results go out through `channel`."""
+    from tasks.llm.cache import ResponseCache
+    from tasks.llm.limits import CallLimiter
+
+    async def main() -> list[str]:
+        cache = ResponseCache(cache_dir)
+        limiter = CallLimiter(limits.local_slots, limits.dask_semaphore_name, limits.dask_max_leases,
+                              limits.rpm, limits.prefect_limit_name)
+        gateway = LLMGateway(llm, cache, limiter, model_id)
+
+        async def publish(result: ItemAnalysis) -> None:
+            await asyncio.to_thread(channel.put, result)
+
+        try:
+            await limiter.open()
+            return await analyse_chunk(packed.unpack(), gateway, options, publish, limits.local_slots)
+        finally:
+            await gateway.aclose()
+            await limiter.aclose()
+            cache.close()
+
+    started = time.monotonic()
+    done = asyncio.run(main())
+    logging.getLogger("doppel").info("item chunk of %d jobs done in %.2f s", packed.n_jobs, time.monotonic() - started)
+    return done
