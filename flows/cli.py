@@ -185,6 +185,9 @@ def score(run_id: str = typer.Option(...), db: Path = typer.Option(Path("doppel.
     console.print(metrics_table(records))
 
 
+import flows.cli_explore  # noqa: E402,F401  (registers `doppel sql` and `doppel report`)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -97,7 +97,7 @@ def frame_table(frame: pd.DataFrame, max_width: int = 60, title: str | None = No
 
 
 def _cell(value, max_width: int) -> str:
-    if value is None or (not isinstance(value, (list, tuple, dict)) and pd.isna(value)):
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
         return "[dim]null[/]"
     if isinstance(value, float):
         text = f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.0f}"

@@ -23,7 +23,7 @@ from tasks.settings import LLMSettings, RunSettings
 
 PREFECT_QUIET_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
 
 
@@ -63,7 +63,7 @@ def prefect_api() -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}/api"
     try:
-        _wait_healthy(f"{url}/health", process, 90, "Prefect API server")
+        _wait_healthy(f"{url}/health", process, 180, "Prefect API server")
         os.environ["PREFECT_API_URL"] = url
         yield url
     finally:

@@ -1,7 +1,7 @@
 """An OpenAI-compatible LLM test server for doppel's tests and benchmarks.
 
-It answers ``POST /v1/chat/completions`` the way a perfect doppel model would (deterministic ratings,
-short profiles), with a fixed latency, an optional server-side concurrency cap and seeded fault
+It answers ``POST /v1/chat/completions`` with well-formed doppel answers (ratings that are a hash of item
+and profile, i.e. uniform noise, and short profiles), with a fixed latency, an optional server-side concurrency cap and seeded fault
 injection (see ``tests/llm_faults.py``). Admin endpoints expose what happened:
 ``GET /_admin/stats``, ``GET /_admin/log``, ``GET|POST /_admin/config``, ``POST /_admin/reset``.
 
