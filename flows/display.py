@@ -48,6 +48,8 @@ def print_summary(console: Console, summary: dict) -> None:
     console.print(
         f"this invocation: {now.get('users', 0)} users simulated, {now.get('new_calls', 0):,} LLM calls "
         f"(+{now.get('cached_calls', 0):,} answered from the cache), {summary['wall_s']:.1f} s", highlight=False)
+    for error in now.get("chunk_errors") or []:
+        console.print(f"[red]a worker chunk failed:[/] {error}", highlight=False)
     if summary["failed_pairs"] or summary["status"] != "finished":
         console.print(f"rerun with [bold]--run-id {summary['run_id']}[/] to retry what is left.")
     console.print(f"tables in [bold]{summary['db']}[/]: duckdb -readonly {summary['db']}  "

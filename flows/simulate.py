@@ -116,30 +116,31 @@ def fan_out(run_id: str, dataset: str, settings: RunSettings, llm: LLMSettings, 
     futures = [simulate_chunk.submit(PackedWork(chunk), llm, settings.sim, model_id, cache_dir, limit, channel)
                for chunk, limit in zip(chunks, limits)]
     logger.info("submitted %d chunks in %.2f s", len(futures), time.monotonic() - t0)
-    written, first, write_s = 0, None, 0.0
     with RunProgress(len(works), enabled=settings.progress) as progress:
-        while True:
-            all_done = all(f.wrapped_future.done() for f in futures)
-            # everything that arrived since the last write goes in one transaction
-            results = reader.drain(timeout=0.5 if all_done else 0.25)
-            if results:
-                first = first or time.monotonic() - t0
-                w = time.monotonic()
-                save_user_results(settings.db, run_id, results, retries)
-                write_s += time.monotonic() - w
-                for result in results:
-                    progress.advance(result)
-                written += len(results)
-            elif all_done:
-                break
+        written = write_as_they_arrive(settings.db, run_id, reader, futures, retries, progress)
     reader.close()
-    logger.info("fan-out %.2f s: first user at %s s, %d users written in %.2f s of writes",
-                time.monotonic() - t0, f"{first:.1f}" if first else "-", written, write_s)
+    logger.info("fan-out %.2f s: %d users written", time.monotonic() - t0, written)
     errors = [str(f.state.message) for f in futures if not f.state.is_completed()]
     if errors:
         get_run_logger().error("%d chunk(s) failed; their unfinished users stay pending for a rerun: %s",
                                len(errors), "; ".join(errors)[:500])
     return {"users": written, "new_calls": progress.calls, "cached_calls": progress.cached, "chunk_errors": errors}
+
+
+def write_as_they_arrive(db: str, run_id: str, reader: ChannelReader, futures: list, retries: dict,
+                         progress: RunProgress) -> int:
+    """Until every chunk is done: write whatever users arrived since the last write, in one transaction."""
+    written = 0
+    while True:
+        all_done = all(f.wrapped_future.done() for f in futures)
+        results = reader.drain(timeout=0.5 if all_done else 0.25)
+        if results:
+            save_user_results(db, run_id, results, retries)
+            for result in results:
+                progress.advance(result)
+            written += len(results)
+        elif all_done:
+            return written
 
 
 def pending_work(settings: RunSettings, run_id: str, dataset: str):
