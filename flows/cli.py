@@ -186,6 +186,7 @@ def score(run_id: str = typer.Option(...), db: Path = typer.Option(Path("doppel.
 
 
 import flows.cli_explore  # noqa: E402,F401  (registers `doppel sql` and `doppel report`)
+import flows.cli_deploy  # noqa: E402,F401  (registers `doppel serve`)
 
 
 def main() -> None:  # pragma: no cover
@@ -193,4 +194,6 @@ def main() -> None:  # pragma: no cover
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    from flows.cli import app as cli_app  # `python -m flows.cli`: commands live on the imported module's app
+
+    sys.exit(cli_app())

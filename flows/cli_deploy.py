@@ -20,6 +20,7 @@ def serve(
                                               help="key=value for every served flow that takes it (repeatable)"),
     schedules: bool = typer.Option(True, "--schedules/--no-schedules", help="keep the yaml's schedules"),
     limit: Optional[int] = typer.Option(None, help="flow runs at once (default: no limit)"),
+    suffix: str = typer.Option("", help="append to the deployment names (e.g. -laptop), to serve beside deployed ones"),
     port: int = typer.Option(4200, help="port of the local Prefect server started when PREFECT_API_URL is unset"),
     log_level: str = typer.Option("INFO", help="log level of the runs started here (their logs print here)"),
 ) -> None:
@@ -34,6 +35,6 @@ def serve(
     try:
         overrides = parse_params(param or [])
         serve_file(file or DEFAULT_FILE, names=deployment or None, overrides=overrides, schedules=schedules,
-                   limit=limit, port=port, announce=lambda text: console.print(text, highlight=False))
+                   limit=limit, port=port, suffix=suffix, announce=lambda text: console.print(text, highlight=False))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         fail(str(exc), 2)

@@ -97,8 +97,7 @@ def ensemble_tables(summary: dict) -> list:
         if part.empty:
             continue
         wide = part.pivot_table(index="name", columns="metric", values="value", aggfunc="first")
-        table = Table(title=f"ensemble voters — fold {summary['fold']}, {title} "
-                            f"(like = rating >= threshold)", title_justify="left")
+        table = Table(title=f"ensemble voters — fold {summary['fold']}, {title}", title_justify="left")
         for column in ("simulator", "AUC", "accuracy", "coverage", "n"):
             table.add_column(column, justify="left" if column == "simulator" else "right")
         for name in sorted(wide.index, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
@@ -116,6 +115,10 @@ def _fmt(value, fmt: str) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 def summary_lines(summary: dict) -> list[str]:
     a, t = summary.get("analysis") or {}, summary.get("timings") or {}
     lines = [f"ensemble run [bold]{summary['run_id']}[/] {summary['status']}: {summary['dataset']} fold "
@@ -124,9 +127,12 @@ def summary_lines(summary: dict) -> list[str]:
     if a.get("jobs"):
         lines.append(f"item analysis: {a.get('written', 0)} of {a['jobs']} (item, source) jobs, {a.get('failed', 0)} failed, "
                      f"{a.get('new_calls', 0)} LLM calls (+{a.get('cached_calls', 0)} cached), {a.get('wall_s', 0):.1f} s")
+        if a.get("first_error"):
+            lines.append(f"  first failure: {a['first_error'][:200]}")
         if a.get("s_per_new_job"):
+            full = a["s_per_new_job"] * summary["catalogue_items"]
             lines.append(f"  {a['s_per_new_job']:.2f} s per item (wall, this endpoint) -> the full catalogue of "
-                         f"{summary['catalogue_items']:,} items ~ {a['s_per_new_job'] * summary['catalogue_items'] / 3600:.2f} h")
+                         f"{summary['catalogue_items']:,} items ~ {_duration(full)} (objective keywords only)")
     else:
         lines.append("item analysis: nothing to do (every selected item already has keywords under this model)")
     v, s = summary.get("vocabulary") or {}, summary.get("sasrec") or {}

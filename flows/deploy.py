@@ -13,10 +13,11 @@ import importlib
 import inspect
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import httpx
 import yaml
@@ -49,7 +50,7 @@ def run_job(
     seed: int = _L.seed,
     timeout: float = _L.timeout_s,
     cache_dir: Optional[str] = _L.cache_dir,
-    runner: str = _R.runner,
+    runner: Literal["dask", "threads"] = _R.runner,
     dask_address: Optional[str] = _R.dask_address,
     dask_workers: int = _R.dask_workers,
     data_dir: Optional[str] = _R.data_dir,
@@ -103,8 +104,6 @@ def run_job(
     """
     from flows.simulate import simulate
 
-    if runner not in ("dask", "threads"):
-        raise ValueError(f"runner must be dask or threads, not {runner!r}")
     folds = FOLDS_ALL if fold == "all" else [f.strip() for f in fold.split(",") if f.strip()]
     settings = RunSettings(
         dataset=dataset, data_dir=data_dir, item_text=item_text, synthetic_users=synthetic_users,
@@ -163,9 +162,9 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 def runner_deployments(specs: list[dict], overrides: dict[str, Any] | None = None,
-                       schedules: bool = True) -> list:
-    """RunnerDeployments for `prefect.serve`: the yaml's name, parameters, schedules, tags and
-    description; `overrides` go to every deployment whose flow takes that parameter."""
+                       schedules: bool = True, suffix: str = "") -> list:
+    """RunnerDeployments for `prefect.serve`: the yaml's name (+ suffix), parameters, schedules, tags
+    and description; `overrides` go to every deployment whose flow takes that parameter."""
     from prefect.schedules import Schedule
 
     overrides = overrides or {}
@@ -177,7 +176,7 @@ def runner_deployments(specs: list[dict], overrides: dict[str, Any] | None = Non
         used |= set(mine)
         limit = spec.get("concurrency_limit")
         deployments.append(flow_obj.to_deployment(
-            name=spec["name"],
+            name=spec["name"] + suffix,
             parameters={**(spec.get("parameters") or {}), **mine},
             schedules=[Schedule(**s) for s in spec.get("schedules") or []] if schedules else None,
             description=spec.get("description"),
@@ -187,6 +186,25 @@ def runner_deployments(specs: list[dict], overrides: dict[str, Any] | None = Non
     if unused := set(overrides) - used:
         raise ValueError(f"no served flow takes the parameter(s) {sorted(unused)}")
     return deployments
+
+
+def check_not_in_a_pool(deployments: list) -> None:
+    """Refuse to take over a deployment `prefect deploy` bound to a work pool on this server: the
+    server keeps its pool and pull steps, so served runs would crash and workers would race for them."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for deployment in deployments:
+            name = f"{deployment.flow_name}/{deployment.name}"
+            try:
+                existing = client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                continue
+            if existing.work_pool_name:
+                raise ValueError(f"{name} is deployed to work pool {existing.work_pool_name!r} on this server; "
+                                 f"serve under other names (--suffix -laptop) or delete it first "
+                                 f"(prefect deployment delete {name})")
 
 
 def _healthy(url: str) -> bool:
@@ -209,12 +227,19 @@ def local_prefect_server(port: int = 4200, host: str = "127.0.0.1") -> Iterator[
     if _healthy(url):
         yield url
         return
-    env = {**os.environ, **PREFECT_QUIET_ENV}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
-        env=env, preexec_fn=die_with_parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    from prefect.settings import PREFECT_HOME
+
+    log = Path(PREFECT_HOME.value()).expanduser() / "doppel-serve-server.log"  # a file: no pipe to fill up
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
+            env={**os.environ, **PREFECT_QUIET_ENV}, preexec_fn=die_with_parent, stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait_healthy(f"{url}/health", process, 120, "prefect server")
+        try:
+            _wait_healthy(f"{url}/health", process, 120, "prefect server")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{log.read_text(errors='replace')[-2000:]}") from None
         yield url
     finally:
         _stop(process)
@@ -222,7 +247,7 @@ def local_prefect_server(port: int = 4200, host: str = "127.0.0.1") -> Iterator[
 
 def serve_file(path: str | Path = DEFAULT_FILE, names: list[str] | None = None,
                overrides: dict[str, Any] | None = None, schedules: bool = True, limit: int | None = None,
-               port: int = 4200, announce=print) -> None:
+               port: int = 4200, suffix: str = "", announce=print) -> None:
     """Serve the deployments of a prefect.yaml from this process until Ctrl-C or SIGTERM.
 
     Runs execute in subprocesses of this one; the schedules are paused again on shutdown.
@@ -230,14 +255,19 @@ def serve_file(path: str | Path = DEFAULT_FILE, names: list[str] | None = None,
     specs = load_specs(path, names)
     for key, value in PREFECT_QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    with local_prefect_server(port) as url:
+    signal.signal(signal.SIGTERM, _interrupt)  # until the runner installs its own: stop cleanly, exit 0
+    with contextlib.suppress(KeyboardInterrupt), local_prefect_server(port) as url:
         os.environ["PREFECT_API_URL"] = url  # flow-run subprocesses inherit it
         from prefect import serve
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         with temporary_settings({PREFECT_API_URL: url}):
-            deployments = runner_deployments(specs, overrides, schedules)
+            deployments = runner_deployments(specs, overrides, schedules, suffix)
+            check_not_in_a_pool(deployments)
             announce(f"serving {', '.join(f'{d.flow_name}/{d.name}' for d in deployments)} on {url} "
                      f"(UI: {url.removesuffix('/api')})")
-            with contextlib.suppress(KeyboardInterrupt):
-                serve(*deployments, limit=limit, print_starting_message=False)
+            serve(*deployments, limit=limit, print_starting_message=False)
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt

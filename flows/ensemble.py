@@ -69,7 +69,7 @@ def ensemble(settings: EnsembleSettings) -> dict:
               model, settings.llm.base_url or "embedded")
     status, summary = "failed", {"run_id": run_id, "dataset": dataset, "fold": fold, "model": model,
                                  "catalogue_items": len(catalogue), "selected_items": len(chosen),
-                                 "reviews": n_reviews, "timings": {}}
+                                 "reviews": n_reviews, "like_threshold": settings.like_threshold, "timings": {}}
     try:
         jobs = plan_jobs(settings, dataset, model, chosen["item_id"].tolist())
         summary["analysis"] = {"jobs": len(jobs), "written": 0}
@@ -173,6 +173,8 @@ def analyse_items(run_id: str, dataset: str, model: str, item_ids: list[str], se
                     new = [c for c in r.calls if not c.cached]
                     stats["written"] += 1
                     stats["ok" if r.status == "ok" else "failed"] += 1
+                    if r.status != "ok" and not stats.get("first_error"):
+                        stats["first_error"] = f"item {r.item_id} ({r.source}): {r.error}"
                     stats["new_calls"] += len(new)
                     stats["cached_calls"] += len(r.calls) - len(new)
                     stats["new_jobs"] += bool(new)
@@ -261,7 +263,8 @@ def score_fold(settings: EnsembleSettings, run_id: str, dataset: str, model: str
     matrix, has_embedding = emb.embedding_matrix(stored, index.items)
     timings["load_s"] = round(time.monotonic() - t, 2)
     t = time.monotonic()
-    votes, voter_s = score_pairs(train, pairs, item_ids, threshold, keywords, matrix, has_embedding, sasrec, index)
+    votes, voter_s = score_pairs(train, pairs, item_ids, threshold, keywords, matrix, has_embedding, sasrec, index,
+                                 settings.sim_top_k)
     timings["voters_s"] = round(time.monotonic() - t, 3)
     timings.update({f"{k}_s": round(v, 3) for k, v in voter_s.items()})
     llm = read(db, "ensemble_llm_ratings", run_id=settings.compare_run_id, fold=fold) \

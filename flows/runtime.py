@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -55,27 +56,33 @@ def prefect_api() -> Iterator[str]:
 
     port = free_port()
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    # its output goes to a file: a pipe nobody reads could fill up and stall the server in a long run
+    log = tempfile.TemporaryFile()
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent), "--factory",
          "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
          "--log-level", "error", "--lifespan", "on"],
-        env=env, preexec_fn=die_with_parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env, preexec_fn=die_with_parent, stdout=subprocess.DEVNULL, stderr=log,
     )
     url = f"http://127.0.0.1:{port}/api"
     try:
-        _wait_healthy(f"{url}/health", process, 180, "Prefect API server")
+        _wait_healthy(f"{url}/health", process, 180, "Prefect API server", log)
         os.environ["PREFECT_API_URL"] = url
         yield url
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         _stop(process)
+        log.close()
 
 
-def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float, what: str) -> None:
+def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float, what: str, log=None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            err = process.stderr.read().decode(errors="replace")[-2000:] if process.stderr else ""
+            err = ""
+            if log is not None:
+                log.seek(0)
+                err = log.read().decode(errors="replace")[-2000:]
             raise RuntimeError(f"{what} exited with code {process.returncode} during start-up: {err}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=2).status_code == 200:

@@ -240,6 +240,11 @@ def test_prefect_deploy_worker_round_trip(tmp_path, server, llm_subprocess, star
     assert len(gates) == 4 and gates["success"].all()  # the run's own gate + the rescore's
     assert worker2.wait(timeout=60) == 0
 
+    # `doppel serve` will not take over a deployment bound to the pool (its runs would crash)
+    refused = subprocess.run(SERVE + ["--deployment", "weekly"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2 and "work pool 'doppel-process'" in refused.stderr, refused.stderr
+
     print(f"\nDEPLOYMENT server_start={server['startup']:.1f}s trigger_cli={triggered:.1f}s "
           f"round_trip={round_trip:.1f}s (trigger -> COMPLETED, worker start included) "
           f"flow_run={run['total_run_time']:.1f}s "
@@ -253,17 +258,22 @@ def test_doppel_serve_runs_a_triggered_deployment(tmp_path, server, llm_subproce
     env = prefect_env(server["home"], None)
     env["DOPPEL_TEST_TMP"] = str(tmp_path)
     params = job_params(tmp_path, llm_subprocess, "serve-it")
-    argv = SERVE + ["--port", str(port), "--deployment", "weekly",
+    argv = SERVE + ["--port", str(port), "--deployment", "weekly", "--suffix", "-served",
                     *[a for k, v in params.items() if k != "run_id" for a in ("-p", as_param(k, v))]]
     serve, serve_log = started("serve", argv, env)
     t0 = time.monotonic()
     deployment = None
-    while time.monotonic() - t0 < 120 and deployment is None:  # registered once serve is up
-        response = httpx.get(f"{api}/deployments/name/doppel-job/weekly", timeout=10)
-        deployment = response.json() if response.status_code == 200 else time.sleep(0.3)
+    while time.monotonic() - t0 < 120 and deployment is None:
+        response = httpx.get(f"{api}/deployments/name/doppel-job/weekly-served", timeout=10)
+        if response.status_code == 200:
+            deployment = response.json()
+        elif serve.poll() is not None:
+            pytest.fail(f"doppel serve exited with {serve.returncode}:\n{tail(serve_log)}")
+        else:
+            time.sleep(0.3)
     assert deployment, f"doppel serve registered nothing:\n{tail(serve_log)}"
     startup = time.monotonic() - t0
-    assert deployment["parameters"]["db"] == params["db"] and deployment["work_pool_name"] is None
+    assert deployment["work_pool_name"] is None and deployment["parameters"]["db"] == params["db"]
     assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * 1"]
 
     t1 = time.monotonic()
@@ -272,6 +282,7 @@ def test_doppel_serve_runs_a_triggered_deployment(tmp_path, server, llm_subproce
     run = wait_flow_run(api, created["id"], 300, {"serve": serve_log})
     round_trip = time.monotonic() - t1
     check_run_rows(params["db"], "serve-it", n_users=3)
+    assert "run serve-it: finished" in tail(serve_log, 200_000), "the served run's logs print in serve's output"
 
     children = psutil.Process(serve.pid).children(recursive=True)
     serve.send_signal(signal.SIGTERM)
