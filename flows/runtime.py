@@ -50,7 +50,8 @@ def prefect_api() -> Iterator[str]:
     for key, value in PREFECT_QUIET_ENV.items():
         os.environ.setdefault(key, value)
     if os.environ.get("PREFECT_API_URL"):
-        yield os.environ["PREFECT_API_URL"]
+        with _prefect_settings(os.environ["PREFECT_API_URL"]):
+            yield os.environ["PREFECT_API_URL"]
         return
     import prefect
 
@@ -67,12 +68,36 @@ def prefect_api() -> Iterator[str]:
     url = f"http://127.0.0.1:{port}/api"
     try:
         _wait_healthy(f"{url}/health", process, 180, "Prefect API server", log)
-        os.environ["PREFECT_API_URL"] = url
-        yield url
+        os.environ["PREFECT_API_URL"] = url  # for child processes (Dask workers)
+        with _prefect_settings(url):
+            try:
+                yield url
+            finally:
+                _flush_prefect_logs()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         _stop(process)
         log.close()
+
+
+@contextlib.contextmanager
+def _prefect_settings(url: str) -> Iterator[None]:
+    """This process's Prefect settings were read when prefect was imported: point them at `url` too.
+
+    Otherwise a flow started here would spin up Prefect's own ephemeral server beside ours.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+        yield
+
+
+def _flush_prefect_logs() -> None:
+    """Ship buffered run logs while the API server is still up (else: "Error logging to API")."""
+    with contextlib.suppress(Exception):
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler.flush()
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float, what: str, log=None) -> None:
