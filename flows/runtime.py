@@ -95,9 +95,11 @@ def _prefect_settings(url: str) -> Iterator[None]:
 def _flush_prefect_logs() -> None:
     """Ship buffered run logs while the API server is still up (else: "Error logging to API")."""
     with contextlib.suppress(Exception):
-        from prefect.logging.handlers import APILogHandler
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
 
-        APILogHandler.flush()
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float, what: str, log=None) -> None:
