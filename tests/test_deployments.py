@@ -93,12 +93,25 @@ def prefect(env: dict, *args: str, log: Path, timeout: float = 120) -> str:
     return done.stdout
 
 
+def api_call(method: str, url: str, **kwargs) -> dict:
+    """One Prefect API request; transient server errors (SQLite busy while the scheduler and the
+    serve process write) are retried for up to 60 s, anything else fails with the response body."""
+    t0 = time.monotonic()
+    while True:
+        response = httpx.request(method, url, timeout=10, **kwargs)
+        if response.is_success:
+            return response.json()
+        if response.status_code < 500 or time.monotonic() - t0 > 60:
+            pytest.fail(f"{method} {url} -> {response.status_code}: {response.text[:2000]}")
+        time.sleep(0.5)
+
+
 def wait_flow_run(api: str, run_id: str, timeout: float, procs: dict) -> dict:
     """Poll until the flow run is final; fail with the logs of `procs` if it is not COMPLETED."""
     t0 = time.monotonic()
     run = {}
     while time.monotonic() - t0 < timeout:
-        run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+        run = api_call("GET", f"{api}/flow_runs/{run_id}")
         if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             break
         time.sleep(0.2)
@@ -277,8 +290,8 @@ def test_doppel_serve_runs_a_triggered_deployment(tmp_path, server, llm_subproce
     assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * 1"]
 
     t1 = time.monotonic()
-    created = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run",
-                         json={"parameters": {"run_id": "serve-it"}}, timeout=10).json()
+    created = api_call("POST", f"{api}/deployments/{deployment['id']}/create_flow_run",
+                       json={"parameters": {"run_id": "serve-it"}})
     run = wait_flow_run(api, created["id"], 300, {"serve": serve_log})
     round_trip = time.monotonic() - t1
     check_run_rows(params["db"], "serve-it", n_users=3)
