@@ -17,6 +17,7 @@ from typing import Optional  # noqa: E402
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 
 from flows.display import metrics_table, print_summary  # noqa: E402
 from tasks.settings import LLMSettings, RunSettings, SimulationSettings  # noqa: E402
@@ -31,7 +32,9 @@ FOLDS_ALL = ["u1", "u2", "u3", "u4", "u5"]
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    # the message quotes user data (dataset lines, paths): shown verbatim, never read as markup;
+    # one line, never wrapped
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -118,14 +121,22 @@ def _dry_run(settings: RunSettings) -> None:
 
 
 def _run_flow(settings: RunSettings) -> dict:
+    from flows.finished import finished_summary
+
+    summary = finished_summary(settings)  # a finished run: stored results, no engine started
+    if summary is not None:
+        return summary
     from flows.errors import friendly_errors
-    from flows.runtime import prefect_api
+    from flows.runtime import discard_prestarted, prefect_api, prestart_cluster
 
     with friendly_errors(fail):
-        with prefect_api():
-            from flows.simulate import simulate
+        try:
+            with prefect_api(on_url=lambda: prestart_cluster(settings)):
+                from flows.simulate import simulate
 
-            return simulate(settings)
+                return simulate(settings)
+        finally:
+            discard_prestarted()
 
 
 @app.command()
@@ -187,6 +198,7 @@ def score(run_id: str = typer.Option(...), db: Path = typer.Option(Path("doppel.
 
 import flows.cli_explore  # noqa: E402,F401  (registers `doppel sql` and `doppel report`)
 import flows.cli_deploy  # noqa: E402,F401  (registers `doppel serve`)
+import flows.cli_ensemble  # noqa: E402,F401  (registers `doppel ensemble`)
 
 
 def main() -> None:  # pragma: no cover

@@ -15,8 +15,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 
@@ -41,15 +42,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def prefect_api() -> Iterator[str]:
+def prefect_api(on_url: Callable[[], None] | None = None) -> Iterator[str]:
     """Use PREFECT_API_URL if set; else start one local API server shared by every worker process.
 
     Without it each Dask worker would start its own ephemeral server (and race), so start one
-    before the cluster and export its URL for the workers to inherit.
+    before the cluster and export its URL for the workers to inherit. `on_url` runs as soon as
+    PREFECT_API_URL is exported, before the server answers (e.g. `prestart_cluster`: workers
+    inherit the URL and spawn while the server starts).
     """
     for key, value in PREFECT_QUIET_ENV.items():
         os.environ.setdefault(key, value)
     if os.environ.get("PREFECT_API_URL"):
+        if on_url is not None:
+            on_url()
         with _prefect_settings(os.environ["PREFECT_API_URL"]):
             yield os.environ["PREFECT_API_URL"]
         return
@@ -64,11 +69,14 @@ def prefect_api() -> Iterator[str]:
          "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
          "--log-level", "error", "--lifespan", "on"],
         env=env, preexec_fn=die_with_parent, stdout=subprocess.DEVNULL, stderr=log,
+        start_new_session=True,  # a terminal's Ctrl-C reaches doppel only; doppel stops the server last
     )
     url = f"http://127.0.0.1:{port}/api"
     try:
-        _wait_healthy(f"{url}/health", process, 180, "Prefect API server", log)
         os.environ["PREFECT_API_URL"] = url  # for child processes (Dask workers)
+        if on_url is not None:
+            on_url()
+        _wait_healthy(f"{url}/health", process, 180, "Prefect API server", log)
         with _prefect_settings(url):
             try:
                 yield url
@@ -143,6 +151,30 @@ def _warm_worker() -> None:
     import tasks.simulation  # noqa: F401  (imports prefect, openai, diskcache once, before the first task)
 
 
+async def _ignore_ctrl_c() -> None:
+    """On a local worker's event loop (its main thread): a terminal's Ctrl-C reaches the whole process
+    group, but only doppel's main process should react (it stops the workers itself, quietly)."""
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _silence_distributed_logs() -> None:
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+
+def _quiet_workers(starting: Future) -> None:
+    """Interrupted: the cluster closes under running tasks, whose lease releases and heartbeats then
+    log connection errors; nothing is lost (leases expire), so don't print them over the one line."""
+    from distributed import Client
+
+    with contextlib.suppress(BaseException):
+        _silence_distributed_logs()
+        with Client(starting.result(timeout=0), timeout=5) as client:
+            client.run(_silence_distributed_logs)
+
+
 def _start_local_cluster(settings: RunSettings):
     from distributed import Client, LocalCluster
 
@@ -151,8 +183,33 @@ def _start_local_cluster(settings: RunSettings):
     cluster = LocalCluster(n_workers=settings.dask_workers, threads_per_worker=1, processes=True,
                            dashboard_address=None, local_directory=str(spill), host="127.0.0.1")
     with Client(cluster) as client:
+        client.run(_ignore_ctrl_c)
         client.run(_warm_worker)
     return cluster
+
+
+_PRESTARTED: dict[str, Future] = {}
+
+
+def _local_cluster_wanted(settings: RunSettings) -> bool:
+    return settings.runner == "dask" and not settings.dask_address
+
+
+def prestart_cluster(settings: RunSettings) -> None:
+    """Start the local Dask cluster in the background now; `dask_cluster` takes it over (~3-5 s
+    of worker spawning and imports then overlap the Prefect API server's start)."""
+    if _local_cluster_wanted(settings) and "local" not in _PRESTARTED:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dask-start")
+        _PRESTARTED["local"] = pool.submit(_start_local_cluster, settings)
+        pool.shutdown(wait=False)
+
+
+def discard_prestarted() -> None:
+    """Close a pre-started cluster nobody took over (e.g. nothing was left to simulate, or an error)."""
+    starting = _PRESTARTED.pop("local", None)
+    if starting is not None:
+        with contextlib.suppress(Exception):
+            starting.result().close()
 
 
 @contextlib.contextmanager
@@ -162,18 +219,25 @@ def dask_cluster(settings: RunSettings, start: bool = True) -> Iterator:
     Yields a function returning the scheduler address (waiting for the start-up if needed), or
     the given --dask-address, or None for the thread runner.
     """
-    if settings.runner != "dask" or settings.dask_address or not start:
+    if not _local_cluster_wanted(settings) or not start:
+        discard_prestarted()
         yield lambda: settings.dask_address
         return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dask-start") as pool:
+    starting = _PRESTARTED.pop("local", None)
+    pool = None
+    if starting is None:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dask-start")
         starting = pool.submit(_start_local_cluster, settings)
-        try:
-            yield lambda: starting.result().scheduler_address
-        finally:
-            with contextlib.suppress(Exception):
-                starting.result().close()
+    try:
+        yield lambda: starting.result().scheduler_address
+    except KeyboardInterrupt:
+        _quiet_workers(starting)
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            starting.result().close()
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 @contextlib.contextmanager

@@ -141,3 +141,22 @@ create table if not exists metrics (
     value       double,
     primary key (run_id, fold, simulator, metric)
 );
+
+-- what a run's scores were computed from: a fingerprint of its simulated_ratings and profiles rows
+-- at scoring time. A rerun of a finished run answers from the stored scores only while the rows
+-- still match (an edited or corrupted table is validated and scored again).
+create table if not exists run_fingerprints (
+    run_id      varchar primary key,
+    fingerprint varchar not null,
+    scored_at   timestamp not null
+);
+
+-- counts and order-independent hashes of every column of a run's output rows
+create or replace macro run_fingerprint(rid) as (
+    (select count(*) || ':' || coalesce(bit_xor(hash(fold, user_id, item_id, rating, status, reason, batch,
+                                                      attempts, call_key)), 0)
+     from simulated_ratings where run_id = rid)
+    || '|' ||
+    (select count(*) || ':' || coalesce(bit_xor(hash(fold, user_id, version, stage, text)), 0)
+     from profiles where run_id = rid)
+);

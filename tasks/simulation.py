@@ -172,7 +172,14 @@ async def simulate_chunk(works: list[UserWork], llm: LLMSettings, sim: Simulatio
 
     try:
         await limiter.open()
-        return list(await asyncio.gather(*(one(w) for w in order)))
+        users = [asyncio.ensure_future(one(w)) for w in order]
+        try:
+            return list(await asyncio.gather(*users))
+        except BaseException:  # e.g. EndpointError (a rejected key): stop the chunk's other users now
+            for user in users:
+                user.cancel()
+            await asyncio.gather(*users, return_exceptions=True)
+            raise
     finally:
         await gateway.aclose()
         await limiter.aclose()

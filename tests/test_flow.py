@@ -121,3 +121,33 @@ def test_gate_blocks_scoring_of_corrupted_ratings(prefect_server, llm_server, ru
     assert table(settings.db, "select count(*) n from metrics where run_id = 'corrupt'")["n"][0] == 0
     gate = table(settings.db, "select * from validation_results where run_id = 'corrupt' and not success")
     assert "expect_column_values_to_be_in_set" in gate["failures"].iloc[-1]
+
+
+def test_rerun_fast_path_answers_only_while_nothing_changed(prefect_server, llm_server, run_settings):
+    """A finished, scored run asked for again is answered from DuckDB (no flow, no calls); more users,
+    or rows edited since scoring, take the normal path (which simulates or re-gates them)."""
+    from flows.finished import finished_summary
+    from flows.simulate import simulate
+
+    settings = run_settings(run_id="fast")
+    assert finished_summary(settings) is None  # nothing there yet
+    first = simulate(settings)
+    before = llm_server.stats()["requests"]
+    again = finished_summary(settings)
+    assert again is not None and again["status"] == "finished" and again["this_invocation"]["new_calls"] == 0
+    assert llm_server.stats()["requests"] == before
+    assert {k: again[k] for k in ("users", "pairs", "failed_pairs", "calls")} == \
+        {k: first[k] for k in ("users", "pairs", "failed_pairs", "calls")}
+    stored = table(settings.db, "select fold, simulator, metric, value from metrics where run_id = 'fast'")
+    assert len(again["scores"]) == len(stored) > 0
+
+    assert finished_summary(settings.model_copy(update={"users": 8})) is None  # two users to simulate
+
+    con = duckdb.connect(settings.db)
+    con.execute("update simulated_ratings set rating = case when rating = 5 then 4 else rating + 1 end where run_id = 'fast' and rating is not null "
+                "and item_id = (select min(item_id) from simulated_ratings where run_id = 'fast')")
+    con.close()
+    assert finished_summary(settings) is None  # edited after scoring: validate and score again
+    rescored = simulate(settings)
+    assert rescored["this_invocation"]["new_calls"] == 0 and llm_server.stats()["requests"] == before
+    assert finished_summary(settings) is not None

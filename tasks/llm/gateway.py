@@ -150,6 +150,21 @@ class LLMGateway:
             ]
         return outcome  # pragma: no cover - loop always returns
 
+    async def complete_json(self, prompt: str, messages: list[dict], schema_name: str, schema: dict, *,
+                            max_tokens: int, sample: int = 0, priority: float = 0.0) -> tuple[str, CallRecord]:
+        """One cached, limited completion constrained by `schema` (json_schema, else json_object, else text).
+
+        For callers with their own answer contract (e.g. tasks/ensemble/keywords.py): they validate the
+        content and repair by re-asking. Raises GatewayError (args: reason, CallRecord) like `_complete`.
+        """
+        params: dict[str, Any] = {"temperature": self.settings.temperature, "max_tokens": max_tokens}
+        if self.json_mode == "schema":
+            params["response_format"] = {"type": "json_schema",
+                                         "json_schema": {"name": schema_name, "strict": True, "schema": schema}}
+        elif self.json_mode == "object":
+            params["response_format"] = {"type": "json_object"}
+        return await self._complete(prompt, messages, params, sample, priority)
+
     # -- mechanics ------------------------------------------------------------------------
     def _messages(self, prompt: str, variables: dict[str, Any], overview_chars: int) -> list[dict]:
         return [
@@ -191,6 +206,10 @@ class LLMGateway:
                 if not ("response_format" in request and self._downgrade_json_mode(exc)):
                     raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
                 downgrade = True
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+                # no later call can succeed: end the run with one clear error, not a failed pair per call
+                raise EndpointError(f"{self.settings.base_url or 'the endpoint'} rejected the API key "
+                                    f"(HTTP {exc.status_code}) on a {prompt} call; set OPENAI_API_KEY") from exc
             except openai.OpenAIError as exc:
                 raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
         if downgrade:  # ask again in the weaker JSON mode, after giving the slot back
@@ -233,7 +252,11 @@ class LLMGateway:
         schema = params.get("response_format", {}).get("json_schema", {}).get("schema", {})
         prefix = schema.get("properties", {}).get("ratings", {}).get("prefixItems", [])
         ids = [p["properties"]["item_id"]["const"] for p in prefix]
-        return self._rating_params(ids) if ids else {k: v for k, v in params.items() if k != "response_format"}
+        if ids:
+            return self._rating_params(ids)
+        rest = {k: v for k, v in params.items() if k != "response_format"}
+        # other schemas (complete_json): downgrade to the mode just chosen, json_object before plain text
+        return {**rest, "response_format": {"type": "json_object"}} if self.json_mode == "object" else rest
 
     def _error_record(self, base: dict, exc: Exception, started: float) -> CallRecord:
         return CallRecord(**base, status="error", cached=False, attempts=self.settings.max_retries + 1,

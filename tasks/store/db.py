@@ -8,6 +8,7 @@ what lets `doppel sql` and `duckdb -readonly` look at a live run.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import re
 import time
@@ -31,9 +32,20 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text and ("conflicting" in text or "could not set" in text)
 
 
+def lock_wait_s() -> float:
+    """How long to wait for a file another process holds: DOPPEL_DB_LOCK_WAIT_S, default 120 s."""
+    value = os.environ.get("DOPPEL_DB_LOCK_WAIT_S", "120")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        raise ValueError(f"DOPPEL_DB_LOCK_WAIT_S={value!r} is not a number of seconds") from None
+
+
 @contextlib.contextmanager
-def connect(db_path: str | Path, read_only: bool = False, wait_s: float = 120.0) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect(db_path: str | Path, read_only: bool = False,
+            wait_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the file (waiting with backoff while another process holds it), then close it."""
+    wait_s = lock_wait_s() if wait_s is None else wait_s
     path = Path(db_path)
     if read_only and not path.exists():
         raise FileNotFoundError(f"no DuckDB file at {path}")
@@ -105,5 +117,6 @@ def init_db(db_path: str | Path) -> None:
     """Create every table (sql/schema.sql) and view (sql/views/*.sql); safe to repeat."""
     with connect(db_path) as con:
         con.execute(sql_text("schema.sql"))
+        con.execute(sql_text("ensemble.sql"))  # the ensemble simulator's tables (doppel ensemble)
         for view in sorted((SQL_DIR / "views").glob("*.sql")):
             con.execute(view.read_text())
