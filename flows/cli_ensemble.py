@@ -35,7 +35,7 @@ def ensemble_command(
     timeout: float = typer.Option(120.0, help="seconds per LLM call"),
     max_keywords: int = typer.Option(5, min=1, max=12, help="pros and cons per item and source"),
     vocab_threshold: float = typer.Option(0.8, help="cosine similarity at which synonyms merge (1 = no merging)"),
-    sasrec_epochs: int = typer.Option(30, min=1, help="SASRec training epochs"),
+    sasrec_epochs: int = typer.Option(60, min=1, help="SASRec training epochs"),
     db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file"),
     runner: str = typer.Option("dask", help="dask | threads"),
     dask_address: Optional[str] = typer.Option(None, help="use an existing Dask scheduler (tcp://host:8786)"),
@@ -116,17 +116,21 @@ def _fmt(value, fmt: str) -> str:
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def summary_lines(summary: dict) -> list[str]:
     a, t = summary.get("analysis") or {}, summary.get("timings") or {}
     lines = [f"ensemble run [bold]{summary['run_id']}[/] {summary['status']}: {summary['dataset']} fold "
-             f"{summary['fold']}, {summary['pairs']:,} held-out pairs (like rate {summary['like_rate_test']:.1%}), "
+             f"{summary['fold']}, {summary['pairs']:,} held-out pairs (like = rating >= "
+             f"{summary.get('like_threshold', 4)}: {summary['like_rate_test']:.1%}), "
              f"keywords for {summary['keyword_items']:,} of {summary['catalogue_items']:,} items"]
     if a.get("jobs"):
-        lines.append(f"item analysis: {a.get('written', 0)} of {a['jobs']} (item, source) jobs, {a.get('failed', 0)} failed, "
-                     f"{a.get('new_calls', 0)} LLM calls (+{a.get('cached_calls', 0)} cached), {a.get('wall_s', 0):.1f} s")
+        lines.append(f"item analysis: {a.get('written', 0)} of {a['jobs']} (item, source) jobs, "
+                     f"{a.get('failed', 0)} failed, {a.get('new_calls', 0)} LLM calls "
+                     f"(+{a.get('cached_calls', 0)} cached), {a.get('wall_s', 0):.1f} s")
         if a.get("first_error"):
             lines.append(f"  first failure: {a['first_error'][:200]}")
         if a.get("s_per_new_job"):
@@ -140,8 +144,9 @@ def summary_lines(summary: dict) -> list[str]:
     lines.append(f"vocabulary: {v.get('keywords', 0)} keywords -> {v.get('canonical', 0)} canonical "
                  f"({'rebuilt' if v.get('rebuilt') else 'unchanged'}); embeddings: "
                  f"{summary['embeddings']['embedded']} new ({t.get('embeddings_s', 0):.1f} s); SASRec {sasrec}")
-    lines.append(f"voters on {summary['pairs']:,} pairs: f_mat {t.get('f_mat_s', 0):.3f} s, f_sim {t.get('f_sim_s', 0):.3f} s, "
-                 f"f_sta {t.get('f_sta_s', 0):.3f} s, vote {t.get('ensemble_s', 0):.3f} s; total wall {summary['wall_s']:.1f} s")
+    lines.append(f"voters on {summary['pairs']:,} pairs: f_mat {t.get('f_mat_s', 0):.3f} s, "
+                 f"f_sim {t.get('f_sim_s', 0):.3f} s, f_sta {t.get('f_sta_s', 0):.3f} s, "
+                 f"vote {t.get('ensemble_s', 0):.3f} s; total wall {summary['wall_s']:.1f} s")
     lines.append(f"tables in [bold]{summary['db']}[/]: votes, item_keywords, keyword_vocabulary, item_embeddings, "
                  f"metrics (run_id = '{summary['run_id']}')")
     return lines

@@ -30,6 +30,7 @@ from tasks.ensemble.sasrec import train_sasrec
 from tasks.ensemble.store import (ensure_tables, read, save_embeddings, save_item_results, save_metrics,
                                   save_reviews, save_vocabulary, save_votes)
 from tasks.ensemble.vocabulary import build_vocabulary, vocabulary_stats
+from tasks.ensemble.voters import Index
 from tasks.ingest import ingest
 from tasks.llm.gateway import check_endpoint
 from tasks.llm.templates import prompt_hash
@@ -149,7 +150,8 @@ def analyse_items(run_id: str, dataset: str, model: str, item_ids: list[str], se
     runner = FlowRunContext.get().task_runner
     channel = ResultChannel(f"doppel-{run_id}-items-{uuid.uuid4().hex[:8]}", kind)
     reader = ChannelReader(channel, runner.client if kind == "dask" else None)
-    shares = [llm.concurrency // len(chunks) + (1 if k < llm.concurrency % len(chunks) else 0) for k in range(len(chunks))]
+    shares = [llm.concurrency // len(chunks) + (1 if k < llm.concurrency % len(chunks) else 0)
+              for k in range(len(chunks))]
     limits = [LimitSpec(local_slots=max(1, share),
                         dask_semaphore_name=f"doppel-llm-{run_id}" if kind == "dask" else None,
                         dask_max_leases=llm.concurrency, rpm=llm.rpm / len(chunks) if llm.rpm else None,
@@ -182,7 +184,8 @@ def analyse_items(run_id: str, dataset: str, model: str, item_ids: list[str], se
                     stats["prompt_tokens"] += sum(c.prompt_tokens for c in new)
                     stats["completion_tokens"] += sum(c.completion_tokens for c in new)
                 progress.update(bar, advance=len(results),
-                                stats=f"{stats['failed']} failed · {stats['new_calls']} calls ({stats['cached_calls']} cached)")
+                                stats=f"{stats['failed']} failed · {stats['new_calls']} calls "
+                                      f"({stats['cached_calls']} cached)")
             elif all_done:
                 break
     reader.close()
@@ -256,8 +259,6 @@ def score_fold(settings: EnsembleSettings, run_id: str, dataset: str, model: str
     t = time.monotonic()
     keywords = read(db, "ensemble_keywords", dataset=dataset, model=model)
     keywords = keywords[keywords["item_id"].isin(set(chosen["item_id"]))]  # the catalogue this run asked for
-    from tasks.ensemble.voters import Index
-
     index = Index.build(train, pairs, item_ids)
     stored = read(db, "ensemble_embeddings", dataset=dataset, model=emb.EMBED_MODEL)
     matrix, has_embedding = emb.embedding_matrix(stored, index.items)

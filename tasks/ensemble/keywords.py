@@ -140,7 +140,11 @@ def parse_keywords(text: str | None, max_keywords: int) -> ParsedKeywords:
     out.pros = [k for k in lists["pros"] if k not in both]
     out.cons = [k for k in lists["cons"] if k not in both]
     if not out.pros and not out.cons:
-        out.problems.append("no usable keyword: give short keywords of 1-3 words, not sentences or titles")
+        if both:
+            out.problems.append(f"the same keywords are listed as pros and as cons ({', '.join(sorted(both)[:5])}): "
+                                "pros name what viewers like, cons what they dislike, never the same keyword")
+        else:
+            out.problems.append("no usable keyword: give short keywords of 1-3 words, not sentences or titles")
     return out
 
 
@@ -159,14 +163,11 @@ def prompt_variables(item: ItemFacts, source: str, max_keywords: int, review_cha
     return variables
 
 
-def _params(gateway: LLMGateway, max_keywords: int, max_tokens: int) -> dict[str, Any]:
-    params: dict[str, Any] = {"temperature": gateway.settings.temperature, "max_tokens": max_tokens}
-    if gateway.json_mode == "schema":
-        params["response_format"] = {"type": "json_schema", "json_schema": {
-            "name": "item_keywords", "strict": True, "schema": keywords_json_schema(max_keywords)}}
-    elif gateway.json_mode == "object":
-        params["response_format"] = {"type": "json_object"}
-    return params
+async def _ask(gateway: LLMGateway, prompt: str, messages: list[dict], max_keywords: int, max_tokens: int,
+               priority: float) -> tuple[str, CallRecord]:
+    """One cached, limited, schema-constrained completion through the gateway."""
+    return await gateway.complete_json(prompt, messages, "item_keywords", keywords_json_schema(max_keywords),
+                                       max_tokens=max_tokens, priority=priority)
 
 
 async def analyse_item(gateway: LLMGateway, item: ItemFacts, source: str, *, max_keywords: int = 5,
@@ -174,8 +175,7 @@ async def analyse_item(gateway: LLMGateway, item: ItemFacts, source: str, *, max
                        priority: float = 0.0) -> ItemAnalysis:
     """Pros/cons keywords of one item from one source, repairing bad answers by re-asking.
 
-    Uses the gateway's cached, limited `_complete` with a keyword JSON schema (the gateway has no
-    public structured call for other schemas yet; see the report's proposed `LLMGateway.structured`).
+    The prompt is one user message (no viewer-simulation system prompt: this is item analysis).
     """
     prompt = SOURCES[source]
     out = ItemAnalysis(item_id=item.item_id, source=source)
@@ -183,8 +183,7 @@ async def analyse_item(gateway: LLMGateway, item: ItemFacts, source: str, *, max
     messages = [{"role": "user", "content": render(prompt, overview_chars=overview_chars, **variables)}]
     for attempt in range(gateway.settings.repair_attempts + 1):
         try:
-            content, record = await gateway._complete(prompt, messages, _params(gateway, max_keywords, max_tokens),
-                                                      0, priority)
+            content, record = await _ask(gateway, prompt, messages, max_keywords, max_tokens, priority)
         except GatewayError as exc:
             out.calls.append(exc.args[1])
             out.error = f"call failed: {exc.args[0]}"

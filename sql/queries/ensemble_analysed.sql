@@ -1,0 +1,4 @@
+-- the item-analysis state of a dataset under one model: what is done, what failed
+select item_id, source, status, n_pros, n_cons, error
+from item_analysis
+where dataset = $dataset and model = $model

@@ -1,0 +1,3 @@
+select item_id, text_hash
+from item_embeddings
+where dataset = $dataset and model = $model
