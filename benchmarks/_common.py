@@ -208,7 +208,7 @@ class ProcessTree:
 
 
 def describe(procs: list[dict]) -> str:
-    return "; ".join(f"pid {p['pid']} (ppid {p['ppid']}): {p['cmd'][:120]}" for p in procs) or "none"
+    return "; ".join(f"pid {p['pid']} (ppid {p['ppid']}): ...{p['cmd'][-110:]}" for p in procs) or "none"
 
 
 def kill_pids(procs: list[dict]) -> None:

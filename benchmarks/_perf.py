@@ -40,6 +40,11 @@ def log(message: str = "") -> None:
     print(message, flush=True)
 
 
+def exit_cleanly_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the test server and doppel subprocesses are stopped."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def use_repo(repo: Path) -> Path:
     """Import tasks/ and tests/ from `repo` (this checkout by default)."""
     repo = Path(repo).resolve()
@@ -107,13 +112,13 @@ class LoadSampler:
 
 
 @contextlib.contextmanager
-def llm_server(**options: Any) -> Iterator[str]:
-    """`python -m tests.llm_server` as a subprocess (fixed latency, server-side cap); yields base_url."""
+def llm_server(**options: Any) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`python -m tests.llm_server` as a subprocess (fixed latency, server-side cap); yields (proc, base_url)."""
     from tests.llm_server import start_subprocess
 
     proc, base_url = start_subprocess(**options)
     try:
-        yield base_url
+        yield proc, base_url
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -130,10 +135,59 @@ def server_stats(base_url: str) -> dict:
     return admin(base_url, "stats")
 
 
+def cpu_seconds(pid: int) -> float:
+    import psutil
+
+    try:
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
+    except psutil.Error:
+        return float("nan")
+
+
 def server_reset(base_url: str) -> None:
     from tests.llm_server import admin
 
     admin(base_url, "reset")
+
+
+@contextlib.contextmanager
+def prefect_server(prefect_home: Path) -> Iterator[str]:
+    """A running Prefect API server (as a lab's `prefect server start`), started outside the timed
+    runs; yields its PREFECT_API_URL."""
+    import importlib.util
+    import socket
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    site = Path(importlib.util.find_spec("prefect").origin).parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PREFECT_HOME=str(prefect_home), PREFECT_UI_ENABLED="0", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(site), "--factory",
+                             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+                             "--log-level", "error", "--lifespan", "on"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            if proc.poll() is not None:
+                raise RuntimeError("the Prefect API server did not start")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # ----------------------------------------------------------------------------- memory
@@ -192,6 +246,7 @@ class RssSampler:
             for proc in tree:
                 try:
                     rss = proc.memory_info().rss
+                    cpu = proc.cpu_times()
                     info = self.procs.get(proc.pid)
                     if info is None:
                         cmd = " ".join(proc.cmdline())
@@ -200,6 +255,7 @@ class RssSampler:
                 except psutil.Error:
                     continue
                 info["peak"] = max(info["peak"], rss)
+                info["cpu_s"] = cpu.user + cpu.system  # the last sample before the process ends
                 total += rss
                 by_role[info["role"]] = by_role.get(info["role"], 0) + rss
             if tree:
@@ -213,13 +269,24 @@ class RssSampler:
     def peak_total_mb(self) -> float:
         return self.peak_total / 2**20
 
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds (user + system) per role, as last sampled (up to 0.2 s short per process)."""
+        out: dict[str, float] = {}
+        for p in self.procs.values():
+            out[p["role"]] = out.get(p["role"], 0.0) + p.get("cpu_s", 0.0)
+        return out
+
     def describe(self) -> list[str]:
         lines = [f"peak RSS of the whole tree at once: {self.peak_total_mb:,.0f} MB ({self.samples} samples)"]
         for role, rss in sorted(self.peak_by_role.items(), key=lambda kv: -kv[1]):
             n = sum(1 for p in self.procs.values() if p["role"] == role)
             lines.append(f"  {role:12s} {n} process(es), peak together {rss / 2**20:,.0f} MB")
         for p in sorted(self.procs.values(), key=lambda p: -p["peak"]):
-            lines.append(f"    pid {p['pid']:>7} {p['role']:12s} peak {p['peak'] / 2**20:7,.0f} MB  {p['cmd'][:90]}")
+            lines.append(f"    pid {p['pid']:>7} {p['role']:12s} peak {p['peak'] / 2**20:7,.0f} MB  "
+                         f"cpu {p.get('cpu_s', 0.0):6.1f} s  {p['cmd'][:80]}")
+        cpu = self.cpu_by_role()
+        lines.append(f"CPU seconds (user+sys): total {sum(cpu.values()):.1f} = "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])))
         return lines
 
 
@@ -229,7 +296,10 @@ class RssSampler:
 def doppel_env(repo: Path, prefect_home: Path, extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env.update({"PREFECT_HOME": str(prefect_home), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(repo),
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "140"})
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "140",
+                # --verbose (for the phase lines) would also ship every INFO log to the API server,
+                # which a plain `doppel run` (level CRITICAL) does not: print them, don't ship them
+                "PREFECT_LOGGING_TO_API_ENABLED": "false"})
     env.update(extra or {})
     return env
 
@@ -276,7 +346,7 @@ PHASE_PATTERNS = {
     "fanout_begin": re.compile(r"Beginning subflow run .* for flow 'doppel-fan-out'"),
     "planned": re.compile(r"planned \d+ users in"),
     "submitted": re.compile(r"submitted \d+ chunks in"),
-    "fanout_end": re.compile(r"fan-out [\d.]+ s: first user"),
+    "fanout_end": re.compile(r"fan-out [\d.]+ s: "),
     "score_begin": re.compile(r"Beginning subflow run .* for flow 'doppel-score'"),
     "validated": re.compile(r"Task run 'validate-outputs-\w+' - Finished"),
     "scored": re.compile(r"Task run 'score-ratings-\w+' - Finished"),
@@ -285,7 +355,7 @@ PHASE_PATTERNS = {
 VALUES = {
     "planned_s": re.compile(r"planned \d+ users in ([\d.]+) s"),
     "submitted_s": re.compile(r"submitted \d+ chunks in ([\d.]+) s"),
-    "fanout_s": re.compile(r"fan-out ([\d.]+) s: first user"),
+    "fanout_s": re.compile(r"fan-out ([\d.]+) s: "),
     "first_user_s": re.compile(r"first user at ([\d.]+) s"),
     "write_s": re.compile(r"users written in ([\d.]+) s of writes"),
     "flow_wall_s": re.compile(r"this invocation: .*?([\d.]+) s\s*$"),
@@ -325,10 +395,13 @@ def run_timed(argv: list[str], env: dict, cwd: Path, log_path: Path, timeout: fl
         thread.start()
         try:
             proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except BaseException:  # timeout, Ctrl-C, SIGTERM: leave no doppel process behind
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            if rss is not None:
+                rss.stop()
+            raise
         wall = time.monotonic() - started
         thread.join(timeout=10)
     if rss is not None:
@@ -374,6 +447,11 @@ select fold, user_id,
        count(*) filter (where prompt_name = 'rating')                  as rating_calls
 from llm_calls where run_id = ? and not cached group by 1, 2
 """
+LATENCY_SQL = """
+select avg(latency_s) as mean, quantile_cont(latency_s, 0.5) as p50, quantile_cont(latency_s, 0.95) as p95,
+       max(latency_s) as max, sum(latency_s) as total
+from llm_calls where run_id = ? and not cached
+"""
 RATINGS_SQL = """
 select count(*) as pairs, count(*) filter (where status = 'ok') as rated,
        count(*) filter (where status <> 'ok') as failed
@@ -392,6 +470,8 @@ def run_facts(db: Path, run_id: str) -> dict:
     else:
         facts["longest_chain_calls"] = 0
     facts["by_prompt"] = read_db(db, BY_PROMPT_SQL, [run_id])
+    lat = read_db(db, LATENCY_SQL, [run_id]).iloc[0]
+    facts["latency"] = {k: float(v) if v == v else float("nan") for k, v in lat.items()}
     return facts
 
 

@@ -63,7 +63,8 @@ select
 from llm_calls where run_id = $run_id
 """
 USERS_SQL = "select status, count(*) as n from run_users where run_id = $run_id group by all order by all"
-REASONS_SQL = "select reason, count(*) as n from simulated_ratings where run_id = $run_id and status = 'failed' group by all"
+REASONS_SQL = ("select reason, count(*) as n from simulated_ratings where run_id = $run_id and status = 'failed' "
+               "group by all")
 
 
 def reason_kind(reason: str) -> str:

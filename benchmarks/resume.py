@@ -10,9 +10,10 @@
 3. trial `writes`: SIGKILL while the flow holds the DuckDB file read-write, i.e. mid-transaction.
    The flow holds the file only for short write transactions, so the benchmark polls with read-only
    opens (a few ms each; they fail with a lock error exactly while a writer holds the file) and kills
-   the instant a poll fails, after the run is past --write-from of its calls. It does this --write-kills
-   times (each kill followed by a rerun that is killed in turn), then lets the last rerun finish. The
-   write-ahead log left by each kill (its size is printed) must be replayed or discarded cleanly.
+   the instant a poll fails, once the run is past --write-from of its calls and the current invocation
+   has made a call (so not during start-up). It does this --write-kills times (each kill followed by a
+   rerun that is killed in turn, at a later point), then lets the last rerun finish. The write-ahead log
+   left by each kill (its size is printed) must be replayed or discarded cleanly.
 4. trial `main`: SIGKILL only the main `doppel` process (as the OOM killer or `kill -9 <pid>` would):
    its children (Prefect API server, Dask workers) must not outlive it.
 
@@ -79,6 +80,7 @@ def kill(proc, target: str) -> None:
 def killed_run(argv, env, out: Path, base_url: str, db: Path, *, at_requests: int, when: str,
                target: str = "group", deadline_s: float = 1800) -> dict:
     """Start doppel, kill it at the chosen moment; return what happened (requests, orphans, db state)."""
+    before = server_requests(base_url)
     proc = start_doppel(argv, env, out)
     tree = ProcessTree(proc.pid)
     started = time.monotonic()
@@ -86,7 +88,7 @@ def killed_run(argv, env, out: Path, base_url: str, db: Path, *, at_requests: in
     while proc.poll() is None and time.monotonic() - started < deadline_s:
         tree.sample()
         seen = server_requests(base_url)
-        if seen >= at_requests:
+        if seen >= at_requests and seen > before:  # past the threshold, and this invocation is simulating
             if when == "calls":
                 break
             if db_is_locked(db):  # the flow holds the file read-write right now: kill mid-write
@@ -139,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency", type=float, default=0.1, help="server seconds per call")
     ap.add_argument("--kill-at", type=float, default=0.5, help="trial half: fraction of the reference's calls")
     ap.add_argument("--write-kills", type=int, default=3, help="trial writes: kills during DuckDB writes")
-    ap.add_argument("--write-from", type=float, default=0.15,
-                    help="trial writes: first kill after this fraction of calls (later kills spread to 0.8)")
+    ap.add_argument("--write-from", type=float, default=0.5,
+                    help="trial writes: first kill at the first write after this fraction of the calls (users "
+                         "start longest chain first, so the first user is written at ~half the calls); later "
+                         "kills spread to 0.8, each after the previous rerun made new calls")
     ap.add_argument("--trials", default="half,writes,main", help="comma list of half, writes, main")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
@@ -183,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             elif trial == "writes":
                 for k in range(args.write_kills):
                     frac = args.write_from + (0.8 - args.write_from) * k / max(1, args.write_kills - 1)
+                    last = kills[-1]["requests"] if kills else 0
                     kills.append(killed_run(argv_run, env, out, base_url, db, when="write",
-                                            at_requests=int(frac * ref_requests)))
+                                            at_requests=max(int(frac * ref_requests), last + 1)))
             else:
                 raise SystemExit(f"unknown trial {trial!r}")
             for i, k in enumerate(kills, 1):
