@@ -21,8 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import duckdb
-import psutil
 import pytest
+
+from tests.processes import alive, descendants
 
 pytestmark = pytest.mark.slow
 
@@ -286,8 +287,7 @@ def test_locked_database_is_waited_for(tmp_path, prefect_server, llm_server):
 def test_locked_database_fails_with_one_line(tmp_path, prefect_server, llm_server):
     """A lock that is not released: one line naming the file and the lock, after a configurable wait.
 
-    doppel waits up to 120 s (tasks/store/db.py `connect(wait_s=120.0)`), too long for a test, and
-    offers no option to shorten it; this test sets the proposed DOPPEL_DB_LOCK_WAIT_S.
+    doppel waits up to 120 s by default; the test shortens it with DOPPEL_DB_LOCK_WAIT_S.
     """
     db = tmp_path / "d.duckdb"
     holder = hold_db(db, 300)
@@ -307,24 +307,6 @@ def test_locked_database_fails_with_one_line(tmp_path, prefect_server, llm_serve
 
 
 # ----------------------------------------------------------------------------- Ctrl-C
-
-
-def _tree(pid: int, seen: dict) -> None:
-    with contextlib.suppress(psutil.Error):
-        root = psutil.Process(pid)
-        for proc in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                seen.setdefault((proc.pid, proc.create_time()), " ".join(proc.cmdline())[:160])
-
-
-def _alive(seen: dict) -> list[str]:
-    out = []
-    for (pid, created), cmd in seen.items():
-        with contextlib.suppress(psutil.Error):
-            proc = psutil.Process(pid)
-            if proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE:
-                out.append(f"{pid}: {cmd}")
-    return out
 
 
 def _done_users(db: Path) -> int:
@@ -358,9 +340,9 @@ def test_ctrl_c_stops_cleanly(tmp_path, llm_server):
         while _done_users(db) < 1:
             assert proc.poll() is None, f"doppel ended before Ctrl-C: {proc.stderr.read()[-2000:]}"
             assert time.monotonic() < deadline, "no user finished in 150 s"
-            _tree(proc.pid, seen)
+            descendants(proc.pid, seen)
             time.sleep(0.3)
-        _tree(proc.pid, seen)
+        descendants(proc.pid, seen)
         os.killpg(proc.pid, signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
@@ -372,7 +354,7 @@ def test_ctrl_c_stops_cleanly(tmp_path, llm_server):
     assert proc.returncode == 130
 
     time.sleep(2)
-    assert _alive(seen) == [], f"still running after Ctrl-C: {_alive(seen)}"
+    assert alive(seen) == [], f"still running after Ctrl-C: {alive(seen)}"
     con = duckdb.connect(str(db), read_only=True)
     try:
         status = con.execute("select status from runs where run_id = 'ctrl-c'").fetchall()

@@ -6,7 +6,6 @@ server; the session's Prefect API server is shared through PREFECT_API_URL so no
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -15,8 +14,9 @@ import time
 from pathlib import Path
 
 import duckdb
-import psutil
 import pytest
+
+from tests.processes import alive, descendants
 
 pytestmark = pytest.mark.slow
 
@@ -55,24 +55,6 @@ def tables(db: Path):
                        "order by all")
     profiles = rows(db, "select fold, user_id, version, stage, text from profiles where run_id = ? order by all")
     return ratings, profiles
-
-
-def descendants(pid: int, seen: dict) -> None:
-    with contextlib.suppress(psutil.Error):
-        root = psutil.Process(pid)
-        for proc in [root, *root.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                seen.setdefault((proc.pid, proc.create_time()), " ".join(proc.cmdline())[:200])
-
-
-def alive(seen: dict) -> list[str]:
-    out = []
-    for (pid, created), cmd in seen.items():
-        with contextlib.suppress(psutil.Error):
-            proc = psutil.Process(pid)
-            if proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE:
-                out.append(f"{pid}: {cmd}")
-    return out
 
 
 def test_kill9_mid_run_then_resume_equals_an_uninterrupted_run(prefect_server, llm_server, tmp_path):

@@ -1,0 +1,27 @@
+"""Process-tree bookkeeping for tests that kill or interrupt doppel: no child may outlive it."""
+
+from __future__ import annotations
+
+import contextlib
+
+import psutil
+
+
+def descendants(pid: int, seen: dict) -> None:
+    """Add `pid` and its children, keyed by (pid, create time) so reused pids don't confuse."""
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                seen.setdefault((proc.pid, proc.create_time()), " ".join(proc.cmdline())[:200])
+
+
+def alive(seen: dict) -> list[str]:
+    """The processes of `seen` still running (zombies don't count)."""
+    out = []
+    for (pid, created), cmd in seen.items():
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            if proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(f"{pid}: {cmd}")
+    return out
