@@ -199,6 +199,7 @@ def score(run_id: str = typer.Option(...), db: Path = typer.Option(Path("doppel.
 import flows.cli_explore  # noqa: E402,F401  (registers `doppel sql` and `doppel report`)
 import flows.cli_deploy  # noqa: E402,F401  (registers `doppel serve`)
 import flows.cli_ensemble  # noqa: E402,F401  (registers `doppel ensemble`)
+import flows.cli_sandbox  # noqa: E402,F401  (registers `doppel sandbox` and `doppel ui`)
 import flows.cli_rl  # noqa: E402,F401  (registers `doppel rl`)
 
 

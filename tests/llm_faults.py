@@ -54,9 +54,13 @@ def _schema_ids(body: dict) -> list[str] | None:
 
 
 def request_kind(body: dict) -> str:
-    """``"rating"`` if the schema is named ``ratings`` or a user message has an ``item_ids:`` line."""
-    if (_json_schema(body) or {}).get("name") == "ratings":
+    """``"rating"`` if the schema is named ``ratings`` or a user message has an ``item_ids:`` line;
+    ``"sandbox"`` for the agent sandbox's schemas (named ``sandbox_*``); else ``"text"``."""
+    name = (_json_schema(body) or {}).get("name") or ""
+    if name == "ratings":
         return "rating"
+    if name.startswith("sandbox_"):
+        return "sandbox"
     return "rating" if any(_line_ids(t) is not None for t in _user_texts(body)) else "text"
 
 
@@ -108,6 +112,61 @@ def profile_answer(body: dict) -> str:
             f"familiar favourites with generous ratings. They are less keen on {disliked}, which they "
             "watch only now and then and judge more strictly. Overall a thoughtful, fairly consistent "
             "rater with moderate expectations.")
+
+
+WORDS = ("comedy", "drama", "action", "thriller", "romance", "great", "story", "music", "fun", "loved", "slow",
+         "classic", "night", "friends", "watch", "again", "ending", "cast", "scary", "sweet")
+
+
+def schema_answer(schema: dict, seed_text: str) -> object:
+    """A deterministic instance of a JSON schema (the subset doppel's sandbox uses): enum and const,
+    strings within min/maxLength, integers within minimum/maximum, arrays (prefixItems or items,
+    within min/maxItems, at least one element when allowed) and objects with every property.
+    Choices are drawn from sha256(seed_text + the path), so the same request gets the same answer."""
+
+    def draw(path: str, n: int) -> int:
+        return int(hashlib.sha256(f"{seed_text}|{path}".encode()).hexdigest(), 16) % max(1, n)
+
+    def build(node: dict, path: str) -> object:
+        if "const" in node:
+            return node["const"]
+        if "enum" in node:
+            return node["enum"][draw(path, len(node["enum"]))]
+        kind = node.get("type")
+        if kind == "object":
+            return {key: build(sub, f"{path}.{key}") for key, sub in (node.get("properties") or {}).items()}
+        if kind == "array":
+            prefix = node.get("prefixItems") or []
+            if prefix:
+                return [build(sub, f"{path}[{k}]") for k, sub in enumerate(prefix)]
+            low, high = node.get("minItems", 0), node.get("maxItems", node.get("minItems", 0) + 2)
+            n = min(high, max(low, 1) + draw(path + "#n", 2))
+            return [build(node.get("items") or {"type": "string"}, f"{path}[{k}]") for k in range(n)]
+        if kind == "integer":
+            low, high = node.get("minimum", 0), node.get("maximum", node.get("minimum", 0) + 9)
+            return low + draw(path, high - low + 1)
+        if kind == "boolean":
+            return bool(draw(path, 2))
+        if kind == "number":
+            return float(node.get("minimum", 0) + draw(path, 100) / 10)
+        low, high = node.get("minLength", 0), node.get("maxLength", 60)
+        words = [WORDS[draw(f"{path}#{k}", len(WORDS))] for k in range(8)]
+        text = words[0]
+        for word in words[1:]:
+            if len(text) + 1 + len(word) > min(high, 60):
+                break
+            text = f"{text} {word}"
+        text = text[:high]
+        return text if len(text) >= low else (text + " x" * low)[:max(low, len(text))]
+
+    return build(schema, "$")
+
+
+def sandbox_answer(body: dict) -> str:
+    """The answer to a sandbox request: an instance of its JSON schema, seeded by the request's messages."""
+    schema = (_json_schema(body) or {}).get("schema") or {}
+    seed = json.dumps(body.get("messages", []), sort_keys=True)
+    return json.dumps(schema_answer(schema, seed))
 
 
 def count_tokens(text: str) -> int:

@@ -37,7 +37,8 @@ import uvicorn
 # re-exported: benchmarks import the whole API from here
 from .llm_faults import (CONTENT_FAULTS, FAULTS, HTTP_FAULTS, check_rates, choose_fault,  # noqa: F401
                          count_tokens, expected_rating, expected_ratings, fault_rng, message_text,
-                         profile_answer, profile_text, request_kind, requested_ids, spoil_ratings)
+                         profile_answer, profile_text, request_kind, requested_ids, sandbox_answer,
+                         schema_answer, spoil_ratings)
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -292,6 +293,8 @@ class LLMApp:
             ratings = expected_ratings(requested_ids(body), profile_text(body))
             content = spoil_ratings(fault, ratings, rng) if fault in CONTENT_FAULTS else \
                 json.dumps({"ratings": ratings})
+        elif content is None and kind == "sandbox":
+            content = sandbox_answer(body)
         elif content is None:
             content = profile_answer(body)
         elif fault in CONTENT_FAULTS:

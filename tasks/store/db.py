@@ -118,5 +118,6 @@ def init_db(db_path: str | Path) -> None:
     with connect(db_path) as con:
         con.execute(sql_text("schema.sql"))
         con.execute(sql_text("ensemble.sql"))  # the ensemble simulator's tables (doppel ensemble)
+        con.execute(sql_text("sandbox.sql"))  # the agent sandbox's tables (doppel sandbox)
         for view in sorted((SQL_DIR / "views").glob("*.sql")):
             con.execute(view.read_text())

@@ -1,0 +1,1 @@
+"""Agent sandbox (RecAgent-like): agents with profiles and memories act in rounds beside a recommender."""

@@ -1,0 +1,123 @@
+"""Building the world and running agents: agent choice, histories, profiles, activity, and the chunk entry.
+
+LLM I/O only (the flow writes): profiles are built with the spine's `profile_create` prompt through the
+same gateway, cache and limits as `doppel run`; a chunk of turns runs its agents as asyncio coroutines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import numpy as np
+import pandas as pd
+
+from tasks.llm.cache import ResponseCache
+from tasks.llm.gateway import CallRecord, LLMGateway
+from tasks.llm.limits import CallLimiter
+from tasks.records import HistoryItem
+from tasks.sandbox.agent import play_turn
+from tasks.sandbox.config import SandboxSettings
+from tasks.sandbox.records import ItemCard, PackedTurns
+from tasks.sandbox.recommender import Recommender
+from tasks.settings import LLMSettings
+from tasks.simulation import LimitSpec
+
+PROFILE_WORDS = 60
+MIN_RATINGS = 5
+
+
+def choose_users(train: pd.DataFrame, n: int, seed: int, prefer: set[str] | None = None) -> list[str]:
+    """A seeded sample of users with at least MIN_RATINGS train ratings (from `prefer` first, when given)."""
+    counts = train.groupby("user_id").size()
+    eligible = sorted(str(u) for u in counts[counts >= MIN_RATINGS].index)
+    if not eligible:
+        raise ValueError(f"no user has {MIN_RATINGS}+ train ratings in this fold")
+    pools = [[u for u in eligible if u in prefer], [u for u in eligible if u not in prefer]] if prefer else [eligible]
+    rng = np.random.default_rng(seed)
+    chosen: list[str] = []
+    for pool in pools:
+        k = min(n - len(chosen), len(pool))
+        if k > 0:
+            chosen += [pool[i] for i in sorted(rng.choice(len(pool), size=k, replace=False))]
+    return chosen
+
+
+def activity_levels(train: pd.DataFrame, user_ids: list[str], activity: float | str) -> list[float]:
+    """A fixed chance per agent, or 'data': 0.3..1.0 by the user's number of train ratings (rank-scaled)."""
+    if activity != "data":
+        return [float(activity)] * len(user_ids)
+    counts = train.groupby("user_id").size().reindex(user_ids, fill_value=0)
+    ranks = counts.rank(pct=True).to_numpy()
+    return [round(0.3 + 0.7 * float(r), 3) for r in ranks]
+
+
+def is_active(seed: int, agent_id: str, round_no: int, activity: float) -> bool:
+    digest = hashlib.sha256(f"{seed}|{agent_id}|{round_no}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64 < activity
+
+
+def history_items(frame: pd.DataFrame) -> list[HistoryItem]:
+    return [HistoryItem(str(r.item_id), r.title, None if pd.isna(r.year) else int(r.year), r.genres, r.text or "",
+                        int(r.rating), int(r.ts)) for r in frame.itertuples(index=False)]
+
+
+def catalogue_cards(items: pd.DataFrame) -> dict[str, ItemCard]:
+    return {str(r.item_id): ItemCard(str(r.item_id), r.title, None if pd.isna(r.year) else int(r.year), r.genres,
+                                     r.text or "") for r in items.itertuples(index=False)}
+
+
+async def _with_gateway(llm: LLMSettings, model_id: str, cache_dir: str, limits: LimitSpec, body):
+    cache = ResponseCache(cache_dir)
+    limiter = CallLimiter(limits.local_slots, limits.dask_semaphore_name, limits.dask_max_leases, limits.rpm,
+                          limits.prefect_limit_name)
+    gateway = LLMGateway(llm, cache, limiter, model_id)
+    try:
+        await limiter.open()
+        return await body(gateway)
+    finally:
+        await gateway.aclose()
+        await limiter.aclose()
+        cache.close()
+
+
+def build_profiles(works: list[tuple[str, str, list[HistoryItem]]], llm: LLMSettings, model_id: str, cache_dir: str,
+                   limits: LimitSpec) -> list[tuple[str, str | None, str | None, list[CallRecord]]]:
+    """(user_id, profile or None, error, calls) per (user_id, demographics, history) with `profile_create`."""
+
+    async def body(gateway: LLMGateway):
+        in_flight = asyncio.Semaphore(limits.local_slots)
+
+        async def one(user_id: str, demographics: str, history: list[HistoryItem]):
+            async with in_flight:
+                mean = f"{sum(h.rating for h in history) / len(history):.1f}"
+                outcome = await gateway.text("profile_create", {"demographics": demographics, "profile": None,
+                                                                "items": history, "mean_rating": mean,
+                                                                "max_words": PROFILE_WORDS}, overview_chars=0)
+            return user_id, outcome.text, outcome.error, outcome.calls
+
+        return await asyncio.gather(*(one(*w) for w in works))
+
+    return asyncio.run(_with_gateway(llm, model_id, cache_dir, limits, body))
+
+
+def run_turns(packed: PackedTurns, rec: Recommender, catalogue: dict[str, ItemCard], cfg: SandboxSettings,
+              llm: LLMSettings, model_id: str, cache_dir: str, limits: LimitSpec, channel) -> list[str]:
+    """Synchronous entry for a task-runner thread: play the chunk's turns; each outcome goes out via `channel`."""
+
+    async def body(gateway: LLMGateway):
+        # one slot (the embedded server): one agent at a time, so its calls share the prompt prefix cache
+        in_flight = asyncio.Semaphore(1 if limits.local_slots == 1 else 2 * limits.local_slots)
+
+        async def one(turn):
+            async with in_flight:
+                started = time.monotonic()
+                outcome = await play_turn(turn, gateway, rec, catalogue, cfg)
+                outcome.wall_s = round(time.monotonic() - started, 3)
+            await asyncio.to_thread(channel.put, outcome)
+            return turn.agent.agent_id
+
+        return list(await asyncio.gather(*(one(t) for t in packed.unpack())))
+
+    return asyncio.run(_with_gateway(llm, model_id, cache_dir, limits, body))
+

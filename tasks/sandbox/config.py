@@ -1,0 +1,58 @@
+"""Settings of `doppel sandbox`: what the spine's RunSettings do not already say."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from tasks.settings import LLMSettings, RunSettings
+
+ACTIONS = ("recommender", "chat", "post", "nothing")
+
+
+class MemorySettings(BaseModel):
+    """Retrieval score = w_rel * cosine + w_rec * decay ** age_in_rounds + w_imp * importance / 10."""
+
+    k: int = Field(4, ge=0, description="memories retrieved per decision")
+    w_relevance: float = 1.0
+    w_recency: float = 1.0
+    w_importance: float = 1.0
+    decay: float = Field(0.8, gt=0.0, le=1.0, description="recency factor per round of age")
+    reflect_every: int = Field(3, ge=0, description="reflect every N rounds (0: never)")
+    reflect_on: int = Field(6, ge=1, description="memories a reflection summarises")
+
+
+class SandboxSettings(BaseModel):
+    """A whole `doppel sandbox`: which users become agents, how they act, which recommender serves them."""
+
+    run: RunSettings = Field(default_factory=RunSettings)  # dataset, db, llm (+ limits and cache)
+    sandbox_id: str | None = None  # resume this sandbox (default: a new one)
+    fold: str = "u1"  # whose train split seeds the MF recommender and the agents' histories
+    agents: int = Field(20, ge=1)
+    rounds: int = Field(5, ge=0, description="total rounds wanted; a rerun continues after the last finished")
+    seed: int = 0
+    profile_run_id: str | None = None  # take Phase-1 profiles from this doppel run (else build them)
+    profile_history: int = Field(20, ge=1, description="train ratings a built profile is written from")
+    profile_max_tokens: int = Field(100, ge=16, description="completion tokens of a built profile (~60 words)")
+    activity: float | Literal["data"] = Field(0.7, description="chance an agent acts in a round; 'data': "
+                                                                "from its number of ratings")
+    friends: int = Field(3, ge=0, description="generated graph: friends per agent (ring + seeded rewiring)")
+    graph_file: str | None = None  # CSV of agent_id/user_id pairs (two columns) instead of a generated graph
+    recommender: Literal["random", "popular", "mf"] = "mf"
+    retrain: bool = True  # MF: retrain on real train + sandbox ratings between rounds
+    page_size: int = Field(5, ge=1)
+    max_steps: int = Field(3, ge=1, description="recommender steps (page, search, watch) per visit")
+    max_watch: int = Field(2, ge=1, description="items watched at once")
+    chat_turns: int = Field(4, ge=2, le=8)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    max_tokens: int = Field(96, ge=16, description="completion tokens per decision")
+    overview_chars: int = Field(0, ge=0, description="item overview characters on a page (0: title/genres)")
+
+    @property
+    def llm(self) -> LLMSettings:
+        return self.run.llm
+
+    def work_dir(self) -> Path:
+        return self.run.work_dir() / "sandbox"

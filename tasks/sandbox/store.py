@@ -1,0 +1,120 @@
+"""The sandbox's reads and writes (tables in sql/sandbox.sql, statements in sql/queries/sandbox_*.sql).
+
+Writes are one short transaction each; only the flow process calls them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.sandbox.records import Outcome
+from tasks.store.db import connect, execute, query, transaction
+from tasks.store.writes import CALL_COLUMNS
+
+TABLES = ("sandbox_runs", "sandbox_agents", "sandbox_friends", "sandbox_rounds", "sandbox_actions", "sandbox_pages",
+          "sandbox_ratings", "sandbox_messages", "sandbox_posts", "sandbox_memories")
+_COLUMNS = {
+    "actions": ["k", "agent_id", "step", "action", "detail", "status", "error", "call_key"],
+    "pages": ["agent_id", "step", "page", "query", "recommender", "item_ids"],
+    "ratings": ["agent_id", "user_id", "item_id", "rating", "feeling", "call_key"],
+    "messages": ["k", "chat_id", "turn", "speaker_id", "listener_id", "text"],
+    "posts": ["agent_id", "post_id", "text"],
+    "memories": ["k", "agent_id", "kind", "text", "importance", "embedding"],
+}
+
+
+def read(db: str | Path, name: str, **params) -> pd.DataFrame:
+    return query(db, name, **params)
+
+
+def start(db: str | Path, sandbox_id: str, dataset: str, fold: str, model: str, recommender: str, config: dict,
+          code_version: str, prompt_hashes: dict) -> None:
+    transaction(db, "sandbox_start", sandbox_id=sandbox_id, dataset=dataset, fold=fold, model=model,
+                recommender=recommender, config=json.dumps(config), code_version=code_version,
+                prompt_hashes=json.dumps(prompt_hashes))
+
+
+def set_status(db: str | Path, sandbox_id: str, status: str) -> None:
+    transaction(db, "sandbox_set_status", sandbox_id=sandbox_id, status=status)
+
+
+def calls_frame(rows: list[tuple[str, object]]) -> pd.DataFrame:
+    """(user id, CallRecord) pairs as llm_calls rows."""
+    return pd.DataFrame([{"user_id": user, **asdict(call)} for user, call in rows],
+                        columns=["user_id", *CALL_COLUMNS])
+
+
+def save_setup(db: str | Path, sandbox_id: str, agents: pd.DataFrame, friends: pd.DataFrame,
+               memories: pd.DataFrame, calls: pd.DataFrame) -> None:
+    transaction(db, "sandbox_save_agents", {"new_agents": agents, "new_friends": friends, "new_memories": memories,
+                                            "new_calls": calls}, sandbox_id=sandbox_id)
+
+
+def begin_round(db: str | Path, sandbox_id: str, round_no: int, post_reads: pd.DataFrame, recommender: dict) -> None:
+    transaction(db, "sandbox_begin_round", {"new_memories": post_reads}, sandbox_id=sandbox_id, round=round_no,
+                recommender=json.dumps(recommender))
+
+
+def outcome_frames(outcomes: list[Outcome], user_of: dict[str, str], embed) -> dict[str, pd.DataFrame]:
+    """The rows of finished agents; `embed(texts) -> (n, d) array` embeds their new memories."""
+    rows: dict[str, list[dict]] = {name: [] for name in _COLUMNS}
+    calls = []
+    for o in outcomes:
+        for kind in ("actions", "pages", "ratings", "posts"):
+            for row in getattr(o, kind):
+                rows[kind].append({"agent_id": o.agent_id, "user_id": user_of[o.agent_id], **row})
+        rows["messages"].extend(o.messages)
+        rows["memories"].extend(o.memories)
+        calls.extend((user_of[o.agent_id], c) for c in o.calls)
+    texts = [m["text"] for m in rows["memories"]]
+    vectors = embed(texts) if texts else []
+    for k, (memory, vector) in enumerate(zip(rows["memories"], vectors)):
+        memory["embedding"] = [float(x) for x in vector]
+    for name in ("actions", "messages", "memories"):
+        for k, row in enumerate(rows[name]):
+            row["k"] = k
+    frames = {f"new_{name}": pd.DataFrame(rows[name], columns=cols) for name, cols in _COLUMNS.items()}
+    frames["new_ratings"] = frames["new_ratings"].astype({"rating": "int64"})
+    frames["new_calls"] = calls_frame(calls)
+    return frames
+
+
+def save_outcomes(db: str | Path, sandbox_id: str, round_no: int, frames: dict[str, pd.DataFrame]) -> None:
+    transaction(db, "sandbox_save_outcomes", frames, sandbox_id=sandbox_id, round=round_no)
+
+
+def finish_round(db: str | Path, sandbox_id: str, round_no: int, stats: dict) -> None:
+    transaction(db, "sandbox_finish_round", sandbox_id=sandbox_id, round=round_no, wall_s=stats["wall_s"],
+                active_agents=stats["active"], new_calls=stats["new_calls"], cached_calls=stats["cached_calls"],
+                failed_actions=stats["failed"])
+
+
+def export(db: str | Path, sandbox_id: str, out_dir: str | Path, fmt: str) -> list[Path]:
+    """Every sandbox table's rows of this sandbox as one file each (parquet | csv | json lines)."""
+    from tasks.paths import sql_text
+
+    if fmt not in ("parquet", "csv", "json"):
+        raise ValueError(f"unknown format {fmt!r}: parquet, csv or json")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    with connect(db, read_only=True) as con:
+        found = execute(con, "sandbox_run", sandbox_id=sandbox_id)
+        if found is None or found.empty:
+            raise ValueError(f"no sandbox {sandbox_id!r} in {db}")
+        for table in TABLES:
+            select = sql_text("queries/sandbox_export.sql").replace("{table}", table)
+            relation = con.sql(select, params={"sandbox_id": sandbox_id})
+            path = out / f"{table}.{'jsonl' if fmt == 'json' else fmt}"
+            if fmt == "parquet":
+                relation.write_parquet(str(path))
+            elif fmt == "csv":
+                relation.write_csv(str(path))
+            else:
+                relation.df().to_json(path, orient="records", lines=True, date_format="iso")
+            written.append(path)
+    return written

@@ -1,0 +1,121 @@
+"""The sandbox end to end against the HTTP LLM test server: real Prefect API, real DuckDB file, resume, export."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from tasks.sandbox.config import MemorySettings, SandboxSettings
+from tasks.sandbox.store import TABLES, export
+
+pytestmark = pytest.mark.slow
+
+CONTENT = {"sandbox_actions": "round, agent_id, step, action, detail, status, error",
+           "sandbox_pages": "round, agent_id, step, page, query, item_ids",
+           "sandbox_ratings": "round, agent_id, item_id, rating, feeling",
+           "sandbox_messages": "round, chat_id, turn, speaker_id, text",
+           "sandbox_posts": "round, agent_id, text",
+           "sandbox_memories": "agent_id, round, kind, text, importance"}
+
+
+def tables(db: str, sandbox_id: str) -> dict[str, list[tuple]]:
+    with duckdb.connect(db, read_only=True) as con:
+        return {t: sorted(con.execute(f"select {cols} from {t} where sandbox_id = ?", [sandbox_id]).fetchall(),
+                          key=repr) for t, cols in CONTENT.items()}
+
+
+@pytest.fixture
+def sandbox(prefect_server, run_settings, llm_server):
+    def make(**overrides) -> SandboxSettings:
+        run = run_settings(synthetic_users=16, synthetic_items=60)
+        base = dict(run=run, agents=4, rounds=2, friends=2, activity=0.9, recommender="mf",
+                    memory=MemorySettings(reflect_every=2), seed=3)
+        return SandboxSettings(**{**base, **overrides})
+
+    return make
+
+
+def test_two_rounds_resume_and_export(sandbox, llm_server, tmp_path):
+    from flows.sandbox import run_sandbox
+
+    settings = sandbox(sandbox_id="sbx-test")
+    db = settings.run.db
+    summary = run_sandbox(settings)
+    assert summary["status"] == "finished" and [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert all(r["status"] == "finished" and r["wall_s"] > 0 for r in summary["rounds"])
+    first_calls = llm_server.stats()["requests"]
+    with duckdb.connect(db, read_only=True) as con:
+        agents = con.execute("select agent_id, profile_source, profile from sandbox_agents").fetchall()
+        assert len(agents) == 4 and all(src == "built" and len(p) > 20 for _, src, p in agents)
+        per_round = con.execute("select round, count(distinct agent_id) from sandbox_actions "
+                                "where sandbox_id = 'sbx-test' group by round order by round").fetchall()
+        assert per_round == [(1, 4), (2, 4)]  # every agent acts (or rests) and is recorded in every round
+        pages = con.execute("select item_ids, page, query from sandbox_pages").fetchall()
+        assert pages and all(len(ids) <= 5 for ids, _, _ in pages)
+        assert all(len(ids) == 5 for ids, page, q in pages if page == 1 and q is None)  # 60 items: a full page
+        # a rated item was on the page the agent watched it from, and never watched twice
+        assert con.execute("select count(*) from sandbox_ratings r where not exists (select 1 from sandbox_pages p "
+                           "where p.agent_id = r.agent_id and p.round = r.round and "
+                           "list_contains(p.item_ids, r.item_id))").fetchone() == (0,)
+        dims = con.execute("select distinct len(embedding) from sandbox_memories").fetchall()
+        assert dims == [(384,)]
+        assert con.execute("select count(*) from sandbox_memories where kind = 'reflection'").fetchone()[0] >= 1
+        calls = con.execute("select count(*), count(distinct call_key) from llm_calls where run_id = 'sbx-test' "
+                            "and not cached").fetchone()
+        assert calls[0] == first_calls  # every HTTP call is in the audit log
+        keys = con.execute("select count(*) from sandbox_actions where call_key is not null and call_key not in "
+                           "(select call_key from llm_calls)").fetchone()
+        assert keys == (0,)
+        posts = con.execute("select count(*) from sandbox_posts where round = 1").fetchone()[0]
+        reads = con.execute("select count(*) from sandbox_memories where kind = 'post_read' and round = 2").fetchone()[0]
+        assert (posts == 0) == (reads == 0)
+    mix = {m["action"]: m["n"] for m in summary["action_mix"]}
+    assert sum(mix.values()) == 8 and len(mix) >= 2
+    before = tables(db, "sbx-test")
+
+    # a rerun of the finished sandbox: nothing to do, no call
+    again = run_sandbox(settings)
+    assert llm_server.stats()["requests"] == first_calls and again["new_rounds"] == []
+
+    # a third round continues after the last finished one
+    run_sandbox(settings.model_copy(update={"rounds": 3}))
+    third_calls = llm_server.stats()["requests"] - first_calls
+    assert third_calls > 0
+    after3 = tables(db, "sbx-test")
+    assert {k: [r for r in v if r[0] != 3 and not (k == "sandbox_memories" and r[1] == 3)]
+            for k, v in after3.items()} == before
+
+    # round 3 interrupted half-way (marked running, some rows written): the rerun redoes it from the cache
+    with duckdb.connect(db) as con:
+        con.execute("update sandbox_rounds set status = 'running', finished = null where round = 3")
+        con.execute("delete from sandbox_actions where round = 3 and agent_id in ('A01', 'A02')")
+    calls_before = llm_server.stats()["requests"]
+    run_sandbox(settings.model_copy(update={"rounds": 3}))
+    assert llm_server.stats()["requests"] == calls_before  # cached answers are free
+    assert tables(db, "sbx-test") == after3
+
+    # exported files hold exactly the sandbox's rows
+    with duckdb.connect(db, read_only=True) as con:
+        counts = {t: con.execute(f"select count(*) from {t} where sandbox_id = 'sbx-test'").fetchone()[0]
+                  for t in TABLES}
+    for fmt, reader in (("parquet", "read_parquet"), ("csv", "read_csv_auto"), ("json", "read_json_auto")):
+        paths = export(db, "sbx-test", tmp_path / fmt, fmt)
+        assert [p.stem for p in paths] == list(TABLES)
+        with duckdb.connect() as con:
+            got = {p.stem: con.execute(f"select count(*) from {reader}('{p}')").fetchone()[0] for p in paths}
+        assert got == counts, fmt
+    with pytest.raises(ValueError, match="no sandbox"):
+        export(db, "sbx-missing", tmp_path / "x", "csv")
+
+
+def test_a_new_sandbox_with_the_same_settings_replays_from_the_cache(sandbox, llm_server):
+    from flows.sandbox import run_sandbox
+
+    settings = sandbox(sandbox_id="sbx-a", rounds=1, recommender="popular")
+    run_sandbox(settings)
+    calls = llm_server.stats()["requests"]
+    assert calls > 0
+    twin = run_sandbox(settings.model_copy(update={"sandbox_id": "sbx-b"}))
+    assert llm_server.stats()["requests"] == calls  # same world, same prompts: every answer is cached
+    assert tables(settings.run.db, "sbx-a") == tables(settings.run.db, "sbx-b")
+    assert twin["rounds"][0]["new_calls"] == 0 and twin["rounds"][0]["cached_calls"] > 0
