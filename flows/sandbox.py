@@ -140,9 +140,7 @@ def sandbox_setup(settings: SandboxSettings, sandbox_id: str, dataset: str, llm:
     todo = [(u, demo.get(u, "") or "a viewer", build.history_items(histories[u])) for u in users if u not in profiles]
     calls, errors = [], {}
     if todo:
-        short = llm.model_copy(update={"max_tokens_profile": settings.profile_max_tokens})
-        for user_id, text, error, user_calls in make_profiles(todo, short, model_id, str(settings.run.cache_dir()),
-                                                              _limits(llm, 1)[0]):
+        for user_id, text, error, user_calls in profiles_with_progress(settings, sandbox_id, todo, llm, model_id):
             calls += [(user_id, c) for c in user_calls]
             if text is None:
                 errors[user_id] = error or "no profile"
@@ -172,6 +170,28 @@ def sandbox_setup(settings: SandboxSettings, sandbox_id: str, dataset: str, llm:
                        "; ".join(f"{u}: {e}" for u, e in list(errors.items())[:3]))
     return {"agents": len(agents), "created": True, "profiles_built": len(todo) - len(errors),
             "profiles_failed": len(errors), "edges": len(edges)}
+
+
+def profiles_with_progress(settings: SandboxSettings, sandbox_id: str, todo: list, llm: LLMSettings,
+                           model_id: str) -> list:
+    """Build profiles on the task runner while a progress bar counts them."""
+    short = llm.model_copy(update={"max_tokens_profile": settings.profile_max_tokens})
+    channel = ResultChannel(f"doppel-{sandbox_id}-profiles-{uuid.uuid4().hex[:8]}", "local")
+    reader = ChannelReader(channel)
+    future = make_profiles.submit(todo, short, model_id, str(settings.run.cache_dir()), _limits(llm, 1)[0], channel)
+    with _progress(settings.run.progress) as progress:
+        bar = progress.add_task("profiles", total=len(todo), round="set-up", stats="building agent profiles")
+        while not future.wrapped_future.done():
+            progress.update(bar, advance=len(reader.drain(timeout=0.25)))
+        progress.update(bar, completed=len(todo))
+    reader.close()
+    return future.result()
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("[bold]round {task.fields[round]}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=Console(stderr=True),
+                    disable=not enabled)
 
 
 def load_agents(db: str, sandbox_id: str) -> list[Agent]:
@@ -254,9 +274,7 @@ def play_round(settings: SandboxSettings, sandbox_id: str, round_no: int, turns:
                for chunk, limit in zip(chunks, _limits(llm, n_chunks))]
     stats = {"active": sum(t.active for t in turns), "new_calls": 0, "cached_calls": 0, "failed": 0, "agents": 0,
              "llm_s": 0.0}
-    with Progress(TextColumn("[bold]round {task.fields[round]}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=Console(stderr=True),
-                  disable=not settings.run.progress) as progress:
+    with _progress(settings.run.progress) as progress:
         bar = progress.add_task("agents", total=len(turns), round=round_no, stats="")
         while True:
             all_done = all(f.wrapped_future.done() for f in futures)

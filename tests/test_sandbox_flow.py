@@ -107,6 +107,23 @@ def test_two_rounds_resume_and_export(sandbox, llm_server, tmp_path):
     with pytest.raises(ValueError, match="no sandbox"):
         export(db, "sbx-missing", tmp_path / "x", "csv")
 
+    # the CLI: `doppel sandbox export` and the printed summary
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.cli_sandbox import console, print_sandbox
+
+    done = CliRunner().invoke(app, ["sandbox", "export", "--sandbox-id", "sbx-test", "--db", db, "--out",
+                                    str(tmp_path / "cli"), "--format", "csv"])
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == sorted(f"{t}.csv" for t in TABLES)
+    missing = CliRunner().invoke(app, ["sandbox", "export", "--sandbox-id", "nope", "--db", db])
+    assert missing.exit_code == 2 and "no sandbox 'nope'" in missing.output  # one line, no traceback
+    with console.capture() as captured:
+        print_sandbox({**summary, "status": "finished"})
+    text = captured.get()
+    assert "action mix" in text and "sbx-test" in text and ("items watched: none" in text or "distinct items" in text)
+
 
 def test_a_new_sandbox_with_the_same_settings_replays_from_the_cache(sandbox, llm_server):
     from flows.sandbox import run_sandbox

@@ -82,8 +82,11 @@ async def _with_gateway(llm: LLMSettings, model_id: str, cache_dir: str, limits:
 
 
 def build_profiles(works: list[tuple[str, str, list[HistoryItem]]], llm: LLMSettings, model_id: str, cache_dir: str,
-                   limits: LimitSpec) -> list[tuple[str, str | None, str | None, list[CallRecord]]]:
-    """(user_id, profile or None, error, calls) per (user_id, demographics, history) with `profile_create`."""
+                   limits: LimitSpec, channel=None) -> list[tuple[str, str | None, str | None, list[CallRecord]]]:
+    """(user_id, profile or None, error, calls) per (user_id, demographics, history) with `profile_create`.
+
+    Each finished user id is also sent through `channel` (for a progress bar), when given.
+    """
 
     async def body(gateway: LLMGateway):
         in_flight = asyncio.Semaphore(limits.local_slots)
@@ -94,6 +97,8 @@ def build_profiles(works: list[tuple[str, str, list[HistoryItem]]], llm: LLMSett
                 outcome = await gateway.text("profile_create", {"demographics": demographics, "profile": None,
                                                                 "items": history, "mean_rating": mean,
                                                                 "max_words": PROFILE_WORDS}, overview_chars=0)
+            if channel is not None:
+                await asyncio.to_thread(channel.put, user_id)
             return user_id, outcome.text, outcome.error, outcome.calls
 
         return await asyncio.gather(*(one(*w) for w in works))
