@@ -90,10 +90,20 @@ def sandbox_run(
     from flows.runtime import prefect_api
 
     with friendly_errors(fail), prefect_api():
-        from flows.sandbox import run_sandbox
+        from flows.sandbox import new_sandbox_id, run_sandbox
 
-        summary = run_sandbox(settings)
+        settings = settings.model_copy(update={"sandbox_id": settings.sandbox_id or new_sandbox_id()})
+        console.print(f"sandbox [bold]{settings.sandbox_id}[/] in {db} ({settings.agents} agents, rounds up to "
+                      f"{settings.rounds}, recommender {recommender})", highlight=False)
+        try:
+            summary = run_sandbox(settings)
+        except KeyboardInterrupt:
+            fail(f"interrupted: finished rounds are saved; rerun with --sandbox-id {settings.sandbox_id} to continue",
+                 130)
     print_sandbox(summary)
+
+
+sandbox_app.command("run", help="Run the agent sandbox (same as `doppel sandbox` with these options).")(sandbox_run)
 
 
 @sandbox_app.command("export")
