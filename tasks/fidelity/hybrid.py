@@ -1,0 +1,133 @@
+"""The calibrated hybrid simulator for one fold: fit on train only, rate the requested pairs.
+
+    ff = fold_features(train, pairs, items)           # slice + test features (the slow part)
+    P = predict_proba(ff)                             # (n_pairs, 5), calibrator fit on the slice
+    acc = decode_accuracy(P)                          # accuracy mode
+    real = realism(P, ff)                             # realism mode: per-activity-bucket quantile match
+
+`pairs` carries user_id, item_id only: the test ratings are never an input. Optional LLM
+features: a column `llm` (the LLM's rating) on both the slice pairs and the test pairs; the
+calibrator can only learn from the LLM where it rated slice pairs, so `slice_llm` and `pair_llm`
+go together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tasks.fidelity.calibrate import fit_calibrator
+from tasks.fidelity.decode import decode_accuracy, tradeoff
+from tasks.fidelity.features import CF_MODELS, FEATURE_GROUPS, calibration_slice, pair_features, slice_parts
+
+BUCKET_EDGES = (50, 150)  # train ratings per user: <50, 50-150, >150
+BUCKETS = ("<50", "50-150", ">150")
+
+
+@dataclass
+class FoldFeatures:
+    X_slice: pd.DataFrame  # features of the calibration slice (models fit on train minus slice)
+    y_slice: np.ndarray  # the slice's (train) ratings: the calibrator's labels
+    X_pairs: pd.DataFrame  # features of the requested pairs
+    pairs: pd.DataFrame  # user_id, item_id of the requested pairs, same order
+    train: pd.DataFrame  # the train split (user_id, item_id, rating)
+    slice_pairs: pd.DataFrame  # user_id, item_id of the calibration rows (all train rows)
+
+
+def activity_bucket(train: pd.DataFrame, user_ids: Sequence[str]) -> np.ndarray:
+    """'<50' / '50-150' / '>150' by the user's number of train ratings (unknown user: '<50')."""
+    n = pd.Series(list(user_ids)).map(train.groupby("user_id").size()).fillna(0).to_numpy()
+    lo, hi = BUCKET_EDGES
+    return np.where(n < lo, BUCKETS[0], np.where(n <= hi, BUCKETS[1], BUCKETS[2]))
+
+
+def histogram_of(ratings: Sequence[int]) -> np.ndarray:
+    r = np.asarray(ratings, dtype=int)
+    return np.bincount(r - 1, minlength=5) / max(r.size, 1)
+
+
+def bucket_targets(train: pd.DataFrame) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Population train histogram, and the train histogram of each activity bucket's users."""
+    pop = histogram_of(train["rating"])
+    b = activity_bucket(train, train["user_id"].tolist())
+    per = {k: histogram_of(train["rating"].to_numpy()[b == k]) for k in BUCKETS if (b == k).any()}
+    return pop, per
+
+
+def fold_features(train: pd.DataFrame, pairs: pd.DataFrame, items: pd.DataFrame,
+                  slice_how: str = "random", frac: float = 0.2, refit: bool = True, stack: int = 5,
+                  models: Sequence[str] = CF_MODELS, seed: int = 0,
+                  slice_llm: pd.DataFrame | None = None, pair_llm: pd.DataFrame | None = None) -> FoldFeatures:
+    """Hold the slice out of train, build slice features (labels = slice ratings) and pair features.
+
+    stack=k > 1: k-fold stacking instead of one slice: each user's train ratings are dealt into k
+    parts, each part gets features from models fit on the other parts, and the calibrator learns
+    on all of train (slice_how must be "random"; `frac` is unused).
+    refit=True: pair features from models fit on the full train split; False: from the same
+    train-minus-slice models as the slice (no train/test shift in the features).
+    slice_llm / pair_llm: optional frames user_id, item_id, llm (+ llm_p1..p5) joined as features.
+    """
+    train = train.astype({"user_id": str, "item_id": str}).reset_index(drop=True)
+    pairs = pairs[["user_id", "item_id"]].astype(str).reset_index(drop=True)
+    if stack > 1:
+        if slice_how != "random":
+            raise ValueError("stacking deals random parts: use slice_how='random'")
+        parts = slice_parts(train, stack, seed)
+        held = pd.concat([train[parts == k] for k in range(stack)], ignore_index=True)
+        X_slice = pd.concat([pair_features(train[parts != k], train[parts == k], items, models, seed)
+                             for k in range(stack)], ignore_index=True)
+        fit = train[parts != 0]
+    else:
+        mask = calibration_slice(train, frac=frac, how=slice_how, seed=seed)
+        fit, held = train[~mask], train[mask].reset_index(drop=True)
+        X_slice = pair_features(fit, held, items, models, seed)
+    X_pairs = pair_features(train if refit else fit, pairs, items, models, seed)
+    if (slice_llm is None) != (pair_llm is None):
+        raise ValueError("give both slice_llm and pair_llm (the calibrator learns the LLM from the slice) or neither")
+    if slice_llm is not None:
+        X_slice = _join_llm(X_slice, held, slice_llm)
+        X_pairs = _join_llm(X_pairs, pairs, pair_llm)
+    return FoldFeatures(X_slice, held["rating"].to_numpy(dtype=int), X_pairs, pairs, train,
+                        held[["user_id", "item_id"]])
+
+
+def _join_llm(X: pd.DataFrame, keys: pd.DataFrame, llm: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in llm.columns if c.startswith("llm")]
+    j = keys[["user_id", "item_id"]].merge(llm.astype({"user_id": str, "item_id": str}),
+                                           on=["user_id", "item_id"], how="left", validate="one_to_one")
+    return X.assign(**{c: j[c].to_numpy(dtype=float) for c in cols})  # NaN = the LLM did not answer
+
+
+def feature_columns(X: pd.DataFrame, drop: Sequence[str] = ()) -> list[str]:
+    """X's columns minus the named FEATURE_GROUPS (or single columns)."""
+    gone = set()
+    for name in drop:
+        gone.update(FEATURE_GROUPS.get(name, (name,)))
+    return [c for c in X.columns if c not in gone]
+
+
+def predict_proba(ff: FoldFeatures, kind: str = "hgb", drop: Sequence[str] = (), seed: int = 0) -> np.ndarray:
+    """Fit the calibrator on the slice (minus dropped feature groups); P(rating) of every pair."""
+    cols = feature_columns(ff.X_slice, drop)
+    cal = fit_calibrator(ff.X_slice, ff.y_slice, kind=kind, seed=seed, columns=cols)
+    return cal.proba(ff.X_pairs)
+
+
+def realism(P: np.ndarray, ff: FoldFeatures, lam: float = 1.0, per_bucket: bool = True) -> np.ndarray:
+    """Quantile-match E[rating] to the train histograms (per activity bucket by default)."""
+    pop, per = bucket_targets(ff.train)
+    if not per_bucket:
+        return tradeoff(P, pop, lam)
+    groups = activity_bucket(ff.train, ff.pairs["user_id"].tolist())
+    return tradeoff(P, pop, lam, groups=groups, targets=per)
+
+
+def hybrid_ratings(train: pd.DataFrame, pairs: pd.DataFrame, items: pd.DataFrame, seed: int = 0,
+                   kind: str = "hgb", models: Sequence[str] = CF_MODELS) -> pd.DataFrame:
+    """The default hybrid (5-fold stacked CF features, HGB calibrator): user_id, item_id, accuracy, realism."""
+    ff = fold_features(train, pairs, items, seed=seed, models=models)
+    P = predict_proba(ff, kind=kind, seed=seed)
+    return ff.pairs.assign(accuracy=decode_accuracy(P), realism=realism(P, ff))
