@@ -136,3 +136,25 @@ def test_a_new_sandbox_with_the_same_settings_replays_from_the_cache(sandbox, ll
     assert llm_server.stats()["requests"] == calls  # same world, same prompts: every answer is cached
     assert tables(settings.run.db, "sbx-a") == tables(settings.run.db, "sbx-b")
     assert twin["rounds"][0]["new_calls"] == 0 and twin["rounds"][0]["cached_calls"] > 0
+
+
+def test_agents_take_phase1_profiles_from_a_doppel_run(sandbox, llm_server, tmp_path):
+    from flows.sandbox import run_sandbox
+    from tasks.store.db import init_db
+
+    settings = sandbox(sandbox_id="sbx-p", rounds=0, profile_run_id="run-x", agents=3)
+    init_db(settings.run.db)
+    with duckdb.connect(settings.run.db) as con:  # a run's profiles: versions 1-2 Phase 1, version 3 an update
+        for user, version, stage in [("3", 1, "initial"), ("3", 2, "refine"), ("3", 3, "update"), ("5", 1, "initial")]:
+            con.execute("insert into profiles (run_id, fold, user_id, version, stage, text) values (?, 'u1', ?, ?, ?, ?)",
+                        ["run-x", user, version, stage, f"profile {user} v{version}"])
+    summary = run_sandbox(settings)
+    with duckdb.connect(settings.run.db, read_only=True) as con:
+        agents = dict(con.execute("select user_id, profile || ' / ' || profile_source from sandbox_agents "
+                                  "where sandbox_id = 'sbx-p'").fetchall())
+    assert agents["3"] == "profile 3 v2 / run:run-x" and agents["5"] == "profile 5 v1 / run:run-x"
+    assert len(agents) == 3 and summary["rounds"] == []  # rounds=0: the set-up only
+    built = [u for u, text in agents.items() if text.endswith("/ built")]
+    assert len(built) == 1 and llm_server.stats()["by_kind"] == {"text": 1}  # one profile built for the third
+    with pytest.raises(ValueError, match="no Phase-1 profiles"):
+        run_sandbox(sandbox(sandbox_id="sbx-q", rounds=0, profile_run_id="run-none"))
