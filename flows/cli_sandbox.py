@@ -36,12 +36,12 @@ def make_settings(dataset: str, data_dir: Optional[Path], item_text: Optional[Pa
                       synthetic_items=synthetic_items, folds=[fold], db=str(db), runner="threads", progress=progress,
                       baselines=False,
                       llm=LLMSettings(base_url=base_url, model=model, gguf=str(gguf) if gguf else None, seed=seed,
-                                      timeout_s=timeout, concurrency=concurrency, rpm=rpm, temperature=temperature,
+                                      timeout_s=timeout, concurrency=concurrency, rpm=rpm,
                                       cache_dir=str(cache_dir) if cache_dir else None))
     return SandboxSettings(run=run, sandbox_id=sandbox_id, fold=fold, agents=agents, rounds=rounds, seed=seed,
                            profile_run_id=profile_run_id, recommender=recommender, retrain=retrain, activity=level,
                            friends=friends, graph_file=str(graph_file) if graph_file else None,
-                           chat_turns=chat_turns, max_steps=max_steps,
+                           chat_turns=chat_turns, max_steps=max_steps, temperature=temperature,
                            memory=MemorySettings(reflect_every=reflect_every, k=memories))
 
 
@@ -74,7 +74,7 @@ def sandbox_run(
     rpm: Optional[float] = typer.Option(None, help="requests per minute cap"),
     seed: int = typer.Option(0, help="agent sample, graph, activity and LLM seed"),
     timeout: float = typer.Option(120.0, help="seconds per LLM call"),
-    temperature: float = typer.Option(0.0),
+    temperature: float = typer.Option(0.8, help="sampling temperature of agent decisions (profiles use 0)"),
     db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file"),
     cache_dir: Optional[Path] = typer.Option(None, help="LLM response cache (default: .doppel/ next to the db)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -138,7 +138,7 @@ def ui(
 ) -> None:
     """A web page for the sandbox on 127.0.0.1: start / pause / reset, rounds, live log, agents, relations."""
     settings = make_settings(dataset, data_dir, item_text, "u1", 8, 3, sandbox_id, None, recommender, True, "0.7", 3,
-                             None, 3, 4, 4, 3, 60, 120, base_url, model, None, concurrency, None, 0, 120.0, 0.0, db,
+                             None, 3, 4, 4, 3, 60, 120, base_url, model, None, concurrency, None, 0, 120.0, 0.8, db,
                              None, False)
     from flows.errors import friendly_errors
     from flows.runtime import prefect_api

@@ -239,3 +239,37 @@ def test_inactive_agents_make_no_call_and_reflection_adds_insights(llm_server, t
     assert [a["action"] for a in out.actions] == ["nothing", "reflect"]
     assert [c.prompt_name for c in out.calls] == ["sandbox_reflect"]
     assert out.memories and all(m["kind"] == "reflection" and m["importance"] == 7 for m in out.memories)
+
+
+def test_options_are_shuffled_per_agent_and_round_and_sent_in_that_order(llm_server, tmp_path):
+    from tasks.sandbox.agent import options_for
+
+    orders = {tuple(options_for(_turn(round=r), seed=0)) for r in range(12)}
+    assert len(orders) > 3 and all(sorted(o) == ["chat", "nothing", "post", "recommender"] for o in orders)
+    assert options_for(_turn(round=2)) == options_for(_turn(round=2))
+    assert options_for(_turn(friends={})) in (["recommender", "nothing"], ["nothing", "recommender"])
+    from tasks.channel import ChannelReader, ResultChannel
+    from tasks.sandbox.build import run_turns
+    from tasks.sandbox.records import PackedTurns
+    from tasks.settings import LLMSettings
+    from tasks.simulation import LimitSpec
+
+    items, train = world()
+    rec = build_recommender("popular", items, train, train.iloc[:0], ["u1"])
+    llm = LLMSettings(base_url=llm_server.base_url, model="doppel-test-model", timeout_s=10, max_retries=0)
+    channel = ResultChannel("test-options", "local")
+    llm_server.app.answer_fn = lambda kind, body: '{"action": "nothing", "friend": "none"}'
+    try:  # the chunk entry samples decisions at the sandbox's temperature (profiles keep the run's)
+        done = run_turns(PackedTurns([_turn(round=5)]), rec, CARDS, SandboxSettings(temperature=0.6), llm,
+                         "doppel-test-model", str(tmp_path / "cache"), LimitSpec(local_slots=1), channel)
+    finally:
+        llm_server.app.answer_fn = None
+    reader = ChannelReader(channel)
+    (out,) = reader.drain(timeout=1)
+    reader.close()
+    assert done == ["A01"]
+    body = llm_server.log()[0]["request"]
+    enum = body["response_format"]["json_schema"]["schema"]["properties"]["action"]["enum"]
+    assert enum == options_for(_turn(round=5)) and body["temperature"] == 0.6
+    assert body["messages"][1]["content"].index(enum[0]) < body["messages"][1]["content"].index(enum[-1] + " (")
+    assert out.actions[0]["detail"] == "chose to rest"

@@ -64,8 +64,11 @@ class Asker:
         return None, f"invalid answer after {self.gateway.settings.repair_attempts + 1} attempts: {problem}"
 
 
-def options_for(turn: Turn) -> list[str]:
-    return ["recommender", "chat", "post", "nothing"] if turn.friends else ["recommender", "nothing"]
+def options_for(turn: Turn, seed: int = 0) -> list[str]:
+    """The actions open to the agent, in an order shuffled per (agent, round): small models favour a position."""
+    options = ["recommender", "chat", "post", "nothing"] if turn.friends else ["recommender", "nothing"]
+    digest = hashlib.sha256(f"{seed}|{turn.agent.agent_id}|{turn.round}".encode()).digest()
+    return [o for _, o in sorted(zip(digest, options))]
 
 
 async def play_turn(turn: Turn, gateway: LLMGateway, rec: Recommender, catalogue: dict[str, ItemCard],
@@ -76,7 +79,7 @@ async def play_turn(turn: Turn, gateway: LLMGateway, rec: Recommender, catalogue
     if not turn.active:
         out.act("nothing", "inactive this round")
     else:
-        options = options_for(turn)
+        options = options_for(turn, cfg.seed)
         friends = list(turn.friends)
 
         def check(d: sc.Decision) -> str | None:

@@ -124,5 +124,6 @@ def run_turns(packed: PackedTurns, rec: Recommender, catalogue: dict[str, ItemCa
 
         return list(await asyncio.gather(*(one(t) for t in packed.unpack())))
 
-    return asyncio.run(_with_gateway(llm, model_id, cache_dir, limits, body))
+    sampled = llm.model_copy(update={"temperature": cfg.temperature})
+    return asyncio.run(_with_gateway(sampled, model_id, cache_dir, limits, body))
 

@@ -48,6 +48,8 @@ class SandboxSettings(BaseModel):
     chat_turns: int = Field(4, ge=2, le=8)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     max_tokens: int = Field(96, ge=16, description="completion tokens per decision")
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="sampling temperature of the agents' decisions (at 0 "
+                                                                "the 0.5B model picks the same option every time)")
     overview_chars: int = Field(0, ge=0, description="item overview characters on a page (0: title/genres)")
 
     @property
