@@ -34,6 +34,19 @@ def test_expected_value_and_accuracy_decoding_by_hand():
     assert decode.decode_accuracy(P, beta=1e6).tolist() == decode.decode_accuracy(P, "mode").tolist()
 
 
+def test_choose_beta_trades_squared_error_for_exact_hits_only_within_tolerance():
+    # one kind of row: P = (0.45, 0, 0, 0.55, 0): E = 2.65 -> 3 (never right); the mode 4 often is
+    P = np.tile([0.45, 0, 0, 0.55, 0], (100, 1))
+    y = np.array([4] * 55 + [1] * 45)
+    assert decode.decode_accuracy(P).tolist() == [3] * 100
+    # beta = 1 still picks 3 (loss 2.35 vs 4.05 - 0.55 = 3.50 for 4): same exact hits -> the smaller beta
+    assert decode.choose_beta(P, y, grid=(0.0, 1.0), tol=0.0) == 0.0
+    # beta = 10 picks 4 (4.05 - 5.5 < 2.35): rmse sqrt(0.45 * 9) = 2.01 vs 1.53 at beta 0 (+31 %)
+    assert decode.decode_accuracy(P, beta=10.0).tolist() == [4] * 100
+    assert decode.choose_beta(P, y, grid=(0.0, 10.0), tol=0.5) == 10.0
+    assert decode.choose_beta(P, y, grid=(0.0, 10.0), tol=0.1) == 0.0
+
+
 def test_bad_probabilities_are_refused():
     with pytest.raises(ValueError):
         decode.expected_value(np.ones((2, 5)))

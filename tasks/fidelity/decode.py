@@ -2,7 +2,8 @@
 
 - accuracy: `expected_value` rounded half up (`tasks.metrics.round_rating`) = the integer
   minimising expected squared error; `mode` maximises the chance of an exact hit; `beta` in
-  between (expected squared error minus beta * P(exact)).
+  between (expected squared error minus beta * P(exact)), `choose_beta` picks it on the
+  calibration slice.
 - realism: `quantile_match(score, target)` gives the top-scored pairs the top ratings so the
   counts follow `target` exactly (largest-remainder rounding of target * n; ties in score are
   broken by position, so the counts are exact whatever the ties). Among decodings with those
@@ -53,6 +54,29 @@ def decode_accuracy(P: Any, rule: str = "expected", beta: float = 0.0) -> np.nda
     if rule == "mode":
         return (np.argmax(P, axis=1) + 1).astype(np.int64)
     raise ValueError(f"rule must be 'expected' or 'mode', got {rule!r}")
+
+
+BETA_GRID = (0.0, 0.1, 0.25, 0.5, 1.0)
+BETA_RMSE_TOL = 0.0025  # relative
+
+
+def choose_beta(P: Any, y: Any, grid: tuple[float, ...] = BETA_GRID, tol: float = BETA_RMSE_TOL) -> float:
+    """The accuracy decoder's beta, picked on labelled calibration rows (never the test split).
+
+    Among `grid`, the beta with the most exact hits whose RMSE is within `tol` (relative) of
+    beta = 0's (pure expected squared error); ties -> the smaller beta.
+    """
+    y = np.asarray(y, dtype=float)
+    base = None
+    best, best_exact = 0.0, -1.0
+    for beta in sorted(grid):
+        pred = decode_accuracy(P, beta=beta)
+        rmse = float(np.sqrt(np.mean((pred - y) ** 2)))
+        base = rmse if base is None else base
+        exact = float(np.mean(pred == y))
+        if rmse <= base * (1 + tol) and exact > best_exact:
+            best, best_exact = beta, exact
+    return best
 
 
 def target_counts(target: Any, n: int) -> np.ndarray:

@@ -1,8 +1,8 @@
 """The calibrated hybrid simulator for one fold: fit on train only, rate the requested pairs.
 
     ff = fold_features(train, pairs, items)           # slice + test features (the slow part)
-    P = predict_proba(ff)                             # (n_pairs, 5), calibrator fit on the slice
-    acc = decode_accuracy(P)                          # accuracy mode
+    P, P_slice = predict_proba(ff, with_slice=True)   # (n, 5) each, calibrator fit on the slice
+    acc, beta = accuracy(P, P_slice, ff)              # accuracy mode (beta picked on the slice)
     real = realism(P, ff)                             # realism mode: per-activity-bucket quantile match
 
 `pairs` carries user_id, item_id only: the test ratings are never an input. Optional LLM
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.fidelity.calibrate import fit_calibrator
-from tasks.fidelity.decode import decode_accuracy, tradeoff
+from tasks.fidelity.decode import choose_beta, decode_accuracy, tradeoff
 from tasks.fidelity.features import CF_MODELS, FEATURE_GROUPS, calibration_slice, pair_features, slice_parts
 
 BUCKET_EDGES = (50, 150)  # train ratings per user: <50, 50-150, >150
@@ -58,7 +58,7 @@ def bucket_targets(train: pd.DataFrame) -> tuple[np.ndarray, dict[str, np.ndarra
 
 
 def fold_features(train: pd.DataFrame, pairs: pd.DataFrame, items: pd.DataFrame,
-                  slice_how: str = "random", frac: float = 0.2, refit: bool = True, stack: int = 5,
+                  slice_how: str = "random", frac: float = 0.2, refit: bool = True, stack: int = 1,
                   models: Sequence[str] = CF_MODELS, seed: int = 0,
                   slice_llm: pd.DataFrame | None = None, pair_llm: pd.DataFrame | None = None) -> FoldFeatures:
     """Hold the slice out of train, build slice features (labels = slice ratings) and pair features.
@@ -109,11 +109,23 @@ def feature_columns(X: pd.DataFrame, drop: Sequence[str] = ()) -> list[str]:
     return [c for c in X.columns if c not in gone]
 
 
-def predict_proba(ff: FoldFeatures, kind: str = "hgb", drop: Sequence[str] = (), seed: int = 0) -> np.ndarray:
-    """Fit the calibrator on the slice (minus dropped feature groups); P(rating) of every pair."""
+def predict_proba(ff: FoldFeatures, kind: str = "logreg", drop: Sequence[str] = (), seed: int = 0,
+                  with_slice: bool = False):
+    """Fit the calibrator on the slice (minus dropped feature groups); P(rating) of every pair.
+
+    with_slice=True: returns (P_pairs, P_slice), the second for choosing decoder settings on
+    the slice.
+    """
     cols = feature_columns(ff.X_slice, drop)
     cal = fit_calibrator(ff.X_slice, ff.y_slice, kind=kind, seed=seed, columns=cols)
-    return cal.proba(ff.X_pairs)
+    P = cal.proba(ff.X_pairs)
+    return (P, cal.proba(ff.X_slice)) if with_slice else P
+
+
+def accuracy(P: np.ndarray, P_slice: np.ndarray, ff: FoldFeatures) -> tuple[np.ndarray, float]:
+    """Accuracy mode: argmin E[(k - r)^2] - beta P(k), beta chosen on the slice; (ratings, beta)."""
+    beta = choose_beta(P_slice, ff.y_slice)
+    return decode_accuracy(P, beta=beta), beta
 
 
 def realism(P: np.ndarray, ff: FoldFeatures, lam: float = 1.0, per_bucket: bool = True) -> np.ndarray:
@@ -126,8 +138,8 @@ def realism(P: np.ndarray, ff: FoldFeatures, lam: float = 1.0, per_bucket: bool 
 
 
 def hybrid_ratings(train: pd.DataFrame, pairs: pd.DataFrame, items: pd.DataFrame, seed: int = 0,
-                   kind: str = "hgb", models: Sequence[str] = CF_MODELS) -> pd.DataFrame:
-    """The default hybrid (5-fold stacked CF features, HGB calibrator): user_id, item_id, accuracy, realism."""
+                   kind: str = "logreg", models: Sequence[str] = CF_MODELS) -> pd.DataFrame:
+    """The default hybrid (one random 20% slice, logreg calibrator): user_id, item_id, accuracy, realism."""
     ff = fold_features(train, pairs, items, seed=seed, models=models)
-    P = predict_proba(ff, kind=kind, seed=seed)
-    return ff.pairs.assign(accuracy=decode_accuracy(P), realism=realism(P, ff))
+    P, P_slice = predict_proba(ff, kind=kind, seed=seed, with_slice=True)
+    return ff.pairs.assign(accuracy=accuracy(P, P_slice, ff)[0], realism=realism(P, ff))
