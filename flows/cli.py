@@ -184,7 +184,9 @@ def ingest(
 
 @app.command()
 def score(run_id: str = typer.Option(...), db: Path = typer.Option(Path("doppel.duckdb")),
-          baselines: bool = typer.Option(True, "--baselines/--no-baselines")) -> None:
+          baselines: bool = typer.Option(True, "--baselines/--no-baselines"),
+          hybrid: bool = typer.Option(False, "--hybrid", help="also score the calibrated hybrid (accuracy and "
+                                      "realism modes, CF features) on the same rows")) -> None:
     """Re-run the gate and the metrics of a finished run."""
     from flows.errors import friendly_errors
     from flows.runtime import prefect_api
@@ -192,7 +194,7 @@ def score(run_id: str = typer.Option(...), db: Path = typer.Option(Path("doppel.
     with friendly_errors(fail), prefect_api():
         from flows.score import score_run
 
-        records = score_run(db=str(db), run_id=run_id, baselines=baselines)
+        records = score_run(db=str(db), run_id=run_id, baselines=baselines, hybrid=hybrid)
     console.print(metrics_table(records))
 
 

@@ -19,8 +19,9 @@ class GateFailed(RuntimeError):
 
 
 @flow(name="doppel-score")
-def score_run(db: str, run_id: str, baselines: bool = True) -> list[dict]:
-    """Validate the run's tables; when they pass, compute and store metrics (llm + baselines)."""
+def score_run(db: str, run_id: str, baselines: bool = True, hybrid: bool = False) -> list[dict]:
+    """Validate the run's tables; when they pass, compute and store metrics (llm + baselines,
+    + the calibrated hybrid's accuracy and realism modes when `hybrid`)."""
     logger = get_run_logger()
     frames = {
         "simulated_ratings": query(db, "run_ratings", run_id=run_id),
@@ -40,7 +41,8 @@ def score_run(db: str, run_id: str, baselines: bool = True) -> list[dict]:
     rows = query(db, "scoring_rows", run_id=run_id)
     dataset = query(db, "run_dataset", run_id=run_id)["dataset"].iloc[0]
     train = {fold: query(db, "fold_train", dataset=dataset, fold=fold) for fold in rows["fold"].unique()}
-    table = score(rows, train, baselines)
+    items = query(db, "hybrid_items", dataset=dataset) if hybrid else None
+    table = score(rows, train, baselines, items)
     save_metrics(db, run_id, table)
     return table.to_dict(orient="records")
 

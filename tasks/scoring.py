@@ -20,10 +20,13 @@ def gate_outputs(frames: dict[str, pd.DataFrame], run_id: str, expected_pairs: p
     ]
 
 
-def score_ratings(rows: pd.DataFrame, train_by_fold: dict[str, pd.DataFrame], baselines: bool = True) -> pd.DataFrame:
+def score_ratings(rows: pd.DataFrame, train_by_fold: dict[str, pd.DataFrame], baselines: bool = True,
+                  hybrid_items: pd.DataFrame | None = None) -> pd.DataFrame:
     """Long metrics (fold, simulator, metric, value); plus fold "all" = mean over folds when several.
 
     rows: fold, user_id, item_id, pred (nullable: failed pairs count as missing), truth.
+    hybrid_items (item_id, genres): also score the calibrated hybrid (tasks/fidelity, CF features,
+    fit on the train split only) as simulators "hybrid:accuracy" and "hybrid:realism".
     """
     parts = [rows.assign(simulator="llm")[["fold", "simulator", "user_id", "item_id", "truth", "pred"]]]
     if baselines:
@@ -32,6 +35,8 @@ def score_ratings(rows: pd.DataFrame, train_by_fold: dict[str, pd.DataFrame], ba
             long = baseline_long(predicted, group[["user_id", "item_id"]].assign(rating=group["truth"]))
             parts.append(long.assign(fold=fold, simulator="baseline:" + long["simulator"], pred=long["rating"])
                          [["fold", "simulator", "user_id", "item_id", "truth", "pred"]])
+    if hybrid_items is not None:
+        parts.extend(_hybrid_rows(rows, train_by_fold, hybrid_items))
     frame = pd.concat(parts, ignore_index=True)
     frame["pred"] = pd.to_numeric(frame["pred"], errors="coerce")
     table = metrics_table(frame, ["fold", "simulator"])
@@ -39,3 +44,17 @@ def score_ratings(rows: pd.DataFrame, train_by_fold: dict[str, pd.DataFrame], ba
         mean = table.groupby(["simulator", "metric"], as_index=False)["value"].mean().assign(fold="all")
         table = pd.concat([table, mean[table.columns]], ignore_index=True)
     return table
+
+
+def _hybrid_rows(rows: pd.DataFrame, train_by_fold: dict[str, pd.DataFrame], items: pd.DataFrame) -> list[pd.DataFrame]:
+    from tasks.fidelity.hybrid import hybrid_ratings  # lazy: scikit-learn + the surprise fits
+
+    parts = []
+    for fold, group in rows.groupby("fold", sort=True):
+        pairs = group[["user_id", "item_id"]].astype(str)  # never the truth column
+        out = hybrid_ratings(train_by_fold[fold], pairs, items, kind="logreg")
+        truth = group["truth"].to_numpy()
+        for mode in ("accuracy", "realism"):
+            parts.append(pd.DataFrame({"fold": fold, "simulator": f"hybrid:{mode}", "user_id": out["user_id"],
+                                       "item_id": out["item_id"], "truth": truth, "pred": out[mode].to_numpy()}))
+    return parts
