@@ -21,8 +21,9 @@ from tasks.sandbox.config import SandboxSettings
 from tasks.sandbox.records import ItemCard, Outcome, Turn
 from tasks.sandbox.recommender import Recommender
 
-OPTION_TEXT = {"recommender": "recommender (browse movie recommendations)", "chat": "chat (with one friend)",
-               "post": "post (to all your friends)", "nothing": "nothing (rest this round)"}
+OPTION_TEXT = {"recommender": "recommender (find a movie to watch now)",
+               "chat": "chat (talk about movies with one friend)",
+               "post": "post (share a thought with all your friends)", "nothing": "nothing (skip this round)"}
 
 
 class Asker:
