@@ -1,0 +1,348 @@
+"""Fidelity of the calibrated hybrid simulator on ML-100K folds u1..u5, against the CF baselines
+(and an LLM run, when given), on the same rows.
+
+    python benchmarks/fidelity.py                      # all 5 folds, all test users
+    python benchmarks/fidelity.py --folds u1 --users 100
+    python benchmarks/fidelity.py --db doppel.duckdb --llm-run-id RUN   # + the run's LLM-only row
+
+Per fold the hybrid is fit on the train split only: CF features from surprise models fit on
+train minus a calibration slice (a seeded random 20% of each user's train ratings; or k-fold stacking
+over train), a multinomial calibrator over 1..5 learned on the held-out train ratings, then decoding:
+accuracy mode = argmin_k E[(k - r)^2] - beta * P(r = k) with beta picked on the slice
+(decode.choose_beta; beta = 0 is round(E[rating]) half up), realism mode = quantile matching of E[rating] to each user-activity bucket's train histogram, and the
+trade-off family in between (lam = 0 .. 1). Ablations drop one feature group (or change the slice,
+calibrator or refit). Features and per-fold results are cached (--cache-dir): a rerun or an
+interrupted run resumes.
+
+Units: rmse on the 1..5 scale; exact and close (|err| <= 1) in %; tv = total-variation distance
+between rating histograms in 0..1 (tasks/metrics.py). tv_bucket = the largest TV over the
+activity buckets (<50, 50-150, >150 train ratings).
+
+Writes benchmarks/results/fidelity.csv (per fold), fidelity.md (mean and spread over folds) and
+fidelity_tradeoff.png. Last line:
+RESULT rmse=<x> exact=<x> close=<x> tv=<x> realism_tv=<x> realism_rmse=<x>
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import pickle
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tasks.baselines import BASELINES, predict_baselines  # noqa: E402
+from tasks.fidelity import decode  # noqa: E402
+from tasks.fidelity.hybrid import (  # noqa: E402
+    BUCKETS, accuracy, activity_bucket, fold_features, predict_proba, realism)
+from tasks.metrics import histogram, rating_metrics, total_variation  # noqa: E402
+
+DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "ml-100k"
+RESULTS = REPO / "benchmarks" / "results"
+FOLDS = ("u1", "u2", "u3", "u4", "u5")
+LAMS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+ABLATE = ("knn", "svd", "svdpp", "biases", "user_stats", "item_stats", "genre")
+BETAS = (0.1, 0.25, 0.5, 1.0)
+# the seed's GPT-3.5 simulator as reported in issue 10 (not measured here): ranges over u1..u5
+SEED_REPORTED = {"rmse": (1.30, 1.34), "tv": (0.13, 0.16)}
+GOALS = {"accuracy": "rmse <= 0.95, exact >= 44 %, close >= 90.5 %",
+         "realism": "tv <= 0.05 (and per bucket), rmse <= 1.10, exact >= 38 %"}
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def source_hash(names: tuple[str, ...] | None = None) -> str:
+    """Hash of the fidelity code (or of the named tasks/fidelity modules): a cache entry is reused
+    only with the same code."""
+    h = hashlib.sha256()
+    paths = ([REPO / "tasks" / "fidelity" / n for n in names] if names
+             else sorted((REPO / "tasks" / "fidelity").glob("*.py")) + [Path(__file__)])
+    for path in paths:
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def cached(cache_dir: Path, key: dict, compute):
+    name = hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:20]
+    path = cache_dir / f"{key.get('kind', 'x')}-{key.get('fold', '')}-{name}.pkl"
+    if path.exists():
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    value = compute()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{id(value)}")
+    with open(tmp, "wb") as f:
+        pickle.dump(value, f)
+    tmp.replace(path)
+    return value
+
+
+def load_folds(data_dir: Path, folds: list[str]) -> tuple[dict, pd.DataFrame]:
+    from tasks.data.movielens import load_movielens
+
+    ds = load_movielens(data_dir)
+    out = {}
+    for fold in folds:
+        sp = ds.splits[ds.splits["fold"] == fold]
+        train = sp[sp["split"] == "train"].merge(ds.ratings, on=["user_id", "item_id"])
+        test = sp[sp["split"] == "test"].merge(ds.ratings, on=["user_id", "item_id"])
+        out[fold] = (train[["user_id", "item_id", "rating", "ts"]].reset_index(drop=True),
+                     test[["user_id", "item_id", "rating"]].reset_index(drop=True))
+    return out, ds.items
+
+
+def sample_users(test: pd.DataFrame, n: int | None, seed: int, fold: str) -> pd.DataFrame:
+    if n is None:
+        return test
+    users = np.sort(test["user_id"].unique())
+    rng = np.random.default_rng([seed, int(fold.lstrip("u") or 0)])
+    keep = rng.choice(users, size=min(n, users.size), replace=False)
+    return test[test["user_id"].isin(keep)].reset_index(drop=True)
+
+
+def llm_rows(db: str, run_id: str) -> pd.DataFrame:
+    """fold, user_id, item_id, llm (the run's rating; NaN where it failed) of a doppel run."""
+    from tasks.store.db import query
+
+    rows = query(db, "scoring_rows", read_only=True, run_id=run_id)
+    return rows.rename(columns={"pred": "llm"})[["fold", "user_id", "item_id", "llm"]].astype(
+        {"user_id": str, "item_id": str})
+
+
+def fold_predictions(args, fold: str, train: pd.DataFrame, test: pd.DataFrame, items: pd.DataFrame,
+                     llm: pd.DataFrame | None, code: str) -> dict[str, np.ndarray]:
+    """Every simulator's integer ratings for the fold's rows (same order as `test`)."""
+    pairs = test[["user_id", "item_id"]]
+    base_key = {"fold": fold, "users": args.users, "seed": args.seed, "n": len(pairs),
+                "code": source_hash(("features.py", "hybrid.py")),
+                "pairs": hashlib.sha256(pd.util.hash_pandas_object(pairs, index=False).values).hexdigest()}
+
+    def features(**kw):
+        key = {**base_key, "kind": "features", **kw}
+        return cached(args.cache_dir, key, lambda: fold_features(train, pairs, items, seed=args.seed, **kw))
+
+    out: dict[str, np.ndarray] = {}
+    t0 = time.monotonic()
+    main_ff = features(stack=args.stack, slice_how="random", refit=True)
+    log(f"  {fold}: features {time.monotonic() - t0:.0f} s ({len(main_ff.y_slice)} calibration rows)")
+    t0 = time.monotonic()
+    P, P_slice = predict_proba(main_ff, kind=args.calibrator, seed=args.seed, with_slice=True)
+    out["hybrid:accuracy"], beta = accuracy(P, P_slice, main_ff)
+    log(f"  {fold}: calibrator {time.monotonic() - t0:.0f} s; accuracy-mode beta (chosen on the slice) {beta}")
+    out["decoder:expected_value(beta=0)"] = decode.decode_accuracy(P)
+    out["hybrid:realism"] = realism(P, main_ff)
+    for beta in BETAS:
+        out[f"decoder:beta={beta}"] = decode.decode_accuracy(P, beta=beta)
+    out["decoder:mode"] = decode.decode_accuracy(P, "mode")
+    out["decoder:realism_population_target"] = realism(P, main_ff, per_bucket=False)
+    out["decoder:calibrated_sampling"] = decode.sample(P, seed=args.seed)
+    for lam in LAMS:
+        out[f"tradeoff:lam={lam:.1f}"] = realism(P, main_ff, lam=lam)
+    if llm is not None:
+        out["llm"] = llm["llm"].to_numpy(dtype=float)
+    if args.no_ablations:
+        return out
+    for group in ABLATE:
+        Pa, Pa_slice = predict_proba(main_ff, kind=args.calibrator, drop=(group,), seed=args.seed, with_slice=True)
+        out[f"ablate:-{group}:accuracy"] = accuracy(Pa, Pa_slice, main_ff)[0]
+        out[f"ablate:-{group}:realism"] = realism(Pa, main_ff)
+    if args.compare_calibrators:  # HistGradientBoosting: 1-4 min per fold on 2 busy cores
+        other = "logreg" if args.calibrator == "hgb" else "hgb"
+        t0 = time.monotonic()
+        Pc, Pc_slice = predict_proba(main_ff, kind=other, seed=args.seed, with_slice=True)
+        out[f"ablate:calibrator={other}:accuracy"] = accuracy(Pc, Pc_slice, main_ff)[0]
+        out[f"ablate:calibrator={other}:realism"] = realism(Pc, main_ff)
+        log(f"  {fold}: calibrator {other} {time.monotonic() - t0:.0f} s")
+    variants = {"slice=random20%": dict(stack=1, slice_how="random", refit=True),
+                "slice=latest20%": dict(stack=1, slice_how="latest", refit=True),
+                "slice=random20%,no-refit": dict(stack=1, slice_how="random", refit=False)}
+    if args.stack == 1:
+        variants["stack=5"] = dict(stack=5, slice_how="random", refit=True)
+        variants.pop("slice=random20%")
+    for label, kw in variants.items():
+        t0 = time.monotonic()
+        ff = features(**kw)
+        Pv, Pv_slice = predict_proba(ff, kind=args.calibrator, seed=args.seed, with_slice=True)
+        out[f"ablate:{label}:accuracy"] = accuracy(Pv, Pv_slice, ff)[0]
+        out[f"ablate:{label}:realism"] = realism(Pv, ff)
+        log(f"  {fold}: variant {label} {time.monotonic() - t0:.0f} s")
+    return out
+
+
+def score_fold(preds: dict[str, np.ndarray], test: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
+    truth = test["rating"].to_numpy()
+    buckets = activity_bucket(train, test["user_id"].tolist())
+    rows = []
+    for name, pred in preds.items():
+        m = rating_metrics(truth, pred)
+        keep = ~np.isnan(np.asarray(pred, dtype=float))
+        per = {}
+        for b in BUCKETS:
+            sel = keep & (buckets == b)
+            if sel.any():
+                per[b] = total_variation(histogram(np.asarray(pred)[sel]), histogram(truth[sel]))
+        rows.append({"simulator": name, **{k: m[k] for k in ("rmse", "mae", "exact", "close", "tv", "n", "n_missing")},
+                     "tv_bucket": max(per.values()) if per else float("nan"),
+                     **{f"tv[{b}]": v for b, v in per.items()}})
+    return pd.DataFrame(rows)
+
+
+def summarize(per_fold: pd.DataFrame) -> pd.DataFrame:
+    cols = ["rmse", "exact", "close", "tv", "tv_bucket"]
+    g = per_fold.groupby("simulator", sort=False)[cols]
+    mean, lo, hi = g.mean(), g.min(), g.max()
+    out = pd.DataFrame(index=mean.index)
+    for c in cols:
+        out[c] = mean[c]
+        out[f"{c}_min"], out[f"{c}_max"] = lo[c], hi[c]
+    out["folds"] = g.size()
+    out["n_mean"] = per_fold.groupby("simulator", sort=False)["n"].mean()
+    return out.reset_index()
+
+
+def markdown(summary: pd.DataFrame) -> str:
+    def cell(r, c, nd):
+        return f"{r[c]:.{nd}f} ({r[c + '_min']:.{nd}f}-{r[c + '_max']:.{nd}f})"
+
+    lines = ["| simulator | RMSE | exact % | close % | TV | TV worst bucket | folds |", "|---|---|---|---|---|---|---|"]
+    for _, r in summary.iterrows():
+        lines.append(f"| {r['simulator']} | {cell(r, 'rmse', 3)} | {cell(r, 'exact', 1)} | {cell(r, 'close', 1)} "
+                     f"| {cell(r, 'tv', 3)} | {cell(r, 'tv_bucket', 3)} | {int(r['folds'])} |")
+    return "\n".join(lines)
+
+
+def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = summary.set_index("simulator")
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    curve = s[s.index.str.startswith("tradeoff:")]
+    ax.plot(curve["tv"], curve["rmse"], "o-", color="tab:blue", label="hybrid trade-off (lam 0..1)")
+    for name, label, marker in (("hybrid:accuracy", "hybrid accuracy mode", "s"),
+                                ("hybrid:realism", "hybrid realism mode", "D")):
+        if name in s.index:
+            ax.errorbar(s.loc[name, "tv"], s.loc[name, "rmse"],
+                        xerr=[[s.loc[name, "tv"] - s.loc[name, "tv_min"]], [s.loc[name, "tv_max"] - s.loc[name, "tv"]]],
+                        yerr=[[s.loc[name, "rmse"] - s.loc[name, "rmse_min"]], [s.loc[name, "rmse_max"] - s.loc[name, "rmse"]]],
+                        fmt=marker, color="tab:blue", ms=8, capsize=3, label=label)
+    for name in BASELINES:
+        key = f"baseline:{name}"
+        if key in s.index:
+            ax.plot(s.loc[key, "tv"], s.loc[key, "rmse"], "x", color="tab:gray", ms=8)
+            ax.annotate(name, (s.loc[key, "tv"], s.loc[key, "rmse"]), textcoords="offset points", xytext=(5, 3), fontsize=8)
+    if "decoder:calibrated_sampling" in s.index:
+        ax.plot(s.loc["decoder:calibrated_sampling", "tv"], s.loc["decoder:calibrated_sampling", "rmse"], "^",
+                color="tab:green", label="hybrid calibrated sampling")
+    if "llm" in s.index:
+        ax.plot(s.loc["llm", "tv"], s.loc["llm", "rmse"], "*", color="tab:red", ms=12, label="LLM-only (this run)")
+    (r0, r1), (t0, t1) = SEED_REPORTED["rmse"], SEED_REPORTED["tv"]
+    ax.add_patch(plt.Rectangle((t0, r0), t1 - t0, r1 - r0, color="tab:orange", alpha=0.4,
+                               label="seed GPT-3.5 (reported in issue 10, not measured)"))
+    ax.axhline(0.95, color="tab:purple", ls=":", lw=1)
+    ax.axvline(0.05, color="tab:purple", ls=":", lw=1)
+    ax.set_xlabel("rating-histogram TV distance to the real ratings (lower = more realistic)")
+    ax.set_ylabel("RMSE of integer ratings (lower = more accurate)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folds", default=",".join(FOLDS), help="comma-separated, default u1..u5")
+    parser.add_argument("--users", type=int, default=None, help="test users sampled per fold (seeded); default all")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stack", type=int, default=1,
+                        help="1 = one random 20%% calibration slice per user (default); k > 1 = k-fold stacking over train")
+    parser.add_argument("--calibrator", choices=("hgb", "logreg"), default="logreg")
+    parser.add_argument("--db", default=None, help="a doppel DuckDB file holding --llm-run-id")
+    parser.add_argument("--llm-run-id", default=None, help="add the run's LLM-only row; rows restricted to its pairs")
+    parser.add_argument("--no-ablations", action="store_true")
+    parser.add_argument("--compare-calibrators", action="store_true",
+                        help="also fit the other calibrator (hgb is slow: minutes per fold on 2 cores)")
+    parser.add_argument("--cache-dir", type=Path, default=REPO / "benchmarks" / ".cache" / "fidelity")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if (args.db is None) != (args.llm_run_id is None):
+        parser.error("--db and --llm-run-id go together")
+    folds = [f.strip() for f in args.folds.split(",") if f.strip()]
+    started = time.monotonic()
+    data, items = load_folds(args.data_dir, folds)
+    llm_all = llm_rows(args.db, args.llm_run_id) if args.llm_run_id else None
+    code = source_hash()
+    parts = []
+    for fold in folds:
+        t_fold = time.monotonic()
+        train, test = data[fold]
+        test = sample_users(test, args.users, args.seed, fold)
+        llm = None
+        if llm_all is not None:
+            llm = test.merge(llm_all[llm_all["fold"] == fold], on=["user_id", "item_id"], how="inner")
+            if llm.empty:
+                log(f"  {fold}: the LLM run has no pairs in this fold; skipped")
+                continue
+            test = llm[["user_id", "item_id", "rating"]]
+        key = {"kind": "result", "fold": fold, "users": args.users, "seed": args.seed, "code": code,
+               "stack": args.stack, "calibrator": args.calibrator, "ablations": not args.no_ablations,
+               "compare": args.compare_calibrators,
+               "llm": args.llm_run_id, "n": len(test)}
+
+        def compute(train=train, test=test, llm=llm, fold=fold):
+            preds = fold_predictions(args, fold, train, test, items, llm, code)
+            base = predict_baselines(train, test[["user_id", "item_id"]], BASELINES, seed=args.seed)
+            for name in BASELINES:
+                preds[f"baseline:{name}"] = base[name].to_numpy()
+            return score_fold(preds, test, train).assign(fold=fold)
+
+        parts.append(cached(args.cache_dir, key, compute))
+        log(f"{fold}: {len(test)} rows, {test['user_id'].nunique()} users, {time.monotonic() - t_fold:.0f} s")
+    per_fold = pd.concat(parts, ignore_index=True)
+    summary = summarize(per_fold)
+    runtime = time.monotonic() - started
+    users = "all test users" if args.users is None else f"{args.users} test users per fold (seed {args.seed})"
+    llm_note = (f"LLM-only row: run {args.llm_run_id}; LLM feature in the hybrid: absent (the calibrator needs "
+                "the LLM's ratings of calibration-slice pairs, which a doppel run does not produce)"
+                if args.llm_run_id else "LLM: absent (no --llm-run-id): every hybrid row uses CF and profile features only")
+    head = (f"folds {','.join(sorted(per_fold['fold'].unique()))}; {users}; {int(summary['n_mean'].max())} rows per "
+            f"fold on average; calibrator {args.calibrator}, stack {args.stack}; {runtime:.0f} s")
+    table = markdown(summary)
+    log("\n" + head + "\n" + llm_note + "\nmean over folds (min-max); rmse 1..5 scale, exact/close in %, tv in 0..1\n")
+    log(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    per_fold.to_csv(args.out / "fidelity.csv", index=False)
+    (args.out / "fidelity.md").write_text(
+        "# fidelity on ML-100K (benchmarks/fidelity.py)\n\n" + head + "\n\n" + llm_note + "\n\n"
+        + f"goals: accuracy mode {GOALS['accuracy']}; realism mode {GOALS['realism']}\n\n"
+        + "mean over folds (min-max); rmse on the 1..5 scale, exact/close in %, TV in 0..1; "
+          "TV worst bucket = max over activity buckets <50 / 50-150 / >150 train ratings\n\n" + table + "\n")
+    plot(summary, args.out / "fidelity_tradeoff.png", "ML-100K " + head)
+    s = summary.set_index("simulator")
+    acc, real = s.loc["hybrid:accuracy"], s.loc["hybrid:realism"]
+
+    def f(x, nd=3):
+        return f"{x:.{nd}f}"
+
+    print(f"RESULT rmse={f(acc['rmse'])} exact={f(acc['exact'], 2)} close={f(acc['close'], 2)} tv={f(acc['tv'])} "
+          f"realism_tv={f(real['tv'])} realism_rmse={f(real['rmse'])}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
