@@ -323,13 +323,17 @@ def _done_users(db: Path) -> int:
 
 
 def test_ctrl_c_stops_cleanly(tmp_path, llm_server):
-    """SIGINT to the process group (what a terminal's Ctrl-C sends), mid-run, on the full stack."""
+    """SIGINT to the process group (what a terminal's Ctrl-C sends), mid-run, on the full stack.
+
+    20 users at concurrency 2: users run a few at a time, so the first finished users are written
+    long before the last start (with 8 they all finished together on a loaded machine, before Ctrl-C).
+    """
     llm_server.configure(latency=0.3)
     db = tmp_path / "d.duckdb"
     env = {k: v for k, v in user_env().items() if not k.startswith("PREFECT_API")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"))
     argv = [sys.executable, "-m", "flows.cli", "run", "--dataset", "synthetic", "--synthetic-users", "24",
-            "--synthetic-items", "60", "--users", "8", "--base-url", llm_server.base_url, "--model",
+            "--synthetic-items", "60", "--users", "20", "--base-url", llm_server.base_url, "--model",
             "doppel-test-model", "--concurrency", "2", "--db", str(db), "--run-id", "ctrl-c", "--no-progress",
             "--no-baselines"]
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
