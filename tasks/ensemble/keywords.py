@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable
 from pydantic import BaseModel, ValidationError
 
 from tasks.llm.gateway import CallRecord, GatewayError, LLMGateway
+from tasks.llm.schemas import load_json
 from tasks.llm.templates import render
 
 SOURCES = {"obj": "item_keywords", "sub": "item_keywords_reviews"}  # source -> prompt template
@@ -99,19 +100,6 @@ class ParsedKeywords:
         return not self.problems
 
 
-def _load_json(text: str) -> Any:
-    text = text.strip()
-    if text.startswith("```"):
-        text = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", text)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        match = re.search(r"\{.*\}", text, re.DOTALL)
-        if not match:
-            raise
-        return json.loads(match.group(0))
-
-
 def parse_keywords(text: str | None, max_keywords: int) -> ParsedKeywords:
     """Validate an answer; keep at most `max_keywords` distinct normalised keywords per list.
 
@@ -120,7 +108,7 @@ def parse_keywords(text: str | None, max_keywords: int) -> ParsedKeywords:
     """
     out = ParsedKeywords()
     try:
-        answer = KeywordAnswer.model_validate(_load_json(text or ""))
+        answer = KeywordAnswer.model_validate(load_json(text))
     except json.JSONDecodeError as exc:
         out.problems.append(f"not valid JSON ({exc.msg} at char {exc.pos})")
         return out

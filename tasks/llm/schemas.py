@@ -62,8 +62,9 @@ class ParsedRatings:
 _OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
 
-def _load_json(text: str) -> object:
-    text = text.strip()
+def load_json(text: str | None) -> object:
+    """The JSON value of an answer; code fences and chatter around one object are tolerated."""
+    text = (text or "").strip()
     if text.startswith("```"):
         text = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", text)
     try:
@@ -80,7 +81,7 @@ def parse_ratings(text: str, item_ids: list[str]) -> ParsedRatings:
     out = ParsedRatings()
     requested = set(item_ids)
     try:
-        data = _load_json(text or "")
+        data = load_json(text or "")
     except json.JSONDecodeError as exc:
         out.problems.append(f"not valid JSON ({exc.msg} at char {exc.pos})")
         return out

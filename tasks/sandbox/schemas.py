@@ -8,10 +8,11 @@ that ignore the schema. A schema's name starts with ``sandbox_`` (the test serve
 from __future__ import annotations
 
 import json
-import re
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from tasks.llm.schemas import load_json
 
 def _text(max_length: int) -> dict:
     return {"type": "string", "minLength": 1, "maxLength": max_length}
@@ -105,20 +106,6 @@ class Reflection(BaseModel):
 
 def reflection_schema() -> dict:
     return _object({"insights": {"type": "array", "items": _text(120), "minItems": 1, "maxItems": 2}})
-
-
-def load_json(text: str | None) -> Any:
-    """The JSON object in an answer (code fences and chatter around it tolerated)."""
-    text = (text or "").strip()
-    if text.startswith("```"):
-        text = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", text)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        match = re.search(r"\{.*\}", text, re.DOTALL)
-        if not match:
-            raise
-        return json.loads(match.group(0))
 
 
 def validate(model: type[BaseModel], text: str | None) -> tuple[BaseModel | None, str | None]:
