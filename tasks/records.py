@@ -81,22 +81,26 @@ class UserWork:
     retry_round: int = 0  # >0 on a rerun that retries failed pairs (new cache sample index)
 
 
-class PackedWork:
-    """A chunk of `UserWork`, pickled once.
+class Packed:
+    """A chunk of work items, pickled once.
 
     Task runners inspect their arguments: Prefect walks nested collections looking for futures and
     Dask tokenizes them, ~13 s for the 459 users of a MovieLens fold. An opaque blob costs ~0.1 s.
     """
 
-    def __init__(self, works: list[UserWork]):
-        self.blob = pickle.dumps(works, protocol=pickle.HIGHEST_PROTOCOL)
-        self.n_users = len(works)
+    def __init__(self, items: list):
+        self.blob = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
+        self.n = len(items)
 
-    def unpack(self) -> list[UserWork]:
+    def unpack(self) -> list:
         return pickle.loads(self.blob)
 
     def __dask_tokenize__(self) -> str:
         return hashlib.sha1(self.blob).hexdigest()
 
     def __repr__(self) -> str:
-        return f"PackedWork({self.n_users} users, {len(self.blob):,} bytes)"
+        return f"{type(self).__name__}({self.n} items, {len(self.blob):,} bytes)"
+
+
+class PackedWork(Packed):
+    """A chunk of `UserWork` for one simulation task."""

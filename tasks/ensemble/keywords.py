@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import pickle
 import re
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from tasks.llm.gateway import CallRecord, GatewayError, LLMGateway
 from tasks.llm.schemas import load_json
+from tasks.records import Packed
 from tasks.llm.templates import render
 
 SOURCES = {"obj": "item_keywords", "sub": "item_keywords_reviews"}  # source -> prompt template
@@ -193,23 +193,8 @@ async def analyse_item(gateway: LLMGateway, item: ItemFacts, source: str, *, max
     return out
 
 
-class PackedItems:
-    """A chunk of (ItemFacts, source) pairs, pickled once (see tasks.records.PackedWork)."""
-
-    def __init__(self, jobs: list[tuple[ItemFacts, str]]):
-        self.blob = pickle.dumps(jobs, protocol=pickle.HIGHEST_PROTOCOL)
-        self.n_jobs = len(jobs)
-
-    def unpack(self) -> list[tuple[ItemFacts, str]]:
-        return pickle.loads(self.blob)
-
-    def __dask_tokenize__(self) -> str:
-        import hashlib
-
-        return hashlib.sha1(self.blob).hexdigest()
-
-    def __repr__(self) -> str:
-        return f"PackedItems({self.n_jobs} jobs)"
+class PackedItems(Packed):
+    """A chunk of (ItemFacts, source) pairs for one item-analysis task."""
 
 
 async def analyse_chunk(jobs: list[tuple[ItemFacts, str]], gateway: LLMGateway, options: dict,
@@ -251,5 +236,5 @@ def run_analysis_chunk(packed: PackedItems, llm, model_id: str, cache_dir: str, 
 
     started = time.monotonic()
     done = asyncio.run(main())
-    logging.getLogger("doppel").info("item chunk of %d jobs done in %.2f s", packed.n_jobs, time.monotonic() - started)
+    logging.getLogger("doppel").info("item chunk of %d jobs done in %.2f s", packed.n, time.monotonic() - started)
     return done

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, field
 
 from tasks.llm.gateway import CallRecord
+from tasks.records import Packed
 
 
 @dataclass(frozen=True)
@@ -74,20 +74,5 @@ class Outcome:
         return sum(a["status"] == "failed" for a in self.actions)
 
 
-class PackedTurns:
-    """A chunk of turns pickled once (task runners walk and tokenize arguments; a blob is cheap)."""
-
-    def __init__(self, turns: list[Turn]):
-        self.blob = pickle.dumps(turns, protocol=pickle.HIGHEST_PROTOCOL)
-        self.n_turns = len(turns)
-
-    def unpack(self) -> list[Turn]:
-        return pickle.loads(self.blob)
-
-    def __dask_tokenize__(self) -> str:
-        import hashlib
-
-        return hashlib.sha1(self.blob).hexdigest()
-
-    def __repr__(self) -> str:
-        return f"PackedTurns({self.n_turns} turns)"
+class PackedTurns(Packed):
+    """A chunk of agent turns for one sandbox task."""
