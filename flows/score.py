@@ -22,6 +22,13 @@ class GateFailed(RuntimeError):
 def score_run(db: str, run_id: str, baselines: bool = True, hybrid: bool = False) -> list[dict]:
     """Validate the run's tables; when they pass, compute and store metrics (llm + baselines,
     + the calibrated hybrid's accuracy and realism modes when `hybrid`)."""
+    return gate_and_score(db, run_id, baselines, hybrid)
+
+
+def gate_and_score(db: str, run_id: str, baselines: bool = True, hybrid: bool = False,
+                   precomputed: dict[str, pd.DataFrame] | None = None) -> list[dict]:
+    """score_run's steps as tasks of the calling flow; `precomputed` baseline predictions (per fold,
+    from tasks.scoring.baseline_predictions) are not computed again."""
     logger = get_run_logger()
     frames = {
         "simulated_ratings": query(db, "run_ratings", run_id=run_id),
@@ -42,7 +49,7 @@ def score_run(db: str, run_id: str, baselines: bool = True, hybrid: bool = False
     dataset = query(db, "run_dataset", run_id=run_id)["dataset"].iloc[0]
     train = {fold: query(db, "fold_train", dataset=dataset, fold=fold) for fold in rows["fold"].unique()}
     items = query(db, "hybrid_items", dataset=dataset) if hybrid else None
-    table = score(rows, train, baselines, items)
+    table = score(rows, train, baselines, items, precomputed)
     save_metrics(db, run_id, table)
     return table.to_dict(orient="records")
 

@@ -65,6 +65,17 @@ def build_work(db: str | Path, dataset: str, fold: str, user_ids: list[str], sim
     return works
 
 
+def requested_pairs(db: str | Path, dataset: str, fold: str, user_ids: list[str],
+                    sim: SimulationSettings) -> pd.DataFrame:
+    """fold, user_id, item_id of the held-out items `build_work` would give these users (cheaper:
+    no histories, no item objects)."""
+    with connect(db, read_only=True) as con:
+        items = execute(con, "user_candidates", dataset=dataset, fold=fold, user_ids=list(user_ids))
+    if sim.max_test_items:
+        items = items.groupby("user_id", sort=False).head(sim.max_test_items)
+    return items[["user_id", "item_id"]].assign(fold=fold)[["fold", "user_id", "item_id"]].reset_index(drop=True)
+
+
 def _rows(frame: pd.DataFrame | None):
     return [] if frame is None else frame.itertuples(index=False)
 

@@ -20,18 +20,40 @@ def gate_outputs(frames: dict[str, pd.DataFrame], run_id: str, expected_pairs: p
     ]
 
 
+def baseline_predictions(train_by_fold: dict[str, pd.DataFrame], pairs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Every baseline's predictions of the requested pairs (fold, user_id, item_id), per fold.
+
+    Needs no simulated rating, so a run computes it while its users are still simulating.
+    """
+    return {fold: predict_baselines(train_by_fold[fold], group[["user_id", "item_id"]], BASELINES)
+            for fold, group in pairs.groupby("fold", sort=True)}
+
+
+def _predicted_for(group: pd.DataFrame, train: pd.DataFrame, ready: pd.DataFrame | None) -> pd.DataFrame:
+    """`predict_baselines` of the group's pairs, in its order: taken from `ready` when it has them all."""
+    keys = group[["user_id", "item_id"]].astype(str).reset_index(drop=True)
+    if ready is not None:
+        found = keys.merge(ready.drop_duplicates(["user_id", "item_id"]), on=["user_id", "item_id"], how="left")
+        if not found[list(BASELINES)].isna().any().any():
+            return found
+    return predict_baselines(train, keys, BASELINES)
+
+
 def score_ratings(rows: pd.DataFrame, train_by_fold: dict[str, pd.DataFrame], baselines: bool = True,
-                  hybrid_items: pd.DataFrame | None = None) -> pd.DataFrame:
+                  hybrid_items: pd.DataFrame | None = None,
+                  precomputed: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """Long metrics (fold, simulator, metric, value); plus fold "all" = mean over folds when several.
 
     rows: fold, user_id, item_id, pred (nullable: failed pairs count as missing), truth.
     hybrid_items (item_id, genres): also score the calibrated hybrid (tasks/fidelity, CF features,
     fit on the train split only) as simulators "hybrid:accuracy" and "hybrid:realism".
+    precomputed: `baseline_predictions` made earlier (per fold); a fold it lacks pairs of is
+    predicted here.
     """
     parts = [rows.assign(simulator="llm")[["fold", "simulator", "user_id", "item_id", "truth", "pred"]]]
     if baselines:
         for fold, group in rows.groupby("fold", sort=True):
-            predicted = predict_baselines(train_by_fold[fold], group[["user_id", "item_id"]], BASELINES)
+            predicted = _predicted_for(group, train_by_fold[fold], (precomputed or {}).get(fold))
             long = baseline_long(predicted, group[["user_id", "item_id"]].assign(rating=group["truth"]))
             parts.append(long.assign(fold=fold, simulator="baseline:" + long["simulator"], pred=long["rating"])
                          [["fold", "simulator", "user_id", "item_id", "truth", "pred"]])

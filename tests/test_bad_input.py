@@ -364,7 +364,7 @@ def test_ctrl_c_stops_cleanly(tmp_path, llm_server):
         status = con.execute("select status from runs where run_id = 'ctrl-c'").fetchall()
         users = con.execute("select u.status, u.n_pairs, count(s.item_id) from run_users u left join "
                             "simulated_ratings s using (run_id, fold, user_id) where u.run_id = 'ctrl-c' "
-                            "group by all").fetchall()
+                            "group by u.fold, u.user_id, u.status, u.n_pairs").fetchall()
     finally:
         con.close()
     assert status == [("interrupted",)]
