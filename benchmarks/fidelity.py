@@ -18,8 +18,11 @@ Units: rmse on the 1..5 scale; exact and close (|err| <= 1) in %; tv = total-var
 between rating histograms in 0..1 (tasks/metrics.py). tv_bucket = the largest TV over the
 activity buckets (<50, 50-150, >150 train ratings).
 
+With --llm-run-id the rows are the run's pairs, with the LLM-only row and the LLM's marginal
+contribution (two cross-fitted arms, with and without the LLM's answer; tasks/fidelity/llm_margin.py).
+
 Writes benchmarks/results/fidelity.csv (per fold), fidelity.md (mean and spread over folds) and
-fidelity_tradeoff.png. Last line:
+fidelity_tradeoff.png (fidelity_llm.* with --llm-run-id). Last line:
 RESULT rmse=<x> exact=<x> close=<x> tv=<x> realism_tv=<x> realism_rmse=<x>
 """
 
@@ -39,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tasks.baselines import BASELINES, predict_baselines  # noqa: E402
-from tasks.fidelity import decode  # noqa: E402
+from tasks.fidelity import decode, llm_margin  # noqa: E402
 from tasks.fidelity.hybrid import (  # noqa: E402
     BUCKETS, accuracy, activity_bucket, fold_features, predict_proba, realism)
 from tasks.metrics import histogram, rating_metrics, total_variation  # noqa: E402
@@ -50,6 +53,7 @@ FOLDS = ("u1", "u2", "u3", "u4", "u5")
 LAMS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 ABLATE = ("knn", "svd", "svdpp", "biases", "user_stats", "item_stats", "genre")
 BETAS = (0.1, 0.25, 0.5, 1.0)
+MARGIN_CF, MARGIN_LLM = "llm_margin:cf(cross-fit)", "llm_margin:cf+llm(cross-fit)"
 # the seed's GPT-3.5 simulator as reported in issue 10 (not measured here): ranges over u1..u5
 SEED_REPORTED = {"rmse": (1.30, 1.34), "tv": (0.13, 0.16)}
 GOALS = {"accuracy": "rmse <= 0.95, exact >= 44 %, close >= 90.5 %",
@@ -149,6 +153,11 @@ def fold_predictions(args, fold: str, train: pd.DataFrame, test: pd.DataFrame, i
         out[f"tradeoff:lam={lam:.1f}"] = realism(P, main_ff, lam=lam)
     if llm is not None:
         out["llm"] = llm["llm"].to_numpy(dtype=float)
+        # the LLM's marginal contribution: a second stage fit on the other users' test rows (see
+        # tasks/fidelity/llm_margin.py); the two arms differ only by the LLM input
+        cf, cf_llm = llm_margin.cross_fit(P, out["llm"], test["rating"].to_numpy(), test["user_id"].to_numpy(),
+                                          seed=args.seed)
+        out[MARGIN_CF], out[MARGIN_LLM] = cf, cf_llm
     if args.no_ablations:
         return out
     for group in ABLATE:
@@ -287,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     data, items = load_folds(args.data_dir, folds)
     llm_all = llm_rows(args.db, args.llm_run_id) if args.llm_run_id else None
     code = source_hash()
-    parts = []
+    parts, gaps = [], {}
     for fold in folds:
         t_fold = time.monotonic()
         train, test = data[fold]
@@ -309,16 +318,27 @@ def main(argv: list[str] | None = None) -> int:
             base = predict_baselines(train, test[["user_id", "item_id"]], BASELINES, seed=args.seed)
             for name in BASELINES:
                 preds[f"baseline:{name}"] = base[name].to_numpy()
-            return score_fold(preds, test, train).assign(fold=fold)
+            gap = (llm_margin.paired_gap(test["rating"].to_numpy(), preds[MARGIN_CF], preds[MARGIN_LLM],
+                                         test["user_id"].to_numpy(), seed=args.seed) if llm is not None else None)
+            return score_fold(preds, test, train).assign(fold=fold), gap
 
-        parts.append(cached(args.cache_dir, key, compute))
+        scores, gap = cached(args.cache_dir, key, compute)
+        parts.append(scores)
+        if gap is not None:
+            gaps[fold] = gap
+            log(f"  {fold}: LLM marginal contribution (cf+llm minus cf, cross-fit over users; 95% bootstrap "
+                "over users): " + ", ".join(f"{m} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, (v, lo, hi) in gap.items()))
         log(f"{fold}: {len(test)} rows, {test['user_id'].nunique()} users, {time.monotonic() - t_fold:.0f} s")
     per_fold = pd.concat(parts, ignore_index=True)
     summary = summarize(per_fold)
     runtime = time.monotonic() - started
     users = "all test users" if args.users is None else f"{args.users} test users per fold (seed {args.seed})"
-    llm_note = (f"LLM-only row: run {args.llm_run_id}; LLM feature in the hybrid: absent (the calibrator needs "
-                "the LLM's ratings of calibration-slice pairs, which a doppel run does not produce)"
+    llm_note = (f"LLM-only row: run {args.llm_run_id}. The hybrid's calibrator has no LLM input (it learns from "
+                "train-slice pairs, which a doppel run does not ask the LLM about); the LLM's marginal "
+                f"contribution is measured instead by cross-fitting over users ({MARGIN_CF} vs {MARGIN_LLM}, "
+                "tasks/fidelity/llm_margin.py): " + "; ".join(
+                    f"{fold}: " + ", ".join(f"{m} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, (v, lo, hi) in g.items())
+                    for fold, g in gaps.items()) + " (cf+llm minus cf, 95% bootstrap interval over users)"
                 if args.llm_run_id else "LLM: absent (no --llm-run-id): every hybrid row uses CF and profile features only")
     head = (f"folds {','.join(sorted(per_fold['fold'].unique()))}; {users}; {int(summary['n_mean'].max())} rows per "
             f"fold on average; calibrator {args.calibrator}, stack {args.stack}; {runtime:.0f} s")
@@ -326,13 +346,14 @@ def main(argv: list[str] | None = None) -> int:
     log("\n" + head + "\n" + llm_note + "\nmean over folds (min-max); rmse 1..5 scale, exact/close in %, tv in 0..1\n")
     log(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    per_fold.to_csv(args.out / "fidelity.csv", index=False)
-    (args.out / "fidelity.md").write_text(
+    stem = "fidelity_llm" if args.llm_run_id else "fidelity"  # an LLM run's rows never overwrite the 5-fold table
+    per_fold.to_csv(args.out / f"{stem}.csv", index=False)
+    (args.out / f"{stem}.md").write_text(
         "# fidelity on ML-100K (benchmarks/fidelity.py)\n\n" + head + "\n\n" + llm_note + "\n\n"
         + f"goals: accuracy mode {GOALS['accuracy']}; realism mode {GOALS['realism']}\n\n"
         + "mean over folds (min-max); rmse on the 1..5 scale, exact/close in %, TV in 0..1; "
           "TV worst bucket = max over activity buckets <50 / 50-150 / >150 train ratings\n\n" + table + "\n")
-    plot(summary, args.out / "fidelity_tradeoff.png", "ML-100K " + head)
+    plot(summary, args.out / f"{stem}_tradeoff.png", "ML-100K " + head)
     s = summary.set_index("simulator")
     acc, real = s.loc["hybrid:accuracy"], s.loc["hybrid:realism"]
 

@@ -220,3 +220,49 @@ def test_scoring_adds_both_hybrid_modes_on_the_same_rows(synthetic_fold):
     assert (wide["n"] == len(test)).all()
     assert wide.loc["hybrid:accuracy", "rmse"] < wide.loc["llm", "rmse"]
     assert wide.loc["hybrid:realism", "tv"] < wide.loc["hybrid:accuracy", "tv"]
+
+
+# ----------------------------------------------------------------------------- the LLM's marginal contribution
+
+
+def _margin_case(llm_noise: float, seed: int = 0):
+    """60 users x 20 rows: a vague hybrid P (the user's mean only) and an LLM that knows the rating
+    up to `llm_noise` (or, with noise None, answers at random)."""
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(60).astype(str), 20)
+    y = rng.integers(1, 6, users.size)
+    P = np.full((users.size, 5), 0.2)
+    llm = np.clip(np.rint(y + rng.normal(0, llm_noise, y.size)), 1, 5) if llm_noise else rng.integers(1, 6, y.size)
+    return P, llm.astype(float), y, users
+
+
+def test_llm_marginal_contribution_is_large_for_an_informed_llm_and_near_zero_for_a_random_one():
+    from tasks.fidelity.llm_margin import cross_fit, paired_gap
+
+    P, llm, y, users = _margin_case(0.3)
+    llm[::7] = np.nan  # unanswered pairs are a flag, never a dropped row
+    cf, cf_llm = cross_fit(P, llm, y, users)
+    assert cf.shape == cf_llm.shape == y.shape
+    gap = paired_gap(y, cf, cf_llm, users, n_boot=300)
+    assert gap["rmse"][0] < -0.5 and gap["rmse"][2] < 0  # the whole interval: better with the LLM
+    assert gap["exact"][0] > 30
+
+    P, llm, y, users = _margin_case(None)
+    cf, cf_llm = cross_fit(P, llm, y, users)
+    gap = paired_gap(y, cf, cf_llm, users, n_boot=300)
+    assert abs(gap["rmse"][0]) < 0.1 and gap["rmse"][1] < 0.02  # no real gain: the interval reaches 0
+
+
+def test_cross_fit_keeps_each_user_out_of_the_model_that_predicts_them():
+    from tasks.fidelity.llm_margin import cross_fit
+
+    P, llm, y, users = _margin_case(0.3)
+    with pytest.raises(ValueError, match="at least 2 users"):
+        cross_fit(P[:20], llm[:20], y[:20], users[:20])
+    # a user whose every rating is flipped cannot drag the model fit for him: his LLM answers still
+    # predict him as the others taught (5 - answer would be right, the model says answer)
+    flipped = users == "0"
+    llm2 = llm.copy()
+    llm2[flipped] = 6 - y[flipped]
+    _, cf_llm = cross_fit(P, llm2, y, users)
+    assert np.mean(cf_llm[flipped] == y[flipped]) < 0.3

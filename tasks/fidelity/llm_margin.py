@@ -1,0 +1,82 @@
+"""What the LLM adds to the calibrated hybrid, measured on a run's rated pairs by cross-fitting over users.
+
+The hybrid's calibrator learns from a slice of train ratings, and a doppel run's LLM rates test
+pairs only, so the calibrator has no LLM answers to learn from. This measures the LLM's marginal
+contribution anyway, honestly: a second-stage multinomial model over ratings 1..5 on the hybrid's
+log P(rating) (arm "cf") or on log P plus the LLM's answer (arm "cf+llm", one-hot + a missing flag),
+fit on the other users' rows (their test ratings) and applied to each user's rows, users dealt into
+`n_splits` seeded groups. The two arms differ only by the LLM input: the gap between their scores
+is the LLM's contribution. This is a measurement, not the simulator: it learns from test ratings of
+other users, which the hybrid never does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tasks.fidelity.decode import decode_accuracy
+
+
+def _llm_columns(llm: np.ndarray) -> np.ndarray:
+    """(n, 6): one-hot of the LLM's rating 1..5 and a 'no answer' flag."""
+    out = np.zeros((llm.size, 6))
+    answered = ~np.isnan(llm)
+    ratings = np.clip(np.rint(llm[answered]), 1, 5).astype(int)
+    out[np.flatnonzero(answered), ratings - 1] = 1.0
+    out[~answered, 5] = 1.0
+    return out
+
+
+def cross_fit(P: np.ndarray, llm: np.ndarray, y: np.ndarray, users: np.ndarray, n_splits: int = 2,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(ratings of arm "cf", ratings of arm "cf+llm") for every row, same order.
+
+    P: (n, 5) the hybrid's rating distribution; llm: (n,) the LLM's rating (NaN = no answer);
+    y: (n,) the real ratings; users: (n,) user ids (rows of one user stay in one group).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    P, llm, y, users = np.asarray(P, float), np.asarray(llm, float), np.asarray(y, int), np.asarray(users)
+    if not (len(P) == len(llm) == len(y) == len(users)):
+        raise ValueError("P, llm, y and users differ in length")
+    ids = np.unique(users)
+    if ids.size < n_splits:
+        raise ValueError(f"cross-fitting needs at least {n_splits} users, got {ids.size}")
+    group_of = dict(zip(np.random.default_rng(seed).permutation(ids), np.arange(ids.size) % n_splits))
+    groups = np.array([group_of[u] for u in users])
+    base = np.log(np.clip(P, 1e-6, 1.0))
+    arms = {"cf": base, "cf+llm": np.hstack([base, _llm_columns(llm)])}
+    out = {arm: np.zeros(len(y), dtype=np.int64) for arm in arms}
+    for g in range(n_splits):
+        fit, apply = groups != g, groups == g
+        for arm, X in arms.items():
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+            model.fit(X[fit], y[fit])
+            proba = np.zeros((int(apply.sum()), 5))
+            proba[:, model[-1].classes_.astype(int) - 1] = model.predict_proba(X[apply])
+            out[arm][apply] = decode_accuracy(proba)
+    return out["cf"], out["cf+llm"]
+
+
+def paired_gap(truth: np.ndarray, a: np.ndarray, b: np.ndarray, users: np.ndarray, n_boot: int = 2000,
+               seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """b minus a in rmse, exact % and close %, with a 95% bootstrap interval over users:
+    {metric: (gap, low, high)}."""
+    truth, a, b, users = (np.asarray(x) for x in (truth, a, b, users))
+    ids, inverse = np.unique(users, return_inverse=True)
+    rows_of = [np.flatnonzero(inverse == k) for k in range(ids.size)]
+
+    def gaps(rows: np.ndarray) -> np.ndarray:
+        ea, eb = a[rows] - truth[rows], b[rows] - truth[rows]
+        return np.array([np.sqrt(np.mean(eb ** 2)) - np.sqrt(np.mean(ea ** 2)),
+                         100 * (np.mean(eb == 0) - np.mean(ea == 0)),
+                         100 * (np.mean(np.abs(eb) <= 1) - np.mean(np.abs(ea) <= 1))])
+
+    point = gaps(np.arange(truth.size))
+    rng = np.random.default_rng(seed)
+    boot = np.array([gaps(np.concatenate([rows_of[k] for k in rng.integers(0, ids.size, ids.size)]))
+                     for _ in range(n_boot)])
+    low, high = np.percentile(boot, [2.5, 97.5], axis=0)
+    return {m: (float(point[i]), float(low[i]), float(high[i])) for i, m in enumerate(("rmse", "exact", "close"))}
