@@ -22,7 +22,7 @@ With --llm-run-id the rows are the run's pairs, with the LLM-only row and the LL
 contribution (two cross-fitted arms, with and without the LLM's answer; tasks/fidelity/llm_margin.py).
 
 Writes benchmarks/results/fidelity.csv (per fold), fidelity.md (mean and spread over folds) and
-fidelity_tradeoff.png (fidelity_llm.* with --llm-run-id). Last line:
+fidelity_tradeoff.png (fidelity_llm_<run id>.* with --llm-run-id). Last line:
 RESULT rmse=<x> exact=<x> close=<x> tv=<x> realism_tv=<x> realism_rmse=<x>
 """
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import pickle
+import re
 import sys
 import time
 from pathlib import Path
@@ -346,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     log("\n" + head + "\n" + llm_note + "\nmean over folds (min-max); rmse 1..5 scale, exact/close in %, tv in 0..1\n")
     log(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "fidelity_llm" if args.llm_run_id else "fidelity"  # an LLM run's rows never overwrite the 5-fold table
+    # an LLM run's rows never overwrite the 5-fold table, nor another run's
+    stem = f"fidelity_llm_{re.sub(r'[^A-Za-z0-9_.-]', '_', args.llm_run_id)}" if args.llm_run_id else "fidelity"
     per_fold.to_csv(args.out / f"{stem}.csv", index=False)
     (args.out / f"{stem}.md").write_text(
         "# fidelity on ML-100K (benchmarks/fidelity.py)\n\n" + head + "\n\n" + llm_note + "\n\n"
