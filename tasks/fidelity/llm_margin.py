@@ -13,7 +13,9 @@ other users, which the hybrid never does.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
+from tasks.fidelity.calibrate import fit_calibrator
 from tasks.fidelity.decode import decode_accuracy
 
 
@@ -34,10 +36,6 @@ def cross_fit(P: np.ndarray, llm: np.ndarray, y: np.ndarray, users: np.ndarray, 
     P: (n, 5) the hybrid's rating distribution; llm: (n,) the LLM's rating (NaN = no answer);
     y: (n,) the real ratings; users: (n,) user ids (rows of one user stay in one group).
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     P, llm, y, users = np.asarray(P, float), np.asarray(llm, float), np.asarray(y, int), np.asarray(users)
     if not (len(P) == len(llm) == len(y) == len(users)):
         raise ValueError("P, llm, y and users differ in length")
@@ -47,16 +45,14 @@ def cross_fit(P: np.ndarray, llm: np.ndarray, y: np.ndarray, users: np.ndarray, 
     group_of = dict(zip(np.random.default_rng(seed).permutation(ids), np.arange(ids.size) % n_splits))
     groups = np.array([group_of[u] for u in users])
     base = np.log(np.clip(P, 1e-6, 1.0))
-    arms = {"cf": base, "cf+llm": np.hstack([base, _llm_columns(llm)])}
+    arms = {name: pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
+            for name, X in (("cf", base), ("cf+llm", np.hstack([base, _llm_columns(llm)])))}
     out = {arm: np.zeros(len(y), dtype=np.int64) for arm in arms}
     for g in range(n_splits):
         fit, apply = groups != g, groups == g
         for arm, X in arms.items():
-            model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-            model.fit(X[fit], y[fit])
-            proba = np.zeros((int(apply.sum()), 5))
-            proba[:, model[-1].classes_.astype(int) - 1] = model.predict_proba(X[apply])
-            out[arm][apply] = decode_accuracy(proba)
+            calibrator = fit_calibrator(X[fit], y[fit], kind="logreg")  # the hybrid's own calibrator
+            out[arm][apply] = decode_accuracy(calibrator.proba(X[apply]))
     return out["cf"], out["cf+llm"]
 
 
