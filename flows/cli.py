@@ -20,6 +20,7 @@ from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 
 from flows.display import metrics_table, print_summary  # noqa: E402
+from tasks.llm.templates import PROMPT_SETS, prompt_dir  # noqa: E402
 from tasks.settings import LLMSettings, RunSettings, SimulationSettings  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -68,6 +69,8 @@ def run(
     recent_k: int = typer.Option(10, help="K: recent ratings shown when rating"),
     rate_batch: int = typer.Option(10, help="held-out items per rating call"),
     max_test_items: Optional[int] = typer.Option(None, help="cap held-out items per user"),
+    overview_chars: int = typer.Option(160, min=0, help="item overview characters per item in prompts (0: none)"),
+    prompts: str = typer.Option("compact", help="prompt set: compact | seed (the seed's layout) | a folder of .md"),
     update: bool = typer.Option(True, "--update/--no-update", help="update the profile after each rating batch"),
     db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file"),
     run_id: Optional[str] = typer.Option(None, help="resume or rerun this run id (default: a new run)"),
@@ -87,6 +90,10 @@ def run(
         os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
     if runner not in ("dask", "threads"):
         fail(f"--runner must be dask or threads, not {runner!r}")
+    try:  # a folder is kept as an absolute path: the run's config must still name it from elsewhere
+        prompts = prompts if prompts in PROMPT_SETS else str(prompt_dir(prompts))
+    except ValueError as exc:
+        fail(f"--prompts: {exc}")
     settings = RunSettings(
         dataset=dataset, data_dir=str(data_dir) if data_dir else None, item_text=str(item_text) if item_text else None,
         synthetic_users=synthetic_users, synthetic_items=synthetic_items, folds=_folds(fold, dataset), users=users,
@@ -98,7 +105,8 @@ def run(
                         concurrency_limit_name=concurrency_limit, cache_dir=str(cache_dir) if cache_dir else None,
                         price_prompt_per_mtok=price_prompt, price_completion_per_mtok=price_completion),
         sim=SimulationSettings(history_n=history_n, profile_batch=profile_batch, recent_k=recent_k,
-                               rate_batch=rate_batch, update_profile=update, max_test_items=max_test_items),
+                               rate_batch=rate_batch, update_profile=update, max_test_items=max_test_items,
+                               overview_chars=overview_chars, prompts=prompts),
     )
     if dry_run:
         _dry_run(settings)

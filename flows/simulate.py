@@ -152,8 +152,8 @@ def register_run(settings: RunSettings, run_id: str, dataset: str, llm: LLMSetti
     """
     config = settings.model_dump(mode="json")
     config["run_id"] = run_id
-    start_run(settings.db, run_id, dataset, settings.folds, config, code_version(), all_prompt_hashes(),
-              model_id, llm.base_url or "")
+    start_run(settings.db, run_id, dataset, settings.folds, config, code_version(),
+              all_prompt_hashes(settings.sim.prompts), model_id, llm.base_url or "")
     requested = []
     for fold in settings.folds:
         users = select_users(settings.db, dataset, fold, settings.users, settings.user_ids, settings.sample_seed)

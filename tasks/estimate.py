@@ -36,25 +36,25 @@ def _tokens(text: str) -> int:
 def _user_tokens(work: UserWork, settings: RunSettings) -> tuple[int, int]:
     """(prompt, completion) tokens of one user's calls, by rendering the real prompts."""
     sim, llm = settings.sim, settings.llm
-    system = _tokens(render("system"))
+    system = _tokens(render("system", prompts=sim.prompts))
     common = {"demographics": work.demographics, "max_words": PROFILE_WORDS}
     prompt = completion = 0
     for i, batch in enumerate(batches(work.history, sim.profile_batch)):
         name = "profile_create" if i == 0 else "profile_refine"
-        text = render(name, overview_chars=sim.overview_chars, **common, items=batch, mean_rating="3.5",
-                      profile=None if i == 0 else PLACEHOLDER_PROFILE)
+        text = render(name, prompts=sim.prompts, overview_chars=sim.overview_chars, **common, items=batch,
+                      mean_rating="3.5", profile=None if i == 0 else PLACEHOLDER_PROFILE)
         prompt += system + _tokens(text)
         completion += llm.max_tokens_profile
     recent = work.history[-sim.recent_k:] if sim.recent_k else []
     rate_batches = batches(work.candidates, sim.rate_batch)
     for j, batch in enumerate(rate_batches):
         ids = [c.item_id for c in batch]
-        text = render("rating", overview_chars=sim.overview_chars, **common, profile=PLACEHOLDER_PROFILE,
-                      recent=recent, candidates=batch, item_ids_json=str(ids))
+        text = render("rating", prompts=sim.prompts, overview_chars=sim.overview_chars, **common,
+                      profile=PLACEHOLDER_PROFILE, recent=recent, candidates=batch, item_ids_json=str(ids))
         prompt += system + _tokens(text)
         completion += 24 + 12 * len(batch)
         if sim.update_profile and j < len(rate_batches) - 1:
-            text = render("profile_update", overview_chars=sim.overview_chars, **common,
+            text = render("profile_update", prompts=sim.prompts, overview_chars=sim.overview_chars, **common,
                           profile=PLACEHOLDER_PROFILE, items=batch)
             prompt += system + _tokens(text)
             completion += llm.max_tokens_profile

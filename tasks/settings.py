@@ -46,6 +46,7 @@ class SimulationSettings(BaseModel):
     rate_batch: int = Field(10, ge=1, description="held-out items per rating call")
     update_profile: bool = True  # dynamic user: update the profile with each batch's true ratings
     overview_chars: int = Field(160, ge=0, description="item overview characters in prompts")
+    prompts: str = "compact"  # prompt set: compact | seed | a folder (tasks/llm/templates.py)
     max_test_items: int | None = None  # cap held-out items per user (None: all)
 
 

@@ -87,7 +87,7 @@ async def simulate_user(work: UserWork, gateway: LLMGateway, sim: SimulationSett
     async def next_profile(prompt: str, stage: str, variables: dict) -> str | None:
         nonlocal remaining
         outcome = await gateway.text(prompt, {**common, **variables}, priority=remaining,
-                                     overview_chars=sim.overview_chars)
+                                     overview_chars=sim.overview_chars, prompts=sim.prompts)
         remaining -= 1
         result.calls.extend(outcome.calls)
         if outcome.text is None:
@@ -134,7 +134,8 @@ async def _rate_batch(gateway: LLMGateway, common: dict, profile: str | None, re
                       sim: SimulationSettings) -> tuple[list[dict], list[CallRecord]]:
     item_ids = [c.item_id for c in batch]
     outcome = await gateway.ratings({**common, "profile": profile, "recent": recent, "candidates": batch},
-                                    item_ids, sample=retry_round, priority=1, overview_chars=sim.overview_chars)
+                                    item_ids, sample=retry_round, priority=1, overview_chars=sim.overview_chars,
+                                    prompts=sim.prompts)
     answering_key = outcome.calls[-1].call_key if outcome.calls else None
     rows = []
     for item_id in item_ids:

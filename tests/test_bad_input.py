@@ -181,6 +181,12 @@ def test_unknown_model(tmp_path, prefect_server, llm_server):
     assert llm_server.stats()["requests"] == 0
 
 
+def test_unknown_prompt_set(tmp_path, llm_server):
+    done = cli(*run_args(tmp_path, llm_server.base_url, *SYNTHETIC, "--prompts", str(tmp_path / "my-prompts")))
+    assert_one_error_line(done, "--prompts", "my-prompts", "compact, seed")
+    assert llm_server.stats()["requests"] == 0
+
+
 class _AuthHandler(BaseHTTPRequestHandler):
     """OpenAI-style 401 unless `Authorization: Bearer GOOD_KEY`; `/models` may be public."""
 

@@ -12,7 +12,7 @@ from tasks.llm.cache import ResponseCache
 from tasks.llm.gateway import LLMGateway
 from tasks.llm.limits import CallLimiter, PrioritySlots
 from tasks.llm.schemas import parse_ratings, ratings_json_schema
-from tasks.llm.templates import item_line, prompt_hash, render
+from tasks.llm.templates import item_line, prompt_dir, prompt_hash, render
 from tasks.records import CandidateItem, HistoryItem
 from tasks.settings import LLMSettings
 from tests.llm_server import LLMTestServer, expected_rating
@@ -132,6 +132,35 @@ def test_templates_render_data_as_data():
     assert text.count("</data>") == text.count("<data>") and "<profile>x" not in text
     assert len(prompt_hash("rating")) == 16 and prompt_hash("rating") != prompt_hash("profile_update")
     assert item_line(ITEMS[0], overview_chars=5).endswith("…")
+
+
+def test_prompt_sets_seed_and_a_users_folder(tmp_path):
+    long = CandidateItem("7", "Long", 1999, "Drama", "word " * 100, 3)
+    args = dict(demographics="d", profile="p", recent=[], candidates=[long], item_ids_json='["7"]', max_words=50)
+    compact, seed = render("rating", **args), render("rating", prompts="seed", **args)
+    assert "word " * 60 in seed and "word " * 60 not in compact  # the seed shows whole descriptions
+    assert "**Movies to rate**" in seed and seed.count("<data>") == seed.count("</data>") > 0
+    assert 'item_ids: ["7"]' in seed and "<profile>p</profile>" in seed
+    assert prompt_hash("rating", "seed") != prompt_hash("rating") and len(prompt_hash("system", "seed")) == 16
+    # a folder holding one prompt: the others come from the compact set
+    (tmp_path / "rating.md").write_text("MINE {{ item_ids_json }}")
+    assert render("rating", prompts=str(tmp_path), **args) == 'MINE ["7"]'
+    assert render("system", prompts=str(tmp_path)) == render("system")
+    assert prompt_hash("rating", str(tmp_path)) != prompt_hash("rating")
+    assert prompt_hash("system", str(tmp_path)) == prompt_hash("system")
+    with pytest.raises(ValueError, match="not one of compact, seed"):
+        prompt_dir(str(tmp_path / "missing"))
+    (tmp_path / "ratings.md").write_text("typo")
+    with pytest.raises(ValueError, match="unknown ratings.md"):
+        prompt_dir(str(tmp_path))
+
+
+def test_seed_prompt_set_through_the_server(llm_server, tmp_path):
+    out = run(_rate(gateway(llm_server, tmp_path), prompts="seed"))
+    assert out.ratings == {i: expected_rating(i, "Likes gentle comedies.") for i in IDS} and not out.failed
+    sent = llm_server.log()[-1]["request"]["messages"]
+    assert "**General guidelines**" in sent[0]["content"] and "**Movies to rate**" in sent[1]["content"]
+    assert out.calls[0].prompt_hash == prompt_hash("rating", "seed")
 
 
 def test_priority_slots_serve_the_longest_chain_first():

@@ -90,14 +90,14 @@ class LLMGateway:
 
     # -- public calls ---------------------------------------------------------------------
     async def text(self, prompt: str, variables: dict[str, Any], *, priority: float = 0.0,
-                   overview_chars: int = 160) -> TextOutcome:
+                   overview_chars: int = 160, prompts: str = "compact") -> TextOutcome:
         """A free-text answer (profiles). Empty answers are re-asked with a new sample."""
-        messages = self._messages(prompt, variables, overview_chars)
+        messages = self._messages(prompt, variables, overview_chars, prompts)
         params = {"temperature": self.settings.temperature, "max_tokens": self.settings.max_tokens_profile}
         outcome = TextOutcome(text=None, error=None)
         for sample in range(self.settings.repair_attempts + 1):
             try:
-                content, record = await self._complete(prompt, messages, params, sample, priority)
+                content, record = await self._complete(prompt, messages, params, sample, priority, prompts)
             except GatewayError as exc:
                 outcome.calls.append(exc.args[1])
                 outcome.error = exc.args[0]
@@ -113,17 +113,17 @@ class LLMGateway:
         return outcome
 
     async def ratings(self, variables: dict[str, Any], item_ids: list[str], *, sample: int = 0,
-                      priority: float = 0.0, overview_chars: int = 160) -> RatingOutcome:
+                      priority: float = 0.0, overview_chars: int = 160, prompts: str = "compact") -> RatingOutcome:
         """Integer 1..5 ratings for exactly `item_ids`, repairing bad answers by re-asking."""
         variables = {**variables, "item_ids_json": ids_json(item_ids)}
-        messages = self._messages("rating", variables, overview_chars)
+        messages = self._messages("rating", variables, overview_chars, prompts)
         outcome = RatingOutcome(ratings={}, failed={})
         pending = list(item_ids)
         prompt = "rating"
         for attempt in range(self.settings.repair_attempts + 1):
             params = self._rating_params(pending)
             try:
-                content, record = await self._complete(prompt, messages, params, sample, priority)
+                content, record = await self._complete(prompt, messages, params, sample, priority, prompts)
             except GatewayError as exc:
                 outcome.calls.append(exc.args[1])
                 reason = f"call failed: {exc.args[0]}"
@@ -146,7 +146,8 @@ class LLMGateway:
             prompt = "repair"
             messages = messages + [
                 {"role": "assistant", "content": content or ""},
-                {"role": "user", "content": render("repair", error=problem, item_ids_json=ids_json(pending))},
+                {"role": "user", "content": render("repair", prompts=prompts, error=problem,
+                                                           item_ids_json=ids_json(pending))},
             ]
         return outcome  # pragma: no cover - loop always returns
 
@@ -166,10 +167,10 @@ class LLMGateway:
         return await self._complete(prompt, messages, params, sample, priority)
 
     # -- mechanics ------------------------------------------------------------------------
-    def _messages(self, prompt: str, variables: dict[str, Any], overview_chars: int) -> list[dict]:
+    def _messages(self, prompt: str, variables: dict[str, Any], overview_chars: int, prompts: str) -> list[dict]:
         return [
-            {"role": "system", "content": render("system")},
-            {"role": "user", "content": render(prompt, overview_chars=overview_chars, **variables)},
+            {"role": "system", "content": render("system", prompts=prompts)},
+            {"role": "user", "content": render(prompt, prompts=prompts, overview_chars=overview_chars, **variables)},
         ]
 
     def _rating_params(self, item_ids: list[str]) -> dict[str, Any]:
@@ -187,11 +188,12 @@ class LLMGateway:
         return params
 
     async def _complete(self, prompt: str, messages: list[dict], params: dict[str, Any], sample: int,
-                        priority: float) -> tuple[str, CallRecord]:
+                        priority: float, prompts: str = "compact") -> tuple[str, CallRecord]:
         """One completion, from the cache if this exact request was answered before."""
         request = {**params, "seed": self.settings.seed + sample}
         key = call_key(self.model_id, messages, request, sample)
-        base = dict(call_key=key, prompt_name=prompt, prompt_hash=prompt_hash(prompt), model=self.model_id)
+        base = dict(call_key=key, prompt_name=prompt, prompt_hash=prompt_hash(prompt, prompts),
+                    model=self.model_id)
         hit = self.cache.get(key)
         if hit is not None:
             return hit["content"], CallRecord(
@@ -213,7 +215,7 @@ class LLMGateway:
             except openai.OpenAIError as exc:
                 raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
         if downgrade:  # ask again in the weaker JSON mode, after giving the slot back
-            return await self._complete(prompt, messages, self._rating_params_like(params), sample, priority)
+            return await self._complete(prompt, messages, self._rating_params_like(params), sample, priority, prompts)
         completion = raw.parse()
         content = completion.choices[0].message.content or "" if completion.choices else ""
         usage = completion.usage

@@ -1,4 +1,9 @@
-"""Prompt templates: one file per prompt in prompts/, rendered with Jinja2, hashed for the audit log."""
+"""Prompt templates: one file per prompt in prompts/, rendered with Jinja2, hashed for the audit log.
+
+A prompt set is a folder of such files: "compact" (prompts/, the default), "seed" (prompts/seed/: the
+seed's verbose layout with full item descriptions everywhere, kept to measure against) or any folder
+of the user's. A set may hold only some prompts; the others come from prompts/.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,21 @@ import jinja2
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 PROMPT_NAMES = ("system", "profile_create", "profile_refine", "profile_update", "rating", "repair")
+PROMPT_SETS = {"compact": PROMPT_DIR, "seed": PROMPT_DIR / "seed"}
+
+
+def prompt_dir(prompts: str = "compact") -> Path:
+    """The folder of prompt set `prompts`: a named set, or a folder path with <name>.md files."""
+    if prompts in PROMPT_SETS:
+        return PROMPT_SETS[prompts]
+    folder = Path(prompts).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"prompt set {prompts!r}: not one of {', '.join(PROMPT_SETS)} and not a folder")
+    unknown = sorted(p.stem for p in folder.glob("*.md") if p.stem not in PROMPT_NAMES and not p.stem.startswith("_"))
+    if unknown or not any(folder.glob("*.md")):
+        raise ValueError(f"prompt set folder {folder}: expected some of {', '.join(n + '.md' for n in PROMPT_NAMES)}"
+                         + (f", found unknown {', '.join(u + '.md' for u in unknown)}" if unknown else ", found none"))
+    return folder.resolve()
 
 
 def item_line(item: Any, overview: bool = True, overview_chars: int = 160) -> str:
@@ -32,10 +52,11 @@ def _clean(text: str) -> str:
     return text
 
 
-@lru_cache(maxsize=1)
-def _env() -> jinja2.Environment:
+@lru_cache(maxsize=8)
+def _env(prompts: str = "compact") -> jinja2.Environment:
+    folders = [prompt_dir(prompts)] + ([PROMPT_DIR] if prompt_dir(prompts) != PROMPT_DIR else [])
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(PROMPT_DIR),
+        loader=jinja2.FileSystemLoader(folders),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,
         autoescape=False,
@@ -43,29 +64,40 @@ def _env() -> jinja2.Environment:
     return env
 
 
-def render(name: str, *, overview_chars: int = 160, **variables: Any) -> str:
-    """Render prompt `name` with `variables`; dataset text is cleaned by `item_line`."""
+def render(name: str, *, prompts: str = "compact", overview_chars: int = 160, **variables: Any) -> str:
+    """Render prompt `name` of set `prompts` with `variables`; dataset text is cleaned by `item_line`.
+
+    Templates get `item_line(item, overview=True)` (overview cut to `overview_chars`) and
+    `item_full(item)` (the whole description, as the seed's prompts show it).
+    """
     if "profile" in variables and variables["profile"]:
         variables["profile"] = _clean(variables["profile"])
 
     def line(item: Any, overview: bool = True) -> str:
         return item_line(item, overview=overview, overview_chars=overview_chars)
 
-    template = _env().get_template(f"{name}.md")
-    return template.render(item_line=line, **variables).strip()
+    def full(item: Any) -> str:
+        return item_line(item, overview=True, overview_chars=1_000_000)
+
+    template = _env(prompts).get_template(f"{name}.md")
+    return template.render(item_line=line, item_full=full, **variables).strip()
 
 
 @lru_cache(maxsize=None)
-def prompt_hash(name: str) -> str:
+def prompt_hash(name: str, prompts: str = "compact") -> str:
     """sha256 of the template and the partials it can include (short hex)."""
+    folder = prompt_dir(prompts)
+    own = folder / f"{name}.md"
+    paths = [own if own.exists() else PROMPT_DIR / f"{name}.md"]
+    partials = {p.name: p for p in sorted(PROMPT_DIR.glob("_*.md"))} | {p.name: p for p in sorted(folder.glob("_*.md"))}
     digest = hashlib.sha256()
-    for path in [PROMPT_DIR / f"{name}.md", *sorted(PROMPT_DIR.glob("_*.md"))]:
+    for path in paths + [partials[k] for k in sorted(partials)]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def all_prompt_hashes() -> dict[str, str]:
-    return {name: prompt_hash(name) for name in PROMPT_NAMES}
+def all_prompt_hashes(prompts: str = "compact") -> dict[str, str]:
+    return {name: prompt_hash(name, prompts) for name in PROMPT_NAMES}
 
 
 def ids_json(item_ids: list[str]) -> str:
