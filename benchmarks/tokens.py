@@ -12,9 +12,8 @@ The seed design (Lusifer) spends ~450 prompt tokens per rating; the goal is <= 5
   without the per-batch profile update: calls, prompt tokens per rating, and the LLM-bound wall at
   0.5 s/call and concurrency 32. Tokens are characters / 4, as the test server counts them.
 
-Not done here (slow): fidelity of the old vs new prompt shapes with the embedded model on 20 users of
-u1. That needs the seed's prompt templates as a second prompt set and ~220 calls per shape at ~8 s
-per call on the 0.5B model (~30 min per shape on 2 cores), then `doppel score` on both runs.
+Estimates for another prompt set: --prompts seed (the seed's layout) or a folder. Fidelity of the old
+vs new shapes, measured with real calls on the same users and pairs: benchmarks/prompt_study.py.
 
 Last line: RESULT prompt_tokens_per_rating=<default shape> seed_tokens_per_rating=450 ratio_to_seed=<x>
 """
@@ -41,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fold", default="u1")
     ap.add_argument("--users", type=int, default=None)
     ap.add_argument("--batches", default="5,10,15,20,30")
+    ap.add_argument("--prompts", default="compact", help="prompt set: compact | seed | a folder")
     ap.add_argument("--db", type=Path, default=None, help="a run's DuckDB file for the measured split")
     ap.add_argument("--run-id", default=None)
     ap.add_argument("--template", type=Path, default=None, help="an ingested DuckDB file (default: ingest into a temp dir)")
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     for update in (True, False):
         for batch in [int(b) for b in args.batches.split(",")]:
             settings = RunSettings(dataset="ml-100k", db=str(template), folds=[args.fold], users=args.users,
-                                   sim=SimulationSettings(rate_batch=batch, update_profile=update))
+                                   sim=SimulationSettings(rate_batch=batch, update_profile=update,
+                                                          prompts=args.prompts))
             est = estimate(settings, "ml-100k")
             rows.append({"rate_batch": batch, "update": update, "users": est.users, "calls": est.calls,
                          "calls_per_user": round(est.calls / max(1, est.users), 1), "longest_chain": est.longest_chain,
@@ -89,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     table = _perf.markdown_table(rows, columns)
     log("\nestimated with the real prompts (placeholder profile of the target length):\n" + table)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tokens.md").write_text(
-        "# prompt tokens per rating (estimated, u1)\n\n" + table + "\n\n"
+    name = "tokens.md" if args.prompts == "compact" else f"tokens_{Path(args.prompts).name}.md"
+    (args.out / name).write_text(
+        f"# prompt tokens per rating (estimated, {args.fold}, prompt set {args.prompts})\n\n" + table + "\n\n"
         + (f"measured on a run: {measured:.1f} prompt tokens per rating\n" if measured else "")
         + f"seed (Lusifer) shape: ~{SEED_TOKENS_PER_RATING} per rating\n")
     default = next(r for r in rows if r["rate_batch"] == 10 and r["update"])
