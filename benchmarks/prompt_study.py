@@ -18,7 +18,8 @@ resumes where it stopped and a finished one re-scores in seconds (answers come f
 
 Prints per variant: calls, and those the server answered (the variants share a response cache, so
 identical prompts are answered once), prompt tokens per rating over all the variant's calls (the
-server's counts), prefix-cache reuse, seconds per call, failed pairs, RMSE / MAE / exact / close / TV
+server's counts), prefix-cache reuse and seconds per call (the server's figures for each of those
+calls, from the run that first asked it), failed pairs, RMSE / MAE / exact / close / TV
 on the pairs every variant rated, and RMSE on the first rating batch alone versus later batches:
 with updates, a later batch is rated after the profile has seen the true ratings of the batches
 before it (truth leakage), so compare later batches against a +noupdate variant. Then each variant
