@@ -13,8 +13,8 @@ folder of templates. The answer contract (JSON schema) is the same for all. The 
 the old (seed) and new (compact) shapes on 20 seeded users of u1, the first 20 held-out items each,
 with the embedded qwen2.5-0.5b (--base-url for an endpoint; --max-test-items 0 for every item).
 
-Each variant is one `doppel run` with run id study-<variant> in --work-dir, so an interrupted study
-resumes where it stopped and a finished one re-scores in seconds (answers come from the cache).
+Each variant is one `doppel run` in --work-dir, its run id naming fold, users, items, model and
+variant (study-u1-20u-20i-qwen2_5-0_5b-seed), so an interrupted study resumes where it stopped and a finished one re-scores in seconds (answers come from the cache).
 
 Prints per variant: calls, and those the server answered (the variants share a response cache, so
 identical prompts are answered once), prompt tokens per rating over all the variant's calls (the
@@ -66,8 +66,9 @@ def variant_args(variant: str) -> list[str]:
 
 
 def run_variant(args: argparse.Namespace, variant: str, db: Path) -> str:
-    """One `doppel run` of `variant`; resumes (or re-reads) its run id."""
-    run_id = "study-" + re.sub(r"[^A-Za-z0-9+_-]", "_", variant)
+    """One `doppel run` of `variant`; resumes (or re-reads) its run id, which names the study's settings."""
+    size = f"{args.fold}-{args.users}u-{args.max_test_items or 'all'}i-{args.model}"
+    run_id = "study-" + re.sub(r"[^A-Za-z0-9+_-]", "_", f"{size}-{variant}")
     argv = [sys.executable, "-m", "flows.cli", "run", "--dataset", "ml-100k", "--fold", args.fold,
             "--users", str(args.users), "--db", str(db), "--run-id", run_id, "--no-progress", "--no-baselines",
             "--model", args.model, "--concurrency", str(args.concurrency), *variant_args(variant)]

@@ -30,11 +30,12 @@ def test_prompt_study_compares_variants_on_the_same_pairs(tmp_path, llm_server):
     assert int(result["users"]) == 3 and int(result["pairs"]) > 0
     table = pd.read_csv(tmp_path / "out" / "prompt_study.csv").set_index("variant")
     assert list(table.index) == ["compact", "seed", "compact+batch1+noupdate"]
+    assert table.loc["seed", "run_id"] == "study-u1-3u-alli-doppel-test-model-seed"
     assert (table["failed_pairs"] == 0).all() and (table["n"] == int(result["pairs"])).all()
     # one item per call: a rating call per pair, and never a profile update
     con = duckdb.connect(str(tmp_path / "work" / "doppel.duckdb"), read_only=True)
-    kinds = con.execute("select prompt_name, count(*) from llm_calls where run_id = 'study-compact+batch1+noupdate'"
-                        " group by 1").fetchall()
+    kinds = con.execute("select prompt_name, count(*) from llm_calls where run_id = ? group by 1",
+                        [table.loc["compact+batch1+noupdate", "run_id"]]).fetchall()
     con.close()
     assert dict(kinds).get("rating") == table.loc["compact+batch1+noupdate", "n"]
     assert "profile_update" not in dict(kinds)
