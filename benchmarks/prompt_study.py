@@ -92,8 +92,6 @@ def run_variant(args: argparse.Namespace, variant: str, db: Path) -> str:
 def variant_rows(db: Path, run_id: str) -> pd.DataFrame:
     """The run's pairs with truth, prediction (None unless rated) and rating batch."""
     rows = query(db, "scoring_rows", read_only=True, run_id=run_id)
-    batches = query(db, "run_ratings", read_only=True, run_id=run_id)[["fold", "user_id", "item_id", "batch"]]
-    rows = rows.merge(batches, on=["fold", "user_id", "item_id"])
     return rows.assign(pred=rows["pred"].where(rows["status"] == "ok"))
 
 
@@ -179,12 +177,11 @@ def main(argv: list[str] | None = None) -> int:
 
     by = table.set_index("variant")
     if {NEW, OLD} <= set(by.index):
-        new, old = by.loc[NEW], by.loc[OLD]
-        gap = paired_gap(common["truth"].to_numpy(), common[OLD].to_numpy(), common[NEW].to_numpy(), users)
+        new, old = by.loc[NEW], by.loc[OLD]  # both scored on the same pairs: the gap is the paired one
         print(result_line(tokens_per_rating_new=float(new["prompt_tokens_per_rating"]),
                           tokens_per_rating_old=float(old["prompt_tokens_per_rating"]),
                           token_ratio=float(new["prompt_tokens_per_rating"] / old["prompt_tokens_per_rating"]),
-                          rmse_new=float(new["rmse"]), rmse_old=float(old["rmse"]), rmse_gap=gap["rmse"][0],
+                          rmse_new=float(new["rmse"]), rmse_old=float(old["rmse"]), rmse_gap=float(new["rmse"] - old["rmse"]),
                           exact_new=float(new["exact"]), exact_old=float(old["exact"]), users=n_users,
                           pairs=len(common)))
     else:

@@ -54,7 +54,8 @@ def _clean(text: str) -> str:
 
 @lru_cache(maxsize=8)
 def _env(prompts: str = "compact") -> jinja2.Environment:
-    folders = [prompt_dir(prompts)] + ([PROMPT_DIR] if prompt_dir(prompts) != PROMPT_DIR else [])
+    folder = prompt_dir(prompts)
+    folders = [folder] + ([PROMPT_DIR] if folder != PROMPT_DIR else [])
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(folders),
         undefined=jinja2.StrictUndefined,
