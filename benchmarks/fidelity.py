@@ -4,6 +4,8 @@
     python benchmarks/fidelity.py                      # all 5 folds, all test users
     python benchmarks/fidelity.py --folds u1 --users 100
     python benchmarks/fidelity.py --db doppel.duckdb --llm-run-id RUN   # + the run's LLM-only row
+    python benchmarks/fidelity.py --db doppel.duckdb --llm-run-id RUN --llm-slice-run-id SLICE_RUN
+        # + the hybrid with the LLM as a calibrator input (SLICE_RUN: `doppel run --target slice`)
 
 Per fold the hybrid is fit on the train split only: CF features from surprise models fit on
 train minus a calibration slice (a seeded random 20% of each user's train ratings; or k-fold stacking
@@ -20,6 +22,11 @@ activity buckets (<50, 50-150, >150 train ratings).
 
 With --llm-run-id the rows are the run's pairs, with the LLM-only row and the LLM's marginal
 contribution (two cross-fitted arms, with and without the LLM's answer; tasks/fidelity/llm_margin.py).
+With --llm-slice-run-id too (a `doppel run --target slice` of the same users: the LLM rated each
+user's calibration slice with a profile built without it), the LLM is an input of the calibrator
+itself: rows llm_input:with / llm_input:without are the hybrid on one slice (slice_how="hash", the
+slice that run rated), with and without the LLM's answer among its features; their paired gap,
+with a 95% bootstrap interval over users, is the LLM's contribution as a calibrator input.
 
 Writes benchmarks/results/fidelity.csv (per fold), fidelity.md (mean and spread over folds) and
 fidelity_tradeoff.png (fidelity_llm_<run id>.* with --llm-run-id). Last line:
@@ -54,7 +61,9 @@ FOLDS = ("u1", "u2", "u3", "u4", "u5")
 LAMS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 ABLATE = ("knn", "svd", "svdpp", "biases", "user_stats", "item_stats", "genre")
 BETAS = (0.1, 0.25, 0.5, 1.0)
+SLICE_FRAC = 0.2  # the calibration slice: this share of each user's train ratings (fold_features' default)
 MARGIN_CF, MARGIN_LLM = "llm_margin:cf(cross-fit)", "llm_margin:cf+llm(cross-fit)"
+WITH_LLM, WITHOUT_LLM = "llm_input:with", "llm_input:without"  # the calibrator with/without the LLM's answer
 # the seed's GPT-3.5 simulator as reported in issue 10 (not measured here): ranges over u1..u5
 SEED_REPORTED = {"rmse": (1.30, 1.34), "tv": (0.13, 0.16)}
 GOALS = {"accuracy": "rmse <= 0.95, exact >= 44 %, close >= 90.5 %",
@@ -123,13 +132,57 @@ def llm_rows(db: str, run_id: str) -> pd.DataFrame:
         {"user_id": str, "item_id": str})
 
 
+def slice_run_rows(db: str, run_id: str, seed: int) -> pd.DataFrame:
+    """The LLM's ratings of calibration-slice pairs from a `doppel run --target slice` run; the run
+    must have rated the slice the hybrid holds out (frac 0.2, this --seed)."""
+    from tasks.store.db import query
+
+    run = query(db, "run_dataset", read_only=True, run_id=run_id)
+    if run.empty:
+        raise SystemExit(f"--llm-slice-run-id: no run {run_id!r} in {db}")
+    r = run.iloc[0]
+    if r["target"] != "slice" or abs(float(r["slice_frac"]) - SLICE_FRAC) > 1e-9 or int(r["slice_seed"]) != seed:
+        raise SystemExit(f"--llm-slice-run-id: run {run_id!r} rated target={r['target']} (slice_frac "
+                         f"{r['slice_frac']}, slice_seed {r['slice_seed']}); the hybrid's slice needs "
+                         f"`doppel run --target slice --slice-frac {SLICE_FRAC} --slice-seed {seed}`")
+    return llm_rows(db, run_id)
+
+
+def llm_input_predictions(args, fold: str, train: pd.DataFrame, pairs: pd.DataFrame, items: pd.DataFrame,
+                          llm: pd.DataFrame, slice_llm: pd.DataFrame, base_key: dict) -> dict[str, np.ndarray]:
+    """The hybrid on the hash slice, its calibrator with and without the LLM's answer as an input."""
+    key = {**base_key, "kind": "features-llm", "slice_llm": _frame_hash(slice_llm), "pair_llm": _frame_hash(llm)}
+    ff = cached(args.cache_dir, key, lambda: fold_features(
+        train, pairs, items, slice_how="hash", frac=SLICE_FRAC, seed=args.seed,
+        slice_llm=slice_llm, pair_llm=llm[["user_id", "item_id", "llm"]]))
+    covered = ff.X_slice["llm_missing"].to_numpy() == 0
+    slice_users = set(slice_llm["user_id"])
+    in_users = ff.slice_pairs["user_id"].isin(slice_users).to_numpy()
+    stray = len(slice_llm) - int((ff.slice_pairs[in_users].merge(slice_llm, on=["user_id", "item_id"])).shape[0])
+    if stray:
+        raise SystemExit(f"  {fold}: the slice run rated {stray} pairs outside the hybrid's calibration slice")
+    log(f"  {fold}: LLM answers on {covered.sum()} of {len(covered)} calibration rows "
+        f"({in_users.sum()} slice rows of the slice run's {len(slice_users)} users)")
+    out = {}
+    for label, drop in ((WITH_LLM, ()), (WITHOUT_LLM, ("llm",))):
+        P, P_slice = predict_proba(ff, kind=args.calibrator, drop=drop, seed=args.seed, with_slice=True)
+        out[f"{label}:accuracy"] = accuracy(P, P_slice, ff)[0]
+        out[f"{label}:realism"] = realism(P, ff)
+    return out
+
+
+def _frame_hash(frame: pd.DataFrame) -> str:
+    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).values).hexdigest()
+
+
 def fold_predictions(args, fold: str, train: pd.DataFrame, test: pd.DataFrame, items: pd.DataFrame,
-                     llm: pd.DataFrame | None, code: str) -> dict[str, np.ndarray]:
+                     llm: pd.DataFrame | None, code: str,
+                     slice_llm: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
     """Every simulator's integer ratings for the fold's rows (same order as `test`)."""
     pairs = test[["user_id", "item_id"]]
     base_key = {"fold": fold, "users": args.users, "seed": args.seed, "n": len(pairs),
                 "code": source_hash(("features.py", "hybrid.py")),
-                "pairs": hashlib.sha256(pd.util.hash_pandas_object(pairs, index=False).values).hexdigest()}
+                "pairs": _frame_hash(pairs)}
 
     def features(**kw):
         key = {**base_key, "kind": "features", **kw}
@@ -159,6 +212,8 @@ def fold_predictions(args, fold: str, train: pd.DataFrame, test: pd.DataFrame, i
         cf, cf_llm = llm_margin.cross_fit(P, out["llm"], test["rating"].to_numpy(), test["user_id"].to_numpy(),
                                           seed=args.seed)
         out[MARGIN_CF], out[MARGIN_LLM] = cf, cf_llm
+    if slice_llm is not None:
+        out.update(llm_input_predictions(args, fold, train, pairs, items, llm, slice_llm, base_key))
     if args.no_ablations:
         return out
     for group in ABLATE:
@@ -284,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrator", choices=("hgb", "logreg"), default="logreg")
     parser.add_argument("--db", default=None, help="a doppel DuckDB file holding --llm-run-id")
     parser.add_argument("--llm-run-id", default=None, help="add the run's LLM-only row; rows restricted to its pairs")
+    parser.add_argument("--llm-slice-run-id", default=None,
+                        help="a `doppel run --target slice` run of the same users: the LLM becomes a calibrator input")
     parser.add_argument("--no-ablations", action="store_true")
     parser.add_argument("--compare-calibrators", action="store_true",
                         help="also fit the other calibrator (hgb is slow: minutes per fold on 2 cores)")
@@ -292,12 +349,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.db is None) != (args.llm_run_id is None):
         parser.error("--db and --llm-run-id go together")
+    if args.llm_slice_run_id and not args.llm_run_id:
+        parser.error("--llm-slice-run-id needs --llm-run-id (the same users' test-pair run)")
     folds = [f.strip() for f in args.folds.split(",") if f.strip()]
     started = time.monotonic()
     data, items = load_folds(args.data_dir, folds)
     llm_all = llm_rows(args.db, args.llm_run_id) if args.llm_run_id else None
+    slice_all = slice_run_rows(args.db, args.llm_slice_run_id, args.seed) if args.llm_slice_run_id else None
     code = source_hash()
-    parts, gaps = [], {}
+    parts, gaps, input_gaps = [], {}, {}
     for fold in folds:
         t_fold = time.monotonic()
         train, test = data[fold]
@@ -309,34 +369,48 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"  {fold}: the LLM run has no pairs in this fold; skipped")
                 continue
             test = llm[["user_id", "item_id", "rating"]]
+        slice_llm = None
+        if slice_all is not None:
+            slice_llm = slice_all[slice_all["fold"] == fold][["user_id", "item_id", "llm"]].reset_index(drop=True)
         key = {"kind": "result", "fold": fold, "users": args.users, "seed": args.seed, "code": code,
                "stack": args.stack, "calibrator": args.calibrator, "ablations": not args.no_ablations,
                "compare": args.compare_calibrators,
-               "llm": args.llm_run_id, "n": len(test)}
+               "llm": args.llm_run_id, "llm_slice": args.llm_slice_run_id, "n": len(test)}
 
-        def compute(train=train, test=test, llm=llm, fold=fold):
-            preds = fold_predictions(args, fold, train, test, items, llm, code)
+        def compute(train=train, test=test, llm=llm, fold=fold, slice_llm=slice_llm):
+            preds = fold_predictions(args, fold, train, test, items, llm, code, slice_llm)
             base = predict_baselines(train, test[["user_id", "item_id"]], BASELINES, seed=args.seed)
             for name in BASELINES:
                 preds[f"baseline:{name}"] = base[name].to_numpy()
-            gap = (llm_margin.paired_gap(test["rating"].to_numpy(), preds[MARGIN_CF], preds[MARGIN_LLM],
-                                         test["user_id"].to_numpy(), seed=args.seed) if llm is not None else None)
-            return score_fold(preds, test, train).assign(fold=fold), gap
+            truth, users = test["rating"].to_numpy(), test["user_id"].to_numpy()
+            gap = (llm_margin.paired_gap(truth, preds[MARGIN_CF], preds[MARGIN_LLM], users, seed=args.seed)
+                   if llm is not None else None)
+            input_gap = (llm_margin.paired_gap(truth, preds[f"{WITHOUT_LLM}:accuracy"], preds[f"{WITH_LLM}:accuracy"],
+                                               users, seed=args.seed) if slice_llm is not None else None)
+            return score_fold(preds, test, train).assign(fold=fold), gap, input_gap
 
-        scores, gap = cached(args.cache_dir, key, compute)
+        scores, gap, input_gap = cached(args.cache_dir, key, compute)
         parts.append(scores)
         if gap is not None:
             gaps[fold] = gap
             log(f"  {fold}: LLM marginal contribution (cf+llm minus cf, cross-fit over users; 95% bootstrap "
                 "over users): " + ", ".join(f"{m} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, (v, lo, hi) in gap.items()))
+        if input_gap is not None:
+            input_gaps[fold] = input_gap
+            log(f"  {fold}: the LLM as a calibrator input (accuracy mode, with minus without; 95% bootstrap over "
+                "users): " + ", ".join(f"{m} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, (v, lo, hi) in input_gap.items()))
         log(f"{fold}: {len(test)} rows, {test['user_id'].nunique()} users, {time.monotonic() - t_fold:.0f} s")
     per_fold = pd.concat(parts, ignore_index=True)
     summary = summarize(per_fold)
     runtime = time.monotonic() - started
     users = "all test users" if args.users is None else f"{args.users} test users per fold (seed {args.seed})"
-    llm_note = (f"LLM-only row: run {args.llm_run_id}. The hybrid's calibrator has no LLM input (it learns from "
-                "train-slice pairs, which a doppel run does not ask the LLM about); the LLM's marginal "
-                f"contribution is measured instead by cross-fitting over users ({MARGIN_CF} vs {MARGIN_LLM}, "
+    llm_note = (f"LLM-only row: run {args.llm_run_id}. " + (
+                f"The LLM as a calibrator input (slice run {args.llm_slice_run_id}: {WITH_LLM} vs {WITHOUT_LLM}, "
+                "the same hash slice, accuracy mode, with minus without): " + "; ".join(
+                    f"{fold}: " + ", ".join(f"{m} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, (v, lo, hi) in g.items())
+                    for fold, g in input_gaps.items()) + ". " if args.llm_slice_run_id else
+                "The hybrid rows' calibrator has no LLM input (give --llm-slice-run-id for that). ") +
+                f"Cross-fitted over users ({MARGIN_CF} vs {MARGIN_LLM}, "
                 "tasks/fidelity/llm_margin.py): " + "; ".join(
                     f"{fold}: " + ", ".join(f"{m} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, (v, lo, hi) in g.items())
                     for fold, g in gaps.items()) + " (cf+llm minus cf, 95% bootstrap interval over users)"
@@ -348,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     log(table)
     args.out.mkdir(parents=True, exist_ok=True)
     # an LLM run's rows never overwrite the 5-fold table, nor another run's
-    stem = f"fidelity_llm_{re.sub(r'[^A-Za-z0-9_.-]', '_', args.llm_run_id)}" if args.llm_run_id else "fidelity"
+    runs = "_".join(r for r in (args.llm_run_id, args.llm_slice_run_id) if r)
+    stem = f"fidelity_llm_{re.sub(r'[^A-Za-z0-9_.-]', '_', runs)}" if args.llm_run_id else "fidelity"
     per_fold.to_csv(args.out / f"{stem}.csv", index=False)
     (args.out / f"{stem}.md").write_text(
         "# fidelity on ML-100K (benchmarks/fidelity.py)\n\n" + head + "\n\n" + llm_note + "\n\n"

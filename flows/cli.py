@@ -69,6 +69,10 @@ def run(
     recent_k: int = typer.Option(10, help="K: recent ratings shown when rating"),
     rate_batch: int = typer.Option(10, help="held-out items per rating call"),
     max_test_items: Optional[int] = typer.Option(None, help="cap held-out items per user"),
+    target: str = typer.Option("test", help="what to rate: test (the held-out items) | slice (each user's "
+                               "calibration slice of train, profile built without it: the hybrid's LLM input)"),
+    slice_frac: float = typer.Option(0.2, help="--target slice: share of each user's train ratings in the slice"),
+    slice_seed: int = typer.Option(0, help="--target slice: the slice's seed (benchmarks/fidelity.py --seed)"),
     overview_chars: int = typer.Option(160, min=0, help="item overview characters per item in prompts (0: none)"),
     prompts: str = typer.Option("compact", help="prompt set: compact | seed (the seed's layout) | a folder of .md"),
     update: bool = typer.Option(True, "--update/--no-update", help="update the profile after each rating batch"),
@@ -90,6 +94,10 @@ def run(
         os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
     if runner not in ("dask", "threads"):
         fail(f"--runner must be dask or threads, not {runner!r}")
+    if target not in ("test", "slice"):
+        fail(f"--target must be test or slice, not {target!r}")
+    if not 0 < slice_frac < 1:
+        fail(f"--slice-frac must lie strictly between 0 and 1, not {slice_frac}")
     try:  # a folder is kept as an absolute path: the run's config must still name it from elsewhere
         prompts = prompts if prompts in PROMPT_SETS else str(prompt_dir(prompts))
     except ValueError as exc:
@@ -106,7 +114,8 @@ def run(
                         price_prompt_per_mtok=price_prompt, price_completion_per_mtok=price_completion),
         sim=SimulationSettings(history_n=history_n, profile_batch=profile_batch, recent_k=recent_k,
                                rate_batch=rate_batch, update_profile=update, max_test_items=max_test_items,
-                               overview_chars=overview_chars, prompts=prompts),
+                               overview_chars=overview_chars, prompts=prompts, target=target,
+                               slice_frac=slice_frac, slice_seed=slice_seed),
     )
     if dry_run:
         _dry_run(settings)
@@ -138,6 +147,10 @@ def _run_flow(settings: RunSettings) -> dict:
     from flows.runtime import discard_prestarted, prefect_api
 
     with friendly_errors(fail):
+        if settings.run_id and Path(settings.db).exists():  # before any engine starts
+            from tasks.planning import check_resume_settings
+
+            check_resume_settings(settings.db, settings.run_id, settings)
         try:
             with prefect_api(on_url=lambda: _while_api_starts(settings)):
                 from flows.simulate import simulate

@@ -62,6 +62,9 @@ def run_job(
     recent_k: int = _S.recent_k,
     rate_batch: int = _S.rate_batch,
     max_test_items: Optional[int] = _S.max_test_items,
+    target: str = _S.target,
+    slice_frac: float = _S.slice_frac,
+    slice_seed: int = _S.slice_seed,
     update: bool = _S.update_profile,
     baselines: bool = _R.baselines,
 ) -> dict:
@@ -99,6 +102,10 @@ def run_job(
         recent_k: K, recent ratings shown when rating.
         rate_batch: held-out items per rating call.
         max_test_items: cap held-out items per user (empty: all).
+        target: test (rate the held-out items) | slice (rate each user's calibration slice of train,
+            profile built without it: the calibrated hybrid's LLM input).
+        slice_frac: target slice: the share of each user's train ratings in the slice.
+        slice_seed: target slice: the slice's seed.
         update: update the profile after each rating batch (the dynamic user).
         baselines: score CF baselines on the same rows.
     """
@@ -114,7 +121,8 @@ def run_job(
                         concurrency=concurrency, rpm=rpm, concurrency_limit_name=concurrency_limit,
                         cache_dir=cache_dir),
         sim=SimulationSettings(history_n=history_n, profile_batch=profile_batch, recent_k=recent_k,
-                               rate_batch=rate_batch, update_profile=update, max_test_items=max_test_items),
+                               rate_batch=rate_batch, update_profile=update, max_test_items=max_test_items,
+                               target=target, slice_frac=slice_frac, slice_seed=slice_seed),
     )
     summary = simulate(settings)
     print(f"run {summary['run_id']}: {summary['status']} in {summary['wall_s']} s -> {summary['db']}")

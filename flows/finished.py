@@ -9,10 +9,11 @@ unreadable file) takes the normal path.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
-from tasks.settings import RunSettings
+from tasks.settings import RunSettings, resume_conflicts
 
 
 def finished_summary(settings: RunSettings, started: float | None = None) -> dict | None:
@@ -35,6 +36,8 @@ def _summary(settings: RunSettings, started: float) -> dict | None:
     if state.empty:
         return None
     row = state.iloc[0]
+    if resume_conflicts(json.loads(query(db, "run_config", read_only=True, run_id=run_id)["config"].iloc[0]), settings):
+        return None  # asked with other settings: the flow says which
     if (row["status"] != "finished" or row["users_left"] or not row["llm_metrics"] or not row["checks"]
             or row["failing_suites"] or (settings.baselines and not row["baseline_metrics"])
             or not bool(row["rows_unchanged"])):  # rows edited since they were scored: gate them again

@@ -46,8 +46,11 @@ def gate_and_score(db: str, run_id: str, baselines: bool = True, hybrid: bool = 
         logger.error("validation failed, scoring skipped:\n%s", text)
         raise GateFailed(f"validation failed for run {run_id}; scoring skipped:\n{text}")
     rows = query(db, "scoring_rows", run_id=run_id)
-    dataset = query(db, "run_dataset", run_id=run_id)["dataset"].iloc[0]
-    train = {fold: query(db, "fold_train", dataset=dataset, fold=fold) for fold in rows["fold"].unique()}
+    run = query(db, "run_dataset", run_id=run_id).iloc[0]
+    dataset = run["dataset"]
+    # baselines learn from what the run's simulated users knew: train, minus the slice a slice run rates
+    split = {"target": run["target"], "slice_frac": float(run["slice_frac"]), "slice_seed": int(run["slice_seed"])}
+    train = {fold: query(db, "fold_train", dataset=dataset, fold=fold, **split) for fold in rows["fold"].unique()}
     items = query(db, "hybrid_items", dataset=dataset) if hybrid else None
     table = score(rows, train, baselines, items, precomputed)
     save_metrics(db, run_id, table)

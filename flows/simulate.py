@@ -22,7 +22,7 @@ from tasks.ingest import ingest
 from tasks.llm.gateway import EndpointError, check_endpoint
 from tasks.llm.templates import all_prompt_hashes
 from tasks.records import PackedWork
-from tasks.planning import build_work, partition, requested_pairs, select_users
+from tasks.planning import build_work, check_resume_settings, partition, requested_pairs, select_users
 from tasks.scoring import baseline_predictions
 from tasks.settings import LLMSettings, RunSettings
 from tasks.simulation import LimitSpec, chain_shape, run_chunk
@@ -59,6 +59,8 @@ def simulate(settings: RunSettings) -> dict:
     init_db(settings.db)
     run_id = settings.run_id or new_run_id()
     known = not query(settings.db, "run_dataset", run_id=run_id).empty
+    if known:
+        check_resume_settings(settings.db, run_id, settings)
     needs_workers = not known or not query(settings.db, "resume_state", run_id=run_id).empty
     with dask_cluster(settings, start=needs_workers) as cluster, \
             llm_endpoint(settings.llm, start=needs_workers) as (llm, model_id):
@@ -99,7 +101,8 @@ def prefetch_baselines(settings: RunSettings, dataset: str, requested: pd.DataFr
     hold it against the users' coroutines."""
     if not settings.baselines or settings.runner != "dask" or requested.empty:
         return None
-    train = {fold: query(settings.db, "fold_train", dataset=dataset, fold=fold) for fold in requested["fold"].unique()}
+    train = {fold: query(settings.db, "fold_train", dataset=dataset, fold=fold, **settings.sim.split_params())
+             for fold in requested["fold"].unique()}
 
     future: Future = Future()
 

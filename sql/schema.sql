@@ -160,3 +160,29 @@ create or replace macro run_fingerprint(rid) as (
     (select count(*) || ':' || coalesce(bit_xor(hash(fold, user_id, version, stage, text)), 0)
      from profiles where run_id = rid)
 );
+
+-- Each rating of a dataset's fold f (every fold when f is null) with its part: 'test' (held out), 'slice' (the calibration slice: a
+-- seeded share of each user's train ratings, held out of the profile when a run rates it) or 'fit'
+-- (the rest of train). The slice is order-free, so any subset of users gets the same one: each
+-- user's train ratings sorted by md5('<seed>:<user_id>:<item_id>'), the last round(n * frac) of
+-- them, keeping at least 5 outside. tasks/fidelity/features.py's calibration_slice(how="hash")
+-- computes the same slice in Python.
+create or replace macro fold_parts(ds, f, slice_frac, slice_seed) as table
+with fold_rows as (
+    select s.fold, s.user_id, s.item_id, s.split, r.rating, r.ts
+    from splits s
+    join ratings r using (dataset, user_id, item_id)
+    where s.dataset = ds and (f is null or s.fold = f)
+),
+ranked as (
+    select *,
+           row_number() over (partition by fold, user_id, split
+                              order by md5(slice_seed::varchar || ':' || user_id || ':' || item_id)) as key_rank,
+           count(*) over (partition by fold, user_id, split) as n
+    from fold_rows
+)
+select fold, user_id, item_id, rating, ts,
+       case when split = 'test' then 'test'
+            when key_rank > n - least(floor(n * slice_frac + 0.5), greatest(n - 5, 0)) then 'slice'
+            else 'fit' end as part
+from ranked;

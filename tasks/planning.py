@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 
 from tasks.records import CandidateItem, HistoryItem, UserWork
-from tasks.settings import SimulationSettings
-from tasks.store.db import connect, execute
+from tasks.settings import RunSettings, SimulationSettings, resume_conflicts
+from tasks.store.db import connect, execute, query
 
 
 def select_users(db: str | Path, dataset: str, fold: str, n_users: int | None, user_ids: list[str] | None,
@@ -36,7 +38,7 @@ def build_work(db: str | Path, dataset: str, fold: str, user_ids: list[str], sim
                pending: dict[str, list[str] | None] | None = None,
                retries: dict[str, int] | None = None) -> list[UserWork]:
     """One `UserWork` per user: last N train ratings (oldest first) and held-out items in time order."""
-    params = dict(dataset=dataset, fold=fold, user_ids=list(user_ids))
+    params = dict(dataset=dataset, fold=fold, user_ids=list(user_ids), **sim.split_params())
     with connect(db, read_only=True) as con:
         history = execute(con, "user_histories", history_n=sim.history_n, **params)
         candidates = execute(con, "user_candidates", **params)
@@ -70,7 +72,8 @@ def requested_pairs(db: str | Path, dataset: str, fold: str, user_ids: list[str]
     """fold, user_id, item_id of the held-out items `build_work` would give these users (cheaper:
     no histories, no item objects)."""
     with connect(db, read_only=True) as con:
-        items = execute(con, "user_candidates", dataset=dataset, fold=fold, user_ids=list(user_ids))
+        items = execute(con, "user_candidates", dataset=dataset, fold=fold, user_ids=list(user_ids),
+                        **sim.split_params())
     if sim.max_test_items:
         items = items.groupby("user_id", sort=False).head(sim.max_test_items)
     return items[["user_id", "item_id"]].assign(fold=fold)[["fold", "user_id", "item_id"]].reset_index(drop=True)
@@ -93,3 +96,18 @@ def partition(works: list[UserWork], n_chunks: int, cost) -> list[list[UserWork]
         chunks[lightest].append(work)
         loads[lightest] += cost(work)
     return [c for c in chunks if c]
+
+
+def check_resume_settings(db: str | Path, run_id: str, settings: RunSettings) -> None:
+    """A run id that exists must be resumed with the settings it was started with: else its stored
+    config would describe rows simulated some other way."""
+    try:
+        stored = query(db, "run_config", read_only=True, run_id=run_id)
+    except duckdb.CatalogException:  # a file doppel has not set up yet: no run to resume
+        return
+    if stored.empty:
+        return
+    conflicts = resume_conflicts(json.loads(stored["config"].iloc[0]), settings)
+    if conflicts:
+        raise ValueError(f"run {run_id} was started with other settings ({'; '.join(conflicts)}): "
+                         "resume it with the settings it has, or start a new run (another --run-id)")

@@ -48,6 +48,15 @@ class SimulationSettings(BaseModel):
     overview_chars: int = Field(160, ge=0, description="item overview characters in prompts")
     prompts: str = "compact"  # prompt set: compact | seed | a folder (tasks/llm/templates.py)
     max_test_items: int | None = None  # cap held-out items per user (None: all)
+    # what the run rates: the fold's held-out test items, or each user's calibration slice of train
+    # (profile built without it: the calibrated hybrid's LLM input, see tasks/fidelity/)
+    target: Literal["test", "slice"] = "test"
+    slice_frac: float = Field(0.2, gt=0, lt=1, description="share of each user's train ratings in the slice")
+    slice_seed: int = 0  # the slice's seed (benchmarks/fidelity.py --seed)
+
+    def split_params(self) -> dict:
+        """The SQL parameters that say which of a fold's ratings are rated and which form the history."""
+        return {"target": self.target, "slice_frac": self.slice_frac, "slice_seed": self.slice_seed}
 
 
 class RunSettings(BaseModel):
@@ -78,3 +87,20 @@ class RunSettings(BaseModel):
 
     def cache_dir(self) -> Path:
         return Path(self.llm.cache_dir) if self.llm.cache_dir else self.work_dir() / "llm-cache"
+
+
+# what a resumed run must keep: every simulation setting, the dataset and what decides the LLM's
+# answers (an embedded server's port, concurrency, timeouts or prices may change between invocations)
+RESUME_LLM_KEYS = ("model", "gguf", "temperature", "seed", "json_mode")
+
+
+def resume_conflicts(stored: dict, settings: RunSettings) -> list[str]:
+    """'key: stored -> asked' for each setting that differs from the run's stored config (older
+    configs lack newer keys: those count as their defaults)."""
+    asked = settings.model_dump(mode="json")
+    old_sim = SimulationSettings(**stored.get("sim", {})).model_dump(mode="json")
+    old_llm = LLMSettings(**stored.get("llm", {})).model_dump(mode="json")
+    pairs = [(f"sim.{k}", old_sim[k], asked["sim"][k]) for k in old_sim]
+    pairs += [(f"llm.{k}", old_llm[k], asked["llm"][k]) for k in RESUME_LLM_KEYS]
+    pairs.append(("dataset", stored.get("dataset", asked["dataset"]), asked["dataset"]))
+    return [f"{key}: {old!r} -> {new!r}" for key, old, new in pairs if old != new]

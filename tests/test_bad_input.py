@@ -187,6 +187,22 @@ def test_unknown_prompt_set(tmp_path, llm_server):
     assert llm_server.stats()["requests"] == 0
 
 
+def test_resume_with_other_simulation_settings_is_refused(tmp_path, prefect_server, llm_server):
+    first = cli(*run_args(tmp_path, llm_server.base_url, *SYNTHETIC, "--run-id", "r1"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = llm_server.stats()["requests"]
+    for change, names in ((("--rate-batch", "5"), ("sim.rate_batch", "10 -> 5")),
+                          (("--target", "slice"), ("sim.target", "'test' -> 'slice'")),
+                          (("--temperature", "0.7"), ("llm.temperature",))):
+        done = cli(*run_args(tmp_path, llm_server.base_url, *SYNTHETIC, "--run-id", "r1", *change))
+        assert_one_error_line(done, "run r1 was started with other settings", *names, "--run-id")
+    assert llm_server.stats()["requests"] == before  # refused before any call
+    # what does not change the answers may change: concurrency, timeout
+    same = cli(*run_args(tmp_path, llm_server.base_url, *SYNTHETIC, "--run-id", "r1", "--concurrency", "3",
+                         "--timeout", "30"))
+    assert same.returncode == 0, same.stderr[-2000:]
+
+
 class _AuthHandler(BaseHTTPRequestHandler):
     """OpenAI-style 401 unless `Authorization: Bearer GOOD_KEY`; `/models` may be public."""
 

@@ -1,5 +1,5 @@
--- the train split of one fold (for baselines)
-select s.user_id, s.item_id, r.rating
-from splits s
-join ratings r using (dataset, user_id, item_id)
-where s.dataset = $dataset and s.fold = $fold and s.split = 'train'
+-- the ratings of one fold that baselines may learn from: the train split, minus the calibration
+-- slice when the run rates that slice ($target = 'slice')
+select p.user_id, p.item_id, p.rating
+from fold_parts($dataset, $fold, $slice_frac, $slice_seed) p
+where p.part in ('fit', case when $target = 'slice' then 'fit' else 'slice' end)

@@ -1,10 +1,10 @@
--- the last $history_n train ratings of each selected user, oldest first, with item text
+-- the last $history_n train ratings of each selected user, oldest first, with item text; a run that
+-- rates the calibration slice ($target = 'slice') builds the profile without the slice's ratings
 with train as (
-    select s.user_id, s.item_id, r.rating, r.ts
-    from splits s
-    join ratings r using (dataset, user_id, item_id)
-    where s.dataset = $dataset and s.fold = $fold and s.split = 'train'
-      and s.user_id in (select unnest($user_ids::varchar[]))
+    select p.user_id, p.item_id, p.rating, p.ts
+    from fold_parts($dataset, $fold, $slice_frac, $slice_seed) p
+    where p.part in ('fit', case when $target = 'slice' then 'fit' else 'slice' end)
+      and p.user_id in (select unnest($user_ids::varchar[]))
 ),
 ranked as (
     select *, row_number() over (partition by user_id order by ts desc, item_id desc) as recency

@@ -8,6 +8,7 @@ test rating: `pair_features` takes the fit ratings and the pairs' ids only.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ import pandas as pd
 
 SCALE = np.arange(1, 6)
 CF_MODELS: tuple[str, ...] = ("knn_item", "knn_user", "svd", "svd_wide", "svdpp")
+SLICE_HOWS = ("random", "latest", "hash")
 GENRE_SHRINK = 5.0  # pseudo-count pulling a user's genre residual towards 0
 
 
@@ -24,15 +26,21 @@ def calibration_slice(train: pd.DataFrame, frac: float = 0.2, how: str = "random
     """Boolean mask over `train` rows: the calibration slice (True) held out of each user's ratings.
 
     how="random": a seeded random `frac` of each user's ratings; how="latest": each user's latest
-    `frac` by ts (needs a ts column). A user keeps at least `min_keep` ratings outside the slice.
+    `frac` by ts (needs a ts column); how="hash": ordered by md5("<seed>:<user_id>:<item_id>"), the
+    slice that `doppel run --target slice` rates (sql/schema.sql, fold_parts): the same for any row
+    order or subset of users. A user keeps at least `min_keep` ratings outside the slice.
     """
-    if how not in ("random", "latest"):
-        raise ValueError(f"slice must be 'random' or 'latest', got {how!r}")
+    if how not in SLICE_HOWS:
+        raise ValueError(f"slice must be one of {SLICE_HOWS}, got {how!r}")
     if how == "latest" and "ts" not in train.columns:
         raise KeyError("slice='latest' needs a ts column in train")
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame({"user_id": train["user_id"].to_numpy(), "pos": np.arange(len(train))})
-    frame["key"] = train["ts"].to_numpy() if how == "latest" else rng.random(len(train))
+    if how == "hash":
+        frame["key"] = [hashlib.md5(f"{seed}:{u}:{i}".encode()).hexdigest()
+                        for u, i in zip(train["user_id"].astype(str), train["item_id"].astype(str))]
+    else:
+        frame["key"] = train["ts"].to_numpy() if how == "latest" else rng.random(len(train))
     frame["tie"] = rng.random(len(train)) if how == "latest" else 0.0
     frame = frame.sort_values(["user_id", "key", "tie"], kind="stable")
     rank = frame.groupby("user_id", sort=False).cumcount().to_numpy()
@@ -154,6 +162,8 @@ def pair_features(fit: pd.DataFrame, pairs: pd.DataFrame, items: pd.DataFrame,
     return out
 
 
+LLM_COLUMNS: tuple[str, ...] = (*(f"llm_{r}" for r in SCALE), "llm_missing")
+
 # feature groups for the ablations (a group is dropped as a whole)
 FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "knn": ("cf_knn_item", "cf_knn_user"),
@@ -163,5 +173,16 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "user_stats": ("user_n", "user_mean", "user_std", *(f"user_p{r}" for r in SCALE)),
     "item_stats": ("item_n", "item_mean", "item_std", *(f"item_p{r}" for r in SCALE)),
     "genre": ("genre_aff",),
-    "llm": ("llm", "llm_p1", "llm_p2", "llm_p3", "llm_p4", "llm_p5"),
+    "llm": LLM_COLUMNS,
 }
+
+
+def llm_answer_features(llm: Any) -> pd.DataFrame:
+    """The LLM's answer as calibrator inputs: one-hot of its rating 1..5 and a 'no answer' flag
+    (NaN = the LLM did not rate the pair: it failed, or the run did not cover that user)."""
+    llm = np.asarray(llm, dtype=float)
+    out = np.zeros((llm.size, len(LLM_COLUMNS)))
+    answered = ~np.isnan(llm)
+    out[np.flatnonzero(answered), np.clip(np.rint(llm[answered]), 1, 5).astype(int) - 1] = 1.0
+    out[~answered, -1] = 1.0
+    return pd.DataFrame(out, columns=list(LLM_COLUMNS))

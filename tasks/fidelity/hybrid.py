@@ -6,9 +6,10 @@
     real = realism(P, ff)                             # realism mode: per-activity-bucket quantile match
 
 `pairs` carries user_id, item_id only: the test ratings are never an input. Optional LLM
-features: a column `llm` (the LLM's rating) on both the slice pairs and the test pairs; the
-calibrator can only learn from the LLM where it rated slice pairs, so `slice_llm` and `pair_llm`
-go together.
+features: the LLM's rating (one-hot + a missing flag, features.llm_answer_features) on the slice
+pairs and on the test pairs; the calibrator can only learn from the LLM where it rated slice pairs
+(`doppel run --target slice`, profile built without the slice; use slice_how="hash", the slice that
+run rates), so `slice_llm` and `pair_llm` go together.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import pandas as pd
 
 from tasks.fidelity.calibrate import fit_calibrator
 from tasks.fidelity.decode import choose_beta, decode_accuracy, tradeoff
-from tasks.fidelity.features import CF_MODELS, FEATURE_GROUPS, calibration_slice, pair_features, slice_parts
+from tasks.fidelity.features import (CF_MODELS, FEATURE_GROUPS, calibration_slice, llm_answer_features, pair_features,
+                                     slice_parts)
 
 BUCKET_EDGES = (50, 150)  # train ratings per user: <50, 50-150, >150
 BUCKETS = ("<50", "50-150", ">150")
@@ -68,7 +70,7 @@ def fold_features(train: pd.DataFrame, pairs: pd.DataFrame, items: pd.DataFrame,
     on all of train (slice_how must be "random"; `frac` is unused).
     refit=True: pair features from models fit on the full train split; False: from the same
     train-minus-slice models as the slice (no train/test shift in the features).
-    slice_llm / pair_llm: optional frames user_id, item_id, llm (+ llm_p1..p5) joined as features.
+    slice_llm / pair_llm: optional frames user_id, item_id, llm (NaN = no answer) joined as features.
     """
     train = train.astype({"user_id": str, "item_id": str}).reset_index(drop=True)
     pairs = pairs[["user_id", "item_id"]].astype(str).reset_index(drop=True)
@@ -95,10 +97,10 @@ def fold_features(train: pd.DataFrame, pairs: pd.DataFrame, items: pd.DataFrame,
 
 
 def _join_llm(X: pd.DataFrame, keys: pd.DataFrame, llm: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in llm.columns if c.startswith("llm")]
-    j = keys[["user_id", "item_id"]].merge(llm.astype({"user_id": str, "item_id": str}),
+    """X plus the LLM's answer for each of `keys`' pairs (llm: user_id, item_id, llm; NaN = none)."""
+    j = keys[["user_id", "item_id"]].merge(llm[["user_id", "item_id", "llm"]].astype({"user_id": str, "item_id": str}),
                                            on=["user_id", "item_id"], how="left", validate="one_to_one")
-    return X.assign(**{c: j[c].to_numpy(dtype=float) for c in cols})  # NaN = the LLM did not answer
+    return pd.concat([X.reset_index(drop=True), llm_answer_features(j["llm"].to_numpy())], axis=1)
 
 
 def feature_columns(X: pd.DataFrame, drop: Sequence[str] = ()) -> list[str]:

@@ -17,16 +17,12 @@ import pandas as pd
 
 from tasks.fidelity.calibrate import fit_calibrator
 from tasks.fidelity.decode import decode_accuracy
+from tasks.fidelity.features import llm_answer_features
 
 
 def _llm_columns(llm: np.ndarray) -> np.ndarray:
     """(n, 6): one-hot of the LLM's rating 1..5 and a 'no answer' flag."""
-    out = np.zeros((llm.size, 6))
-    answered = ~np.isnan(llm)
-    ratings = np.clip(np.rint(llm[answered]), 1, 5).astype(int)
-    out[np.flatnonzero(answered), ratings - 1] = 1.0
-    out[~answered, 5] = 1.0
-    return out
+    return llm_answer_features(llm).to_numpy()
 
 
 def cross_fit(P: np.ndarray, llm: np.ndarray, y: np.ndarray, users: np.ndarray, n_splits: int = 2,
