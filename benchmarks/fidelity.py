@@ -375,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         key = {"kind": "result", "fold": fold, "users": args.users, "seed": args.seed, "code": code,
                "stack": args.stack, "calibrator": args.calibrator, "ablations": not args.no_ablations,
                "compare": args.compare_calibrators,
-               "llm": args.llm_run_id, "llm_slice": args.llm_slice_run_id, "n": len(test)}
+               "llm": args.llm_run_id, "n": len(test), "llm_rows": None if llm is None else _frame_hash(llm),
+               "llm_slice": None if slice_llm is None else _frame_hash(slice_llm)}
 
         def compute(train=train, test=test, llm=llm, fold=fold, slice_llm=slice_llm):
             preds = fold_predictions(args, fold, train, test, items, llm, code, slice_llm)
