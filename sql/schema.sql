@@ -101,8 +101,11 @@ create table if not exists simulated_ratings (
     batch       integer not null,
     attempts    integer not null,
     call_key    varchar,
+    rating_probs double[],               -- the model's P(1..5) from token logprobs; null if the server gave none
     primary key (run_id, fold, user_id, item_id)
 );
+-- files written before rating_probs existed
+alter table simulated_ratings add column if not exists rating_probs double[];
 
 create table if not exists llm_calls (
     call_key          varchar not null,  -- sha256(model, messages, params, sample index)

@@ -29,6 +29,7 @@ class LLMSettings(BaseModel):
     max_retries: int = 4  # transport retries by the openai client (429/5xx/timeouts)
     repair_attempts: int = 2  # re-asks quoting the validation error
     json_mode: Literal["auto", "schema", "object", "text"] = "auto"
+    rating_probs: bool = True  # ask for token logprobs: each rating's distribution over 1..5 is stored
     concurrency: int = 8
     rpm: float | None = None
     concurrency_limit_name: str | None = None  # optional Prefect global concurrency limit

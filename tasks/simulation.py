@@ -142,13 +142,14 @@ async def _rate_batch(gateway: LLMGateway, common: dict, profile: str | None, re
         ok = item_id in outcome.ratings
         rows.append({"item_id": item_id, "rating": outcome.ratings.get(item_id), "status": "ok" if ok else "failed",
                      "reason": None if ok else outcome.failed.get(item_id, "no answer"), "batch": batch_index,
-                     "attempts": max(1, len(outcome.calls)), "call_key": answering_key})
+                     "attempts": max(1, len(outcome.calls)), "call_key": answering_key,
+                     "rating_probs": outcome.probs.get(item_id) if ok else None})
     return rows, outcome.calls
 
 
 def _failed_rows(batch: list[CandidateItem], batch_index: int, reason: str) -> list[dict]:
     return [{"item_id": c.item_id, "rating": None, "status": "failed", "reason": reason, "batch": batch_index,
-             "attempts": 0, "call_key": None} for c in batch]
+             "attempts": 0, "call_key": None, "rating_probs": None} for c in batch]
 
 
 async def simulate_chunk(works: list[UserWork], llm: LLMSettings, sim: SimulationSettings, model_id: str,

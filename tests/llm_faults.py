@@ -173,6 +173,37 @@ def count_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
+_TOKEN_RE = re.compile(r"\d|[^\W\d]+|\s+|[^\w\s]")
+ANSWER_DIGIT_P, QUOTE_P = 0.7, 0.05  # at a digit 1..5: its own probability, and a non-digit alternative's
+
+
+def _digit_alternatives(digit: int) -> list[float]:
+    """Raw P(1..5) at a digit: ANSWER_DIGIT_P on it, the rest (but QUOTE_P) on the others, nearer ones more."""
+    weights = [0.0 if k == digit else 1.0 / (1 + abs(k - digit)) for k in range(1, 6)]
+    rest = 1.0 - ANSWER_DIGIT_P - QUOTE_P
+    return [ANSWER_DIGIT_P if k == digit else rest * w / sum(weights) for k, w in zip(range(1, 6), weights)]
+
+
+def digit_probs(digit: int) -> list[float]:
+    """The test server's P(1..5) at a rating digit, renormalised over 1..5: what doppel should store."""
+    raw = _digit_alternatives(digit)
+    return [x / sum(raw) for x in raw]
+
+
+def token_logprobs(content: str, top_n: int) -> list[dict]:
+    """OpenAI-style logprobs.content for `content`: digits are single tokens, as in Qwen's vocabulary;
+    a digit 1..5 has the other digits and '"' as alternatives (_digit_alternatives)."""
+    out = []
+    for token in _TOKEN_RE.findall(content):
+        top = [(token, 0.0)]
+        if len(token) == 1 and token in "12345":
+            top = [(str(k), math.log(p)) for k, p in zip(range(1, 6), _digit_alternatives(int(token)))]
+            top = sorted(top + [('"', math.log(QUOTE_P))], key=lambda t: -t[1])
+        out.append({"token": token, "logprob": top[0][1], "bytes": list(token.encode()),
+                    "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top[:top_n]]})
+    return out
+
+
 # ----------------------------------------------------------------------------- faults
 
 # Transport-level faults: apply to every chat request, whatever its kind.

@@ -36,9 +36,9 @@ import uvicorn
 
 # re-exported: benchmarks import the whole API from here
 from .llm_faults import (CONTENT_FAULTS, FAULTS, HTTP_FAULTS, check_rates, choose_fault,  # noqa: F401
-                         count_tokens, expected_rating, expected_ratings, fault_rng, message_text,
+                         count_tokens, digit_probs, expected_rating, expected_ratings, fault_rng, message_text,
                          profile_answer, profile_text, request_kind, requested_ids, sandbox_answer,
-                         schema_answer, spoil_ratings)
+                         schema_answer, spoil_ratings, token_logprobs)
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +57,8 @@ class ServerOptions:
     trickle_seconds: float = 3.0  # the trickle fault spreads its body over this
     model: str = "doppel-test-model"  # listed by /v1/models; answers echo the request's model
     reject_json_schema: bool = False  # act like a server without json_schema support (HTTP 400)
+    logprobs: bool = True  # answer token logprobs when asked (False: ignore the request, as some servers do)
+    reject_logprobs: bool = False  # reject requests asking for logprobs (HTTP 400), as some models do
     faults: dict[str, float] = field(default_factory=dict)  # {fault name: rate in [0, 1]}
 
     def update(self, **changes: Any) -> None:
@@ -89,13 +91,15 @@ class ServerOptions:
 # ----------------------------------------------------------------------------- the ASGI app
 
 
-def completion(model: str, content: str, prompt_tokens: int, cid: str) -> dict:
+def completion(model: str, content: str, prompt_tokens: int, cid: str, top_logprobs: int | None = None) -> dict:
+    """A chat.completion; with top_logprobs, token logprobs of the content (llm_faults.token_logprobs)."""
     completion_tokens = count_tokens(content)
+    logprobs = None if top_logprobs is None else {"content": token_logprobs(content, top_logprobs), "refusal": None}
     return {
         "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
         "system_fingerprint": "doppel-test",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
-                     "logprobs": None, "finish_reason": "stop"}],
+                     "logprobs": logprobs, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
     }
@@ -249,6 +253,11 @@ class LLMApp:
                           "completed": True})
             return await _send_json(send, 400, api_error("response_format json_schema is not supported",
                                                          "invalid_request_error"))
+        if self.options.reject_logprobs and body.get("logprobs"):
+            self._record({"kind": kind, "fault": None, "status": 400, "response": None, "request": body,
+                          "completed": True})
+            return await _send_json(send, 400, api_error("logprobs are not supported with this model",
+                                                         "invalid_request_error"))
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         with self._lock:
             seen = self._seen.get(digest, 0)
@@ -300,7 +309,8 @@ class LLMApp:
         elif fault in CONTENT_FAULTS:
             call.entry["fault"] = None  # scripted answers are sent as scripted
         prompt_tokens = count_tokens("".join(message_text(m) for m in body["messages"]))
-        payload = completion(body.get("model") or opts.model, content, prompt_tokens, cid)
+        top = int(body.get("top_logprobs") or 0) if body.get("logprobs") and opts.logprobs else None
+        payload = completion(body.get("model") or opts.model, content, prompt_tokens, cid, top)
         if fault == "hang":
             await asyncio.wait([call.left], timeout=opts.hang_seconds)
             if call.left.done():  # the client left, or the server is stopping

@@ -30,7 +30,7 @@ def test_three_synthetic_users_on_the_embedded_model(prefect_server, tmp_path, m
     con = duckdb.connect(db, read_only=True)
     try:
         pairs = con.execute("select sum(n_pairs) from run_users where run_id = 'e2e'").fetchone()[0]
-        rows = con.execute("select status, rating from simulated_ratings where run_id = 'e2e'").df()
+        rows = con.execute("select status, rating, rating_probs from simulated_ratings where run_id = 'e2e'").df()
         profiles = con.execute("select stage, text from profiles where run_id = 'e2e'").df()
         gate = con.execute("select bool_and(success) from validation_results where run_id = 'e2e'").fetchone()[0]
         llm_rmse = con.execute("select value from metrics where run_id = 'e2e' and simulator = 'llm' "
@@ -41,6 +41,9 @@ def test_three_synthetic_users_on_the_embedded_model(prefect_server, tmp_path, m
     assert len(rows) == pairs > 0
     ok = rows[rows["status"] == "ok"]
     assert len(ok) >= 0.8 * pairs and ok["rating"].between(1, 5).all()  # a 0.5B model, schema-constrained
+    # llama.cpp gives logprobs: each rating has the model's distribution, and greedy decoding took its mode
+    assert all(len(p) == 5 and abs(sum(p) - 1) < 1e-6 and max(range(5), key=lambda k: p[k]) == r - 1
+               for p, r in zip(ok["rating_probs"], ok["rating"]))
     assert len(profiles) >= 3 and profiles["text"].str.len().min() > 20
     assert gate is True and llm_rmse is not None
     assert model == "qwen2.5-0.5b"

@@ -334,7 +334,8 @@ def test_ensemble_flow_end_to_end_and_rerun_makes_no_calls(prefect_server, scrip
     # a spine run's LLM ratings on some of the pairs (here: the truth) are scored on exactly those pairs
     con = duckdb.connect(settings.run.db)
     try:
-        con.execute("insert into simulated_ratings select 'spine-x', 'u1', user_id, item_id, rating, 'ok', null, 0, 1, "
+        con.execute("insert into simulated_ratings (run_id, fold, user_id, item_id, rating, status, reason, batch, "
+                    "attempts, call_key) select 'spine-x', 'u1', user_id, item_id, rating, 'ok', null, 0, 1, "
                     "null from votes where run_id = 'ens-test' order by user_id, item_id limit 40")
     finally:
         con.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import duckdb
 import pytest
 
+from tests.llm_faults import digit_probs
+
 pytestmark = pytest.mark.slow
 
 
@@ -29,6 +31,9 @@ def check_complete_run(db: str, run_id: str, n_users: int) -> None:
     assert len(ratings) == users["n_pairs"].sum()
     assert ratings.duplicated(["fold", "user_id", "item_id"]).sum() == 0
     assert ratings["rating"].between(1, 5).all() and set(ratings["status"]) == {"ok"}
+    # each rating with the test server's distribution at its digit (tests/llm_faults.digit_probs)
+    assert all(len(p) == 5 and abs(p[r - 1] - digit_probs(r)[r - 1]) < 1e-9 and abs(sum(p) - 1) < 1e-9
+               for p, r in zip(ratings["rating_probs"], ratings["rating"]))
     profiles = table(db, "select * from profiles where run_id = ?", run_id)
     assert set(profiles["user_id"]) == set(users["user_id"])
     assert {"initial", "update"} <= set(profiles["stage"])

@@ -15,7 +15,7 @@ from tasks.llm.schemas import parse_ratings, ratings_json_schema
 from tasks.llm.templates import item_line, prompt_dir, prompt_hash, render
 from tasks.records import CandidateItem, HistoryItem
 from tasks.settings import LLMSettings
-from tests.llm_server import LLMTestServer, expected_rating
+from tests.llm_server import LLMTestServer, digit_probs, expected_rating
 
 ITEMS = [CandidateItem(str(i), f"Movie {i}", 1990 + i, "Drama|Comedy", f"A story about {i}.", 4) for i in range(1, 6)]
 IDS = [c.item_id for c in ITEMS]
@@ -50,6 +50,56 @@ def test_ratings_match_the_server_and_are_cached(llm_server, tmp_path):
     again = run(_rate(gateway(llm_server, tmp_path)))
     assert again.ratings == out.ratings and [c.cached for c in again.calls] == [True]
     assert llm_server.stats()["requests"] == 1
+
+
+def _close(a, b):
+    return all(abs(x - y) < 1e-9 for x, y in zip(a, b, strict=True))
+
+
+def test_each_rating_comes_with_the_servers_distribution(llm_server, tmp_path):
+    out = run(_rate(gateway(llm_server, tmp_path)))
+    assert set(out.probs) == set(IDS)
+    for item_id, rating in out.ratings.items():
+        assert _close(out.probs[item_id], digit_probs(rating))  # the digit's alternatives, renormalised over 1..5
+    request = llm_server.log()[0]["request"]
+    assert request["logprobs"] is True and request["top_logprobs"] == 10
+    # logprobs are not in the cache key: the same answer, with its distribution, from the cache
+    again = run(_rate(gateway(llm_server, tmp_path)))
+    assert again.probs == out.probs and again.calls[0].cached and llm_server.stats()["requests"] == 1
+    # an answer cached without logprobs still serves, with no distribution, and costs no call
+    plain = run(_rate(gateway(llm_server, tmp_path, rating_probs=False)))
+    assert plain.ratings == out.ratings and plain.calls[0].cached and llm_server.stats()["requests"] == 1
+
+
+def test_a_server_rejecting_logprobs_is_asked_without_them(tmp_path):
+    with LLMTestServer(reject_logprobs=True) as server:
+        gw = gateway(server, tmp_path)
+        gw.limiter = CallLimiter(1)  # the re-ask must not wait for the slot it still holds
+        out = run(asyncio.wait_for(_rate(gw), 20))
+        first = run(asyncio.wait_for(_rate(gateway(server, tmp_path / "other")), 20))
+        asked = [bool(e["request"].get("logprobs")) for e in server.log()]
+    assert set(out.ratings) == set(IDS) and not out.failed and out.probs == {}
+    assert not gw.logprobs and set(first.ratings) == set(IDS)
+    assert asked == [True, False, True, False]  # each gateway learns once, then stops asking
+
+
+def test_a_server_ignoring_logprobs_gives_ratings_without_distributions(tmp_path):
+    with LLMTestServer(logprobs=False) as server:
+        out = run(_rate(gateway(server, tmp_path)))
+    assert set(out.ratings) == set(IDS) and out.probs == {} and not out.failed
+
+
+def test_repaired_and_wrapped_answers_keep_their_distributions(tmp_path):
+    answers = iter(['Here you go: {"ratings": [' + ", ".join(f'{{"item_id": "{i}", "rating": {int(i) % 5 + 1}}}'
+                                                                for i in IDS[:-1]) + "]} enjoy",
+                    f'{{"ratings": [{{"item_id": "{IDS[-1]}", "rating": 2}}]}}'])
+    with LLMTestServer(answer_fn=lambda kind, body: next(answers)) as server:
+        out = run(_rate(gateway(server, tmp_path)))
+        kinds = [e["kind"] for e in server.log()]
+    assert len(kinds) == 2 and not out.failed  # the answer missed an id; the repair gave it
+    assert out.ratings == {**{i: int(i) % 5 + 1 for i in IDS[:-1]}, IDS[-1]: 2}
+    for item_id, rating in out.ratings.items():
+        assert _close(out.probs[item_id], digit_probs(rating))
 
 
 def test_schema_pins_each_position_to_one_id():

@@ -229,7 +229,8 @@ def test_doppel_rl_trains_every_agent_on_the_synthetic_ensemble(prefect_server, 
     # the alternative reward: a spine run's ratings (here: 30 true held-out ratings)
     con = duckdb.connect(db)
     try:
-        con.execute("insert into simulated_ratings select 'spine-x', 'u1', v.user_id, v.item_id, v.rating, 'ok', "
+        con.execute("insert into simulated_ratings (run_id, fold, user_id, item_id, rating, status, reason, batch, "
+                    "attempts, call_key) select 'spine-x', 'u1', v.user_id, v.item_id, v.rating, 'ok', "
                     "null, 0, 1, null from votes v where v.run_id = 'ens-rl' order by user_id, item_id limit 30")
     finally:
         con.close()

@@ -18,8 +18,8 @@ import pytest
 
 from tasks.store.db import init_db
 
-VIEWS = ["confusion_matrix", "failed_pairs", "profile_evolution", "rating_histograms", "run_costs",
-         "run_overview", "user_error"]
+VIEWS = ["confusion_matrix", "failed_pairs", "profile_evolution", "rating_distributions", "rating_histograms",
+         "run_costs", "run_overview", "user_error"]
 CONFIG_R1 = {"llm": {"price_prompt_per_mtok": 2.0, "price_completion_per_mtok": 10.0},
              "sim": {"update_profile": True, "rate_batch": 2}}
 CONFIG_R2 = {"llm": {}, "sim": {"update_profile": False}}
@@ -49,10 +49,10 @@ insert into runs values
 insert into run_users (run_id, fold, user_id, status, n_pairs, n_failed) values
     ('r1', 'f1', 'u1', 'partial', 3, 1), ('r1', 'f1', 'u2', 'done', 1, 0), ('r1', 'f1', 'u3', 'pending', 2, 0);
 insert into simulated_ratings values
-    ('r1', 'f1', 'u1', 'i1', 4, 'ok', null, 0, 1, 'c2'),
-    ('r1', 'f1', 'u1', 'i2', 3, 'ok', null, 1, 1, 'c3'),
-    ('r1', 'f1', 'u1', 'i3', null, 'failed', 'id i3 missing from the answer', 1, 3, 'c4'),
-    ('r1', 'f1', 'u2', 'i3', 2, 'ok', null, 0, 1, 'c2');
+    ('r1', 'f1', 'u1', 'i1', 4, 'ok', null, 0, 1, 'c2', [0.0, 0.0, 0.0, 0.5, 0.5]),
+    ('r1', 'f1', 'u1', 'i2', 3, 'ok', null, 1, 1, 'c3', null),
+    ('r1', 'f1', 'u1', 'i3', null, 'failed', 'id i3 missing from the answer', 1, 3, 'c4', null),
+    ('r1', 'f1', 'u2', 'i3', 2, 'ok', null, 0, 1, 'c2', [0.25, 0.25, 0.25, 0.25, 0.0]);
 insert into profiles values
     ('r1', 'f1', 'u1', 1, 'initial', 'likes action films', 'c1'),
     ('r1', 'f1', 'u1', 2, 'refine', 'likes action and drama films', 'c1'),
@@ -145,6 +145,17 @@ def test_user_error(toy_db):
     assert (u2["mean_real"], u2["mean_simulated"]) == (pytest.approx(5.0), pytest.approx(2.0))
 
 
+def test_rating_distributions(toy_db):
+    got = by(rows(toy_db, "select * from rating_distributions"), "item_id")
+    assert set(got) == {"i1", "i3"}  # i2 has no distribution (no logprobs), i3 of u1 failed
+    i1, i3 = got["i1"], got["i3"]
+    assert (i1["simulated"], i1["real"], i1["p4"], i1["p5"]) == (4, 5, 0.5, 0.5)
+    assert i1["expected"] == pytest.approx(4.5) and i1["p_simulated"] == i1["p_real"] == 0.5
+    assert i1["entropy_bits"] == pytest.approx(1.0)
+    assert i3["expected"] == pytest.approx(2.5) and (i3["p_simulated"], i3["p_real"]) == (0.25, 0.0)
+    assert i3["entropy_bits"] == pytest.approx(2.0)
+
+
 def test_confusion_matrix(toy_db):
     got = {(r["real"], r["simulated"]): r["n"] for r in rows(toy_db, "select * from confusion_matrix")}
     assert got == {(5, 4): 1, (3, 3): 1, (5, 2): 1}  # the failed pair is not a cell
@@ -207,3 +218,23 @@ def test_run_overview(toy_db):
     assert r1["wall_s"] is None or math.isnan(r1["wall_s"])  # still running
     r2 = got["r2"]
     assert (r2["users"], r2["pairs"], r2["pairs_failed"], r2["wall_s"]) == (0, 0, 0, pytest.approx(30.0))
+
+
+def test_a_file_from_before_rating_probs_gains_the_column_and_keeps_its_rows(tmp_path):
+    db = str(tmp_path / "old.duckdb")
+    con = duckdb.connect(db)
+    con.execute("create table simulated_ratings (run_id varchar not null, fold varchar not null, user_id varchar "
+                "not null, item_id varchar not null, rating integer, status varchar not null, reason varchar, "
+                "batch integer not null, attempts integer not null, call_key varchar, "
+                "primary key (run_id, fold, user_id, item_id))")
+    con.execute("insert into simulated_ratings values ('old', 'u1', '1', '2', 4, 'ok', null, 0, 1, 'k')")
+    con.close()
+    init_db(db)
+    init_db(db)  # and again: safe to repeat
+    con = duckdb.connect(db, read_only=True)
+    try:
+        got = con.execute("select rating, rating_probs from simulated_ratings").fetchall()
+        columns = [r[0] for r in con.execute("describe simulated_ratings").fetchall()]
+    finally:
+        con.close()
+    assert got == [(4, None)] and columns[-1] == "rating_probs"

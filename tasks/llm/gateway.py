@@ -4,6 +4,8 @@ The openai client owns transport (HTTP, timeouts, retries with backoff + jitter 
 Retry-After). The gateway adds: the response cache, the run's limits, structured output with a
 fallback for servers without json_schema, validation with repair re-asks, and a `CallRecord` per
 call for the audit log. It never raises on a bad answer: callers get what was valid plus reasons.
+Rating calls also ask for token logprobs (settings.rating_probs), so each rating comes with the
+model's distribution over 1..5; a server that rejects logprobs is asked without them from then on.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ import openai
 
 from tasks.llm.cache import ResponseCache, call_key
 from tasks.llm.limits import CallLimiter
-from tasks.llm.schemas import parse_ratings, ratings_json_schema
+from tasks.llm.schemas import digit_distributions, parse_ratings, rating_distributions, ratings_json_schema
 from tasks.llm.templates import ids_json, prompt_hash, render
 from tasks.settings import API_KEY_ENV_VARS, LLMSettings
 
 JSON_MODES = ("schema", "object", "text")
+TOP_LOGPROBS = 10  # alternatives per answer token: enough to hold all five rating digits
+# logprobs annotate an answer without changing it, so they stay out of the cache key: an answer
+# cached without them still serves (with no distribution) and is never bought twice
+LOGPROB_PARAMS = ("logprobs", "top_logprobs")
 
 
 @dataclass
@@ -42,6 +48,8 @@ class CallRecord:
     error: str | None = None
     response: str | None = None
     cached_prompt_tokens: int = 0  # prompt tokens the server reused from its prefix cache
+    # not an llm_calls column: [byte offset, p1..p5] of the answer's digit tokens (schemas.digit_distributions)
+    digits: list[list[float]] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -56,6 +64,7 @@ class RatingOutcome:
     ratings: dict[str, int]
     failed: dict[str, str]  # item_id -> reason, for ids with no valid rating after repairs
     calls: list[CallRecord] = field(default_factory=list)
+    probs: dict[str, list[float]] = field(default_factory=dict)  # item_id -> P(1..5), where the server gave logprobs
 
 
 class GatewayError(RuntimeError):
@@ -78,6 +87,7 @@ class LLMGateway:
         self.limiter = limiter
         self.model_id = model_id
         self.json_mode = "schema" if settings.json_mode == "auto" else settings.json_mode
+        self.logprobs = settings.rating_probs  # off for good once the server rejects them
         self._client = openai.AsyncOpenAI(
             base_url=settings.base_url,
             api_key=api_key_from_env(),
@@ -131,6 +141,7 @@ class LLMGateway:
                 return outcome
             parsed = parse_ratings(content, pending)
             outcome.ratings.update(parsed.ratings)
+            outcome.probs.update(rating_distributions(content, record.digits, list(parsed.ratings)))
             pending = parsed.missing(pending)
             if not pending:
                 outcome.calls.append(record)
@@ -178,6 +189,8 @@ class LLMGateway:
             "temperature": self.settings.temperature,
             "max_tokens": 24 + self.settings.max_tokens_rating_per_item * len(item_ids),
         }
+        if self.logprobs:
+            params.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
         if self.json_mode == "schema":
             params["response_format"] = {
                 "type": "json_schema",
@@ -191,23 +204,27 @@ class LLMGateway:
                         priority: float, prompts: str = "compact") -> tuple[str, CallRecord]:
         """One completion, from the cache if this exact request was answered before."""
         request = {**params, "seed": self.settings.seed + sample}
-        key = call_key(self.model_id, messages, request, sample)
+        key = call_key(self.model_id, messages, {k: v for k, v in request.items() if k not in LOGPROB_PARAMS}, sample)
         base = dict(call_key=key, prompt_name=prompt, prompt_hash=prompt_hash(prompt, prompts),
                     model=self.model_id)
         hit = self.cache.get(key)
         if hit is not None:
             return hit["content"], CallRecord(
                 **base, status="ok", cached=True, attempts=0, prompt_tokens=hit["prompt_tokens"],
-                completion_tokens=hit["completion_tokens"], latency_s=0.0, response=hit["content"])
-        downgrade = False
+                completion_tokens=hit["completion_tokens"], latency_s=0.0, response=hit["content"],
+                digits=hit.get("digits"))
+        downgrade = without_logprobs = False
         async with self.limiter.slot(priority):
             started = time.monotonic()
             try:
                 raw = await self._create(messages, request)
             except openai.BadRequestError as exc:
-                if not ("response_format" in request and self._downgrade_json_mode(exc)):
+                if "logprobs" in request and "logprob" in str(exc).lower():
+                    self.logprobs, without_logprobs = False, True
+                elif "response_format" in request and self._downgrade_json_mode(exc):
+                    downgrade = True
+                else:
                     raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
-                downgrade = True
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
                 # no later call can succeed: end the run with one clear error, not a failed pair per call
                 raise EndpointError(f"{self.settings.base_url or 'the endpoint'} rejected the API key "
@@ -216,19 +233,25 @@ class LLMGateway:
                 raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
         if downgrade:  # ask again in the weaker JSON mode, after giving the slot back
             return await self._complete(prompt, messages, self._rating_params_like(params), sample, priority, prompts)
+        if without_logprobs:
+            rest = {k: v for k, v in params.items() if k not in LOGPROB_PARAMS}
+            return await self._complete(prompt, messages, rest, sample, priority, prompts)
         completion = raw.parse()
         content = completion.choices[0].message.content or "" if completion.choices else ""
+        digits = _answer_digits(completion, content) if "logprobs" in request else None
         usage = completion.usage
         prompt_tokens = usage.prompt_tokens if usage else _estimate_tokens(messages)
         completion_tokens = usage.completion_tokens if usage else max(1, len(content) // 4)
         details = getattr(usage, "prompt_tokens_details", None) if usage else None
         reused = int(getattr(details, "cached_tokens", 0) or 0)
         latency = time.monotonic() - started
-        self.cache.put(key, {"content": content, "prompt_tokens": prompt_tokens,
-                             "completion_tokens": completion_tokens, "latency_s": latency})
+        record = {"content": content, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "latency_s": latency}
+        self.cache.put(key, record if digits is None else {**record, "digits": digits})
         return content, CallRecord(
             **base, status="ok", cached=False, attempts=raw.retries_taken + 1, prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens, latency_s=latency, response=content, cached_prompt_tokens=reused)
+            completion_tokens=completion_tokens, latency_s=latency, response=content, cached_prompt_tokens=reused,
+            digits=digits)
 
     async def _create(self, messages: list[dict], request: dict[str, Any]):
         # httpx's timeout is per read, so a server trickling bytes never trips it: add a deadline
@@ -264,6 +287,17 @@ class LLMGateway:
         return CallRecord(**base, status="error", cached=False, attempts=self.settings.max_retries + 1,
                           prompt_tokens=0, completion_tokens=0, latency_s=time.monotonic() - started,
                           error=_describe(exc))
+
+
+def _answer_digits(completion: Any, content: str) -> list[list[float]] | None:
+    """The answer's digit tokens with their distributions, or None when the server sent no logprobs."""
+    logprobs = getattr(completion.choices[0], "logprobs", None) if completion.choices else None
+    tokens = getattr(logprobs, "content", None) if logprobs is not None else None
+    if not tokens:
+        return None
+    return digit_distributions(content, [
+        (t.token, bytes(t.bytes) if t.bytes is not None else None,
+         [(a.token, a.logprob) for a in (t.top_logprobs or [])]) for t in tokens])
 
 
 def _describe(exc: Exception) -> str:

@@ -3,11 +3,16 @@
 The parser accepts what the schema allows and, for servers that ignore the schema, digs the
 JSON object out of prose. It keeps every valid (requested id, integer 1..5) pair and reports
 the rest as problems, so a repair re-ask can ask only for what is missing.
+
+Where the server returns token logprobs, `rating_distributions` reads each rating's distribution
+over 1..5 off the token that holds its digit (the gateway keeps those tokens, see
+`digit_distributions`): the model's own uncertainty, a calibrator input (tasks/fidelity/).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -121,3 +126,57 @@ def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err.get("loc", ()))
     return f"{loc}: {err.get('msg', 'invalid')}" if loc else err.get("msg", "invalid")
+
+
+# ----------------------------------------------------------------------------- rating distributions
+
+_ENTRY = re.compile(r"\{[^{}]*\}")
+_ENTRY_ID = re.compile(r'"item_id"\s*:\s*"?([^",}\s]+)"?')
+_ENTRY_RATING = re.compile(r'"rating"\s*:\s*"?([1-5])(?![\d.])')
+SCALE_DIGITS = "12345"
+
+
+def digit_distributions(content: str, tokens: list[tuple[str, bytes | None, list[tuple[str, float]]]]
+                        ) -> list[list[float]]:
+    """[byte offset, p1..p5] for every answer token that is a digit 1..5 (surrounding spaces allowed).
+
+    tokens: (token text, its bytes or None, top alternatives as (text, logprob)) in answer order.
+    p is the top alternatives' probability mass on each digit, renormalised over 1..5: what a
+    decoder constrained to a rating 1..5 samples from. A digit missing from the top alternatives
+    gets 0. Stops where the tokens no longer spell `content` (a server that re-encodes text).
+    """
+    data, pos, out = content.encode(), 0, []
+    for text, raw, top in tokens:
+        piece = raw if raw is not None else text.encode()
+        if data[pos:pos + len(piece)] != piece:
+            break
+        digit = text.strip()
+        if len(digit) == 1 and digit in SCALE_DIGITS:
+            p = [0.0] * 5
+            for alt, logprob in top:
+                alt = alt.strip()
+                if len(alt) == 1 and alt in SCALE_DIGITS and logprob is not None and math.isfinite(logprob):
+                    p[int(alt) - 1] += math.exp(logprob)
+            total = sum(p)
+            if total > 0:
+                out.append([pos + piece.index(digit.encode()), *(x / total for x in p)])
+        pos += len(piece)
+    return out
+
+
+def rating_distributions(content: str, digits: list[list[float]] | None, item_ids: list[str]
+                         ) -> dict[str, list[float]]:
+    """{item_id: [p1..p5]} for the requested ids whose rating digit has a distribution in `digits`
+    (from `digit_distributions`); ids without one are left out."""
+    if not digits:
+        return {}
+    by_offset = {int(d[0]): [float(x) for x in d[1:6]] for d in digits}
+    wanted, out = set(item_ids), {}
+    for entry in _ENTRY.finditer(content or ""):
+        item, rating = _ENTRY_ID.search(entry.group(0)), _ENTRY_RATING.search(entry.group(0))
+        if not item or not rating or item.group(1) not in wanted:
+            continue
+        offset = len(content[:entry.start() + rating.start(1)].encode())
+        if offset in by_offset:
+            out[item.group(1)] = by_offset[offset]
+    return out

@@ -12,7 +12,7 @@ from tasks.records import Dataset
 from tasks.store.db import transaction
 
 PROFILE_COLUMNS = ["version", "stage", "text", "call_key"]
-RATING_COLUMNS = ["item_id", "rating", "status", "reason", "batch", "attempts", "call_key"]
+RATING_COLUMNS = ["item_id", "rating", "status", "reason", "batch", "attempts", "call_key", "rating_probs"]
 CALL_COLUMNS = ["call_key", "prompt_name", "prompt_hash", "model", "status", "cached", "attempts",
                 "prompt_tokens", "completion_tokens", "latency_s", "cached_prompt_tokens", "error", "response"]
 
