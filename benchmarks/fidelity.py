@@ -51,8 +51,9 @@ sys.path.insert(0, str(REPO))
 
 from tasks.baselines import BASELINES, predict_baselines  # noqa: E402
 from tasks.fidelity import decode, llm_margin  # noqa: E402
+from tasks.fidelity.features import probs_matrix  # noqa: E402
 from tasks.fidelity.hybrid import (  # noqa: E402
-    BUCKETS, accuracy, activity_bucket, fold_features, predict_proba, realism)
+    BUCKETS, accuracy, activity_bucket, fold_features, predict_proba, realism, with_llm)
 from tasks.metrics import histogram, rating_metrics, total_variation  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "ml-100k"
@@ -63,7 +64,9 @@ ABLATE = ("knn", "svd", "svdpp", "biases", "user_stats", "item_stats", "genre")
 BETAS = (0.1, 0.25, 0.5, 1.0)
 SLICE_FRAC = 0.2  # the calibration slice: this share of each user's train ratings (fold_features' default)
 MARGIN_CF, MARGIN_LLM = "llm_margin:cf(cross-fit)", "llm_margin:cf+llm(cross-fit)"
-WITH_LLM, WITHOUT_LLM = "llm_input:with", "llm_input:without"  # the calibrator with/without the LLM's answer
+# the calibrator with the LLM's answer (its distribution over 1..5 where the run stored one), with its
+# answer as a certain rating (one-hot; only where distributions exist), and without the LLM
+WITH_LLM, WITH_ANSWER, WITHOUT_LLM = "llm_input:with", "llm_input:with(answer only)", "llm_input:without"
 # the seed's GPT-3.5 simulator as reported in issue 10 (not measured here): ranges over u1..u5
 SEED_REPORTED = {"rmse": (1.30, 1.34), "tv": (0.13, 0.16)}
 GOALS = {"accuracy": "rmse <= 0.95, exact >= 44 %, close >= 90.5 %",
@@ -124,12 +127,15 @@ def sample_users(test: pd.DataFrame, n: int | None, seed: int, fold: str) -> pd.
 
 
 def llm_rows(db: str, run_id: str) -> pd.DataFrame:
-    """fold, user_id, item_id, llm (the run's rating; NaN where it failed) of a doppel run."""
+    """fold, user_id, item_id, llm (the run's rating; NaN where it failed), llm_probs (its P(1..5);
+    None where the server gave no logprobs) of a doppel run."""
     from tasks.store.db import query
 
     rows = query(db, "scoring_rows", read_only=True, run_id=run_id)
-    return rows.rename(columns={"pred": "llm"})[["fold", "user_id", "item_id", "llm"]].astype(
-        {"user_id": str, "item_id": str})
+    rows = rows.rename(columns={"pred": "llm", "rating_probs": "llm_probs"})
+    rows["llm_probs"] = [None if p is None or (isinstance(p, float) and np.isnan(p)) else [float(x) for x in p]
+                         for p in rows["llm_probs"]]
+    return rows[["fold", "user_id", "item_id", "llm", "llm_probs"]].astype({"user_id": str, "item_id": str})
 
 
 def slice_run_rows(db: str, run_id: str, seed: int) -> pd.DataFrame:
@@ -150,28 +156,37 @@ def slice_run_rows(db: str, run_id: str, seed: int) -> pd.DataFrame:
 
 def llm_input_predictions(args, fold: str, train: pd.DataFrame, pairs: pd.DataFrame, items: pd.DataFrame,
                           llm: pd.DataFrame, slice_llm: pd.DataFrame, base_key: dict) -> dict[str, np.ndarray]:
-    """The hybrid on the hash slice, its calibrator with and without the LLM's answer as an input."""
-    key = {**base_key, "kind": "features-llm", "slice_llm": _frame_hash(slice_llm), "pair_llm": _frame_hash(llm)}
-    ff = cached(args.cache_dir, key, lambda: fold_features(
-        train, pairs, items, slice_how="hash", frac=SLICE_FRAC, seed=args.seed,
-        slice_llm=slice_llm, pair_llm=llm[["user_id", "item_id", "llm"]]))
+    """The hybrid on the hash slice, its calibrator with and without the LLM's answer as an input
+    (and, where the runs stored distributions, with the answer alone)."""
+    key = {**base_key, "kind": "features-hash-slice"}
+    cf = cached(args.cache_dir, key, lambda: fold_features(train, pairs, items, slice_how="hash", frac=SLICE_FRAC,
+                                                           seed=args.seed))
+    ff = with_llm(cf, slice_llm, llm)
     covered = ff.X_slice["llm_missing"].to_numpy() == 0
+    n_probs = [int(frame["llm_probs"].notna().sum()) for frame in (slice_llm, llm)]
     slice_users = set(slice_llm["user_id"])
     in_users = ff.slice_pairs["user_id"].isin(slice_users).to_numpy()
     stray = len(slice_llm) - int((ff.slice_pairs[in_users].merge(slice_llm, on=["user_id", "item_id"])).shape[0])
     if stray:
         raise SystemExit(f"  {fold}: the slice run rated {stray} pairs outside the hybrid's calibration slice")
     log(f"  {fold}: LLM answers on {covered.sum()} of {len(covered)} calibration rows "
-        f"({in_users.sum()} slice rows of the slice run's {len(slice_users)} users)")
+        f"({in_users.sum()} slice rows of the slice run's {len(slice_users)} users); with a distribution over "
+        f"1..5: {n_probs[0]} of the slice run's {len(slice_llm)} rows, {n_probs[1]} of the test run's {len(llm)}")
+    arms = [(WITH_LLM, ff, ()), (WITHOUT_LLM, ff, ("llm",))]
+    if any(n_probs):
+        plain = [frame.drop(columns="llm_probs") for frame in (slice_llm, llm)]
+        arms.insert(1, (WITH_ANSWER, with_llm(cf, *plain), ()))
     out = {}
-    for label, drop in ((WITH_LLM, ()), (WITHOUT_LLM, ("llm",))):
-        P, P_slice = predict_proba(ff, kind=args.calibrator, drop=drop, seed=args.seed, with_slice=True)
-        out[f"{label}:accuracy"] = accuracy(P, P_slice, ff)[0]
-        out[f"{label}:realism"] = realism(P, ff)
+    for label, features, drop in arms:
+        P, P_slice = predict_proba(features, kind=args.calibrator, drop=drop, seed=args.seed, with_slice=True)
+        out[f"{label}:accuracy"] = accuracy(P, P_slice, features)[0]
+        out[f"{label}:realism"] = realism(P, features)
     return out
 
 
 def _frame_hash(frame: pd.DataFrame) -> str:
+    lists = [c for c in frame.columns if frame[c].map(lambda v: isinstance(v, list)).any()]
+    frame = frame.assign(**{c: frame[c].map(repr) for c in lists})  # lists are not hashable: hash their text
     return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).values).hexdigest()
 
 
@@ -210,7 +225,7 @@ def fold_predictions(args, fold: str, train: pd.DataFrame, test: pd.DataFrame, i
         # the LLM's marginal contribution: a second stage fit on the other users' test rows (see
         # tasks/fidelity/llm_margin.py); the two arms differ only by the LLM input
         cf, cf_llm = llm_margin.cross_fit(P, out["llm"], test["rating"].to_numpy(), test["user_id"].to_numpy(),
-                                          seed=args.seed)
+                                          seed=args.seed, probs=probs_matrix(llm["llm_probs"].tolist()))
         out[MARGIN_CF], out[MARGIN_LLM] = cf, cf_llm
     if slice_llm is not None:
         out.update(llm_input_predictions(args, fold, train, pairs, items, llm, slice_llm, base_key))
@@ -328,6 +343,29 @@ def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _gaps_text(gaps: dict[str, dict]) -> str:
+    """'u1: rmse +0.010 [-0.020, +0.040], ...; u2: ...' for {fold: paired_gap(...)}."""
+    return "; ".join(f"{fold}: " + ", ".join(f"{m} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, (v, lo, hi) in g.items())
+                     for fold, g in gaps.items())
+
+
+def llm_summary(args, gaps: dict, input_gaps: dict, dist_gaps: dict) -> str:
+    """The sentences on the LLM's part that head the table (95% bootstrap intervals over users)."""
+    if not args.llm_run_id:
+        return "LLM: absent (no --llm-run-id): every hybrid row uses CF and profile features only"
+    text = f"LLM-only row: run {args.llm_run_id}. "
+    if args.llm_slice_run_id:
+        text += (f"The LLM as a calibrator input (slice run {args.llm_slice_run_id}: {WITH_LLM} vs {WITHOUT_LLM}, "
+                 f"the same hash slice, accuracy mode, with minus without): {_gaps_text(input_gaps)}. ")
+        text += (f"Its distribution over 1..5 (logprobs) against its answer alone ({WITH_LLM} minus {WITH_ANSWER}): "
+                 f"{_gaps_text(dist_gaps)}. " if dist_gaps else
+                 "The runs stored no rating distributions (no logprobs): the LLM input is its answer alone. ")
+    else:
+        text += "The hybrid rows' calibrator has no LLM input (give --llm-slice-run-id for that). "
+    return text + (f"Cross-fitted over users ({MARGIN_CF} vs {MARGIN_LLM}, tasks/fidelity/llm_margin.py): "
+                   f"{_gaps_text(gaps)} (cf+llm minus cf, 95% bootstrap interval over users)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", default=",".join(FOLDS), help="comma-separated, default u1..u5")
@@ -357,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     llm_all = llm_rows(args.db, args.llm_run_id) if args.llm_run_id else None
     slice_all = slice_run_rows(args.db, args.llm_slice_run_id, args.seed) if args.llm_slice_run_id else None
     code = source_hash()
-    parts, gaps, input_gaps = [], {}, {}
+    parts, gaps, input_gaps, dist_gaps = [], {}, {}, {}
     for fold in folds:
         t_fold = time.monotonic()
         train, test = data[fold]
@@ -371,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             test = llm[["user_id", "item_id", "rating"]]
         slice_llm = None
         if slice_all is not None:
-            slice_llm = slice_all[slice_all["fold"] == fold][["user_id", "item_id", "llm"]].reset_index(drop=True)
+            slice_llm = slice_all[slice_all["fold"] == fold][["user_id", "item_id", "llm", "llm_probs"]].reset_index(
+                drop=True)
         key = {"kind": "result", "fold": fold, "users": args.users, "seed": args.seed, "code": code,
                "stack": args.stack, "calibrator": args.calibrator, "ablations": not args.no_ablations,
                "compare": args.compare_calibrators,
@@ -388,34 +427,30 @@ def main(argv: list[str] | None = None) -> int:
                    if llm is not None else None)
             input_gap = (llm_margin.paired_gap(truth, preds[f"{WITHOUT_LLM}:accuracy"], preds[f"{WITH_LLM}:accuracy"],
                                                users, seed=args.seed) if slice_llm is not None else None)
-            return score_fold(preds, test, train).assign(fold=fold), gap, input_gap
+            dist_gap = (llm_margin.paired_gap(truth, preds[f"{WITH_ANSWER}:accuracy"], preds[f"{WITH_LLM}:accuracy"],
+                                              users, seed=args.seed) if f"{WITH_ANSWER}:accuracy" in preds else None)
+            return score_fold(preds, test, train).assign(fold=fold), gap, input_gap, dist_gap
 
-        scores, gap, input_gap = cached(args.cache_dir, key, compute)
+        scores, gap, input_gap, dist_gap = cached(args.cache_dir, key, compute)
         parts.append(scores)
         if gap is not None:
             gaps[fold] = gap
             log(f"  {fold}: LLM marginal contribution (cf+llm minus cf, cross-fit over users; 95% bootstrap "
-                "over users): " + ", ".join(f"{m} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, (v, lo, hi) in gap.items()))
+                f"over users): {_gaps_text({fold: gap})}")
         if input_gap is not None:
             input_gaps[fold] = input_gap
             log(f"  {fold}: the LLM as a calibrator input (accuracy mode, with minus without; 95% bootstrap over "
-                "users): " + ", ".join(f"{m} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, (v, lo, hi) in input_gap.items()))
+                f"users): {_gaps_text({fold: input_gap})}")
+        if dist_gap is not None:
+            dist_gaps[fold] = dist_gap
+            log(f"  {fold}: the LLM's distribution against its answer alone (accuracy mode, {WITH_LLM} minus "
+                f"{WITH_ANSWER}): {_gaps_text({fold: dist_gap})}")
         log(f"{fold}: {len(test)} rows, {test['user_id'].nunique()} users, {time.monotonic() - t_fold:.0f} s")
     per_fold = pd.concat(parts, ignore_index=True)
     summary = summarize(per_fold)
     runtime = time.monotonic() - started
     users = "all test users" if args.users is None else f"{args.users} test users per fold (seed {args.seed})"
-    llm_note = (f"LLM-only row: run {args.llm_run_id}. " + (
-                f"The LLM as a calibrator input (slice run {args.llm_slice_run_id}: {WITH_LLM} vs {WITHOUT_LLM}, "
-                "the same hash slice, accuracy mode, with minus without): " + "; ".join(
-                    f"{fold}: " + ", ".join(f"{m} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, (v, lo, hi) in g.items())
-                    for fold, g in input_gaps.items()) + ". " if args.llm_slice_run_id else
-                "The hybrid rows' calibrator has no LLM input (give --llm-slice-run-id for that). ") +
-                f"Cross-fitted over users ({MARGIN_CF} vs {MARGIN_LLM}, "
-                "tasks/fidelity/llm_margin.py): " + "; ".join(
-                    f"{fold}: " + ", ".join(f"{m} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, (v, lo, hi) in g.items())
-                    for fold, g in gaps.items()) + " (cf+llm minus cf, 95% bootstrap interval over users)"
-                if args.llm_run_id else "LLM: absent (no --llm-run-id): every hybrid row uses CF and profile features only")
+    llm_note = llm_summary(args, gaps, input_gaps, dist_gaps)
     head = (f"folds {','.join(sorted(per_fold['fold'].unique()))}; {users}; {int(summary['n_mean'].max())} rows per "
             f"fold on average; calibrator {args.calibrator}, stack {args.stack}; {runtime:.0f} s")
     table = markdown(summary)

@@ -10,8 +10,8 @@ import pytest
 
 from tasks.data.synthetic import make_synthetic
 from tasks.fidelity import decode
-from tasks.fidelity.features import calibration_slice
-from tasks.fidelity.hybrid import fold_features, predict_proba
+from tasks.fidelity.features import LLM_COLUMNS, calibration_slice, llm_answer_features, probs_matrix
+from tasks.fidelity.hybrid import fold_features, predict_proba, with_llm
 from tasks.metrics import rating_metrics
 from tasks.planning import build_work, requested_pairs
 from tasks.settings import SimulationSettings
@@ -102,6 +102,41 @@ def test_the_calibrator_learns_from_an_informed_llm_on_the_slice():
         fold_features(train, test[["user_id", "item_id"]], ds.items, models=FAST_MODELS, slice_llm=llm_of(held))
 
 
+def test_llm_features_take_its_distribution_where_there_is_one():
+    probs = probs_matrix([[0.1, 0.2, 0.4, 0.2, 0.1], None, None])
+    X = llm_answer_features(np.array([3.0, 5.0, np.nan]), probs)
+    assert np.allclose(X.iloc[0, :5], [0.1, 0.2, 0.4, 0.2, 0.1]) and X.iloc[0, 5] == 0  # its distribution
+    assert X.iloc[1].tolist() == [0, 0, 0, 0, 1, 0]  # no distribution: the answer, as certain
+    assert X.iloc[2].tolist() == [0, 0, 0, 0, 0, 1]  # no answer
+
+
+def test_the_calibrator_uses_the_llms_distribution_beyond_its_answer():
+    ds = make_synthetic(n_users=60, n_items=120, seed=1)
+    sp = ds.splits[ds.splits["fold"] == "u1"]
+    train = sp[sp["split"] == "train"].merge(ds.ratings, on=["user_id", "item_id"])
+    test = sp[sp["split"] == "test"].merge(ds.ratings, on=["user_id", "item_id"])
+    rng = np.random.default_rng(1)
+    held = train[calibration_slice(train, how="hash", seed=0)]
+
+    # an LLM whose answers are mostly noise but whose distribution leans towards the real rating
+    def llm_of(frame: pd.DataFrame) -> pd.DataFrame:
+        truth = frame["rating"].to_numpy()
+        answer = rng.integers(1, 6, len(frame)).astype(float)
+        scores = -np.abs(np.arange(1, 6)[None, :] - truth[:, None]) + 2.0 * (np.arange(1, 6)[None, :] == answer[:, None])
+        p = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
+        return frame[["user_id", "item_id"]].assign(llm=answer, llm_probs=[list(r) for r in p])
+
+    slice_llm, pair_llm = llm_of(held), llm_of(test)
+    cf = fold_features(train, test[["user_id", "item_id"]], ds.items, slice_how="hash", models=FAST_MODELS)
+    soft = with_llm(cf, slice_llm, pair_llm)
+    hard = with_llm(cf, slice_llm.drop(columns="llm_probs"), pair_llm.drop(columns="llm_probs"))
+    assert (soft.X_slice.drop(columns=list(LLM_COLUMNS)).equals(cf.X_slice)
+            and soft.X_pairs["llm_missing"].sum() == 0)
+    rmse = {name: rating_metrics(test["rating"], decode.decode_accuracy(predict_proba(ff)))["rmse"]
+            for name, ff in (("soft", soft), ("hard", hard))}
+    assert rmse["soft"] < rmse["hard"] - 0.1, rmse
+
+
 @pytest.mark.slow
 def test_a_slice_run_rates_gates_and_scores_the_slice(prefect_server, llm_server, run_settings):
     from flows.simulate import simulate
@@ -178,7 +213,9 @@ def test_fidelity_benchmark_takes_the_llm_as_a_calibrator_input(tmp_path, llm_se
     assert "the LLM as a calibrator input" in done.stderr + done.stdout
     table = pd.read_csv(tmp_path / "out" / "fidelity_llm_test-run_slice-run.csv")
     n = table.set_index("simulator")["n"]
-    assert n["llm_input:with:accuracy"] == n["llm_input:without:accuracy"] == n["llm"] > 0
+    assert (n["llm_input:with:accuracy"] == n["llm_input:with(answer only):accuracy"]
+            == n["llm_input:without:accuracy"] == n["llm"] > 0)
+    assert "its distribution over 1..5 (logprobs) against its answer alone" in (done.stderr + done.stdout).lower()
     # a slice run of another seed is not the hybrid's slice: refused, with the command that fixes it
     again = subprocess.run([*argv, "--seed", "1"], cwd=REPO, env=user_env(), capture_output=True, text=True,
                            timeout=600)

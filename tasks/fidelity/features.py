@@ -177,12 +177,29 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
-def llm_answer_features(llm: Any) -> pd.DataFrame:
-    """The LLM's answer as calibrator inputs: one-hot of its rating 1..5 and a 'no answer' flag
-    (NaN = the LLM did not rate the pair: it failed, or the run did not cover that user)."""
+def llm_answer_features(llm: Any, probs: Any = None) -> pd.DataFrame:
+    """The LLM's answer as calibrator inputs: its distribution over 1..5 and a 'no answer' flag.
+
+    llm: (n,) its rating (NaN = the LLM did not rate the pair: it failed, or the run did not cover
+    that user). probs: optional (n, 5) P(1..5) from the server's logprobs, a NaN row where there is
+    none; without a distribution the rating counts as certain (one-hot).
+    """
     llm = np.asarray(llm, dtype=float)
     out = np.zeros((llm.size, len(LLM_COLUMNS)))
     answered = ~np.isnan(llm)
     out[np.flatnonzero(answered), np.clip(np.rint(llm[answered]), 1, 5).astype(int) - 1] = 1.0
+    if probs is not None:
+        probs = np.asarray(probs, dtype=float).reshape(llm.size, 5)
+        soft = answered & ~np.isnan(probs).any(axis=1)
+        out[soft, :5] = probs[soft] / probs[soft].sum(axis=1, keepdims=True)
     out[~answered, -1] = 1.0
     return pd.DataFrame(out, columns=list(LLM_COLUMNS))
+
+
+def probs_matrix(values: Any) -> np.ndarray:
+    """(n, 5) from a column of 5-lists (simulated_ratings.rating_probs), a NaN row for each missing one."""
+    out = np.full((len(values), 5), np.nan)
+    for i, p in enumerate(values):
+        if p is not None and not (isinstance(p, float) and np.isnan(p)) and len(p) == 5:
+            out[i] = np.asarray(p, dtype=float)
+    return out

@@ -6,7 +6,8 @@
     real = realism(P, ff)                             # realism mode: per-activity-bucket quantile match
 
 `pairs` carries user_id, item_id only: the test ratings are never an input. Optional LLM
-features: the LLM's rating (one-hot + a missing flag, features.llm_answer_features) on the slice
+features: the LLM's rating (its distribution over 1..5 where the server gave logprobs, else one-hot;
+plus a missing flag; features.llm_answer_features) on the slice
 pairs and on the test pairs; the calibrator can only learn from the LLM where it rated slice pairs
 (`doppel run --target slice`, profile built without the slice; use slice_how="hash", the slice that
 run rates), so `slice_llm` and `pair_llm` go together.
@@ -15,15 +16,15 @@ run rates), so `slice_llm` and `pair_llm` go together.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from tasks.fidelity.calibrate import fit_calibrator
 from tasks.fidelity.decode import choose_beta, decode_accuracy, tradeoff
-from tasks.fidelity.features import (CF_MODELS, FEATURE_GROUPS, calibration_slice, llm_answer_features, pair_features,
-                                     slice_parts)
+from tasks.fidelity.features import (CF_MODELS, FEATURE_GROUPS, LLM_COLUMNS, calibration_slice, llm_answer_features,
+                                     pair_features, probs_matrix, slice_parts)
 
 BUCKET_EDGES = (50, 150)  # train ratings per user: <50, 50-150, >150
 BUCKETS = ("<50", "50-150", ">150")
@@ -89,18 +90,26 @@ def fold_features(train: pd.DataFrame, pairs: pd.DataFrame, items: pd.DataFrame,
     X_pairs = pair_features(train if refit else fit, pairs, items, models, seed)
     if (slice_llm is None) != (pair_llm is None):
         raise ValueError("give both slice_llm and pair_llm (the calibrator learns the LLM from the slice) or neither")
-    if slice_llm is not None:
-        X_slice = _join_llm(X_slice, held, slice_llm)
-        X_pairs = _join_llm(X_pairs, pairs, pair_llm)
-    return FoldFeatures(X_slice, held["rating"].to_numpy(dtype=int), X_pairs, pairs, train,
-                        held[["user_id", "item_id"]])
+    ff = FoldFeatures(X_slice, held["rating"].to_numpy(dtype=int), X_pairs, pairs, train, held[["user_id", "item_id"]])
+    return ff if slice_llm is None else with_llm(ff, slice_llm, pair_llm)
+
+
+def with_llm(ff: FoldFeatures, slice_llm: pd.DataFrame, pair_llm: pd.DataFrame) -> FoldFeatures:
+    """`ff` with the LLM's answers as features (replacing any joined before): slice_llm / pair_llm
+    as in `fold_features`. Cheap: the CF features are reused."""
+    gone = [c for c in LLM_COLUMNS if c in ff.X_slice]
+    return replace(ff, X_slice=_join_llm(ff.X_slice.drop(columns=gone), ff.slice_pairs, slice_llm),
+                   X_pairs=_join_llm(ff.X_pairs.drop(columns=gone), ff.pairs, pair_llm))
 
 
 def _join_llm(X: pd.DataFrame, keys: pd.DataFrame, llm: pd.DataFrame) -> pd.DataFrame:
-    """X plus the LLM's answer for each of `keys`' pairs (llm: user_id, item_id, llm; NaN = none)."""
-    j = keys[["user_id", "item_id"]].merge(llm[["user_id", "item_id", "llm"]].astype({"user_id": str, "item_id": str}),
+    """X plus the LLM's answer for each of `keys`' pairs (llm: user_id, item_id, llm; NaN = none;
+    optional llm_probs: its P(1..5) per pair, None where the server gave none)."""
+    cols = ["user_id", "item_id", "llm", *(["llm_probs"] if "llm_probs" in llm else [])]
+    j = keys[["user_id", "item_id"]].merge(llm[cols].astype({"user_id": str, "item_id": str}),
                                            on=["user_id", "item_id"], how="left", validate="one_to_one")
-    return pd.concat([X.reset_index(drop=True), llm_answer_features(j["llm"].to_numpy())], axis=1)
+    probs = probs_matrix(j["llm_probs"].tolist()) if "llm_probs" in j else None
+    return pd.concat([X.reset_index(drop=True), llm_answer_features(j["llm"].to_numpy(), probs)], axis=1)
 
 
 def feature_columns(X: pd.DataFrame, drop: Sequence[str] = ()) -> list[str]:

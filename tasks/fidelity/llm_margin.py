@@ -3,7 +3,8 @@
 The hybrid's calibrator learns from a slice of train ratings, and a doppel run's LLM rates test
 pairs only, so the calibrator has no LLM answers to learn from. This measures the LLM's marginal
 contribution anyway, honestly: a second-stage multinomial model over ratings 1..5 on the hybrid's
-log P(rating) (arm "cf") or on log P plus the LLM's answer (arm "cf+llm", one-hot + a missing flag),
+log P(rating) (arm "cf") or on log P plus the LLM's answer (arm "cf+llm": its distribution over 1..5
+where the server gave logprobs, else one-hot, + a missing flag),
 fit on the other users' rows (their test ratings) and applied to each user's rows, users dealt into
 `n_splits` seeded groups. The two arms differ only by the LLM input: the gap between their scores
 is the LLM's contribution. This is a measurement, not the simulator: it learns from test ratings of
@@ -20,17 +21,13 @@ from tasks.fidelity.decode import decode_accuracy
 from tasks.fidelity.features import llm_answer_features
 
 
-def _llm_columns(llm: np.ndarray) -> np.ndarray:
-    """(n, 6): one-hot of the LLM's rating 1..5 and a 'no answer' flag."""
-    return llm_answer_features(llm).to_numpy()
-
-
 def cross_fit(P: np.ndarray, llm: np.ndarray, y: np.ndarray, users: np.ndarray, n_splits: int = 2,
-              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+              seed: int = 0, probs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(ratings of arm "cf", ratings of arm "cf+llm") for every row, same order.
 
     P: (n, 5) the hybrid's rating distribution; llm: (n,) the LLM's rating (NaN = no answer);
-    y: (n,) the real ratings; users: (n,) user ids (rows of one user stay in one group).
+    y: (n,) the real ratings; users: (n,) user ids (rows of one user stay in one group);
+    probs: optional (n, 5) the LLM's own P(1..5) (NaN rows: none; see features.llm_answer_features).
     """
     P, llm, y, users = np.asarray(P, float), np.asarray(llm, float), np.asarray(y, int), np.asarray(users)
     if not (len(P) == len(llm) == len(y) == len(users)):
@@ -42,7 +39,7 @@ def cross_fit(P: np.ndarray, llm: np.ndarray, y: np.ndarray, users: np.ndarray, 
     groups = np.array([group_of[u] for u in users])
     base = np.log(np.clip(P, 1e-6, 1.0))
     arms = {name: pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
-            for name, X in (("cf", base), ("cf+llm", np.hstack([base, _llm_columns(llm)])))}
+            for name, X in (("cf", base), ("cf+llm", np.hstack([base, llm_answer_features(llm, probs).to_numpy()])))}
     out = {arm: np.zeros(len(y), dtype=np.int64) for arm in arms}
     for g in range(n_splits):
         fit, apply = groups != g, groups == g
