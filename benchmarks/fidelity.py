@@ -27,6 +27,10 @@ user's calibration slice with a profile built without it), the LLM is an input o
 itself: rows llm_input:with / llm_input:without are the hybrid on one slice (slice_how="hash", the
 slice that run rated), with and without the LLM's answer among its features; their paired gap,
 with a 95% bootstrap interval over users, is the LLM's contribution as a calibrator input.
+Where the runs stored the LLM's distribution over 1..5 (simulated_ratings.rating_probs, from
+logprobs), that distribution is the LLM's feature; llm_input:with(answer only) is the same
+calibrator given the answer alone (one-hot), and llm:expected_value / llm:sampled decode the LLM
+alone from its own distribution.
 
 Writes benchmarks/results/fidelity.csv (per fold), fidelity.md (mean and spread over folds) and
 fidelity_tradeoff.png (fidelity_llm_<run id>.* with --llm-run-id). Last line:
@@ -184,6 +188,22 @@ def llm_input_predictions(args, fold: str, train: pd.DataFrame, pairs: pd.DataFr
     return out
 
 
+def llm_decodings(answer: np.ndarray, probs: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The LLM alone, decoded from its own distribution over 1..5 (only where the run stored
+    distributions): expected-value rounding and one seeded draw. A pair without a distribution keeps
+    its answer; a pair the LLM did not rate stays NaN."""
+    has = ~np.isnan(probs).any(axis=1) & ~np.isnan(answer)
+    if not has.any():
+        return {}
+    P = probs[has] / probs[has].sum(axis=1, keepdims=True)
+    out = {}
+    for name, ratings in (("llm:expected_value", decode.decode_accuracy(P)), ("llm:sampled", decode.sample(P, seed))):
+        pred = answer.copy()
+        pred[has] = ratings
+        out[name] = pred
+    return out
+
+
 def _frame_hash(frame: pd.DataFrame) -> str:
     lists = [c for c in frame.columns if frame[c].map(lambda v: isinstance(v, list)).any()]
     frame = frame.assign(**{c: frame[c].map(repr) for c in lists})  # lists are not hashable: hash their text
@@ -222,6 +242,7 @@ def fold_predictions(args, fold: str, train: pd.DataFrame, test: pd.DataFrame, i
         out[f"tradeoff:lam={lam:.1f}"] = realism(P, main_ff, lam=lam)
     if llm is not None:
         out["llm"] = llm["llm"].to_numpy(dtype=float)
+        out.update(llm_decodings(out["llm"], probs_matrix(llm["llm_probs"].tolist()), args.seed))
         # the LLM's marginal contribution: a second stage fit on the other users' test rows (see
         # tasks/fidelity/llm_margin.py); the two arms differ only by the LLM input
         cf, cf_llm = llm_margin.cross_fit(P, out["llm"], test["rating"].to_numpy(), test["user_id"].to_numpy(),
