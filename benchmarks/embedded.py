@@ -3,8 +3,10 @@ warm), JSON validity before repair, rating histogram, and fidelity against the C
 ML-100K users.
 
     python benchmarks/embedded.py --model qwen2.5-0.5b --users 20
+    python benchmarks/embedded.py --users 0      # the model alone: load, calls, logprobs cost (minutes)
 
-Last line: RESULT model=<name> s_per_call=<x> valid_pct=<x> rmse=<x>
+Last line: RESULT model=<name> s_per_call=<x> valid_pct=<x> rmse=<x> logprobs_ratio=<x>
+(logprobs_ratio: seconds of a warm rating call with token logprobs over the same call without)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tasks.llm.embedded import EmbeddedServer  # noqa: E402
+from tasks.llm.gateway import TOP_LOGPROBS  # noqa: E402
 from tasks.llm.schemas import ratings_json_schema  # noqa: E402
 from tasks.llm.templates import render  # noqa: E402
 from tasks.records import CandidateItem, HistoryItem  # noqa: E402
@@ -36,13 +39,16 @@ def probe_items(offset: int, n: int) -> list[CandidateItem]:
                           "A film about people, places and a turning point in their lives.", 3) for i in range(n)]
 
 
-def micro(server: EmbeddedServer) -> dict:
-    """One user's rating prompt, then the same prefix with new candidates (prefix-cache hit)."""
+def micro(server: EmbeddedServer, repeats: int = 3) -> dict:
+    """One user's rating prompt, then the same prefix with new candidates (prefix-cache hit), then the
+    warm prompt again with and without token logprobs, alternating (what doppel's rating_probs costs)."""
     profile = ("Enjoys light romantic comedies and animated family films; dislikes horror and graphic "
                "violence; rates generously, mostly 4 stars, rarely below 3.") * 2
     recent = [HistoryItem(str(900 + i), f"Recent {i}", 1995, GENRES[i % 6], "", 3 + i % 3, i) for i in range(10)]
     out = {}
-    for label, offset in (("cold", 0), ("warm", 100)):
+    probes = [("cold", 0, False), ("warm", 100, False)]
+    probes += [(f"{'logprobs' if lp else 'plain'}-{k}", 100, lp) for k in range(repeats) for lp in (False, True)]
+    for label, offset, logprobs in probes:
         items = probe_items(offset, 10)
         ids = [c.item_id for c in items]
         messages = [{"role": "system", "content": render("system")},
@@ -52,12 +58,15 @@ def micro(server: EmbeddedServer) -> dict:
         body = {"model": server.model_name, "messages": messages, "temperature": 0, "max_tokens": 200,
                 "response_format": {"type": "json_schema", "json_schema": {
                     "name": "ratings", "strict": True, "schema": ratings_json_schema(ids)}}}
+        if logprobs:
+            body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
         started = time.monotonic()
         response = httpx.post(server.base_url + "/chat/completions", json=body, timeout=600).json()
         timings = response.get("timings", {})
         out[label] = {"s": time.monotonic() - started, "prompt_tps": timings.get("prompt_per_second"),
                       "gen_tps": timings.get("predicted_per_second"), "cached": timings.get("cache_n"),
-                      "prompt_n": timings.get("prompt_n")}
+                      "prompt_n": timings.get("prompt_n"),
+                      "content": (response.get("choices") or [{}])[0].get("message", {}).get("content")}
     return out
 
 
@@ -92,7 +101,7 @@ def fidelity(args: argparse.Namespace, workdir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="qwen2.5-0.5b")
-    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--users", type=int, default=20, help="ML-100K users of the doppel run (0: no run)")
     parser.add_argument("--fold", default="u1")
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "ml-100k"))
     parser.add_argument("--item-text", default=str(REPO.parent / "shared" / "data" / "ml-100k-text" / "ml100k_movie_text.tsv"))
@@ -107,7 +116,19 @@ def main() -> None:
     for label, m in probe.items():
         print(f"  rating call, prefix cache {label}: {m['s']:.1f} s, prompt {m['prompt_n']} tokens "
               f"({m['cached']} reused) at {m['prompt_tps']:.0f} tok/s, generation {m['gen_tps']:.1f} tok/s")
+    side = {kind: [m["s"] for label, m in probe.items() if label.startswith(kind + "-")] for kind in ("plain", "logprobs")}
+    logprobs_ratio = sum(side["logprobs"]) / sum(side["plain"])
+    print(f"  the same warm rating call, alternating: plain {', '.join(f'{x:.2f}' for x in side['plain'])} s; "
+          f"with logprobs (top {TOP_LOGPROBS}) {', '.join(f'{x:.2f}' for x in side['logprobs'])} s; "
+          f"ratio {logprobs_ratio:.3f}")
+    answers = {m["content"] for label, m in probe.items() if label.split("-")[0] in ("plain", "logprobs")}
+    print(f"  answers of those {len(side['plain']) + len(side['logprobs'])} calls: "
+          + ("all the same" if len(answers) == 1 else f"{len(answers)} different ones"))
 
+    if args.users == 0:
+        print(f"RESULT model={args.model} s_per_call={probe['warm']['s']:.2f} valid_pct=nan rmse=nan "
+              f"logprobs_ratio={logprobs_ratio:.3f}")
+        return
     with tempfile.TemporaryDirectory(prefix="doppel-embedded-") as tmp:
         result = fidelity(args, Path(tmp))
     calls = result["calls"].set_index("prompt_name")
@@ -125,7 +146,8 @@ def main() -> None:
     print(table.round(3).to_string())
     rmse = float(table.loc["llm", "rmse"]) if "llm" in table.index else float("nan")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-    print(f"RESULT model={args.model} s_per_call={s_per_call:.2f} valid_pct={valid_pct:.1f} rmse={rmse:.3f}")
+    print(f"RESULT model={args.model} s_per_call={s_per_call:.2f} valid_pct={valid_pct:.1f} rmse={rmse:.3f} "
+          f"logprobs_ratio={logprobs_ratio:.3f}")
 
 
 if __name__ == "__main__":
