@@ -136,32 +136,34 @@ _ENTRY_RATING = re.compile(r'"rating"\s*:\s*"?([1-5])(?![\d.])')
 SCALE_DIGITS = "12345"
 
 
-def digit_distributions(content: str, tokens: list[tuple[str, bytes | None, list[tuple[str, float]]]]
-                        ) -> list[list[float]]:
+def digit_distributions(content: str, tokens: list[dict]) -> list[list[float]]:
     """[byte offset, p1..p5] for every answer token that is a digit 1..5 (surrounding spaces allowed).
 
-    tokens: (token text, its bytes or None, top alternatives as (text, logprob)) in answer order.
-    p is the top alternatives' probability mass on each digit, renormalised over 1..5: what a
-    decoder constrained to a rating 1..5 samples from. A digit missing from the top alternatives
-    gets 0. Stops where the tokens no longer spell `content` (a server that re-encodes text).
+    tokens: the answer's logprobs as the server sends them (OpenAI wire format: token, bytes,
+    top_logprobs [{token, logprob}]). p is the top alternatives' probability mass on each digit,
+    renormalised over 1..5: what a decoder constrained to a rating 1..5 samples from. A digit
+    missing from the top alternatives gets 0. Stops where the tokens no longer spell `content`
+    (a server that re-encodes text).
     """
     data, pos, out = content.encode(), 0, []
-    for text, raw, top in tokens:
-        piece = raw if raw is not None else text.encode()
-        if data[pos:pos + len(piece)] != piece:
-            break
+    for token in tokens:
+        text, raw = token.get("token") or "", token.get("bytes")
+        size = len(raw) if raw is not None else len(text.encode())
         digit = text.strip()
         if len(digit) == 1 and digit in SCALE_DIGITS:
+            piece = bytes(raw) if raw is not None else text.encode()
+            if data[pos:pos + size] != piece:
+                break
             p = [0.0] * 5
-            for alt, logprob in top:
-                alt = alt.strip()
-                if len(alt) == 1 and alt in SCALE_DIGITS and logprob is not None and math.isfinite(logprob):
-                    p[int(alt) - 1] += math.exp(logprob)
+            for alt in token.get("top_logprobs") or ():
+                name, logprob = (alt.get("token") or "").strip(), alt.get("logprob")
+                if len(name) == 1 and name in SCALE_DIGITS and logprob is not None and math.isfinite(logprob):
+                    p[int(name) - 1] += math.exp(logprob)
             total = sum(p)
             if total > 0:
                 out.append([pos + piece.index(digit.encode()), *(x / total for x in p)])
-        pos += len(piece)
-    return out
+        pos += size
+    return out if pos <= len(data) else []
 
 
 def rating_distributions(content: str, digits: list[list[float]] | None, item_ids: list[str]
