@@ -11,11 +11,11 @@ import pytest
 from tasks.llm.cache import ResponseCache
 from tasks.llm.gateway import LLMGateway
 from tasks.llm.limits import CallLimiter, PrioritySlots
-from tasks.llm.schemas import parse_ratings, ratings_json_schema
+from tasks.llm.schemas import digit_distributions, parse_ratings, rating_distributions, ratings_json_schema
 from tasks.llm.templates import item_line, prompt_dir, prompt_hash, render
 from tasks.records import CandidateItem, HistoryItem
 from tasks.settings import LLMSettings
-from tests.llm_server import LLMTestServer, digit_probs, expected_rating
+from tests.llm_server import LLMTestServer, digit_probs, expected_rating, token_logprobs
 
 ITEMS = [CandidateItem(str(i), f"Movie {i}", 1990 + i, "Drama|Comedy", f"A story about {i}.", 4) for i in range(1, 6)]
 IDS = [c.item_id for c in ITEMS]
@@ -100,6 +100,18 @@ def test_repaired_and_wrapped_answers_keep_their_distributions(tmp_path):
     assert out.ratings == {**{i: int(i) % 5 + 1 for i in IDS[:-1]}, IDS[-1]: 2}
     for item_id, rating in out.ratings.items():
         assert _close(out.probs[item_id], digit_probs(rating))
+
+
+def test_distributions_are_found_for_any_item_id_and_only_where_the_tokens_spell_the_answer():
+    answer = '{"ratings": [{"item_id": "The \\"Big\\" One, 2", "rating": 5}, {"item_id": "né 7", "rating": 3}]}'
+    ids = ['The "Big" One, 2', "né 7"]
+    tokens = token_logprobs(answer, 10)
+    got = rating_distributions(answer, digit_distributions(answer, tokens), ids)
+    assert set(got) == set(ids) and _close(got[ids[0]], digit_probs(5)) and _close(got[ids[1]], digit_probs(3))
+    # a server whose tokens do not spell the answer (re-encoded text): no distribution, rather than a wrong one
+    shifted = [t if t["token"].isdigit() else {**t, "token": t["token"] + "x", "bytes": list((t["token"] + "x").encode())}
+               for t in tokens]
+    assert rating_distributions(answer, digit_distributions(answer, shifted), ids) == {}
 
 
 def test_schema_pins_each_position_to_one_id():

@@ -131,7 +131,7 @@ def _first_error(exc: ValidationError) -> str:
 # ----------------------------------------------------------------------------- rating distributions
 
 _ENTRY = re.compile(r"\{[^{}]*\}")
-_ENTRY_ID = re.compile(r'"item_id"\s*:\s*"?([^",}\s]+)"?')
+_ENTRY_ID = re.compile(r'"item_id"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|([^,}\s]+))')
 _ENTRY_RATING = re.compile(r'"rating"\s*:\s*"?([1-5])(?![\d.])')
 SCALE_DIGITS = "12345"
 
@@ -176,9 +176,17 @@ def rating_distributions(content: str, digits: list[list[float]] | None, item_id
     wanted, out = set(item_ids), {}
     for entry in _ENTRY.finditer(content or ""):
         item, rating = _ENTRY_ID.search(entry.group(0)), _ENTRY_RATING.search(entry.group(0))
-        if not item or not rating or item.group(1) not in wanted:
+        if not item or not rating:
             continue
+        item_id = item.group(2) if item.group(1) is None else _unescape(item.group(1))
         offset = len(content[:entry.start() + rating.start(1)].encode())
-        if offset in by_offset:
-            out[item.group(1)] = by_offset[offset]
+        if item_id in wanted and offset in by_offset:
+            out[item_id] = by_offset[offset]
     return out
+
+
+def _unescape(text: str) -> str:
+    try:
+        return json.loads(f'"{text}"')
+    except ValueError:
+        return text
