@@ -137,7 +137,7 @@ def llm_rows(db: str, run_id: str) -> pd.DataFrame:
 
     rows = query(db, "scoring_rows", read_only=True, run_id=run_id)
     rows = rows.rename(columns={"pred": "llm", "rating_probs": "llm_probs"})
-    rows["llm_probs"] = [None if p is None or (isinstance(p, float) and np.isnan(p)) else [float(x) for x in p]
+    rows["llm_probs"] = [None if pd.api.types.is_scalar(p) and pd.isna(p) else [float(x) for x in p]
                          for p in rows["llm_probs"]]
     return rows[["fold", "user_id", "item_id", "llm", "llm_probs"]].astype({"user_id": str, "item_id": str})
 

@@ -103,7 +103,7 @@ def test_the_calibrator_learns_from_an_informed_llm_on_the_slice():
 
 
 def test_llm_features_take_its_distribution_where_there_is_one():
-    probs = probs_matrix([[0.1, 0.2, 0.4, 0.2, 0.1], None, None])
+    probs = probs_matrix([[0.1, 0.2, 0.4, 0.2, 0.1], None, pd.NA])  # DuckDB's nulls come as None or pd.NA
     X = llm_answer_features(np.array([3.0, 5.0, np.nan]), probs)
     assert np.allclose(X.iloc[0, :5], [0.1, 0.2, 0.4, 0.2, 0.1]) and X.iloc[0, 5] == 0  # its distribution
     assert X.iloc[1].tolist() == [0, 0, 0, 0, 1, 0]  # no distribution: the answer, as certain
@@ -201,8 +201,10 @@ def test_fidelity_benchmark_takes_the_llm_as_a_calibrator_input(tmp_path, llm_se
     data_dir = write_synthetic_ml100k(tmp_path)
     db = tmp_path / "d.duckdb"
     common = ("--dataset", "ml-100k", "--data-dir", str(data_dir), "--fold", "u1", "--users", "8")
-    for run_id, target in (("test-run", "test"), ("slice-run", "slice")):
-        done = cli(*run_args(tmp_path, llm_server.base_url, *common, "--target", target, "--run-id", run_id, db=db))
+    # the slice run stores no distributions (as with a server without logprobs); the test run does
+    for run_id, target, probs in (("test-run", "test", "--rating-probs"), ("slice-run", "slice", "--no-rating-probs")):
+        done = cli(*run_args(tmp_path, llm_server.base_url, *common, "--target", target, "--run-id", run_id, probs,
+                             db=db))
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     argv = [sys.executable, "benchmarks/fidelity.py", "--folds", "u1", "--data-dir", str(data_dir), "--db", str(db),
             "--llm-run-id", "test-run", "--llm-slice-run-id", "slice-run", "--no-ablations",

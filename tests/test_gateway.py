@@ -108,6 +108,9 @@ def test_distributions_are_found_for_any_item_id_and_only_where_the_tokens_spell
     tokens = token_logprobs(answer, 10)
     got = rating_distributions(answer, digit_distributions(answer, tokens), ids)
     assert set(got) == set(ids) and _close(got[ids[0]], digit_probs(5)) and _close(got[ids[1]], digit_probs(3))
+    # llama.cpp drops a code fence the model wrote around the JSON from the content, not from the tokens
+    fenced = token_logprobs("```json\n" + answer + "\n```", 10)
+    assert rating_distributions(answer, digit_distributions(answer, fenced), ids) == got
     # a server whose tokens do not spell the answer (re-encoded text): no distribution, rather than a wrong one
     shifted = [t if t["token"].isdigit() else {**t, "token": t["token"] + "x", "bytes": list((t["token"] + "x").encode())}
                for t in tokens]

@@ -200,6 +200,6 @@ def probs_matrix(values: Any) -> np.ndarray:
     """(n, 5) from a column of 5-lists (simulated_ratings.rating_probs), a NaN row for each missing one."""
     out = np.full((len(values), 5), np.nan)
     for i, p in enumerate(values):
-        if p is not None and not (isinstance(p, float) and np.isnan(p)) and len(p) == 5:
+        if not (pd.api.types.is_scalar(p) and pd.isna(p)) and len(p) == 5:
             out[i] = np.asarray(p, dtype=float)
     return out

@@ -137,23 +137,25 @@ SCALE_DIGITS = "12345"
 
 
 def digit_distributions(content: str, tokens: list[dict]) -> list[list[float]]:
-    """[byte offset, p1..p5] for every answer token that is a digit 1..5 (surrounding spaces allowed).
+    """[byte offset in `content`, p1..p5] for every answer token that is a digit 1..5 (surrounding
+    spaces allowed).
 
     tokens: the answer's logprobs as the server sends them (OpenAI wire format: token, bytes,
     top_logprobs [{token, logprob}]). p is the top alternatives' probability mass on each digit,
     renormalised over 1..5: what a decoder constrained to a rating 1..5 samples from. A digit
-    missing from the top alternatives gets 0. Stops where the tokens no longer spell `content`
-    (a server that re-encodes text).
+    missing from the top alternatives gets 0. The tokens may spell more than `content` (llama.cpp
+    drops a code fence the model wrote around the JSON); where `content` is not inside what they
+    spell (a server that re-encodes text), there is no distribution rather than a wrong one.
     """
-    data, pos, out = content.encode(), 0, []
-    for token in tokens:
-        text, raw = token.get("token") or "", token.get("bytes")
-        size = len(raw) if raw is not None else len(text.encode())
-        digit = text.strip()
-        if len(digit) == 1 and digit in SCALE_DIGITS:
-            piece = bytes(raw) if raw is not None else text.encode()
-            if data[pos:pos + size] != piece:
-                break
+    data = content.encode()
+    pieces = [bytes(t["bytes"]) if t.get("bytes") is not None else (t.get("token") or "").encode() for t in tokens]
+    start = b"".join(pieces).find(data) if data else -1
+    if start < 0:
+        return []
+    pos, out = -start, []
+    for token, piece in zip(tokens, pieces):
+        digit = (token.get("token") or "").strip()
+        if len(digit) == 1 and digit in SCALE_DIGITS and 0 <= pos and pos + len(piece) <= len(data):
             p = [0.0] * 5
             for alt in token.get("top_logprobs") or ():
                 name, logprob = (alt.get("token") or "").strip(), alt.get("logprob")
@@ -162,8 +164,8 @@ def digit_distributions(content: str, tokens: list[dict]) -> list[list[float]]:
             total = sum(p)
             if total > 0:
                 out.append([pos + piece.index(digit.encode()), *(x / total for x in p)])
-        pos += size
-    return out if pos <= len(data) else []
+        pos += len(piece)
+    return out
 
 
 def rating_distributions(content: str, digits: list[list[float]] | None, item_ids: list[str]
