@@ -72,13 +72,18 @@ def test_slice_work_rates_the_slice_from_a_history_without_it(synthetic_db):
     assert _pairs(pairs) == {(w.user_id, c.item_id) for w in works for c in w.candidates}
 
 
-def test_the_calibrator_learns_from_an_informed_llm_on_the_slice():
-    ds = make_synthetic(n_users=60, n_items=120, seed=0)
+def synthetic_fold(seed: int):
+    """A synthetic dataset's u1 train and test ratings, and the hash slice of train."""
+    ds = make_synthetic(n_users=60, n_items=120, seed=seed)
     sp = ds.splits[ds.splits["fold"] == "u1"]
     train = sp[sp["split"] == "train"].merge(ds.ratings, on=["user_id", "item_id"])
     test = sp[sp["split"] == "test"].merge(ds.ratings, on=["user_id", "item_id"])
+    return ds, train, test, train[calibration_slice(train, how="hash", seed=0)]
+
+
+def test_the_calibrator_learns_from_an_informed_llm_on_the_slice():
+    ds, train, test, held = synthetic_fold(0)
     rng = np.random.default_rng(0)
-    held = train[calibration_slice(train, how="hash", seed=0)]
     # an LLM that knows the rating up to a little noise, and answers for half the users only
     answered = set(sorted(train["user_id"].unique())[::2])
 
@@ -111,12 +116,8 @@ def test_llm_features_take_its_distribution_where_there_is_one():
 
 
 def test_the_calibrator_uses_the_llms_distribution_beyond_its_answer():
-    ds = make_synthetic(n_users=60, n_items=120, seed=1)
-    sp = ds.splits[ds.splits["fold"] == "u1"]
-    train = sp[sp["split"] == "train"].merge(ds.ratings, on=["user_id", "item_id"])
-    test = sp[sp["split"] == "test"].merge(ds.ratings, on=["user_id", "item_id"])
+    ds, train, test, held = synthetic_fold(1)
     rng = np.random.default_rng(1)
-    held = train[calibration_slice(train, how="hash", seed=0)]
 
     # an LLM whose answers are mostly noise but whose distribution leans towards the real rating
     def llm_of(frame: pd.DataFrame) -> pd.DataFrame:
