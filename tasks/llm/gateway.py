@@ -214,16 +214,17 @@ class LLMGateway:
                 **base, status="ok", cached=True, attempts=0, prompt_tokens=hit["prompt_tokens"],
                 completion_tokens=hit["completion_tokens"], latency_s=0.0, response=hit["content"],
                 digits=hit.get("digits"))
-        downgrade = without_logprobs = False
+        retry_params = None  # the request to make instead, after giving the slot back
         async with self.limiter.slot(priority):
             started = time.monotonic()
             try:
                 raw = await self._create(messages, request)
             except openai.BadRequestError as exc:
                 if "logprobs" in request and "logprob" in str(exc).lower():
-                    self.logprobs, without_logprobs = False, True
+                    self.logprobs = False
+                    retry_params = {k: v for k, v in params.items() if k not in LOGPROB_PARAMS}
                 elif "response_format" in request and self._downgrade_json_mode(exc):
-                    downgrade = True
+                    retry_params = self._rating_params_like(params)  # the weaker JSON mode
                 else:
                     raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
@@ -232,19 +233,11 @@ class LLMGateway:
                                     f"(HTTP {exc.status_code}) on a {prompt} call; set OPENAI_API_KEY") from exc
             except openai.OpenAIError as exc:
                 raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
-        if downgrade:  # ask again in the weaker JSON mode, after giving the slot back
-            return await self._complete(prompt, messages, self._rating_params_like(params), sample, priority, prompts)
-        if without_logprobs:
-            rest = {k: v for k, v in params.items() if k not in LOGPROB_PARAMS}
-            return await self._complete(prompt, messages, rest, sample, priority, prompts)
-        digits = None
-        if "logprobs" in request:
-            completion, digits = _parse_with_logprobs(raw)
-        else:
-            completion = raw.parse()
+        if retry_params is not None:
+            return await self._complete(prompt, messages, retry_params, sample, priority, prompts)
+        completion, tokens = _parse_with_logprobs(raw) if "logprobs" in request else (raw.parse(), None)
         content = completion.choices[0].message.content or "" if completion.choices else ""
-        if digits is not None:
-            digits = digit_distributions(content, digits)
+        digits = digit_distributions(content, tokens) if tokens is not None else None
         usage = completion.usage
         prompt_tokens = usage.prompt_tokens if usage else _estimate_tokens(messages)
         completion_tokens = usage.completion_tokens if usage else max(1, len(content) // 4)
