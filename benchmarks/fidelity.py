@@ -242,11 +242,12 @@ def fold_predictions(args, fold: str, train: pd.DataFrame, test: pd.DataFrame, i
         out[f"tradeoff:lam={lam:.1f}"] = realism(P, main_ff, lam=lam)
     if llm is not None:
         out["llm"] = llm["llm"].to_numpy(dtype=float)
-        out.update(llm_decodings(out["llm"], probs_matrix(llm["llm_probs"].tolist()), args.seed))
+        llm_probs = probs_matrix(llm["llm_probs"].tolist())
+        out.update(llm_decodings(out["llm"], llm_probs, args.seed))
         # the LLM's marginal contribution: a second stage fit on the other users' test rows (see
         # tasks/fidelity/llm_margin.py); the two arms differ only by the LLM input
         cf, cf_llm = llm_margin.cross_fit(P, out["llm"], test["rating"].to_numpy(), test["user_id"].to_numpy(),
-                                          seed=args.seed, probs=probs_matrix(llm["llm_probs"].tolist()))
+                                          seed=args.seed, probs=llm_probs)
         out[MARGIN_CF], out[MARGIN_LLM] = cf, cf_llm
     if slice_llm is not None:
         out.update(llm_input_predictions(args, fold, train, pairs, items, llm, slice_llm, base_key))
