@@ -28,7 +28,7 @@ itself: rows llm_input:with / llm_input:without are the hybrid on one slice (sli
 slice that run rated), with and without the LLM's answer among its features; their paired gap,
 with a 95% bootstrap interval over users, is the LLM's contribution as a calibrator input.
 Where the runs stored the LLM's distribution over 1..5 (simulated_ratings.rating_probs, from
-logprobs), that distribution is the LLM's feature; llm_input:with(answer only) is the same
+logprobs or from draws, `doppel run --rating-samples`), that distribution is the LLM's feature; llm_input:with(answer only) is the same
 calibrator given the answer alone (one-hot), and llm:expected_value / llm:sampled decode the LLM
 alone from its own distribution.
 
@@ -132,7 +132,7 @@ def sample_users(test: pd.DataFrame, n: int | None, seed: int, fold: str) -> pd.
 
 def llm_rows(db: str, run_id: str) -> pd.DataFrame:
     """fold, user_id, item_id, llm (the run's rating; NaN where it failed), llm_probs (its P(1..5);
-    None where the server gave no logprobs) of a doppel run."""
+    from logprobs or draws; None where the run stored none) of a doppel run."""
     from tasks.store.db import query
 
     rows = query(db, "scoring_rows", read_only=True, run_id=run_id)
@@ -379,9 +379,9 @@ def llm_summary(args, gaps: dict, input_gaps: dict, dist_gaps: dict) -> str:
     if args.llm_slice_run_id:
         text += (f"The LLM as a calibrator input (slice run {args.llm_slice_run_id}: {WITH_LLM} vs {WITHOUT_LLM}, "
                  f"the same hash slice, accuracy mode, with minus without): {_gaps_text(input_gaps)}. ")
-        text += (f"Its distribution over 1..5 (logprobs) against its answer alone ({WITH_LLM} minus {WITH_ANSWER}): "
+        text += (f"Its distribution over 1..5 (logprobs or draws) against its answer alone ({WITH_LLM} minus {WITH_ANSWER}): "
                  f"{_gaps_text(dist_gaps)}. " if dist_gaps else
-                 "The runs stored no rating distributions (no logprobs): the LLM input is its answer alone. ")
+                 "The runs stored no rating distributions (no logprobs, no draws): the LLM input is its answer alone. ")
     else:
         text += "The hybrid rows' calibrator has no LLM input (give --llm-slice-run-id for that). "
     return text + (f"Cross-fitted over users ({MARGIN_CF} vs {MARGIN_LLM}, tasks/fidelity/llm_margin.py): "

@@ -78,6 +78,11 @@ def run(
     update: bool = typer.Option(True, "--update/--no-update", help="update the profile after each rating batch"),
     rating_probs: bool = typer.Option(True, "--rating-probs/--no-rating-probs",
                                       help="ask for token logprobs and store each rating's distribution over 1..5"),
+    rating_samples: int = typer.Option(0, min=0, max=9_999,
+                                       help="where logprobs give no distribution (a server without them, "
+                                       "--no-rating-probs): draw N answers per rating call; a rating's "
+                                       "distribution is then the draws' shares of 1..5 (0: none)"),
+    sample_temperature: float = typer.Option(1.0, help="--rating-samples: the draws' temperature"),
     db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file"),
     run_id: Optional[str] = typer.Option(None, help="resume or rerun this run id (default: a new run)"),
     runner: str = typer.Option("dask", help="dask | threads"),
@@ -100,6 +105,8 @@ def run(
         fail(f"--target must be test or slice, not {target!r}")
     if not 0 < slice_frac < 1:
         fail(f"--slice-frac must lie strictly between 0 and 1, not {slice_frac}")
+    if sample_temperature <= 0:
+        fail(f"--sample-temperature must be above 0 (draws at 0 would all give the answer), not {sample_temperature}")
     try:  # a folder is kept as an absolute path: the run's config must still name it from elsewhere
         prompts = prompts if prompts in PROMPT_SETS else str(prompt_dir(prompts))
     except ValueError as exc:
@@ -114,7 +121,8 @@ def run(
                         seed=seed, timeout_s=timeout, concurrency=concurrency, rpm=rpm,
                         concurrency_limit_name=concurrency_limit, cache_dir=str(cache_dir) if cache_dir else None,
                         price_prompt_per_mtok=price_prompt, price_completion_per_mtok=price_completion,
-                        rating_probs=rating_probs),
+                        rating_probs=rating_probs, rating_samples=rating_samples,
+                        sample_temperature=sample_temperature),
         sim=SimulationSettings(history_n=history_n, profile_batch=profile_batch, recent_k=recent_k,
                                rate_batch=rate_batch, update_profile=update, max_test_items=max_test_items,
                                overview_chars=overview_chars, prompts=prompts, target=target,

@@ -51,6 +51,8 @@ def run_job(
     timeout: float = _L.timeout_s,
     cache_dir: Optional[str] = _L.cache_dir,
     rating_probs: bool = _L.rating_probs,
+    rating_samples: int = _L.rating_samples,
+    sample_temperature: float = _L.sample_temperature,
     runner: Literal["dask", "threads"] = _R.runner,
     dask_address: Optional[str] = _R.dask_address,
     dask_workers: int = _R.dask_workers,
@@ -92,6 +94,9 @@ def run_job(
         cache_dir: the LLM response cache (empty: .doppel/llm-cache next to the db); shared storage
             when Dask workers run on other machines.
         rating_probs: ask for token logprobs and store each rating's distribution over 1..5.
+        rating_samples: where logprobs give no distribution, draw this many answers per rating call
+            (0: none); a rating's distribution is then the draws' shares of 1..5.
+        sample_temperature: the draws' temperature.
         runner: dask | threads.
         dask_address: an existing Dask scheduler, tcp://host:8786 (empty: a local cluster).
         dask_workers: local Dask workers (and user chunks).
@@ -121,7 +126,8 @@ def run_job(
         progress=False,
         llm=LLMSettings(base_url=base_url, model=model, temperature=temperature, seed=seed, timeout_s=timeout,
                         concurrency=concurrency, rpm=rpm, concurrency_limit_name=concurrency_limit,
-                        cache_dir=cache_dir, rating_probs=rating_probs),
+                        cache_dir=cache_dir, rating_probs=rating_probs, rating_samples=rating_samples,
+                        sample_temperature=sample_temperature),
         sim=SimulationSettings(history_n=history_n, profile_batch=profile_batch, recent_k=recent_k,
                                rate_batch=rate_batch, update_profile=update, max_test_items=max_test_items,
                                target=target, slice_frac=slice_frac, slice_seed=slice_seed),

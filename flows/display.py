@@ -77,3 +77,6 @@ def print_estimate(console: Console, est, settings) -> None:
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
+    if llm.rating_samples and llm.rating_probs:
+        console.print(f"plus up to {llm.rating_samples} draws per rating call where the server gives no logprobs "
+                      "(--rating-samples)")

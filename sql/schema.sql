@@ -101,11 +101,15 @@ create table if not exists simulated_ratings (
     batch       integer not null,
     attempts    integer not null,
     call_key    varchar,
-    rating_probs double[],               -- the model's P(1..5) from token logprobs; null if the server gave none
+    rating_probs double[],               -- the model's P(1..5) (from token logprobs or draws); null if none
+    rating_probs_source varchar,         -- logprobs | samples (the share of draws per rating); null with no rating_probs
+    rating_probs_draws integer,          -- samples: the valid draws behind rating_probs
     primary key (run_id, fold, user_id, item_id)
 );
--- files written before rating_probs existed
+-- files written before these columns existed
 alter table simulated_ratings add column if not exists rating_probs double[];
+alter table simulated_ratings add column if not exists rating_probs_source varchar;
+alter table simulated_ratings add column if not exists rating_probs_draws integer;
 
 create table if not exists llm_calls (
     call_key          varchar not null,  -- sha256(model, messages, params, sample index)

@@ -51,14 +51,20 @@ def _user_tokens(work: UserWork, settings: RunSettings) -> tuple[int, int]:
         ids = [c.item_id for c in batch]
         text = render("rating", prompts=sim.prompts, overview_chars=sim.overview_chars, **common,
                       profile=PLACEHOLDER_PROFILE, recent=recent, candidates=batch, item_ids_json=str(ids))
-        prompt += system + _tokens(text)
-        completion += 24 + 12 * len(batch)
+        prompt += (system + _tokens(text)) * (1 + planned_draws(settings))  # draws ask the same prompt
+        completion += (24 + 12 * len(batch)) * (1 + planned_draws(settings))
         if sim.update_profile and j < len(rate_batches) - 1:
             text = render("profile_update", prompts=sim.prompts, overview_chars=sim.overview_chars, **common,
                           profile=PLACEHOLDER_PROFILE, items=batch)
             prompt += system + _tokens(text)
             completion += llm.max_tokens_profile
     return prompt, completion
+
+
+def planned_draws(settings: RunSettings) -> int:
+    """Draws per rating call that a run certainly makes: with --no-rating-probs every rating call's
+    --rating-samples; with logprobs asked, only where the server gives none (not known before)."""
+    return settings.llm.rating_samples if not settings.llm.rating_probs else 0
 
 
 def estimate(settings: RunSettings, dataset: str) -> Estimate:
@@ -75,6 +81,7 @@ def estimate(settings: RunSettings, dataset: str) -> Estimate:
     cost = (prompt * llm.price_prompt_per_mtok + completion * llm.price_completion_per_mtok) / 1e6
     return Estimate(
         users=len(works), pairs=sum(len(w.candidates) for w in works),
-        calls=sum(sum(chain_shape(w, settings.sim)) for w in works), prompt_tokens=prompt,
+        calls=sum(sum(chain_shape(w, settings.sim)) + chain_shape(w, settings.sim)[1] * planned_draws(settings)
+                  for w in works), prompt_tokens=prompt,
         completion_tokens=completion, longest_chain=max((critical_path(w, settings.sim) for w in works), default=0),
         cost_usd=cost)

@@ -30,6 +30,10 @@ class LLMSettings(BaseModel):
     repair_attempts: int = 2  # re-asks quoting the validation error
     json_mode: Literal["auto", "schema", "object", "text"] = "auto"
     rating_probs: bool = True  # ask for token logprobs: each rating's distribution over 1..5 is stored
+    # where logprobs gave no distribution: draw this many answers per rating call (0: none) at
+    # sample_temperature; a rating's distribution is then the draws' shares of 1..5
+    rating_samples: int = Field(0, ge=0, lt=10_000)
+    sample_temperature: float = Field(1.0, gt=0)
     concurrency: int = 8
     rpm: float | None = None
     concurrency_limit_name: str | None = None  # optional Prefect global concurrency limit

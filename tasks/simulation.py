@@ -136,20 +136,26 @@ async def _rate_batch(gateway: LLMGateway, common: dict, profile: str | None, re
     outcome = await gateway.ratings({**common, "profile": profile, "recent": recent, "candidates": batch},
                                     item_ids, sample=retry_round, priority=1, overview_chars=sim.overview_chars,
                                     prompts=sim.prompts)
-    answering_key = outcome.calls[-1].call_key if outcome.calls else None
+    answers = [c for c in outcome.calls if c.prompt_name != "rating_draw"]  # draws only annotate the answer
+    answering_key = answers[-1].call_key if answers else None
     rows = []
+    attempts = max(1, len(answers))
     for item_id in item_ids:
         ok = item_id in outcome.ratings
+        probs = outcome.probs.get(item_id) if ok else None
+        draws = outcome.draws.get(item_id) if probs is not None else None
         rows.append({"item_id": item_id, "rating": outcome.ratings.get(item_id), "status": "ok" if ok else "failed",
                      "reason": None if ok else outcome.failed.get(item_id, "no answer"), "batch": batch_index,
-                     "attempts": max(1, len(outcome.calls)), "call_key": answering_key,
-                     "rating_probs": outcome.probs.get(item_id) if ok else None})
+                     "attempts": attempts, "call_key": answering_key, "rating_probs": probs,
+                     "rating_probs_source": None if probs is None else "samples" if draws else "logprobs",
+                     "rating_probs_draws": draws})
     return rows, outcome.calls
 
 
 def _failed_rows(batch: list[CandidateItem], batch_index: int, reason: str) -> list[dict]:
     return [{"item_id": c.item_id, "rating": None, "status": "failed", "reason": reason, "batch": batch_index,
-             "attempts": 0, "call_key": None, "rating_probs": None} for c in batch]
+             "attempts": 0, "call_key": None, "rating_probs": None, "rating_probs_source": None,
+             "rating_probs_draws": None} for c in batch]
 
 
 async def simulate_chunk(works: list[UserWork], llm: LLMSettings, sim: SimulationSettings, model_id: str,

@@ -95,6 +95,16 @@ def expected_ratings(item_ids: list[str], profile_text: str) -> list[dict]:
     return [{"item_id": str(i), "rating": expected_rating(str(i), profile_text)} for i in item_ids]
 
 
+def sampled_ratings(ratings: list[dict], rng: random.Random) -> list[dict]:
+    """A draw at temperature > 0: each rating moves one step down or up with probability 0.2 each
+    (kept in 1..5), so draws of the same request spread around the deterministic answer."""
+    out = []
+    for r in ratings:
+        step = rng.choices((-1, 0, 1), weights=(0.2, 0.6, 0.2))[0]
+        out.append({**r, "rating": min(5, max(1, r["rating"] + step))})
+    return out
+
+
 def profile_answer(body: dict) -> str:
     """A deterministic ~60-word profile from the genres named in the user messages; no digits."""
     text = "\n".join(_user_texts(body))

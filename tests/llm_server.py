@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import random
 import select
 import socket
 import subprocess
@@ -38,7 +39,7 @@ import uvicorn
 from .llm_faults import (CONTENT_FAULTS, FAULTS, HTTP_FAULTS, check_rates, choose_fault,  # noqa: F401
                          count_tokens, digit_probs, expected_rating, expected_ratings, fault_rng, message_text,
                          profile_answer, profile_text, request_kind, requested_ids, sandbox_answer,
-                         schema_answer, spoil_ratings, token_logprobs)
+                         sampled_ratings, schema_answer, spoil_ratings, token_logprobs)
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -300,6 +301,8 @@ class LLMApp:
         call.entry["scripted"] = content is not None
         if content is None and kind == "rating":
             ratings = expected_ratings(requested_ids(body), profile_text(body))
+            if float(body.get("temperature") or 0) > 0:  # sampling: the request's seed picks the draw
+                ratings = sampled_ratings(ratings, random.Random(json.dumps(body, sort_keys=True)))
             content = spoil_ratings(fault, ratings, rng) if fault in CONTENT_FAULTS else \
                 json.dumps({"ratings": ratings})
         elif content is None and kind == "sandbox":

@@ -218,7 +218,7 @@ def test_fidelity_benchmark_takes_the_llm_as_a_calibrator_input(tmp_path, llm_se
     n = table.set_index("simulator")["n"]
     assert (n["llm_input:with:accuracy"] == n["llm_input:with(answer only):accuracy"]
             == n["llm_input:without:accuracy"] == n["llm"] > 0)
-    assert "its distribution over 1..5 (logprobs) against its answer alone" in (done.stderr + done.stdout).lower()
+    assert "its distribution over 1..5 (logprobs or draws) against its answer alone" in (done.stderr + done.stdout).lower()
     assert n["llm:expected_value"] == n["llm:sampled"] == n["llm"]  # the LLM alone, decoded from its distribution
     # a slice run of another seed is not the hybrid's slice: refused, with the command that fixes it
     again = subprocess.run([*argv, "--seed", "1"], cwd=REPO, env=user_env(), capture_output=True, text=True,

@@ -72,6 +72,33 @@ def test_run_writes_every_table_and_rerun_makes_no_calls(prefect_server, llm_ser
     check_complete_run(settings.db, "it-" + runner, n_users=6)
 
 
+def test_a_server_without_logprobs_gets_distributions_from_draws(prefect_server, llm_server, run_settings):
+    """--rating-samples 3 where the server ignores logprobs: each rating's distribution is the share
+    of 3 draws, the draws are audited in llm_calls, the gate passes, and a rerun asks nothing."""
+    from flows.simulate import simulate
+
+    llm_server.configure(logprobs=False)
+    try:
+        settings = run_settings(run_id="draws", llm={"rating_samples": 3})
+        simulate(settings)
+        ratings = table(settings.db, "select * from simulated_ratings where run_id = 'draws'")
+        assert set(ratings["status"]) == {"ok"} and set(ratings["rating_probs_source"]) == {"samples"}
+        assert set(ratings["rating_probs_draws"]) == {3}
+        assert all(abs(sum(p) - 1) < 1e-9 and all(abs(3 * x - round(3 * x)) < 1e-9 for x in p)  # thirds
+                   for p in ratings["rating_probs"])
+        calls = table(settings.db, "select prompt_name, count(*) n from llm_calls where run_id = 'draws' "
+                      "group by all")
+        n = dict(zip(calls["prompt_name"], calls["n"]))
+        assert n["rating_draw"] == 3 * n["rating"] > 0
+        gate = table(settings.db, "select success from validation_results where run_id = 'draws'")
+        assert gate["success"].all()
+        before = llm_server.stats()["requests"]
+        simulate(settings)
+        assert llm_server.stats()["requests"] == before
+    finally:
+        llm_server.configure(logprobs=True)
+
+
 def test_lost_database_rows_are_rebuilt_from_the_cache(prefect_server, llm_server, run_settings, tmp_path):
     """A second database with the same cache replays every answer: zero calls, same ratings."""
     from flows.simulate import simulate

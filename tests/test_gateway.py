@@ -265,3 +265,65 @@ def test_limiter_caps_concurrency(llm_server, tmp_path):
     run(many())
     assert llm_server.stats()["max_in_flight"] <= 2
     assert time.monotonic() - started >= 0.6
+
+
+# -- distributions from draws (servers without logprobs) ------------------------------------------
+
+
+def _draw_requests(server) -> list[dict]:
+    return [e["request"] for e in server.log() if e["request"].get("temperature")]
+
+
+def test_draws_give_the_distribution_where_the_server_gives_no_logprobs(tmp_path):
+    with LLMTestServer(logprobs=False) as server:
+        out = run(_rate(gateway(server, tmp_path, rating_samples=6)))
+        assert out.ratings == {i: expected_rating(i, "Likes gentle comedies.") for i in IDS} and not out.failed
+        draws = _draw_requests(server)
+        assert server.stats()["requests"] == 7 and len(draws) == 6
+        answer = server.log()[0]["request"]
+        assert answer["temperature"] == 0
+        # the same prompt and schema as the answer, at the sample temperature, a seed each, no logprobs
+        assert all(d["messages"] == answer["messages"] and d["response_format"] == answer["response_format"]
+                   and d["temperature"] == 1.0 and not d.get("logprobs") for d in draws)
+        assert len({d["seed"] for d in draws}) == 6 and answer["seed"] not in {d["seed"] for d in draws}
+        # each rating's distribution is the share of the draws (as the server answered them) giving 1..5
+        answered = [{r["item_id"]: r["rating"] for r in json.loads(e["response"])["ratings"]}
+                    for e in server.log() if e["request"].get("temperature")]
+        for item_id in IDS:
+            shares = [sum(a[item_id] == k for a in answered) / 6 for k in range(1, 6)]
+            assert _close(out.probs[item_id], shares) and out.draws[item_id] == 6
+        assert any(max(p) < 1 for p in out.probs.values())  # the draws do spread
+        assert [c.prompt_name for c in out.calls] == ["rating"] + ["rating_draw"] * 6
+        # every draw is cached: asked again, no request, the same distributions
+        again = run(_rate(gateway(server, tmp_path, rating_samples=6)))
+        assert again.probs == out.probs and all(c.cached for c in again.calls) and server.stats()["requests"] == 7
+
+
+def test_no_draws_where_logprobs_gave_the_distribution(llm_server, tmp_path):
+    out = run(_rate(gateway(llm_server, tmp_path, rating_samples=4)))
+    assert set(out.probs) == set(IDS) and not out.draws and llm_server.stats()["requests"] == 1
+    # --no-rating-probs with draws: the distribution comes from the draws instead
+    drawn = run(_rate(gateway(llm_server, tmp_path / "draws", rating_probs=False, rating_samples=4)))
+    assert set(drawn.draws.values()) == {4} and llm_server.stats()["requests"] == 1 + 5
+
+
+def test_a_server_rejecting_logprobs_gets_draws(tmp_path):
+    with LLMTestServer(reject_logprobs=True) as server:
+        gw = gateway(server, tmp_path, rating_samples=3)
+        gw.limiter = CallLimiter(1)
+        out = run(asyncio.wait_for(_rate(gw), 20))
+        assert set(out.probs) == set(IDS) and set(out.draws.values()) == {3}
+        assert [e["status"] for e in server.log()] == [400] + [200] * 4
+
+
+def test_an_invalid_draw_is_recorded_and_counts_for_no_rating(tmp_path):
+    def spoil_one_draw(kind, body):
+        return "I would rather not say." if body.get("temperature") and body["seed"] % 10 == 1 else None
+
+    with LLMTestServer(answer_fn=spoil_one_draw, logprobs=False) as server:
+        out = run(_rate(gateway(server, tmp_path, rating_samples=4)))
+        assert not out.failed and set(out.draws.values()) == {3}
+        draws = [c for c in out.calls if c.prompt_name == "rating_draw"]
+        assert sorted(c.status for c in draws) == ["invalid", "ok", "ok", "ok"]
+        assert all(abs(sum(p) - 1) < 1e-9 for p in out.probs.values())
+        assert server.stats()["requests"] == 5  # a draw is not repaired

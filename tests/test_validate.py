@@ -26,10 +26,14 @@ def sim_ratings(n_users: int = 3, n_items: int = 4, run_id: str = RUN) -> pd.Dat
                 "rating": None if failed else 1 + (u + i) % 5, "status": "failed" if failed else "ok",
                 "reason": "missing id" if failed else None, "batch": i // 2, "attempts": 1 + failed,
                 "call_key": f"k{u}-{i // 2}",
-                # as sql/queries/run_ratings.sql gives them; the first user's server sent no logprobs
+                # as sql/queries/run_ratings.sql gives them; the first user's server sent no logprobs,
+                # the second's did, the third's distributions come from 8 draws each
                 "rating_probs": None if failed or u == 0 else [0.1, 0.1, 0.2, 0.3, 0.3],
+                "rating_probs_source": None if failed or u == 0 else "logprobs" if u == 1 else "samples",
+                "rating_probs_draws": 8 if not failed and u >= 2 else None,
             })
     df = pd.DataFrame(rows)
+    df["rating_probs_draws"] = df["rating_probs_draws"].astype("Int64")
     df["rating_probs_n"] = pd.array([None if p is None else len(p) for p in df["rating_probs"]], "Int64")
     df["rating_probs_sum"] = [np.nan if p is None else sum(p) for p in df["rating_probs"]]
     return df.astype({"rating": "Int64"})
@@ -125,10 +129,16 @@ CORRUPTIONS = {
     "unknown status": ("simulated_ratings", _set("status", "maybe"), {(IN_SET, "status")}),
     "negative batch": ("simulated_ratings", _set("batch", -1), {("expect_column_values_to_be_between", "batch")}),
     "zero attempts": ("simulated_ratings", _set("attempts", 0), {("expect_column_values_to_be_between", "attempts")}),
-    "extra column": ("simulated_ratings", lambda d: d.assign(x=1), {("expect_table_columns_to_match_ordered_list", "run_id+fold+user_id+item_id+rating+status+reason+batch+attempts+call_key+rating_probs+rating_probs_n+rating_probs_sum")}),
+    "extra column": ("simulated_ratings", lambda d: d.assign(x=1), {("expect_table_columns_to_match_ordered_list", "run_id+fold+user_id+item_id+rating+status+reason+batch+attempts+call_key+rating_probs+rating_probs_source+rating_probs_draws+rating_probs_n+rating_probs_sum")}),
     "4 rating probabilities": ("simulated_ratings", _set("rating_probs_n", 4, row=4), {(IN_SET, "rating_probs_n")}),
     "probabilities summing to 0.9": ("simulated_ratings", _set("rating_probs_sum", 0.9, row=4), {("expect_column_values_to_be_between", "rating_probs_sum")}),
-    "probabilities on a failed pair": ("simulated_ratings", _set("rating_probs_n", 5, row=7), {("expect_column_values_to_be_null", "rating_probs_n")}),
+    "probabilities on a failed pair": ("simulated_ratings", _set("rating_probs_n", 5, row=7), {("expect_column_values_to_be_null", "rating_probs_n"), (NOT_NULL, "rating_probs_source")}),
+    "unknown distribution source": ("simulated_ratings", _set("rating_probs_source", "guess", row=4), {(IN_SET, "rating_probs_source")}),
+    "distribution without a source": ("simulated_ratings", _set("rating_probs_source", None, row=4), {(NOT_NULL, "rating_probs_source")}),
+    "source on a failed pair": ("simulated_ratings", _set("rating_probs_source", "logprobs", row=7), {("expect_column_values_to_be_null", "rating_probs_source")}),
+    "draws behind logprobs": ("simulated_ratings", _set("rating_probs_draws", 3, row=4), {("expect_column_values_to_be_null", "rating_probs_draws")}),
+    "samples without a draw count": ("simulated_ratings", _set("rating_probs_draws", pd.NA, row=8), {(NOT_NULL, "rating_probs_draws")}),
+    "zero draws": ("simulated_ratings", _set("rating_probs_draws", 0, row=8), {("expect_column_values_to_be_between", "rating_probs_draws")}),
     "bad profile stage": ("profiles", _set("stage", "final"), {(IN_SET, "stage")}),
     "empty text": ("profiles", _set("text", ""), {("expect_column_value_lengths_to_be_between", "text"), ("expect_column_values_to_match_regex", "text")}),
     "blank text": ("profiles", _set("text", "  \n"), {("expect_column_values_to_match_regex", "text")}),
@@ -234,7 +244,8 @@ def test_20k_rows_validate_quickly() -> None:
         "run_id": RUN, "fold": "u1", "user_id": users.astype(str), "item_id": items.astype(str),
         "rating": pd.array(rng.integers(1, 6, len(users)), dtype="Int64"), "status": "ok",
         "reason": pd.Series([None] * len(users), dtype=object), "batch": items // 10, "attempts": 1,
-        "call_key": "k", "rating_probs": [[0.1, 0.1, 0.2, 0.3, 0.3]] * len(users), "rating_probs_n": 5,
+        "call_key": "k", "rating_probs": [[0.1, 0.1, 0.2, 0.3, 0.3]] * len(users), "rating_probs_source": "logprobs",
+        "rating_probs_draws": pd.array([None] * len(users), dtype="Int64"), "rating_probs_n": 5,
         "rating_probs_sum": 1.0,
     })[list(df.columns)]
     pairs = _pairs(big)

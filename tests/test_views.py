@@ -49,10 +49,10 @@ insert into runs values
 insert into run_users (run_id, fold, user_id, status, n_pairs, n_failed) values
     ('r1', 'f1', 'u1', 'partial', 3, 1), ('r1', 'f1', 'u2', 'done', 1, 0), ('r1', 'f1', 'u3', 'pending', 2, 0);
 insert into simulated_ratings values
-    ('r1', 'f1', 'u1', 'i1', 4, 'ok', null, 0, 1, 'c2', [0.0, 0.0, 0.0, 0.5, 0.5]),
-    ('r1', 'f1', 'u1', 'i2', 3, 'ok', null, 1, 1, 'c3', null),
-    ('r1', 'f1', 'u1', 'i3', null, 'failed', 'id i3 missing from the answer', 1, 3, 'c4', null),
-    ('r1', 'f1', 'u2', 'i3', 2, 'ok', null, 0, 1, 'c2', [0.25, 0.25, 0.25, 0.25, 0.0]);
+    ('r1', 'f1', 'u1', 'i1', 4, 'ok', null, 0, 1, 'c2', [0.0, 0.0, 0.0, 0.5, 0.5], 'logprobs', null),
+    ('r1', 'f1', 'u1', 'i2', 3, 'ok', null, 1, 1, 'c3', null, null, null),
+    ('r1', 'f1', 'u1', 'i3', null, 'failed', 'id i3 missing from the answer', 1, 3, 'c4', null, null, null),
+    ('r1', 'f1', 'u2', 'i3', 2, 'ok', null, 0, 1, 'c2', [0.25, 0.25, 0.25, 0.25, 0.0], 'samples', 4);
 insert into profiles values
     ('r1', 'f1', 'u1', 1, 'initial', 'likes action films', 'c1'),
     ('r1', 'f1', 'u1', 2, 'refine', 'likes action and drama films', 'c1'),
@@ -154,6 +154,7 @@ def test_rating_distributions(toy_db):
     assert i1["entropy_bits"] == pytest.approx(1.0)
     assert i3["expected"] == pytest.approx(2.5) and (i3["p_simulated"], i3["p_real"]) == (0.25, 0.0)
     assert i3["entropy_bits"] == pytest.approx(2.0)
+    assert (i1["source"], i1["draws"], i3["source"], i3["draws"]) == ("logprobs", None, "samples", 4)
 
 
 def test_confusion_matrix(toy_db):
@@ -237,4 +238,4 @@ def test_a_file_from_before_rating_probs_gains_the_column_and_keeps_its_rows(tmp
         columns = [r[0] for r in con.execute("describe simulated_ratings").fetchall()]
     finally:
         con.close()
-    assert got == [(4, None)] and columns[-1] == "rating_probs"
+    assert got == [(4, None)] and columns[-3:] == ["rating_probs", "rating_probs_source", "rating_probs_draws"]

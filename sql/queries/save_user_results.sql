@@ -11,9 +11,9 @@ delete from simulated_ratings s using new_ratings n
 where s.run_id = $run_id and s.fold = n.fold and s.user_id = n.user_id and s.item_id = n.item_id;
 
 insert into simulated_ratings (run_id, fold, user_id, item_id, rating, status, reason, batch, attempts, call_key,
-                               rating_probs)
+                               rating_probs, rating_probs_source, rating_probs_draws)
 select $run_id, fold, user_id, item_id, rating, status, reason, batch, attempts, call_key,
-       rating_probs::double[] from new_ratings;
+       rating_probs::double[], rating_probs_source, rating_probs_draws from new_ratings;
 
 insert into llm_calls (call_key, run_id, fold, user_id, prompt_name, prompt_hash, model, status, cached,
                        attempts, prompt_tokens, completion_tokens, latency_s, cached_prompt_tokens, error, response)

@@ -1,9 +1,11 @@
 -- per rated pair with the model's distribution over 1..5 (simulated_ratings.rating_probs, from token
--- logprobs; pairs without one are left out): the expected rating, the probability the model gave its
--- own answer and the real rating, and the entropy in bits (0: certain; log2(5) = 2.32: uniform).
+-- logprobs or from draws; pairs without one are left out): the expected rating, the probability the
+-- model gave its own answer and the real rating, the entropy in bits (0: certain; log2(5) = 2.32:
+-- uniform), and where the distribution came from (source: logprobs | samples, draws: how many).
 create or replace view rating_distributions as
 with pairs as (
-    select s.run_id, s.fold, s.user_id, s.item_id, s.rating as simulated, r.rating as real, s.rating_probs as p
+    select s.run_id, s.fold, s.user_id, s.item_id, s.rating as simulated, r.rating as real, s.rating_probs as p,
+           s.rating_probs_source as source, s.rating_probs_draws as draws
     from simulated_ratings s
     join runs using (run_id)
     join ratings r on r.dataset = runs.dataset and r.user_id = s.user_id and r.item_id = s.item_id
@@ -18,7 +20,8 @@ final as (
         p[real] as p_real,
         -(coalesce(p[1] * log2(nullif(p[1], 0)), 0) + coalesce(p[2] * log2(nullif(p[2], 0)), 0)
           + coalesce(p[3] * log2(nullif(p[3], 0)), 0) + coalesce(p[4] * log2(nullif(p[4], 0)), 0)
-          + coalesce(p[5] * log2(nullif(p[5], 0)), 0)) as entropy_bits
+          + coalesce(p[5] * log2(nullif(p[5], 0)), 0)) as entropy_bits,
+        source, draws
     from pairs
 )
 select * from final

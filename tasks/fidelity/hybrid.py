@@ -6,8 +6,8 @@
     real = realism(P, ff)                             # realism mode: per-activity-bucket quantile match
 
 `pairs` carries user_id, item_id only: the test ratings are never an input. Optional LLM
-features: the LLM's rating (its distribution over 1..5 where the server gave logprobs, else one-hot;
-plus a missing flag; features.llm_answer_features) on the slice
+features: the LLM's rating (its distribution over 1..5 where the run stored one, from logprobs or
+draws, else one-hot; plus a missing flag; features.llm_answer_features) on the slice
 pairs and on the test pairs; the calibrator can only learn from the LLM where it rated slice pairs
 (`doppel run --target slice`, profile built without the slice; use slice_how="hash", the slice that
 run rates), so `slice_llm` and `pair_llm` go together.

@@ -4,7 +4,7 @@ The hybrid's calibrator learns from a slice of train ratings, and a doppel run's
 pairs only, so the calibrator has no LLM answers to learn from. This measures the LLM's marginal
 contribution anyway, honestly: a second-stage multinomial model over ratings 1..5 on the hybrid's
 log P(rating) (arm "cf") or on log P plus the LLM's answer (arm "cf+llm": its distribution over 1..5
-where the server gave logprobs, else one-hot, + a missing flag),
+where the run stored one (logprobs or draws), else one-hot, + a missing flag),
 fit on the other users' rows (their test ratings) and applied to each user's rows, users dealt into
 `n_splits` seeded groups. The two arms differ only by the LLM input: the gap between their scores
 is the LLM's contribution. This is a measurement, not the simulator: it learns from test ratings of

@@ -6,6 +6,8 @@ fallback for servers without json_schema, validation with repair re-asks, and a 
 call for the audit log. It never raises on a bad answer: callers get what was valid plus reasons.
 Rating calls also ask for token logprobs (settings.rating_probs), so each rating comes with the
 model's distribution over 1..5; a server that rejects logprobs is asked without them from then on.
+Where no logprobs gave one, `rating_samples` > 0 draws that many answers to the same prompt at
+`sample_temperature` and takes each rating's distribution from how often the draws gave 1..5.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ TOP_LOGPROBS = 10  # alternatives per answer token: enough to hold all five rati
 # logprobs annotate an answer without changing it, so they stay out of the cache key: an answer
 # cached without them still serves (with no distribution) and is never bought twice
 LOGPROB_PARAMS = ("logprobs", "top_logprobs")
+DRAW_STRIDE = 10_000  # draw indices per retry round (tasks/settings.py caps rating_samples below it)
 
 
 @dataclass
@@ -65,7 +68,8 @@ class RatingOutcome:
     ratings: dict[str, int]
     failed: dict[str, str]  # item_id -> reason, for ids with no valid rating after repairs
     calls: list[CallRecord] = field(default_factory=list)
-    probs: dict[str, list[float]] = field(default_factory=dict)  # item_id -> P(1..5), where the server gave logprobs
+    probs: dict[str, list[float]] = field(default_factory=dict)  # item_id -> P(1..5), from logprobs or draws
+    draws: dict[str, int] = field(default_factory=dict)  # item_id -> valid draws behind probs (absent: logprobs)
 
 
 class GatewayError(RuntimeError):
@@ -128,6 +132,15 @@ class LLMGateway:
         """Integer 1..5 ratings for exactly `item_ids`, repairing bad answers by re-asking."""
         variables = {**variables, "item_ids_json": ids_json(item_ids)}
         messages = self._messages("rating", variables, overview_chars, prompts)
+        outcome = await self._rate(messages, item_ids, sample, priority, prompts)
+        without = [i for i in outcome.ratings if i not in outcome.probs]
+        if without and self.settings.rating_samples > 0:
+            await self._sample_distributions(outcome, messages, item_ids, without, sample, priority, prompts)
+        return outcome
+
+    async def _rate(self, messages: list[dict], item_ids: list[str], sample: int, priority: float,
+                    prompts: str) -> RatingOutcome:
+        """The answer: one rating per id, repaired by re-asking in the same conversation."""
         outcome = RatingOutcome(ratings={}, failed={})
         pending = list(item_ids)
         prompt = "rating"
@@ -163,6 +176,38 @@ class LLMGateway:
             ]
         return outcome  # pragma: no cover - loop always returns
 
+    async def _sample_distributions(self, outcome: RatingOutcome, messages: list[dict], item_ids: list[str],
+                                    without: list[str], sample: int, priority: float, prompts: str) -> None:
+        """P(1..5) for the rated ids in `without`: the share of `rating_samples` draws (the same prompt
+        and schema, at sample_temperature, a seed each) that gave each rating. Draws are not repaired:
+        an invalid one is recorded as such and counts for none of its ids."""
+        params = {**self._rating_params(item_ids, logprobs=False), "temperature": self.settings.sample_temperature}
+        draws = await asyncio.gather(*(self._draw(messages, params, draw_sample(sample, k), priority, prompts)
+                                       for k in range(self.settings.rating_samples)))
+        counts = {item_id: [0] * 5 for item_id in without}
+        for content, record in draws:
+            if content is not None:
+                parsed = parse_ratings(content, item_ids)
+                for item_id, rating in parsed.ratings.items():
+                    if item_id in counts:
+                        counts[item_id][rating - 1] += 1
+                if parsed.problems:
+                    record.status, record.error = "invalid", "; ".join(parsed.problems)[:600]
+            outcome.calls.append(record)
+        for item_id, hits in counts.items():
+            if total := sum(hits):
+                outcome.probs[item_id] = [h / total for h in hits]
+                outcome.draws[item_id] = total
+
+    async def _draw(self, messages: list[dict], params: dict[str, Any], sample: int, priority: float,
+                    prompts: str) -> tuple[str | None, CallRecord]:
+        try:
+            content, record = await self._complete("rating", messages, params, sample, priority, prompts)
+        except GatewayError as exc:
+            return None, exc.args[1]
+        record.prompt_name = "rating_draw"
+        return content, record
+
     async def complete_json(self, prompt: str, messages: list[dict], schema_name: str, schema: dict, *,
                             max_tokens: int, sample: int = 0, priority: float = 0.0) -> tuple[str, CallRecord]:
         """One cached, limited completion constrained by `schema` (json_schema, else json_object, else text).
@@ -185,12 +230,12 @@ class LLMGateway:
             {"role": "user", "content": render(prompt, prompts=prompts, overview_chars=overview_chars, **variables)},
         ]
 
-    def _rating_params(self, item_ids: list[str]) -> dict[str, Any]:
+    def _rating_params(self, item_ids: list[str], logprobs: bool | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {
             "temperature": self.settings.temperature,
             "max_tokens": 24 + self.settings.max_tokens_rating_per_item * len(item_ids),
         }
-        if self.logprobs:
+        if self.logprobs if logprobs is None else logprobs:
             params.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
         if self.json_mode == "schema":
             params["response_format"] = {
@@ -276,8 +321,9 @@ class LLMGateway:
         schema = params.get("response_format", {}).get("json_schema", {}).get("schema", {})
         prefix = schema.get("properties", {}).get("ratings", {}).get("prefixItems", [])
         ids = [p["properties"]["item_id"]["const"] for p in prefix]
-        if ids:
-            return self._rating_params(ids)
+        if ids:  # as asked (a draw keeps its temperature and stays without logprobs), in the weaker mode
+            return {**self._rating_params(ids, logprobs=self.logprobs and "logprobs" in params),
+                    "temperature": params.get("temperature", self.settings.temperature)}
         rest = {k: v for k, v in params.items() if k != "response_format"}
         # other schemas (complete_json): downgrade to the mode just chosen, json_object before plain text
         return {**rest, "response_format": {"type": "json_object"}} if self.json_mode == "object" else rest
@@ -286,6 +332,12 @@ class LLMGateway:
         return CallRecord(**base, status="error", cached=False, attempts=self.settings.max_retries + 1,
                           prompt_tokens=0, completion_tokens=0, latency_s=time.monotonic() - started,
                           error=_describe(exc))
+
+
+def draw_sample(sample: int, k: int) -> int:
+    """The sample index (cache key and seed offset) of draw k for a rating call asked with `sample`:
+    apart from every answer's own index (the retry rounds 0, 1, ...) and from other rounds' draws."""
+    return DRAW_STRIDE * (sample + 1) + k
 
 
 def _parse_with_logprobs(raw: Any) -> tuple[ChatCompletion, list[dict] | None]:

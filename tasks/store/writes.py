@@ -12,7 +12,8 @@ from tasks.records import Dataset
 from tasks.store.db import transaction
 
 PROFILE_COLUMNS = ["version", "stage", "text", "call_key"]
-RATING_COLUMNS = ["item_id", "rating", "status", "reason", "batch", "attempts", "call_key", "rating_probs"]
+RATING_COLUMNS = ["item_id", "rating", "status", "reason", "batch", "attempts", "call_key", "rating_probs",
+                  "rating_probs_source", "rating_probs_draws"]
 CALL_COLUMNS = ["call_key", "prompt_name", "prompt_hash", "model", "status", "cached", "attempts",
                 "prompt_tokens", "completion_tokens", "latency_s", "cached_prompt_tokens", "error", "response"]
 
@@ -43,7 +44,7 @@ def save_user_results(db: str | Path, run_id: str, results: list, retries: dict[
     profiles = pd.DataFrame([{"fold": r.fold, "user_id": r.user_id, **p} for r in results for p in r.profiles],
                             columns=["fold", "user_id", *PROFILE_COLUMNS])
     ratings = pd.DataFrame([{"fold": r.fold, "user_id": r.user_id, **x} for r in results for x in r.ratings],
-                           columns=["fold", "user_id", *RATING_COLUMNS]).astype({"rating": "Int64"})
+                           columns=["fold", "user_id", *RATING_COLUMNS]).astype({"rating": "Int64", "rating_probs_draws": "Int64"})
     calls = pd.DataFrame([{"fold": r.fold, "user_id": r.user_id, **asdict(c)} for r in results for c in r.calls],
                          columns=["fold", "user_id", *CALL_COLUMNS])
     transaction(db, "save_user_results", {"new_users": users, "new_profiles": profiles, "new_ratings": ratings,
