@@ -96,3 +96,30 @@ def test_dask_address_matches_local_cluster(prefect_server, llm_server, run_sett
     print(f"\nDISTRIBUTED users={len(a['users'])} calls={walls['remote'][1]} latency={LATENCY_S}s "
           f"remote_wall={walls['remote'][0]:.1f}s local_wall={walls['local'][0]:.1f}s "
           "(local includes starting its LocalCluster; remote: scheduler + 2 workers already up)")
+
+
+def _profiler_state(dask_worker) -> tuple[bool, bool]:
+    import dask
+
+    return dask.config.get("distributed.worker.profile.enabled"), "profile" in dask_worker.periodic_callbacks
+
+
+@pytest.mark.parametrize("env_value", [None, "True"])
+def test_local_workers_run_without_the_statistical_profiler(tmp_path, monkeypatch, env_value):
+    """doppel's LocalCluster workers skip Dask's 10 ms stack sampler, unless the user's environment asks for it."""
+    from distributed import Client
+
+    from flows.runtime import PROFILER_ENV, _start_local_cluster
+    from tasks.settings import RunSettings
+
+    if env_value is None:
+        monkeypatch.delenv(PROFILER_ENV, raising=False)
+    else:
+        monkeypatch.setenv(PROFILER_ENV, env_value)
+    cluster = _start_local_cluster(RunSettings(db=str(tmp_path / "d.duckdb")))
+    try:
+        with Client(cluster) as client:
+            states = set(client.run(_profiler_state).values())
+    finally:
+        cluster.close()
+    assert states == ({(False, False)} if env_value is None else {(True, True)})
