@@ -28,9 +28,9 @@ itself: rows llm_input:with / llm_input:without are the hybrid on one slice (sli
 slice that run rated), with and without the LLM's answer among its features; their paired gap,
 with a 95% bootstrap interval over users, is the LLM's contribution as a calibrator input.
 Where the runs stored the LLM's distribution over 1..5 (simulated_ratings.rating_probs, from
-logprobs or from draws, `doppel run --rating-samples`), that distribution is the LLM's feature; llm_input:with(answer only) is the same
-calibrator given the answer alone (one-hot), and llm:expected_value / llm:sampled decode the LLM
-alone from its own distribution.
+logprobs or from draws, `doppel run --rating-samples`), that distribution is the LLM's feature;
+llm_input:with(answer only) is the same calibrator given the answer alone (one-hot), and
+llm:expected_value / llm:sampled decode the LLM alone from its own distribution.
 
 Writes benchmarks/results/fidelity.csv (per fold), fidelity.md (mean and spread over folds) and
 fidelity_tradeoff.png (fidelity_llm_<run id>.* with --llm-run-id). Last line:
