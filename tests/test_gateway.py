@@ -66,9 +66,10 @@ def test_each_rating_comes_with_the_servers_distribution(llm_server, tmp_path):
     # logprobs are not in the cache key: the same answer, with its distribution, from the cache
     again = run(_rate(gateway(llm_server, tmp_path)))
     assert again.probs == out.probs and again.calls[0].cached and llm_server.stats()["requests"] == 1
-    # an answer cached without logprobs still serves, with no distribution, and costs no call
+    # --no-rating-probs: the cached answer serves, without the distribution it was cached with
     plain = run(_rate(gateway(llm_server, tmp_path, rating_probs=False)))
     assert plain.ratings == out.ratings and plain.calls[0].cached and llm_server.stats()["requests"] == 1
+    assert plain.probs == {}
 
 
 def test_a_server_rejecting_logprobs_is_asked_without_them(tmp_path):
@@ -302,9 +303,11 @@ def test_draws_give_the_distribution_where_the_server_gives_no_logprobs(tmp_path
 def test_no_draws_where_logprobs_gave_the_distribution(llm_server, tmp_path):
     out = run(_rate(gateway(llm_server, tmp_path, rating_samples=4)))
     assert set(out.probs) == set(IDS) and not out.draws and llm_server.stats()["requests"] == 1
-    # --no-rating-probs with draws: the distribution comes from the draws instead
-    drawn = run(_rate(gateway(llm_server, tmp_path / "draws", rating_probs=False, rating_samples=4)))
-    assert set(drawn.draws.values()) == {4} and llm_server.stats()["requests"] == 1 + 5
+    # --no-rating-probs with draws: the distribution comes from the draws instead, also where the
+    # cache holds the answer with its logprobs (the same command gives the same table, cached or not)
+    drawn = run(_rate(gateway(llm_server, tmp_path, rating_probs=False, rating_samples=4)))
+    assert set(drawn.draws.values()) == {4} and drawn.ratings == out.ratings
+    assert drawn.calls[0].cached and llm_server.stats()["requests"] == 1 + 4
 
 
 def test_a_server_rejecting_logprobs_gets_draws(tmp_path):

@@ -155,7 +155,8 @@ class LLMGateway:
                 return outcome
             parsed = parse_ratings(content, pending)
             outcome.ratings.update(parsed.ratings)
-            outcome.probs.update(rating_distributions(content, record.digits, list(parsed.ratings)))
+            if self.settings.rating_probs:  # off: no logprob distribution, not even one the cache holds
+                outcome.probs.update(rating_distributions(content, record.digits, list(parsed.ratings)))
             pending = parsed.missing(pending)
             if not pending:
                 outcome.calls.append(record)
