@@ -21,7 +21,7 @@ from rich.markup import escape  # noqa: E402
 
 from flows.display import metrics_table, print_summary  # noqa: E402
 from tasks.llm.templates import PROMPT_SETS, prompt_dir  # noqa: E402
-from tasks.settings import LLMSettings, RunSettings, SimulationSettings  # noqa: E402
+from tasks.settings import RATING_SAMPLES_LIMIT, LLMSettings, RunSettings, SimulationSettings  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="doppel: LLM doppelganger users for recommender systems.",
@@ -78,7 +78,7 @@ def run(
     update: bool = typer.Option(True, "--update/--no-update", help="update the profile after each rating batch"),
     rating_probs: bool = typer.Option(True, "--rating-probs/--no-rating-probs",
                                       help="ask for token logprobs and store each rating's distribution over 1..5"),
-    rating_samples: int = typer.Option(0, min=0, max=9_999,
+    rating_samples: int = typer.Option(0, min=0, max=RATING_SAMPLES_LIMIT - 1,
                                        help="where logprobs give no distribution (a server without them, "
                                        "--no-rating-probs): draw N answers per rating call; a rating's "
                                        "distribution is then the draws' shares of 1..5 (0: none)"),

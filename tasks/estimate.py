@@ -36,6 +36,7 @@ def _tokens(text: str) -> int:
 def _user_tokens(work: UserWork, settings: RunSettings) -> tuple[int, int]:
     """(prompt, completion) tokens of one user's calls, by rendering the real prompts."""
     sim, llm = settings.sim, settings.llm
+    asked = 1 + planned_draws(settings)  # a rating prompt is asked once, then once per draw
     system = _tokens(render("system", prompts=sim.prompts))
     common = {"demographics": work.demographics, "max_words": PROFILE_WORDS}
     prompt = completion = 0
@@ -51,8 +52,8 @@ def _user_tokens(work: UserWork, settings: RunSettings) -> tuple[int, int]:
         ids = [c.item_id for c in batch]
         text = render("rating", prompts=sim.prompts, overview_chars=sim.overview_chars, **common,
                       profile=PLACEHOLDER_PROFILE, recent=recent, candidates=batch, item_ids_json=str(ids))
-        prompt += (system + _tokens(text)) * (1 + planned_draws(settings))  # draws ask the same prompt
-        completion += (24 + 12 * len(batch)) * (1 + planned_draws(settings))
+        prompt += (system + _tokens(text)) * asked
+        completion += (24 + 12 * len(batch)) * asked
         if sim.update_profile and j < len(rate_batches) - 1:
             text = render("profile_update", prompts=sim.prompts, overview_chars=sim.overview_chars, **common,
                           profile=PLACEHOLDER_PROFILE, items=batch)
@@ -65,6 +66,11 @@ def planned_draws(settings: RunSettings) -> int:
     """Draws per rating call that a run certainly makes: with --no-rating-probs every rating call's
     --rating-samples; with logprobs asked, only where the server gives none (not known before)."""
     return settings.llm.rating_samples if not settings.llm.rating_probs else 0
+
+
+def _calls(work: UserWork, settings: RunSettings) -> int:
+    n_profile, n_rate, n_update = chain_shape(work, settings.sim)
+    return n_profile + n_rate * (1 + planned_draws(settings)) + n_update
 
 
 def estimate(settings: RunSettings, dataset: str) -> Estimate:
@@ -81,7 +87,6 @@ def estimate(settings: RunSettings, dataset: str) -> Estimate:
     cost = (prompt * llm.price_prompt_per_mtok + completion * llm.price_completion_per_mtok) / 1e6
     return Estimate(
         users=len(works), pairs=sum(len(w.candidates) for w in works),
-        calls=sum(sum(chain_shape(w, settings.sim)) + chain_shape(w, settings.sim)[1] * planned_draws(settings)
-                  for w in works), prompt_tokens=prompt,
+        calls=sum(_calls(w, settings) for w in works), prompt_tokens=prompt,
         completion_tokens=completion, longest_chain=max((critical_path(w, settings.sim) for w in works), default=0),
         cost_usd=cost)

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 API_KEY_ENV_VARS = ("DOPPEL_API_KEY", "OPENAI_API_KEY")
+RATING_SAMPLES_LIMIT = 10_000  # draws per rating call stay below it (tasks/llm/gateway.draw_sample)
 
 
 class LLMSettings(BaseModel):
@@ -32,7 +33,7 @@ class LLMSettings(BaseModel):
     rating_probs: bool = True  # ask for token logprobs: each rating's distribution over 1..5 is stored
     # where logprobs gave no distribution: draw this many answers per rating call (0: none) at
     # sample_temperature; a rating's distribution is then the draws' shares of 1..5
-    rating_samples: int = Field(0, ge=0, lt=10_000)
+    rating_samples: int = Field(0, ge=0, lt=RATING_SAMPLES_LIMIT)
     sample_temperature: float = Field(1.0, gt=0)
     concurrency: int = 8
     rpm: float | None = None

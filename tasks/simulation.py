@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from tasks.llm.cache import ResponseCache
-from tasks.llm.gateway import CallRecord, LLMGateway
+from tasks.llm.gateway import DRAW_PROMPT, CallRecord, LLMGateway
 from tasks.llm.limits import CallLimiter
 from tasks.records import CandidateItem, HistoryItem, PackedWork, UserWork
 from tasks.settings import LLMSettings, SimulationSettings
@@ -136,7 +136,7 @@ async def _rate_batch(gateway: LLMGateway, common: dict, profile: str | None, re
     outcome = await gateway.ratings({**common, "profile": profile, "recent": recent, "candidates": batch},
                                     item_ids, sample=retry_round, priority=1, overview_chars=sim.overview_chars,
                                     prompts=sim.prompts)
-    answers = [c for c in outcome.calls if c.prompt_name != "rating_draw"]  # draws only annotate the answer
+    answers = [c for c in outcome.calls if c.prompt_name != DRAW_PROMPT]  # draws only annotate the answer
     answering_key = answers[-1].call_key if answers else None
     rows = []
     attempts = max(1, len(answers))

@@ -181,8 +181,8 @@ def llm_answer_features(llm: Any, probs: Any = None) -> pd.DataFrame:
     """The LLM's answer as calibrator inputs: its distribution over 1..5 and a 'no answer' flag.
 
     llm: (n,) its rating (NaN = the LLM did not rate the pair: it failed, or the run did not cover
-    that user). probs: optional (n, 5) P(1..5) from the server's logprobs or from draws, a NaN row where there is
-    none; without a distribution the rating counts as certain (one-hot).
+    that user). probs: optional (n, 5) P(1..5) from the server's logprobs or from draws, a NaN row
+    where there is none; without a distribution the rating counts as certain (one-hot).
     """
     llm = np.asarray(llm, dtype=float)
     out = np.zeros((llm.size, len(LLM_COLUMNS)))

@@ -25,14 +25,15 @@ from tasks.llm.cache import ResponseCache, call_key
 from tasks.llm.limits import CallLimiter
 from tasks.llm.schemas import digit_distributions, parse_ratings, rating_distributions, ratings_json_schema
 from tasks.llm.templates import ids_json, prompt_hash, render
-from tasks.settings import API_KEY_ENV_VARS, LLMSettings
+from tasks.settings import API_KEY_ENV_VARS, RATING_SAMPLES_LIMIT, LLMSettings
 
 JSON_MODES = ("schema", "object", "text")
 TOP_LOGPROBS = 10  # alternatives per answer token: enough to hold all five rating digits
 # logprobs annotate an answer without changing it, so they stay out of the cache key: an answer
 # cached without them still serves (with no distribution) and is never bought twice
 LOGPROB_PARAMS = ("logprobs", "top_logprobs")
-DRAW_STRIDE = 10_000  # draw indices per retry round (tasks/settings.py caps rating_samples below it)
+DRAW_STRIDE = RATING_SAMPLES_LIMIT  # draw indices per retry round
+DRAW_PROMPT = "rating_draw"  # llm_calls.prompt_name of a draw (the rating prompt, asked again to sample)
 
 
 @dataclass
@@ -206,7 +207,7 @@ class LLMGateway:
             content, record = await self._complete("rating", messages, params, sample, priority, prompts)
         except GatewayError as exc:
             return None, exc.args[1]
-        record.prompt_name = "rating_draw"
+        record.prompt_name = DRAW_PROMPT
         return content, record
 
     async def complete_json(self, prompt: str, messages: list[dict], schema_name: str, schema: dict, *,

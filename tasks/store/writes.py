@@ -44,7 +44,8 @@ def save_user_results(db: str | Path, run_id: str, results: list, retries: dict[
     profiles = pd.DataFrame([{"fold": r.fold, "user_id": r.user_id, **p} for r in results for p in r.profiles],
                             columns=["fold", "user_id", *PROFILE_COLUMNS])
     ratings = pd.DataFrame([{"fold": r.fold, "user_id": r.user_id, **x} for r in results for x in r.ratings],
-                           columns=["fold", "user_id", *RATING_COLUMNS]).astype({"rating": "Int64", "rating_probs_draws": "Int64"})
+                           columns=["fold", "user_id", *RATING_COLUMNS]
+                           ).astype({"rating": "Int64", "rating_probs_draws": "Int64"})
     calls = pd.DataFrame([{"fold": r.fold, "user_id": r.user_id, **asdict(c)} for r in results for c in r.calls],
                          columns=["fold", "user_id", *CALL_COLUMNS])
     transaction(db, "save_user_results", {"new_users": users, "new_profiles": profiles, "new_ratings": ratings,
