@@ -30,7 +30,8 @@ Other jobs may share the machine: each timed run waits (bounded) for a low load 
 the load it ran under.
 
 Last line: RESULT overhead_ratio=<whole command wall / ideal> speedup_vs_sequential=<x> calls=<n>
-prompt_tokens_per_rating=<x> peak_rss_mb=<x>
+prompt_tokens_per_rating=<x> peak_rss_mb=<x> flow_ratio=<the doppel-run flow's wall / ideal>
+fanout_ratio=<the fan-out's wall / ideal>
 """
 
 from __future__ import annotations
@@ -282,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"figures in {args.json}")
     print(_perf.result_line(overhead_ratio=round(full.wall_s / ideal, 3), speedup_vs_sequential=round(speedup, 2),
                             calls=calls, prompt_tokens_per_rating=round(tokens_per_rating, 1),
-                            peak_rss_mb=round(rss.peak_total_mb)), flush=True)
+                            peak_rss_mb=round(rss.peak_total_mb), flow_ratio=round(flow / ideal, 3),
+                            fanout_ratio=round(fan / ideal, 3)), flush=True)
     return 0
 
 

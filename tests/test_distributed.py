@@ -123,3 +123,36 @@ def test_local_workers_run_without_the_statistical_profiler(tmp_path, monkeypatc
     finally:
         cluster.close()
     assert states == ({(False, False)} if env_value is None else {(True, True)})
+
+
+def _worker_view() -> dict:
+    import os
+    import sys
+
+    from prefect.settings import get_current_settings
+
+    return {"api_url": get_current_settings().api.url, "env": os.environ.get("PREFECT_API_URL"),
+            "preloaded": "flows.simulate" in sys.modules}
+
+
+def test_local_workers_see_this_runs_prefect_api_after_an_earlier_run(tmp_path, monkeypatch):
+    """The workers fork from a fork server that outlives a run and imported prefect under the first run's
+    environment: a later run's workers must still report to that run's API server, not the first one's."""
+    from distributed import Client
+
+    from flows.runtime import _start_local_cluster, worker_start_method
+    from tasks.settings import RunSettings
+
+    views = []
+    for port in (4201, 4202):  # two runs in one process, each with its own (here: unstarted) API server
+        monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{port}/api")
+        cluster = _start_local_cluster(RunSettings(db=str(tmp_path / f"{port}.duckdb")))
+        try:
+            with Client(cluster) as client:
+                views.append(list(client.run(_worker_view).values()))
+        finally:
+            cluster.close()
+    for port, seen in zip((4201, 4202), views):
+        url = f"http://127.0.0.1:{port}/api"
+        assert seen == [{"api_url": url, "env": url, "preloaded": True}] * 2
+    assert worker_start_method() == "forkserver"  # Linux: the preload path was the one tested

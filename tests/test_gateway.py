@@ -330,3 +330,22 @@ def test_an_invalid_draw_is_recorded_and_counts_for_no_rating(tmp_path):
         assert sorted(c.status for c in draws) == ["invalid", "ok", "ok", "ok"]
         assert all(abs(sum(p) - 1) < 1e-9 for p in out.probs.values())
         assert server.stats()["requests"] == 5  # a draw is not repaired
+
+
+@pytest.mark.parametrize("body, content, prompt_tokens, cached, tokens", [
+    (b'{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":7,"completion_tokens":1,'
+     b'"prompt_tokens_details":{"cached_tokens":5}}}', "hi", 7, 5, None),
+    (b'{"choices":[{"message":{"content":null}}]}', "", None, 0, None),  # no content, no usage
+    (b'{"choices":[]}', "", None, 0, None),
+    (b'{"error":{"message":"x"}}', "", None, 0, None),
+    (b"<html>bad gateway</html>", "", None, 0, None),  # not JSON: an empty answer, repaired like any bad one
+    (b"[1, 2]", "", None, 0, None),
+    (b'{"choices":[{"message":{"content":"5"},"logprobs":{"content":[{"token":"5","logprob":0.0,'
+     b'"top_logprobs":[]},"junk"]}}]}', "5", None, 0, [{"token": "5", "logprob": 0.0, "top_logprobs": []}]),
+])
+def test_an_answer_body_is_read_as_plain_data_whatever_it_holds(body, content, prompt_tokens, cached, tokens):
+    from tasks.llm.gateway import _read_answer
+
+    answer = _read_answer(body)
+    assert (answer.content, answer.prompt_tokens, answer.cached_tokens, answer.tokens) == \
+        (content, prompt_tokens, cached, tokens)

@@ -13,13 +13,13 @@ Where no logprobs gave one, `rating_samples` > 0 draws that many answers to the 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import openai
-from openai.types.chat import ChatCompletion
 
 from tasks.llm.cache import ResponseCache, call_key
 from tasks.llm.limits import CallLimiter
@@ -282,14 +282,13 @@ class LLMGateway:
                 raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
         if retry_params is not None:
             return await self._complete(prompt, messages, retry_params, sample, priority, prompts)
-        completion, tokens = _parse_with_logprobs(raw) if "logprobs" in request else (raw.parse(), None)
-        content = completion.choices[0].message.content or "" if completion.choices else ""
-        digits = digit_distributions(content, tokens) if tokens is not None else None
-        usage = completion.usage
-        prompt_tokens = usage.prompt_tokens if usage else _estimate_tokens(messages)
-        completion_tokens = usage.completion_tokens if usage else max(1, len(content) // 4)
-        details = getattr(usage, "prompt_tokens_details", None) if usage else None
-        reused = int(getattr(details, "cached_tokens", 0) or 0)
+        answer = _read_answer(raw.http_response.content)
+        content = answer.content
+        asked = "logprobs" in request
+        digits = digit_distributions(content, answer.tokens) if asked and answer.tokens is not None else None
+        prompt_tokens = answer.prompt_tokens if answer.prompt_tokens is not None else _estimate_tokens(messages)
+        completion_tokens = answer.completion_tokens if answer.completion_tokens is not None else max(1, len(content) // 4)
+        reused = answer.cached_tokens
         latency = time.monotonic() - started
         record = {"content": content, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "latency_s": latency}
@@ -299,13 +298,18 @@ class LLMGateway:
             completion_tokens=completion_tokens, latency_s=latency, response=content, cached_prompt_tokens=reused,
             digits=digits)
 
-    async def _create(self, messages: list[dict], request: dict[str, Any]):
+    async def _create(self, messages: list[dict], request: dict[str, Any]) -> openai.AsyncAPIResponse[bytes]:
+        """POST /chat/completions through the client (its transport, timeouts, retries, errors), the body as
+        plain JSON and the answer read as plain JSON (`_read_answer`). The typed `chat.completions.create`
+        walks every message and schema through the client's parameter transform and builds typed objects
+        back: measured 3.5 vs 1.9 ms of CPU per call on a one-line prompt, more on a rating prompt."""
         # httpx's timeout is per read, so a server trickling bytes never trips it: add a deadline
         # over all of the client's attempts (each attempt may also wait out a Retry-After).
         deadline = (self.settings.timeout_s + 5) * (self.settings.max_retries + 1)
+        body = {"model": self.model_id, "messages": messages, **request}
         try:
-            return await asyncio.wait_for(self._client.chat.completions.with_raw_response.create(
-                model=self.model_id, messages=messages, **request), timeout=deadline)
+            return await asyncio.wait_for(self._client.post("/chat/completions", body=body,
+                                                            cast_to=openai.AsyncAPIResponse[bytes]), timeout=deadline)
         except asyncio.TimeoutError as exc:
             raise openai.APITimeoutError(request=None) from exc  # type: ignore[arg-type]
 
@@ -342,20 +346,46 @@ def draw_sample(sample: int, k: int) -> int:
     return DRAW_STRIDE * (sample + 1) + k
 
 
-def _parse_with_logprobs(raw: Any) -> tuple[ChatCompletion, list[dict] | None]:
-    """The completion, and its answer's token logprobs as sent (a list of dicts) or None.
+@dataclass
+class Answer:
+    """What a chat completion body says, read as plain data."""
 
-    The logprobs are read from the JSON body as plain data: the client's typed objects for ten
-    alternatives per token cost ~3.5 ms of CPU per call (measured), 50x the rest of the answer.
+    content: str
+    prompt_tokens: int | None = None  # None: the server sent no usage
+    completion_tokens: int | None = None
+    cached_tokens: int = 0  # prompt tokens the server reused from its prefix cache
+    tokens: list[dict] | None = None  # the answer's token logprobs as sent (OpenAI wire format), if any
+
+
+def _read_answer(body: bytes) -> Answer:
+    """The first choice's content, the usage and the token logprobs of a chat completion body.
+
+    A body that is not a completion (not JSON, no choices) gives an empty answer, which the caller's
+    validation rejects and repairs like any bad answer. Logprobs stay plain dicts: the client's typed
+    objects for ten alternatives per token cost ~3.5 ms of CPU per call (measured).
     """
-    data = raw.http_response.json()
-    choices = data.get("choices") if isinstance(data, dict) else None
-    if not choices or not isinstance(choices[0], dict):
-        return raw.parse(), None
-    logprobs = choices[0].pop("logprobs", None)
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return Answer(content="")
+    if not isinstance(data, dict):
+        return Answer(content="")
+    choices = data.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    content = message.get("content") if isinstance(message.get("content"), str) else ""
+    logprobs = choice.get("logprobs")
     tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
-    completion = ChatCompletion.construct(**data)  # the client's own lenient build (what parse() does)
-    return completion, [t for t in tokens if isinstance(t, dict)] if tokens else None
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    details = usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
+    return Answer(content=content, prompt_tokens=_count(usage.get("prompt_tokens")),
+                  completion_tokens=_count(usage.get("completion_tokens")),
+                  cached_tokens=_count(details.get("cached_tokens")) or 0,
+                  tokens=[t for t in tokens if isinstance(t, dict)] if isinstance(tokens, list) and tokens else None)
+
+
+def _count(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _describe(exc: Exception) -> str:
