@@ -286,8 +286,8 @@ class LLMGateway:
         content = answer.content
         asked = "logprobs" in request
         digits = digit_distributions(content, answer.tokens) if asked and answer.tokens is not None else None
-        prompt_tokens = answer.prompt_tokens if answer.prompt_tokens is not None else _estimate_tokens(messages)
-        completion_tokens = answer.completion_tokens if answer.completion_tokens is not None else max(1, len(content) // 4)
+        prompt_tokens = _estimate_tokens(messages) if answer.prompt_tokens is None else answer.prompt_tokens
+        completion_tokens = max(1, len(content) // 4) if answer.completion_tokens is None else answer.completion_tokens
         reused = answer.cached_tokens
         latency = time.monotonic() - started
         record = {"content": content, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
