@@ -344,8 +344,8 @@ def test_an_invalid_draw_is_recorded_and_counts_for_no_rating(tmp_path):
      b'"top_logprobs":[]},"junk"]}}]}', "5", None, 0, [{"token": "5", "logprob": 0.0, "top_logprobs": []}]),
 ])
 def test_an_answer_body_is_read_as_plain_data_whatever_it_holds(body, content, prompt_tokens, cached, tokens):
-    from tasks.llm.gateway import _read_answer
+    from tasks.llm.schemas import read_completion
 
-    answer = _read_answer(body)
+    answer = read_completion(body)
     assert (answer.content, answer.prompt_tokens, answer.cached_tokens, answer.tokens) == \
         (content, prompt_tokens, cached, tokens)

@@ -7,6 +7,7 @@ the rest as problems, so a repair re-ask can ask only for what is missing.
 Where the server returns token logprobs, `rating_distributions` reads each rating's distribution
 over 1..5 off the token that holds its digit (the gateway keeps those tokens, see
 `digit_distributions`): the model's own uncertainty, a calibrator input (tasks/fidelity/).
+`read_completion` reads a chat completion body (content, usage, logprobs) as plain data.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -126,6 +128,51 @@ def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err.get("loc", ()))
     return f"{loc}: {err.get('msg', 'invalid')}" if loc else err.get("msg", "invalid")
+
+
+# ----------------------------------------------------------------------------- completion bodies
+
+@dataclass
+class Completion:
+    """What a chat completion body says, read as plain data."""
+
+    content: str
+    prompt_tokens: int | None = None  # None: the server sent no usage
+    completion_tokens: int | None = None
+    cached_tokens: int = 0  # prompt tokens the server reused from its prefix cache
+    tokens: list[dict] | None = None  # the answer's token logprobs as sent (OpenAI wire format), if any
+
+
+def read_completion(body: bytes) -> Completion:
+    """The first choice's content, the usage and the token logprobs of a chat completion body.
+
+    A body that is not a completion (not JSON, no choices) gives an empty answer, which the caller's
+    validation rejects and repairs like any bad answer. Logprobs stay plain dicts: the client's typed
+    objects for ten alternatives per token cost ~3.5 ms of CPU per call (measured).
+    """
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return Completion(content="")
+    if not isinstance(data, dict):
+        return Completion(content="")
+    choices = data.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    content = message.get("content") if isinstance(message.get("content"), str) else ""
+    logprobs = choice.get("logprobs")
+    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
+    tokens = [t for t in tokens if isinstance(t, dict)] if isinstance(tokens, list) else None
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    details = usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
+    return Completion(content=content, prompt_tokens=_count(usage.get("prompt_tokens")),
+                      completion_tokens=_count(usage.get("completion_tokens")),
+                      cached_tokens=_count(details.get("cached_tokens")) or 0,
+                      tokens=tokens or None)
+
+
+def _count(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 # ----------------------------------------------------------------------------- rating distributions
