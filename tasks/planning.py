@@ -87,9 +87,7 @@ def _rows_by_user(frame: pd.DataFrame | None) -> dict[str, list]:
     if frame is None or frame.empty:
         return by_user
     row = namedtuple("Row", frame.columns)
-    columns = [frame[c].tolist() for c in frame.columns]
-    if "year" in frame.columns:
-        columns[frame.columns.get_loc("year")] = [_year(y) for y in columns[frame.columns.get_loc("year")]]
+    columns = [[_year(v) for v in frame[c]] if c == "year" else frame[c].tolist() for c in frame.columns]
     for values in zip(*columns):
         record = row._make(values)
         by_user.setdefault(record.user_id, []).append(record)
