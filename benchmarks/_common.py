@@ -1,6 +1,6 @@
 """Shared helpers for the reliability benchmarks (faults.py, resume.py).
 
-Each benchmark drives the real CLI (`python -m flows.cli run ...`) as a subprocess against the
+Each benchmark drives the real CLI (`python -m doppel.flows.cli run ...`) as a subprocess against the
 OpenAI-compatible test server (`tests/llm_server.py`, also a subprocess), then reads the DuckDB file
 read-only. The last line a benchmark prints is `RESULT key=value ...`.
 """
@@ -14,9 +14,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/x.py` from anywhere: tests.llm_server must import
@@ -35,8 +36,8 @@ def log(message: str) -> None:
 
 @contextlib.contextmanager
 def llm_server(**options: Any) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`python -m tests.llm_server` as a subprocess with these options; yields (process, base_url)."""
-    from tests.llm_server import start_subprocess
+    """`python -m doppel.testing.llm_server` as a subprocess with these options; yields (process, base_url)."""
+    from doppel.testing.llm_server import start_subprocess
 
     proc, base_url = start_subprocess(**options)
     try:
@@ -52,7 +53,7 @@ def llm_server(**options: Any) -> Iterator[tuple[subprocess.Popen, str]]:
 
 
 def admin(base_url: str, action: str, payload: dict | None = None) -> Any:
-    from tests.llm_server import admin as _admin
+    from doppel.testing.llm_server import admin as _admin
 
     return _admin(base_url, action, payload)
 
@@ -68,18 +69,54 @@ def server_requests(base_url: str) -> int:
 def doppel_env(prefect_home: Path, extra: dict | None = None) -> dict:
     """The environment of a `doppel run` subprocess: its own Prefect home, doppel starts its own API."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env.update({"PREFECT_HOME": str(prefect_home), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO),
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    env.update(
+        {
+            "PREFECT_HOME": str(prefect_home),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(REPO),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+    )
     env.update(extra or {})
     return env
 
 
-def doppel_argv(*, base_url: str, db: Path, run_id: str, dataset: str = "ml-100k", data_dir: Path | None = None,
-                item_text: Path | None = None, fold: str = "u1", users: int | None = None,
-                concurrency: int = 32, timeout: float | None = None, extra: list[str] | None = None) -> list[str]:
-    argv = [sys.executable, "-m", "flows.cli", "run", "--dataset", dataset, "--fold", fold,
-            "--base-url", base_url, "--model", SERVER_MODEL, "--run-id", run_id, "--db", str(db),
-            "--concurrency", str(concurrency), "--no-progress", "--no-baselines"]
+def doppel_argv(
+    *,
+    base_url: str,
+    db: Path,
+    run_id: str,
+    dataset: str = "ml-100k",
+    data_dir: Path | None = None,
+    item_text: Path | None = None,
+    fold: str = "u1",
+    users: int | None = None,
+    concurrency: int = 32,
+    timeout: float | None = None,
+    extra: list[str] | None = None,
+) -> list[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "doppel.flows.cli",
+        "run",
+        "--dataset",
+        dataset,
+        "--fold",
+        fold,
+        "--base-url",
+        base_url,
+        "--model",
+        SERVER_MODEL,
+        "--run-id",
+        run_id,
+        "--db",
+        str(db),
+        "--concurrency",
+        str(concurrency),
+        "--no-progress",
+        "--no-baselines",
+    ]
     if data_dir is not None:
         argv += ["--data-dir", str(data_dir)]
     if item_text is not None:
@@ -103,8 +140,7 @@ def start_doppel(argv: list[str], env: dict, log_path: Path) -> subprocess.Popen
     """Start `doppel run` in its own process group (so the group can be killed), output to a file."""
     out = open(log_path, "ab")
     try:
-        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     finally:
         out.close()
 

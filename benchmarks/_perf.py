@@ -24,9 +24,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -90,7 +91,7 @@ class LoadSampler:
             self.samples.append(load1())
             self._stop.wait(5.0)
 
-    def __enter__(self) -> "LoadSampler":
+    def __enter__(self) -> LoadSampler:
         self._thread.start()
         return self
 
@@ -113,8 +114,8 @@ class LoadSampler:
 
 @contextlib.contextmanager
 def llm_server(**options: Any) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`python -m tests.llm_server` as a subprocess (fixed latency, server-side cap); yields (proc, base_url)."""
-    from tests.llm_server import start_subprocess
+    """`python -m doppel.testing.llm_server` as a subprocess (fixed latency, server-side cap); yields (proc, base_url)."""
+    from doppel.testing.llm_server import start_subprocess
 
     proc, base_url = start_subprocess(**options)
     try:
@@ -130,7 +131,7 @@ def llm_server(**options: Any) -> Iterator[tuple[subprocess.Popen, str]]:
 
 
 def server_stats(base_url: str) -> dict:
-    from tests.llm_server import admin
+    from doppel.testing.llm_server import admin
 
     return admin(base_url, "stats")
 
@@ -146,7 +147,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def server_reset(base_url: str) -> None:
-    from tests.llm_server import admin
+    from doppel.testing.llm_server import admin
 
     admin(base_url, "reset")
 
@@ -166,10 +167,28 @@ def prefect_server(prefect_home: Path) -> Iterator[str]:
     site = Path(importlib.util.find_spec("prefect").origin).parent.parent
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env.update(PREFECT_HOME=str(prefect_home), PREFECT_UI_ENABLED="0", PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(site), "--factory",
-                             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
-                             "--log-level", "error", "--lifespan", "on"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(site),
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.monotonic() + 180
@@ -225,7 +244,7 @@ class RssSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def start(self) -> "RssSampler":
+    def start(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -250,8 +269,12 @@ class RssSampler:
                     info = self.procs.get(proc.pid)
                     if info is None:
                         cmd = " ".join(proc.cmdline())
-                        info = self.procs[proc.pid] = {"pid": proc.pid, "role": role_of(cmd, proc.pid == self.root_pid),
-                                                       "cmd": cmd[:160], "peak": 0}
+                        info = self.procs[proc.pid] = {
+                            "pid": proc.pid,
+                            "role": role_of(cmd, proc.pid == self.root_pid),
+                            "cmd": cmd[:160],
+                            "peak": 0,
+                        }
                 except psutil.Error:
                     continue
                 info["peak"] = max(info["peak"], rss)
@@ -282,11 +305,15 @@ class RssSampler:
             n = sum(1 for p in self.procs.values() if p["role"] == role)
             lines.append(f"  {role:12s} {n} process(es), peak together {rss / 2**20:,.0f} MB")
         for p in sorted(self.procs.values(), key=lambda p: -p["peak"]):
-            lines.append(f"    pid {p['pid']:>7} {p['role']:12s} peak {p['peak'] / 2**20:7,.0f} MB  "
-                         f"cpu {p.get('cpu_s', 0.0):6.1f} s  {p['cmd'][:80]}")
+            lines.append(
+                f"    pid {p['pid']:>7} {p['role']:12s} peak {p['peak'] / 2**20:7,.0f} MB  "
+                f"cpu {p.get('cpu_s', 0.0):6.1f} s  {p['cmd'][:80]}"
+            )
         cpu = self.cpu_by_role()
-        lines.append(f"CPU seconds (user+sys): total {sum(cpu.values()):.1f} = "
-                     + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])))
+        lines.append(
+            f"CPU seconds (user+sys): total {sum(cpu.values()):.1f} = "
+            + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))
+        )
         return lines
 
 
@@ -295,21 +322,60 @@ class RssSampler:
 
 def doppel_env(repo: Path, prefect_home: Path, extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env.update({"PREFECT_HOME": str(prefect_home), "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(repo),
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "COLUMNS": "140",
-                # --verbose (for the phase lines) would also ship every INFO log to the API server,
-                # which a plain `doppel run` (level CRITICAL) does not: print them, don't ship them
-                "PREFECT_LOGGING_TO_API_ENABLED": "false"})
+    env.update(
+        {
+            "PREFECT_HOME": str(prefect_home),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(repo),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "COLUMNS": "140",
+            # --verbose (for the phase lines) would also ship every INFO log to the API server,
+            # which a plain `doppel run` (level CRITICAL) does not: print them, don't ship them
+            "PREFECT_LOGGING_TO_API_ENABLED": "false",
+        }
+    )
     env.update(extra or {})
     return env
 
 
-def doppel_argv(*, base_url: str, db: Path, run_id: str, data_dir: Path | None, item_text: Path | None,
-                fold: str = "u1", users: int | None = None, concurrency: int = 32, runner: str = "dask",
-                baselines: bool = True, verbose: bool = True, extra: list[str] | None = None) -> list[str]:
-    argv = [sys.executable, "-m", "flows.cli", "run", "--dataset", "ml-100k", "--fold", fold,
-            "--base-url", base_url, "--model", SERVER_MODEL, "--run-id", run_id, "--db", str(db),
-            "--concurrency", str(concurrency), "--runner", runner, "--no-progress"]
+def doppel_argv(
+    *,
+    base_url: str,
+    db: Path,
+    run_id: str,
+    data_dir: Path | None,
+    item_text: Path | None,
+    fold: str = "u1",
+    users: int | None = None,
+    concurrency: int = 32,
+    runner: str = "dask",
+    baselines: bool = True,
+    verbose: bool = True,
+    extra: list[str] | None = None,
+) -> list[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "doppel.flows.cli",
+        "run",
+        "--dataset",
+        "ml-100k",
+        "--fold",
+        fold,
+        "--base-url",
+        base_url,
+        "--model",
+        SERVER_MODEL,
+        "--run-id",
+        run_id,
+        "--db",
+        str(db),
+        "--concurrency",
+        str(concurrency),
+        "--runner",
+        runner,
+        "--no-progress",
+    ]
     if not baselines:
         argv.append("--no-baselines")
     if verbose:
@@ -376,12 +442,14 @@ def parse_phases(lines: list[tuple[float, str]]) -> dict[str, float]:
     return out
 
 
-def run_timed(argv: list[str], env: dict, cwd: Path, log_path: Path, timeout: float = 7200,
-              sample_rss: bool = True) -> Timed:
+def run_timed(
+    argv: list[str], env: dict, cwd: Path, log_path: Path, timeout: float = 7200, sample_rss: bool = True
+) -> Timed:
     """Run the command in its own session; timestamp every line; sample the RSS of its process tree."""
     started = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     rss = RssSampler(proc.pid).start() if sample_rss else None
     lines: list[tuple[float, str]] = []
 
@@ -475,12 +543,13 @@ def run_facts(db: Path, run_id: str) -> dict:
     return facts
 
 
-def planned_work(db: Path, fold: str, users: int | None, seed: int = 0, dataset: str = "ml-100k",
-                 update: bool = True) -> list[tuple[int, int, int]]:
+def planned_work(
+    db: Path, fold: str, users: int | None, seed: int = 0, dataset: str = "ml-100k", update: bool = True
+) -> list[tuple[int, int, int]]:
     """(profile calls, rating calls, update calls) per planned user, with the code's own planner."""
-    from tasks.planning import build_work, select_users
-    from tasks.settings import SimulationSettings
-    from tasks.simulation import chain_shape
+    from doppel.tasks.planning import build_work, select_users
+    from doppel.tasks.settings import SimulationSettings
+    from doppel.tasks.simulation import chain_shape
 
     sim = SimulationSettings(update_profile=update)
     ids = select_users(db, dataset, fold, users, None, seed)
@@ -500,8 +569,14 @@ def ideal_wall(calls: int, longest_chain: int, latency: float, concurrency: int)
 # ----------------------------------------------------------------------------- scheduling model
 
 
-def simulate_schedule(shapes: list[tuple[int, int, int]], latency: float, concurrency: int, chunks: int = 2,
-                      users_per_slot: float | None = 3, order: str = "longest") -> float:
+def simulate_schedule(
+    shapes: list[tuple[int, int, int]],
+    latency: float,
+    concurrency: int,
+    chunks: int = 2,
+    users_per_slot: float | None = 3,
+    order: str = "longest",
+) -> float:
     """Wall time of doppel's scheduler with every call taking exactly `latency` and zero CPU cost.
 
     Mirrors tasks/simulation.py: users are split into `chunks` (balanced by calls, longest first),
@@ -534,7 +609,9 @@ def _simulate_chunk(shapes, latency, slots, users_per_slot, order) -> float:
             steps.append("r")  # spawn a rating leaf (not on the chain)
             if j < n_update:
                 steps.append("p")
-        users.append({"steps": steps, "pos": 0, "open_leaves": 0, "remaining": critical_path((n_profile, n_rate, n_update))})
+        users.append(
+            {"steps": steps, "pos": 0, "open_leaves": 0, "remaining": critical_path((n_profile, n_rate, n_update))}
+        )
     now, free, seq = 0.0, slots, 0
     waiting: list[tuple[float, int, int, str]] = []  # (-priority, seq, user, kind)
     events: list[tuple[float, int, int, str]] = []  # (time, seq, user, kind)

@@ -35,24 +35,29 @@ def log(message: str) -> None:
 
 
 def genre_keywords(items: pd.DataFrame) -> pd.DataFrame:
-    rows = [(r.item_id, pol, g.lower() if pol == "pro" else f"too much {g.lower()}")
-            for r in items.itertuples() for g in (r.genres.split("|") if r.genres else ["unknown"])
-            for pol in ("pro", "con")]
+    rows = [
+        (r.item_id, pol, g.lower() if pol == "pro" else f"too much {g.lower()}")
+        for r in items.itertuples()
+        for g in (r.genres.split("|") if r.genres else ["unknown"])
+        for pol in ("pro", "con")
+    ]
     frame = pd.DataFrame(rows, columns=["item_id", "polarity", "keyword"])
     return frame.assign(source="obj")
 
 
 def time_llm(items: pd.DataFrame, k: int) -> float:
     """Seconds per item-analysis call on the embedded model (K most popular items, fresh cache)."""
-    from tasks.ensemble.keywords import ItemFacts, analyse_item
-    from tasks.llm.cache import ResponseCache
-    from tasks.llm.embedded import EmbeddedServer
-    from tasks.llm.gateway import LLMGateway
-    from tasks.llm.limits import CallLimiter
-    from tasks.settings import LLMSettings
+    from doppel.tasks.ensemble.keywords import ItemFacts, analyse_item
+    from doppel.tasks.llm.cache import ResponseCache
+    from doppel.tasks.llm.embedded import EmbeddedServer
+    from doppel.tasks.llm.gateway import LLMGateway
+    from doppel.tasks.llm.limits import CallLimiter
+    from doppel.tasks.settings import LLMSettings
 
-    facts = [ItemFacts(r.item_id, r.title, None if pd.isna(r.year) else int(r.year), r.genres, r.text)
-             for r in items.head(k).itertuples()]
+    facts = [
+        ItemFacts(r.item_id, r.title, None if pd.isna(r.year) else int(r.year), r.genres, r.text)
+        for r in items.head(k).itertuples()
+    ]
     with tempfile.TemporaryDirectory() as cache, EmbeddedServer.from_model("qwen2.5-0.5b") as server:
         llm = LLMSettings(base_url=server.base_url, model=server.model_name, timeout_s=600, concurrency=1)
 
@@ -64,8 +69,10 @@ def time_llm(items: pd.DataFrame, k: int) -> float:
                     started = time.monotonic()
                     result = await analyse_item(gateway, item, "obj")
                     out.append(time.monotonic() - started)
-                    log(f"  item {item.item_id}: {out[-1]:.1f} s, {result.status}, "
-                        f"pros {result.pros}, cons {result.cons}")
+                    log(
+                        f"  item {item.item_id}: {out[-1]:.1f} s, {result.status}, "
+                        f"pros {result.pros}, cons {result.cons}"
+                    )
             finally:
                 await gateway.aclose()
             return out
@@ -85,21 +92,22 @@ def main() -> None:
     args = parser.parse_args()
     item_text = args.item_text or args.data_dir.parent / "ml-100k-text" / "ml100k_movie_text.tsv"
 
-    from tasks.data import load_dataset
-    from tasks.ensemble import embeddings as emb
-    from tasks.ensemble.config import SASRecSettings
-    from tasks.ensemble.evaluate import metrics_rows, score_pairs
-    from tasks.ensemble.sasrec import train_sasrec
-    from tasks.ensemble.vocabulary import build_vocabulary, canonicalise
-    from tasks.ensemble.voters import Index
+    from doppel.tasks.data import load_dataset
+    from doppel.tasks.ensemble import embeddings as emb
+    from doppel.tasks.ensemble.config import SASRecSettings
+    from doppel.tasks.ensemble.evaluate import metrics_rows, score_pairs
+    from doppel.tasks.ensemble.sasrec import train_sasrec
+    from doppel.tasks.ensemble.vocabulary import build_vocabulary, canonicalise
+    from doppel.tasks.ensemble.voters import Index
 
     ds = load_dataset("ml-100k", data_dir=args.data_dir, item_text=item_text if item_text.exists() else None)
     ratings = ds.ratings.merge(ds.splits[ds.splits["fold"] == args.fold], on=["user_id", "item_id"])
     train = ratings[ratings["split"] == "train"].reset_index(drop=True)
     pairs = ratings[ratings["split"] == "test"].reset_index(drop=True)
     popularity = train["item_id"].value_counts()
-    items = ds.items.assign(n=ds.items["item_id"].map(popularity).fillna(0)).sort_values(["n", "item_id"],
-                                                                                          ascending=[False, True])
+    items = ds.items.assign(n=ds.items["item_id"].map(popularity).fillna(0)).sort_values(
+        ["n", "item_id"], ascending=[False, True]
+    )
     item_ids = ds.items["item_id"].tolist()
     log(f"{ds.name} fold {args.fold}: {len(train):,} train, {len(pairs):,} held-out pairs, {len(item_ids):,} items")
 
@@ -136,12 +144,16 @@ def main() -> None:
     s_per_item = time_llm(items, args.sample) if args.sample else float("nan")
     full_h = s_per_item * len(item_ids) / 3600
     if args.sample:
-        log(f"LLM item analysis: {s_per_item:.1f} s per item -> {len(item_ids):,} items ~ {full_h:.1f} h "
-            "(objective keywords only)")
+        log(
+            f"LLM item analysis: {s_per_item:.1f} s per item -> {len(item_ids):,} items ~ {full_h:.1f} h "
+            "(objective keywords only)"
+        )
     vote = table.loc["ensemble:vote"]
-    log(f"RESULT pairs={len(pairs)} embed_s={embed_s:.1f} vocab_s={vocab_s:.2f} sasrec_s={sasrec_s:.1f} "
+    log(
+        f"RESULT pairs={len(pairs)} embed_s={embed_s:.1f} vocab_s={vocab_s:.2f} sasrec_s={sasrec_s:.1f} "
         f"score_s={score_s:.2f} vote_auc={vote['auc']:.3f} vote_acc={vote['accuracy']:.3f} "
-        f"s_per_item={s_per_item:.1f} full_catalogue_h={full_h:.2f}")
+        f"s_per_item={s_per_item:.1f} full_catalogue_h={full_h:.2f}"
+    )
 
 
 if __name__ == "__main__":

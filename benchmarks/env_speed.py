@@ -42,25 +42,40 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200_000)
     args = parser.parse_args()
 
-    from tasks.rl import rewards
-    from tasks.rl.agents import PopularPolicy
-    from tasks.rl.env import DoppelRecEnv
+    from doppel.tasks.rl import rewards
+    from doppel.tasks.rl.agents import PopularPolicy
+    from doppel.tasks.rl.env import DoppelRecEnv
 
     t = time.perf_counter()
     inputs = rewards.read_ensemble_inputs(args.db, args.ensemble_id)
     sasrec = rewards.load_sasrec(inputs)
     read_s = time.perf_counter() - t
     t = time.perf_counter()
-    likes = rewards.ensemble_likes(inputs.train, inputs.item_ids, inputs.settings.like_threshold, inputs.keywords,
-                                   inputs.embeddings, inputs.has_embedding, sasrec, inputs.settings.sim_top_k)
+    likes = rewards.ensemble_likes(
+        inputs.train,
+        inputs.item_ids,
+        inputs.settings.like_threshold,
+        inputs.keywords,
+        inputs.embeddings,
+        inputs.has_embedding,
+        sasrec,
+        inputs.settings.sim_top_k,
+    )
     votes_s = time.perf_counter() - t
-    world = rewards.build_world(inputs.train, likes, inputs.embeddings, inputs.has_embedding,
-                                inputs.settings.like_threshold, 16)
-    print(f"ensemble run {inputs.run_id}: {inputs.dataset} {inputs.fold}, {len(likes.user_ids)} users x "
-          f"{len(likes.item_ids)} items, keywords for {inputs.keywords['item_id'].nunique()} items; "
-          f"SASRec {'loaded' if sasrec.info.get('loaded') else 'trained'}", flush=True)
-    print(f"read inputs + SASRec: {read_s:.1f} s; like votes for {likes.like.size:,} pairs: {votes_s:.1f} s "
-          f"({likes.like.size / votes_s:,.0f} pairs/s); like rate {likes.like.mean():.1%}", flush=True)
+    world = rewards.build_world(
+        inputs.train, likes, inputs.embeddings, inputs.has_embedding, inputs.settings.like_threshold, 16
+    )
+    print(
+        f"ensemble run {inputs.run_id}: {inputs.dataset} {inputs.fold}, {len(likes.user_ids)} users x "
+        f"{len(likes.item_ids)} items, keywords for {inputs.keywords['item_id'].nunique()} items; "
+        f"SASRec {'loaded' if sasrec.info.get('loaded') else 'trained'}",
+        flush=True,
+    )
+    print(
+        f"read inputs + SASRec: {read_s:.1f} s; like votes for {likes.like.size:,} pairs: {votes_s:.1f} s "
+        f"({likes.like.size / votes_s:,.0f} pairs/s); like rate {likes.like.mean():.1%}",
+        flush=True,
+    )
 
     rng = np.random.default_rng(0)
     n_items = len(likes.item_ids)
@@ -72,8 +87,10 @@ def main() -> None:
     print(f"bare env, random actions: {bare:,.0f} steps/s ({1e6 / bare:.1f} us/step)")
     print(f"gym.make (wrappers), random actions: {made:,.0f} steps/s")
     print(f"bare env, most-popular baseline choosing (mask + argmax each step): {policy:,.0f} steps/s")
-    print(f"RESULT steps_per_s={bare:.0f} gym_make_steps_per_s={made:.0f} popular_steps_per_s={policy:.0f} "
-          f"like_matrix_s={votes_s:.1f}")
+    print(
+        f"RESULT steps_per_s={bare:.0f} gym_make_steps_per_s={made:.0f} popular_steps_per_s={policy:.0f} "
+        f"like_matrix_s={votes_s:.1f}"
+    )
 
 
 if __name__ == "__main__":

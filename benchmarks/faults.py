@@ -23,8 +23,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (DEFAULT_DATA_DIR, admin, doppel_argv, doppel_env, llm_server, log, read_db,  # noqa: E402
-                     result_line, run_doppel, workdir)
+from _common import (  # noqa: E402
+    DEFAULT_DATA_DIR,
+    admin,
+    doppel_argv,
+    doppel_env,
+    llm_server,
+    log,
+    read_db,
+    result_line,
+    run_doppel,
+    workdir,
+)
 
 PAIRS_SQL = """
 with requested as (   -- every test pair of every user the run registered (no --max-test-items here)
@@ -63,15 +73,16 @@ select
 from llm_calls where run_id = $run_id
 """
 USERS_SQL = "select status, count(*) as n from run_users where run_id = $run_id group by all order by all"
-REASONS_SQL = ("select reason, count(*) as n from simulated_ratings where run_id = $run_id and status = 'failed' "
-               "group by all")
+REASONS_SQL = (
+    "select reason, count(*) as n from simulated_ratings where run_id = $run_id and status = 'failed' group by all"
+)
 
 
 def reason_kind(reason: str) -> str:
     """A short class of a failure reason: 'invalid answer after 3 attempts: not valid JSON', ..."""
     reason = reason or ""
     if reason.startswith("call failed: "):
-        return "call failed: " + re.split(r"[:(]", reason[len("call failed: "):], maxsplit=1)[0].strip()
+        return "call failed: " + re.split(r"[:(]", reason[len("call failed: ") :], maxsplit=1)[0].strip()
     if reason.startswith("invalid answer"):
         head, _, problem = reason.partition(": ")
         problem = re.sub(r"\s*\(.*", "", problem.split(";")[0])
@@ -98,16 +109,20 @@ def measure(db: Path, run_id: str) -> dict:
 
 def show(title: str, m: dict, wall: float, server: dict, rc: int) -> None:
     log(f"\n== {title} (exit {rc}, wall {wall:.1f} s)")
-    log(f"requested pairs {m['requested']:,} (sum of run_users.n_pairs {m['requested_n_pairs']:,}); "
+    log(
+        f"requested pairs {m['requested']:,} (sum of run_users.n_pairs {m['requested_n_pairs']:,}); "
         f"rows {m['rows']:,}; rated {m['rated']:,}; failed {m['failed']:,}; lost {m['lost']}; "
         f"duplicated {m['duplicated']}; not requested {m['not_requested']}; ok rows with a bad rating "
-        f"{m['bad_ok']}; failed rows without a reason {m['failed_without_reason']}")
+        f"{m['bad_ok']}; failed rows without a reason {m['failed_without_reason']}"
+    )
     log(f"users by status: {m['users']}")
     for kind, n in m["reasons"].items():
         log(f"  failed {n:5,}  {kind}")
-    log(f"LLM calls {m['calls']:,} (+{m['cached']:,} from the cache): transport retries {m['transport_retries']:,}, "
+    log(
+        f"LLM calls {m['calls']:,} (+{m['cached']:,} from the cache): transport retries {m['transport_retries']:,}, "
         f"repair re-asks {m['repair_calls']:,}, invalid answers {m['invalid_answers']:,}, "
-        f"calls failed after retries {m['failed_calls']:,}")
+        f"calls failed after retries {m['failed_calls']:,}"
+    )
     log(f"server: {server['requests']:,} chat requests; faults {server['by_fault']}; statuses {server['by_status']}")
 
 
@@ -133,14 +148,27 @@ def main(argv: list[str] | None = None) -> int:
     wd = workdir("doppel-faults-", args.workdir)
     db, run_id, out = wd / "faults.duckdb", "faults-bench", wd / "doppel.log"
     env = doppel_env(wd / "prefect-home")
-    faults = {"malformed_json": args.malformed_json, "http_500": args.http_500, "http_429": args.http_429,
-              "hang": args.hang}
+    faults = {
+        "malformed_json": args.malformed_json,
+        "http_500": args.http_500,
+        "http_429": args.http_429,
+        "hang": args.hang,
+    }
     log(f"workdir {wd}; faults {faults}; hang {args.hang_seconds} s vs --timeout {args.timeout} s")
-    with llm_server(latency=args.latency, seed=args.seed, hang_seconds=args.hang_seconds,
-                    retry_after=args.retry_after, **faults) as (_, base_url):
-        argv_run = doppel_argv(base_url=base_url, db=db, run_id=run_id, data_dir=args.data_dir,
-                               item_text=args.item_text, fold=args.fold, users=args.users,
-                               concurrency=args.concurrency, timeout=args.timeout)
+    with llm_server(
+        latency=args.latency, seed=args.seed, hang_seconds=args.hang_seconds, retry_after=args.retry_after, **faults
+    ) as (_, base_url):
+        argv_run = doppel_argv(
+            base_url=base_url,
+            db=db,
+            run_id=run_id,
+            data_dir=args.data_dir,
+            item_text=args.item_text,
+            fold=args.fold,
+            users=args.users,
+            concurrency=args.concurrency,
+            timeout=args.timeout,
+        )
         first = run_doppel(argv_run, env, out)
         server1 = admin(base_url, "stats")
         m1 = measure(db, run_id)
@@ -158,13 +186,22 @@ def main(argv: list[str] | None = None) -> int:
             log(second.stdout[-3000:])
 
     retried = m1["failed"]
-    log(f"\nrerun retried {retried:,} failed pairs with {m2['calls'] - m1['calls']:,} new calls; "
-        f"failed after the rerun: {m2['failed']:,}")
+    log(
+        f"\nrerun retried {retried:,} failed pairs with {m2['calls'] - m1['calls']:,} new calls; "
+        f"failed after the rerun: {m2['failed']:,}"
+    )
     log(f"doppel output: {out}")
     ok = m2["lost"] == 0 and m2["duplicated"] == 0 and m2["failed"] == 0 and first.returncode == second.returncode == 0
     log("goal (lost=0, duplicated=0, failed_after_rerun=0, both runs exit 0): " + ("met" if ok else "NOT met"))
-    print(result_line(lost=max(m1["lost"], m2["lost"]), duplicated=max(m1["duplicated"], m2["duplicated"]),
-                      failed_after_rerun=m2["failed"], calls=m2["calls"]), flush=True)
+    print(
+        result_line(
+            lost=max(m1["lost"], m2["lost"]),
+            duplicated=max(m1["duplicated"], m2["duplicated"]),
+            failed_after_rerun=m2["failed"],
+            calls=m2["calls"],
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -53,12 +53,19 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tasks.baselines import BASELINES, predict_baselines  # noqa: E402
-from tasks.fidelity import decode, llm_margin  # noqa: E402
-from tasks.fidelity.features import probs_matrix  # noqa: E402
-from tasks.fidelity.hybrid import (  # noqa: E402
-    BUCKETS, accuracy, activity_bucket, fold_features, predict_proba, realism, with_llm)
-from tasks.metrics import histogram, rating_metrics, total_variation  # noqa: E402
+from doppel.tasks.baselines import BASELINES, predict_baselines  # noqa: E402
+from doppel.tasks.fidelity import decode, llm_margin  # noqa: E402
+from doppel.tasks.fidelity.features import probs_matrix  # noqa: E402
+from doppel.tasks.fidelity.hybrid import (  # noqa: E402
+    BUCKETS,
+    accuracy,
+    activity_bucket,
+    fold_features,
+    predict_proba,
+    realism,
+    with_llm,
+)
+from doppel.tasks.metrics import histogram, rating_metrics, total_variation  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "ml-100k"
 RESULTS = REPO / "benchmarks" / "results"
@@ -73,8 +80,10 @@ MARGIN_CF, MARGIN_LLM = "llm_margin:cf(cross-fit)", "llm_margin:cf+llm(cross-fit
 WITH_LLM, WITH_ANSWER, WITHOUT_LLM = "llm_input:with", "llm_input:with(answer only)", "llm_input:without"
 # the seed's GPT-3.5 simulator as reported in issue 10 (not measured here): ranges over u1..u5
 SEED_REPORTED = {"rmse": (1.30, 1.34), "tv": (0.13, 0.16)}
-GOALS = {"accuracy": "rmse <= 0.95, exact >= 44 %, close >= 90.5 %",
-         "realism": "tv <= 0.05 (and per bucket), rmse <= 1.10, exact >= 38 %"}
+GOALS = {
+    "accuracy": "rmse <= 0.95, exact >= 44 %, close >= 90.5 %",
+    "realism": "tv <= 0.05 (and per bucket), rmse <= 1.10, exact >= 38 %",
+}
 
 
 def log(message: str) -> None:
@@ -85,8 +94,11 @@ def source_hash(names: tuple[str, ...] | None = None) -> str:
     """Hash of the fidelity code (or of the named tasks/fidelity modules): a cache entry is reused
     only with the same code."""
     h = hashlib.sha256()
-    paths = ([REPO / "tasks" / "fidelity" / n for n in names] if names
-             else sorted((REPO / "tasks" / "fidelity").glob("*.py")) + [Path(__file__)])
+    paths = (
+        [REPO / "tasks" / "fidelity" / n for n in names]
+        if names
+        else sorted((REPO / "tasks" / "fidelity").glob("*.py")) + [Path(__file__)]
+    )
     for path in paths:
         h.update(path.read_bytes())
     return h.hexdigest()[:12]
@@ -108,7 +120,7 @@ def cached(cache_dir: Path, key: dict, compute):
 
 
 def load_folds(data_dir: Path, folds: list[str]) -> tuple[dict, pd.DataFrame]:
-    from tasks.data.movielens import load_movielens
+    from doppel.tasks.data.movielens import load_movielens
 
     ds = load_movielens(data_dir)
     out = {}
@@ -116,8 +128,10 @@ def load_folds(data_dir: Path, folds: list[str]) -> tuple[dict, pd.DataFrame]:
         sp = ds.splits[ds.splits["fold"] == fold]
         train = sp[sp["split"] == "train"].merge(ds.ratings, on=["user_id", "item_id"])
         test = sp[sp["split"] == "test"].merge(ds.ratings, on=["user_id", "item_id"])
-        out[fold] = (train[["user_id", "item_id", "rating", "ts"]].reset_index(drop=True),
-                     test[["user_id", "item_id", "rating"]].reset_index(drop=True))
+        out[fold] = (
+            train[["user_id", "item_id", "rating", "ts"]].reset_index(drop=True),
+            test[["user_id", "item_id", "rating"]].reset_index(drop=True),
+        )
     return out, ds.items
 
 
@@ -133,38 +147,52 @@ def sample_users(test: pd.DataFrame, n: int | None, seed: int, fold: str) -> pd.
 def llm_rows(db: str, run_id: str) -> pd.DataFrame:
     """fold, user_id, item_id, llm (the run's rating; NaN where it failed), llm_probs (its P(1..5);
     from logprobs or draws; None where the run stored none) of a doppel run."""
-    from tasks.store.db import query
+    from doppel.tasks.store.db import query
 
     rows = query(db, "scoring_rows", read_only=True, run_id=run_id)
     rows = rows.rename(columns={"pred": "llm", "rating_probs": "llm_probs"})
-    rows["llm_probs"] = [None if pd.api.types.is_scalar(p) and pd.isna(p) else [float(x) for x in p]
-                         for p in rows["llm_probs"]]
+    rows["llm_probs"] = [
+        None if pd.api.types.is_scalar(p) and pd.isna(p) else [float(x) for x in p] for p in rows["llm_probs"]
+    ]
     return rows[["fold", "user_id", "item_id", "llm", "llm_probs"]].astype({"user_id": str, "item_id": str})
 
 
 def slice_run_rows(db: str, run_id: str, seed: int) -> pd.DataFrame:
     """The LLM's ratings of calibration-slice pairs from a `doppel run --target slice` run; the run
     must have rated the slice the hybrid holds out (frac 0.2, this --seed)."""
-    from tasks.store.db import query
+    from doppel.tasks.store.db import query
 
     run = query(db, "run_dataset", read_only=True, run_id=run_id)
     if run.empty:
         raise SystemExit(f"--llm-slice-run-id: no run {run_id!r} in {db}")
     r = run.iloc[0]
     if r["target"] != "slice" or abs(float(r["slice_frac"]) - SLICE_FRAC) > 1e-9 or int(r["slice_seed"]) != seed:
-        raise SystemExit(f"--llm-slice-run-id: run {run_id!r} rated target={r['target']} (slice_frac "
-                         f"{r['slice_frac']}, slice_seed {r['slice_seed']}); the hybrid's slice needs "
-                         f"`doppel run --target slice --slice-frac {SLICE_FRAC} --slice-seed {seed}`")
+        raise SystemExit(
+            f"--llm-slice-run-id: run {run_id!r} rated target={r['target']} (slice_frac "
+            f"{r['slice_frac']}, slice_seed {r['slice_seed']}); the hybrid's slice needs "
+            f"`doppel run --target slice --slice-frac {SLICE_FRAC} --slice-seed {seed}`"
+        )
     return llm_rows(db, run_id)
 
 
-def llm_input_predictions(args, fold: str, train: pd.DataFrame, pairs: pd.DataFrame, items: pd.DataFrame,
-                          llm: pd.DataFrame, slice_llm: pd.DataFrame, base_key: dict) -> dict[str, np.ndarray]:
+def llm_input_predictions(
+    args,
+    fold: str,
+    train: pd.DataFrame,
+    pairs: pd.DataFrame,
+    items: pd.DataFrame,
+    llm: pd.DataFrame,
+    slice_llm: pd.DataFrame,
+    base_key: dict,
+) -> dict[str, np.ndarray]:
     """The hybrid on the hash slice, its calibrator with and without the LLM's answer as an input
     (and, where the runs stored distributions, with the answer alone)."""
     key = {**base_key, "kind": "features-hash-slice"}
-    cf = cached(args.cache_dir, key, lambda: fold_features(train, pairs, items, slice_how="hash", frac=SLICE_FRAC,
-                                                           seed=args.seed))
+    cf = cached(
+        args.cache_dir,
+        key,
+        lambda: fold_features(train, pairs, items, slice_how="hash", frac=SLICE_FRAC, seed=args.seed),
+    )
     ff = with_llm(cf, slice_llm, llm)
     covered = ff.X_slice["llm_missing"].to_numpy() == 0
     n_probs = [int(frame["llm_probs"].notna().sum()) for frame in (slice_llm, llm)]
@@ -173,9 +201,11 @@ def llm_input_predictions(args, fold: str, train: pd.DataFrame, pairs: pd.DataFr
     stray = len(slice_llm) - int((ff.slice_pairs[in_users].merge(slice_llm, on=["user_id", "item_id"])).shape[0])
     if stray:
         raise SystemExit(f"  {fold}: the slice run rated {stray} pairs outside the hybrid's calibration slice")
-    log(f"  {fold}: LLM answers on {covered.sum()} of {len(covered)} calibration rows "
+    log(
+        f"  {fold}: LLM answers on {covered.sum()} of {len(covered)} calibration rows "
         f"({in_users.sum()} slice rows of the slice run's {len(slice_users)} users); with a distribution over "
-        f"1..5: {n_probs[0]} of the slice run's {len(slice_llm)} rows, {n_probs[1]} of the test run's {len(llm)}")
+        f"1..5: {n_probs[0]} of the slice run's {len(slice_llm)} rows, {n_probs[1]} of the test run's {len(llm)}"
+    )
     arms = [(WITH_LLM, ff, ()), (WITHOUT_LLM, ff, ("llm",))]
     if any(n_probs):
         plain = [frame.drop(columns="llm_probs") for frame in (slice_llm, llm)]
@@ -210,14 +240,26 @@ def _frame_hash(frame: pd.DataFrame) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).values).hexdigest()
 
 
-def fold_predictions(args, fold: str, train: pd.DataFrame, test: pd.DataFrame, items: pd.DataFrame,
-                     llm: pd.DataFrame | None, code: str,
-                     slice_llm: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
+def fold_predictions(
+    args,
+    fold: str,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    items: pd.DataFrame,
+    llm: pd.DataFrame | None,
+    code: str,
+    slice_llm: pd.DataFrame | None = None,
+) -> dict[str, np.ndarray]:
     """Every simulator's integer ratings for the fold's rows (same order as `test`)."""
     pairs = test[["user_id", "item_id"]]
-    base_key = {"fold": fold, "users": args.users, "seed": args.seed, "n": len(pairs),
-                "code": source_hash(("features.py", "hybrid.py")),
-                "pairs": _frame_hash(pairs)}
+    base_key = {
+        "fold": fold,
+        "users": args.users,
+        "seed": args.seed,
+        "n": len(pairs),
+        "code": source_hash(("features.py", "hybrid.py")),
+        "pairs": _frame_hash(pairs),
+    }
 
     def features(**kw):
         key = {**base_key, "kind": "features", **kw}
@@ -246,8 +288,9 @@ def fold_predictions(args, fold: str, train: pd.DataFrame, test: pd.DataFrame, i
         out.update(llm_decodings(out["llm"], llm_probs, args.seed))
         # the LLM's marginal contribution: a second stage fit on the other users' test rows (see
         # tasks/fidelity/llm_margin.py); the two arms differ only by the LLM input
-        cf, cf_llm = llm_margin.cross_fit(P, out["llm"], test["rating"].to_numpy(), test["user_id"].to_numpy(),
-                                          seed=args.seed, probs=llm_probs)
+        cf, cf_llm = llm_margin.cross_fit(
+            P, out["llm"], test["rating"].to_numpy(), test["user_id"].to_numpy(), seed=args.seed, probs=llm_probs
+        )
         out[MARGIN_CF], out[MARGIN_LLM] = cf, cf_llm
     if slice_llm is not None:
         out.update(llm_input_predictions(args, fold, train, pairs, items, llm, slice_llm, base_key))
@@ -264,9 +307,11 @@ def fold_predictions(args, fold: str, train: pd.DataFrame, test: pd.DataFrame, i
         out[f"ablate:calibrator={other}:accuracy"] = accuracy(Pc, Pc_slice, main_ff)[0]
         out[f"ablate:calibrator={other}:realism"] = realism(Pc, main_ff)
         log(f"  {fold}: calibrator {other} {time.monotonic() - t0:.0f} s")
-    variants = {"slice=random20%": dict(stack=1, slice_how="random", refit=True),
-                "slice=latest20%": dict(stack=1, slice_how="latest", refit=True),
-                "slice=random20%,no-refit": dict(stack=1, slice_how="random", refit=False)}
+    variants = {
+        "slice=random20%": dict(stack=1, slice_how="random", refit=True),
+        "slice=latest20%": dict(stack=1, slice_how="latest", refit=True),
+        "slice=random20%,no-refit": dict(stack=1, slice_how="random", refit=False),
+    }
     if args.stack == 1:
         variants["stack=5"] = dict(stack=5, slice_how="random", refit=True)
         variants.pop("slice=random20%")
@@ -292,9 +337,14 @@ def score_fold(preds: dict[str, np.ndarray], test: pd.DataFrame, train: pd.DataF
             sel = keep & (buckets == b)
             if sel.any():
                 per[b] = total_variation(histogram(np.asarray(pred)[sel]), histogram(truth[sel]))
-        rows.append({"simulator": name, **{k: m[k] for k in ("rmse", "mae", "exact", "close", "tv", "n", "n_missing")},
-                     "tv_bucket": max(per.values()) if per else float("nan"),
-                     **{f"tv[{b}]": v for b, v in per.items()}})
+        rows.append(
+            {
+                "simulator": name,
+                **{k: m[k] for k in ("rmse", "mae", "exact", "close", "tv", "n", "n_missing")},
+                "tv_bucket": max(per.values()) if per else float("nan"),
+                **{f"tv[{b}]": v for b, v in per.items()},
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -317,8 +367,10 @@ def markdown(summary: pd.DataFrame) -> str:
 
     lines = ["| simulator | RMSE | exact % | close % | TV | TV worst bucket | folds |", "|---|---|---|---|---|---|---|"]
     for _, r in summary.iterrows():
-        lines.append(f"| {r['simulator']} | {cell(r, 'rmse', 3)} | {cell(r, 'exact', 1)} | {cell(r, 'close', 1)} "
-                     f"| {cell(r, 'tv', 3)} | {cell(r, 'tv_bucket', 3)} | {int(r['folds'])} |")
+        lines.append(
+            f"| {r['simulator']} | {cell(r, 'rmse', 3)} | {cell(r, 'exact', 1)} | {cell(r, 'close', 1)} "
+            f"| {cell(r, 'tv', 3)} | {cell(r, 'tv_bucket', 3)} | {int(r['folds'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -332,26 +384,50 @@ def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 5))
     curve = s[s.index.str.startswith("tradeoff:")]
     ax.plot(curve["tv"], curve["rmse"], "o-", color="tab:blue", label="hybrid trade-off (lam 0..1)")
-    for name, label, marker in (("hybrid:accuracy", "hybrid accuracy mode", "s"),
-                                ("hybrid:realism", "hybrid realism mode", "D")):
+    for name, label, marker in (
+        ("hybrid:accuracy", "hybrid accuracy mode", "s"),
+        ("hybrid:realism", "hybrid realism mode", "D"),
+    ):
         if name in s.index:
-            ax.errorbar(s.loc[name, "tv"], s.loc[name, "rmse"],
-                        xerr=[[s.loc[name, "tv"] - s.loc[name, "tv_min"]], [s.loc[name, "tv_max"] - s.loc[name, "tv"]]],
-                        yerr=[[s.loc[name, "rmse"] - s.loc[name, "rmse_min"]], [s.loc[name, "rmse_max"] - s.loc[name, "rmse"]]],
-                        fmt=marker, color="tab:blue", ms=8, capsize=3, label=label)
+            ax.errorbar(
+                s.loc[name, "tv"],
+                s.loc[name, "rmse"],
+                xerr=[[s.loc[name, "tv"] - s.loc[name, "tv_min"]], [s.loc[name, "tv_max"] - s.loc[name, "tv"]]],
+                yerr=[[s.loc[name, "rmse"] - s.loc[name, "rmse_min"]], [s.loc[name, "rmse_max"] - s.loc[name, "rmse"]]],
+                fmt=marker,
+                color="tab:blue",
+                ms=8,
+                capsize=3,
+                label=label,
+            )
     for name in BASELINES:
         key = f"baseline:{name}"
         if key in s.index:
             ax.plot(s.loc[key, "tv"], s.loc[key, "rmse"], "x", color="tab:gray", ms=8)
-            ax.annotate(name, (s.loc[key, "tv"], s.loc[key, "rmse"]), textcoords="offset points", xytext=(5, 3), fontsize=8)
+            ax.annotate(
+                name, (s.loc[key, "tv"], s.loc[key, "rmse"]), textcoords="offset points", xytext=(5, 3), fontsize=8
+            )
     if "decoder:calibrated_sampling" in s.index:
-        ax.plot(s.loc["decoder:calibrated_sampling", "tv"], s.loc["decoder:calibrated_sampling", "rmse"], "^",
-                color="tab:green", label="hybrid calibrated sampling")
+        ax.plot(
+            s.loc["decoder:calibrated_sampling", "tv"],
+            s.loc["decoder:calibrated_sampling", "rmse"],
+            "^",
+            color="tab:green",
+            label="hybrid calibrated sampling",
+        )
     if "llm" in s.index:
         ax.plot(s.loc["llm", "tv"], s.loc["llm", "rmse"], "*", color="tab:red", ms=12, label="LLM-only (this run)")
     (r0, r1), (t0, t1) = SEED_REPORTED["rmse"], SEED_REPORTED["tv"]
-    ax.add_patch(plt.Rectangle((t0, r0), t1 - t0, r1 - r0, color="tab:orange", alpha=0.4,
-                               label="seed GPT-3.5 (reported in issue 10, not measured)"))
+    ax.add_patch(
+        plt.Rectangle(
+            (t0, r0),
+            t1 - t0,
+            r1 - r0,
+            color="tab:orange",
+            alpha=0.4,
+            label="seed GPT-3.5 (reported in issue 10, not measured)",
+        )
+    )
     ax.axhline(0.95, color="tab:purple", ls=":", lw=1)
     ax.axvline(0.05, color="tab:purple", ls=":", lw=1)
     ax.set_xlabel("rating-histogram TV distance to the real ratings (lower = more realistic)")
@@ -367,8 +443,10 @@ def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
 
 def _gaps_text(gaps: dict[str, dict]) -> str:
     """'u1: rmse +0.010 [-0.020, +0.040], ...; u2: ...' for {fold: paired_gap(...)}."""
-    return "; ".join(f"{fold}: " + ", ".join(f"{m} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, (v, lo, hi) in g.items())
-                     for fold, g in gaps.items())
+    return "; ".join(
+        f"{fold}: " + ", ".join(f"{m} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, (v, lo, hi) in g.items())
+        for fold, g in gaps.items()
+    )
 
 
 def llm_summary(args, gaps: dict, input_gaps: dict, dist_gaps: dict) -> str:
@@ -377,15 +455,22 @@ def llm_summary(args, gaps: dict, input_gaps: dict, dist_gaps: dict) -> str:
         return "LLM: absent (no --llm-run-id): every hybrid row uses CF and profile features only"
     text = f"LLM-only row: run {args.llm_run_id}. "
     if args.llm_slice_run_id:
-        text += (f"The LLM as a calibrator input (slice run {args.llm_slice_run_id}: {WITH_LLM} vs {WITHOUT_LLM}, "
-                 f"the same hash slice, accuracy mode, with minus without): {_gaps_text(input_gaps)}. ")
-        text += (f"Its distribution over 1..5 (logprobs or draws) against its answer alone ({WITH_LLM} minus {WITH_ANSWER}): "
-                 f"{_gaps_text(dist_gaps)}. " if dist_gaps else
-                 "The runs stored no rating distributions (no logprobs, no draws): the LLM input is its answer alone. ")
+        text += (
+            f"The LLM as a calibrator input (slice run {args.llm_slice_run_id}: {WITH_LLM} vs {WITHOUT_LLM}, "
+            f"the same hash slice, accuracy mode, with minus without): {_gaps_text(input_gaps)}. "
+        )
+        text += (
+            f"Its distribution over 1..5 (logprobs or draws) against its answer alone ({WITH_LLM} minus {WITH_ANSWER}): "
+            f"{_gaps_text(dist_gaps)}. "
+            if dist_gaps
+            else "The runs stored no rating distributions (no logprobs, no draws): the LLM input is its answer alone. "
+        )
     else:
         text += "The hybrid rows' calibrator has no LLM input (give --llm-slice-run-id for that). "
-    return text + (f"Cross-fitted over users ({MARGIN_CF} vs {MARGIN_LLM}, tasks/fidelity/llm_margin.py): "
-                   f"{_gaps_text(gaps)} (cf+llm minus cf, 95% bootstrap interval over users)")
+    return text + (
+        f"Cross-fitted over users ({MARGIN_CF} vs {MARGIN_LLM}, tasks/fidelity/llm_margin.py): "
+        f"{_gaps_text(gaps)} (cf+llm minus cf, 95% bootstrap interval over users)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,16 +479,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=None, help="test users sampled per fold (seeded); default all")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stack", type=int, default=1,
-                        help="1 = one random 20%% calibration slice per user (default); k > 1 = k-fold stacking over train")
+    parser.add_argument(
+        "--stack",
+        type=int,
+        default=1,
+        help="1 = one random 20%% calibration slice per user (default); k > 1 = k-fold stacking over train",
+    )
     parser.add_argument("--calibrator", choices=("hgb", "logreg"), default="logreg")
     parser.add_argument("--db", default=None, help="a doppel DuckDB file holding --llm-run-id")
     parser.add_argument("--llm-run-id", default=None, help="add the run's LLM-only row; rows restricted to its pairs")
-    parser.add_argument("--llm-slice-run-id", default=None,
-                        help="a `doppel run --target slice` run of the same users: the LLM becomes a calibrator input")
+    parser.add_argument(
+        "--llm-slice-run-id",
+        default=None,
+        help="a `doppel run --target slice` run of the same users: the LLM becomes a calibrator input",
+    )
     parser.add_argument("--no-ablations", action="store_true")
-    parser.add_argument("--compare-calibrators", action="store_true",
-                        help="also fit the other calibrator (hgb is slow: minutes per fold on 2 cores)")
+    parser.add_argument(
+        "--compare-calibrators",
+        action="store_true",
+        help="also fit the other calibrator (hgb is slow: minutes per fold on 2 cores)",
+    )
     parser.add_argument("--cache-dir", type=Path, default=REPO / "benchmarks" / ".cache" / "fidelity")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -432,12 +527,23 @@ def main(argv: list[str] | None = None) -> int:
         slice_llm = None
         if slice_all is not None:
             slice_llm = slice_all[slice_all["fold"] == fold][["user_id", "item_id", "llm", "llm_probs"]].reset_index(
-                drop=True)
-        key = {"kind": "result", "fold": fold, "users": args.users, "seed": args.seed, "code": code,
-               "stack": args.stack, "calibrator": args.calibrator, "ablations": not args.no_ablations,
-               "compare": args.compare_calibrators,
-               "llm": args.llm_run_id, "n": len(test), "llm_rows": None if llm is None else _frame_hash(llm),
-               "llm_slice": None if slice_llm is None else _frame_hash(slice_llm)}
+                drop=True
+            )
+        key = {
+            "kind": "result",
+            "fold": fold,
+            "users": args.users,
+            "seed": args.seed,
+            "code": code,
+            "stack": args.stack,
+            "calibrator": args.calibrator,
+            "ablations": not args.no_ablations,
+            "compare": args.compare_calibrators,
+            "llm": args.llm_run_id,
+            "n": len(test),
+            "llm_rows": None if llm is None else _frame_hash(llm),
+            "llm_slice": None if slice_llm is None else _frame_hash(slice_llm),
+        }
 
         def compute(train=train, test=test, llm=llm, fold=fold, slice_llm=slice_llm):
             preds = fold_predictions(args, fold, train, test, items, llm, code, slice_llm)
@@ -445,36 +551,57 @@ def main(argv: list[str] | None = None) -> int:
             for name in BASELINES:
                 preds[f"baseline:{name}"] = base[name].to_numpy()
             truth, users = test["rating"].to_numpy(), test["user_id"].to_numpy()
-            gap = (llm_margin.paired_gap(truth, preds[MARGIN_CF], preds[MARGIN_LLM], users, seed=args.seed)
-                   if llm is not None else None)
-            input_gap = (llm_margin.paired_gap(truth, preds[f"{WITHOUT_LLM}:accuracy"], preds[f"{WITH_LLM}:accuracy"],
-                                               users, seed=args.seed) if slice_llm is not None else None)
-            dist_gap = (llm_margin.paired_gap(truth, preds[f"{WITH_ANSWER}:accuracy"], preds[f"{WITH_LLM}:accuracy"],
-                                              users, seed=args.seed) if f"{WITH_ANSWER}:accuracy" in preds else None)
+            gap = (
+                llm_margin.paired_gap(truth, preds[MARGIN_CF], preds[MARGIN_LLM], users, seed=args.seed)
+                if llm is not None
+                else None
+            )
+            input_gap = (
+                llm_margin.paired_gap(
+                    truth, preds[f"{WITHOUT_LLM}:accuracy"], preds[f"{WITH_LLM}:accuracy"], users, seed=args.seed
+                )
+                if slice_llm is not None
+                else None
+            )
+            dist_gap = (
+                llm_margin.paired_gap(
+                    truth, preds[f"{WITH_ANSWER}:accuracy"], preds[f"{WITH_LLM}:accuracy"], users, seed=args.seed
+                )
+                if f"{WITH_ANSWER}:accuracy" in preds
+                else None
+            )
             return score_fold(preds, test, train).assign(fold=fold), gap, input_gap, dist_gap
 
         scores, gap, input_gap, dist_gap = cached(args.cache_dir, key, compute)
         parts.append(scores)
         if gap is not None:
             gaps[fold] = gap
-            log(f"  {fold}: LLM marginal contribution (cf+llm minus cf, cross-fit over users; 95% bootstrap "
-                f"over users): {_gaps_text({fold: gap})}")
+            log(
+                f"  {fold}: LLM marginal contribution (cf+llm minus cf, cross-fit over users; 95% bootstrap "
+                f"over users): {_gaps_text({fold: gap})}"
+            )
         if input_gap is not None:
             input_gaps[fold] = input_gap
-            log(f"  {fold}: the LLM as a calibrator input (accuracy mode, with minus without; 95% bootstrap over "
-                f"users): {_gaps_text({fold: input_gap})}")
+            log(
+                f"  {fold}: the LLM as a calibrator input (accuracy mode, with minus without; 95% bootstrap over "
+                f"users): {_gaps_text({fold: input_gap})}"
+            )
         if dist_gap is not None:
             dist_gaps[fold] = dist_gap
-            log(f"  {fold}: the LLM's distribution against its answer alone (accuracy mode, {WITH_LLM} minus "
-                f"{WITH_ANSWER}): {_gaps_text({fold: dist_gap})}")
+            log(
+                f"  {fold}: the LLM's distribution against its answer alone (accuracy mode, {WITH_LLM} minus "
+                f"{WITH_ANSWER}): {_gaps_text({fold: dist_gap})}"
+            )
         log(f"{fold}: {len(test)} rows, {test['user_id'].nunique()} users, {time.monotonic() - t_fold:.0f} s")
     per_fold = pd.concat(parts, ignore_index=True)
     summary = summarize(per_fold)
     runtime = time.monotonic() - started
     users = "all test users" if args.users is None else f"{args.users} test users per fold (seed {args.seed})"
     llm_note = llm_summary(args, gaps, input_gaps, dist_gaps)
-    head = (f"folds {','.join(sorted(per_fold['fold'].unique()))}; {users}; {int(summary['n_mean'].max())} rows per "
-            f"fold on average; calibrator {args.calibrator}, stack {args.stack}; {runtime:.0f} s")
+    head = (
+        f"folds {','.join(sorted(per_fold['fold'].unique()))}; {users}; {int(summary['n_mean'].max())} rows per "
+        f"fold on average; calibrator {args.calibrator}, stack {args.stack}; {runtime:.0f} s"
+    )
     table = markdown(summary)
     log("\n" + head + "\n" + llm_note + "\nmean over folds (min-max); rmse 1..5 scale, exact/close in %, tv in 0..1\n")
     log(table)
@@ -484,10 +611,15 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"fidelity_llm_{re.sub(r'[^A-Za-z0-9_.-]', '_', runs)}" if args.llm_run_id else "fidelity"
     per_fold.to_csv(args.out / f"{stem}.csv", index=False)
     (args.out / f"{stem}.md").write_text(
-        "# fidelity on ML-100K (benchmarks/fidelity.py)\n\n" + head + "\n\n" + llm_note + "\n\n"
+        "# fidelity on ML-100K (benchmarks/fidelity.py)\n\n"
+        + head
+        + "\n\n"
+        + llm_note
+        + "\n\n"
         + f"goals: accuracy mode {GOALS['accuracy']}; realism mode {GOALS['realism']}\n\n"
         + "mean over folds (min-max); rmse on the 1..5 scale, exact/close in %, TV in 0..1; "
-          "TV worst bucket = max over activity buckets <50 / 50-150 / >150 train ratings\n\n" + table + "\n")
+        "TV worst bucket = max over activity buckets <50 / 50-150 / >150 train ratings\n\n" + table + "\n"
+    )
     plot(summary, args.out / f"{stem}_tradeoff.png", "ML-100K " + head)
     s = summary.set_index("simulator")
     acc, real = s.loc["hybrid:accuracy"], s.loc["hybrid:realism"]
@@ -495,8 +627,11 @@ def main(argv: list[str] | None = None) -> int:
     def f(x, nd=3):
         return f"{x:.{nd}f}"
 
-    print(f"RESULT rmse={f(acc['rmse'])} exact={f(acc['exact'], 2)} close={f(acc['close'], 2)} tv={f(acc['tv'])} "
-          f"realism_tv={f(real['tv'])} realism_rmse={f(real['rmse'])}", flush=True)
+    print(
+        f"RESULT rmse={f(acc['rmse'])} exact={f(acc['exact'], 2)} close={f(acc['close'], 2)} tv={f(acc['tv'])} "
+        f"realism_tv={f(real['tv'])} realism_rmse={f(real['rmse'])}",
+        flush=True,
+    )
     return 0
 
 

@@ -5,7 +5,7 @@
 
 Against the OpenAI-compatible test server (a subprocess: fixed latency per call, a server-side cap of
 --concurrency requests at once, usage tokens = characters / 4), it runs the real CLI
-(`python -m flows.cli run ... --verbose`) as a subprocess in a temp dir and measures:
+(`python -m doppel.flows.cli run ... --verbose`) as a subprocess in a temp dir and measures:
 
 - wall of the whole command (what a user waits for) and of its phases (every output line is
   timestamped; `--verbose` prints planned / submitted / fan-out / scoring lines);
@@ -54,9 +54,23 @@ from _perf import log  # noqa: E402
 
 def phase_table(t) -> list[str]:
     p = t.phases
-    marks = [("start", 0.0)] + [(k, p[k]) for k in ("prefect_temp_server", "flow_begin", "dataset_ready",
-                                                  "fanout_begin", "planned", "submitted", "fanout_end",
-                                                  "score_begin", "validated", "scored", "summary") if k in p]
+    marks = [("start", 0.0)] + [
+        (k, p[k])
+        for k in (
+            "prefect_temp_server",
+            "flow_begin",
+            "dataset_ready",
+            "fanout_begin",
+            "planned",
+            "submitted",
+            "fanout_end",
+            "score_begin",
+            "validated",
+            "scored",
+            "summary",
+        )
+        if k in p
+    ]
     marks.append(("exit", round(t.wall_s, 2)))
     out = []
     for (a, ta), (b, tb) in zip(marks, marks[1:]):
@@ -67,29 +81,48 @@ def phase_table(t) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", type=Path, default=_perf.DEFAULT_DATA_DIR)
-    ap.add_argument("--item-text", type=Path, default=_perf.DEFAULT_ITEM_TEXT if _perf.DEFAULT_ITEM_TEXT.exists() else None,
-                    help="item overview TSV (default: ../shared/data/ml-100k-text/ml100k_movie_text.tsv if present)")
+    ap.add_argument(
+        "--item-text",
+        type=Path,
+        default=_perf.DEFAULT_ITEM_TEXT if _perf.DEFAULT_ITEM_TEXT.exists() else None,
+        help="item overview TSV (default: ../shared/data/ml-100k-text/ml100k_movie_text.tsv if present)",
+    )
     ap.add_argument("--fold", default="u1")
     ap.add_argument("--users", type=int, default=None, help="seeded sample of N users (default: all test users)")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--latency", type=float, default=0.5, help="server seconds per call")
     ap.add_argument("--runner", default="dask", choices=["dask", "threads"])
-    ap.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
-                    help="score CF baselines too, as a plain `doppel run` does (default on)")
+    ap.add_argument(
+        "--baselines",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score CF baselines too, as a plain `doppel run` does (default on)",
+    )
     ap.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--seq-users", type=int, default=10, help="users of the sequential (concurrency 1) run")
     ap.add_argument("--rerun", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--external-prefect", action="store_true",
-                    help="give doppel a running Prefect API server (PREFECT_API_URL, started before the timed runs, "
-                         "as a lab's `prefect server start`) instead of letting it start its own")
-    ap.add_argument("--warm-prefect-home", action=argparse.BooleanOptionalAction, default=True,
-                    help="create Prefect's database in the run's PREFECT_HOME before the timed runs (a one-time "
-                         "migration every user pays on their first doppel command only; timed and printed apart)")
+    ap.add_argument(
+        "--external-prefect",
+        action="store_true",
+        help="give doppel a running Prefect API server (PREFECT_API_URL, started before the timed runs, "
+        "as a lab's `prefect server start`) instead of letting it start its own",
+    )
+    ap.add_argument(
+        "--warm-prefect-home",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="create Prefect's database in the run's PREFECT_HOME before the timed runs (a one-time "
+        "migration every user pays on their first doppel command only; timed and printed apart)",
+    )
     ap.add_argument("--repo", type=Path, default=_perf.REPO, help="checkout of doppel to time (default: this one)")
     ap.add_argument("--max-load", type=float, default=2.5, help="wait for the 1-min load average to drop below this")
     ap.add_argument("--max-wait", type=float, default=600, help="seconds to wait for a quiet machine")
-    ap.add_argument("--template", type=Path, default=None,
-                    help="an already ingested DuckDB file to copy instead of ingesting (same code version)")
+    ap.add_argument(
+        "--template",
+        type=Path,
+        default=None,
+        help="an already ingested DuckDB file to copy instead of ingesting (same code version)",
+    )
     ap.add_argument("--workdir", type=Path, default=None, help="keep the run's files here (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     args = ap.parse_args(argv)
@@ -101,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     env = _perf.doppel_env(repo, wd / "prefect-home")
     log_path = wd / "doppel.log"
     log(f"repo {repo}; workdir {wd}; log {log_path}")
-    log(f"u={args.users or 'all'} fold={args.fold} latency={args.latency} s concurrency={args.concurrency} "
-        f"runner={args.runner} baselines={args.baselines} item_text={args.item_text}")
+    log(
+        f"u={args.users or 'all'} fold={args.fold} latency={args.latency} s concurrency={args.concurrency} "
+        f"runner={args.runner} baselines={args.baselines} item_text={args.item_text}"
+    )
 
     # one-time ingest into a template db, copied for every run
     template = wd / "template.duckdb"
@@ -110,8 +145,18 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy(args.template, template)
     else:
         t0 = time.monotonic()
-        ingest = [sys.executable, "-m", "flows.cli", "ingest", "--dataset", "ml-100k", "--data-dir", str(args.data_dir),
-                  "--db", str(template)] + (["--item-text", str(args.item_text)] if args.item_text else [])
+        ingest = [
+            sys.executable,
+            "-m",
+            "doppel.flows.cli",
+            "ingest",
+            "--dataset",
+            "ml-100k",
+            "--data-dir",
+            str(args.data_dir),
+            "--db",
+            str(template),
+        ] + (["--item-text", str(args.item_text)] if args.item_text else [])
         ing = _perf.run_timed(ingest, env, wd, log_path, sample_rss=False)
         if ing.returncode != 0:
             log(ing.text[-3000:])
@@ -124,25 +169,42 @@ def main(argv: list[str] | None = None) -> int:
     chunks = 1 if args.runner == "threads" or args.concurrency <= 1 else min(2, args.concurrency)
     sched = _perf.simulate_schedule(shapes, args.latency, args.concurrency, chunks=chunks)
     plan_ideal = _perf.ideal_wall(plan_calls, plan_chain, args.latency, args.concurrency)
-    log(f"plan: {len(shapes)} users, {plan_calls:,} calls, longest chain {plan_chain} calls; ideal {plan_ideal:.1f} s; "
-        f"doppel's scheduler alone (zero CPU, {chunks} chunk(s), exact latency): {sched:.1f} s = {sched / plan_ideal:.3f}x")
+    log(
+        f"plan: {len(shapes)} users, {plan_calls:,} calls, longest chain {plan_chain} calls; ideal {plan_ideal:.1f} s; "
+        f"doppel's scheduler alone (zero CPU, {chunks} chunk(s), exact latency): {sched:.1f} s = {sched / plan_ideal:.3f}x"
+    )
 
     if args.warm_prefect_home and not args.external_prefect:
         t0 = time.monotonic()
-        warm = subprocess.run([sys.executable, "-c", "from flows.runtime import prefect_api\nwith prefect_api(): pass"],
-                              cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+        warm = subprocess.run(
+            [sys.executable, "-c", "from doppel.flows.runtime import prefect_api\nwith prefect_api(): pass"],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if warm.returncode != 0:
             log(warm.stderr[-3000:])
             return 1
-        log(f"Prefect database created in PREFECT_HOME (one-time, first doppel command ever; not in the timed runs): "
-            f"{time.monotonic() - t0:.1f} s")
+        log(
+            f"Prefect database created in PREFECT_HOME (one-time, first doppel command ever; not in the timed runs): "
+            f"{time.monotonic() - t0:.1f} s"
+        )
     stack = contextlib.ExitStack()
     if args.external_prefect:
         api_url = stack.enter_context(_perf.prefect_server(wd / "prefect-server-home"))
         env["PREFECT_API_URL"] = api_url
         log(f"external Prefect API server at {api_url} (started before the timed runs)")
-    out: dict = {"external_prefect": args.external_prefect, "users": len(shapes), "latency": args.latency, "concurrency": args.concurrency,
-                 "runner": args.runner, "baselines": args.baselines, "repo": str(repo)}
+    out: dict = {
+        "external_prefect": args.external_prefect,
+        "users": len(shapes),
+        "latency": args.latency,
+        "concurrency": args.concurrency,
+        "runner": args.runner,
+        "baselines": args.baselines,
+        "repo": str(repo),
+    }
     with stack, _perf.llm_server(latency=args.latency, max_concurrency=args.concurrency) as (server, base_url):
         # ---------------------------------------------------------------- the full run
         run_dir = wd / "full"
@@ -150,9 +212,18 @@ def main(argv: list[str] | None = None) -> int:
         db = run_dir / "doppel.duckdb"
         shutil.copy(template, db)
         run_id = "overhead-bench"
-        argv_full = _perf.doppel_argv(base_url=base_url, db=db, run_id=run_id, data_dir=args.data_dir,
-                                      item_text=args.item_text, fold=args.fold, users=args.users,
-                                      concurrency=args.concurrency, runner=args.runner, baselines=args.baselines)
+        argv_full = _perf.doppel_argv(
+            base_url=base_url,
+            db=db,
+            run_id=run_id,
+            data_dir=args.data_dir,
+            item_text=args.item_text,
+            fold=args.fold,
+            users=args.users,
+            concurrency=args.concurrency,
+            runner=args.runner,
+            baselines=args.baselines,
+        )
         load = _perf.quiet_machine(args.max_load, args.max_wait)
         _perf.server_reset(base_url)
         log(f"\nfull run (load {load:.2f} at start) ...")
@@ -170,26 +241,50 @@ def main(argv: list[str] | None = None) -> int:
         p = full.phases
         fan = p.get("fanout_s", float("nan"))
         flow = p.get("flow_wall_s", float("nan"))
-        out.update(calls=calls, server_requests=stats["requests"], max_active=stats.get("max_active"),
-                   longest_chain=chain, ideal_s=round(ideal, 2), wall_s=round(full.wall_s, 2), flow_wall_s=flow,
-                   fanout_s=fan, ratio_command=full.wall_s / ideal, ratio_flow=flow / ideal, ratio_fanout=fan / ideal,
-                   scheduler_model_s=round(sched, 2), load_start=load, load_mean=round(full.load_mean, 2),
-                   load_max=round(full.load_max, 2), phases=p)
-        log(f"calls {calls:,} (server saw {stats['requests']:,}, at most {stats.get('max_active')} at once; "
+        out.update(
+            calls=calls,
+            server_requests=stats["requests"],
+            max_active=stats.get("max_active"),
+            longest_chain=chain,
+            ideal_s=round(ideal, 2),
+            wall_s=round(full.wall_s, 2),
+            flow_wall_s=flow,
+            fanout_s=fan,
+            ratio_command=full.wall_s / ideal,
+            ratio_flow=flow / ideal,
+            ratio_fanout=fan / ideal,
+            scheduler_model_s=round(sched, 2),
+            load_start=load,
+            load_mean=round(full.load_mean, 2),
+            load_max=round(full.load_max, 2),
+            phases=p,
+        )
+        log(
+            f"calls {calls:,} (server saw {stats['requests']:,}, at most {stats.get('max_active')} at once; "
             f"plan {plan_calls:,}), cached {facts['cached_calls']}, not ok {facts['bad_calls']}; "
-            f"longest chain {chain} calls (plan {plan_chain})")
+            f"longest chain {chain} calls (plan {plan_chain})"
+        )
         log(f"ideal = max({calls} x {args.latency} / {args.concurrency}, {chain} x {args.latency}) = {ideal:.1f} s")
         lat = facts["latency"]
         occupancy = lat["total"] / (args.concurrency * fan) if fan == fan and fan > 0 else float("nan")
-        log(f"in-slot seconds per call (client-measured, server latency {args.latency} s): mean {lat['mean']:.3f}, "
+        log(
+            f"in-slot seconds per call (client-measured, server latency {args.latency} s): mean {lat['mean']:.3f}, "
             f"p50 {lat['p50']:.3f}, p95 {lat['p95']:.3f}, max {lat['max']:.3f}; slots busy {100 * occupancy:.1f}% "
-            f"of concurrency x fan-out")
-        out.update(latency_mean_s=round(lat["mean"], 4), latency_p95_s=round(lat["p95"], 4),
-                   slot_occupancy=round(occupancy, 3))
-        log(f"fan-out   {fan:7.2f} s  ratio {fan / ideal:.3f}  (first user written at {p.get('first_user_s')} s, "
-            f"{p.get('write_s')} s of DuckDB writes, planned in {p.get('planned_s')} s, submitted at {p.get('submitted_s')} s)")
-        log(f"flow      {flow:7.2f} s  ratio {flow / ideal:.3f}  (the `doppel-run` flow: ingest check, cluster, fan-out, gate, score)")
-        log(f"command   {full.wall_s:7.2f} s  ratio {full.wall_s / ideal:.3f}  (whole `doppel run` process, what a user waits for)")
+            f"of concurrency x fan-out"
+        )
+        out.update(
+            latency_mean_s=round(lat["mean"], 4), latency_p95_s=round(lat["p95"], 4), slot_occupancy=round(occupancy, 3)
+        )
+        log(
+            f"fan-out   {fan:7.2f} s  ratio {fan / ideal:.3f}  (first user written at {p.get('first_user_s')} s, "
+            f"{p.get('write_s')} s of DuckDB writes, planned in {p.get('planned_s')} s, submitted at {p.get('submitted_s')} s)"
+        )
+        log(
+            f"flow      {flow:7.2f} s  ratio {flow / ideal:.3f}  (the `doppel-run` flow: ingest check, cluster, fan-out, gate, score)"
+        )
+        log(
+            f"command   {full.wall_s:7.2f} s  ratio {full.wall_s / ideal:.3f}  (whole `doppel run` process, what a user waits for)"
+        )
         log(f"load average during the run: mean {full.load_mean:.2f}, max {full.load_max:.2f}")
         log("phases (from timestamped output lines):")
         for line in phase_table(full):
@@ -204,15 +299,26 @@ def main(argv: list[str] | None = None) -> int:
             log(f"NOTE: {n_api} Prefect API server processes in the tree (expected 1)")
         cpu = rss.cpu_by_role()
         log(f"LLM test server CPU during the run: {server_cpu:.1f} s (not doppel's)")
-        out.update(peak_rss_mb=round(rss.peak_total_mb), rss_by_role_mb={k: round(v / 2**20) for k, v in rss.peak_by_role.items()},
-                   prefect_api_processes=n_api, cpu_s=round(sum(cpu.values()), 1),
-                   cpu_by_role_s={k: round(v, 1) for k, v in cpu.items()}, server_cpu_s=round(server_cpu, 1))
+        out.update(
+            peak_rss_mb=round(rss.peak_total_mb),
+            rss_by_role_mb={k: round(v / 2**20) for k, v in rss.peak_by_role.items()},
+            prefect_api_processes=n_api,
+            cpu_s=round(sum(cpu.values()), 1),
+            cpu_by_role_s={k: round(v, 1) for k, v in cpu.items()},
+            server_cpu_s=round(server_cpu, 1),
+        )
 
         tokens_per_rating = facts["prompt_tokens"] / max(1, facts["rated"])
-        out.update(prompt_tokens=facts["prompt_tokens"], rated=facts["rated"], failed=facts["failed"],
-                   prompt_tokens_per_rating=round(tokens_per_rating, 1))
-        log(f"\nprompt tokens: {facts['prompt_tokens']:,} over {facts['rated']:,} rated pairs ({facts['failed']} failed) "
-            f"= {tokens_per_rating:.1f} per rating (server counts characters / 4; profile calls included)")
+        out.update(
+            prompt_tokens=facts["prompt_tokens"],
+            rated=facts["rated"],
+            failed=facts["failed"],
+            prompt_tokens_per_rating=round(tokens_per_rating, 1),
+        )
+        log(
+            f"\nprompt tokens: {facts['prompt_tokens']:,} over {facts['rated']:,} rated pairs ({facts['failed']} failed) "
+            f"= {tokens_per_rating:.1f} per rating (server counts characters / 4; profile calls included)"
+        )
         log(facts["by_prompt"].to_string(index=False))
 
         # ---------------------------------------------------------------- rerun of the finished run
@@ -224,13 +330,20 @@ def main(argv: list[str] | None = None) -> int:
             again_requests = _perf.server_stats(base_url)["requests"]
             facts2 = _perf.run_facts(db, run_id)
             new_rows = facts2["calls"] - calls
-            out.update(rerun_wall_s=round(again.wall_s, 2), rerun_server_requests=again_requests,
-                       rerun_new_call_rows=new_rows, rerun_pct=round(100 * again.wall_s / full.wall_s, 1),
-                       rerun_rc=again.returncode, rerun_load_mean=round(again.load_mean, 2),
-                       rerun_peak_rss_mb=round(again.rss.peak_total_mb) if again.rss else None)
-            log(f"rerun: exit {again.returncode}, {again.wall_s:.2f} s = {100 * again.wall_s / full.wall_s:.1f}% of the "
+            out.update(
+                rerun_wall_s=round(again.wall_s, 2),
+                rerun_server_requests=again_requests,
+                rerun_new_call_rows=new_rows,
+                rerun_pct=round(100 * again.wall_s / full.wall_s, 1),
+                rerun_rc=again.returncode,
+                rerun_load_mean=round(again.load_mean, 2),
+                rerun_peak_rss_mb=round(again.rss.peak_total_mb) if again.rss else None,
+            )
+            log(
+                f"rerun: exit {again.returncode}, {again.wall_s:.2f} s = {100 * again.wall_s / full.wall_s:.1f}% of the "
                 f"first run (goal <= 10%), server requests {again_requests}, new uncached llm_calls rows {new_rows}, "
-                f"load mean {again.load_mean:.2f}")
+                f"load mean {again.load_mean:.2f}"
+            )
             for line in phase_table(again):
                 log(line)
             if again.rss:
@@ -242,12 +355,21 @@ def main(argv: list[str] | None = None) -> int:
             seq_dir.mkdir(exist_ok=True)
             seq_db = seq_dir / "doppel.duckdb"
             shutil.copy(template, seq_db)
-            argv_seq = _perf.doppel_argv(base_url=base_url, db=seq_db, run_id="sequential-bench",
-                                         data_dir=args.data_dir, item_text=args.item_text, fold=args.fold,
-                                         users=args.seq_users, concurrency=1, runner=args.runner, baselines=False)
+            argv_seq = _perf.doppel_argv(
+                base_url=base_url,
+                db=seq_db,
+                run_id="sequential-bench",
+                data_dir=args.data_dir,
+                item_text=args.item_text,
+                fold=args.fold,
+                users=args.seq_users,
+                concurrency=1,
+                runner=args.runner,
+                baselines=False,
+            )
             load = _perf.quiet_machine(args.max_load, args.max_wait)
             _perf.server_reset(base_url)
-            from tests.llm_server import admin
+            from doppel.testing.llm_server import admin
 
             admin(base_url, "config", {"max_concurrency": 1})
             log(f"\nsequential run: {args.seq_users} users, one call at a time (load {load:.2f}) ...")
@@ -261,30 +383,48 @@ def main(argv: list[str] | None = None) -> int:
             per_call = seq_fan / max(1, sfacts["calls"])
             seq_full = per_call * calls
             speedup = seq_full / full.wall_s
-            out.update(seq_users=args.seq_users, seq_calls=sfacts["calls"], seq_fanout_s=seq_fan,
-                       seq_wall_s=round(seq.wall_s, 2), seq_s_per_call=round(per_call, 4),
-                       seq_full_est_s=round(seq_full, 1), speedup_vs_sequential=round(speedup, 2),
-                       speedup_vs_sequential_fanout=round(seq_full / fan, 2),
-                       seq_prompt_tokens_per_rating=round(sfacts["prompt_tokens"] / max(1, sfacts["rated"]), 1),
-                       seq_load_mean=round(seq.load_mean, 2))
-            log(f"sequential: {sfacts['calls']} calls in a {seq_fan:.2f} s fan-out = {per_call:.3f} s per call "
+            out.update(
+                seq_users=args.seq_users,
+                seq_calls=sfacts["calls"],
+                seq_fanout_s=seq_fan,
+                seq_wall_s=round(seq.wall_s, 2),
+                seq_s_per_call=round(per_call, 4),
+                seq_full_est_s=round(seq_full, 1),
+                speedup_vs_sequential=round(speedup, 2),
+                speedup_vs_sequential_fanout=round(seq_full / fan, 2),
+                seq_prompt_tokens_per_rating=round(sfacts["prompt_tokens"] / max(1, sfacts["rated"]), 1),
+                seq_load_mean=round(seq.load_mean, 2),
+            )
+            log(
+                f"sequential: {sfacts['calls']} calls in a {seq_fan:.2f} s fan-out = {per_call:.3f} s per call "
                 f"(whole command {seq.wall_s:.1f} s); x {calls:,} calls = {seq_full:.0f} s ({seq_full / 60:.1f} min) for "
                 f"the full run's work; speedup {seq_full:.0f} / {full.wall_s:.1f} (whole command) = {speedup:.1f}x "
-                f"({seq_full / fan:.1f}x fan-out to fan-out); load mean {seq.load_mean:.2f}")
+                f"({seq_full / fan:.1f}x fan-out to fan-out); load mean {seq.load_mean:.2f}"
+            )
         else:
             speedup = float("nan")
 
     out["overhead_ratio"] = round(full.wall_s / ideal, 3)
-    log(f"\noverhead_ratio = whole command / ideal = {full.wall_s:.1f} / {ideal:.1f} = {full.wall_s / ideal:.3f} "
-        f"(flow {flow / ideal:.3f}, fan-out {fan / ideal:.3f}; goal <= 1.15)")
+    log(
+        f"\noverhead_ratio = whole command / ideal = {full.wall_s:.1f} / {ideal:.1f} = {full.wall_s / ideal:.3f} "
+        f"(flow {flow / ideal:.3f}, fan-out {fan / ideal:.3f}; goal <= 1.15)"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2, default=str))
         log(f"figures in {args.json}")
-    print(_perf.result_line(overhead_ratio=round(full.wall_s / ideal, 3), speedup_vs_sequential=round(speedup, 2),
-                            calls=calls, prompt_tokens_per_rating=round(tokens_per_rating, 1),
-                            peak_rss_mb=round(rss.peak_total_mb), flow_ratio=round(flow / ideal, 3),
-                            fanout_ratio=round(fan / ideal, 3)), flush=True)
+    print(
+        _perf.result_line(
+            overhead_ratio=round(full.wall_s / ideal, 3),
+            speedup_vs_sequential=round(speedup, 2),
+            calls=calls,
+            prompt_tokens_per_rating=round(tokens_per_rating, 1),
+            peak_rss_mb=round(rss.peak_total_mb),
+            flow_ratio=round(flow / ideal, 3),
+            fanout_ratio=round(fan / ideal, 3),
+        ),
+        flush=True,
+    )
     return 0
 
 

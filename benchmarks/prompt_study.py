@@ -46,9 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import doppel_env, log, result_line, run_doppel  # noqa: E402
 from _perf import DEFAULT_DATA_DIR, DEFAULT_ITEM_TEXT, RESULTS, markdown_table  # noqa: E402
 
-from tasks.fidelity.llm_margin import paired_gap  # noqa: E402
-from tasks.metrics import rating_metrics  # noqa: E402
-from tasks.store.db import query  # noqa: E402
+from doppel.tasks.fidelity.llm_margin import paired_gap  # noqa: E402
+from doppel.tasks.metrics import rating_metrics  # noqa: E402
+from doppel.tasks.store.db import query  # noqa: E402
 
 NEW, OLD = "compact", "seed"
 VARIANT_RE = re.compile(r"^(?P<prompts>[^+]+)(?P<mods>(\+(batch\d+|noupdate))*)$")
@@ -69,9 +69,29 @@ def run_variant(args: argparse.Namespace, variant: str, db: Path) -> str:
     """One `doppel run` of `variant`; resumes (or re-reads) its run id, which names the study's settings."""
     size = f"{args.fold}-{args.users}u-{args.max_test_items or 'all'}i-{args.model}"
     run_id = "study-" + re.sub(r"[^A-Za-z0-9+_-]", "_", f"{size}-{variant}")
-    argv = [sys.executable, "-m", "flows.cli", "run", "--dataset", "ml-100k", "--fold", args.fold,
-            "--users", str(args.users), "--db", str(db), "--run-id", run_id, "--no-progress", "--no-baselines",
-            "--model", args.model, "--concurrency", str(args.concurrency), *variant_args(variant)]
+    argv = [
+        sys.executable,
+        "-m",
+        "doppel.flows.cli",
+        "run",
+        "--dataset",
+        "ml-100k",
+        "--fold",
+        args.fold,
+        "--users",
+        str(args.users),
+        "--db",
+        str(db),
+        "--run-id",
+        run_id,
+        "--no-progress",
+        "--no-baselines",
+        "--model",
+        args.model,
+        "--concurrency",
+        str(args.concurrency),
+        *variant_args(variant),
+    ]
     if args.data_dir and args.data_dir.exists():  # else doppel downloads ML-100K
         argv += ["--data-dir", str(args.data_dir)]
     if args.item_text:
@@ -103,8 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-item-text", dest="item_text", action="store_const", const=None, help="titles and genres only")
     ap.add_argument("--fold", default="u1")
     ap.add_argument("--users", type=int, default=20, help="seeded sample of the fold's test users")
-    ap.add_argument("--max-test-items", type=int, default=20,
-                    help="held-out items per user (0: all); ~2-3 min per user per variant on the 0.5B model")
+    ap.add_argument(
+        "--max-test-items",
+        type=int,
+        default=20,
+        help="held-out items per user (0: all); ~2-3 min per user per variant on the 0.5B model",
+    )
     ap.add_argument("--model", default="qwen2.5-0.5b")
     ap.add_argument("--base-url", default=None, help="an OpenAI-compatible endpoint instead of the embedded model")
     ap.add_argument("--concurrency", type=int, default=8)
@@ -146,44 +170,82 @@ def main(argv: list[str] | None = None) -> int:
         cost = query(db, "run_prompt_cache", read_only=True, run_id=run_id).iloc[0]
         m = rating_metrics(common["truth"], common[v])
         first = common[f"batch:{v}"] == 0
-        table.append({
-            "variant": v, "run_id": run_id, "calls": int(cost["calls"]), "server_calls": int(cost["server_calls"]),
-            "prompt_tokens_per_rating": float(cost["prompt_tokens"]) / max(1, int(cost["rated"])),
-            "prefix_cache_pct": 100 * float(cost["prefix_cached_tokens"])
-            / max(1.0, float(cost["server_prompt_tokens"])),
-            "s_per_call": float(cost["s_per_call"]) if pd.notna(cost["s_per_call"]) else float("nan"),
-            "failed_pairs": int(cost["failed"]), "repairs": int(cost["repairs"]),
-            **{k: m[k] for k in ("rmse", "mae", "exact", "close", "tv")}, "n": int(m["n"]),
-            "rmse_first_batch": rating_metrics(common["truth"][first], common[v][first])["rmse"],
-            "rmse_later_batches": rating_metrics(common["truth"][~first], common[v][~first])["rmse"],
-        })
+        table.append(
+            {
+                "variant": v,
+                "run_id": run_id,
+                "calls": int(cost["calls"]),
+                "server_calls": int(cost["server_calls"]),
+                "prompt_tokens_per_rating": float(cost["prompt_tokens"]) / max(1, int(cost["rated"])),
+                "prefix_cache_pct": 100
+                * float(cost["prefix_cached_tokens"])
+                / max(1.0, float(cost["server_prompt_tokens"])),
+                "s_per_call": float(cost["s_per_call"]) if pd.notna(cost["s_per_call"]) else float("nan"),
+                "failed_pairs": int(cost["failed"]),
+                "repairs": int(cost["repairs"]),
+                **{k: m[k] for k in ("rmse", "mae", "exact", "close", "tv")},
+                "n": int(m["n"]),
+                "rmse_first_batch": rating_metrics(common["truth"][first], common[v][first])["rmse"],
+                "rmse_later_batches": rating_metrics(common["truth"][~first], common[v][~first])["rmse"],
+            }
+        )
     table = pd.DataFrame(table)
-    gaps = {v: paired_gap(common["truth"].to_numpy(), common[reference].to_numpy(), common[v].to_numpy(), users)
-            for v in run_ids if v != reference}
+    gaps = {
+        v: paired_gap(common["truth"].to_numpy(), common[reference].to_numpy(), common[v].to_numpy(), users)
+        for v in run_ids
+        if v != reference
+    }
 
-    cols = ["variant", "calls", "server_calls", "prompt_tokens_per_rating", "prefix_cache_pct", "s_per_call",
-            "failed_pairs", "repairs", "rmse", "mae", "exact", "close", "tv", "rmse_first_batch",
-            "rmse_later_batches", "n"]
+    cols = [
+        "variant",
+        "calls",
+        "server_calls",
+        "prompt_tokens_per_rating",
+        "prefix_cache_pct",
+        "s_per_call",
+        "failed_pairs",
+        "repairs",
+        "rmse",
+        "mae",
+        "exact",
+        "close",
+        "tv",
+        "rmse_first_batch",
+        "rmse_later_batches",
+        "n",
+    ]
     text = markdown_table(table.to_dict("records"), cols)
-    gap_lines = [f"- {v} minus {reference}, {metric}: {g:+.3f} (95% interval over users {lo:+.3f} .. {hi:+.3f})"
-                 for v, gap in gaps.items() for metric, (g, lo, hi) in gap.items()]
+    gap_lines = [
+        f"- {v} minus {reference}, {metric}: {g:+.3f} (95% interval over users {lo:+.3f} .. {hi:+.3f})"
+        for v, gap in gaps.items()
+        for metric, (g, lo, hi) in gap.items()
+    ]
     log(text)
     log("\n".join(gap_lines))
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "prompt_study.csv", index=False)
     (args.out / "prompt_study.md").write_text(
         f"# Prompt study\n\n{n_users} users of {args.fold}, {len(common)} pairs rated by every variant; runs "
-        f"{run_ids} in {db}.\n\n{text}\n\n" + "\n".join(gap_lines) + "\n")
+        f"{run_ids} in {db}.\n\n{text}\n\n" + "\n".join(gap_lines) + "\n"
+    )
 
     by = table.set_index("variant")
     if {NEW, OLD} <= set(by.index):
         new, old = by.loc[NEW], by.loc[OLD]  # both scored on the same pairs: the gap is the paired one
-        print(result_line(tokens_per_rating_new=float(new["prompt_tokens_per_rating"]),
-                          tokens_per_rating_old=float(old["prompt_tokens_per_rating"]),
-                          token_ratio=float(new["prompt_tokens_per_rating"] / old["prompt_tokens_per_rating"]),
-                          rmse_new=float(new["rmse"]), rmse_old=float(old["rmse"]), rmse_gap=float(new["rmse"] - old["rmse"]),
-                          exact_new=float(new["exact"]), exact_old=float(old["exact"]), users=n_users,
-                          pairs=len(common)))
+        print(
+            result_line(
+                tokens_per_rating_new=float(new["prompt_tokens_per_rating"]),
+                tokens_per_rating_old=float(old["prompt_tokens_per_rating"]),
+                token_ratio=float(new["prompt_tokens_per_rating"] / old["prompt_tokens_per_rating"]),
+                rmse_new=float(new["rmse"]),
+                rmse_old=float(old["rmse"]),
+                rmse_gap=float(new["rmse"] - old["rmse"]),
+                exact_new=float(new["exact"]),
+                exact_old=float(old["exact"]),
+                users=n_users,
+                pairs=len(common),
+            )
+        )
     else:
         best = by["rmse"].idxmin()
         print(result_line(best_variant=best, best_rmse=float(by.loc[best, "rmse"]), users=n_users, pairs=len(common)))

@@ -44,9 +44,9 @@ def main() -> None:
     from _common import log, result_line
     from distributed import Client
 
-    from flows.runtime import free_port, prefect_api
-    from tasks.settings import LLMSettings, RunSettings
-    from tests.llm_server import LLMTestServer
+    from doppel.flows.runtime import free_port, prefect_api
+    from doppel.tasks.settings import LLMSettings, RunSettings
+    from doppel.testing.llm_server import LLMTestServer
     from tests.test_deployments import spawn, stop_tree
 
     with contextlib.ExitStack() as stack:
@@ -56,42 +56,99 @@ def main() -> None:
         port = free_port()
         address = f"tcp://127.0.0.1:{port}"
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        procs = [spawn([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                        "--no-dashboard"], work / "scheduler.log", env)]
+        procs = [
+            spawn(
+                [
+                    sys.executable,
+                    "-m",
+                    "dask",
+                    "scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--no-dashboard",
+                ],
+                work / "scheduler.log",
+                env,
+            )
+        ]
         try:
             for name in ("w1", "w2"):
-                procs.append(spawn([sys.executable, "-m", "dask", "worker", address, "--nthreads", "1", "--name",
-                                    name, "--no-dashboard", "--local-directory", str(work / name)],
-                                   work / f"{name}.log", env))
+                procs.append(
+                    spawn(
+                        [
+                            sys.executable,
+                            "-m",
+                            "dask",
+                            "worker",
+                            address,
+                            "--nthreads",
+                            "1",
+                            "--name",
+                            name,
+                            "--no-dashboard",
+                            "--local-directory",
+                            str(work / name),
+                        ],
+                        work / f"{name}.log",
+                        env,
+                    )
+                )
             with Client(address, timeout=60) as client:
                 client.wait_for_workers(2, timeout=120)
-            from flows.simulate import simulate
+            from doppel.flows.simulate import simulate
 
             walls, calls = {}, set()
-            runs = (("warm-up", "threads", None), ("remote_cold", "dask", address), ("remote_warm", "dask", address),
-                    ("local", "dask", None))
+            runs = (
+                ("warm-up", "threads", None),
+                ("remote_cold", "dask", address),
+                ("remote_warm", "dask", address),
+                ("local", "dask", None),
+            )
             for label, runner, dask_address in runs:
                 db = work / label / "doppel.duckdb"
                 db.parent.mkdir()
                 settings = RunSettings(
-                    dataset="synthetic", synthetic_users=args.users, synthetic_items=60, folds=["u1"], db=str(db),
-                    runner=runner, dask_address=dask_address, dask_workers=2, progress=False, baselines=False,
-                    users=1 if label == "warm-up" else None, run_id="bench",
-                    llm=LLMSettings(base_url=llm.base_url, model="doppel-test-model", concurrency=args.concurrency,
-                                    timeout_s=30))
+                    dataset="synthetic",
+                    synthetic_users=args.users,
+                    synthetic_items=60,
+                    folds=["u1"],
+                    db=str(db),
+                    runner=runner,
+                    dask_address=dask_address,
+                    dask_workers=2,
+                    progress=False,
+                    baselines=False,
+                    users=1 if label == "warm-up" else None,
+                    run_id="bench",
+                    llm=LLMSettings(
+                        base_url=llm.base_url, model="doppel-test-model", concurrency=args.concurrency, timeout_s=30
+                    ),
+                )
                 t0 = time.monotonic()
                 summary = simulate(settings)
                 walls[label] = time.monotonic() - t0
                 if label == "warm-up":  # this process's first flow pays imports and Prefect set-up
                     continue
                 calls.add(summary["this_invocation"]["new_calls"])
-                log(f"{label}: {walls[label]:.1f} s, {summary['this_invocation']['new_calls']} calls, "
-                    f"{summary['this_invocation']['users']} users")
+                log(
+                    f"{label}: {walls[label]:.1f} s, {summary['this_invocation']['new_calls']} calls, "
+                    f"{summary['this_invocation']['users']} users"
+                )
         finally:
             for proc in reversed(procs):
                 stop_tree(proc)
-    log(result_line(remote_cold_s=walls["remote_cold"], remote_warm_s=walls["remote_warm"], local_s=walls["local"],
-                    calls=max(calls), same_calls=len(calls) == 1, latency_s=args.latency))
+    log(
+        result_line(
+            remote_cold_s=walls["remote_cold"],
+            remote_warm_s=walls["remote_warm"],
+            local_s=walls["local"],
+            calls=max(calls),
+            same_calls=len(calls) == 1,
+            latency_s=args.latency,
+        )
+    )
 
 
 if __name__ == "__main__":

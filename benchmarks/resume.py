@@ -36,13 +36,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (DEFAULT_DATA_DIR, ProcessTree, admin, db_is_locked, describe, doppel_argv,  # noqa: E402
-                     doppel_env, kill_group, kill_pids, llm_server, log, read_db, result_line, run_doppel,
-                     server_requests, start_doppel, workdir)
+from _common import (  # noqa: E402
+    DEFAULT_DATA_DIR,
+    ProcessTree,
+    admin,
+    db_is_locked,
+    describe,
+    doppel_argv,
+    doppel_env,
+    kill_group,
+    kill_pids,
+    llm_server,
+    log,
+    read_db,
+    result_line,
+    run_doppel,
+    server_requests,
+    start_doppel,
+    workdir,
+)
 
 RUN_ID = "resume-bench"
-RATINGS_SQL = ("select fold, user_id, item_id, rating, status from simulated_ratings where run_id = ? "
-               "order by all")
+RATINGS_SQL = "select fold, user_id, item_id, rating, status from simulated_ratings where run_id = ? order by all"
 PROFILES_SQL = "select fold, user_id, version, stage, text from profiles where run_id = ? order by all"
 STATE_SQL = """
 select (select count(*) from run_users where run_id = $1 and status = 'done') as users_done,
@@ -77,8 +92,18 @@ def kill(proc, target: str) -> None:
         kill_group(proc)
 
 
-def killed_run(argv, env, out: Path, base_url: str, db: Path, *, at_requests: int, when: str,
-               target: str = "group", deadline_s: float = 1800) -> dict:
+def killed_run(
+    argv,
+    env,
+    out: Path,
+    base_url: str,
+    db: Path,
+    *,
+    at_requests: int,
+    when: str,
+    target: str = "group",
+    deadline_s: float = 1800,
+) -> dict:
     """Start doppel, kill it at the chosen moment; return what happened (requests, orphans, db state)."""
     before = server_requests(base_url)
     proc = start_doppel(argv, env, out)
@@ -103,9 +128,16 @@ def killed_run(argv, env, out: Path, base_url: str, db: Path, *, at_requests: in
     time.sleep(0.3)  # dropped connections settle on the server
     orphans = tree.survivors(grace_s=10.0)
     kill_pids(orphans)
-    return {"requests": server_requests(base_url), "killed_at_s": round(killed_at, 1), "held_lock": held,
-            "finished_before_kill": finished_first, "orphans": orphans, "wal_bytes": wal_bytes(db),
-            "state": state(db), "processes_seen": len(tree.seen)}
+    return {
+        "requests": server_requests(base_url),
+        "killed_at_s": round(killed_at, 1),
+        "held_lock": held,
+        "finished_before_kill": finished_first,
+        "orphans": orphans,
+        "wal_bytes": wal_bytes(db),
+        "state": state(db),
+        "processes_seen": len(tree.seen),
+    }
 
 
 def compare(ref: tuple, got: tuple) -> dict:
@@ -114,16 +146,19 @@ def compare(ref: tuple, got: tuple) -> dict:
     same_p = r_profiles.reset_index(drop=True).equals(g_profiles.reset_index(drop=True))
     out = {"identical": same_r and same_p, "ratings_rows": len(g_ratings), "profile_rows": len(g_profiles)}
     if not same_r:
-        m = r_ratings.merge(g_ratings, on=["fold", "user_id", "item_id"], how="outer", indicator=True,
-                            suffixes=("_ref", "_got"))
+        m = r_ratings.merge(
+            g_ratings, on=["fold", "user_id", "item_id"], how="outer", indicator=True, suffixes=("_ref", "_got")
+        )
         out["ratings_only_ref"] = int((m["_merge"] == "left_only").sum())
         out["ratings_only_resumed"] = int((m["_merge"] == "right_only").sum())
         both = m[m["_merge"] == "both"]
-        out["ratings_differ"] = int(((both["rating_ref"] != both["rating_got"])
-                                     | (both["status_ref"] != both["status_got"])).sum())
+        out["ratings_differ"] = int(
+            ((both["rating_ref"] != both["rating_got"]) | (both["status_ref"] != both["status_got"])).sum()
+        )
     if not same_p:
-        m = r_profiles.merge(g_profiles, on=["fold", "user_id", "version"], how="outer", indicator=True,
-                             suffixes=("_ref", "_got"))
+        m = r_profiles.merge(
+            g_profiles, on=["fold", "user_id", "version"], how="outer", indicator=True, suffixes=("_ref", "_got")
+        )
         out["profiles_only_ref"] = int((m["_merge"] == "left_only").sum())
         out["profiles_only_resumed"] = int((m["_merge"] == "right_only").sum())
         both = m[m["_merge"] == "both"]
@@ -141,10 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency", type=float, default=0.1, help="server seconds per call")
     ap.add_argument("--kill-at", type=float, default=0.5, help="trial half: fraction of the reference's calls")
     ap.add_argument("--write-kills", type=int, default=3, help="trial writes: kills during DuckDB writes")
-    ap.add_argument("--write-from", type=float, default=0.5,
-                    help="trial writes: first kill at the first write after this fraction of the calls (users "
-                         "start longest chain first, so the first user is written at ~half the calls); later "
-                         "kills spread to 0.8, each after the previous rerun made new calls")
+    ap.add_argument(
+        "--write-from",
+        type=float,
+        default=0.5,
+        help="trial writes: first kill at the first write after this fraction of the calls (users "
+        "start longest chain first, so the first user is written at ~half the calls); later "
+        "kills spread to 0.8, each after the previous rerun made new calls",
+    )
     ap.add_argument("--trials", default="half,writes,main", help="comma list of half, writes, main")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
@@ -154,11 +193,19 @@ def main(argv: list[str] | None = None) -> int:
     log(f"workdir {wd}; trials {trials}")
     results: dict[str, dict] = {}
     with llm_server(latency=args.latency) as (_, base_url):
+
         def argv_for(name: str) -> list[str]:
             (wd / name).mkdir(exist_ok=True)
-            return doppel_argv(base_url=base_url, db=wd / name / "doppel.duckdb", run_id=RUN_ID,
-                               data_dir=args.data_dir, item_text=args.item_text, fold=args.fold, users=args.users,
-                               concurrency=args.concurrency)
+            return doppel_argv(
+                base_url=base_url,
+                db=wd / name / "doppel.duckdb",
+                run_id=RUN_ID,
+                data_dir=args.data_dir,
+                item_text=args.item_text,
+                fold=args.fold,
+                users=args.users,
+                concurrency=args.concurrency,
+            )
 
         env = doppel_env(wd / "prefect-home")
         admin(base_url, "reset")
@@ -166,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         ref_requests = server_requests(base_url)
         ref_db = wd / "reference" / "doppel.duckdb"
         ref = tables(ref_db)
-        log(f"reference: exit {ref_run.returncode}, {ref_run.wall_s:.1f} s, {ref_requests:,} server requests, "
-            f"{len(ref[0]):,} rating rows, {len(ref[1]):,} profile rows")
+        log(
+            f"reference: exit {ref_run.returncode}, {ref_run.wall_s:.1f} s, {ref_requests:,} server requests, "
+            f"{len(ref[0]):,} rating rows, {len(ref[1]):,} profile rows"
+        )
         if ref_run.returncode != 0:
             log(ref_run.stdout[-3000:])
             print(result_line(repeated_calls_pct=float("nan"), identical=False))
@@ -179,42 +228,76 @@ def main(argv: list[str] | None = None) -> int:
             out = wd / trial / "doppel.log"
             kills = []
             if trial == "half":
-                kills.append(killed_run(argv_run, env, out, base_url, db, when="calls",
-                                        at_requests=int(args.kill_at * ref_requests)))
+                kills.append(
+                    killed_run(
+                        argv_run, env, out, base_url, db, when="calls", at_requests=int(args.kill_at * ref_requests)
+                    )
+                )
             elif trial == "main":
-                kills.append(killed_run(argv_run, env, out, base_url, db, when="calls", target="main",
-                                        at_requests=int(args.kill_at * ref_requests)))
+                kills.append(
+                    killed_run(
+                        argv_run,
+                        env,
+                        out,
+                        base_url,
+                        db,
+                        when="calls",
+                        target="main",
+                        at_requests=int(args.kill_at * ref_requests),
+                    )
+                )
             elif trial == "writes":
                 for k in range(args.write_kills):
                     frac = args.write_from + (0.8 - args.write_from) * k / max(1, args.write_kills - 1)
                     last = kills[-1]["requests"] if kills else 0
-                    kills.append(killed_run(argv_run, env, out, base_url, db, when="write",
-                                            at_requests=max(int(frac * ref_requests), last + 1)))
+                    kills.append(
+                        killed_run(
+                            argv_run,
+                            env,
+                            out,
+                            base_url,
+                            db,
+                            when="write",
+                            at_requests=max(int(frac * ref_requests), last + 1),
+                        )
+                    )
             else:
                 raise SystemExit(f"unknown trial {trial!r}")
             for i, k in enumerate(kills, 1):
-                log(f"{trial} kill {i}: at {k['killed_at_s']} s, server requests so far {k['requests']:,} "
+                log(
+                    f"{trial} kill {i}: at {k['killed_at_s']} s, server requests so far {k['requests']:,} "
                     f"({100 * k['requests'] / ref_requests:.0f}% of the reference), held the db lock: "
                     f"{k['held_lock']}, WAL left {k['wal_bytes']:,} bytes, db after the kill {k['state']}, "
                     f"finished before the kill: {k['finished_before_kill']}, processes seen "
-                    f"{k['processes_seen']}, alive 10 s after the kill: {describe(k['orphans'])}")
+                    f"{k['processes_seen']}, alive 10 s after the kill: {describe(k['orphans'])}"
+                )
             rerun = run_doppel(argv_run, env, out)
             total = server_requests(base_url)
             got = tables(db)
             cmp = compare(ref, got)
             repeated = total - ref_requests
-            results[trial] = {"repeated": repeated, "pct": 100 * repeated / ref_requests, "rerun_rc": rerun.returncode,
-                              "orphans": sum(len(k["orphans"]) for k in kills), "kills": len(kills), **cmp}
-            log(f"{trial}: rerun exit {rerun.returncode} in {rerun.wall_s:.1f} s; requests of all invocations "
+            results[trial] = {
+                "repeated": repeated,
+                "pct": 100 * repeated / ref_requests,
+                "rerun_rc": rerun.returncode,
+                "orphans": sum(len(k["orphans"]) for k in kills),
+                "kills": len(kills),
+                **cmp,
+            }
+            log(
+                f"{trial}: rerun exit {rerun.returncode} in {rerun.wall_s:.1f} s; requests of all invocations "
                 f"{total:,}; repeated {repeated:,} = {100 * repeated / ref_requests:.2f}% of {ref_requests:,} "
-                f"({100 * repeated / ref_requests / max(1, len(kills)):.2f}% per kill); tables vs reference: {cmp}")
+                f"({100 * repeated / ref_requests / max(1, len(kills)):.2f}% per kill); tables vs reference: {cmp}"
+            )
             if rerun.returncode != 0:
                 log(rerun.stdout[-3000:])
 
     log("\nsummary:")
     for trial, r in results.items():
-        log(f"  {trial:6s} kills {r['kills']}, repeated calls {r['repeated']:,} ({r['pct']:.2f}%), identical "
-            f"{r['identical']}, orphans {r['orphans']}, rerun exit {r['rerun_rc']}")
+        log(
+            f"  {trial:6s} kills {r['kills']}, repeated calls {r['repeated']:,} ({r['pct']:.2f}%), identical "
+            f"{r['identical']}, orphans {r['orphans']}, rerun exit {r['rerun_rc']}"
+        )
     identical = bool(results) and all(r["identical"] and r["rerun_rc"] == 0 for r in results.values())
     headline = results.get("half") or next(iter(results.values()), {"pct": float("nan")})
     print(result_line(repeated_calls_pct=round(headline["pct"], 2), identical=identical), flush=True)

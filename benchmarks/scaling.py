@@ -29,7 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,9 +37,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _perf  # noqa: E402
 from _perf import log  # noqa: E402
 
-COLUMNS = ["runner", "sweep", "users", "concurrency", "latency_s", "calls", "longest_chain", "ideal_s", "fanout_s",
-           "flow_s", "command_s", "ratio_fanout", "ratio_command", "scheduler_model_s", "peak_rss_mb", "cpu_s", "load_mean",
-           "exit"]
+COLUMNS = [
+    "runner",
+    "sweep",
+    "users",
+    "concurrency",
+    "latency_s",
+    "calls",
+    "longest_chain",
+    "ideal_s",
+    "fanout_s",
+    "flow_s",
+    "command_s",
+    "ratio_fanout",
+    "ratio_command",
+    "scheduler_model_s",
+    "peak_rss_mb",
+    "cpu_s",
+    "load_mean",
+    "exit",
+]
 
 
 def ints(text: str) -> list[int]:
@@ -57,8 +74,10 @@ def plot(rows: list[dict], path: Path, latency: float, users_for_conc: int, conc
     for ax, sweep, xkey in ((axes[0], "users", "users"), (axes[1], "concurrency", "concurrency")):
         ideal_pts = {}
         for runner in sorted({r["runner"] for r in rows}):
-            pts = sorted((r for r in rows if r["sweep"] == sweep and r["runner"] == runner and r["exit"] == 0),
-                         key=lambda r: r[xkey])
+            pts = sorted(
+                (r for r in rows if r["sweep"] == sweep and r["runner"] == runner and r["exit"] == 0),
+                key=lambda r: r[xkey],
+            )
             if not pts:
                 continue
             xs = [r[xkey] for r in pts]
@@ -86,7 +105,9 @@ def plot(rows: list[dict], path: Path, latency: float, users_for_conc: int, conc
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", type=Path, default=_perf.DEFAULT_DATA_DIR)
-    ap.add_argument("--item-text", type=Path, default=_perf.DEFAULT_ITEM_TEXT if _perf.DEFAULT_ITEM_TEXT.exists() else None)
+    ap.add_argument(
+        "--item-text", type=Path, default=_perf.DEFAULT_ITEM_TEXT if _perf.DEFAULT_ITEM_TEXT.exists() else None
+    )
     ap.add_argument("--fold", default="u1")
     ap.add_argument("--latency", type=float, default=0.1)
     ap.add_argument("--users-list", default="50,100,200,459")
@@ -98,8 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=_perf.RESULTS, help="directory for scaling.csv/.md/.png")
     ap.add_argument("--max-load", type=float, default=2.5)
     ap.add_argument("--max-wait", type=float, default=600)
-    ap.add_argument("--template", type=Path, default=None,
-                    help="an already ingested DuckDB file to copy instead of ingesting (same code version)")
+    ap.add_argument(
+        "--template",
+        type=Path,
+        default=None,
+        help="an already ingested DuckDB file to copy instead of ingesting (same code version)",
+    )
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -117,8 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.template:
         shutil.copy(args.template, template)
     else:
-        ingest = [sys.executable, "-m", "flows.cli", "ingest", "--dataset", "ml-100k", "--data-dir", str(args.data_dir),
-                  "--db", str(template)] + (["--item-text", str(args.item_text)] if args.item_text else [])
+        ingest = [
+            sys.executable,
+            "-m",
+            "doppel.flows.cli",
+            "ingest",
+            "--dataset",
+            "ml-100k",
+            "--data-dir",
+            str(args.data_dir),
+            "--db",
+            str(template),
+        ] + (["--item-text", str(args.item_text)] if args.item_text else [])
         if _perf.run_timed(ingest, env, wd, log_path, sample_rss=False).returncode != 0:
             log(f"ingest failed: see {log_path}")
             return 1
@@ -136,10 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         csv.DictWriter(f, COLUMNS).writeheader()
     started = time.monotonic()
     with _perf.llm_server(latency=args.latency, max_concurrency=args.concurrency_for_users) as (_, base_url):
-        from tests.llm_server import admin
+        from doppel.testing.llm_server import admin
 
         for i, (runner, sweep, users, conc) in enumerate(points, 1):
-            same = next((r for r in rows if r["runner"] == runner and r["users"] == users and r["concurrency"] == conc), None)
+            same = next(
+                (r for r in rows if r["runner"] == runner and r["users"] == users and r["concurrency"] == conc), None
+            )
             if same is not None:  # e.g. 200 users at concurrency 32 is on both sweeps
                 rows.append({**same, "sweep": sweep})
                 continue
@@ -150,61 +187,98 @@ def main(argv: list[str] | None = None) -> int:
             point_dir.mkdir(exist_ok=True)
             db = point_dir / "doppel.duckdb"
             shutil.copy(template, db)
-            argv_run = _perf.doppel_argv(base_url=base_url, db=db, run_id="scaling", data_dir=args.data_dir,
-                                         item_text=args.item_text, fold=args.fold,
-                                         users=None if users >= n_all else users, concurrency=conc, runner=runner,
-                                         baselines=False)
+            argv_run = _perf.doppel_argv(
+                base_url=base_url,
+                db=db,
+                run_id="scaling",
+                data_dir=args.data_dir,
+                item_text=args.item_text,
+                fold=args.fold,
+                users=None if users >= n_all else users,
+                concurrency=conc,
+                runner=runner,
+                baselines=False,
+            )
             load = _perf.quiet_machine(args.max_load, args.max_wait)
             admin(base_url, "config", {"max_concurrency": conc})
             _perf.server_reset(base_url)
             t = _perf.run_timed(argv_run, env, point_dir, log_path)
-            row = {"runner": runner, "sweep": sweep, "users": len(shapes), "concurrency": conc,
-                   "latency_s": args.latency, "exit": t.returncode, "load_mean": round(t.load_mean, 2),
-                   "peak_rss_mb": round(t.rss.peak_total_mb) if t.rss else None, "command_s": round(t.wall_s, 2),
-                   "cpu_s": round(sum(t.rss.cpu_by_role().values()), 1) if t.rss else None,
-                   "scheduler_model_s": round(sched, 2)}
+            row = {
+                "runner": runner,
+                "sweep": sweep,
+                "users": len(shapes),
+                "concurrency": conc,
+                "latency_s": args.latency,
+                "exit": t.returncode,
+                "load_mean": round(t.load_mean, 2),
+                "peak_rss_mb": round(t.rss.peak_total_mb) if t.rss else None,
+                "command_s": round(t.wall_s, 2),
+                "cpu_s": round(sum(t.rss.cpu_by_role().values()), 1) if t.rss else None,
+                "scheduler_model_s": round(sched, 2),
+            }
             if t.returncode == 0:
                 facts = _perf.run_facts(db, "scaling")
                 ideal = _perf.ideal_wall(facts["calls"], facts["longest_chain_calls"], args.latency, conc)
                 fan = t.phases.get("fanout_s", float("nan"))
-                row.update(calls=facts["calls"], longest_chain=facts["longest_chain_calls"], ideal_s=round(ideal, 2),
-                           fanout_s=fan, flow_s=t.phases.get("flow_wall_s", float("nan")),
-                           ratio_fanout=round(fan / ideal, 3), ratio_command=round(t.wall_s / ideal, 3))
+                row.update(
+                    calls=facts["calls"],
+                    longest_chain=facts["longest_chain_calls"],
+                    ideal_s=round(ideal, 2),
+                    fanout_s=fan,
+                    flow_s=t.phases.get("flow_wall_s", float("nan")),
+                    ratio_fanout=round(fan / ideal, 3),
+                    ratio_command=round(t.wall_s / ideal, 3),
+                )
             rows.append(row)
             with csv_path.open("a", newline="") as f:
                 csv.DictWriter(f, COLUMNS).writerow(row)
-            log(f"[{i}/{len(points)} {time.monotonic() - started:6.0f} s] {runner:7s} users {row['users']:3d} "
+            log(
+                f"[{i}/{len(points)} {time.monotonic() - started:6.0f} s] {runner:7s} users {row['users']:3d} "
                 f"conc {conc:2d}: exit {t.returncode}, calls {row.get('calls')}, ideal {row.get('ideal_s')} s, "
                 f"fan-out {row.get('fanout_s')} s ({row.get('ratio_fanout')}x), command {row['command_s']} s "
                 f"({row.get('ratio_command')}x), model {sched:.1f} s, rss {row['peak_rss_mb']} MB, "
-                f"load {load:.2f} -> mean {t.load_mean:.2f}")
+                f"load {load:.2f} -> mean {t.load_mean:.2f}"
+            )
 
     # rewrite the CSV with the duplicated shared point included, then the table and the plot
     with csv_path.open("w", newline="") as f:
         w = csv.DictWriter(f, COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    md = [f"# doppel run scaling ({stamp})", "",
-          f"u1 of MovieLens-100K, test server at {args.latency:g} s per call with a server-side cap = concurrency, "
-          f"`--no-baselines`, fresh db and cache per point; repo {repo}; machine: {_machine()}.", "",
-          "fan-out = the flow's simulate phase (first planning to last write); command = the whole `doppel run` "
-          "process (imports, Prefect API start, ingest check, cluster, fan-out, gate, score, shutdown). "
-          "ideal = max(calls x latency / concurrency, longest chain x latency); model = doppel's scheduler "
-          "alone at exact latency and zero CPU cost.", ""]
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    md = [
+        f"# doppel run scaling ({stamp})",
+        "",
+        f"u1 of MovieLens-100K, test server at {args.latency:g} s per call with a server-side cap = concurrency, "
+        f"`--no-baselines`, fresh db and cache per point; repo {repo}; machine: {_machine()}.",
+        "",
+        "fan-out = the flow's simulate phase (first planning to last write); command = the whole `doppel run` "
+        "process (imports, Prefect API start, ingest check, cluster, fan-out, gate, score, shutdown). "
+        "ideal = max(calls x latency / concurrency, longest chain x latency); model = doppel's scheduler "
+        "alone at exact latency and zero CPU cost.",
+        "",
+    ]
     for sweep in ("users", "concurrency"):
-        md += [f"## wall vs {sweep}", "",
-               _perf.markdown_table([r for r in rows if r["sweep"] == sweep], COLUMNS[:1] + COLUMNS[2:]), ""]
+        md += [
+            f"## wall vs {sweep}",
+            "",
+            _perf.markdown_table([r for r in rows if r["sweep"] == sweep], COLUMNS[:1] + COLUMNS[2:]),
+            "",
+        ]
     md_path.write_text("\n".join(md))
     plot(rows, png_path, args.latency, args.users_for_concurrency, args.concurrency_for_users)
     log("\n".join(md))
     ok = [r for r in rows if r["exit"] == 0]
     log(f"\ncsv {csv_path}\nmarkdown {md_path}\nplot {png_path}\nsweep took {time.monotonic() - started:.0f} s")
-    print(_perf.result_line(
-        points=len(ok),
-        fanout_ratio_median=round(statistics.median(r["ratio_fanout"] for r in ok), 3) if ok else float("nan"),
-        command_ratio_median=round(statistics.median(r["ratio_command"] for r in ok), 3) if ok else float("nan"),
-        png=str(png_path)), flush=True)
+    print(
+        _perf.result_line(
+            points=len(ok),
+            fanout_ratio_median=round(statistics.median(r["ratio_fanout"] for r in ok), 3) if ok else float("nan"),
+            command_ratio_median=round(statistics.median(r["ratio_command"] for r in ok), 3) if ok else float("nan"),
+            png=str(png_path),
+        ),
+        flush=True,
+    )
     return 0
 
 

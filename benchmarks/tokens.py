@@ -7,7 +7,7 @@ The seed design (Lusifer) spends ~450 prompt tokens per rating; the goal is <= 5
 
 - measured (with --db/--run-id): prompt tokens of the run's uncached calls over its rated pairs,
   split by prompt kind (profile create/refine/update, rating): how much each kind costs per rating;
-- estimated: `tasks.estimate` (the code behind `doppel run --dry-run`) renders the real prompts for
+- estimated: `doppel.tasks.estimate` (the code behind `doppel run --dry-run`) renders the real prompts for
   the fold's users with a placeholder profile of the target length, for rate batches 5..30 with and
   without the per-batch profile update: calls, prompt tokens per rating, and the LLM-bound wall at
   0.5 s/call and concurrency 32. Tokens are characters / 4, as the test server counts them.
@@ -36,14 +36,18 @@ SEED_TOKENS_PER_RATING = 450
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", type=Path, default=_perf.DEFAULT_DATA_DIR)
-    ap.add_argument("--item-text", type=Path, default=_perf.DEFAULT_ITEM_TEXT if _perf.DEFAULT_ITEM_TEXT.exists() else None)
+    ap.add_argument(
+        "--item-text", type=Path, default=_perf.DEFAULT_ITEM_TEXT if _perf.DEFAULT_ITEM_TEXT.exists() else None
+    )
     ap.add_argument("--fold", default="u1")
     ap.add_argument("--users", type=int, default=None)
     ap.add_argument("--batches", default="5,10,15,20,30")
     ap.add_argument("--prompts", default="compact", help="prompt set: compact | seed | a folder")
     ap.add_argument("--db", type=Path, default=None, help="a run's DuckDB file for the measured split")
     ap.add_argument("--run-id", default=None)
-    ap.add_argument("--template", type=Path, default=None, help="an ingested DuckDB file (default: ingest into a temp dir)")
+    ap.add_argument(
+        "--template", type=Path, default=None, help="an ingested DuckDB file (default: ingest into a temp dir)"
+    )
     ap.add_argument("--repo", type=Path, default=_perf.REPO)
     ap.add_argument("--out", type=Path, default=_perf.RESULTS)
     args = ap.parse_args(argv)
@@ -55,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         per = facts["prompt_tokens"] / max(1, facts["rated"])
         by = facts["by_prompt"].copy()
         by["per_rating"] = by["prompt_tokens"] / max(1, facts["rated"])
-        log(f"measured on {args.run_id}: {facts['prompt_tokens']:,} prompt tokens / {facts['rated']:,} ratings = {per:.1f} "
-            f"per rating ({100 * per / SEED_TOKENS_PER_RATING:.0f}% of the seed's ~{SEED_TOKENS_PER_RATING})")
+        log(
+            f"measured on {args.run_id}: {facts['prompt_tokens']:,} prompt tokens / {facts['rated']:,} ratings = {per:.1f} "
+            f"per rating ({100 * per / SEED_TOKENS_PER_RATING:.0f}% of the seed's ~{SEED_TOKENS_PER_RATING})"
+        )
         log(by.to_string(index=False))
         measured = per
 
@@ -64,41 +70,74 @@ def main(argv: list[str] | None = None) -> int:
     if template is None:
         wd = Path(tempfile.mkdtemp(prefix="doppel-tokens-"))
         template = wd / "template.duckdb"
-        ingest = [sys.executable, "-m", "flows.cli", "ingest", "--dataset", "ml-100k", "--data-dir", str(args.data_dir),
-                  "--db", str(template)] + (["--item-text", str(args.item_text)] if args.item_text else [])
-        t = _perf.run_timed(ingest, _perf.doppel_env(repo, wd / "prefect-home"), wd, wd / "ingest.log", sample_rss=False)
+        ingest = [
+            sys.executable,
+            "-m",
+            "doppel.flows.cli",
+            "ingest",
+            "--dataset",
+            "ml-100k",
+            "--data-dir",
+            str(args.data_dir),
+            "--db",
+            str(template),
+        ] + (["--item-text", str(args.item_text)] if args.item_text else [])
+        t = _perf.run_timed(
+            ingest, _perf.doppel_env(repo, wd / "prefect-home"), wd, wd / "ingest.log", sample_rss=False
+        )
         if t.returncode != 0:
             log(t.text[-2000:])
             return 1
 
-    from tasks.estimate import estimate
-    from tasks.settings import RunSettings, SimulationSettings
+    from doppel.tasks.estimate import estimate
+    from doppel.tasks.settings import RunSettings, SimulationSettings
 
     rows = []
     for update in (True, False):
         for batch in [int(b) for b in args.batches.split(",")]:
-            settings = RunSettings(dataset="ml-100k", db=str(template), folds=[args.fold], users=args.users,
-                                   sim=SimulationSettings(rate_batch=batch, update_profile=update,
-                                                          prompts=args.prompts))
+            settings = RunSettings(
+                dataset="ml-100k",
+                db=str(template),
+                folds=[args.fold],
+                users=args.users,
+                sim=SimulationSettings(rate_batch=batch, update_profile=update, prompts=args.prompts),
+            )
             est = estimate(settings, "ml-100k")
-            rows.append({"rate_batch": batch, "update": update, "users": est.users, "calls": est.calls,
-                         "calls_per_user": round(est.calls / max(1, est.users), 1), "longest_chain": est.longest_chain,
-                         "prompt_tokens_per_rating": round(est.prompt_tokens / max(1, est.pairs), 1),
-                         "pct_of_seed": round(100 * est.prompt_tokens / max(1, est.pairs) / SEED_TOKENS_PER_RATING),
-                         "wall_s_at_0.5s_c32": round(est.wall_s(0.5, 32), 1)})
+            rows.append(
+                {
+                    "rate_batch": batch,
+                    "update": update,
+                    "users": est.users,
+                    "calls": est.calls,
+                    "calls_per_user": round(est.calls / max(1, est.users), 1),
+                    "longest_chain": est.longest_chain,
+                    "prompt_tokens_per_rating": round(est.prompt_tokens / max(1, est.pairs), 1),
+                    "pct_of_seed": round(100 * est.prompt_tokens / max(1, est.pairs) / SEED_TOKENS_PER_RATING),
+                    "wall_s_at_0.5s_c32": round(est.wall_s(0.5, 32), 1),
+                }
+            )
     columns = list(rows[0])
     table = _perf.markdown_table(rows, columns)
     log("\nestimated with the real prompts (placeholder profile of the target length):\n" + table)
     args.out.mkdir(parents=True, exist_ok=True)
     name = "tokens.md" if args.prompts == "compact" else f"tokens_{Path(args.prompts).name}.md"
     (args.out / name).write_text(
-        f"# prompt tokens per rating (estimated, {args.fold}, prompt set {args.prompts})\n\n" + table + "\n\n"
+        f"# prompt tokens per rating (estimated, {args.fold}, prompt set {args.prompts})\n\n"
+        + table
+        + "\n\n"
         + (f"measured on a run: {measured:.1f} prompt tokens per rating\n" if measured else "")
-        + f"seed (Lusifer) shape: ~{SEED_TOKENS_PER_RATING} per rating\n")
+        + f"seed (Lusifer) shape: ~{SEED_TOKENS_PER_RATING} per rating\n"
+    )
     default = next(r for r in rows if r["rate_batch"] == 10 and r["update"])
     per = measured if measured is not None else default["prompt_tokens_per_rating"]
-    print(_perf.result_line(prompt_tokens_per_rating=round(per, 1), seed_tokens_per_rating=SEED_TOKENS_PER_RATING,
-                            ratio_to_seed=round(per / SEED_TOKENS_PER_RATING, 3)), flush=True)
+    print(
+        _perf.result_line(
+            prompt_tokens_per_rating=round(per, 1),
+            seed_tokens_per_rating=SEED_TOKENS_PER_RATING,
+            ratio_to_seed=round(per / SEED_TOKENS_PER_RATING, 3),
+        ),
+        flush=True,
+    )
     return 0
 
 

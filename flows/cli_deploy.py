@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from flows.cli import app, console, fail
+from doppel.flows.cli import app, console, fail
 
 
 @app.command()
 def serve(
     file: Path = typer.Option(None, help="a prefect.yaml (default: deployments/prefect.yaml of the repo)"),
-    deployment: Optional[List[str]] = typer.Option(None, "--deployment", "-d",
-                                                   help="serve only this deployment name (repeatable)"),
-    param: Optional[List[str]] = typer.Option(None, "--param", "-p",
-                                              help="key=value for every served flow that takes it (repeatable)"),
+    deployment: list[str] | None = typer.Option(
+        None, "--deployment", "-d", help="serve only this deployment name (repeatable)"
+    ),
+    param: list[str] | None = typer.Option(
+        None, "--param", "-p", help="key=value for every served flow that takes it (repeatable)"
+    ),
     schedules: bool = typer.Option(True, "--schedules/--no-schedules", help="keep the yaml's schedules"),
-    limit: Optional[int] = typer.Option(None, help="flow runs at once (default: no limit)"),
+    limit: int | None = typer.Option(None, help="flow runs at once (default: no limit)"),
     suffix: str = typer.Option("", help="append to the deployment names (e.g. -laptop), to serve beside deployed ones"),
     port: int = typer.Option(4200, help="port of the local Prefect server started when PREFECT_API_URL is unset"),
     log_level: str = typer.Option("INFO", help="log level of the runs started here (their logs print here)"),
@@ -29,12 +30,20 @@ def serve(
     Uses PREFECT_API_URL, or a Prefect server on 127.0.0.1:PORT (started here if none answers).
     Trigger a run with `prefect deployment run doppel-job/weekly --param users=5` or from the UI.
     """
-    from flows.deploy import DEFAULT_FILE, parse_params, serve_file
+    from doppel.flows.deploy import DEFAULT_FILE, parse_params, serve_file
 
     os.environ["PREFECT_LOGGING_LEVEL"] = log_level.upper()  # inherited by the flow-run processes
     try:
         overrides = parse_params(param or [])
-        serve_file(file or DEFAULT_FILE, names=deployment or None, overrides=overrides, schedules=schedules,
-                   limit=limit, port=port, suffix=suffix, announce=lambda text: console.print(text, highlight=False))
+        serve_file(
+            file or DEFAULT_FILE,
+            names=deployment or None,
+            overrides=overrides,
+            schedules=schedules,
+            limit=limit,
+            port=port,
+            suffix=suffix,
+            announce=lambda text: console.print(text, highlight=False),
+        )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         fail(str(exc), 2)

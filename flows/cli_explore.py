@@ -1,33 +1,33 @@
 """`doppel sql` and `doppel report`: look at a DuckDB file (read-only, briefly) and write the HTML report.
 
-Registered on the main app by importing this module (flows/cli.py does `import flows.cli_explore`).
+Registered on the main app by importing this module (flows/cli.py does `import doppel.flows.cli_explore`).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import pandas as pd
 import typer
 from rich.table import Table
 
-from flows.cli import app, console, fail
+from doppel.flows.cli import app, console, fail
 
 
 @app.command()
 def sql(
-    query: Optional[str] = typer.Argument(None, help="SQL to run read-only, e.g. \"select * from run_costs\""),
-    view: Optional[str] = typer.Option(None, "--view", "-v", help="show one of doppel's views (see --list)"),
-    run_id: Optional[str] = typer.Option(None, help="with --view: only this run's rows"),
+    query: str | None = typer.Argument(None, help='SQL to run read-only, e.g. "select * from run_costs"'),
+    view: str | None = typer.Option(None, "--view", "-v", help="show one of doppel's views (see --list)"),
+    run_id: str | None = typer.Option(None, help="with --view: only this run's rows"),
     list_views: bool = typer.Option(False, "--list", help="list doppel's views"),
     db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file"),
     limit: int = typer.Option(50, min=1, help="rows to print"),
     max_width: int = typer.Option(60, min=4, help="characters per cell before it is cut"),
 ) -> None:
     """Query the DuckDB file read-only (safe beside a live run) and print a table."""
-    from tasks.report import read_view, run_sql, view_names
+    from doppel.tasks.report import read_view, run_sql, view_names
 
     if list_views:
         console.print("\n".join(view_names()), highlight=False)
@@ -47,12 +47,12 @@ def sql(
 
 @app.command()
 def report(
-    run_id: Optional[str] = typer.Option(None, help="the run to report (default: the latest run)"),
+    run_id: str | None = typer.Option(None, help="the run to report (default: the latest run)"),
     db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file"),
     out: Path = typer.Option(Path("report.html"), help="HTML file to write"),
 ) -> None:
     """Write a self-contained HTML report of a run: plots, fidelity vs baselines, cost, validation."""
-    from tasks.report import write_report
+    from doppel.tasks.report import write_report
 
     with _explore_errors():
         path = write_report(db, run_id, out)
@@ -64,7 +64,7 @@ def _explore_errors() -> Iterator[None]:
     """One clear line instead of a traceback (without flows.errors, which imports Prefect: slow)."""
     import duckdb
 
-    from tasks.store.db import DatabaseLockedError
+    from doppel.tasks.store.db import DatabaseLockedError
 
     try:
         yield
@@ -89,8 +89,14 @@ def frame_table(frame: pd.DataFrame, max_width: int = 60, title: str | None = No
     table = Table(title=title, title_justify="left")
     for name, dtype in frame.dtypes.items():
         numeric = pd.api.types.is_numeric_dtype(dtype)
-        table.add_column(str(name), justify="right" if numeric else "left", no_wrap=numeric,
-                         min_width=min(len(str(name)), max_width), overflow="fold", max_width=max_width + 2)
+        table.add_column(
+            str(name),
+            justify="right" if numeric else "left",
+            no_wrap=numeric,
+            min_width=min(len(str(name)), max_width),
+            overflow="fold",
+            max_width=max_width + 2,
+        )
     for row in frame.itertuples(index=False):
         table.add_row(*(_cell(v, max_width) for v in row))
     return table

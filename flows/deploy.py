@@ -16,15 +16,16 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Literal
 
 import httpx
 import yaml
 from prefect import flow
 
-from flows.runtime import PREFECT_QUIET_ENV, _stop, _wait_healthy, die_with_parent
-from tasks.settings import LLMSettings, RunSettings, SimulationSettings
+from doppel.flows.runtime import PREFECT_QUIET_ENV, _stop, _wait_healthy, die_with_parent
+from doppel.tasks.settings import LLMSettings, RunSettings, SimulationSettings
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FILE = REPO / "deployments" / "prefect.yaml"
@@ -37,34 +38,34 @@ _R, _L, _S = RunSettings(), LLMSettings(), SimulationSettings()  # one source of
 def run_job(
     dataset: str = _R.dataset,
     fold: str = "u1",
-    users: Optional[int] = _R.users,
-    user_ids: Optional[list[str]] = None,
+    users: int | None = _R.users,
+    user_ids: list[str] | None = None,
     db: str = _R.db,
-    run_id: Optional[str] = None,
-    base_url: Optional[str] = _L.base_url,
+    run_id: str | None = None,
+    base_url: str | None = _L.base_url,
     model: str = _L.model,
     concurrency: int = _L.concurrency,
-    rpm: Optional[float] = _L.rpm,
-    concurrency_limit: Optional[str] = _L.concurrency_limit_name,
+    rpm: float | None = _L.rpm,
+    concurrency_limit: str | None = _L.concurrency_limit_name,
     temperature: float = _L.temperature,
     seed: int = _L.seed,
     timeout: float = _L.timeout_s,
-    cache_dir: Optional[str] = _L.cache_dir,
+    cache_dir: str | None = _L.cache_dir,
     rating_probs: bool = _L.rating_probs,
     rating_samples: int = _L.rating_samples,
     sample_temperature: float = _L.sample_temperature,
     runner: Literal["dask", "threads"] = _R.runner,
-    dask_address: Optional[str] = _R.dask_address,
+    dask_address: str | None = _R.dask_address,
     dask_workers: int = _R.dask_workers,
-    data_dir: Optional[str] = _R.data_dir,
-    item_text: Optional[str] = _R.item_text,
+    data_dir: str | None = _R.data_dir,
+    item_text: str | None = _R.item_text,
     synthetic_users: int = _R.synthetic_users,
     synthetic_items: int = _R.synthetic_items,
     history_n: int = _S.history_n,
     profile_batch: int = _S.profile_batch,
     recent_k: int = _S.recent_k,
     rate_batch: int = _S.rate_batch,
-    max_test_items: Optional[int] = _S.max_test_items,
+    max_test_items: int | None = _S.max_test_items,
     target: str = _S.target,
     slice_frac: float = _S.slice_frac,
     slice_seed: int = _S.slice_seed,
@@ -116,21 +117,51 @@ def run_job(
         update: update the profile after each rating batch (the dynamic user).
         baselines: score CF baselines on the same rows.
     """
-    from flows.simulate import simulate
+    from doppel.flows.simulate import simulate
 
     folds = FOLDS_ALL if fold == "all" else [f.strip() for f in fold.split(",") if f.strip()]
     settings = RunSettings(
-        dataset=dataset, data_dir=data_dir, item_text=item_text, synthetic_users=synthetic_users,
-        synthetic_items=synthetic_items, folds=folds, users=users, user_ids=user_ids, sample_seed=seed, db=db,
-        run_id=run_id, runner=runner, dask_address=dask_address, dask_workers=dask_workers, baselines=baselines,
+        dataset=dataset,
+        data_dir=data_dir,
+        item_text=item_text,
+        synthetic_users=synthetic_users,
+        synthetic_items=synthetic_items,
+        folds=folds,
+        users=users,
+        user_ids=user_ids,
+        sample_seed=seed,
+        db=db,
+        run_id=run_id,
+        runner=runner,
+        dask_address=dask_address,
+        dask_workers=dask_workers,
+        baselines=baselines,
         progress=False,
-        llm=LLMSettings(base_url=base_url, model=model, temperature=temperature, seed=seed, timeout_s=timeout,
-                        concurrency=concurrency, rpm=rpm, concurrency_limit_name=concurrency_limit,
-                        cache_dir=cache_dir, rating_probs=rating_probs, rating_samples=rating_samples,
-                        sample_temperature=sample_temperature),
-        sim=SimulationSettings(history_n=history_n, profile_batch=profile_batch, recent_k=recent_k,
-                               rate_batch=rate_batch, update_profile=update, max_test_items=max_test_items,
-                               target=target, slice_frac=slice_frac, slice_seed=slice_seed),
+        llm=LLMSettings(
+            base_url=base_url,
+            model=model,
+            temperature=temperature,
+            seed=seed,
+            timeout_s=timeout,
+            concurrency=concurrency,
+            rpm=rpm,
+            concurrency_limit_name=concurrency_limit,
+            cache_dir=cache_dir,
+            rating_probs=rating_probs,
+            rating_samples=rating_samples,
+            sample_temperature=sample_temperature,
+        ),
+        sim=SimulationSettings(
+            history_n=history_n,
+            profile_batch=profile_batch,
+            recent_k=recent_k,
+            rate_batch=rate_batch,
+            update_profile=update,
+            max_test_items=max_test_items,
+            target=target,
+            slice_frac=slice_frac,
+            slice_seed=slice_seed,
+        ),
     )
     summary = simulate(settings)
     print(f"run {summary['run_id']}: {summary['status']} in {summary['wall_s']} s -> {summary['db']}")
@@ -150,8 +181,7 @@ def load_specs(path: str | Path = DEFAULT_FILE, names: list[str] | None = None) 
     if names:
         unknown = set(names) - {s["name"] for s in specs}
         if unknown:
-            raise ValueError(f"no deployment named {sorted(unknown)} in {path}; "
-                             f"known: {[s['name'] for s in specs]}")
+            raise ValueError(f"no deployment named {sorted(unknown)} in {path}; known: {[s['name'] for s in specs]}")
         specs = [s for s in specs if s["name"] in names]
     return specs
 
@@ -177,8 +207,9 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
-def runner_deployments(specs: list[dict], overrides: dict[str, Any] | None = None,
-                       schedules: bool = True, suffix: str = "") -> list:
+def runner_deployments(
+    specs: list[dict], overrides: dict[str, Any] | None = None, schedules: bool = True, suffix: str = ""
+) -> list:
     """RunnerDeployments for `prefect.serve`: the yaml's name (+ suffix), parameters, schedules, tags
     and description; `overrides` go to every deployment whose flow takes that parameter."""
     from prefect.schedules import Schedule
@@ -191,14 +222,16 @@ def runner_deployments(specs: list[dict], overrides: dict[str, Any] | None = Non
         mine = {k: v for k, v in overrides.items() if k in accepted}
         used |= set(mine)
         limit = spec.get("concurrency_limit")
-        deployments.append(flow_obj.to_deployment(
-            name=spec["name"] + suffix,
-            parameters={**(spec.get("parameters") or {}), **mine},
-            schedules=[Schedule(**s) for s in spec.get("schedules") or []] if schedules else None,
-            description=spec.get("description"),
-            tags=spec.get("tags"),
-            concurrency_limit=limit.get("limit") if isinstance(limit, dict) else limit,
-        ))
+        deployments.append(
+            flow_obj.to_deployment(
+                name=spec["name"] + suffix,
+                parameters={**(spec.get("parameters") or {}), **mine},
+                schedules=[Schedule(**s) for s in spec.get("schedules") or []] if schedules else None,
+                description=spec.get("description"),
+                tags=spec.get("tags"),
+                concurrency_limit=limit.get("limit") if isinstance(limit, dict) else limit,
+            )
+        )
     if unused := set(overrides) - used:
         raise ValueError(f"no served flow takes the parameter(s) {sorted(unused)}")
     return deployments
@@ -218,9 +251,11 @@ def check_not_in_a_pool(deployments: list) -> None:
             except ObjectNotFound:
                 continue
             if existing.work_pool_name:
-                raise ValueError(f"{name} is deployed to work pool {existing.work_pool_name!r} on this server; "
-                                 f"serve under other names (--suffix -laptop) or delete it first "
-                                 f"(prefect deployment delete {name})")
+                raise ValueError(
+                    f"{name} is deployed to work pool {existing.work_pool_name!r} on this server; "
+                    f"serve under other names (--suffix -laptop) or delete it first "
+                    f"(prefect deployment delete {name})"
+                )
 
 
 def _healthy(url: str) -> bool:
@@ -250,7 +285,11 @@ def local_prefect_server(port: int = 4200, host: str = "127.0.0.1") -> Iterator[
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
-            env={**os.environ, **PREFECT_QUIET_ENV}, preexec_fn=die_with_parent, stdout=out, stderr=subprocess.STDOUT)
+            env={**os.environ, **PREFECT_QUIET_ENV},
+            preexec_fn=die_with_parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         try:
             _wait_healthy(f"{url}/health", process, 120, "prefect server")
@@ -261,9 +300,16 @@ def local_prefect_server(port: int = 4200, host: str = "127.0.0.1") -> Iterator[
         _stop(process)
 
 
-def serve_file(path: str | Path = DEFAULT_FILE, names: list[str] | None = None,
-               overrides: dict[str, Any] | None = None, schedules: bool = True, limit: int | None = None,
-               port: int = 4200, suffix: str = "", announce=print) -> None:
+def serve_file(
+    path: str | Path = DEFAULT_FILE,
+    names: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    schedules: bool = True,
+    limit: int | None = None,
+    port: int = 4200,
+    suffix: str = "",
+    announce=print,
+) -> None:
     """Serve the deployments of a prefect.yaml from this process until Ctrl-C or SIGTERM.
 
     Runs execute in subprocesses of this one; the schedules are paused again on shutdown.
@@ -280,8 +326,10 @@ def serve_file(path: str | Path = DEFAULT_FILE, names: list[str] | None = None,
         with temporary_settings({PREFECT_API_URL: url}):
             deployments = runner_deployments(specs, overrides, schedules, suffix)
             check_not_in_a_pool(deployments)
-            announce(f"serving {', '.join(f'{d.flow_name}/{d.name}' for d in deployments)} on {url} "
-                     f"(UI: {url.removesuffix('/api')})")
+            announce(
+                f"serving {', '.join(f'{d.flow_name}/{d.name}' for d in deployments)} on {url} "
+                f"(UI: {url.removesuffix('/api')})"
+            )
             serve(*deployments, limit=limit, print_starting_message=False)
 
 

@@ -6,9 +6,16 @@ import pandas as pd
 from rich.console import Console, Group
 from rich.table import Table
 
-METRIC_COLUMNS = [("rmse", "RMSE", "{:.3f}"), ("mae", "MAE", "{:.3f}"), ("exact", "exact %", "{:.1f}"),
-                  ("off_by_one", "off-by-1 %", "{:.1f}"), ("close", "close %", "{:.1f}"), ("tv", "TV", "{:.3f}"),
-                  ("n", "n", "{:,.0f}"), ("n_missing", "failed", "{:,.0f}")]
+METRIC_COLUMNS = [
+    ("rmse", "RMSE", "{:.3f}"),
+    ("mae", "MAE", "{:.3f}"),
+    ("exact", "exact %", "{:.1f}"),
+    ("off_by_one", "off-by-1 %", "{:.1f}"),
+    ("close", "close %", "{:.1f}"),
+    ("tv", "TV", "{:.3f}"),
+    ("n", "n", "{:,.0f}"),
+    ("n_missing", "failed", "{:,.0f}"),
+]
 
 
 def metrics_table(records: list[dict]) -> Group:
@@ -37,23 +44,32 @@ def _fmt(value, fmt: str) -> str:
 
 
 def print_summary(console: Console, summary: dict) -> None:
-    summary = {k: int(v) if isinstance(v, float) and k not in ("wall_s",) and float(v).is_integer() else v
-               for k, v in summary.items()}
+    summary = {
+        k: int(v) if isinstance(v, float) and k not in ("wall_s",) and float(v).is_integer() else v
+        for k, v in summary.items()
+    }
     console.print(metrics_table(summary.get("scores") or []))
     now = summary.get("this_invocation") or {}
     console.print(
         f"run [bold]{summary['run_id']}[/] {summary['status']}: {summary['users']} users, "
         f"{summary['pairs']:,} pairs ({summary['failed_pairs']} failed), {summary['calls']:,} LLM calls, "
-        f"{summary['prompt_tokens']:,} prompt + {summary['completion_tokens']:,} completion tokens in all", highlight=False)
+        f"{summary['prompt_tokens']:,} prompt + {summary['completion_tokens']:,} completion tokens in all",
+        highlight=False,
+    )
     console.print(
         f"this invocation: {now.get('users', 0)} users simulated, {now.get('new_calls', 0):,} LLM calls "
-        f"(+{now.get('cached_calls', 0):,} answered from the cache), {summary['wall_s']:.1f} s", highlight=False)
+        f"(+{now.get('cached_calls', 0):,} answered from the cache), {summary['wall_s']:.1f} s",
+        highlight=False,
+    )
     for error in now.get("chunk_errors") or []:
         console.print(f"[red]a worker chunk failed:[/] {error}", highlight=False)
     if summary["failed_pairs"] or summary["status"] != "finished":
         console.print(f"rerun with [bold]--run-id {summary['run_id']}[/] to retry what is left.")
-    console.print(f"tables in [bold]{summary['db']}[/]: duckdb -readonly {summary['db']}  "
-                  f"or  doppel sql --db {summary['db']} \"select * from metrics\"", highlight=False)
+    console.print(
+        f"tables in [bold]{summary['db']}[/]: duckdb -readonly {summary['db']}  "
+        f'or  doppel sql --db {summary["db"]} "select * from metrics"',
+        highlight=False,
+    )
 
 
 def print_estimate(console: Console, est, settings) -> None:
@@ -64,12 +80,16 @@ def print_estimate(console: Console, est, settings) -> None:
     table = Table(title="dry run: nothing was called", title_justify="left", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
-    rows = [("users", f"{est.users:,}"), ("requested pairs", f"{est.pairs:,}"), ("LLM calls", f"{est.calls:,}"),
-            ("longest user chain (calls)", f"{est.longest_chain}"),
-            ("prompt tokens (approx.)", f"{est.prompt_tokens:,}"),
-            ("completion tokens (at most)", f"{est.completion_tokens:,}"),
-            ("prompt tokens per rating", f"{est.prompt_tokens / max(1, est.pairs):.0f}"),
-            ("cost (USD, at the given prices)", f"{est.cost_usd:,.2f}")]
+    rows = [
+        ("users", f"{est.users:,}"),
+        ("requested pairs", f"{est.pairs:,}"),
+        ("LLM calls", f"{est.calls:,}"),
+        ("longest user chain (calls)", f"{est.longest_chain}"),
+        ("prompt tokens (approx.)", f"{est.prompt_tokens:,}"),
+        ("completion tokens (at most)", f"{est.completion_tokens:,}"),
+        ("prompt tokens per rating", f"{est.prompt_tokens / max(1, est.pairs):.0f}"),
+        ("cost (USD, at the given prices)", f"{est.cost_usd:,.2f}"),
+    ]
     speeds = [10.0] if embedded else [0.5, 1.0, 2.0]
     for seconds in speeds:
         label = f"wall at {seconds:g} s/call, concurrency {concurrency}" + (" (embedded 0.5B)" if embedded else "")
@@ -78,5 +98,7 @@ def print_estimate(console: Console, est, settings) -> None:
         table.add_row(key, value)
     console.print(table)
     if llm.rating_samples and llm.rating_probs:
-        console.print(f"plus up to {llm.rating_samples} draws per rating call where the server gives no logprobs "
-                      "(--rating-samples)")
+        console.print(
+            f"plus up to {llm.rating_samples} draws per rating call where the server gives no logprobs "
+            "(--rating-samples)"
+        )

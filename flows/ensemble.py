@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -19,34 +19,48 @@ from prefect.context import FlowRunContext
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from flows.runtime import dask_cluster, llm_endpoint, task_runner
-from tasks.channel import ChannelReader, ResultChannel
-from tasks.ensemble import embeddings as emb
-from tasks.ensemble.config import EnsembleSettings, model_key
-from tasks.ensemble.evaluate import f_mat_raw_rows, metrics_rows, score_pairs
-from tasks.ensemble.keywords import SOURCES, ItemFacts, PackedItems, run_analysis_chunk
-from tasks.ensemble.reviews import load_reviews, ratings_csv
-from tasks.ensemble.sasrec import train_sasrec
-from tasks.ensemble.store import (ensure_tables, read, save_embeddings, save_item_results, save_metrics,
-                                  save_reviews, save_vocabulary, save_votes)
-from tasks.ensemble.vocabulary import build_vocabulary, vocabulary_stats
-from tasks.ensemble.voters import Index
-from tasks.ingest import ingest
-from tasks.llm.gateway import check_endpoint
-from tasks.llm.templates import prompt_hash
-from tasks.settings import LLMSettings
-from tasks.simulation import LimitSpec
-from tasks.store.db import init_db
-from tasks.store.writes import finish_run, start_run
-from tasks.version import code_version
+from doppel.flows.runtime import dask_cluster, llm_endpoint, task_runner
+from doppel.tasks.channel import ChannelReader, ResultChannel
+from doppel.tasks.ensemble import embeddings as emb
+from doppel.tasks.ensemble.config import EnsembleSettings, model_key
+from doppel.tasks.ensemble.evaluate import f_mat_raw_rows, metrics_rows, score_pairs
+from doppel.tasks.ensemble.keywords import SOURCES, ItemFacts, PackedItems, run_analysis_chunk
+from doppel.tasks.ensemble.reviews import load_reviews, ratings_csv
+from doppel.tasks.ensemble.sasrec import train_sasrec
+from doppel.tasks.ensemble.store import (
+    ensure_tables,
+    read,
+    save_embeddings,
+    save_item_results,
+    save_metrics,
+    save_reviews,
+    save_vocabulary,
+    save_votes,
+)
+from doppel.tasks.ensemble.vocabulary import build_vocabulary, vocabulary_stats
+from doppel.tasks.ensemble.voters import Index
+from doppel.tasks.ingest import ingest
+from doppel.tasks.llm.gateway import check_endpoint
+from doppel.tasks.llm.templates import prompt_hash
+from doppel.tasks.settings import LLMSettings
+from doppel.tasks.simulation import LimitSpec
+from doppel.tasks.store.db import init_db
+from doppel.tasks.store.writes import finish_run, start_run
+from doppel.tasks.version import code_version
 
 ingest_dataset = task(ingest, name="ingest-dataset", cache_policy=NO_CACHE, persist_result=False)
-analyse_chunk = task(run_analysis_chunk, name="analyse-items", cache_policy=NO_CACHE, persist_result=False,
-                     retries=1, retry_delay_seconds=2)
+analyse_chunk = task(
+    run_analysis_chunk,
+    name="analyse-items",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=1,
+    retry_delay_seconds=2,
+)
 
 
 def new_ensemble_id() -> str:
-    return datetime.now(timezone.utc).strftime("ens-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    return datetime.now(UTC).strftime("ens-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
 @flow(name="doppel-ensemble")
@@ -66,11 +80,31 @@ def ensemble(settings: EnsembleSettings) -> dict:
         raise ValueError(f"dataset {dataset!r} has no train ratings in fold {fold!r}")
     chosen = catalogue.head(settings.items) if settings.items else catalogue
     config = {"kind": "ensemble", **settings.model_dump(mode="json"), "ensemble_id": run_id}
-    start_run(db, run_id, dataset, [fold], config, code_version(), {p: prompt_hash(p) for p in SOURCES.values()},
-              model, settings.llm.base_url or "embedded")
-    status, summary = "failed", {"run_id": run_id, "dataset": dataset, "fold": fold, "model": model,
-                                 "catalogue_items": len(catalogue), "selected_items": len(chosen),
-                                 "reviews": n_reviews, "like_threshold": settings.like_threshold, "timings": {}}
+    start_run(
+        db,
+        run_id,
+        dataset,
+        [fold],
+        config,
+        code_version(),
+        {p: prompt_hash(p) for p in SOURCES.values()},
+        model,
+        settings.llm.base_url or "embedded",
+    )
+    status, summary = (
+        "failed",
+        {
+            "run_id": run_id,
+            "dataset": dataset,
+            "fold": fold,
+            "model": model,
+            "catalogue_items": len(catalogue),
+            "selected_items": len(chosen),
+            "reviews": n_reviews,
+            "like_threshold": settings.like_threshold,
+            "timings": {},
+        },
+    )
     try:
         jobs = plan_jobs(settings, dataset, model, chosen["item_id"].tolist())
         summary["analysis"] = {"jobs": len(jobs), "written": 0}
@@ -82,8 +116,14 @@ def ensemble(settings: EnsembleSettings) -> dict:
                 check_endpoint(llm, model_id)
                 runner = task_runner(settings.run, n_chunks_for(settings, llm), dask_address())
                 summary["analysis"] = analyse_items.with_options(task_runner=runner)(
-                    run_id=run_id, dataset=dataset, model=model, item_ids=chosen["item_id"].tolist(),
-                    settings=settings, llm=llm, model_id=model_id)
+                    run_id=run_id,
+                    dataset=dataset,
+                    model=model,
+                    item_ids=chosen["item_id"].tolist(),
+                    settings=settings,
+                    llm=llm,
+                    model_id=model_id,
+                )
             summary["timings"]["item_analysis_s"] = round(time.monotonic() - t, 2)
         scored = score_fold(settings, run_id, dataset, model, catalogue, chosen)
         summary.update({**scored, "timings": {**summary["timings"], **scored["timings"]}})
@@ -118,8 +158,11 @@ def plan_jobs(settings: EnsembleSettings, dataset: str, model: str, item_ids: li
     """(item, source) pairs still without a successful analysis: obj for every item, sub where reviews exist."""
     db = settings.run.db
     done = read(db, "ensemble_analysed", dataset=dataset, model=model)
-    ok = set(zip(done.loc[done["status"] == "ok", "item_id"], done.loc[done["status"] == "ok", "source"])) \
-        if not done.empty else set()
+    ok = (
+        set(zip(done.loc[done["status"] == "ok", "item_id"], done.loc[done["status"] == "ok", "source"]))
+        if not done.empty
+        else set()
+    )
     catalogue = read(db, "ensemble_catalogue", dataset=dataset, fold=settings.fold).set_index("item_id")
     reviews = read(db, "ensemble_item_reviews", dataset=dataset, per_item=settings.reviews_per_item)
     by_item = reviews.groupby("item_id")["review"].apply(tuple).to_dict() if not reviews.empty else {}
@@ -136,8 +179,15 @@ def plan_jobs(settings: EnsembleSettings, dataset: str, model: str, item_ids: li
 
 
 @flow(name="doppel-ensemble-items")
-def analyse_items(run_id: str, dataset: str, model: str, item_ids: list[str], settings: EnsembleSettings,
-                  llm: LLMSettings, model_id: str) -> dict:
+def analyse_items(
+    run_id: str,
+    dataset: str,
+    model: str,
+    item_ids: list[str],
+    settings: EnsembleSettings,
+    llm: LLMSettings,
+    model_id: str,
+) -> dict:
     """Item-analysis chunks on the task runner; every finished item is written as it arrives."""
     logger = get_run_logger()
     t0 = time.monotonic()
@@ -150,18 +200,41 @@ def analyse_items(run_id: str, dataset: str, model: str, item_ids: list[str], se
     runner = FlowRunContext.get().task_runner
     channel = ResultChannel(f"doppel-{run_id}-items-{uuid.uuid4().hex[:8]}", kind)
     reader = ChannelReader(channel, runner.client if kind == "dask" else None)
-    shares = [llm.concurrency // len(chunks) + (1 if k < llm.concurrency % len(chunks) else 0)
-              for k in range(len(chunks))]
-    limits = [LimitSpec(local_slots=max(1, share),
-                        dask_semaphore_name=f"doppel-llm-{run_id}" if kind == "dask" else None,
-                        dask_max_leases=llm.concurrency, rpm=llm.rpm / len(chunks) if llm.rpm else None,
-                        prefect_limit_name=llm.concurrency_limit_name) for share in shares]
-    options = {"max_keywords": settings.max_keywords, "max_tokens": settings.max_tokens,
-               "overview_chars": settings.overview_chars, "review_chars": settings.review_chars}
-    futures = [analyse_chunk.submit(PackedItems(chunk), llm, model_id, str(settings.run.cache_dir()), limit, options,
-                                    channel) for chunk, limit in zip(chunks, limits)]
-    stats = {"jobs": len(jobs), "written": 0, "ok": 0, "failed": 0, "new_calls": 0, "cached_calls": 0,
-             "llm_s": 0.0, "prompt_tokens": 0, "completion_tokens": 0, "new_jobs": 0}
+    shares = [
+        llm.concurrency // len(chunks) + (1 if k < llm.concurrency % len(chunks) else 0) for k in range(len(chunks))
+    ]
+    limits = [
+        LimitSpec(
+            local_slots=max(1, share),
+            dask_semaphore_name=f"doppel-llm-{run_id}" if kind == "dask" else None,
+            dask_max_leases=llm.concurrency,
+            rpm=llm.rpm / len(chunks) if llm.rpm else None,
+            prefect_limit_name=llm.concurrency_limit_name,
+        )
+        for share in shares
+    ]
+    options = {
+        "max_keywords": settings.max_keywords,
+        "max_tokens": settings.max_tokens,
+        "overview_chars": settings.overview_chars,
+        "review_chars": settings.review_chars,
+    }
+    futures = [
+        analyse_chunk.submit(PackedItems(chunk), llm, model_id, str(settings.run.cache_dir()), limit, options, channel)
+        for chunk, limit in zip(chunks, limits)
+    ]
+    stats = {
+        "jobs": len(jobs),
+        "written": 0,
+        "ok": 0,
+        "failed": 0,
+        "new_calls": 0,
+        "cached_calls": 0,
+        "llm_s": 0.0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "new_jobs": 0,
+    }
     first = None
     with _progress(settings.run.progress) as progress:
         bar = progress.add_task("analysing items", total=len(jobs), stats="")
@@ -183,9 +256,11 @@ def analyse_items(run_id: str, dataset: str, model: str, item_ids: list[str], se
                     stats["llm_s"] += sum(c.latency_s for c in new)
                     stats["prompt_tokens"] += sum(c.prompt_tokens for c in new)
                     stats["completion_tokens"] += sum(c.completion_tokens for c in new)
-                progress.update(bar, advance=len(results),
-                                stats=f"{stats['failed']} failed · {stats['new_calls']} calls "
-                                      f"({stats['cached_calls']} cached)")
+                progress.update(
+                    bar,
+                    advance=len(results),
+                    stats=f"{stats['failed']} failed · {stats['new_calls']} calls ({stats['cached_calls']} cached)",
+                )
             elif all_done:
                 break
     reader.close()
@@ -194,17 +269,27 @@ def analyse_items(run_id: str, dataset: str, model: str, item_ids: list[str], se
     stats["s_per_new_job"] = round(stats["wall_s"] / stats["new_jobs"], 2) if stats["new_jobs"] else None
     errors = [str(f.state.message) for f in futures if not f.state.is_completed()]
     if errors:
-        logger.error("%d item chunk(s) failed; their items stay pending for a rerun: %s", len(errors),
-                     "; ".join(errors)[:500])
+        logger.error(
+            "%d item chunk(s) failed; their items stay pending for a rerun: %s", len(errors), "; ".join(errors)[:500]
+        )
     stats["chunk_errors"] = errors
     logger.info("item analysis: %s", stats)
     return stats
 
 
 def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                    console=Console(stderr=True), disable=not enabled, transient=False)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=False,
+    )
 
 
 @task(name="keyword-vocabulary", cache_policy=NO_CACHE, persist_result=False)
@@ -218,8 +303,9 @@ def unify_keywords(settings: EnsembleSettings, run_id: str, dataset: str, model:
         return {"keywords": 0, "canonical": 0, "merged": 0, "rebuilt": False}
     if not stored.empty and set(stored["keyword"]) == set(keywords["keyword"]) and set(stored["method"]) == {method}:
         return {**vocabulary_stats(stored), "rebuilt": False}
-    vocabulary = build_vocabulary(keywords, lambda words: emb.encode(words, settings.embed_batch),
-                                  settings.vocab_threshold)
+    vocabulary = build_vocabulary(
+        keywords, lambda words: emb.encode(words, settings.embed_batch), settings.vocab_threshold
+    )
     save_vocabulary(db, run_id, dataset, model, vocabulary, method)
     return {**vocabulary_stats(vocabulary), "rebuilt": True}
 
@@ -237,8 +323,9 @@ def embed_catalogue(settings: EnsembleSettings, dataset: str, catalogue: pd.Data
 train_statistical = task(train_sasrec, name="train-sasrec", cache_policy=NO_CACHE, persist_result=False)
 
 
-def score_fold(settings: EnsembleSettings, run_id: str, dataset: str, model: str, catalogue: pd.DataFrame,
-               chosen: pd.DataFrame) -> dict:
+def score_fold(
+    settings: EnsembleSettings, run_id: str, dataset: str, model: str, catalogue: pd.DataFrame, chosen: pd.DataFrame
+) -> dict:
     """Vocabulary, embeddings, SASRec, then the voters on every held-out pair of the fold; writes votes and metrics."""
     db, fold, threshold = settings.run.db, settings.fold, settings.like_threshold
     timings: dict[str, float] = {}
@@ -253,8 +340,9 @@ def score_fold(settings: EnsembleSettings, run_id: str, dataset: str, model: str
     pairs = ratings[ratings["split"] == "test"].reset_index(drop=True)
     item_ids = catalogue["item_id"].tolist()
     t = time.monotonic()
-    sasrec = train_statistical(train, item_ids, threshold, settings.sasrec, settings.work_dir() / "sasrec",
-                               f"{dataset}-{fold}-")
+    sasrec = train_statistical(
+        train, item_ids, threshold, settings.sasrec, settings.work_dir() / "sasrec", f"{dataset}-{fold}-"
+    )
     timings["sasrec_s"] = round(time.monotonic() - t, 2)
     t = time.monotonic()
     keywords = read(db, "ensemble_keywords", dataset=dataset, model=model)
@@ -264,23 +352,37 @@ def score_fold(settings: EnsembleSettings, run_id: str, dataset: str, model: str
     matrix, has_embedding = emb.embedding_matrix(stored, index.items)
     timings["load_s"] = round(time.monotonic() - t, 2)
     t = time.monotonic()
-    votes, voter_s = score_pairs(train, pairs, item_ids, threshold, keywords, matrix, has_embedding, sasrec, index,
-                                 settings.sim_top_k)
+    votes, voter_s = score_pairs(
+        train, pairs, item_ids, threshold, keywords, matrix, has_embedding, sasrec, index, settings.sim_top_k
+    )
     timings["voters_s"] = round(time.monotonic() - t, 3)
     timings.update({f"{k}_s": round(v, 3) for k, v in voter_s.items()})
-    llm = read(db, "ensemble_llm_ratings", run_id=settings.compare_run_id, fold=fold) \
-        if settings.compare_run_id else None
+    llm = (
+        read(db, "ensemble_llm_ratings", run_id=settings.compare_run_id, fold=fold) if settings.compare_run_id else None
+    )
     if settings.compare_run_id and (llm is None or llm.empty):
         raise ValueError(f"run {settings.compare_run_id!r} has no LLM ratings on fold {fold!r}")
-    metrics = pd.concat([metrics_rows(votes, train, threshold, llm),
-                         f_mat_raw_rows(votes, train, pairs, item_ids, threshold, keywords, index)], ignore_index=True)
+    metrics = pd.concat(
+        [
+            metrics_rows(votes, train, threshold, llm),
+            f_mat_raw_rows(votes, train, pairs, item_ids, threshold, keywords, index),
+        ],
+        ignore_index=True,
+    )
     metrics.insert(0, "fold", fold)
     t = time.monotonic()
     save_votes(db, run_id, fold, votes)
     save_metrics(db, run_id, metrics)
     timings["write_s"] = round(time.monotonic() - t, 2)
     keyword_items = keywords["item_id"].nunique() if not keywords.empty else 0
-    return {"vocabulary": vocabulary, "embeddings": embedded, "sasrec": sasrec.info, "pairs": len(votes),
-            "train_ratings": len(train), "keyword_items": int(keyword_items),
-            "like_rate_test": float(np.mean(votes["truth_like"])) if len(votes) else None,
-            "metrics": metrics.to_dict(orient="records"), "timings": timings}
+    return {
+        "vocabulary": vocabulary,
+        "embeddings": embedded,
+        "sasrec": sasrec.info,
+        "pairs": len(votes),
+        "train_ratings": len(train),
+        "keyword_items": int(keyword_items),
+        "like_rate_test": float(np.mean(votes["truth_like"])) if len(votes) else None,
+        "metrics": metrics.to_dict(orient="records"),
+        "timings": timings,
+    }

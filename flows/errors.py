@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 
 @contextlib.contextmanager
 def friendly_errors(fail: Callable[[str, int], None]) -> Iterator[None]:
     import openai
 
-    from flows.score import GateFailed
-    from tasks.llm.gateway import EndpointError
-    from tasks.records import DataError
-    from tasks.store.db import DatabaseLockedError
+    from doppel.flows.score import GateFailed
+    from doppel.tasks.llm.gateway import EndpointError
+    from doppel.tasks.records import DataError
+    from doppel.tasks.store.db import DatabaseLockedError
 
     try:
         yield

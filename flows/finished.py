@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from tasks.settings import RunSettings, resume_conflicts
+from doppel.tasks.settings import RunSettings, resume_conflicts
 
 
 def finished_summary(settings: RunSettings, started: float | None = None) -> dict | None:
@@ -28,8 +28,8 @@ def finished_summary(settings: RunSettings, started: float | None = None) -> dic
 
 
 def _summary(settings: RunSettings, started: float) -> dict | None:
-    from tasks.planning import select_users
-    from tasks.store.db import query
+    from doppel.tasks.planning import select_users
+    from doppel.tasks.store.db import query
 
     db, run_id = settings.db, settings.run_id
     state = query(db, "finished_run", read_only=True, run_id=run_id)
@@ -38,9 +38,15 @@ def _summary(settings: RunSettings, started: float) -> dict | None:
     row = state.iloc[0]
     if resume_conflicts(json.loads(query(db, "run_config", read_only=True, run_id=run_id)["config"].iloc[0]), settings):
         return None  # asked with other settings: the flow says which
-    if (row["status"] != "finished" or row["users_left"] or not row["llm_metrics"] or not row["checks"]
-            or row["failing_suites"] or (settings.baselines and not row["baseline_metrics"])
-            or not bool(row["rows_unchanged"])):  # rows edited since they were scored: gate them again
+    if (
+        row["status"] != "finished"
+        or row["users_left"]
+        or not row["llm_metrics"]
+        or not row["checks"]
+        or row["failing_suites"]
+        or (settings.baselines and not row["baseline_metrics"])
+        or not bool(row["rows_unchanged"])
+    ):  # rows edited since they were scored: gate them again
         return None
     registered = query(db, "run_user_ids", read_only=True, run_id=run_id)
     have = set(zip(registered["fold"], registered["user_id"]))
@@ -52,7 +58,13 @@ def _summary(settings: RunSettings, started: float) -> dict | None:
     if not settings.baselines:
         scores = scores[~scores["simulator"].str.startswith("baseline:")]
     summary = query(db, "run_summary", read_only=True, run_id=run_id).iloc[0].to_dict()
-    summary.update(run_id=run_id, dataset=row["dataset"], status="finished", db=str(db),
-                   this_invocation={"users": 0, "new_calls": 0, "cached_calls": 0},
-                   scores=scores.to_dict(orient="records"), wall_s=round(time.monotonic() - started, 2))
+    summary.update(
+        run_id=run_id,
+        dataset=row["dataset"],
+        status="finished",
+        db=str(db),
+        this_invocation={"users": 0, "new_calls": 0, "cached_calls": 0},
+        scores=scores.to_dict(orient="records"),
+        wall_s=round(time.monotonic() - started, 2),
+    )
     return summary

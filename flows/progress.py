@@ -13,10 +13,17 @@ class RunProgress:
         self.calls = self.cached = self.prompt_tokens = self.completion_tokens = self.failed_pairs = 0
         self.partial_users = 0
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("users · {task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled,
-            transient=False, refresh_per_second=4,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("users · {task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            disable=not enabled,
+            transient=False,
+            refresh_per_second=4,
         )
         self._task = self._progress.add_task(label, total=total_users, stats=self._stats())
         self._plain = enabled and not sys.stderr.isatty()
@@ -24,8 +31,10 @@ class RunProgress:
         self._done = 0
 
     def _stats(self) -> str:
-        return (f"{self.partial_users} with failed pairs ({self.failed_pairs}) · {self.calls} calls "
-                f"({self.cached} cached) · {self.prompt_tokens + self.completion_tokens:,} tokens")
+        return (
+            f"{self.partial_users} with failed pairs ({self.failed_pairs}) · {self.calls} calls "
+            f"({self.cached} cached) · {self.prompt_tokens + self.completion_tokens:,} tokens"
+        )
 
     def advance(self, result) -> None:
         new_calls = [c for c in result.calls if not c.cached]
@@ -38,7 +47,7 @@ class RunProgress:
         self._done += 1
         self._progress.update(self._task, advance=1, stats=self._stats())
 
-    def __enter__(self) -> "RunProgress":
+    def __enter__(self) -> RunProgress:
         self._progress.__enter__()
         return self
 

@@ -16,18 +16,18 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.ensemble.store import save_metrics
-from tasks.rl import agents, rewards
-from tasks.rl.config import BASELINES, RLSettings
-from tasks.rl.env import DoppelRecEnv
-from tasks.store.db import init_db
-from tasks.store.writes import finish_run, start_run
-from tasks.version import code_version
+from doppel.tasks.ensemble.store import save_metrics
+from doppel.tasks.rl import agents, rewards
+from doppel.tasks.rl.config import BASELINES, RLSettings
+from doppel.tasks.rl.env import DoppelRecEnv
+from doppel.tasks.store.db import init_db
+from doppel.tasks.store.writes import finish_run, start_run
+from doppel.tasks.version import code_version
 
-read_inputs = task(rewards.read_ensemble_inputs, name="rl-read-ensemble", cache_policy=NO_CACHE,
-                   persist_result=False)
-ensemble_likes = task(rewards.cached_ensemble_likes, name="rl-ensemble-likes", cache_policy=NO_CACHE,
-                      persist_result=False)
+read_inputs = task(rewards.read_ensemble_inputs, name="rl-read-ensemble", cache_policy=NO_CACHE, persist_result=False)
+ensemble_likes = task(
+    rewards.cached_ensemble_likes, name="rl-ensemble-likes", cache_policy=NO_CACHE, persist_result=False
+)
 run_likes = task(rewards.read_run_likes, name="rl-run-likes", cache_policy=NO_CACHE, persist_result=False)
 train_agent = task(agents.train, name="rl-train", cache_policy=NO_CACHE, persist_result=False)
 
@@ -39,8 +39,15 @@ def new_rl_id() -> str:
 @task(name="rl-evaluate", cache_policy=NO_CACHE, persist_result=False)
 def evaluate_agent(name: str, policies: list, world: rewards.World, settings: RLSettings) -> dict:
     """One policy per training seed, each on the same K seeded episodes."""
-    runs = [agents.evaluate(policy, DoppelRecEnv(world, **settings.env.model_dump(exclude={"feature_dim"})),
-                            settings.episodes, settings.seed + 10_000) for policy in policies]
+    runs = [
+        agents.evaluate(
+            policy,
+            DoppelRecEnv(world, **settings.env.model_dump(exclude={"feature_dim"})),
+            settings.episodes,
+            settings.seed + 10_000,
+        )
+        for policy in policies
+    ]
     return agents.summarise(runs)
 
 
@@ -58,12 +65,21 @@ def rl(settings: RLSettings) -> dict:
         likes, like_info = run_likes(settings.db, settings.reward.split(":", 1)[1], inputs, threshold), {}
     else:
         raise ValueError(f"--reward must be 'ensemble' or 'run:<run_id>', not {settings.reward!r}")
-    world = rewards.build_world(inputs.train, likes, inputs.embeddings, inputs.has_embedding, threshold,
-                                settings.env.feature_dim)
+    world = rewards.build_world(
+        inputs.train, likes, inputs.embeddings, inputs.has_embedding, threshold, settings.env.feature_dim
+    )
     rl_id = settings.rl_id or new_rl_id()
-    start_run(settings.db, rl_id, inputs.dataset, [inputs.fold],
-              {"kind": "rl", **settings.model_dump(mode="json"), "ensemble_id": inputs.run_id}, code_version(), {},
-              likes.source, "none")
+    start_run(
+        settings.db,
+        rl_id,
+        inputs.dataset,
+        [inputs.fold],
+        {"kind": "rl", **settings.model_dump(mode="json"), "ensemble_id": inputs.run_id},
+        code_version(),
+        {},
+        likes.source,
+        "none",
+    )
     status = "failed"
     table, curves, timings = {}, {}, {}
     try:
@@ -72,29 +88,52 @@ def rl(settings: RLSettings) -> dict:
         for name in settings.algos:
             t = time.monotonic()
             if name in BASELINES:
-                policies = [agents.RandomPolicy(s) if name == "random" else agents.PopularPolicy(world.popularity)
-                            for s in seeds]
+                policies = [
+                    agents.RandomPolicy(s) if name == "random" else agents.PopularPolicy(world.popularity)
+                    for s in seeds
+                ]
             else:
-                trained = [train_agent(name, lambda: DoppelRecEnv(world, **env_kwargs), settings.steps, s,
-                                       settings.torch_threads) for s in seeds]
+                trained = [
+                    train_agent(
+                        name, lambda: DoppelRecEnv(world, **env_kwargs), settings.steps, s, settings.torch_threads
+                    )
+                    for s in seeds
+                ]
                 curves[name] = [point for tr in trained[:1] for point in tr.curve]
                 policies = [agents.ModelPolicy(tr.model, settings.seed + 10_000) for tr in trained]
             table[name] = evaluate_agent(name, policies, world, settings)
             timings[name] = round(time.monotonic() - t, 2)
             logger.info("%s: %s (%.1f s)", name, table[name], timings[name])
-        rows = [(inputs.fold, f"rl:{name}", metric, float(value)) for name, stats in table.items()
-                for metric, value in {**stats, "wall_s": timings[name]}.items()]
+        rows = [
+            (inputs.fold, f"rl:{name}", metric, float(value))
+            for name, stats in table.items()
+            for metric, value in {**stats, "wall_s": timings[name]}.items()
+        ]
         save_metrics(settings.db, rl_id, pd.DataFrame(rows, columns=["fold", "simulator", "metric", "value"]))
         plot = settings.plot or str(Path(settings.db).resolve().parent / "rl_learning_curve.png")
         if curves:
-            agents.plot_curves(curves, plot, f"doppel rl: {inputs.dataset} {inputs.fold}, reward {likes.source}, "
-                                             f"seed {settings.seed}")
+            agents.plot_curves(
+                curves, plot, f"doppel rl: {inputs.dataset} {inputs.fold}, reward {likes.source}, seed {settings.seed}"
+            )
         status = "finished"
     finally:
         finish_run(settings.db, rl_id, status)
-    return {"rl_id": rl_id, "ensemble_id": inputs.run_id, "dataset": inputs.dataset, "fold": inputs.fold,
-            "reward": likes.source, "users": len(likes.user_ids), "items": len(likes.item_ids),
-            "like_rate": float(likes.like[likes.defined].mean()) if likes.defined.any() else 0.0,
-            "likes": like_info, "table": table, "timings": timings, "plot": plot if curves else None,
-            "steps": settings.steps, "seeds": settings.seeds, "episodes": settings.episodes,
-            "wall_s": round(time.monotonic() - started, 2), "db": settings.db}
+    return {
+        "rl_id": rl_id,
+        "ensemble_id": inputs.run_id,
+        "dataset": inputs.dataset,
+        "fold": inputs.fold,
+        "reward": likes.source,
+        "users": len(likes.user_ids),
+        "items": len(likes.item_ids),
+        "like_rate": float(likes.like[likes.defined].mean()) if likes.defined.any() else 0.0,
+        "likes": like_info,
+        "table": table,
+        "timings": timings,
+        "plot": plot if curves else None,
+        "steps": settings.steps,
+        "seeds": settings.seeds,
+        "episodes": settings.episodes,
+        "wall_s": round(time.monotonic() - started, 2),
+        "db": settings.db,
+    }

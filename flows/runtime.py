@@ -16,13 +16,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
 
 import httpx
 
-from tasks.settings import LLMSettings, RunSettings
+from doppel.tasks.settings import LLMSettings, RunSettings
 
 PREFECT_QUIET_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -68,10 +68,27 @@ def prefect_api(on_url: Callable[[], None] | None = None) -> Iterator[str]:
     # its output goes to a file: a pipe nobody reads could fill up and stall the server in a long run
     log = tempfile.TemporaryFile()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
-         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "error", "--lifespan", "on"],
-        env=env, preexec_fn=die_with_parent, stdout=subprocess.DEVNULL, stderr=log,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(prefect_dir.parent),
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ],
+        env=env,
+        preexec_fn=die_with_parent,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
         start_new_session=True,  # a terminal's Ctrl-C reaches doppel only; doppel stops the server last
     )
     url = f"http://127.0.0.1:{port}/api"
@@ -155,13 +172,14 @@ def task_runner(settings: RunSettings, n_chunks: int, dask_address: str | None =
 
 # what unpickling the first chunk imports (the task lives in flows.simulate: prefect, openai,
 # diskcache; ~3.5 s of CPU per process): the fork server imports it once and the workers fork from it
-WORKER_PRELOAD = ["distributed", "flows.simulate"]
+WORKER_PRELOAD = ["distributed", "doppel.flows.simulate"]
 
 
 def _warm_worker() -> None:
     # a worker spawned without the fork server imports it here, while the Prefect API starts
-    import flows.simulate  # noqa: F401
     from prefect.context import refresh_global_settings_context
+
+    import doppel.flows.simulate  # noqa: F401
 
     # a fork server started by an earlier run in this process imported prefect under that run's
     # settings; the nanny gave this worker today's environment (PREFECT_API_URL): read it again
@@ -228,9 +246,15 @@ def _start_local_cluster(settings: RunSettings):
         # the scheduler's HTTP routes (dashboard or not) bind a free loopback port: with the default
         # 8787 a second run at the same time warned "Port 8787 is already in use". Each worker gets
         # this process's environment now (a fork server keeps the one it started with).
-        cluster = LocalCluster(n_workers=settings.dask_workers, threads_per_worker=1, processes=True,
-                               dashboard_address="127.0.0.1:0", local_directory=str(spill), host="127.0.0.1",
-                               env=dict(os.environ))
+        cluster = LocalCluster(
+            n_workers=settings.dask_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address="127.0.0.1:0",
+            local_directory=str(spill),
+            host="127.0.0.1",
+            env=dict(os.environ),
+        )
     with Client(cluster) as client:
         client.run(_ignore_ctrl_c)
         client.run(_warm_worker)
@@ -328,9 +352,13 @@ def llm_endpoint(llm: LLMSettings, start: bool = True) -> Iterator[tuple[LLMSett
     if llm.base_url or not start:
         yield llm, llm.model
         return
-    from tasks.llm.embedded import EmbeddedServer
+    from doppel.tasks.llm.embedded import EmbeddedServer
 
     with EmbeddedServer.from_model(llm.gguf or llm.model) as server:
         # one slot on a small CPU: more concurrency only adds latency
-        yield llm.model_copy(update={"base_url": server.base_url, "concurrency": 1,
-                                     "timeout_s": max(llm.timeout_s, 600.0)}), server.model_name
+        yield (
+            llm.model_copy(
+                update={"base_url": server.base_url, "concurrency": 1, "timeout_s": max(llm.timeout_s, 600.0)}
+            ),
+            server.model_name,
+        )

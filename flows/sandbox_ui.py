@@ -11,8 +11,8 @@ import threading
 import traceback
 from importlib.resources import files
 
-from tasks.sandbox.config import SandboxSettings
-from tasks.store.db import DatabaseLockedError, init_db, query
+from doppel.tasks.sandbox.config import SandboxSettings
+from doppel.tasks.store.db import DatabaseLockedError, init_db, query
 
 READ_WAIT_S = 2.0  # a read gives up quickly (the page polls again) rather than queue behind a writer
 
@@ -21,7 +21,7 @@ class SandboxController:
     """Start / pause / reset one sandbox at a time; the state the page shows."""
 
     def __init__(self, settings: SandboxSettings):
-        from flows.sandbox import new_sandbox_id
+        from doppel.flows.sandbox import new_sandbox_id
 
         self.settings = settings
         self.sandbox_id = settings.sandbox_id or new_sandbox_id()
@@ -37,7 +37,7 @@ class SandboxController:
         return self.thread is not None and self.thread.is_alive()
 
     def start(self, agents: int | None = None, rounds: int | None = None, recommender: str | None = None) -> dict:
-        from flows.sandbox import Control, run_sandbox
+        from doppel.flows.sandbox import Control, run_sandbox
 
         with self.lock:
             if self.running:
@@ -70,7 +70,7 @@ class SandboxController:
         return self.state()
 
     def reset(self) -> dict:
-        from flows.sandbox import new_sandbox_id
+        from doppel.flows.sandbox import new_sandbox_id
 
         with self.lock:
             if self.running:
@@ -84,11 +84,18 @@ class SandboxController:
         status = "running" if self.running else (self.control.status if self.control else "idle")
         if self.running and self.control is not None and self.control.stop.is_set():
             status = "pausing"
-        return {"sandbox_id": self.sandbox_id, "status": status, "error": self.error,
-                "round": int(done["round"].max()) if len(done) else 0, "target_rounds": self.target_rounds,
-                "agents": self.settings.agents, "recommender": self.settings.recommender,
-                "rounds": rounds.astype({"started": str, "finished": str}).to_dict(orient="records")
-                if not rounds.empty else []}
+        return {
+            "sandbox_id": self.sandbox_id,
+            "status": status,
+            "error": self.error,
+            "round": int(done["round"].max()) if len(done) else 0,
+            "target_rounds": self.target_rounds,
+            "agents": self.settings.agents,
+            "recommender": self.settings.recommender,
+            "rounds": rounds.astype({"started": str, "finished": str}).to_dict(orient="records")
+            if not rounds.empty
+            else [],
+        }
 
     def read(self, name: str, **params):
         import pandas as pd
@@ -104,7 +111,7 @@ def create_app(controller: SandboxController):
     from fastapi.responses import HTMLResponse
 
     app = FastAPI(title="doppel sandbox", docs_url=None, redoc_url=None, openapi_url=None)
-    page = files("tasks.sandbox").joinpath("ui/index.html").read_text(encoding="utf-8")
+    page = files("doppel.tasks.sandbox").joinpath("ui/index.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
@@ -135,24 +142,34 @@ def create_app(controller: SandboxController):
         lines = frame.drop(columns=["created"]).to_dict(orient="records") if not frame.empty else []
         actions = [x["seq"] for x in lines if x["type"] == "action"]
         messages = [x["seq"] for x in lines if x["type"] == "message"]
-        return {"lines": lines, "after_action": max(actions, default=after_action),
-                "after_message": max(messages, default=after_message)}
+        return {
+            "lines": lines,
+            "after_action": max(actions, default=after_action),
+            "after_message": max(messages, default=after_message),
+        }
 
     @app.get("/api/agents")
     def agents() -> list[dict]:
         frame = controller.read("sandbox_agents")
         memories = controller.read("sandbox_ui_memories", per_agent=5)
-        by_agent = {a: g.drop(columns=["agent_id"]).to_dict(orient="records")
-                    for a, g in memories.groupby("agent_id")} if not memories.empty else {}
-        return [{**row, "memories": by_agent.get(row["agent_id"], [])}
-                for row in (frame.to_dict(orient="records") if not frame.empty else [])]
+        by_agent = (
+            {a: g.drop(columns=["agent_id"]).to_dict(orient="records") for a, g in memories.groupby("agent_id")}
+            if not memories.empty
+            else {}
+        )
+        return [
+            {**row, "memories": by_agent.get(row["agent_id"], [])}
+            for row in (frame.to_dict(orient="records") if not frame.empty else [])
+        ]
 
     @app.get("/api/graph")
     def graph() -> dict:
         agents_frame = controller.read("sandbox_agents")
         edges = controller.read("sandbox_friends")
-        return {"nodes": agents_frame["agent_id"].tolist() if not agents_frame.empty else [],
-                "edges": edges[["agent_id", "friend_id"]].values.tolist() if not edges.empty else []}
+        return {
+            "nodes": agents_frame["agent_id"].tolist() if not agents_frame.empty else [],
+            "edges": edges[["agent_id", "friend_id"]].values.tolist() if not edges.empty else [],
+        }
 
     return app
 

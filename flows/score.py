@@ -6,9 +6,9 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.scoring import gate_outputs, score_ratings
-from tasks.store.db import query
-from tasks.store.writes import save_metrics, save_validation
+from doppel.tasks.scoring import gate_outputs, score_ratings
+from doppel.tasks.store.db import query
+from doppel.tasks.store.writes import save_metrics, save_validation
 
 gate = task(gate_outputs, name="validate-outputs", cache_policy=NO_CACHE, persist_result=False)
 score = task(score_ratings, name="score-ratings", cache_policy=NO_CACHE, persist_result=False)
@@ -25,10 +25,15 @@ def score_run(db: str, run_id: str, baselines: bool = True, hybrid: bool = False
     return gate_and_score(db, run_id, baselines, hybrid)
 
 
-def gate_and_score(db: str, run_id: str, baselines: bool = True, hybrid: bool = False,
-                   precomputed: dict[str, pd.DataFrame] | None = None) -> list[dict]:
+def gate_and_score(
+    db: str,
+    run_id: str,
+    baselines: bool = True,
+    hybrid: bool = False,
+    precomputed: dict[str, pd.DataFrame] | None = None,
+) -> list[dict]:
     """score_run's steps as tasks of the calling flow; `precomputed` baseline predictions (per fold,
-    from tasks.scoring.baseline_predictions) are not computed again."""
+    from doppel.tasks.scoring.baseline_predictions) are not computed again."""
     logger = get_run_logger()
     frames = {
         "simulated_ratings": query(db, "run_ratings", run_id=run_id),
@@ -40,7 +45,7 @@ def gate_and_score(db: str, run_id: str, baselines: bool = True, hybrid: bool = 
         save_validation(db, run_id, outcome.suite, outcome.success, outcome.n_rows, outcome.failures)
     failed = [o for o in outcomes if not o.success]
     if failed:
-        from tasks.validate import format_failures
+        from doppel.tasks.validate import format_failures
 
         text = "\n".join(format_failures(o) for o in failed)
         logger.error("validation failed, scoring skipped:\n%s", text)

@@ -7,41 +7,49 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
-from flows.progress import RunProgress
-from flows.runtime import dask_cluster, llm_endpoint, task_runner
-from flows.score import gate_and_score
-from tasks.channel import ChannelReader, ResultChannel
-from tasks.ingest import ingest
-from tasks.llm.gateway import EndpointError, check_endpoint
-from tasks.llm.templates import all_prompt_hashes
-from tasks.records import PackedWork
-from tasks.planning import build_work, check_resume_settings, partition, requested_pairs, select_users
-from tasks.scoring import baseline_predictions
-from tasks.settings import LLMSettings, RunSettings
-from tasks.simulation import LimitSpec, chain_shape, run_chunk
-from tasks.store.db import init_db, query
-from tasks.store.writes import add_run_users, finish_run, save_user_results, start_run
-from tasks.version import code_version
+from doppel.flows.progress import RunProgress
+from doppel.flows.runtime import dask_cluster, llm_endpoint, task_runner
+from doppel.flows.score import gate_and_score
+from doppel.tasks.channel import ChannelReader, ResultChannel
+from doppel.tasks.ingest import ingest
+from doppel.tasks.llm.gateway import EndpointError, check_endpoint
+from doppel.tasks.llm.templates import all_prompt_hashes
+from doppel.tasks.planning import build_work, check_resume_settings, partition, requested_pairs, select_users
+from doppel.tasks.records import PackedWork
+from doppel.tasks.scoring import baseline_predictions
+from doppel.tasks.settings import LLMSettings, RunSettings
+from doppel.tasks.simulation import LimitSpec, chain_shape, run_chunk
+from doppel.tasks.store.db import init_db, query
+from doppel.tasks.store.writes import add_run_users, finish_run, save_user_results, start_run
+from doppel.tasks.version import code_version
+
 
 def _worth_retrying(task, task_run, state) -> bool:
     """A chunk that crashed is retried once; one stopped by a rejected key is not."""
     return not isinstance(state.data, EndpointError)
 
 
-simulate_chunk = task(run_chunk, name="simulate-chunk", cache_policy=NO_CACHE, persist_result=False,
-                      retries=1, retry_delay_seconds=2, retry_condition_fn=_worth_retrying)
+simulate_chunk = task(
+    run_chunk,
+    name="simulate-chunk",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=1,
+    retry_delay_seconds=2,
+    retry_condition_fn=_worth_retrying,
+)
 ingest_dataset = task(ingest, name="ingest-dataset", cache_policy=NO_CACHE, persist_result=False)
 
 
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    return datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
 def n_chunks_for(settings: RunSettings, llm: LLMSettings) -> int:
@@ -62,8 +70,10 @@ def simulate(settings: RunSettings) -> dict:
     if known:
         check_resume_settings(settings.db, run_id, settings)
     needs_workers = not known or not query(settings.db, "resume_state", run_id=run_id).empty
-    with dask_cluster(settings, start=needs_workers) as cluster, \
-            llm_endpoint(settings.llm, start=needs_workers) as (llm, model_id):
+    with (
+        dask_cluster(settings, start=needs_workers) as cluster,
+        llm_endpoint(settings.llm, start=needs_workers) as (llm, model_id),
+    ):
         dataset, loaded = ingest_dataset(settings)
         logger.info("dataset %s %s", dataset, "loaded" if loaded else "already in the database")
         if needs_workers:
@@ -76,7 +86,8 @@ def simulate(settings: RunSettings) -> dict:
             if not query(settings.db, "resume_state", run_id=run_id).empty:
                 baselines = prefetch_baselines(settings, dataset, requested)
                 this_time = fan_out.with_options(task_runner=runner)(
-                    run_id=run_id, dataset=dataset, settings=settings, llm=llm, model_id=model_id)
+                    run_id=run_id, dataset=dataset, settings=settings, llm=llm, model_id=model_id
+                )
             left = query(settings.db, "resume_state", run_id=run_id)
             status = "finished" if left.empty else "incomplete"
         except KeyboardInterrupt:
@@ -87,22 +98,26 @@ def simulate(settings: RunSettings) -> dict:
         cluster.close_soon()  # the workers are done: their shutdown overlaps the scoring
         summary = query(settings.db, "run_summary", run_id=run_id).iloc[0].to_dict()
         summary.update(run_id=run_id, dataset=dataset, status=status, db=str(settings.db), this_invocation=this_time)
-        summary["scores"] = gate_and_score(settings.db, run_id, settings.baselines,
-                                           precomputed=_result_or_none(baselines))
+        summary["scores"] = gate_and_score(
+            settings.db, run_id, settings.baselines, precomputed=_result_or_none(baselines)
+        )
     summary["wall_s"] = round(time.monotonic() - started, 2)
     return summary
 
 
-def prefetch_baselines(settings: RunSettings, dataset: str, requested: pd.DataFrame,
-                       delay_s: float = 5.0) -> Future | None:
+def prefetch_baselines(
+    settings: RunSettings, dataset: str, requested: pd.DataFrame, delay_s: float = 5.0
+) -> Future | None:
     """On the Dask runner the flow process only waits during the fan-out: fit the CF baselines there
     and then, in a thread, instead of after the fan-out (3.6 s at u1). Started `delay_s` late, once
     the chunks are submitted (the fits hold the GIL). Not on the thread runner, where they would
     hold it against the users' coroutines."""
     if not settings.baselines or settings.runner != "dask" or requested.empty:
         return None
-    train = {fold: query(settings.db, "fold_train", dataset=dataset, fold=fold, **settings.sim.split_params())
-             for fold in requested["fold"].unique()}
+    train = {
+        fold: query(settings.db, "fold_train", dataset=dataset, fold=fold, **settings.sim.split_params())
+        for fold in requested["fold"].unique()
+    }
 
     future: Future = Future()
 
@@ -137,7 +152,7 @@ def warm_scoring(baselines: bool, delay_s: float = 0.0) -> None:
 
     def imports() -> None:
         with contextlib.suppress(Exception):  # the gate imports them again and reports any failure
-            from tasks.validate import warm_up
+            from doppel.tasks.validate import warm_up
 
             warm_up()
             if baselines:
@@ -155,14 +170,25 @@ def register_run(settings: RunSettings, run_id: str, dataset: str, llm: LLMSetti
     """
     config = settings.model_dump(mode="json")
     config["run_id"] = run_id
-    start_run(settings.db, run_id, dataset, settings.folds, config, code_version(),
-              all_prompt_hashes(settings.sim.prompts), model_id, llm.base_url or "")
+    start_run(
+        settings.db,
+        run_id,
+        dataset,
+        settings.folds,
+        config,
+        code_version(),
+        all_prompt_hashes(settings.sim.prompts),
+        model_id,
+        llm.base_url or "",
+    )
     requested = []
     for fold in settings.folds:
         users = select_users(settings.db, dataset, fold, settings.users, settings.user_ids, settings.sample_seed)
         pairs = requested_pairs(settings.db, dataset, fold, users, settings.sim)
         n_pairs = pairs.groupby("user_id", sort=False).size()
-        add_run_users(settings.db, run_id, pd.DataFrame({"fold": fold, "user_id": n_pairs.index, "n_pairs": n_pairs.to_numpy()}))
+        add_run_users(
+            settings.db, run_id, pd.DataFrame({"fold": fold, "user_id": n_pairs.index, "n_pairs": n_pairs.to_numpy()})
+        )
         requested.append(pairs)
     return pd.concat(requested, ignore_index=True)
 
@@ -183,13 +209,21 @@ def fan_out(run_id: str, dataset: str, settings: RunSettings, llm: LLMSettings, 
     channel = ResultChannel(f"doppel-{run_id}-{uuid.uuid4().hex[:8]}", kind)
     reader = ChannelReader(channel, runner.client if kind == "dask" else None)
     retries = {(w.fold, w.user_id): w.retry_round for w in works}
-    limits = [LimitSpec(local_slots=share, dask_semaphore_name=f"doppel-llm-{run_id}" if kind == "dask" else None,
-                        dask_max_leases=llm.concurrency, rpm=llm.rpm / len(chunks) if llm.rpm else None,
-                        prefect_limit_name=llm.concurrency_limit_name)
-              for share in _shares(llm.concurrency, len(chunks))]
+    limits = [
+        LimitSpec(
+            local_slots=share,
+            dask_semaphore_name=f"doppel-llm-{run_id}" if kind == "dask" else None,
+            dask_max_leases=llm.concurrency,
+            rpm=llm.rpm / len(chunks) if llm.rpm else None,
+            prefect_limit_name=llm.concurrency_limit_name,
+        )
+        for share in _shares(llm.concurrency, len(chunks))
+    ]
     cache_dir = str(settings.cache_dir())
-    futures = [simulate_chunk.submit(PackedWork(chunk), llm, settings.sim, model_id, cache_dir, limit, channel)
-               for chunk, limit in zip(chunks, limits)]
+    futures = [
+        simulate_chunk.submit(PackedWork(chunk), llm, settings.sim, model_id, cache_dir, limit, channel)
+        for chunk, limit in zip(chunks, limits)
+    ]
     logger.info("submitted %d chunks in %.2f s", len(futures), time.monotonic() - t0)
     warm_scoring(settings.baselines, delay_s=5.0)  # once the chunks have started: the flow only waits now
     with RunProgress(len(works), enabled=settings.progress) as progress:
@@ -200,8 +234,11 @@ def fan_out(run_id: str, dataset: str, settings: RunSettings, llm: LLMSettings, 
     if (fatal := endpoint_error(futures)) is not None:
         raise fatal  # finished users are written; the CLI prints this one line
     if errors:
-        get_run_logger().error("%d chunk(s) failed; their unfinished users stay pending for a rerun: %s",
-                               len(errors), "; ".join(errors)[:500])
+        get_run_logger().error(
+            "%d chunk(s) failed; their unfinished users stay pending for a rerun: %s",
+            len(errors),
+            "; ".join(errors)[:500],
+        )
     return {"users": written, "new_calls": progress.calls, "cached_calls": progress.cached, "chunk_errors": errors}
 
 
@@ -225,8 +262,9 @@ def endpoint_error(futures: list) -> EndpointError | None:
 WRITE_EVERY_S = 1.0  # finished users wait at most this long for their transaction
 
 
-def write_as_they_arrive(db: str, run_id: str, reader: ChannelReader, futures: list, retries: dict,
-                         progress: RunProgress) -> int:
+def write_as_they_arrive(
+    db: str, run_id: str, reader: ChannelReader, futures: list, retries: dict, progress: RunProgress
+) -> int:
     """Until every chunk is done: every WRITE_EVERY_S, write the users that arrived, in one transaction.
 
     Measured at u1 (459 users): a transaction per 0.25 s poll cost the flow process ~12 s of CPU
@@ -265,8 +303,10 @@ def pending_work(settings: RunSettings, run_id: str, dataset: str):
     left = query(settings.db, "resume_state", run_id=run_id)
     works = []
     for fold, group in left.groupby("fold", sort=True):
-        pending = {r.user_id: (list(r.failed_items) if r.status == "partial" and r.failed_items is not None
-                               else None) for r in group.itertuples()}
+        pending = {
+            r.user_id: (list(r.failed_items) if r.status == "partial" and r.failed_items is not None else None)
+            for r in group.itertuples()
+        }
         retries = {r.user_id: int(r.retries) + (1 if r.status == "partial" else 0) for r in group.itertuples()}
         works += build_work(settings.db, dataset, fold, list(pending), settings.sim, pending, retries)
     return works

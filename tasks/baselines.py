@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.metrics import round_rating
+from doppel.tasks.metrics import round_rating
 
 BASELINES: tuple[str, ...] = ("global_mean", "user_mean", "item_mean", "item_knn", "svd")
 KNN_K = 40
@@ -40,9 +40,7 @@ def _surprise_algo(name: str, seed: int) -> Any:
     from surprise import SVD, KNNBaseline  # lazy: only needed for these two baselines
 
     if name == "item_knn":
-        return KNNBaseline(
-            k=KNN_K, sim_options={"name": "pearson_baseline", "user_based": False}, verbose=False
-        )
+        return KNNBaseline(k=KNN_K, sim_options={"name": "pearson_baseline", "user_based": False}, verbose=False)
     if name == "svd":
         return SVD(random_state=seed)
     raise ValueError(f"not a surprise baseline: {name}")
@@ -86,9 +84,7 @@ def predict_baselines(
     if train["rating"].isna().any():
         raise ValueError("train has missing ratings")
     # ids are strings everywhere (tasks/records.py); make lookups type-consistent
-    train = train[["user_id", "item_id", "rating"]].astype(
-        {"user_id": str, "item_id": str, "rating": float}
-    )
+    train = train[["user_id", "item_id", "rating"]].astype({"user_id": str, "item_id": str, "rating": float})
     out = test[["user_id", "item_id"]].reset_index(drop=True)
     out = out.astype({"user_id": str, "item_id": str})
     mu = float(train["rating"].mean())
@@ -115,9 +111,7 @@ def baseline_long(pred: pd.DataFrame, truth: pd.DataFrame | None = None) -> pd.D
     """
     names = [c for c in pred.columns if c in BASELINES]
     parts = [
-        pred[["user_id", "item_id"]].assign(
-            simulator=n, raw=pred[f"{n}_raw"].to_numpy(), rating=pred[n].to_numpy()
-        )
+        pred[["user_id", "item_id"]].assign(simulator=n, raw=pred[f"{n}_raw"].to_numpy(), rating=pred[n].to_numpy())
         for n in names
     ]
     cols = ["user_id", "item_id", "simulator", "raw", "rating"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.llm.templates import render
-from tasks.planning import build_work, select_users
-from tasks.records import UserWork
-from tasks.settings import RunSettings
-from tasks.simulation import PROFILE_WORDS, batches, chain_shape, critical_path
+from doppel.tasks.llm.templates import render
+from doppel.tasks.planning import build_work, select_users
+from doppel.tasks.records import UserWork
+from doppel.tasks.settings import RunSettings
+from doppel.tasks.simulation import PROFILE_WORDS, batches, chain_shape, critical_path
 
 CHARS_PER_TOKEN = 4.0  # rough, for English prompts; the run records the server's exact counts
 PLACEHOLDER_PROFILE = " ".join(["taste"] * PROFILE_WORDS)
@@ -42,21 +42,42 @@ def _user_tokens(work: UserWork, settings: RunSettings) -> tuple[int, int]:
     prompt = completion = 0
     for i, batch in enumerate(batches(work.history, sim.profile_batch)):
         name = "profile_create" if i == 0 else "profile_refine"
-        text = render(name, prompts=sim.prompts, overview_chars=sim.overview_chars, **common, items=batch,
-                      mean_rating="3.5", profile=None if i == 0 else PLACEHOLDER_PROFILE)
+        text = render(
+            name,
+            prompts=sim.prompts,
+            overview_chars=sim.overview_chars,
+            **common,
+            items=batch,
+            mean_rating="3.5",
+            profile=None if i == 0 else PLACEHOLDER_PROFILE,
+        )
         prompt += system + _tokens(text)
         completion += llm.max_tokens_profile
-    recent = work.history[-sim.recent_k:] if sim.recent_k else []
+    recent = work.history[-sim.recent_k :] if sim.recent_k else []
     rate_batches = batches(work.candidates, sim.rate_batch)
     for j, batch in enumerate(rate_batches):
         ids = [c.item_id for c in batch]
-        text = render("rating", prompts=sim.prompts, overview_chars=sim.overview_chars, **common,
-                      profile=PLACEHOLDER_PROFILE, recent=recent, candidates=batch, item_ids_json=str(ids))
+        text = render(
+            "rating",
+            prompts=sim.prompts,
+            overview_chars=sim.overview_chars,
+            **common,
+            profile=PLACEHOLDER_PROFILE,
+            recent=recent,
+            candidates=batch,
+            item_ids_json=str(ids),
+        )
         prompt += (system + _tokens(text)) * asked
         completion += (24 + 12 * len(batch)) * asked
         if sim.update_profile and j < len(rate_batches) - 1:
-            text = render("profile_update", prompts=sim.prompts, overview_chars=sim.overview_chars, **common,
-                          profile=PLACEHOLDER_PROFILE, items=batch)
+            text = render(
+                "profile_update",
+                prompts=sim.prompts,
+                overview_chars=sim.overview_chars,
+                **common,
+                profile=PLACEHOLDER_PROFILE,
+                items=batch,
+            )
             prompt += system + _tokens(text)
             completion += llm.max_tokens_profile
     return prompt, completion
@@ -86,7 +107,11 @@ def estimate(settings: RunSettings, dataset: str) -> Estimate:
     llm = settings.llm
     cost = (prompt * llm.price_prompt_per_mtok + completion * llm.price_completion_per_mtok) / 1e6
     return Estimate(
-        users=len(works), pairs=sum(len(w.candidates) for w in works),
-        calls=sum(_calls(w, settings) for w in works), prompt_tokens=prompt,
-        completion_tokens=completion, longest_chain=max((critical_path(w, settings.sim) for w in works), default=0),
-        cost_usd=cost)
+        users=len(works),
+        pairs=sum(len(w.candidates) for w in works),
+        calls=sum(_calls(w, settings) for w in works),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        longest_chain=max((critical_path(w, settings.sim) for w in works), default=0),
+        cost_usd=cost,
+    )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.records import DataError, Dataset
-from tasks.settings import RunSettings
-from tasks.store.db import connect, execute
-from tasks.store.writes import save_dataset
+from doppel.tasks.records import DataError, Dataset
+from doppel.tasks.settings import RunSettings
+from doppel.tasks.store.db import connect, execute
+from doppel.tasks.store.writes import save_dataset
 
 INPUT_SUITES = (("ratings", "input_ratings"), ("items", "input_items"), ("users", "input_users"))
 
@@ -15,8 +15,11 @@ INPUT_SUITES = (("ratings", "input_ratings"), ("items", "input_items"), ("users"
 def dataset_name(settings: RunSettings) -> str:
     if settings.dataset == "synthetic":
         default = (settings.synthetic_users, settings.synthetic_items, settings.sample_seed) == (60, 120, 0)
-        return "synthetic" if default else (
-            f"synthetic-{settings.synthetic_users}u-{settings.synthetic_items}i-s{settings.sample_seed}")
+        return (
+            "synthetic"
+            if default
+            else (f"synthetic-{settings.synthetic_users}u-{settings.synthetic_items}i-s{settings.sample_seed}")
+        )
     if settings.dataset in ("ml-100k", "movielens", "ml100k"):
         return "ml-100k"
     return Path(settings.dataset).stem
@@ -24,14 +27,18 @@ def dataset_name(settings: RunSettings) -> str:
 
 def load(settings: RunSettings) -> Dataset:
     """Read the dataset named by the settings (no database access)."""
-    from tasks.data import load_dataset
+    from doppel.tasks.data import load_dataset
 
     if settings.dataset == "synthetic":
-        ds = load_dataset("synthetic", n_users=settings.synthetic_users, n_items=settings.synthetic_items,
-                          seed=settings.sample_seed)
+        ds = load_dataset(
+            "synthetic", n_users=settings.synthetic_users, n_items=settings.synthetic_items, seed=settings.sample_seed
+        )
     else:
-        ds = load_dataset(settings.dataset, data_dir=Path(settings.data_dir) if settings.data_dir else None,
-                          item_text=Path(settings.item_text) if settings.item_text else None)
+        ds = load_dataset(
+            settings.dataset,
+            data_dir=Path(settings.data_dir) if settings.data_dir else None,
+            item_text=Path(settings.item_text) if settings.item_text else None,
+        )
     ds.name = dataset_name(settings)
     ds.source = source_of(settings)
     return ds
@@ -39,7 +46,7 @@ def load(settings: RunSettings) -> Dataset:
 
 def check_inputs(ds: Dataset) -> None:
     """Input contracts (expectations/input_*.json); a failure names the table and expectations."""
-    from tasks.validate import format_failures, validate_frame
+    from doppel.tasks.validate import format_failures, validate_frame
 
     for attr, suite in INPUT_SUITES:
         outcome = validate_frame(getattr(ds, attr), suite)
@@ -70,7 +77,9 @@ def ingest(settings: RunSettings, force: bool = False) -> tuple[str, bool]:
 def source_of(settings: RunSettings) -> str:
     """What identifies the loaded data: a stored dataset with the same source is not reloaded."""
     if settings.dataset == "synthetic":
-        return f"synthetic:seed={settings.sample_seed},users={settings.synthetic_users},items={settings.synthetic_items}"
+        return (
+            f"synthetic:seed={settings.sample_seed},users={settings.synthetic_users},items={settings.synthetic_items}"
+        )
     where = str(Path(settings.data_dir).resolve()) if settings.data_dir else "download"
     if settings.dataset not in ("ml-100k", "movielens", "ml100k"):
         where = str(Path(settings.dataset).resolve())

@@ -10,13 +10,14 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from tasks.records import CandidateItem, HistoryItem, UserWork
-from tasks.settings import RunSettings, SimulationSettings, resume_conflicts
-from tasks.store.db import connect, execute, query
+from doppel.tasks.records import CandidateItem, HistoryItem, UserWork
+from doppel.tasks.settings import RunSettings, SimulationSettings, resume_conflicts
+from doppel.tasks.store.db import connect, execute, query
 
 
-def select_users(db: str | Path, dataset: str, fold: str, n_users: int | None, user_ids: list[str] | None,
-                 seed: int) -> list[str]:
+def select_users(
+    db: str | Path, dataset: str, fold: str, n_users: int | None, user_ids: list[str] | None, seed: int
+) -> list[str]:
     """The fold's test users: all, the given ids, or a seeded sample of n_users."""
     with connect(db, read_only=True) as con:
         frame = execute(con, "fold_test_users", dataset=dataset, fold=fold)
@@ -35,9 +36,15 @@ def select_users(db: str | Path, dataset: str, fold: str, n_users: int | None, u
     return [u for u in available if u in chosen]
 
 
-def build_work(db: str | Path, dataset: str, fold: str, user_ids: list[str], sim: SimulationSettings,
-               pending: dict[str, list[str] | None] | None = None,
-               retries: dict[str, int] | None = None) -> list[UserWork]:
+def build_work(
+    db: str | Path,
+    dataset: str,
+    fold: str,
+    user_ids: list[str],
+    sim: SimulationSettings,
+    pending: dict[str, list[str] | None] | None = None,
+    retries: dict[str, int] | None = None,
+) -> list[UserWork]:
     """One `UserWork` per user: last N train ratings (oldest first) and held-out items in time order."""
     params = dict(dataset=dataset, fold=fold, user_ids=list(user_ids), **sim.split_params())
     with connect(db, read_only=True) as con:
@@ -53,27 +60,32 @@ def build_work(db: str | Path, dataset: str, fold: str, user_ids: list[str], sim
             continue
         if sim.max_test_items:
             items = items[: sim.max_test_items]
-        works.append(UserWork(
-            fold=fold,
-            user_id=user_id,
-            demographics=demo.get(user_id) or "unknown",
-            history=[HistoryItem(r.item_id, r.title, r.year, r.genres, r.text, int(r.rating), int(r.ts))
-                     for r in hist_by_user.get(user_id, [])],
-            candidates=[CandidateItem(r.item_id, r.title, r.year, r.genres, r.text, int(r.truth))
-                        for r in items],
-            pending_item_ids=(pending or {}).get(user_id),
-            retry_round=(retries or {}).get(user_id, 0),
-        ))
+        works.append(
+            UserWork(
+                fold=fold,
+                user_id=user_id,
+                demographics=demo.get(user_id) or "unknown",
+                history=[
+                    HistoryItem(r.item_id, r.title, r.year, r.genres, r.text, int(r.rating), int(r.ts))
+                    for r in hist_by_user.get(user_id, [])
+                ],
+                candidates=[CandidateItem(r.item_id, r.title, r.year, r.genres, r.text, int(r.truth)) for r in items],
+                pending_item_ids=(pending or {}).get(user_id),
+                retry_round=(retries or {}).get(user_id, 0),
+            )
+        )
     return works
 
 
-def requested_pairs(db: str | Path, dataset: str, fold: str, user_ids: list[str],
-                    sim: SimulationSettings) -> pd.DataFrame:
+def requested_pairs(
+    db: str | Path, dataset: str, fold: str, user_ids: list[str], sim: SimulationSettings
+) -> pd.DataFrame:
     """fold, user_id, item_id of the held-out items `build_work` would give these users (cheaper:
     no histories, no item objects)."""
     with connect(db, read_only=True) as con:
-        items = execute(con, "user_candidates", dataset=dataset, fold=fold, user_ids=list(user_ids),
-                        **sim.split_params())
+        items = execute(
+            con, "user_candidates", dataset=dataset, fold=fold, user_ids=list(user_ids), **sim.split_params()
+        )
     if sim.max_test_items:
         items = items.groupby("user_id", sort=False).head(sim.max_test_items)
     return items[["user_id", "item_id"]].assign(fold=fold)[["fold", "user_id", "item_id"]].reset_index(drop=True)
@@ -120,5 +132,7 @@ def check_resume_settings(db: str | Path, run_id: str, settings: RunSettings) ->
         return
     conflicts = resume_conflicts(json.loads(stored["config"].iloc[0]), settings)
     if conflicts:
-        raise ValueError(f"run {run_id} was started with other settings ({'; '.join(conflicts)}): "
-                         "resume it with the settings it has, or start a new run (another --run-id)")
+        raise ValueError(
+            f"run {run_id} was started with other settings ({'; '.join(conflicts)}): "
+            "resume it with the settings it has, or start a new run (another --run-id)"
+        )

@@ -20,22 +20,33 @@ import duckdb
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from tasks.paths import SQL_DIR
-from tasks.store.db import connect
+from doppel.tasks.paths import SQL_DIR
+from doppel.tasks.store.db import connect
 
 VIEWS_DIR = SQL_DIR / "views"
 TEMPLATE = "report_template.html"
 SCALE = (1, 2, 3, 4, 5)
 # (metric, label, format, better): better is "low", "high" or "" (no winner is marked)
-METRICS = [("rmse", "RMSE", "{:.3f}", "low"), ("mae", "MAE", "{:.3f}", "low"), ("exact", "exact %", "{:.1f}", "high"),
-           ("off_by_one", "off-by-1 %", "{:.1f}", ""), ("close", "close %", "{:.1f}", "high"),
-           ("tv", "hist. TV", "{:.3f}", "low"), ("n", "n", "{:,.0f}", ""), ("n_missing", "failed", "{:,.0f}", "")]
-LEAK_NOTE = ("Profile updates were on (sim.update_profile = true): after each rating batch the profile was "
-             "updated with that batch's true ratings, so every later batch was rated by a profile that had seen "
-             "held-out truth ({later:,} of {rated:,} rated pairs came after a user's first batch). The LLM's "
-             "scores are optimistic against a strict hold-out; rerun with --no-update for a leak-free estimate.")
-NO_LEAK_NOTE = ("Profile updates were off (sim.update_profile = false): every rating call saw only the train "
-                "split, so no held-out truth leaked into later batches.")
+METRICS = [
+    ("rmse", "RMSE", "{:.3f}", "low"),
+    ("mae", "MAE", "{:.3f}", "low"),
+    ("exact", "exact %", "{:.1f}", "high"),
+    ("off_by_one", "off-by-1 %", "{:.1f}", ""),
+    ("close", "close %", "{:.1f}", "high"),
+    ("tv", "hist. TV", "{:.3f}", "low"),
+    ("n", "n", "{:,.0f}", ""),
+    ("n_missing", "failed", "{:,.0f}", ""),
+]
+LEAK_NOTE = (
+    "Profile updates were on (sim.update_profile = true): after each rating batch the profile was "
+    "updated with that batch's true ratings, so every later batch was rated by a profile that had seen "
+    "held-out truth ({later:,} of {rated:,} rated pairs came after a user's first batch). The LLM's "
+    "scores are optimistic against a strict hold-out; rerun with --no-update for a leak-free estimate."
+)
+NO_LEAK_NOTE = (
+    "Profile updates were off (sim.update_profile = false): every rating call saw only the train "
+    "split, so no held-out truth leaked into later batches."
+)
 _CREATE_VIEW = re.compile(r"create\s+or\s+replace\s+view", re.IGNORECASE)
 
 
@@ -65,8 +76,9 @@ def run_sql(db: str | Path, sql: str, limit: int | None = None) -> tuple[pd.Data
     return _cut(frame, limit)
 
 
-def read_view(db: str | Path, name: str, run_id: str | None = None,
-              limit: int | None = None) -> tuple[pd.DataFrame, bool]:
+def read_view(
+    db: str | Path, name: str, run_id: str | None = None, limit: int | None = None
+) -> tuple[pd.DataFrame, bool]:
     """Rows of one view (optionally of one run); returns (at most `limit` rows, whether rows were left out)."""
     if name not in view_names():
         raise ValueError(f"no view {name!r}; views: {', '.join(view_names())}")
@@ -127,18 +139,33 @@ def load_report_data(db: str | Path, run_id: str) -> ReportData:
             known = con.table("runs").df()["run_id"].tolist()
             hint = f"; runs: {', '.join(known[-10:])}" if known else "; it has no runs"
             raise ValueError(f"no run {run_id!r} in {db}{hint}")
-        frames = {name: _rows(con, name, run_id) for name in (
-            "run_overview", "run_costs", "rating_histograms", "confusion_matrix", "user_error", "failed_pairs",
-            "metrics", "validation_results")}
+        frames = {
+            name: _rows(con, name, run_id)
+            for name in (
+                "run_overview",
+                "run_costs",
+                "rating_histograms",
+                "confusion_matrix",
+                "user_error",
+                "failed_pairs",
+                "metrics",
+                "validation_results",
+            )
+        }
     run = runs.iloc[0].to_dict()
     config = json.loads(run["config"]) if isinstance(run["config"], str) else dict(run["config"] or {})
     return ReportData(
-        run=run, config=config,
-        overview=frames["run_overview"].iloc[0].to_dict(), costs=frames["run_costs"].iloc[0].to_dict(),
-        histograms=frames["rating_histograms"], confusion=frames["confusion_matrix"],
-        user_error=frames["user_error"], metrics=frames["metrics"],
+        run=run,
+        config=config,
+        overview=frames["run_overview"].iloc[0].to_dict(),
+        costs=frames["run_costs"].iloc[0].to_dict(),
+        histograms=frames["rating_histograms"],
+        confusion=frames["confusion_matrix"],
+        user_error=frames["user_error"],
+        metrics=frames["metrics"],
         validation=frames["validation_results"].sort_values("checked_at"),
-        failed=frames["failed_pairs"].sort_values(["fold", "user_id", "item_id"]))
+        failed=frames["failed_pairs"].sort_values(["fold", "user_id", "item_id"]),
+    )
 
 
 # ----------------------------------------------------------------------------- plots
@@ -150,8 +177,9 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 10, "axes.spines.top": False, "axes.spines.right": False,
-                         "figure.dpi": 100, "savefig.dpi": 110})
+    plt.rcParams.update(
+        {"font.size": 10, "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 100, "savefig.dpi": 110}
+    )
     return plt
 
 
@@ -203,8 +231,15 @@ def confusion_plot(confusion: pd.DataFrame) -> str:
     for i, real in enumerate(SCALE):
         for j, sim in enumerate(SCALE):
             count = grid.loc[real, sim]
-            ax.text(j, i, f"{count}", ha="center", va="center", fontsize=9,
-                    color="white" if shares.loc[real, sim] > 0.55 else "#222")
+            ax.text(
+                j,
+                i,
+                f"{count}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if shares.loc[real, sim] > 0.55 else "#222",
+            )
     ax.set_xticks(range(5), [str(r) for r in SCALE])
     ax.set_yticks(range(5), [str(r) for r in SCALE])
     ax.set_xlabel("simulated rating")
@@ -225,8 +260,14 @@ def activity_bins(user_error: pd.DataFrame, max_bins: int = 5) -> pd.DataFrame:
     users["bin"] = pd.qcut(users["n_train"], q=q, duplicates="drop") if q > 1 else "all"
     users["sq"] = users["n"] * users["rmse"].astype(float) ** 2  # back to sums so bins pool exactly
     users["ab"] = users["n"] * users["mae"].astype(float)
-    out = users.groupby("bin", observed=True).agg(users=("user_id", "size"), pairs=("n", "sum"), sq=("sq", "sum"),
-                                                  ab=("ab", "sum"), lo=("n_train", "min"), hi=("n_train", "max"))
+    out = users.groupby("bin", observed=True).agg(
+        users=("user_id", "size"),
+        pairs=("n", "sum"),
+        sq=("sq", "sum"),
+        ab=("ab", "sum"),
+        lo=("n_train", "min"),
+        hi=("n_train", "max"),
+    )
     out["rmse"] = (out["sq"] / out["pairs"]) ** 0.5
     out["mae"] = out["ab"] / out["pairs"]
     out["bin"] = [f"{lo}" if lo == hi else f"{lo}–{hi}" for lo, hi in zip(out["lo"], out["hi"])]
@@ -274,8 +315,12 @@ def metrics_tables(metrics: pd.DataFrame) -> list[dict[str, Any]]:
             for key, _, fmt, _ in METRICS:
                 value = wide.loc[sim].get(key)
                 missing = value is None or pd.isna(value)
-                cells.append({"text": "–" if missing else fmt.format(value),
-                              "best": not missing and key in best and abs(value - best[key]) < 1e-12})
+                cells.append(
+                    {
+                        "text": "–" if missing else fmt.format(value),
+                        "best": not missing and key in best and abs(value - best[key]) < 1e-12,
+                    }
+                )
             rows.append({"simulator": sim, "llm": sim == "llm", "cells": cells})
         tables.append({"fold": fold, "title": "mean over folds" if fold == "all" else f"fold {fold}", "rows": rows})
     return tables
@@ -286,8 +331,15 @@ def validation_rows(validation: pd.DataFrame) -> list[dict[str, Any]]:
     for rec in validation.to_dict("records"):
         failures = json.loads(rec["failures"]) if isinstance(rec["failures"], str) else (rec["failures"] or [])
         notes = [" ".join(str(f.get(k)) for k in ("expectation", "column") if f.get(k)) for f in failures]
-        rows.append({"suite": rec["suite"], "success": bool(rec["success"]), "n_rows": int(rec["n_rows"]),
-                     "failures": "; ".join(notes) or "–", "checked_at": str(rec["checked_at"])[:19]})
+        rows.append(
+            {
+                "suite": rec["suite"],
+                "success": bool(rec["success"]),
+                "n_rows": int(rec["n_rows"]),
+                "failures": "; ".join(notes) or "–",
+                "checked_at": str(rec["checked_at"])[:19],
+            }
+        )
     return rows
 
 
@@ -303,22 +355,38 @@ def render_report(data: ReportData) -> str:
     rated = not data.histograms.empty
     images = {}
     if rated:
-        images = {"histogram": histogram_plot(data.histograms), "confusion": confusion_plot(data.confusion),
-                  "activity": activity_plot(data.user_error)}
+        images = {
+            "histogram": histogram_plot(data.histograms),
+            "confusion": confusion_plot(data.confusion),
+            "activity": activity_plot(data.user_error),
+        }
     update = bool(data.config.get("sim", {}).get("update_profile", False))
-    env = Environment(loader=FileSystemLoader(Path(__file__).parent), autoescape=select_autoescape(["html"]),
-                      trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=FileSystemLoader(Path(__file__).parent),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["num"] = _num
     return env.get_template(TEMPLATE).render(
-        run=data.run, overview=data.overview, costs=data.costs, images=images, rated=rated,
-        metric_labels=[label for _, label, _, _ in METRICS], metrics=metrics_tables(data.metrics),
-        activity=activity_bins(data.user_error).to_dict("records"), validation=validation_rows(data.validation),
-        failed=data.failed.head(50).to_dict("records"), n_failed=len(data.failed),
+        run=data.run,
+        overview=data.overview,
+        costs=data.costs,
+        images=images,
+        rated=rated,
+        metric_labels=[label for _, label, _, _ in METRICS],
+        metrics=metrics_tables(data.metrics),
+        activity=activity_bins(data.user_error).to_dict("records"),
+        validation=validation_rows(data.validation),
+        failed=data.failed.head(50).to_dict("records"),
+        n_failed=len(data.failed),
         leak_note=(LEAK_NOTE if update else NO_LEAK_NOTE).format(
-            later=int(data.overview["pairs_later_batches"]), rated=int(data.overview["pairs_rated"])),
+            later=int(data.overview["pairs_later_batches"]), rated=int(data.overview["pairs_rated"])
+        ),
         leaks=update,
         config_json=json.dumps(data.config, indent=2, sort_keys=False),
-        folds=", ".join(data.run.get("folds") or []))
+        folds=", ".join(data.run.get("folds") or []),
+    )
 
 
 def write_report(db: str | Path, run_id: str | None = None, out: str | Path = "report.html") -> Path:

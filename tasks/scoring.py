@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tasks.baselines import BASELINES, baseline_long, predict_baselines
-from tasks.metrics import metrics_table
-from tasks.validate import ValidationOutcome, validate_frame
+from doppel.tasks.baselines import BASELINES, baseline_long, predict_baselines
+from doppel.tasks.metrics import metrics_table
+from doppel.tasks.validate import ValidationOutcome, validate_frame
 
 OUTPUT_SUITES = ("simulated_ratings", "profiles")
 
@@ -14,8 +14,12 @@ OUTPUT_SUITES = ("simulated_ratings", "profiles")
 def gate_outputs(frames: dict[str, pd.DataFrame], run_id: str, expected_pairs: pd.DataFrame) -> list[ValidationOutcome]:
     """Every output contract, with one-row-per-requested-pair on simulated_ratings."""
     return [
-        validate_frame(frames[suite], suite, expected_run_id=run_id,
-                       expected_pairs=expected_pairs if suite == "simulated_ratings" else None)
+        validate_frame(
+            frames[suite],
+            suite,
+            expected_run_id=run_id,
+            expected_pairs=expected_pairs if suite == "simulated_ratings" else None,
+        )
         for suite in OUTPUT_SUITES
     ]
 
@@ -25,8 +29,10 @@ def baseline_predictions(train_by_fold: dict[str, pd.DataFrame], pairs: pd.DataF
 
     Needs no simulated rating, so a run computes it while its users are still simulating.
     """
-    return {fold: predict_baselines(train_by_fold[fold], group[["user_id", "item_id"]], BASELINES)
-            for fold, group in pairs.groupby("fold", sort=True)}
+    return {
+        fold: predict_baselines(train_by_fold[fold], group[["user_id", "item_id"]], BASELINES)
+        for fold, group in pairs.groupby("fold", sort=True)
+    }
 
 
 def _predicted_for(group: pd.DataFrame, train: pd.DataFrame, ready: pd.DataFrame | None) -> pd.DataFrame:
@@ -39,9 +45,13 @@ def _predicted_for(group: pd.DataFrame, train: pd.DataFrame, ready: pd.DataFrame
     return predict_baselines(train, keys, BASELINES)
 
 
-def score_ratings(rows: pd.DataFrame, train_by_fold: dict[str, pd.DataFrame], baselines: bool = True,
-                  hybrid_items: pd.DataFrame | None = None,
-                  precomputed: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+def score_ratings(
+    rows: pd.DataFrame,
+    train_by_fold: dict[str, pd.DataFrame],
+    baselines: bool = True,
+    hybrid_items: pd.DataFrame | None = None,
+    precomputed: dict[str, pd.DataFrame] | None = None,
+) -> pd.DataFrame:
     """Long metrics (fold, simulator, metric, value); plus fold "all" = mean over folds when several.
 
     rows: fold, user_id, item_id, pred (nullable: failed pairs count as missing), truth.
@@ -55,8 +65,11 @@ def score_ratings(rows: pd.DataFrame, train_by_fold: dict[str, pd.DataFrame], ba
         for fold, group in rows.groupby("fold", sort=True):
             predicted = _predicted_for(group, train_by_fold[fold], (precomputed or {}).get(fold))
             long = baseline_long(predicted, group[["user_id", "item_id"]].assign(rating=group["truth"]))
-            parts.append(long.assign(fold=fold, simulator="baseline:" + long["simulator"], pred=long["rating"])
-                         [["fold", "simulator", "user_id", "item_id", "truth", "pred"]])
+            parts.append(
+                long.assign(fold=fold, simulator="baseline:" + long["simulator"], pred=long["rating"])[
+                    ["fold", "simulator", "user_id", "item_id", "truth", "pred"]
+                ]
+            )
     if hybrid_items is not None:
         parts.extend(_hybrid_rows(rows, train_by_fold, hybrid_items))
     frame = pd.concat(parts, ignore_index=True)
@@ -69,7 +82,7 @@ def score_ratings(rows: pd.DataFrame, train_by_fold: dict[str, pd.DataFrame], ba
 
 
 def _hybrid_rows(rows: pd.DataFrame, train_by_fold: dict[str, pd.DataFrame], items: pd.DataFrame) -> list[pd.DataFrame]:
-    from tasks.fidelity.hybrid import hybrid_ratings  # lazy: scikit-learn + the surprise fits
+    from doppel.tasks.fidelity.hybrid import hybrid_ratings  # lazy: scikit-learn + the surprise fits
 
     parts = []
     for fold, group in rows.groupby("fold", sort=True):
@@ -77,6 +90,16 @@ def _hybrid_rows(rows: pd.DataFrame, train_by_fold: dict[str, pd.DataFrame], ite
         out = hybrid_ratings(train_by_fold[fold], pairs, items, kind="logreg")
         truth = group["truth"].to_numpy()
         for mode in ("accuracy", "realism"):
-            parts.append(pd.DataFrame({"fold": fold, "simulator": f"hybrid:{mode}", "user_id": out["user_id"],
-                                       "item_id": out["item_id"], "truth": truth, "pred": out[mode].to_numpy()}))
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "fold": fold,
+                        "simulator": f"hybrid:{mode}",
+                        "user_id": out["user_id"],
+                        "item_id": out["item_id"],
+                        "truth": truth,
+                        "pred": out[mode].to_numpy(),
+                    }
+                )
+            )
     return parts

@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
-from tasks.llm.cache import ResponseCache
-from tasks.llm.gateway import DRAW_PROMPT, CallRecord, LLMGateway
-from tasks.llm.limits import CallLimiter
-from tasks.records import CandidateItem, HistoryItem, PackedWork, UserWork
-from tasks.settings import LLMSettings, SimulationSettings
+from doppel.tasks.llm.cache import ResponseCache
+from doppel.tasks.llm.gateway import DRAW_PROMPT, CallRecord, LLMGateway
+from doppel.tasks.llm.limits import CallLimiter
+from doppel.tasks.records import CandidateItem, HistoryItem, PackedWork, UserWork
+from doppel.tasks.settings import LLMSettings, SimulationSettings
 
 PROFILE_WORDS = 110
 USERS_PER_SLOT = 3
@@ -86,21 +86,29 @@ async def simulate_user(work: UserWork, gateway: LLMGateway, sim: SimulationSett
 
     async def next_profile(prompt: str, stage: str, variables: dict) -> str | None:
         nonlocal remaining
-        outcome = await gateway.text(prompt, {**common, **variables}, priority=remaining,
-                                     overview_chars=sim.overview_chars, prompts=sim.prompts)
+        outcome = await gateway.text(
+            prompt, {**common, **variables}, priority=remaining, overview_chars=sim.overview_chars, prompts=sim.prompts
+        )
         remaining -= 1
         result.calls.extend(outcome.calls)
         if outcome.text is None:
             return None
-        result.profiles.append({"version": len(result.profiles) + 1, "stage": stage, "text": outcome.text,
-                                "call_key": outcome.calls[-1].call_key})
+        result.profiles.append(
+            {
+                "version": len(result.profiles) + 1,
+                "stage": stage,
+                "text": outcome.text,
+                "call_key": outcome.calls[-1].call_key,
+            }
+        )
         return outcome.text
 
     failure: str | None = None
     for i, batch in enumerate(batches(work.history, sim.profile_batch)):
         prompt, stage = ("profile_create", "initial") if i == 0 else ("profile_refine", "refine")
-        new = await next_profile(prompt, stage, {"profile": profile, "items": batch,
-                                                 "mean_rating": _mean([h.rating for h in batch])})
+        new = await next_profile(
+            prompt, stage, {"profile": profile, "items": batch, "mean_rating": _mean([h.rating for h in batch])}
+        )
         if new is None:
             failure = f"profile call failed: {result.calls[-1].error}"
             break
@@ -115,8 +123,9 @@ async def simulate_user(work: UserWork, gateway: LLMGateway, sim: SimulationSett
             result.ratings.extend(_failed_rows(wanted, j, failure))
             continue
         if wanted:
-            rating_jobs.append(asyncio.create_task(
-                _rate_batch(gateway, common, profile, recent, wanted, j, work.retry_round, sim)))
+            rating_jobs.append(
+                asyncio.create_task(_rate_batch(gateway, common, profile, recent, wanted, j, work.retry_round, sim))
+            )
         if sim.update_profile and j < n_rate - 1:
             new = await next_profile("profile_update", "update", {"profile": profile, "items": batch})
             if new is None:
@@ -129,13 +138,25 @@ async def simulate_user(work: UserWork, gateway: LLMGateway, sim: SimulationSett
     return result
 
 
-async def _rate_batch(gateway: LLMGateway, common: dict, profile: str | None, recent: list[HistoryItem],
-                      batch: list[CandidateItem], batch_index: int, retry_round: int,
-                      sim: SimulationSettings) -> tuple[list[dict], list[CallRecord]]:
+async def _rate_batch(
+    gateway: LLMGateway,
+    common: dict,
+    profile: str | None,
+    recent: list[HistoryItem],
+    batch: list[CandidateItem],
+    batch_index: int,
+    retry_round: int,
+    sim: SimulationSettings,
+) -> tuple[list[dict], list[CallRecord]]:
     item_ids = [c.item_id for c in batch]
-    outcome = await gateway.ratings({**common, "profile": profile, "recent": recent, "candidates": batch},
-                                    item_ids, sample=retry_round, priority=1, overview_chars=sim.overview_chars,
-                                    prompts=sim.prompts)
+    outcome = await gateway.ratings(
+        {**common, "profile": profile, "recent": recent, "candidates": batch},
+        item_ids,
+        sample=retry_round,
+        priority=1,
+        overview_chars=sim.overview_chars,
+        prompts=sim.prompts,
+    )
     answers = [c for c in outcome.calls if c.prompt_name != DRAW_PROMPT]  # draws only annotate the answer
     answering_key = answers[-1].call_key if answers else None
     rows = []
@@ -144,27 +165,55 @@ async def _rate_batch(gateway: LLMGateway, common: dict, profile: str | None, re
         ok = item_id in outcome.ratings
         probs = outcome.probs.get(item_id) if ok else None
         draws = outcome.draws.get(item_id) if probs is not None else None
-        rows.append({"item_id": item_id, "rating": outcome.ratings.get(item_id), "status": "ok" if ok else "failed",
-                     "reason": None if ok else outcome.failed.get(item_id, "no answer"), "batch": batch_index,
-                     "attempts": attempts, "call_key": answering_key, "rating_probs": probs,
-                     "rating_probs_source": None if probs is None else "samples" if draws else "logprobs",
-                     "rating_probs_draws": draws})
+        rows.append(
+            {
+                "item_id": item_id,
+                "rating": outcome.ratings.get(item_id),
+                "status": "ok" if ok else "failed",
+                "reason": None if ok else outcome.failed.get(item_id, "no answer"),
+                "batch": batch_index,
+                "attempts": attempts,
+                "call_key": answering_key,
+                "rating_probs": probs,
+                "rating_probs_source": None if probs is None else "samples" if draws else "logprobs",
+                "rating_probs_draws": draws,
+            }
+        )
     return rows, outcome.calls
 
 
 def _failed_rows(batch: list[CandidateItem], batch_index: int, reason: str) -> list[dict]:
-    return [{"item_id": c.item_id, "rating": None, "status": "failed", "reason": reason, "batch": batch_index,
-             "attempts": 0, "call_key": None, "rating_probs": None, "rating_probs_source": None,
-             "rating_probs_draws": None} for c in batch]
+    return [
+        {
+            "item_id": c.item_id,
+            "rating": None,
+            "status": "failed",
+            "reason": reason,
+            "batch": batch_index,
+            "attempts": 0,
+            "call_key": None,
+            "rating_probs": None,
+            "rating_probs_source": None,
+            "rating_probs_draws": None,
+        }
+        for c in batch
+    ]
 
 
-async def simulate_chunk(works: list[UserWork], llm: LLMSettings, sim: SimulationSettings, model_id: str,
-                         cache_dir: str, limits: LimitSpec,
-                         publish: Callable[[UserResult], Awaitable[None]]) -> list[str]:
+async def simulate_chunk(
+    works: list[UserWork],
+    llm: LLMSettings,
+    sim: SimulationSettings,
+    model_id: str,
+    cache_dir: str,
+    limits: LimitSpec,
+    publish: Callable[[UserResult], Awaitable[None]],
+) -> list[str]:
     """Simulate `works` concurrently; publish each user's rows as soon as the user finishes."""
     cache = ResponseCache(cache_dir)
-    limiter = CallLimiter(limits.local_slots, limits.dask_semaphore_name, limits.dask_max_leases,
-                          limits.rpm, limits.prefect_limit_name)
+    limiter = CallLimiter(
+        limits.local_slots, limits.dask_semaphore_name, limits.dask_max_leases, limits.rpm, limits.prefect_limit_name
+    )
     gateway = LLMGateway(llm, cache, limiter, model_id)
     # Users start longest chain first, a few per slot: enough ready calls to keep every slot busy,
     # and users finish (and are written) all along instead of all at the end. With one slot (the
@@ -194,8 +243,15 @@ async def simulate_chunk(works: list[UserWork], llm: LLMSettings, sim: Simulatio
         cache.close()
 
 
-def run_chunk(packed: PackedWork, llm: LLMSettings, sim: SimulationSettings, model_id: str, cache_dir: str,
-              limits: LimitSpec, channel) -> list[str]:
+def run_chunk(
+    packed: PackedWork,
+    llm: LLMSettings,
+    sim: SimulationSettings,
+    model_id: str,
+    cache_dir: str,
+    limits: LimitSpec,
+    channel,
+) -> list[str]:
     """Synchronous entry for a task runner thread or Dask worker: results go out through `channel`."""
 
     async def publish(result: UserResult) -> None:

@@ -16,13 +16,15 @@ import math
 import os
 import threading
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-SUITES_DIR = Path(__file__).resolve().parent.parent / "expectations"
+from doppel.tasks.paths import EXPECTATIONS_DIR
+
+SUITES_DIR = EXPECTATIONS_DIR
 PAIR_CHECK = "one_row_per_requested_pair"
 PAIR_COLUMNS = ["fold", "user_id", "item_id"]
 RUN_PARAMETER = "expected_run_ids"
@@ -89,7 +91,7 @@ def warm_up(suites: tuple[str, ...] = ("simulated_ratings", "profiles")) -> None
             load_suite(name, SUITES_DIR)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_suite(name: str, suites_dir: Path = SUITES_DIR) -> tuple[Any, frozenset[str]]:
     """Load `<suites_dir>/<name>.json` as a GX ExpectationSuite; also return its parameter names."""
     _batch_definition()
@@ -206,8 +208,11 @@ def _plain(v: Any) -> Any:
 
 def _pair_failure(df: pd.DataFrame, expected: pd.DataFrame) -> dict[str, Any] | None:
     """Compare the frame's (fold, user_id, item_id) keys with the requested pairs."""
-    failure = {"expectation": PAIR_CHECK, "column": PAIR_COLUMNS,
-               "description": "exactly one row per requested (fold, user_id, item_id)"}
+    failure = {
+        "expectation": PAIR_CHECK,
+        "column": PAIR_COLUMNS,
+        "description": "exactly one row per requested (fold, user_id, item_id)",
+    }
     missing_cols = [c for c in PAIR_COLUMNS if c not in df.columns or c not in expected.columns]
     if missing_cols:
         return {**failure, "details": {"exception": f"missing columns {missing_cols}"}}

@@ -14,7 +14,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.llm_server import LLMTestServer  # noqa: E402
+from doppel.testing.llm_server import LLMTestServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ML100K = Path(os.environ.get("DOPPEL_ML100K_DIR", REPO.parent / "shared" / "data" / "ml-100k"))
@@ -28,7 +28,7 @@ def prefect_server(tmp_path_factory):
     old = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_API_URL")}
     os.environ["PREFECT_HOME"] = str(home)
     os.environ.pop("PREFECT_API_URL", None)
-    from flows.runtime import prefect_api
+    from doppel.flows.runtime import prefect_api
 
     with prefect_api() as url:
         yield url
@@ -55,13 +55,28 @@ def llm_server(llm_server_session):
 
 @pytest.fixture
 def run_settings(tmp_path, llm_server):
-    from tasks.settings import LLMSettings, RunSettings
+    from doppel.tasks.settings import LLMSettings, RunSettings
 
     def make(**overrides):
-        llm = LLMSettings(base_url=llm_server.base_url, model="doppel-test-model", concurrency=8,
-                          timeout_s=10, max_retries=2, **overrides.pop("llm", {}))
-        base = dict(dataset="synthetic", synthetic_users=24, synthetic_items=60, folds=["u1"], users=6,
-                    db=str(tmp_path / "doppel.duckdb"), runner="threads", progress=False, llm=llm)
+        llm = LLMSettings(
+            base_url=llm_server.base_url,
+            model="doppel-test-model",
+            concurrency=8,
+            timeout_s=10,
+            max_retries=2,
+            **overrides.pop("llm", {}),
+        )
+        base = dict(
+            dataset="synthetic",
+            synthetic_users=24,
+            synthetic_items=60,
+            folds=["u1"],
+            users=6,
+            db=str(tmp_path / "doppel.duckdb"),
+            runner="threads",
+            progress=False,
+            llm=llm,
+        )
         base.update(overrides)
         return RunSettings(**base)
 

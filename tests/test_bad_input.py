@@ -1,6 +1,6 @@
 """Bad input gets one clear line on stderr and a non-zero exit, never a traceback.
 
-Every case runs the real CLI (`python -m flows.cli run ...`) as a subprocess. Runs share the
+Every case runs the real CLI (`python -m doppel.flows.cli run ...`) as a subprocess. Runs share the
 session's Prefect API server (PREFECT_API_URL from the `prefect_server` fixture) and use the thread
 runner, except the Ctrl-C test, which runs the whole stack (its own Prefect API server, Dask
 LocalCluster) to check that every process it started ends.
@@ -41,13 +41,31 @@ def user_env(**extra: str) -> dict:
 
 def cli(*args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
     full = user_env(**(env or {}))
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=full, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "doppel.flows.cli", *args],
+        cwd=REPO,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_args(tmp_path: Path, base_url: str, *extra: str, db: Path | None = None) -> list[str]:
-    return ["run", "--base-url", base_url, "--model", "doppel-test-model", "--db", str(db or tmp_path / "d.duckdb"),
-            "--runner", "threads", "--no-progress", "--no-baselines", *extra]
+    return [
+        "run",
+        "--base-url",
+        base_url,
+        "--model",
+        "doppel-test-model",
+        "--db",
+        str(db or tmp_path / "d.duckdb"),
+        "--runner",
+        "threads",
+        "--no-progress",
+        "--no-baselines",
+        *extra,
+    ]
 
 
 SYNTHETIC = ("--synthetic-users", "24", "--synthetic-items", "60", "--users", "2")
@@ -87,8 +105,9 @@ def write_ml100k(root: Path, data_lines: list[str] | None = None, test_lines: li
         "u.genre": "unknown|0\nAction|1\nComedy|2\n\n",
         "u.occupation": "engineer\nstudent\nwriter\n",
         "u.user": "1|24|M|engineer|85711\n2|53|F|student|94043\n3|23|M|writer|32067\n",
-        "u.item": "".join(f"{i}|Movie {i} (199{i % 10})|01-Jan-199{i % 10}||http://x|0|{i % 2}|{1 - i % 2}\n"
-                          for i in range(1, 13)),
+        "u.item": "".join(
+            f"{i}|Movie {i} (199{i % 10})|01-Jan-199{i % 10}||http://x|0|{i % 2}|{1 - i % 2}\n" for i in range(1, 13)
+        ),
         "u.data": "\n".join(data_lines if data_lines is not None else map(line, rows)) + "\n",
         "u1.base": "\n".join(map(line, base)) + "\n",
         "u1.test": "\n".join(test_lines if test_lines is not None else map(line, test)) + "\n",
@@ -106,11 +125,19 @@ def good_data_lines(root: Path) -> list[str]:
 MALFORMED = {
     "wrong_column_count": ("u.data", 3, lambda ln: "\t".join(ln.split("\t")[:3]), ["expected 4 fields"]),
     "non_integer": ("u.data", 3, lambda ln: ln.replace("\t", "\tx", 1), ["item_id is not an integer"]),
-    "rating_out_of_range": ("u.data", 3, lambda ln: "\t".join([*ln.split("\t")[:2], "9", ln.split("\t")[3]]),
-                            ["rating", "out of range 1..5"]),
+    "rating_out_of_range": (
+        "u.data",
+        3,
+        lambda ln: "\t".join([*ln.split("\t")[:2], "9", ln.split("\t")[3]]),
+        ["rating", "out of range 1..5"],
+    ),
     "unknown_user": ("u.data", 3, lambda ln: "\t".join(["77", *ln.split("\t")[1:]]), ["unknown user_id '77'"]),
-    "unknown_item": ("u.data", 3, lambda ln: "\t".join([ln.split("\t")[0], "99", *ln.split("\t")[2:]]),
-                     ["unknown item_id '99'"]),
+    "unknown_item": (
+        "u.data",
+        3,
+        lambda ln: "\t".join([ln.split("\t")[0], "99", *ln.split("\t")[2:]]),
+        ["unknown item_id '99'"],
+    ),
     "duplicate_pair": ("u.data", 3, None, ["duplicate rating", "first at line 1"]),
     # dataset text is shown verbatim, never read as console markup
     "markup_in_line": ("u.data", 3, lambda ln: "1\t[/bold]\t3", ["expected 4 fields", "[/bold]"]),
@@ -150,8 +177,11 @@ def test_valid_tiny_ml100k_runs(tmp_path, prefect_server, llm_server):
 @pytest.mark.parametrize("how", ["data_dir", "dataset_path"])
 def test_missing_data_path(how, tmp_path, prefect_server, llm_server):
     missing = tmp_path / "nowhere" / "ml-100k"
-    args = ["--dataset", "ml-100k", "--data-dir", str(missing)] if how == "data_dir" else \
-        ["--dataset", str(tmp_path / "nowhere" / "ratings.csv")]
+    args = (
+        ["--dataset", "ml-100k", "--data-dir", str(missing)]
+        if how == "data_dir"
+        else ["--dataset", str(tmp_path / "nowhere" / "ratings.csv")]
+    )
     done = cli(*run_args(tmp_path, llm_server.base_url, *args))
     assert_one_error_line(done, str(tmp_path / "nowhere"))
 
@@ -191,15 +221,18 @@ def test_resume_with_other_simulation_settings_is_refused(tmp_path, prefect_serv
     first = cli(*run_args(tmp_path, llm_server.base_url, *SYNTHETIC, "--run-id", "r1"))
     assert first.returncode == 0, first.stderr[-2000:]
     before = llm_server.stats()["requests"]
-    for change, names in ((("--rate-batch", "5"), ("sim.rate_batch", "10 -> 5")),
-                          (("--target", "slice"), ("sim.target", "'test' -> 'slice'")),
-                          (("--temperature", "0.7"), ("llm.temperature",))):
+    for change, names in (
+        (("--rate-batch", "5"), ("sim.rate_batch", "10 -> 5")),
+        (("--target", "slice"), ("sim.target", "'test' -> 'slice'")),
+        (("--temperature", "0.7"), ("llm.temperature",)),
+    ):
         done = cli(*run_args(tmp_path, llm_server.base_url, *SYNTHETIC, "--run-id", "r1", *change))
         assert_one_error_line(done, "run r1 was started with other settings", *names, "--run-id")
     assert llm_server.stats()["requests"] == before  # refused before any call
     # what does not change the answers may change: concurrency, timeout
-    same = cli(*run_args(tmp_path, llm_server.base_url, *SYNTHETIC, "--run-id", "r1", "--concurrency", "3",
-                         "--timeout", "30"))
+    same = cli(
+        *run_args(tmp_path, llm_server.base_url, *SYNTHETIC, "--run-id", "r1", "--concurrency", "3", "--timeout", "30")
+    )
     assert same.returncode == 0, same.stderr[-2000:]
 
 
@@ -221,13 +254,27 @@ class _AuthHandler(BaseHTTPRequestHandler):
 
     def _reject(self) -> None:
         self.server.rejected += 1
-        self._send(401, {"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",
-                                   "param": None, "code": "invalid_api_key"}})
+        self._send(
+            401,
+            {
+                "error": {
+                    "message": "Incorrect API key provided.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
+            },
+        )
 
     def do_GET(self) -> None:  # noqa: N802
         if self.path.endswith("/models") and (self.models_public or self._authorised()):
-            return self._send(200, {"object": "list", "data": [{"id": "doppel-test-model", "object": "model",
-                                                                "created": 0, "owned_by": "test"}]})
+            return self._send(
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": "doppel-test-model", "object": "model", "created": 0, "owned_by": "test"}],
+                },
+            )
         self._reject()
 
     def do_POST(self) -> None:  # noqa: N802
@@ -266,7 +313,7 @@ def test_bad_api_key(models_public, tmp_path, prefect_server):
 def test_endpoint_failing_every_call_records_failed_pairs(prefect_server, llm_server, run_settings):
     """The endpoint answers every call with HTTP 500 (after the client's retries): no crash, no gate
     failure; every requested pair is recorded failed with its reason and the run is left incomplete."""
-    from flows.simulate import simulate
+    from doppel.flows.simulate import simulate
 
     llm_server.configure(http_500=1.0)
     settings = run_settings(run_id="all-500", users=3, baselines=False)
@@ -287,8 +334,10 @@ def test_endpoint_failing_every_call_records_failed_pairs(prefect_server, llm_se
 
 def hold_db(db: Path, seconds: float) -> subprocess.Popen:
     """A child process holding the DuckDB file read-write for `seconds`."""
-    code = ("import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); con.execute('create table if not exists "
-            "holder(x int)'); print('HOLDING', flush=True); time.sleep(float(sys.argv[2])); con.close()")
+    code = (
+        "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); con.execute('create table if not exists "
+        "holder(x int)'); print('HOLDING', flush=True); time.sleep(float(sys.argv[2])); con.close()"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, str(db), str(seconds)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "HOLDING"
     return proc
@@ -316,8 +365,11 @@ def test_locked_database_fails_with_one_line(tmp_path, prefect_server, llm_serve
     try:
         started = time.monotonic()
         try:
-            done = cli(*run_args(tmp_path, llm_server.base_url, *SYNTHETIC, db=db),
-                       env={"DOPPEL_DB_LOCK_WAIT_S": "3"}, timeout=75)
+            done = cli(
+                *run_args(tmp_path, llm_server.base_url, *SYNTHETIC, db=db),
+                env={"DOPPEL_DB_LOCK_WAIT_S": "3"},
+                timeout=75,
+            )
         except subprocess.TimeoutExpired:
             pytest.fail("doppel waited > 75 s for the locked database: DOPPEL_DB_LOCK_WAIT_S is not honoured")
         waited = time.monotonic() - started
@@ -354,12 +406,35 @@ def test_ctrl_c_stops_cleanly(tmp_path, llm_server):
     db = tmp_path / "d.duckdb"
     env = {k: v for k, v in user_env().items() if not k.startswith("PREFECT_API")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"))
-    argv = [sys.executable, "-m", "flows.cli", "run", "--dataset", "synthetic", "--synthetic-users", "24",
-            "--synthetic-items", "60", "--users", "20", "--base-url", llm_server.base_url, "--model",
-            "doppel-test-model", "--concurrency", "2", "--db", str(db), "--run-id", "ctrl-c", "--no-progress",
-            "--no-baselines"]
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "doppel.flows.cli",
+        "run",
+        "--dataset",
+        "synthetic",
+        "--synthetic-users",
+        "24",
+        "--synthetic-items",
+        "60",
+        "--users",
+        "20",
+        "--base-url",
+        llm_server.base_url,
+        "--model",
+        "doppel-test-model",
+        "--concurrency",
+        "2",
+        "--db",
+        str(db),
+        "--run-id",
+        "ctrl-c",
+        "--no-progress",
+        "--no-baselines",
+    ]
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     seen: dict = {}
     deadline = time.monotonic() + 150
     try:
@@ -384,9 +459,11 @@ def test_ctrl_c_stops_cleanly(tmp_path, llm_server):
     con = duckdb.connect(str(db), read_only=True)
     try:
         status = con.execute("select status from runs where run_id = 'ctrl-c'").fetchall()
-        users = con.execute("select u.status, u.n_pairs, count(s.item_id) from run_users u left join "
-                            "simulated_ratings s using (run_id, fold, user_id) where u.run_id = 'ctrl-c' "
-                            "group by u.fold, u.user_id, u.status, u.n_pairs").fetchall()
+        users = con.execute(
+            "select u.status, u.n_pairs, count(s.item_id) from run_users u left join "
+            "simulated_ratings s using (run_id, fold, user_id) where u.run_id = 'ctrl-c' "
+            "group by u.fold, u.user_id, u.status, u.n_pairs"
+        ).fetchall()
     finally:
         con.close()
     assert status == [("interrupted",)]

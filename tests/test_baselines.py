@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.baselines import BASELINES, baseline_long, predict_baselines
-from tasks.metrics import metrics_table, rating_metrics
+from doppel.tasks.baselines import BASELINES, baseline_long, predict_baselines
+from doppel.tasks.metrics import metrics_table, rating_metrics
 
 ML100K = Path("/work/shared/data/ml-100k")
 
@@ -140,19 +140,31 @@ def test_movielens_u1_reproduces_design_numbers() -> None:
 def test_scoring_with_baselines_fitted_earlier_equals_fitting_them_then() -> None:
     """A run fits the baselines during its fan-out (tasks.scoring.baseline_predictions); the metrics
     must be those of fitting them at scoring time, and pairs the early fit lacks are predicted then."""
-    from tasks.scoring import baseline_predictions, score_ratings
+    from doppel.tasks.scoring import baseline_predictions, score_ratings
 
     rng = np.random.default_rng(3)
-    train = pd.DataFrame({"user_id": rng.integers(0, 30, 600).astype(str), "item_id": rng.integers(0, 40, 600).astype(str),
-                          "rating": rng.integers(1, 6, 600)}).drop_duplicates(["user_id", "item_id"])
-    pairs = pd.DataFrame({"fold": "u1", "user_id": rng.integers(0, 30, 80).astype(str),
-                          "item_id": rng.integers(40, 50, 80).astype(str)}).drop_duplicates(["user_id", "item_id"])
+    train = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 30, 600).astype(str),
+            "item_id": rng.integers(0, 40, 600).astype(str),
+            "rating": rng.integers(1, 6, 600),
+        }
+    ).drop_duplicates(["user_id", "item_id"])
+    pairs = pd.DataFrame(
+        {"fold": "u1", "user_id": rng.integers(0, 30, 80).astype(str), "item_id": rng.integers(40, 50, 80).astype(str)}
+    ).drop_duplicates(["user_id", "item_id"])
     rows = pairs.assign(pred=3, truth=rng.integers(1, 6, len(pairs))).reset_index(drop=True)
     by_fold = {"u1": train}
     plain = score_ratings(rows, by_fold)
-    early = score_ratings(rows.sample(frac=1, random_state=1), by_fold, precomputed=baseline_predictions(by_fold, pairs))
+    early = score_ratings(
+        rows.sample(frac=1, random_state=1), by_fold, precomputed=baseline_predictions(by_fold, pairs)
+    )
     key = ["fold", "simulator", "metric"]
-    pd.testing.assert_frame_equal(plain.sort_values(key).reset_index(drop=True), early.sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        plain.sort_values(key).reset_index(drop=True), early.sort_values(key).reset_index(drop=True)
+    )
     partial = baseline_predictions(by_fold, pairs.iloc[: len(pairs) // 2])  # half the pairs: fitted again
     late = score_ratings(rows, by_fold, precomputed=partial)
-    pd.testing.assert_frame_equal(plain.sort_values(key).reset_index(drop=True), late.sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        plain.sort_values(key).reset_index(drop=True), late.sort_values(key).reset_index(drop=True)
+    )

@@ -8,15 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.data.synthetic import make_synthetic
-from tasks.fidelity import decode
-from tasks.fidelity.features import LLM_COLUMNS, calibration_slice, llm_answer_features, probs_matrix
-from tasks.fidelity.hybrid import fold_features, predict_proba, with_llm
-from tasks.metrics import rating_metrics
-from tasks.planning import build_work, requested_pairs
-from tasks.settings import SimulationSettings
-from tasks.store.db import init_db, query
-from tasks.store.writes import save_dataset
+from doppel.tasks.data.synthetic import make_synthetic
+from doppel.tasks.fidelity import decode
+from doppel.tasks.fidelity.features import LLM_COLUMNS, calibration_slice, llm_answer_features, probs_matrix
+from doppel.tasks.fidelity.hybrid import fold_features, predict_proba, with_llm
+from doppel.tasks.metrics import rating_metrics
+from doppel.tasks.planning import build_work, requested_pairs
+from doppel.tasks.settings import SimulationSettings
+from doppel.tasks.store.db import init_db, query
+from doppel.tasks.store.writes import save_dataset
 
 FAST_MODELS = ("knn_item", "svd")
 
@@ -58,8 +58,11 @@ def test_slice_work_rates_the_slice_from_a_history_without_it(synthetic_db):
     sim = SimulationSettings(target="slice", slice_seed=7, history_n=500)
     train = query(db, "fold_train", dataset=name, fold="u1", target="test", slice_frac=0.2, slice_seed=7)
     truth = {(r.user_id, r.item_id): r.rating for r in train.itertuples()}
-    test_items = _pairs(query(db, "user_candidates", dataset=name, fold="u1", user_ids=users, target="test",
-                              slice_frac=0.2, slice_seed=7))
+    test_items = _pairs(
+        query(
+            db, "user_candidates", dataset=name, fold="u1", user_ids=users, target="test", slice_frac=0.2, slice_seed=7
+        )
+    )
     works = build_work(db, name, "u1", users, sim)
     assert [w.user_id for w in works] == users
     for w in works:
@@ -92,8 +95,15 @@ def test_the_calibrator_learns_from_an_informed_llm_on_the_slice():
         out = frame[["user_id", "item_id"]].assign(llm=noisy)
         return out[out["user_id"].isin(answered)]
 
-    ff = fold_features(train, test[["user_id", "item_id"]], ds.items, slice_how="hash", models=FAST_MODELS,
-                       slice_llm=llm_of(held), pair_llm=llm_of(test))
+    ff = fold_features(
+        train,
+        test[["user_id", "item_id"]],
+        ds.items,
+        slice_how="hash",
+        models=FAST_MODELS,
+        slice_llm=llm_of(held),
+        pair_llm=llm_of(test),
+    )
     assert ff.X_slice["llm_missing"].sum() == (~ff.slice_pairs["user_id"].isin(answered)).sum()
     with_llm = decode.decode_accuracy(predict_proba(ff))
     without = decode.decode_accuracy(predict_proba(ff, drop=("llm",)))
@@ -123,7 +133,9 @@ def test_the_calibrator_uses_the_llms_distribution_beyond_its_answer():
     def llm_of(frame: pd.DataFrame) -> pd.DataFrame:
         truth = frame["rating"].to_numpy()
         answer = rng.integers(1, 6, len(frame)).astype(float)
-        scores = -np.abs(np.arange(1, 6)[None, :] - truth[:, None]) + 2.0 * (np.arange(1, 6)[None, :] == answer[:, None])
+        scores = -np.abs(np.arange(1, 6)[None, :] - truth[:, None]) + 2.0 * (
+            np.arange(1, 6)[None, :] == answer[:, None]
+        )
         p = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
         return frame[["user_id", "item_id"]].assign(llm=answer, llm_probs=[list(r) for r in p])
 
@@ -131,16 +143,17 @@ def test_the_calibrator_uses_the_llms_distribution_beyond_its_answer():
     cf = fold_features(train, test[["user_id", "item_id"]], ds.items, slice_how="hash", models=FAST_MODELS)
     soft = with_llm(cf, slice_llm, pair_llm)
     hard = with_llm(cf, slice_llm.drop(columns="llm_probs"), pair_llm.drop(columns="llm_probs"))
-    assert (soft.X_slice.drop(columns=list(LLM_COLUMNS)).equals(cf.X_slice)
-            and soft.X_pairs["llm_missing"].sum() == 0)
-    rmse = {name: rating_metrics(test["rating"], decode.decode_accuracy(predict_proba(ff)))["rmse"]
-            for name, ff in (("soft", soft), ("hard", hard))}
+    assert soft.X_slice.drop(columns=list(LLM_COLUMNS)).equals(cf.X_slice) and soft.X_pairs["llm_missing"].sum() == 0
+    rmse = {
+        name: rating_metrics(test["rating"], decode.decode_accuracy(predict_proba(ff)))["rmse"]
+        for name, ff in (("soft", soft), ("hard", hard))
+    }
     assert rmse["soft"] < rmse["hard"] - 0.1, rmse
 
 
 @pytest.mark.slow
 def test_a_slice_run_rates_gates_and_scores_the_slice(prefect_server, llm_server, run_settings):
-    from flows.simulate import simulate
+    from doppel.flows.simulate import simulate
 
     settings = run_settings(sim=SimulationSettings(target="slice"), run_id="slice-run")
     summary = simulate(settings)
@@ -154,8 +167,9 @@ def test_a_slice_run_rates_gates_and_scores_the_slice(prefect_server, llm_server
     finally:
         con.close()
     users = sorted(rated["user_id"].unique())
-    slice_pairs = query(settings.db, "user_candidates", dataset=dataset, fold="u1", user_ids=users,
-                        **settings.sim.split_params())
+    slice_pairs = query(
+        settings.db, "user_candidates", dataset=dataset, fold="u1", user_ids=users, **settings.sim.split_params()
+    )
     assert len(users) == settings.users and _pairs(rated) == _pairs(slice_pairs) and set(rated["status"]) == {"ok"}
     assert gate["success"].all()
     n = metrics.query("metric == 'n'").set_index("simulator")["value"]
@@ -181,8 +195,10 @@ def write_synthetic_ml100k(root, n_users: int = 30, n_items: int = 60, seed: int
         "u.genre": "".join(f"{g}|{i}\n" for i, g in enumerate(genres)),
         "u.occupation": "".join(f"{o}\n" for o in occupations),
         "u.user": "".join(f"{u.user_id}|{u.age}|{u.gender}|{u.occupation}|{u.zip}\n" for u in ds.users.itertuples()),
-        "u.item": "".join(f"{i.item_id}|{i.title} ({i.year})|01-Jan-{i.year}||http://x|{flags(i.genres)}\n"
-                          for i in ds.items.itertuples()),
+        "u.item": "".join(
+            f"{i.item_id}|{i.title} ({i.year})|01-Jan-{i.year}||http://x|{flags(i.genres)}\n"
+            for i in ds.items.itertuples()
+        ),
         "u.data": "".join(line(r) + "\n" for r in ds.ratings.itertuples()),
         "u1.base": "".join(line(r) + "\n" for r in sp[sp["split"] == "train"].itertuples()),
         "u1.test": "".join(line(r) + "\n" for r in sp[sp["split"] == "test"].itertuples()),
@@ -204,23 +220,48 @@ def test_fidelity_benchmark_takes_the_llm_as_a_calibrator_input(tmp_path, llm_se
     common = ("--dataset", "ml-100k", "--data-dir", str(data_dir), "--fold", "u1", "--users", "8")
     # the slice run stores no distributions (as with a server without logprobs); the test run does
     for run_id, target, probs in (("test-run", "test", "--rating-probs"), ("slice-run", "slice", "--no-rating-probs")):
-        done = cli(*run_args(tmp_path, llm_server.base_url, *common, "--target", target, "--run-id", run_id, probs,
-                             db=db))
+        done = cli(
+            *run_args(tmp_path, llm_server.base_url, *common, "--target", target, "--run-id", run_id, probs, db=db)
+        )
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    argv = [sys.executable, "benchmarks/fidelity.py", "--folds", "u1", "--data-dir", str(data_dir), "--db", str(db),
-            "--llm-run-id", "test-run", "--llm-slice-run-id", "slice-run", "--no-ablations",
-            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+    argv = [
+        sys.executable,
+        "benchmarks/fidelity.py",
+        "--folds",
+        "u1",
+        "--data-dir",
+        str(data_dir),
+        "--db",
+        str(db),
+        "--llm-run-id",
+        "test-run",
+        "--llm-slice-run-id",
+        "slice-run",
+        "--no-ablations",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     done = subprocess.run(argv, cwd=REPO, env=user_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1].startswith("RESULT rmse=")
     assert "the LLM as a calibrator input" in done.stderr + done.stdout
     table = pd.read_csv(tmp_path / "out" / "fidelity_llm_test-run_slice-run.csv")
     n = table.set_index("simulator")["n"]
-    assert (n["llm_input:with:accuracy"] == n["llm_input:with(answer only):accuracy"]
-            == n["llm_input:without:accuracy"] == n["llm"] > 0)
-    assert "its distribution over 1..5 (logprobs or draws) against its answer alone" in (done.stderr + done.stdout).lower()
+    assert (
+        n["llm_input:with:accuracy"]
+        == n["llm_input:with(answer only):accuracy"]
+        == n["llm_input:without:accuracy"]
+        == n["llm"]
+        > 0
+    )
+    assert (
+        "its distribution over 1..5 (logprobs or draws) against its answer alone" in (done.stderr + done.stdout).lower()
+    )
     assert n["llm:expected_value"] == n["llm:sampled"] == n["llm"]  # the LLM alone, decoded from its distribution
     # a slice run of another seed is not the hybrid's slice: refused, with the command that fixes it
-    again = subprocess.run([*argv, "--seed", "1"], cwd=REPO, env=user_env(), capture_output=True, text=True,
-                           timeout=600)
+    again = subprocess.run(
+        [*argv, "--seed", "1"], cwd=REPO, env=user_env(), capture_output=True, text=True, timeout=600
+    )
     assert again.returncode != 0 and "--slice-seed 1" in again.stderr + again.stdout

@@ -13,10 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.data import load_dataset, load_generic, load_movielens, make_synthetic
-from tasks.data import movielens
-from tasks.data.synthetic import ML100K_HISTOGRAM
-from tasks.records import ITEM_COLUMNS, RATING_COLUMNS, SPLIT_COLUMNS, USER_COLUMNS, DataError
+from doppel.tasks.data import load_dataset, load_generic, load_movielens, make_synthetic, movielens
+from doppel.tasks.data.synthetic import ML100K_HISTOGRAM
+from doppel.tasks.records import ITEM_COLUMNS, RATING_COLUMNS, SPLIT_COLUMNS, USER_COLUMNS, DataError
 
 REPO = Path(__file__).resolve().parents[1]
 ML100K_DIR = Path(os.environ.get("DOPPEL_ML100K_DIR", REPO.parent / "shared" / "data" / "ml-100k"))
@@ -27,17 +26,30 @@ ML100K_TEXT = ML100K_DIR.parent / "ml-100k-text" / "ml100k_movie_text.tsv"
 GENRE = "unknown|0\nAction|1\nComedy|2\n\n"
 OCCUPATION = "engineer\nstudent\nwriter\n"
 USER = "1|24|M|engineer|85711\n2|53|F|student|94043\n3|23|M|writer|T8H1N\n"
-ITEM = ("1|Toy Story (1995)|01-Jan-1995||http://x|0|0|1\n"
-        "2|GoldenEye (1995)|01-Jan-1995||http://x|0|1|0\n"
-        "3|Land Before Time III (1995) (V)|4-Feb-1996||http://x|0|1|1\n"
-        "4|unknown|||http://x|1|0|0\n")
-DATA = ("1\t1\t5\t881250949\n1\t2\t3\t881250950\n1\t3\t4\t881250951\n2\t1\t4\t881250952\n"
-        "2\t4\t1\t881250953\n3\t2\t2\t881250954\n3\t3\t5\t881250955\n2\t2\t3\t881250956\n")
-U1_BASE = "1\t1\t5\t881250949\n1\t2\t3\t881250950\n2\t1\t4\t881250952\n3\t2\t2\t881250954\n" \
-          "3\t3\t5\t881250955\n2\t2\t3\t881250956\n"
+ITEM = (
+    "1|Toy Story (1995)|01-Jan-1995||http://x|0|0|1\n"
+    "2|GoldenEye (1995)|01-Jan-1995||http://x|0|1|0\n"
+    "3|Land Before Time III (1995) (V)|4-Feb-1996||http://x|0|1|1\n"
+    "4|unknown|||http://x|1|0|0\n"
+)
+DATA = (
+    "1\t1\t5\t881250949\n1\t2\t3\t881250950\n1\t3\t4\t881250951\n2\t1\t4\t881250952\n"
+    "2\t4\t1\t881250953\n3\t2\t2\t881250954\n3\t3\t5\t881250955\n2\t2\t3\t881250956\n"
+)
+U1_BASE = (
+    "1\t1\t5\t881250949\n1\t2\t3\t881250950\n2\t1\t4\t881250952\n3\t2\t2\t881250954\n"
+    "3\t3\t5\t881250955\n2\t2\t3\t881250956\n"
+)
 U1_TEST = "1\t3\t4\t881250951\n2\t4\t1\t881250953\n"
-FILES = {"u.genre": GENRE, "u.occupation": OCCUPATION, "u.user": USER, "u.item": ITEM,
-         "u.data": DATA, "u1.base": U1_BASE, "u1.test": U1_TEST}
+FILES = {
+    "u.genre": GENRE,
+    "u.occupation": OCCUPATION,
+    "u.user": USER,
+    "u.item": ITEM,
+    "u.data": DATA,
+    "u1.base": U1_BASE,
+    "u1.test": U1_TEST,
+}
 
 
 def write_ml(root: Path, **changes: str | None) -> Path:
@@ -61,9 +73,12 @@ def zip_dir(d: Path, target: Path) -> Path:
 def check_frames(ds) -> None:
     assert list(ds.items.columns) == ITEM_COLUMNS and list(ds.users.columns) == USER_COLUMNS
     assert list(ds.ratings.columns) == RATING_COLUMNS and list(ds.splits.columns) == SPLIT_COLUMNS
-    for frame, cols in ((ds.items, ["item_id", "title", "genres", "text"]),
-                        (ds.users, ["user_id", "gender", "occupation", "zip", "text"]),
-                        (ds.ratings, ["user_id", "item_id"]), (ds.splits, SPLIT_COLUMNS)):
+    for frame, cols in (
+        (ds.items, ["item_id", "title", "genres", "text"]),
+        (ds.users, ["user_id", "gender", "occupation", "zip", "text"]),
+        (ds.ratings, ["user_id", "item_id"]),
+        (ds.splits, SPLIT_COLUMNS),
+    ):
         for c in cols:
             assert pd.api.types.is_string_dtype(frame[c]), c
             assert not frame[c].isna().any(), c
@@ -120,15 +135,21 @@ BAD_CASES = [
     ("u_data", "1\t1\t5\t1\n1\t2\t3\t2\n1\t3\t\t3\n", r"u\.data:3: rating is not an integer: ''"),
     ("u_data", "1\t1\t5\t1\n1\t2\t3\t2\n1\t3\t4\t99999999999999999999\n", r"u\.data:3: ts is not"),
     ("u1_test", "1\t3\t4\t881250951\n1\t4\t1\t881250953\n", r"u1\.test:2: .*'1'.*'4' is not in u\.data"),
-    ("u1_test", "1\t3\t4\t881250951\n2\t4\t2\t881250953\n",
-     r"u1\.test:2: rating '2' differs from u\.data line 5 \('1'\)"),
+    (
+        "u1_test",
+        "1\t3\t4\t881250951\n2\t4\t2\t881250953\n",
+        r"u1\.test:2: rating '2' differs from u\.data line 5 \('1'\)",
+    ),
     ("u1_test", "1\t3\t4\t881250951\n1\t1\t5\t881250949\n", r"u1\.test:2: .* is also in u1\.base"),
     ("u1_test", "1\t3\t4\t881250951\n2\t9\t1\t881250953\n", r"u1\.test:2: unknown item_id '9'"),
     ("u1_test", None, r"u1\.test: file not found"),
     ("u_item", ITEM.replace("|0|1|0\n", "|0|2|0\n"), r"u\.item:2: genre flag 'Action' is not 0/1: '2'"),
     ("u_item", ITEM.replace("|0|1|0\n", "|0|1\n"), r"u\.item:2: expected 8 fields"),
-    ("u_item", ITEM.replace("01-Jan-1995||http://x|0|1|0", "1995||http://x|0|1|0"),
-     r"u\.item:2: release date .*'1995'"),
+    (
+        "u_item",
+        ITEM.replace("01-Jan-1995||http://x|0|1|0", "1995||http://x|0|1|0"),
+        r"u\.item:2: release date .*'1995'",
+    ),
     ("u_item", ITEM + "2|Again (1990)|||x|0|0|1\n", r"u\.item:5: duplicate item .*first at line 2"),
     ("u_user", USER.replace("2|53|F", "2|fifty|F"), r"u\.user:2: age is not an integer: 'fifty'"),
     ("u_user", USER.replace("2|53|F", "2|53|X"), r"u\.user:2: gender is not M/F: 'X'"),
@@ -165,18 +186,24 @@ TEXT_HEADER = "movie_id\ttitle\trelease_date\ttmdb_overview\ttmdb_tagline\n"
 
 def test_item_text(tmp_path):
     text = tmp_path / "text.tsv"
-    text.write_text(TEXT_HEADER + '1\tToy Story (1995)\t01-Jan-1995\tToys "live"; Woody & Buzz.\tx\n'
-                    "2\tGoldenEye (1995)\t01-Jan-1995\t\t\n", encoding="utf-8")
+    text.write_text(
+        TEXT_HEADER + '1\tToy Story (1995)\t01-Jan-1995\tToys "live"; Woody & Buzz.\tx\n'
+        "2\tGoldenEye (1995)\t01-Jan-1995\t\t\n",
+        encoding="utf-8",
+    )
     ds = load_movielens(write_ml(tmp_path), item_text=text)
     got = ds.items.set_index("item_id")["text"].to_dict()
     assert got == {"1": 'Toys "live"; Woody & Buzz.', "2": "", "3": "", "4": ""}
 
 
-@pytest.mark.parametrize(("body", "pattern"), [
-    ("1\ta\tb\tc\td\n1\ta\tb\tc\td\n", r"text\.tsv:3: duplicate item text .*first at line 2"),
-    ("1\ta\tb\tc\td\n99\ta\tb\tc\td\n", r"text\.tsv:3: unknown item_id '99'"),
-    ("1\ta\tb\tc\td\n2\ta\tb\tc\n", r"text\.tsv:3: expected 5 fields"),
-])
+@pytest.mark.parametrize(
+    ("body", "pattern"),
+    [
+        ("1\ta\tb\tc\td\n1\ta\tb\tc\td\n", r"text\.tsv:3: duplicate item text .*first at line 2"),
+        ("1\ta\tb\tc\td\n99\ta\tb\tc\td\n", r"text\.tsv:3: unknown item_id '99'"),
+        ("1\ta\tb\tc\td\n2\ta\tb\tc\n", r"text\.tsv:3: expected 5 fields"),
+    ],
+)
 def test_item_text_bad(tmp_path, body, pattern):
     text = tmp_path / "text.tsv"
     text.write_text(TEXT_HEADER + body, encoding="utf-8")
@@ -212,11 +239,13 @@ def test_download_failure_is_data_error(tmp_path):
 # --- generic CSV ---------------------------------------------------------------------------------
 
 RATINGS_CSV = "userId,movieId,rating,timestamp,review\n" + "".join(
-    f"{u},{i},{1 + (u + i) % 5},{1000 + 10 * i + u},\"nice, really\"\n" for u in (1, 2, 3) for i in range(1, 11))
+    f'{u},{i},{1 + (u + i) % 5},{1000 + 10 * i + u},"nice, really"\n' for u in (1, 2, 3) for i in range(1, 11)
+)
 
 
-def write_generic(tmp_path: Path, ratings: str = RATINGS_CSV, items: str | None = None,
-                  users: str | None = None) -> dict[str, Path]:
+def write_generic(
+    tmp_path: Path, ratings: str = RATINGS_CSV, items: str | None = None, users: str | None = None
+) -> dict[str, Path]:
     paths = {"ratings_csv": tmp_path / "ratings.csv"}
     paths["ratings_csv"].write_text(ratings)
     for key, text in (("items_csv", items), ("users_csv", users)):
@@ -268,22 +297,37 @@ def test_generic_iso_timestamps(tmp_path):
     assert ds.ratings.ts.tolist() == [1577836800, 1577836801, 1577923200]
 
 
-@pytest.mark.parametrize(("ratings", "items", "pattern"), [
-    ("user_id,item_id,rating,timestamp\n1,1,5,10\n1,2,3\n", None, r"ratings\.csv:3: expected 4 fields"),
-    ("user_id,item_id,rating,timestamp\n1,1,5,10\n1,2,3.5,11\n", None,
-     r"ratings\.csv:3: rating is not an integer: '3\.5'"),
-    ("user_id,item_id,rating,timestamp\n1,1,5,10\n\n1,2,9,11\n", None, r"ratings\.csv:4: rating '9' out of range"),
-    ("user_id,item_id,rating,timestamp\n1,1,5,10\n1,1,3,11\n", None, r"ratings\.csv:3: duplicate rating"),
-    ("user_id,item_id,rating,timestamp\n1,1,5,10\n,2,3,11\n", None, r"ratings\.csv:3: empty user_id"),
-    ("user_id,item_id,rating,timestamp\n1,1,5,10\n1,2,3,soon\n", None,
-     r"ratings\.csv:3: timestamp is neither integer seconds nor an ISO date: 'soon'"),
-    ("user_id,item_id,stars,timestamp\n1,1,5,10\n", None, r"ratings\.csv:1: missing column\(s\) rating"),
-    ("user_id,item_id,rating,timestamp\n", None, r"ratings\.csv: no ratings"),
-    ("user_id,item_id,rating,timestamp\n1,1,5,10\n", "item_id,title,year\n1,A,1990\n1,B,1991\n",
-     r"items\.csv:3: duplicate item"),
-    ("user_id,item_id,rating,timestamp\n1,1,5,10\n", 'item_id,title,year\n1,"A\nB",1990\n2,C,19x1\n',
-     r"items\.csv:4: year is not an integer: '19x1'"),
-])
+@pytest.mark.parametrize(
+    ("ratings", "items", "pattern"),
+    [
+        ("user_id,item_id,rating,timestamp\n1,1,5,10\n1,2,3\n", None, r"ratings\.csv:3: expected 4 fields"),
+        (
+            "user_id,item_id,rating,timestamp\n1,1,5,10\n1,2,3.5,11\n",
+            None,
+            r"ratings\.csv:3: rating is not an integer: '3\.5'",
+        ),
+        ("user_id,item_id,rating,timestamp\n1,1,5,10\n\n1,2,9,11\n", None, r"ratings\.csv:4: rating '9' out of range"),
+        ("user_id,item_id,rating,timestamp\n1,1,5,10\n1,1,3,11\n", None, r"ratings\.csv:3: duplicate rating"),
+        ("user_id,item_id,rating,timestamp\n1,1,5,10\n,2,3,11\n", None, r"ratings\.csv:3: empty user_id"),
+        (
+            "user_id,item_id,rating,timestamp\n1,1,5,10\n1,2,3,soon\n",
+            None,
+            r"ratings\.csv:3: timestamp is neither integer seconds nor an ISO date: 'soon'",
+        ),
+        ("user_id,item_id,stars,timestamp\n1,1,5,10\n", None, r"ratings\.csv:1: missing column\(s\) rating"),
+        ("user_id,item_id,rating,timestamp\n", None, r"ratings\.csv: no ratings"),
+        (
+            "user_id,item_id,rating,timestamp\n1,1,5,10\n",
+            "item_id,title,year\n1,A,1990\n1,B,1991\n",
+            r"items\.csv:3: duplicate item",
+        ),
+        (
+            "user_id,item_id,rating,timestamp\n1,1,5,10\n",
+            'item_id,title,year\n1,"A\nB",1990\n2,C,19x1\n',
+            r"items\.csv:4: year is not an integer: '19x1'",
+        ),
+    ],
+)
 def test_generic_bad_lines(tmp_path, ratings, items, pattern):
     with pytest.raises(DataError, match=pattern):
         load_generic(**write_generic(tmp_path, ratings=ratings, items=items))
@@ -298,6 +342,7 @@ def test_generic_bad_arguments(tmp_path):
 
 
 # --- synthetic -----------------------------------------------------------------------------------
+
 
 def test_synthetic_deterministic():
     a, b, c = make_synthetic(seed=1), make_synthetic(seed=1), make_synthetic(seed=2)
@@ -337,6 +382,7 @@ def test_synthetic_folds():
 
 # --- dispatch ------------------------------------------------------------------------------------
 
+
 def test_load_dataset_dispatch(tmp_path):
     assert load_dataset("synthetic", n_users=10, n_items=30, ratings_per_user=(8, 12)).name == "synthetic"
     d = write_ml(tmp_path / "ml")
@@ -353,6 +399,7 @@ def test_load_dataset_dispatch(tmp_path):
 
 
 # --- the real MovieLens-100K (only where it is available) ----------------------------------------
+
 
 @pytest.mark.skipif(not (ML100K_DIR / "u.data").exists(), reason=f"{ML100K_DIR} not present")
 def test_real_ml100k():

@@ -20,13 +20,13 @@ import httpx
 import psutil
 import pytest
 
-from flows.runtime import die_with_parent, free_port
+from doppel.flows.runtime import die_with_parent, free_port
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT_YAML = REPO / "deployments" / "prefect.yaml"
-SERVE = [sys.executable, "-c", "import flows.cli_deploy; from flows.cli import app; app()", "serve"]
+SERVE = [sys.executable, "-c", "import doppel.flows.cli_deploy; from doppel.flows.cli import app; app()", "serve"]
 
 
 # ----------------------------------------------------------------------------- processes
@@ -35,8 +35,16 @@ SERVE = [sys.executable, "-c", "import flows.cli_deploy; from flows.cli import a
 def spawn(argv: list[str], log: Path, env: dict | None = None, cwd: Path = REPO) -> subprocess.Popen:
     """A child in its own session, dying with us, output to `log`."""
     with open(log, "ab") as out:
-        return subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
 
 
 def stop_tree(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
@@ -76,8 +84,14 @@ def tail(path: Path, n: int = 4000) -> str:
 
 def prefect_env(home: Path, api_url: str | None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="INFO",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90", PYTHONPATH=str(REPO), PWD=str(REPO))
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="INFO",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
+        PYTHONPATH=str(REPO),
+        PWD=str(REPO),
+    )
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env
@@ -85,8 +99,14 @@ def prefect_env(home: Path, api_url: str | None) -> dict:
 
 def prefect(env: dict, *args: str, log: Path, timeout: float = 120) -> str:
     """Run the prefect CLI; fail the test with its output when it fails."""
-    done = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     with open(log, "a") as out:
         out.write(f"$ prefect {' '.join(args)}\n{done.stdout}{done.stderr}\n")
     assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
@@ -141,10 +161,19 @@ def check_run_rows(db: str, run_id: str, n_users: int) -> None:
 
 def job_params(tmp_path: Path, base_url: str, run_id: str) -> dict:
     """The weekly job pointed at a temp DuckDB and the test LLM server: 3 synthetic users, threads."""
-    return {"dataset": "synthetic", "synthetic_users": 24, "synthetic_items": 60, "users": 3,
-            "db": str(tmp_path / "doppel.duckdb"), "cache_dir": str(tmp_path / "llm-cache"),
-            "base_url": base_url, "model": "doppel-test-model", "runner": "threads", "run_id": run_id,
-            "baselines": False}
+    return {
+        "dataset": "synthetic",
+        "synthetic_users": 24,
+        "synthetic_items": 60,
+        "users": 3,
+        "db": str(tmp_path / "doppel.duckdb"),
+        "cache_dir": str(tmp_path / "llm-cache"),
+        "base_url": base_url,
+        "model": "doppel-test-model",
+        "runner": "threads",
+        "run_id": run_id,
+        "baselines": False,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +183,11 @@ def server(tmp_path_factory):
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     log = home / "server.log"
-    proc = spawn([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                 log, prefect_env(home, api))
+    proc = spawn(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        log,
+        prefect_env(home, api),
+    )
     try:
         startup = wait_healthy(f"{api}/health", proc, log)
         yield {"api": api, "port": port, "home": home, "log": log, "startup": startup}
@@ -165,7 +197,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llm_subprocess(tmp_path_factory):
-    from tests.llm_server import start_subprocess
+    from doppel.testing.llm_server import start_subprocess
 
     proc, base_url = start_subprocess(latency=0.02)
     try:
@@ -231,37 +263,59 @@ def test_prefect_deploy_worker_round_trip(tmp_path, server, llm_subprocess, star
 
     params = job_params(tmp_path, llm_subprocess, "deploy-it")
     t0 = time.monotonic()
-    out = prefect(env, "deployment", "run", "doppel-job/weekly",
-                  *[a for k, v in params.items() for a in ("--param", as_param(k, v))], log=cli_log)
+    out = prefect(
+        env,
+        "deployment",
+        "run",
+        "doppel-job/weekly",
+        *[a for k, v in params.items() for a in ("--param", as_param(k, v))],
+        log=cli_log,
+    )
     triggered = time.monotonic() - t0
     flow_run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
-    worker, worker_log = started("worker", [sys.executable, "-m", "prefect", "worker", "start",
-                                            "--pool", "doppel-process", "--run-once"], env)
+    worker, worker_log = started(
+        "worker", [sys.executable, "-m", "prefect", "worker", "start", "--pool", "doppel-process", "--run-once"], env
+    )
     run = wait_flow_run(api, flow_run_id, 300, {"worker": worker_log, "server": server_log})
     round_trip = time.monotonic() - t0
     check_run_rows(params["db"], "deploy-it", n_users=3)
     assert worker.wait(timeout=60) == 0
 
     # the scoring deployment on the same file
-    out = prefect(env, "deployment", "run", "doppel-score/on-demand", "--param", f"db={params['db']}",
-                  "--param", "run_id=deploy-it", "--param", "baselines=false", log=cli_log)
+    out = prefect(
+        env,
+        "deployment",
+        "run",
+        "doppel-score/on-demand",
+        "--param",
+        f"db={params['db']}",
+        "--param",
+        "run_id=deploy-it",
+        "--param",
+        "baselines=false",
+        log=cli_log,
+    )
     score_run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
-    worker2, worker2_log = started("worker2", [sys.executable, "-m", "prefect", "worker", "start",
-                                               "--pool", "doppel-process", "--run-once"], env)
+    worker2, worker2_log = started(
+        "worker2", [sys.executable, "-m", "prefect", "worker", "start", "--pool", "doppel-process", "--run-once"], env
+    )
     wait_flow_run(api, score_run_id, 180, {"worker": worker2_log})
     gates = table(params["db"], "select success from validation_results where run_id = 'deploy-it'")
     assert len(gates) == 4 and gates["success"].all()  # the run's own gate + the rescore's
     assert worker2.wait(timeout=60) == 0
 
     # `doppel serve` will not take over a deployment bound to the pool (its runs would crash)
-    refused = subprocess.run(SERVE + ["--deployment", "weekly"], cwd=REPO, env=env, capture_output=True,
-                             text=True, timeout=120)
+    refused = subprocess.run(
+        SERVE + ["--deployment", "weekly"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert refused.returncode == 2 and "work pool 'doppel-process'" in refused.stderr, refused.stderr
 
-    print(f"\nDEPLOYMENT server_start={server['startup']:.1f}s trigger_cli={triggered:.1f}s "
-          f"round_trip={round_trip:.1f}s (trigger -> COMPLETED, worker start included) "
-          f"flow_run={run['total_run_time']:.1f}s "
-          f"queued={_seconds(run['start_time']) - _seconds(run['expected_start_time']):.1f}s")
+    print(
+        f"\nDEPLOYMENT server_start={server['startup']:.1f}s trigger_cli={triggered:.1f}s "
+        f"round_trip={round_trip:.1f}s (trigger -> COMPLETED, worker start included) "
+        f"flow_run={run['total_run_time']:.1f}s "
+        f"queued={_seconds(run['start_time']) - _seconds(run['expected_start_time']):.1f}s"
+    )
 
 
 def test_doppel_serve_runs_a_triggered_deployment(tmp_path, server, llm_subprocess, started):
@@ -271,8 +325,15 @@ def test_doppel_serve_runs_a_triggered_deployment(tmp_path, server, llm_subproce
     env = prefect_env(server["home"], None)
     env["DOPPEL_TEST_TMP"] = str(tmp_path)
     params = job_params(tmp_path, llm_subprocess, "serve-it")
-    argv = SERVE + ["--port", str(port), "--deployment", "weekly", "--suffix", "-served",
-                    *[a for k, v in params.items() if k != "run_id" for a in ("-p", as_param(k, v))]]
+    argv = SERVE + [
+        "--port",
+        str(port),
+        "--deployment",
+        "weekly",
+        "--suffix",
+        "-served",
+        *[a for k, v in params.items() if k != "run_id" for a in ("-p", as_param(k, v))],
+    ]
     serve, serve_log = started("serve", argv, env)
     t0 = time.monotonic()
     deployment = None
@@ -290,8 +351,9 @@ def test_doppel_serve_runs_a_triggered_deployment(tmp_path, server, llm_subproce
     assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * 1"]
 
     t1 = time.monotonic()
-    created = api_call("POST", f"{api}/deployments/{deployment['id']}/create_flow_run",
-                       json={"parameters": {"run_id": "serve-it"}})
+    created = api_call(
+        "POST", f"{api}/deployments/{deployment['id']}/create_flow_run", json={"parameters": {"run_id": "serve-it"}}
+    )
     run = wait_flow_run(api, created["id"], 300, {"serve": serve_log})
     round_trip = time.monotonic() - t1
     check_run_rows(params["db"], "serve-it", n_users=3)
@@ -302,8 +364,10 @@ def test_doppel_serve_runs_a_triggered_deployment(tmp_path, server, llm_subproce
     assert serve.wait(timeout=60) == 0, tail(serve_log)
     _, alive = psutil.wait_procs(children, timeout=15)
     assert not alive, f"doppel serve left {[p.pid for p in alive]} running"
-    print(f"\nSERVE startup={startup:.1f}s (until the deployment is registered) round_trip={round_trip:.1f}s "
-          f"(API trigger -> COMPLETED) flow_run={run['total_run_time']:.1f}s")
+    print(
+        f"\nSERVE startup={startup:.1f}s (until the deployment is registered) round_trip={round_trip:.1f}s "
+        f"(API trigger -> COMPLETED) flow_run={run['total_run_time']:.1f}s"
+    )
 
 
 def _seconds(stamp: str) -> float:

@@ -15,7 +15,7 @@ import time
 import duckdb
 import pytest
 
-from flows.runtime import free_port
+from doppel.flows.runtime import free_port
 from tests.test_deployments import REPO, processes_with_env, spawn, stop_tree, tail
 
 pytestmark = pytest.mark.slow
@@ -31,17 +31,36 @@ def dask_cluster(prefect_server, tmp_path):
 
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONPATH": str(REPO),
-           "DOPPEL_TEST_TMP": str(tmp_path)}
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONPATH": str(REPO), "DOPPEL_TEST_TMP": str(tmp_path)}
     dask = [sys.executable, "-m", "dask"]  # the `dask` command
-    procs = [spawn([*dask, "scheduler", "--host", "127.0.0.1",
-                    "--port", str(port), "--no-dashboard"], tmp_path / "scheduler.log", env)]
+    procs = [
+        spawn(
+            [*dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            tmp_path / "scheduler.log",
+            env,
+        )
+    ]
     try:
         for name in ("w1", "w2"):
             (tmp_path / name).mkdir()
-            procs.append(spawn([*dask, "worker", address, "--nthreads", "1",
-                                "--name", name, "--no-dashboard", "--local-directory", str(tmp_path / name)],
-                               tmp_path / f"{name}.log", env))
+            procs.append(
+                spawn(
+                    [
+                        *dask,
+                        "worker",
+                        address,
+                        "--nthreads",
+                        "1",
+                        "--name",
+                        name,
+                        "--no-dashboard",
+                        "--local-directory",
+                        str(tmp_path / name),
+                    ],
+                    tmp_path / f"{name}.log",
+                    env,
+                )
+            )
         with Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=120)
         yield address
@@ -61,12 +80,17 @@ def tables(db: str, run_id: str) -> dict:
     con = duckdb.connect(db, read_only=True)
     try:
         return {
-            "ratings": con.execute("select fold, user_id, item_id, rating, status, batch from simulated_ratings "
-                                   "where run_id = ? order by all", [run_id]).df(),
-            "profiles": con.execute("select fold, user_id, version, stage, text from profiles "
-                                    "where run_id = ? order by all", [run_id]).df(),
-            "users": con.execute("select fold, user_id, status, n_pairs from run_users where run_id = ? "
-                                 "order by all", [run_id]).df(),
+            "ratings": con.execute(
+                "select fold, user_id, item_id, rating, status, batch from simulated_ratings "
+                "where run_id = ? order by all",
+                [run_id],
+            ).df(),
+            "profiles": con.execute(
+                "select fold, user_id, version, stage, text from profiles where run_id = ? order by all", [run_id]
+            ).df(),
+            "users": con.execute(
+                "select fold, user_id, status, n_pairs from run_users where run_id = ? order by all", [run_id]
+            ).df(),
             "status": con.execute("select status from runs where run_id = ?", [run_id]).fetchone()[0],
         }
     finally:
@@ -74,12 +98,13 @@ def tables(db: str, run_id: str) -> dict:
 
 
 def test_dask_address_matches_local_cluster(prefect_server, llm_server, run_settings, dask_cluster, tmp_path):
-    from flows.simulate import simulate
+    from doppel.flows.simulate import simulate
 
     llm_server.configure(latency=LATENCY_S)
     common = dict(runner="dask", users=None, synthetic_users=N_USERS, dask_workers=2, baselines=False)
-    remote = run_settings(run_id="dist", db=str(tmp_path / "remote" / "doppel.duckdb"),
-                          dask_address=dask_cluster, **common)
+    remote = run_settings(
+        run_id="dist", db=str(tmp_path / "remote" / "doppel.duckdb"), dask_address=dask_cluster, **common
+    )
     local = run_settings(run_id="dist", db=str(tmp_path / "local" / "doppel.duckdb"), **common)
     walls = {}
     for name, settings in (("remote", remote), ("local", local)):
@@ -93,9 +118,11 @@ def test_dask_address_matches_local_cluster(prefect_server, llm_server, run_sett
     for key in ("users", "ratings", "profiles"):
         assert a[key].equals(b[key]), f"{key} differ between the remote cluster and the LocalCluster"
     assert walls["remote"][1] == walls["local"][1] > 0, "both runs made every call (separate caches)"
-    print(f"\nDISTRIBUTED users={len(a['users'])} calls={walls['remote'][1]} latency={LATENCY_S}s "
-          f"remote_wall={walls['remote'][0]:.1f}s local_wall={walls['local'][0]:.1f}s "
-          "(local includes starting its LocalCluster; remote: scheduler + 2 workers already up)")
+    print(
+        f"\nDISTRIBUTED users={len(a['users'])} calls={walls['remote'][1]} latency={LATENCY_S}s "
+        f"remote_wall={walls['remote'][0]:.1f}s local_wall={walls['local'][0]:.1f}s "
+        "(local includes starting its LocalCluster; remote: scheduler + 2 workers already up)"
+    )
 
 
 def _profiler_state(dask_worker) -> tuple[bool, bool]:
@@ -109,8 +136,8 @@ def test_local_workers_run_without_the_statistical_profiler(tmp_path, monkeypatc
     """doppel's LocalCluster workers skip Dask's 10 ms stack sampler, unless the user's environment asks for it."""
     from distributed import Client
 
-    from flows.runtime import PROFILER_ENV, _start_local_cluster
-    from tasks.settings import RunSettings
+    from doppel.flows.runtime import PROFILER_ENV, _start_local_cluster
+    from doppel.tasks.settings import RunSettings
 
     if env_value is None:
         monkeypatch.delenv(PROFILER_ENV, raising=False)
@@ -131,8 +158,11 @@ def _worker_view() -> dict:
 
     from prefect.settings import get_current_settings
 
-    return {"api_url": get_current_settings().api.url, "env": os.environ.get("PREFECT_API_URL"),
-            "preloaded": "flows.simulate" in sys.modules}
+    return {
+        "api_url": get_current_settings().api.url,
+        "env": os.environ.get("PREFECT_API_URL"),
+        "preloaded": "doppel.flows.simulate" in sys.modules,
+    }
 
 
 def test_local_workers_see_this_runs_prefect_api_after_an_earlier_run(tmp_path, monkeypatch):
@@ -140,8 +170,8 @@ def test_local_workers_see_this_runs_prefect_api_after_an_earlier_run(tmp_path, 
     environment: a later run's workers must still report to that run's API server, not the first one's."""
     from distributed import Client
 
-    from flows.runtime import _start_local_cluster, worker_start_method
-    from tasks.settings import RunSettings
+    from doppel.flows.runtime import _start_local_cluster, worker_start_method
+    from doppel.tasks.settings import RunSettings
 
     views = []
     for port in (4201, 4202):  # two runs in one process, each with its own (here: unstarted) API server

@@ -11,19 +11,23 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 def llama_children() -> list[psutil.Process]:
     me = psutil.Process()
-    return [p for p in me.children(recursive=True)
-            if "tasks.llm.embedded" in " ".join(p.cmdline() if p.is_running() else [])]
+    return [
+        p
+        for p in me.children(recursive=True)
+        if "doppel.tasks.llm.embedded" in " ".join(p.cmdline() if p.is_running() else [])
+    ]
 
 
 def test_three_synthetic_users_on_the_embedded_model(prefect_server, tmp_path, monkeypatch):
-    from flows.simulate import simulate
-    from tasks.settings import LLMSettings, RunSettings
+    from doppel.flows.simulate import simulate
+    from doppel.tasks.settings import LLMSettings, RunSettings
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("DOPPEL_API_KEY", raising=False)
     db = str(tmp_path / "doppel.duckdb")
-    settings = RunSettings(dataset="synthetic", users=3, db=db, run_id="e2e", progress=False,
-                           llm=LLMSettings(timeout_s=600))
+    settings = RunSettings(
+        dataset="synthetic", users=3, db=db, run_id="e2e", progress=False, llm=LLMSettings(timeout_s=600)
+    )
     summary = simulate(settings)
 
     assert summary["status"] == "finished" and summary["users"] == 3
@@ -33,8 +37,9 @@ def test_three_synthetic_users_on_the_embedded_model(prefect_server, tmp_path, m
         rows = con.execute("select status, rating, rating_probs from simulated_ratings where run_id = 'e2e'").df()
         profiles = con.execute("select stage, text from profiles where run_id = 'e2e'").df()
         gate = con.execute("select bool_and(success) from validation_results where run_id = 'e2e'").fetchone()[0]
-        llm_rmse = con.execute("select value from metrics where run_id = 'e2e' and simulator = 'llm' "
-                               "and metric = 'rmse'").fetchone()
+        llm_rmse = con.execute(
+            "select value from metrics where run_id = 'e2e' and simulator = 'llm' and metric = 'rmse'"
+        ).fetchone()
         model = con.execute("select model from runs where run_id = 'e2e'").fetchone()[0]
     finally:
         con.close()
@@ -42,8 +47,10 @@ def test_three_synthetic_users_on_the_embedded_model(prefect_server, tmp_path, m
     ok = rows[rows["status"] == "ok"]
     assert len(ok) >= 0.8 * pairs and ok["rating"].between(1, 5).all()  # a 0.5B model, schema-constrained
     # llama.cpp gives logprobs: each rating has the model's distribution, and greedy decoding took its mode
-    assert all(len(p) == 5 and abs(sum(p) - 1) < 1e-6 and max(range(5), key=lambda k: p[k]) == r - 1
-               for p, r in zip(ok["rating_probs"], ok["rating"]))
+    assert all(
+        len(p) == 5 and abs(sum(p) - 1) < 1e-6 and max(range(5), key=lambda k: p[k]) == r - 1
+        for p, r in zip(ok["rating_probs"], ok["rating"])
+    )
     assert len(profiles) >= 3 and profiles["text"].str.len().min() > 20
     assert gate is True and llm_rmse is not None
     assert model == "qwen2.5-0.5b"

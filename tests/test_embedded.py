@@ -17,9 +17,9 @@ from typing import Any
 import psutil
 import pytest
 
-from tasks.llm import embedded_models as em
-from tasks.llm.embedded import EmbeddedServer, EmbeddedServerError
-from tasks.llm.embedded_models import (
+from doppel.tasks.llm import embedded_models as em
+from doppel.tasks.llm.embedded import EmbeddedServer, EmbeddedServerError
+from doppel.tasks.llm.embedded_models import (
     MODELS,
     EmbeddedModel,
     EmbeddedModelError,
@@ -80,9 +80,16 @@ CHAT_KVS: dict[str, Any] = {
 def fake_model(path: Path, **over: Any) -> EmbeddedModel:
     data = path.read_bytes()
     base = EmbeddedModel(
-        name="tiny", description="test", packages=("tiny-part1",), version="1.0", file_name="tiny.gguf",
-        size=len(data), sha256=hashlib.sha256(data).hexdigest(), architecture="qwen2",
-        gguf_name="Tiny Test", size_label="1K",
+        name="tiny",
+        description="test",
+        packages=("tiny-part1",),
+        version="1.0",
+        file_name="tiny.gguf",
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        architecture="qwen2",
+        gguf_name="Tiny Test",
+        size_label="1K",
     )
     return replace(base, **over)
 
@@ -168,11 +175,13 @@ def tiny_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> EmbeddedModel
         pkg = tmp_path / "site" / f"tiny_part{i}"
         (pkg / "data").mkdir(parents=True)
         (pkg / "data" / f"part0{i}.bin").write_bytes(chunk)
-        (pkg / "__init__.py").write_text(textwrap.dedent(f"""
+        (pkg / "__init__.py").write_text(
+            textwrap.dedent(f"""
             import os
             def get_part_path():
                 return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "part0{i}.bin")
-        """))
+        """)
+        )
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     model = replace(fake_model(tmp_path / "whole.gguf"), packages=("tiny-part1", "tiny-part2"))
     monkeypatch.setitem(MODELS, "tiny", model)
@@ -277,13 +286,15 @@ def test_e2e_chat_and_clean_stop(default_model: Path, tmp_path: Path) -> None:
 @pytest.mark.e2e
 def test_e2e_child_dies_when_parent_is_sigkilled(default_model: Path, tmp_path: Path) -> None:
     script = tmp_path / "parent.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys, time
-        from tasks.llm.embedded import EmbeddedServer
+        from doppel.tasks.llm.embedded import EmbeddedServer
         srv = EmbeddedServer({str(default_model)!r}, log_dir={str(tmp_path)!r}).start()
         print(srv.pid, flush=True)
         time.sleep(600)
-    """))
+    """)
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
     child = 0

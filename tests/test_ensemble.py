@@ -14,14 +14,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.ensemble.config import EnsembleSettings, SASRecSettings
-from tasks.ensemble.keywords import ItemFacts, analyse_item, keywords_json_schema, parse_keywords
-from tasks.ensemble.voters import Index, ensemble_vote, f_mat, f_sim, f_sta, history_matrices, VoterOutput
+from doppel.tasks.ensemble.config import EnsembleSettings, SASRecSettings
+from doppel.tasks.ensemble.keywords import ItemFacts, analyse_item, keywords_json_schema, parse_keywords
+from doppel.tasks.ensemble.voters import Index, VoterOutput, ensemble_vote, f_mat, f_sim, f_sta, history_matrices
 
 NAN = np.nan
 
 
 # ----------------------------------------------------------------------------- scripted LLM answers
+
 
 def genre_keywords(kind: str, body: dict) -> str | None:
     """Keyword JSON from the genres on the prompt's `Movie:` line (pros: genres; cons: 'too much <genre>')."""
@@ -46,10 +47,10 @@ def run(coro):
 
 
 def gateway(server, tmp_path, **llm):
-    from tasks.llm.cache import ResponseCache
-    from tasks.llm.gateway import LLMGateway
-    from tasks.llm.limits import CallLimiter
-    from tasks.settings import LLMSettings
+    from doppel.tasks.llm.cache import ResponseCache
+    from doppel.tasks.llm.gateway import LLMGateway
+    from doppel.tasks.llm.limits import CallLimiter
+    from doppel.tasks.settings import LLMSettings
 
     settings = LLMSettings(base_url=server.base_url, model="doppel-test-model", timeout_s=10, max_retries=1, **llm)
     return LLMGateway(settings, ResponseCache(tmp_path / "cache"), CallLimiter(4), "doppel-test-model")
@@ -60,9 +61,12 @@ ITEM = ItemFacts("7", "The Silent Harbor", 1999, "Horror|Thriller", "A chilling 
 
 # ----------------------------------------------------------------------------- keywords
 
+
 def test_parse_keywords_normalises_and_drops_sentences():
-    text = 'Sure: {"pros": ["Witty Dialogue", "witty dialogue", "a film that everyone will love forever", "fun"],' \
-           ' "cons": ["Slow pacing!", "fun"]}'
+    text = (
+        'Sure: {"pros": ["Witty Dialogue", "witty dialogue", "a film that everyone will love forever", "fun"],'
+        ' "cons": ["Slow pacing!", "fun"]}'
+    )
     parsed = parse_keywords(text, max_keywords=5)
     assert parsed.ok and parsed.pros == ["witty dialogue"] and parsed.cons == ["slow pacing"]
     assert not parse_keywords('{"pros": ["none"], "cons": []}', 5).ok
@@ -99,22 +103,30 @@ def test_bad_answers_are_repaired_then_recorded_as_failed(llm_server, tmp_path):
         assert out.status == "ok" and out.pros == ["tense mood"] and [c.status for c in out.calls] == ["invalid", "ok"]
         repair = llm_server.log()[-1]["request"]["messages"]
         assert repair[1]["role"] == "assistant" and "previous answer was invalid" in repair[2]["content"]
-        failed = run(analyse_item(gateway(llm_server, tmp_path / "b", repair_attempts=1),
-                                  ItemFacts("8", "Other", None, "Drama", ""), "obj"))
+        failed = run(
+            analyse_item(
+                gateway(llm_server, tmp_path / "b", repair_attempts=1),
+                ItemFacts("8", "Other", None, "Drama", ""),
+                "obj",
+            )
+        )
         assert failed.status == "failed" and "not valid JSON" in failed.error and len(failed.calls) == 2
     finally:
         llm_server.app.answer_fn = None
 
 
 def test_servers_without_json_schema_still_get_parsed(tmp_path):
-    from tests.llm_server import LLMTestServer
+    from doppel.testing.llm_server import LLMTestServer
 
     with LLMTestServer(reject_json_schema=True, answer_fn=genre_keywords) as server:
+
         async def both():
             gw = gateway(server, tmp_path)
             try:
-                return (await analyse_item(gw, ITEM, "obj"),
-                        await analyse_item(gw, ItemFacts("3", "Wild Road", 2005, "Comedy", ""), "obj"))
+                return (
+                    await analyse_item(gw, ITEM, "obj"),
+                    await analyse_item(gw, ItemFacts("3", "Wild Road", 2005, "Comedy", ""), "obj"),
+                )
             finally:
                 await gw.aclose()
 
@@ -132,13 +144,15 @@ def test_reviews_prompt_quotes_reviews_as_data(scripted, tmp_path):
 
 
 def test_reviews_of_a_generic_csv_are_stored_and_quoted_per_item(tmp_path):
-    from tasks.ensemble.reviews import load_reviews, ratings_csv
-    from tasks.ensemble.store import ensure_tables, read, save_reviews
-    from tasks.store.db import init_db
+    from doppel.tasks.ensemble.reviews import load_reviews, ratings_csv
+    from doppel.tasks.ensemble.store import ensure_tables, read, save_reviews
+    from doppel.tasks.store.db import init_db
 
-    (tmp_path / "ratings.csv").write_text('user_id,item_id,rating,timestamp,review\n'
-                                          '1,10,5,100,"Loved the score, long ""epic"" battles"\n'
-                                          '2,10,2,101,Too long\n3,10,4,102,\n1,11,3,103,Fine\n')
+    (tmp_path / "ratings.csv").write_text(
+        "user_id,item_id,rating,timestamp,review\n"
+        '1,10,5,100,"Loved the score, long ""epic"" battles"\n'
+        "2,10,2,101,Too long\n3,10,4,102,\n1,11,3,103,Fine\n"
+    )
     path = ratings_csv(str(tmp_path))
     reviews = load_reviews(path)
     assert len(reviews) == 3 and 'long "epic" battles' in reviews["review"].iloc[0]
@@ -152,16 +166,30 @@ def test_reviews_of_a_generic_csv_are_stored_and_quoted_per_item(tmp_path):
 
 # ----------------------------------------------------------------------------- voters on hand-made histories
 
+
 def tiny_world():
     """User a: likes 1, 2 (space), dislikes 3 (gore). User b: only likes. User c: only dislikes. d: nothing."""
-    train = pd.DataFrame({"user_id": ["a", "a", "a", "b", "b", "c"], "item_id": ["1", "2", "3", "1", "2", "3"],
-                          "rating": [5, 4, 1, 5, 5, 2]})
-    pairs = pd.DataFrame({"user_id": ["a", "a", "a", "b", "b", "c", "c", "d"],
-                          "item_id": ["4", "5", "6", "4", "5", "4", "5", "4"], "rating": [5, 1, 3, 4, 2, 4, 1, 3]})
-    keywords = pd.DataFrame({
-        "item_id": ["1", "2", "3", "3", "4", "5", "5"],
-        "polarity": ["pro", "pro", "pro", "con", "pro", "pro", "con"],
-        "canonical": ["space", "space", "action", "gore", "space", "action", "gore"]})
+    train = pd.DataFrame(
+        {
+            "user_id": ["a", "a", "a", "b", "b", "c"],
+            "item_id": ["1", "2", "3", "1", "2", "3"],
+            "rating": [5, 4, 1, 5, 5, 2],
+        }
+    )
+    pairs = pd.DataFrame(
+        {
+            "user_id": ["a", "a", "a", "b", "b", "c", "c", "d"],
+            "item_id": ["4", "5", "6", "4", "5", "4", "5", "4"],
+            "rating": [5, 1, 3, 4, 2, 4, 1, 3],
+        }
+    )
+    keywords = pd.DataFrame(
+        {
+            "item_id": ["1", "2", "3", "3", "4", "5", "5"],
+            "polarity": ["pro", "pro", "pro", "con", "pro", "pro", "con"],
+            "canonical": ["space", "space", "action", "gore", "space", "action", "gore"],
+        }
+    )
     keywords["keyword"] = keywords["canonical"]
     index = Index.build(train, pairs, [str(i) for i in range(1, 7)])
     return train, pairs, keywords, index
@@ -200,9 +228,11 @@ def test_ensemble_is_two_of_three_with_deterministic_fallbacks():
     def voter(votes, scores):
         return VoterOutput(np.array(scores, dtype=float), np.array(votes, dtype=float))
 
-    outputs = [voter([1, 0, NAN, 1, NAN, NAN], [0.9, 0.1, NAN, 0.8, NAN, NAN]),
-               voter([1, 0, 1, 0, NAN, NAN], [0.6, 0.4, 0.7, 0.45, NAN, NAN]),
-               voter([0, 1, 0, NAN, 1, 1], [0.2, 0.9, 0.4, NAN, 0.5, 0.5])]
+    outputs = [
+        voter([1, 0, NAN, 1, NAN, NAN], [0.9, 0.1, NAN, 0.8, NAN, NAN]),
+        voter([1, 0, 1, 0, NAN, NAN], [0.6, 0.4, 0.7, 0.45, NAN, NAN]),
+        voter([0, 1, 0, NAN, 1, 1], [0.2, 0.9, 0.4, NAN, 0.5, 0.5]),
+    ]
     prior = np.array([0.2, 0.2, 0.9, 0.9, 0.3, NAN])
     out = ensemble_vote(outputs, prior, global_rate=0.7)
     # 2 likes -> like; 2 dislikes -> dislike; 1-1 with abstention -> mean of 0.7, 0.4 = 0.55 -> like;
@@ -215,9 +245,10 @@ def test_ensemble_is_two_of_three_with_deterministic_fallbacks():
 
 # ----------------------------------------------------------------------------- voters on the synthetic dataset
 
+
 @pytest.fixture(scope="module")
 def synthetic():
-    from tasks.data.synthetic import make_synthetic
+    from doppel.tasks.data.synthetic import make_synthetic
 
     ds = make_synthetic(n_users=40, n_items=80, seed=1)
     ratings = ds.ratings.merge(ds.splits[ds.splits["fold"] == "u1"], on=["user_id", "item_id"])
@@ -227,7 +258,7 @@ def synthetic():
 
 
 def _auc(pairs: pd.DataFrame, out: VoterOutput) -> float:
-    from tasks.metrics import binary_metrics
+    from doppel.tasks.metrics import binary_metrics
 
     covered = ~np.isnan(out.score)
     return binary_metrics((pairs["rating"] >= 4).to_numpy()[covered], out.score[covered])["auc"]
@@ -235,8 +266,12 @@ def _auc(pairs: pd.DataFrame, out: VoterOutput) -> float:
 
 def test_f_mat_on_synthetic_genre_keywords_beats_chance(synthetic):
     ds, train, pairs = synthetic
-    rows = [(r.item_id, pol, (f"too much {g.lower()}" if pol == "con" else g.lower()))
-            for r in ds.items.itertuples() for g in r.genres.split("|") for pol in ("pro", "con")]
+    rows = [
+        (r.item_id, pol, (f"too much {g.lower()}" if pol == "con" else g.lower()))
+        for r in ds.items.itertuples()
+        for g in r.genres.split("|")
+        for pol in ("pro", "con")
+    ]
     keywords = pd.DataFrame(rows, columns=["item_id", "polarity", "canonical"])
     index = Index.build(train, pairs, ds.items["item_id"].tolist())
     liked, disliked = history_matrices(train, index, 4)
@@ -245,7 +280,7 @@ def test_f_mat_on_synthetic_genre_keywords_beats_chance(synthetic):
 
 
 def test_sasrec_is_seeded_checkpointed_and_scores_every_pair(synthetic, tmp_path):
-    from tasks.ensemble.sasrec import train_sasrec
+    from doppel.tasks.ensemble.sasrec import train_sasrec
 
     ds, train, pairs = synthetic
     cfg = SASRecSettings(maxlen=20, dim=16, blocks=1, heads=1, epochs=10, batch_size=16, seed=3)
@@ -256,10 +291,12 @@ def test_sasrec_is_seeded_checkpointed_and_scores_every_pair(synthetic, tmp_path
     again = train_sasrec(train, items, 4, cfg, None)  # trained again from the same seed
     loaded = train_sasrec(train, items, 4, cfg, tmp_path / "ckpt", "t-")
     assert loaded.info["loaded"] is True
-    np.testing.assert_allclose(again.like_probability(pairs["user_id"].to_numpy(), pairs["item_id"].to_numpy()), p1,
-                               atol=1e-6)
-    np.testing.assert_allclose(loaded.like_probability(pairs["user_id"].to_numpy(), pairs["item_id"].to_numpy()), p1,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        again.like_probability(pairs["user_id"].to_numpy(), pairs["item_id"].to_numpy()), p1, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        loaded.like_probability(pairs["user_id"].to_numpy(), pairs["item_id"].to_numpy()), p1, atol=1e-6
+    )
     out = f_sta(p1)
     assert not np.isnan(out.vote).any() and ((p1 >= 0) & (p1 <= 1)).all()
     assert _auc(pairs, out) > 0.55
@@ -268,7 +305,7 @@ def test_sasrec_is_seeded_checkpointed_and_scores_every_pair(synthetic, tmp_path
 
 
 def test_f_sim_with_the_sentence_model_on_synthetic(synthetic):
-    from tasks.ensemble import embeddings as emb
+    from doppel.tasks.ensemble import embeddings as emb
 
     ds, train, pairs = synthetic
     rows = emb.embed_items(ds.items, None, batch_size=32)
@@ -283,10 +320,11 @@ def test_f_sim_with_the_sentence_model_on_synthetic(synthetic):
 
 
 def test_vocabulary_merges_synonyms_under_the_most_used_keyword():
-    from tasks.ensemble.vocabulary import build_vocabulary
+    from doppel.tasks.ensemble.vocabulary import build_vocabulary
 
-    keywords = pd.DataFrame({"item_id": ["1", "2", "3", "1", "2"],
-                             "keyword": ["scary", "scary", "frightening", "funny", "funny"]})
+    keywords = pd.DataFrame(
+        {"item_id": ["1", "2", "3", "1", "2"], "keyword": ["scary", "scary", "frightening", "funny", "funny"]}
+    )
     vectors = {"scary": [1.0, 0.0], "frightening": [0.95, 0.31], "funny": [0.0, 1.0]}
     encode = lambda words: np.array([np.asarray(vectors[w]) / np.linalg.norm(vectors[w]) for w in words])  # noqa: E731
     vocab = build_vocabulary(keywords, encode, threshold=0.9).set_index("keyword")
@@ -297,22 +335,28 @@ def test_vocabulary_merges_synonyms_under_the_most_used_keyword():
 
 # ----------------------------------------------------------------------------- the flow
 
+
 @pytest.mark.slow
 def test_ensemble_flow_end_to_end_and_rerun_makes_no_calls(prefect_server, scripted, run_settings):
     import duckdb
 
-    from flows.ensemble import ensemble
+    from doppel.flows.ensemble import ensemble
 
-    settings = EnsembleSettings(run=run_settings(synthetic_users=24, synthetic_items=60, runner="threads"),
-                                fold="u1", items=25, ensemble_id="ens-test",
-                                sasrec=SASRecSettings(maxlen=20, dim=16, blocks=1, heads=1, epochs=3, batch_size=16))
+    settings = EnsembleSettings(
+        run=run_settings(synthetic_users=24, synthetic_items=60, runner="threads"),
+        fold="u1",
+        items=25,
+        ensemble_id="ens-test",
+        sasrec=SASRecSettings(maxlen=20, dim=16, blocks=1, heads=1, epochs=3, batch_size=16),
+    )
     summary = ensemble(settings)
     assert summary["status"] == "finished" and summary["analysis"]["ok"] == 25 == summary["keyword_items"]
     con = duckdb.connect(settings.run.db, read_only=True)
     try:
         votes = con.execute("select * from votes where run_id = 'ens-test'").df()
-        pairs = con.execute("select count(*) from splits where dataset = ? and fold = 'u1' and split = 'test'",
-                            [summary["dataset"]]).fetchone()[0]
+        pairs = con.execute(
+            "select count(*) from splits where dataset = ? and fold = 'u1' and split = 'test'", [summary["dataset"]]
+        ).fetchone()[0]
         keywords = con.execute("select * from item_keywords").df()
         analysed = con.execute("select * from item_analysis").df()
         calls = con.execute("select count(*) from llm_calls where run_id = 'ens-test'").fetchone()[0]
@@ -334,9 +378,11 @@ def test_ensemble_flow_end_to_end_and_rerun_makes_no_calls(prefect_server, scrip
     # a spine run's LLM ratings on some of the pairs (here: the truth) are scored on exactly those pairs
     con = duckdb.connect(settings.run.db)
     try:
-        con.execute("insert into simulated_ratings (run_id, fold, user_id, item_id, rating, status, reason, batch, "
-                    "attempts, call_key) select 'spine-x', 'u1', user_id, item_id, rating, 'ok', null, 0, 1, "
-                    "null from votes where run_id = 'ens-test' order by user_id, item_id limit 40")
+        con.execute(
+            "insert into simulated_ratings (run_id, fold, user_id, item_id, rating, status, reason, batch, "
+            "attempts, call_key) select 'spine-x', 'u1', user_id, item_id, rating, 'ok', null, 0, 1, "
+            "null from votes where run_id = 'ens-test' order by user_id, item_id limit 40"
+        )
     finally:
         con.close()
     before = scripted.stats()["requests"]

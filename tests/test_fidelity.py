@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.data.synthetic import make_synthetic
-from tasks.fidelity import decode
-from tasks.fidelity.calibrate import fit_calibrator
-from tasks.fidelity.features import calibration_slice, pair_features, slice_parts
-from tasks.fidelity.hybrid import activity_bucket, bucket_targets, fold_features, hybrid_ratings, predict_proba
-from tasks.metrics import rating_metrics
+from doppel.tasks.data.synthetic import make_synthetic
+from doppel.tasks.fidelity import decode
+from doppel.tasks.fidelity.calibrate import fit_calibrator
+from doppel.tasks.fidelity.features import calibration_slice, pair_features, slice_parts
+from doppel.tasks.fidelity.hybrid import activity_bucket, bucket_targets, fold_features, hybrid_ratings, predict_proba
+from doppel.tasks.metrics import rating_metrics
 
 FAST_MODELS = ("knn_item", "svd")  # svdpp / user-knn add nothing to what the tests check
 
@@ -125,8 +125,13 @@ def test_slice_parts_deal_each_user_evenly():
 
 
 def test_activity_buckets_and_targets():
-    train = pd.DataFrame({"user_id": ["a"] * 49 + ["b"] * 50 + ["c"] * 151, "item_id": [str(i) for i in range(250)],
-                          "rating": [1] * 49 + [3] * 50 + [5] * 151})
+    train = pd.DataFrame(
+        {
+            "user_id": ["a"] * 49 + ["b"] * 50 + ["c"] * 151,
+            "item_id": [str(i) for i in range(250)],
+            "rating": [1] * 49 + [3] * 50 + [5] * 151,
+        }
+    )
     assert activity_bucket(train, ["a", "b", "c", "new"]).tolist() == ["<50", "50-150", ">150", "<50"]
     pop, per = bucket_targets(train)
     np.testing.assert_allclose(per["<50"], [1, 0, 0, 0, 0])
@@ -203,18 +208,23 @@ def test_no_test_rating_reaches_calibration(synthetic_fold):
         ff = fold_features(train, test[key], items, stack=stack, models=FAST_MODELS)
         rows = ff.slice_pairs.assign(rating=ff.y_slice)
         assert rows.merge(test[key], on=key).empty
-        joined = rows.merge(train[[*key, "rating"]].astype({"user_id": str, "item_id": str}), on=key,
-                            suffixes=("", "_train"))
+        joined = rows.merge(
+            train[[*key, "rating"]].astype({"user_id": str, "item_id": str}), on=key, suffixes=("", "_train")
+        )
         assert len(joined) == len(rows) and (joined["rating"] == joined["rating_train"]).all()
 
 
 def test_scoring_adds_both_hybrid_modes_on_the_same_rows(synthetic_fold):
-    from tasks.scoring import score_ratings
+    from doppel.tasks.scoring import score_ratings
 
     train, test, items = synthetic_fold
     rows = test.assign(fold="u1", pred=3, truth=test["rating"])[["fold", "user_id", "item_id", "pred", "truth"]]
-    table = score_ratings(rows, {"u1": train[["user_id", "item_id", "rating"]]}, baselines=False,
-                          hybrid_items=items[["item_id", "genres"]])
+    table = score_ratings(
+        rows,
+        {"u1": train[["user_id", "item_id", "rating"]]},
+        baselines=False,
+        hybrid_items=items[["item_id", "genres"]],
+    )
     wide = table.pivot_table(index="simulator", columns="metric", values="value")
     assert set(wide.index) == {"llm", "hybrid:accuracy", "hybrid:realism"}
     assert (wide["n"] == len(test)).all()
@@ -237,7 +247,7 @@ def _margin_case(llm_noise: float, seed: int = 0):
 
 
 def test_llm_marginal_contribution_is_large_for_an_informed_llm_and_near_zero_for_a_random_one():
-    from tasks.fidelity.llm_margin import cross_fit, paired_gap
+    from doppel.tasks.fidelity.llm_margin import cross_fit, paired_gap
 
     P, llm, y, users = _margin_case(0.3)
     llm[::7] = np.nan  # unanswered pairs are a flag, never a dropped row
@@ -254,7 +264,7 @@ def test_llm_marginal_contribution_is_large_for_an_informed_llm_and_near_zero_fo
 
 
 def test_cross_fit_keeps_each_user_out_of_the_model_that_predicts_them():
-    from tasks.fidelity.llm_margin import cross_fit
+    from doppel.tasks.fidelity.llm_margin import cross_fit
 
     P, llm, y, users = _margin_case(0.3)
     with pytest.raises(ValueError, match="at least 2 users"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from tests.llm_faults import digit_probs
+from doppel.testing.llm_faults import digit_probs
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +32,10 @@ def check_complete_run(db: str, run_id: str, n_users: int) -> None:
     assert ratings.duplicated(["fold", "user_id", "item_id"]).sum() == 0
     assert ratings["rating"].between(1, 5).all() and set(ratings["status"]) == {"ok"}
     # each rating with the test server's distribution at its digit (tests/llm_faults.digit_probs)
-    assert all(len(p) == 5 and abs(p[r - 1] - digit_probs(r)[r - 1]) < 1e-9 and abs(sum(p) - 1) < 1e-9
-               for p, r in zip(ratings["rating_probs"], ratings["rating"]))
+    assert all(
+        len(p) == 5 and abs(p[r - 1] - digit_probs(r)[r - 1]) < 1e-9 and abs(sum(p) - 1) < 1e-9
+        for p, r in zip(ratings["rating_probs"], ratings["rating"])
+    )
     profiles = table(db, "select * from profiles where run_id = ?", run_id)
     assert set(profiles["user_id"]) == set(users["user_id"])
     assert {"initial", "update"} <= set(profiles["stage"])
@@ -47,7 +49,7 @@ def check_complete_run(db: str, run_id: str, n_users: int) -> None:
 
 @pytest.mark.parametrize("runner", ["dask", "threads"])
 def test_run_writes_every_table_and_rerun_makes_no_calls(prefect_server, llm_server, run_settings, runner):
-    from flows.simulate import simulate
+    from doppel.flows.simulate import simulate
 
     settings = run_settings(runner=runner, run_id=f"it-{runner}")
     summary = simulate(settings)
@@ -75,7 +77,7 @@ def test_run_writes_every_table_and_rerun_makes_no_calls(prefect_server, llm_ser
 def test_a_server_without_logprobs_gets_distributions_from_draws(prefect_server, llm_server, run_settings):
     """--rating-samples 3 where the server ignores logprobs: each rating's distribution is the share
     of 3 draws, the draws are audited in llm_calls, the gate passes, and a rerun asks nothing."""
-    from flows.simulate import simulate
+    from doppel.flows.simulate import simulate
 
     llm_server.configure(logprobs=False)
     try:
@@ -84,10 +86,11 @@ def test_a_server_without_logprobs_gets_distributions_from_draws(prefect_server,
         ratings = table(settings.db, "select * from simulated_ratings where run_id = 'draws'")
         assert set(ratings["status"]) == {"ok"} and set(ratings["rating_probs_source"]) == {"samples"}
         assert set(ratings["rating_probs_draws"]) == {3}
-        assert all(abs(sum(p) - 1) < 1e-9 and all(abs(3 * x - round(3 * x)) < 1e-9 for x in p)  # thirds
-                   for p in ratings["rating_probs"])
-        calls = table(settings.db, "select prompt_name, count(*) n from llm_calls where run_id = 'draws' "
-                      "group by all")
+        assert all(
+            abs(sum(p) - 1) < 1e-9 and all(abs(3 * x - round(3 * x)) < 1e-9 for x in p)  # thirds
+            for p in ratings["rating_probs"]
+        )
+        calls = table(settings.db, "select prompt_name, count(*) n from llm_calls where run_id = 'draws' group by all")
         n = dict(zip(calls["prompt_name"], calls["n"]))
         assert n["rating_draw"] == 3 * n["rating"] > 0
         gate = table(settings.db, "select success from validation_results where run_id = 'draws'")
@@ -101,13 +104,17 @@ def test_a_server_without_logprobs_gets_distributions_from_draws(prefect_server,
 
 def test_lost_database_rows_are_rebuilt_from_the_cache(prefect_server, llm_server, run_settings, tmp_path):
     """A second database with the same cache replays every answer: zero calls, same ratings."""
-    from flows.simulate import simulate
+    from doppel.flows.simulate import simulate
 
     first = run_settings(run_id="cache-a")
     simulate(first)
     before = llm_server.stats()["requests"]
-    second = first.model_copy(update={"db": str(tmp_path / "other.duckdb"),
-                                      "llm": first.llm.model_copy(update={"cache_dir": str(first.cache_dir())})})
+    second = first.model_copy(
+        update={
+            "db": str(tmp_path / "other.duckdb"),
+            "llm": first.llm.model_copy(update={"cache_dir": str(first.cache_dir())}),
+        }
+    )
     simulate(second)
     assert llm_server.stats()["requests"] == before
     a = table(first.db, "select user_id, item_id, rating from simulated_ratings order by all")
@@ -116,7 +123,7 @@ def test_lost_database_rows_are_rebuilt_from_the_cache(prefect_server, llm_serve
 
 
 def test_faults_lose_nothing_and_rerun_retries_failed_pairs(prefect_server, llm_server, run_settings):
-    from flows.simulate import simulate
+    from doppel.flows.simulate import simulate
 
     llm_server.configure(malformed_json=0.3, missing_ids=0.2, http_500=0.1, http_429=0.05, retry_after=0.05)
     settings = run_settings(run_id="faulty", users=8, llm={"repair_attempts": 1})
@@ -138,14 +145,16 @@ def test_faults_lose_nothing_and_rerun_retries_failed_pairs(prefect_server, llm_
 
 
 def test_gate_blocks_scoring_of_corrupted_ratings(prefect_server, llm_server, run_settings):
-    from flows.score import GateFailed, score_run
-    from flows.simulate import simulate
+    from doppel.flows.score import GateFailed, score_run
+    from doppel.flows.simulate import simulate
 
     settings = run_settings(run_id="corrupt")
     simulate(settings)
     con = duckdb.connect(settings.db)
-    con.execute("update simulated_ratings set rating = 7 where run_id = 'corrupt' and item_id in "
-                "(select item_id from simulated_ratings where run_id = 'corrupt' limit 2)")
+    con.execute(
+        "update simulated_ratings set rating = 7 where run_id = 'corrupt' and item_id in "
+        "(select item_id from simulated_ratings where run_id = 'corrupt' limit 2)"
+    )
     con.execute("delete from metrics where run_id = 'corrupt'")
     con.close()
     with pytest.raises(GateFailed, match="rating"):
@@ -158,8 +167,8 @@ def test_gate_blocks_scoring_of_corrupted_ratings(prefect_server, llm_server, ru
 def test_rerun_fast_path_answers_only_while_nothing_changed(prefect_server, llm_server, run_settings):
     """A finished, scored run asked for again is answered from DuckDB (no flow, no calls); more users,
     or rows edited since scoring, take the normal path (which simulates or re-gates them)."""
-    from flows.finished import finished_summary
-    from flows.simulate import simulate
+    from doppel.flows.finished import finished_summary
+    from doppel.flows.simulate import simulate
 
     settings = run_settings(run_id="fast")
     assert finished_summary(settings) is None  # nothing there yet
@@ -168,16 +177,19 @@ def test_rerun_fast_path_answers_only_while_nothing_changed(prefect_server, llm_
     again = finished_summary(settings)
     assert again is not None and again["status"] == "finished" and again["this_invocation"]["new_calls"] == 0
     assert llm_server.stats()["requests"] == before
-    assert {k: again[k] for k in ("users", "pairs", "failed_pairs", "calls")} == \
-        {k: first[k] for k in ("users", "pairs", "failed_pairs", "calls")}
+    assert {k: again[k] for k in ("users", "pairs", "failed_pairs", "calls")} == {
+        k: first[k] for k in ("users", "pairs", "failed_pairs", "calls")
+    }
     stored = table(settings.db, "select fold, simulator, metric, value from metrics where run_id = 'fast'")
     assert len(again["scores"]) == len(stored) > 0
 
     assert finished_summary(settings.model_copy(update={"users": 8})) is None  # two users to simulate
 
     con = duckdb.connect(settings.db)
-    con.execute("update simulated_ratings set rating = case when rating = 5 then 4 else rating + 1 end where run_id = 'fast' and rating is not null "
-                "and item_id = (select min(item_id) from simulated_ratings where run_id = 'fast')")
+    con.execute(
+        "update simulated_ratings set rating = case when rating = 5 then 4 else rating + 1 end where run_id = 'fast' and rating is not null "
+        "and item_id = (select min(item_id) from simulated_ratings where run_id = 'fast')"
+    )
     con.close()
     assert finished_summary(settings) is None  # edited after scoring: validate and score again
     rescored = simulate(settings)

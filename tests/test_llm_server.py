@@ -14,8 +14,8 @@ import httpx
 import openai
 import pytest
 
-from tests.llm_faults import CONTENT_FAULTS, choose_fault
-from tests.llm_server import LLMTestServer, ServerOptions, admin, expected_rating, start_subprocess
+from doppel.testing.llm_faults import CONTENT_FAULTS, choose_fault
+from doppel.testing.llm_server import LLMTestServer, ServerOptions, admin, expected_rating, start_subprocess
 
 IDS = ["12", "45", "78", "101", "7"]
 PROFILE = "Loves gritty crime dramas and film-noir; finds musicals tedious."
@@ -27,20 +27,34 @@ def rating_messages(ids=IDS, profile=PROFILE, line=True) -> list[dict]:
         prompt = f"<profile>\n{profile}\n</profile>\n\n" + prompt
     if line:
         prompt += f"item_ids: {json.dumps(ids)}\n"
-    return [{"role": "system", "content": "You simulate a movie viewer. Answer in JSON."},
-            {"role": "user", "content": prompt}]
+    return [
+        {"role": "system", "content": "You simulate a movie viewer. Answer in JSON."},
+        {"role": "user", "content": prompt},
+    ]
 
 
 def ratings_format(ids=IDS) -> dict:
     def item(i):
-        return {"type": "object", "required": ["item_id", "rating"], "additionalProperties": False,
-                "properties": {"item_id": {"const": i},
-                               "rating": {"type": "integer", "minimum": 1, "maximum": 5}}}
+        return {
+            "type": "object",
+            "required": ["item_id", "rating"],
+            "additionalProperties": False,
+            "properties": {"item_id": {"const": i}, "rating": {"type": "integer", "minimum": 1, "maximum": 5}},
+        }
 
-    ratings = {"type": "array", "prefixItems": [item(i) for i in ids], "items": False,
-               "minItems": len(ids), "maxItems": len(ids)}
-    schema = {"type": "object", "properties": {"ratings": ratings}, "required": ["ratings"],
-              "additionalProperties": False}
+    ratings = {
+        "type": "array",
+        "prefixItems": [item(i) for i in ids],
+        "items": False,
+        "minItems": len(ids),
+        "maxItems": len(ids),
+    }
+    schema = {
+        "type": "object",
+        "properties": {"ratings": ratings},
+        "required": ["ratings"],
+        "additionalProperties": False,
+    }
     return {"type": "json_schema", "json_schema": {"name": "ratings", "strict": True, "schema": schema}}
 
 
@@ -48,10 +62,12 @@ def expected(ids=IDS, profile=PROFILE) -> dict:
     return {"ratings": [{"item_id": i, "rating": expected_rating(i, profile)} for i in ids]}
 
 
-PROFILE_PROMPT = ("Write a profile of this user from their ratings.\n"
-                  "- Heat (1995) [Action|Crime|Thriller]: 5\n- Fargo (1996) [Crime|Drama|Thriller]: 5\n"
-                  "- Casablanca (1942) [Drama|Romance|War]: 4\n- Grease (1978) [Comedy|Musical|Romance]: 1\n"
-                  "- The Big Sleep (1946) [Film-Noir|Mystery]: 4\n- Alien (1979) [Horror|Sci-Fi|Thriller]: 3\n")
+PROFILE_PROMPT = (
+    "Write a profile of this user from their ratings.\n"
+    "- Heat (1995) [Action|Crime|Thriller]: 5\n- Fargo (1996) [Crime|Drama|Thriller]: 5\n"
+    "- Casablanca (1942) [Drama|Romance|War]: 4\n- Grease (1978) [Comedy|Musical|Romance]: 1\n"
+    "- The Big Sleep (1946) [Film-Noir|Mystery]: 4\n- Alien (1979) [Horror|Sci-Fi|Thriller]: 3\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +128,12 @@ def test_rating_without_profile_and_schema_order_wins(client):
 def test_repair_reask_is_answered_correctly(client, with_schema):
     messages = rating_messages() + [
         {"role": "assistant", "content": '{"ratings": [{"item_id": "12", "rating": 9}]}'},
-        {"role": "user", "content": "Your previous answer was invalid: rating must be 1..5, 4 ids missing. "
-                                    "Answer again with every requested id exactly once."}]
+        {
+            "role": "user",
+            "content": "Your previous answer was invalid: rating must be 1..5, 4 ids missing. "
+            "Answer again with every requested id exactly once.",
+        },
+    ]
     kw = {"response_format": ratings_format()} if with_schema else {}
     assert json.loads(chat(client, messages, **kw).choices[0].message.content) == expected()
 
@@ -160,7 +180,7 @@ def test_content_fault_at_rate_one(srv, client, fault):
             json.loads(content)
     elif fault == "prose":
         assert not content.startswith("{")
-        assert json.loads(content[content.index("{"): content.rindex("}") + 1]) == expected()
+        assert json.loads(content[content.index("{") : content.rindex("}") + 1]) == expected()
     else:
         answer = json.loads(content)
         ids, ratings = _ids(answer), [r["rating"] for r in answer["ratings"]]
@@ -307,8 +327,9 @@ def test_64_concurrent_connections(srv):
 
     async def run():
         async with openai.AsyncOpenAI(base_url=srv.base_url, api_key="test", max_retries=0) as aclient:
-            return await asyncio.gather(*(aclient.chat.completions.create(
-                model="m", messages=rating_messages(ids=[str(i)])) for i in range(64)))
+            return await asyncio.gather(
+                *(aclient.chat.completions.create(model="m", messages=rating_messages(ids=[str(i)])) for i in range(64))
+            )
 
     t0 = time.monotonic()
     answers = asyncio.run(run())

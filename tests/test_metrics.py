@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.metrics import (
+from doppel.tasks.metrics import (
     RATING_METRICS,
     binary_metrics,
     histogram,

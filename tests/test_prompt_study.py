@@ -19,10 +19,27 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_prompt_study_compares_variants_on_the_same_pairs(tmp_path, llm_server):
     data_dir = write_ml100k(tmp_path / "data")
-    argv = [sys.executable, "benchmarks/prompt_study.py", "--data-dir", str(data_dir), "--no-item-text",
-            "--users", "3", "--max-test-items", "0", "--variants", "compact,seed,compact+batch1+noupdate",
-            "--base-url", llm_server.base_url, "--model", "doppel-test-model", "--work-dir", str(tmp_path / "work"),
-            "--out", str(tmp_path / "out")]
+    argv = [
+        sys.executable,
+        "benchmarks/prompt_study.py",
+        "--data-dir",
+        str(data_dir),
+        "--no-item-text",
+        "--users",
+        "3",
+        "--max-test-items",
+        "0",
+        "--variants",
+        "compact,seed,compact+batch1+noupdate",
+        "--base-url",
+        llm_server.base_url,
+        "--model",
+        "doppel-test-model",
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     done = subprocess.run(argv, cwd=REPO, env=user_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = dict(kv.split("=") for kv in done.stdout.strip().splitlines()[-1].split()[1:])
@@ -34,8 +51,10 @@ def test_prompt_study_compares_variants_on_the_same_pairs(tmp_path, llm_server):
     assert (table["failed_pairs"] == 0).all() and (table["n"] == int(result["pairs"])).all()
     # one item per call: a rating call per pair, and never a profile update
     con = duckdb.connect(str(tmp_path / "work" / "doppel.duckdb"), read_only=True)
-    kinds = con.execute("select prompt_name, count(*) from llm_calls where run_id = ? group by 1",
-                        [table.loc["compact+batch1+noupdate", "run_id"]]).fetchall()
+    kinds = con.execute(
+        "select prompt_name, count(*) from llm_calls where run_id = ? group by 1",
+        [table.loc["compact+batch1+noupdate", "run_id"]],
+    ).fetchall()
     con.close()
     assert dict(kinds).get("rating") == table.loc["compact+batch1+noupdate", "n"]
     assert "profile_update" not in dict(kinds)
@@ -50,7 +69,12 @@ def test_prompt_study_compares_variants_on_the_same_pairs(tmp_path, llm_server):
 
 
 def test_prompt_study_rejects_a_bad_variant(tmp_path):
-    done = subprocess.run([sys.executable, "benchmarks/prompt_study.py", "--variants", "compact+batchX",
-                           "--work-dir", str(tmp_path)], cwd=REPO, env=user_env(), capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "benchmarks/prompt_study.py", "--variants", "compact+batchX", "--work-dir", str(tmp_path)],
+        cwd=REPO,
+        env=user_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0 and "compact+batchX" in done.stderr and "Traceback" not in done.stderr

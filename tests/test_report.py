@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from tasks import report
+from doppel.tasks import report
 from tests.test_views import VIEWS, make_toy_db
 
 SECTIONS = ["overview", "fidelity", "distributions", "activity", "costs", "validation", "failed", "config"]
@@ -71,8 +71,15 @@ def test_report_unknown_run_and_latest(toy_db, tmp_path):
 
 
 def test_activity_bins_pool_exactly():
-    users = pd.DataFrame({"user_id": list("abcdef"), "n": [1, 3, 2, 2, 4, 0], "n_train": [10, 12, 14, 50, 60, 70],
-                          "rmse": [1.0, 2.0, 0.0, 1.0, 0.5, None], "mae": [1.0, 1.0, 0.0, 1.0, 0.5, None]})
+    users = pd.DataFrame(
+        {
+            "user_id": list("abcdef"),
+            "n": [1, 3, 2, 2, 4, 0],
+            "n_train": [10, 12, 14, 50, 60, 70],
+            "rmse": [1.0, 2.0, 0.0, 1.0, 0.5, None],
+            "mae": [1.0, 1.0, 0.0, 1.0, 0.5, None],
+        }
+    )
     bins = report.activity_bins(users)  # 5 users with pairs -> one bin (>= ~3 users per bin)
     assert bins["users"].tolist() == [5] and bins["pairs"].tolist() == [12]
     assert bins["rmse"][0] == pytest.approx(((1 + 12 + 0 + 2 + 1) / 12) ** 0.5)
@@ -102,8 +109,8 @@ def test_views_work_on_a_file_without_them(tmp_path):
 
 
 def test_cli_sql_and_report(toy_db, tmp_path):
-    import flows.cli_explore  # noqa: F401  (registers the commands)
-    from flows.cli import app
+    import doppel.flows.cli_explore  # noqa: F401  (registers the commands)
+    from doppel.flows.cli import app
 
     runner = CliRunner()
     listed = runner.invoke(app, ["sql", "--list"])
@@ -111,8 +118,17 @@ def test_cli_sql_and_report(toy_db, tmp_path):
     shown = runner.invoke(app, ["sql", "--db", str(toy_db), "--view", "failed_pairs", "--run-id", "r1"])
     assert shown.exit_code == 0, shown.output
     assert "missing" in shown.output and "1 row" in shown.output
-    query = runner.invoke(app, ["sql", "--db", str(toy_db), "--max-width", "8",
-                                "select text from profile_evolution order by version desc limit 1"])
+    query = runner.invoke(
+        app,
+        [
+            "sql",
+            "--db",
+            str(toy_db),
+            "--max-width",
+            "8",
+            "select text from profile_evolution order by version desc limit 1",
+        ],
+    )
     assert query.exit_code == 0 and "Dislike…" in query.output  # "Dislikes  drama." cut to 8
     bad = runner.invoke(app, ["sql", "--db", str(toy_db), "select * from nowhere"])
     assert bad.exit_code == 2 and "nowhere" in bad.output

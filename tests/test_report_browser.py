@@ -24,9 +24,18 @@ from tests.test_report import IMAGES, SECTIONS
 from tests.test_views import make_toy_db
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-         "--virtual-time-budget=10000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--virtual-time-budget=10000",
+]
 PROBE = """<script>
 window.addEventListener("load", function () {
   var images = Array.prototype.map.call(document.images, function (img) {
@@ -40,8 +49,10 @@ window.addEventListener("load", function () {
 });
 </script>"""
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: apt-get install -y chromium")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: apt-get install -y chromium"),
+]
 
 
 def _chromium(args: list[str], width: int, height: int) -> str:
@@ -85,7 +96,7 @@ def png_size(png: Path) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def report_file(tmp_path_factory) -> Path:
-    from tasks.report import write_report
+    from doppel.tasks.report import write_report
 
     root = tmp_path_factory.mktemp("browser")
     return write_report(make_toy_db(root / "toy.duckdb"), "r1", root / "report.html")

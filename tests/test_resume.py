@@ -26,10 +26,35 @@ CONCURRENCY = 4
 
 
 def doppel(base_url: str, db: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", "run", "--dataset", "synthetic", "--synthetic-users", "24",
-            "--synthetic-items", "60", "--users", "8", "--base-url", base_url, "--model", "doppel-test-model",
-            "--concurrency", str(CONCURRENCY), "--db", str(db), "--run-id", RUN_ID, "--no-progress",
-            "--no-baselines", "--dask-workers", "2", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "doppel.flows.cli",
+        "run",
+        "--dataset",
+        "synthetic",
+        "--synthetic-users",
+        "24",
+        "--synthetic-items",
+        "60",
+        "--users",
+        "8",
+        "--base-url",
+        base_url,
+        "--model",
+        "doppel-test-model",
+        "--concurrency",
+        str(CONCURRENCY),
+        "--db",
+        str(db),
+        "--run-id",
+        RUN_ID,
+        "--no-progress",
+        "--no-baselines",
+        "--dask-workers",
+        "2",
+        *extra,
+    ]
 
 
 def env() -> dict:
@@ -51,8 +76,9 @@ def rows(db: Path, sql: str):
 
 
 def tables(db: Path):
-    ratings = rows(db, "select fold, user_id, item_id, rating, status from simulated_ratings where run_id = ? "
-                       "order by all")
+    ratings = rows(
+        db, "select fold, user_id, item_id, rating, status from simulated_ratings where run_id = ? order by all"
+    )
     profiles = rows(db, "select fold, user_id, version, stage, text from profiles where run_id = ? order by all")
     return ratings, profiles
 
@@ -69,8 +95,14 @@ def test_kill9_mid_run_then_resume_equals_an_uninterrupted_run(prefect_server, l
     assert len(ref[0]) > 0 and set(ref[0]["status"]) == {"ok"}
 
     llm_server.reset()
-    proc = subprocess.Popen(doppel(llm_server.base_url, db), cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        doppel(llm_server.base_url, db),
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     seen: dict = {}
     deadline = time.monotonic() + 120
     try:
@@ -90,8 +122,11 @@ def test_kill9_mid_run_then_resume_equals_an_uninterrupted_run(prefect_server, l
     # nothing the kill left behind is alive, and the file holds whole users only
     time.sleep(1.0)
     assert alive(seen) == [], f"processes of the killed run are still alive: {alive(seen)}"
-    state = rows(db, "select u.user_id, u.status, u.n_pairs, count(s.item_id) as n_rows from run_users u "
-                     "left join simulated_ratings s using (run_id, fold, user_id) where u.run_id = ? group by all")
+    state = rows(
+        db,
+        "select u.user_id, u.status, u.n_pairs, count(s.item_id) as n_rows from run_users u "
+        "left join simulated_ratings s using (run_id, fold, user_id) where u.run_id = ? group by all",
+    )
     assert len(state) == 8 and (state["status"] != "done").any(), state
     assert (state.loc[state["status"] == "done", "n_rows"] == state.loc[state["status"] == "done", "n_pairs"]).all()
     assert (state.loc[state["status"] == "pending", "n_rows"] == 0).all(), "a half-written user"

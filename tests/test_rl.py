@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from tasks.rl.env import DoppelRecEnv
-from tasks.rl.rewards import UserItemLikes, World, build_world, ensemble_likes
+from doppel.tasks.rl.env import DoppelRecEnv
+from doppel.tasks.rl.rewards import UserItemLikes, World, build_world, ensemble_likes
 
 
 def hand_world(like: np.ndarray, n_hist: int = 4, seed: int = 0, defined: np.ndarray | None = None) -> World:
@@ -24,10 +24,14 @@ def hand_world(like: np.ndarray, n_hist: int = 4, seed: int = 0, defined: np.nda
     rng = np.random.default_rng(seed)
     n_users, n_items = like.shape
     users, items = [f"u{k}" for k in range(n_users)], [f"i{k}" for k in range(n_items)]
-    likes = UserItemLikes(users, items, like.astype(bool),
-                          np.ones_like(like, bool) if defined is None else defined, "hand")
-    rows = [(u, items[i], int(rng.integers(1, 6)), t) for u in users
-            for t, i in enumerate(rng.choice(n_items, n_hist, replace=False))]
+    likes = UserItemLikes(
+        users, items, like.astype(bool), np.ones_like(like, bool) if defined is None else defined, "hand"
+    )
+    rows = [
+        (u, items[i], int(rng.integers(1, 6)), t)
+        for u in users
+        for t, i in enumerate(rng.choice(n_items, n_hist, replace=False))
+    ]
     train = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "ts"])
     emb = rng.normal(size=(n_items, 6)).astype(np.float32)
     return build_world(train, likes, emb / np.linalg.norm(emb, axis=1, keepdims=True), np.ones(n_items, bool), 4, 4)
@@ -64,7 +68,8 @@ def test_seeded_rollouts_are_identical():
     def same(a, b):
         return len(a) == len(b) and all(
             all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y for x, y in zip(p, q))
-            for p, q in zip(a, b))
+            for p, q in zip(a, b)
+        )
 
     assert same(rollout(3), rollout(3))
     assert not same(rollout(3), rollout(4))
@@ -80,7 +85,7 @@ def test_no_item_is_rewarded_twice_and_a_repeat_changes_nothing():
     world = hand_world(np.ones((2, 12), bool))  # every pair liked
     env = DoppelRecEnv(world, horizon=40, leave_after=None, exclude_train=False)
     obs, _ = env.reset(seed=0, options={"user": 0})
-    obs, reward, *_ , info = env.step(5)
+    obs, reward, *_, info = env.step(5)
     assert reward == 1.0 and not info["repeat"]
     again, reward, _, _, info = env.step(5)
     assert reward == 0.0 and info["repeat"] and not env.action_masks()[5]
@@ -97,7 +102,7 @@ def test_no_item_is_rewarded_twice_and_a_repeat_changes_nothing():
 
 
 def test_train_items_count_as_seen_and_baselines_never_repeat():
-    from tasks.rl.agents import PopularPolicy, RandomPolicy, evaluate
+    from doppel.tasks.rl.agents import PopularPolicy, RandomPolicy, evaluate
 
     world = random_world(1)
     env = DoppelRecEnv(world, leave_after=None)
@@ -142,21 +147,32 @@ def test_unrated_pairs_of_a_run_reward_give_nothing():
 
 # ----------------------------------------------------------------------------- the reward is the episode user's vote
 
+
 def disagreeing_users():
     """a likes the space films 1, 2 and dislikes the romance 3; b the opposite. Film 4 is space + gore."""
-    train = pd.DataFrame({"user_id": ["a", "a", "a", "b", "b", "b"], "item_id": ["1", "2", "3", "1", "2", "3"],
-                          "rating": [5, 5, 1, 1, 2, 5], "ts": [1, 2, 3, 1, 2, 3]})
-    keywords = pd.DataFrame({"item_id": ["1", "1", "2", "2", "3", "3", "4", "4"],
-                             "polarity": ["pro", "con"] * 4,
-                             "canonical": ["space", "gore", "space", "gore", "romance", "sappy", "space", "gore"]})
+    train = pd.DataFrame(
+        {
+            "user_id": ["a", "a", "a", "b", "b", "b"],
+            "item_id": ["1", "2", "3", "1", "2", "3"],
+            "rating": [5, 5, 1, 1, 2, 5],
+            "ts": [1, 2, 3, 1, 2, 3],
+        }
+    )
+    keywords = pd.DataFrame(
+        {
+            "item_id": ["1", "1", "2", "2", "3", "3", "4", "4"],
+            "polarity": ["pro", "con"] * 4,
+            "canonical": ["space", "gore", "space", "gore", "romance", "sappy", "space", "gore"],
+        }
+    )
     vectors = np.array([[1, 0, 0], [0.95, 0.1, 0], [0, 1, 0], [0.9, 0, 0.3]], dtype=np.float32)
     return train, keywords, vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 def test_reward_is_the_episode_users_own_ensemble_vote():
-    from tasks.ensemble.config import SASRecSettings
-    from tasks.ensemble.evaluate import score_pairs
-    from tasks.ensemble.sasrec import train_sasrec
+    from doppel.tasks.ensemble.config import SASRecSettings
+    from doppel.tasks.ensemble.evaluate import score_pairs
+    from doppel.tasks.ensemble.sasrec import train_sasrec
 
     train, keywords, emb = disagreeing_users()
     items = ["1", "2", "3", "4"]
@@ -178,30 +194,52 @@ def test_reward_is_the_episode_users_own_ensemble_vote():
 
 # ----------------------------------------------------------------------------- `doppel rl` end to end
 
+
 @pytest.mark.slow
 def test_doppel_rl_trains_every_agent_on_the_synthetic_ensemble(prefect_server, llm_server, run_settings, tmp_path):
     import duckdb
     from typer.testing import CliRunner
 
-    import flows.cli_rl  # noqa: F401  (registers `doppel rl`)
-    from flows.cli import app
-    from flows.ensemble import ensemble
-    from tasks.ensemble.config import EnsembleSettings, SASRecSettings
+    import doppel.flows.cli_rl  # noqa: F401  (registers `doppel rl`)
+    from doppel.flows.cli import app
+    from doppel.flows.ensemble import ensemble
+    from doppel.tasks.ensemble.config import EnsembleSettings, SASRecSettings
     from tests.test_ensemble import genre_keywords
 
     llm_server.app.answer_fn = genre_keywords
     try:
-        settings = EnsembleSettings(run=run_settings(synthetic_users=24, synthetic_items=60, runner="threads"),
-                                    fold="u1", items=30, ensemble_id="ens-rl",
-                                    sasrec=SASRecSettings(maxlen=20, dim=16, blocks=1, heads=1, epochs=3,
-                                                          batch_size=16))
+        settings = EnsembleSettings(
+            run=run_settings(synthetic_users=24, synthetic_items=60, runner="threads"),
+            fold="u1",
+            items=30,
+            ensemble_id="ens-rl",
+            sasrec=SASRecSettings(maxlen=20, dim=16, blocks=1, heads=1, epochs=3, batch_size=16),
+        )
         assert ensemble(settings)["status"] == "finished"
     finally:
         llm_server.app.answer_fn = None
     db = settings.run.db
     plot = tmp_path / "curve.png"
-    result = CliRunner().invoke(app, ["rl", "--db", db, "--algo", "all", "--steps", "64", "--episodes", "3",
-                                      "--seeds", "2", "--rl-id", "rl-test", "--plot", str(plot)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "rl",
+            "--db",
+            db,
+            "--algo",
+            "all",
+            "--steps",
+            "64",
+            "--episodes",
+            "3",
+            "--seeds",
+            "2",
+            "--rl-id",
+            "rl-test",
+            "--plot",
+            str(plot),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "rl:trpo" in result.output and "rl:popular" in result.output
     con = duckdb.connect(db, read_only=True)
@@ -229,12 +267,28 @@ def test_doppel_rl_trains_every_agent_on_the_synthetic_ensemble(prefect_server, 
     # the alternative reward: a spine run's ratings (here: 30 true held-out ratings)
     con = duckdb.connect(db)
     try:
-        con.execute("insert into simulated_ratings (run_id, fold, user_id, item_id, rating, status, reason, batch, "
-                    "attempts, call_key) select 'spine-x', 'u1', v.user_id, v.item_id, v.rating, 'ok', "
-                    "null, 0, 1, null from votes v where v.run_id = 'ens-rl' order by user_id, item_id limit 30")
+        con.execute(
+            "insert into simulated_ratings (run_id, fold, user_id, item_id, rating, status, reason, batch, "
+            "attempts, call_key) select 'spine-x', 'u1', v.user_id, v.item_id, v.rating, 'ok', "
+            "null, 0, 1, null from votes v where v.run_id = 'ens-rl' order by user_id, item_id limit 30"
+        )
     finally:
         con.close()
-    result = CliRunner().invoke(app, ["rl", "--db", db, "--reward", "run:spine-x", "--algo", "random,popular",
-                                      "--episodes", "4", "--rl-id", "rl-run"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "rl",
+            "--db",
+            db,
+            "--reward",
+            "run:spine-x",
+            "--algo",
+            "random,popular",
+            "--episodes",
+            "4",
+            "--rl-id",
+            "rl-run",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "reward run:spine-x" in result.output

@@ -10,16 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.llm.cache import ResponseCache
-from tasks.llm.gateway import LLMGateway
-from tasks.llm.limits import CallLimiter
-from tasks.sandbox import memory, schemas as sc, social
-from tasks.sandbox.agent import play_turn
-from tasks.sandbox.build import activity_levels, choose_users, is_active
-from tasks.sandbox.config import MemorySettings, SandboxSettings
-from tasks.sandbox.records import Agent, ItemCard, Turn
-from tasks.sandbox.recommender import build_recommender
-from tests.llm_faults import request_kind, schema_answer
+from doppel.tasks.llm.cache import ResponseCache
+from doppel.tasks.llm.gateway import LLMGateway
+from doppel.tasks.llm.limits import CallLimiter
+from doppel.tasks.sandbox import memory, social
+from doppel.tasks.sandbox import schemas as sc
+from doppel.tasks.sandbox.agent import play_turn
+from doppel.tasks.sandbox.build import activity_levels, choose_users, is_active
+from doppel.tasks.sandbox.config import MemorySettings, SandboxSettings
+from doppel.tasks.sandbox.recommender import build_recommender
+from doppel.tasks.sandbox.records import Agent, ItemCard, Turn
+from doppel.testing.llm_faults import request_kind, schema_answer
 
 SCHEMAS = [
     (sc.Decision, sc.decision_schema(["recommender", "chat", "post", "nothing"], ["A02", "A03"])),
@@ -47,10 +48,12 @@ def test_test_server_answers_are_valid_instances_of_each_schema(model, schema):
 
 
 def test_request_kind_of_sandbox_schemas_and_old_kinds_unchanged():
-    body = {"messages": [{"role": "user", "content": "x"}],
-            "response_format": {"type": "json_schema", "json_schema": {"name": "sandbox_decide", "schema": {}}}}
+    body = {
+        "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "sandbox_decide", "schema": {}}},
+    }
     assert request_kind(body) == "sandbox"
-    assert request_kind({"messages": [{"role": "user", "content": "item_ids: [\"1\"]"}]}) == "rating"
+    assert request_kind({"messages": [{"role": "user", "content": 'item_ids: ["1"]'}]}) == "rating"
     assert request_kind({"messages": [{"role": "user", "content": "write a profile"}]}) == "text"
 
 
@@ -58,20 +61,27 @@ def test_validate_reports_problems_a_model_can_act_on():
     assert sc.validate(sc.Decision, "I would like to watch a movie")[1].startswith("not valid JSON")
     _, problem = sc.validate(sc.Decision, '{"action": "dance", "friend": "none"}')
     assert "action" in problem
-    parsed, problem = sc.validate(sc.Reviews, 'Sure: {"reviews": [{"item_id": "1", "rating": 4, "feeling": "fun"}], '
-                                              '"importance": 5} ok')
+    parsed, problem = sc.validate(
+        sc.Reviews, 'Sure: {"reviews": [{"item_id": "1", "rating": 4, "feeling": "fun"}], "importance": 5} ok'
+    )
     assert problem is None and parsed.reviews[0].rating == 4
-    assert "rating" in sc.validate(sc.Reviews, '{"reviews": [{"item_id": "1", "rating": 9, "feeling": "x"}], '
-                                               '"importance": 5}')[1]
+    assert (
+        "rating"
+        in sc.validate(sc.Reviews, '{"reviews": [{"item_id": "1", "rating": 9, "feeling": "x"}], "importance": 5}')[1]
+    )
 
 
 # ----------------------------------------------------------------------------- recommenders
 
 
 def world():
-    items = pd.DataFrame({"item_id": [str(i) for i in range(1, 9)],
-                          "title": ["Alpha", "Beta", "Gamma", "Delta", "Epsilon", "Zeta", "Eta", "Theta"],
-                          "genres": ["Comedy", "Drama", "Comedy|Drama", "Horror", "Comedy", "Sci-Fi", "Drama", "War"]})
+    items = pd.DataFrame(
+        {
+            "item_id": [str(i) for i in range(1, 9)],
+            "title": ["Alpha", "Beta", "Gamma", "Delta", "Epsilon", "Zeta", "Eta", "Theta"],
+            "genres": ["Comedy", "Drama", "Comedy|Drama", "Horror", "Comedy", "Sci-Fi", "Drama", "War"],
+        }
+    )
     rng = np.random.default_rng(0)
     rows = [(f"u{u}", str(i), int(rng.integers(1, 6))) for u in range(1, 13) for i in range(1, 9) if rng.random() < 0.6]
     train = pd.DataFrame(rows, columns=["user_id", "item_id", "rating"])
@@ -114,8 +124,16 @@ def test_mf_retrains_on_sandbox_ratings_and_random_is_seeded_per_visit():
 def test_retrieval_weighs_relevance_recency_and_importance():
     cfg = MemorySettings(k=1, decay=0.5)
     e = np.eye(3, dtype=np.float32)
-    frame = pd.DataFrame({"text": ["old relevant", "new", "important"], "round": [0, 5, 0], "importance": [1, 1, 10],
-                          "seq": [1, 2, 3], "kind": ["watch"] * 3, "embedding": [e[0], e[1], e[2]]})
+    frame = pd.DataFrame(
+        {
+            "text": ["old relevant", "new", "important"],
+            "round": [0, 5, 0],
+            "importance": [1, 1, 10],
+            "seq": [1, 2, 3],
+            "kind": ["watch"] * 3,
+            "embedding": [e[0], e[1], e[2]],
+        }
+    )
     assert memory.retrieve(frame, e[0], 5, cfg) == ["old relevant"]  # relevance 1 beats recency 1 at w = 1
     assert memory.retrieve(frame, e[0], 5, cfg.model_copy(update={"w_relevance": 0.0})) == ["new"]
     only_imp = cfg.model_copy(update={"w_relevance": 0.0, "w_recency": 0.0})
@@ -156,20 +174,37 @@ def test_agent_choice_and_activity_are_seeded():
 # ----------------------------------------------------------------------------- one turn over HTTP
 
 
-CARDS = {str(i): ItemCard(str(i), t, 1990 + i, g) for i, t, g in
-         [(1, "Alpha", "Comedy"), (2, "Beta", "Drama"), (3, "Gamma", "Comedy|Drama"), (4, "Delta", "Horror"),
-          (5, "Epsilon", "Comedy"), (6, "Zeta", "Sci-Fi"), (7, "Eta", "Drama"), (8, "Theta", "War")]}
+CARDS = {
+    str(i): ItemCard(str(i), t, 1990 + i, g)
+    for i, t, g in [
+        (1, "Alpha", "Comedy"),
+        (2, "Beta", "Drama"),
+        (3, "Gamma", "Comedy|Drama"),
+        (4, "Delta", "Horror"),
+        (5, "Epsilon", "Comedy"),
+        (6, "Zeta", "Sci-Fi"),
+        (7, "Eta", "Drama"),
+        (8, "Theta", "War"),
+    ]
+}
 
 
 def _turn(**kw) -> Turn:
     agent = Agent("A01", "u1", "24 years old, male, student", "Likes comedies.", 1.0, ("A02",))
-    base = dict(agent=agent, round=1, active=True, memories=["Before: watched Alpha and gave it 5 stars"], inbox=[],
-                friends={"A02": "30 years old, female"}, watched=frozenset({"1"}))
+    base = dict(
+        agent=agent,
+        round=1,
+        active=True,
+        memories=["Before: watched Alpha and gave it 5 stars"],
+        inbox=[],
+        friends={"A02": "30 years old, female"},
+        watched=frozenset({"1"}),
+    )
     return Turn(**{**base, **kw})
 
 
 def _play(llm_server, tmp_path, turn: Turn, answers: dict | None = None, **cfg):
-    from tasks.settings import LLMSettings
+    from doppel.tasks.settings import LLMSettings
 
     items, train = world()
     rec = build_recommender("popular", items, train, train.iloc[:0], ["u1"])
@@ -194,19 +229,25 @@ def _play(llm_server, tmp_path, turn: Turn, answers: dict | None = None, **cfg):
 
 
 def test_a_recommender_visit_pages_watches_rates_and_remembers(llm_server, tmp_path):
-    answers = {"sandbox_decide": '{"action": "recommender", "friend": "none"}',
-               "sandbox_browse": '{"choice": "watch", "watch": ["3"], "query": ""}',
-               "sandbox_watch": '{"reviews": [{"item_id": "3", "rating": 4, "feeling": "warm and funny"}], '
-                                '"importance": 6}'}
+    answers = {
+        "sandbox_decide": '{"action": "recommender", "friend": "none"}',
+        "sandbox_browse": '{"choice": "watch", "watch": ["3"], "query": ""}',
+        "sandbox_watch": '{"reviews": [{"item_id": "3", "rating": 4, "feeling": "warm and funny"}], "importance": 6}',
+    }
     out = _play(llm_server, tmp_path, _turn(), answers)
     assert [a["action"] for a in out.actions] == ["recommender", "watch", "rate"]
     assert all(a["status"] == "ok" and a["call_key"] for a in out.actions)
     assert len(out.pages) == 1 and len(out.pages[0]["item_ids"]) == 5 and "1" not in out.pages[0]["item_ids"]
-    assert out.ratings == [{"item_id": "3", "rating": 4, "feeling": "warm and funny", "call_key": out.calls[-1].call_key}]
+    assert out.ratings == [
+        {"item_id": "3", "rating": 4, "feeling": "warm and funny", "call_key": out.calls[-1].call_key}
+    ]
     assert out.memories[0]["importance"] == 6 and "Gamma" in out.memories[0]["text"]
     sent = [e["request"] for e in llm_server.log()]
-    assert [b["response_format"]["json_schema"]["name"] for b in sent] == ["sandbox_decide", "sandbox_browse",
-                                                                          "sandbox_watch"]
+    assert [b["response_format"]["json_schema"]["name"] for b in sent] == [
+        "sandbox_decide",
+        "sandbox_browse",
+        "sandbox_watch",
+    ]
     browse_schema = sent[1]["response_format"]["json_schema"]["schema"]
     assert browse_schema["properties"]["watch"]["items"]["enum"] == out.pages[0]["item_ids"]
     # the stable prefix: the same system prompt and persona open every call of the agent
@@ -224,11 +265,22 @@ def test_chat_is_remembered_by_both_and_posts_are_recorded(llm_server, tmp_path)
 
 def test_an_invalid_decision_is_repaired_then_recorded_failed(llm_server, tmp_path):
     out = _play(llm_server, tmp_path, _turn(), {"sandbox_decide": "I think I will watch something"})
-    assert out.actions == [{"step": 0, "action": "decide", "detail": "", "status": "failed", "call_key": None,
-                            "error": out.actions[0]["error"]}]
+    assert out.actions == [
+        {
+            "step": 0,
+            "action": "decide",
+            "detail": "",
+            "status": "failed",
+            "call_key": None,
+            "error": out.actions[0]["error"],
+        }
+    ]
     assert "invalid answer after 3 attempts: not valid JSON" in out.actions[0]["error"]
-    assert [c.status for c in out.calls] == ["invalid"] * 3 and [c.prompt_name for c in out.calls] == \
-        ["sandbox_decide", "sandbox_repair", "sandbox_repair"]
+    assert [c.status for c in out.calls] == ["invalid"] * 3 and [c.prompt_name for c in out.calls] == [
+        "sandbox_decide",
+        "sandbox_repair",
+        "sandbox_repair",
+    ]
     # a chat with a stranger is invalid too (the schema allows only friends; a server ignoring it is checked)
     out = _play(llm_server, tmp_path, _turn(), {"sandbox_decide": '{"action": "chat", "friend": "A09"}'})
     assert out.actions[0]["status"] == "failed" and "friend must be one of" in out.actions[0]["error"]
@@ -242,17 +294,17 @@ def test_inactive_agents_make_no_call_and_reflection_adds_insights(llm_server, t
 
 
 def test_options_are_shuffled_per_agent_and_round_and_sent_in_that_order(llm_server, tmp_path):
-    from tasks.sandbox.agent import options_for
+    from doppel.tasks.sandbox.agent import options_for
 
     orders = {tuple(options_for(_turn(round=r), seed=0)) for r in range(12)}
     assert len(orders) > 3 and all(sorted(o) == ["chat", "nothing", "post", "recommender"] for o in orders)
     assert options_for(_turn(round=2)) == options_for(_turn(round=2))
     assert options_for(_turn(friends={})) in (["recommender", "nothing"], ["nothing", "recommender"])
-    from tasks.channel import ChannelReader, ResultChannel
-    from tasks.sandbox.build import run_turns
-    from tasks.sandbox.records import PackedTurns
-    from tasks.settings import LLMSettings
-    from tasks.simulation import LimitSpec
+    from doppel.tasks.channel import ChannelReader, ResultChannel
+    from doppel.tasks.sandbox.build import run_turns
+    from doppel.tasks.sandbox.records import PackedTurns
+    from doppel.tasks.settings import LLMSettings
+    from doppel.tasks.simulation import LimitSpec
 
     items, train = world()
     rec = build_recommender("popular", items, train, train.iloc[:0], ["u1"])
@@ -260,8 +312,17 @@ def test_options_are_shuffled_per_agent_and_round_and_sent_in_that_order(llm_ser
     channel = ResultChannel("test-options", "local")
     llm_server.app.answer_fn = lambda kind, body: '{"action": "nothing", "friend": "none"}'
     try:  # the chunk entry samples decisions at the sandbox's temperature (profiles keep the run's)
-        done = run_turns(PackedTurns([_turn(round=5)]), rec, CARDS, SandboxSettings(temperature=0.6), llm,
-                         "doppel-test-model", str(tmp_path / "cache"), LimitSpec(local_slots=1), channel)
+        done = run_turns(
+            PackedTurns([_turn(round=5)]),
+            rec,
+            CARDS,
+            SandboxSettings(temperature=0.6),
+            llm,
+            "doppel-test-model",
+            str(tmp_path / "cache"),
+            LimitSpec(local_slots=1),
+            channel,
+        )
     finally:
         llm_server.app.answer_fn = None
     reader = ChannelReader(channel)

@@ -5,38 +5,50 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from tasks.sandbox.config import MemorySettings, SandboxSettings
-from tasks.sandbox.store import TABLES, export
+from doppel.tasks.sandbox.config import MemorySettings, SandboxSettings
+from doppel.tasks.sandbox.store import TABLES, export
 
 pytestmark = pytest.mark.slow
 
-CONTENT = {"sandbox_actions": "round, agent_id, step, action, detail, status, error",
-           "sandbox_pages": "round, agent_id, step, page, query, item_ids",
-           "sandbox_ratings": "round, agent_id, item_id, rating, feeling",
-           "sandbox_messages": "round, chat_id, turn, speaker_id, text",
-           "sandbox_posts": "round, agent_id, text",
-           "sandbox_memories": "agent_id, round, kind, text, importance"}
+CONTENT = {
+    "sandbox_actions": "round, agent_id, step, action, detail, status, error",
+    "sandbox_pages": "round, agent_id, step, page, query, item_ids",
+    "sandbox_ratings": "round, agent_id, item_id, rating, feeling",
+    "sandbox_messages": "round, chat_id, turn, speaker_id, text",
+    "sandbox_posts": "round, agent_id, text",
+    "sandbox_memories": "agent_id, round, kind, text, importance",
+}
 
 
 def tables(db: str, sandbox_id: str) -> dict[str, list[tuple]]:
     with duckdb.connect(db, read_only=True) as con:
-        return {t: sorted(con.execute(f"select {cols} from {t} where sandbox_id = ?", [sandbox_id]).fetchall(),
-                          key=repr) for t, cols in CONTENT.items()}
+        return {
+            t: sorted(con.execute(f"select {cols} from {t} where sandbox_id = ?", [sandbox_id]).fetchall(), key=repr)
+            for t, cols in CONTENT.items()
+        }
 
 
 @pytest.fixture
 def sandbox(prefect_server, run_settings, llm_server):
     def make(**overrides) -> SandboxSettings:
         run = run_settings(synthetic_users=16, synthetic_items=60)
-        base = dict(run=run, agents=4, rounds=2, friends=2, activity=0.9, recommender="mf",
-                    memory=MemorySettings(reflect_every=2), seed=3)
+        base = dict(
+            run=run,
+            agents=4,
+            rounds=2,
+            friends=2,
+            activity=0.9,
+            recommender="mf",
+            memory=MemorySettings(reflect_every=2),
+            seed=3,
+        )
         return SandboxSettings(**{**base, **overrides})
 
     return make
 
 
 def test_two_rounds_resume_and_export(sandbox, llm_server, tmp_path):
-    from flows.sandbox import run_sandbox
+    from doppel.flows.sandbox import run_sandbox
 
     settings = sandbox(sandbox_id="sbx-test")
     db = settings.run.db
@@ -47,27 +59,36 @@ def test_two_rounds_resume_and_export(sandbox, llm_server, tmp_path):
     with duckdb.connect(db, read_only=True) as con:
         agents = con.execute("select agent_id, profile_source, profile from sandbox_agents").fetchall()
         assert len(agents) == 4 and all(src == "built" and len(p) > 20 for _, src, p in agents)
-        per_round = con.execute("select round, count(distinct agent_id) from sandbox_actions "
-                                "where sandbox_id = 'sbx-test' group by round order by round").fetchall()
+        per_round = con.execute(
+            "select round, count(distinct agent_id) from sandbox_actions "
+            "where sandbox_id = 'sbx-test' group by round order by round"
+        ).fetchall()
         assert per_round == [(1, 4), (2, 4)]  # every agent acts (or rests) and is recorded in every round
         pages = con.execute("select item_ids, page, query from sandbox_pages").fetchall()
         assert pages and all(len(ids) <= 5 for ids, _, _ in pages)
         assert all(len(ids) == 5 for ids, page, q in pages if page == 1 and q is None)  # 60 items: a full page
         # a rated item was on the page the agent watched it from, and never watched twice
-        assert con.execute("select count(*) from sandbox_ratings r where not exists (select 1 from sandbox_pages p "
-                           "where p.agent_id = r.agent_id and p.round = r.round and "
-                           "list_contains(p.item_ids, r.item_id))").fetchone() == (0,)
+        assert con.execute(
+            "select count(*) from sandbox_ratings r where not exists (select 1 from sandbox_pages p "
+            "where p.agent_id = r.agent_id and p.round = r.round and "
+            "list_contains(p.item_ids, r.item_id))"
+        ).fetchone() == (0,)
         dims = con.execute("select distinct len(embedding) from sandbox_memories").fetchall()
         assert dims == [(384,)]
         assert con.execute("select count(*) from sandbox_memories where kind = 'reflection'").fetchone()[0] >= 1
-        calls = con.execute("select count(*), count(distinct call_key) from llm_calls where run_id = 'sbx-test' "
-                            "and not cached").fetchone()
+        calls = con.execute(
+            "select count(*), count(distinct call_key) from llm_calls where run_id = 'sbx-test' and not cached"
+        ).fetchone()
         assert calls[0] == first_calls  # every HTTP call is in the audit log
-        keys = con.execute("select count(*) from sandbox_actions where call_key is not null and call_key not in "
-                           "(select call_key from llm_calls)").fetchone()
+        keys = con.execute(
+            "select count(*) from sandbox_actions where call_key is not null and call_key not in "
+            "(select call_key from llm_calls)"
+        ).fetchone()
         assert keys == (0,)
         posts = con.execute("select count(*) from sandbox_posts where round = 1").fetchone()[0]
-        reads = con.execute("select count(*) from sandbox_memories where kind = 'post_read' and round = 2").fetchone()[0]
+        reads = con.execute("select count(*) from sandbox_memories where kind = 'post_read' and round = 2").fetchone()[
+            0
+        ]
         assert (posts == 0) == (reads == 0)
     mix = {m["action"]: m["n"] for m in summary["action_mix"]}
     assert sum(mix.values()) == 8 and len(mix) >= 2
@@ -82,8 +103,9 @@ def test_two_rounds_resume_and_export(sandbox, llm_server, tmp_path):
     third_calls = llm_server.stats()["requests"] - first_calls
     assert third_calls > 0
     after3 = tables(db, "sbx-test")
-    assert {k: [r for r in v if r[0] != 3 and not (k == "sandbox_memories" and r[1] == 3)]
-            for k, v in after3.items()} == before
+    assert {
+        k: [r for r in v if r[0] != 3 and not (k == "sandbox_memories" and r[1] == 3)] for k, v in after3.items()
+    } == before
 
     # round 3 interrupted half-way (marked running, some rows written): the rerun redoes it from the cache
     with duckdb.connect(db) as con:
@@ -96,8 +118,9 @@ def test_two_rounds_resume_and_export(sandbox, llm_server, tmp_path):
 
     # exported files hold exactly the sandbox's rows
     with duckdb.connect(db, read_only=True) as con:
-        counts = {t: con.execute(f"select count(*) from {t} where sandbox_id = 'sbx-test'").fetchone()[0]
-                  for t in TABLES}
+        counts = {
+            t: con.execute(f"select count(*) from {t} where sandbox_id = 'sbx-test'").fetchone()[0] for t in TABLES
+        }
     for fmt, reader in (("parquet", "read_parquet"), ("csv", "read_csv_auto"), ("json", "read_json_auto")):
         paths = export(db, "sbx-test", tmp_path / fmt, fmt)
         assert [p.stem for p in paths] == list(TABLES)
@@ -110,11 +133,24 @@ def test_two_rounds_resume_and_export(sandbox, llm_server, tmp_path):
     # the CLI: `doppel sandbox export` and the printed summary
     from typer.testing import CliRunner
 
-    from flows.cli import app
-    from flows.cli_sandbox import console, print_sandbox
+    from doppel.flows.cli import app
+    from doppel.flows.cli_sandbox import console, print_sandbox
 
-    done = CliRunner().invoke(app, ["sandbox", "export", "--sandbox-id", "sbx-test", "--db", db, "--out",
-                                    str(tmp_path / "cli"), "--format", "csv"])
+    done = CliRunner().invoke(
+        app,
+        [
+            "sandbox",
+            "export",
+            "--sandbox-id",
+            "sbx-test",
+            "--db",
+            db,
+            "--out",
+            str(tmp_path / "cli"),
+            "--format",
+            "csv",
+        ],
+    )
     assert done.exit_code == 0, done.output
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == sorted(f"{t}.csv" for t in TABLES)
     missing = CliRunner().invoke(app, ["sandbox", "export", "--sandbox-id", "nope", "--db", db])
@@ -126,7 +162,7 @@ def test_two_rounds_resume_and_export(sandbox, llm_server, tmp_path):
 
 
 def test_a_new_sandbox_with_the_same_settings_replays_from_the_cache(sandbox, llm_server):
-    from flows.sandbox import run_sandbox
+    from doppel.flows.sandbox import run_sandbox
 
     settings = sandbox(sandbox_id="sbx-a", rounds=1, recommender="popular")
     run_sandbox(settings)
@@ -139,19 +175,24 @@ def test_a_new_sandbox_with_the_same_settings_replays_from_the_cache(sandbox, ll
 
 
 def test_agents_take_phase1_profiles_from_a_doppel_run(sandbox, llm_server, tmp_path):
-    from flows.sandbox import run_sandbox
-    from tasks.store.db import init_db
+    from doppel.flows.sandbox import run_sandbox
+    from doppel.tasks.store.db import init_db
 
     settings = sandbox(sandbox_id="sbx-p", rounds=0, profile_run_id="run-x", agents=3)
     init_db(settings.run.db)
     with duckdb.connect(settings.run.db) as con:  # a run's profiles: versions 1-2 Phase 1, version 3 an update
         for user, version, stage in [("3", 1, "initial"), ("3", 2, "refine"), ("3", 3, "update"), ("5", 1, "initial")]:
-            con.execute("insert into profiles (run_id, fold, user_id, version, stage, text) values (?, 'u1', ?, ?, ?, ?)",
-                        ["run-x", user, version, stage, f"profile {user} v{version}"])
+            con.execute(
+                "insert into profiles (run_id, fold, user_id, version, stage, text) values (?, 'u1', ?, ?, ?, ?)",
+                ["run-x", user, version, stage, f"profile {user} v{version}"],
+            )
     summary = run_sandbox(settings)
     with duckdb.connect(settings.run.db, read_only=True) as con:
-        agents = dict(con.execute("select user_id, profile || ' / ' || profile_source from sandbox_agents "
-                                  "where sandbox_id = 'sbx-p'").fetchall())
+        agents = dict(
+            con.execute(
+                "select user_id, profile || ' / ' || profile_source from sandbox_agents where sandbox_id = 'sbx-p'"
+            ).fetchall()
+        )
     assert agents["3"] == "profile 3 v2 / run:run-x" and agents["5"] == "profile 5 v1 / run:run-x"
     assert len(agents) == 3 and summary["rounds"] == []  # rounds=0: the set-up only
     built = [u for u, text in agents.items() if text.endswith("/ built")]

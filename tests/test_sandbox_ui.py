@@ -16,21 +16,25 @@ import pytest
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "sandbox_ui.png"
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: apt-get install -y chromium")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: apt-get install -y chromium"),
+]
 
 
 @pytest.fixture
 def ui_url(prefect_server, run_settings, llm_server):
     import uvicorn
 
-    from flows.runtime import free_port
-    from flows.sandbox_ui import SandboxController, create_app
-    from tasks.sandbox.config import SandboxSettings
+    from doppel.flows.runtime import free_port
+    from doppel.flows.sandbox_ui import SandboxController, create_app
+    from doppel.tasks.sandbox.config import SandboxSettings
 
     llm_server.configure(latency=0.05)  # a round takes a few seconds: the page sees it happen
-    settings = SandboxSettings(run=run_settings(synthetic_users=16, synthetic_items=60), agents=4, rounds=2, seed=1,
-                               activity=1.0)
+    settings = SandboxSettings(
+        run=run_settings(synthetic_users=16, synthetic_items=60), agents=4, rounds=2, seed=1, activity=1.0
+    )
     controller = SandboxController(settings)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(controller), host="127.0.0.1", port=port, log_level="warning"))
@@ -68,8 +72,11 @@ def test_the_page_runs_pauses_continues_and_resets_a_sandbox(ui_url):
             paused_at = int(page.text_content("#round"))
             assert 1 <= paused_at < 3
             page.click("#start")  # continues the same sandbox after its last finished round
-            page.wait_for_function("document.getElementById('round').textContent === '3' && "
-                                   "document.getElementById('status').textContent === 'finished'", timeout=180_000)
+            page.wait_for_function(
+                "document.getElementById('round').textContent === '3' && "
+                "document.getElementById('status').textContent === 'finished'",
+                timeout=180_000,
+            )
             page.wait_for_function("document.querySelectorAll('#agents .agent').length === 4", timeout=20_000)
             page.wait_for_function("document.querySelectorAll('#graph circle').length === 4", timeout=20_000)
             time.sleep(1.5)  # one more log poll

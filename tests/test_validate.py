@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import validate as v
+from doppel.tasks import validate as v
 
 RUN = "run-1"
 
@@ -21,17 +21,25 @@ def sim_ratings(n_users: int = 3, n_items: int = 4, run_id: str = RUN) -> pd.Dat
     for u in range(n_users):
         for i in range(n_items):
             failed = i == n_items - 1
-            rows.append({
-                "run_id": run_id, "fold": "u1", "user_id": str(u), "item_id": str(100 + i),
-                "rating": None if failed else 1 + (u + i) % 5, "status": "failed" if failed else "ok",
-                "reason": "missing id" if failed else None, "batch": i // 2, "attempts": 1 + failed,
-                "call_key": f"k{u}-{i // 2}",
-                # as sql/queries/run_ratings.sql gives them; the first user's server sent no logprobs,
-                # the second's did, the third's distributions come from 8 draws each
-                "rating_probs": None if failed or u == 0 else [0.1, 0.1, 0.2, 0.3, 0.3],
-                "rating_probs_source": None if failed or u == 0 else "logprobs" if u == 1 else "samples",
-                "rating_probs_draws": 8 if not failed and u >= 2 else None,
-            })
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "fold": "u1",
+                    "user_id": str(u),
+                    "item_id": str(100 + i),
+                    "rating": None if failed else 1 + (u + i) % 5,
+                    "status": "failed" if failed else "ok",
+                    "reason": "missing id" if failed else None,
+                    "batch": i // 2,
+                    "attempts": 1 + failed,
+                    "call_key": f"k{u}-{i // 2}",
+                    # as sql/queries/run_ratings.sql gives them; the first user's server sent no logprobs,
+                    # the second's did, the third's distributions come from 8 draws each
+                    "rating_probs": None if failed or u == 0 else [0.1, 0.1, 0.2, 0.3, 0.3],
+                    "rating_probs_source": None if failed or u == 0 else "logprobs" if u == 1 else "samples",
+                    "rating_probs_draws": 8 if not failed and u >= 2 else None,
+                }
+            )
     df = pd.DataFrame(rows)
     df["rating_probs_draws"] = df["rating_probs_draws"].astype("Int64")
     df["rating_probs_n"] = pd.array([None if p is None else len(p) for p in df["rating_probs"]], "Int64")
@@ -41,29 +49,64 @@ def sim_ratings(n_users: int = 3, n_items: int = 4, run_id: str = RUN) -> pd.Dat
 
 def profiles() -> pd.DataFrame:
     stages = ["initial", "refine", "update"]
-    rows = [{"run_id": RUN, "fold": "u1", "user_id": str(u), "version": k + 1, "stage": stages[k],
-             "text": f"user {u} likes dramas", "call_key": f"p{u}{k}"} for u in range(3) for k in range(3)]
+    rows = [
+        {
+            "run_id": RUN,
+            "fold": "u1",
+            "user_id": str(u),
+            "version": k + 1,
+            "stage": stages[k],
+            "text": f"user {u} likes dramas",
+            "call_key": f"p{u}{k}",
+        }
+        for u in range(3)
+        for k in range(3)
+    ]
     return pd.DataFrame(rows)
 
 
 def input_ratings() -> pd.DataFrame:
-    return pd.DataFrame({"user_id": ["1", "1", "2"], "item_id": ["10", "11", "10"],
-                         "rating": [5, 3, 1], "ts": [881250949, 881250950, 881250951]})
+    return pd.DataFrame(
+        {
+            "user_id": ["1", "1", "2"],
+            "item_id": ["10", "11", "10"],
+            "rating": [5, 3, 1],
+            "ts": [881250949, 881250950, 881250951],
+        }
+    )
 
 
 def input_items() -> pd.DataFrame:
-    return pd.DataFrame({"item_id": ["10", "11"], "title": ["Toy Story", "Heat"], "year": pd.array([1995, None], "Int64"),
-                         "genres": ["Animation|Comedy", ""], "text": ["", "A heist."]})
+    return pd.DataFrame(
+        {
+            "item_id": ["10", "11"],
+            "title": ["Toy Story", "Heat"],
+            "year": pd.array([1995, None], "Int64"),
+            "genres": ["Animation|Comedy", ""],
+            "text": ["", "A heist."],
+        }
+    )
 
 
 def input_users() -> pd.DataFrame:
-    return pd.DataFrame({"user_id": ["1", "2"], "age": [24, 53], "gender": ["M", "F"],
-                         "occupation": ["technician", "other"], "zip": ["85711", "94043"], "text": ["", ""]})
+    return pd.DataFrame(
+        {
+            "user_id": ["1", "2"],
+            "age": [24, 53],
+            "gender": ["M", "F"],
+            "occupation": ["technician", "other"],
+            "zip": ["85711", "94043"],
+            "text": ["", ""],
+        }
+    )
 
 
 GOOD: dict[str, Callable[[], pd.DataFrame]] = {
-    "simulated_ratings": sim_ratings, "profiles": profiles, "input_ratings": input_ratings,
-    "input_items": input_items, "input_users": input_users,
+    "simulated_ratings": sim_ratings,
+    "profiles": profiles,
+    "input_ratings": input_ratings,
+    "input_items": input_items,
+    "input_users": input_users,
 }
 
 
@@ -77,8 +120,10 @@ def warm() -> None:
 
 def failed(outcome: v.ValidationOutcome) -> set[tuple[str, str]]:
     """{(expectation, column)} of every failure, lists of columns joined with '+'."""
-    return {(f["expectation"], "+".join(f["column"]) if isinstance(f["column"], list) else str(f["column"]))
-            for f in outcome.failures}
+    return {
+        (f["expectation"], "+".join(f["column"]) if isinstance(f["column"], list) else str(f["column"]))
+        for f in outcome.failures
+    }
 
 
 def check(df: pd.DataFrame, suite: str, **kw) -> v.ValidationOutcome:
@@ -112,6 +157,7 @@ def _set(col: str, value, row: int = 0) -> Callable[[pd.DataFrame], pd.DataFrame
             df[col] = df[col].astype(float)
         df.loc[row, col] = value
         return df
+
     return f
 
 
@@ -123,33 +169,102 @@ IN_SET, NOT_NULL = "expect_column_values_to_be_in_set", "expect_column_values_to
 CORRUPTIONS = {
     "rating 7": ("simulated_ratings", _set("rating", 7), {(IN_SET, "rating")}),
     "null rating with status ok": ("simulated_ratings", _set("rating", pd.NA), {(NOT_NULL, "rating")}),
-    "rating on a failed pair": ("simulated_ratings", _set("rating", 4, row=3), {("expect_column_values_to_be_null", "rating")}),
-    "duplicate pair": ("simulated_ratings", _dup, {("expect_compound_columns_to_be_unique", "run_id+fold+user_id+item_id")}),
+    "rating on a failed pair": (
+        "simulated_ratings",
+        _set("rating", 4, row=3),
+        {("expect_column_values_to_be_null", "rating")},
+    ),
+    "duplicate pair": (
+        "simulated_ratings",
+        _dup,
+        {("expect_compound_columns_to_be_unique", "run_id+fold+user_id+item_id")},
+    ),
     "wrong run_id": ("simulated_ratings", _set("run_id", "run-0"), {(IN_SET, "run_id")}),
     "unknown status": ("simulated_ratings", _set("status", "maybe"), {(IN_SET, "status")}),
     "negative batch": ("simulated_ratings", _set("batch", -1), {("expect_column_values_to_be_between", "batch")}),
     "zero attempts": ("simulated_ratings", _set("attempts", 0), {("expect_column_values_to_be_between", "attempts")}),
-    "extra column": ("simulated_ratings", lambda d: d.assign(x=1), {("expect_table_columns_to_match_ordered_list", "run_id+fold+user_id+item_id+rating+status+reason+batch+attempts+call_key+rating_probs+rating_probs_source+rating_probs_draws+rating_probs_n+rating_probs_sum")}),
+    "extra column": (
+        "simulated_ratings",
+        lambda d: d.assign(x=1),
+        {
+            (
+                "expect_table_columns_to_match_ordered_list",
+                "run_id+fold+user_id+item_id+rating+status+reason+batch+attempts+call_key+rating_probs+rating_probs_source+rating_probs_draws+rating_probs_n+rating_probs_sum",
+            )
+        },
+    ),
     "4 rating probabilities": ("simulated_ratings", _set("rating_probs_n", 4, row=4), {(IN_SET, "rating_probs_n")}),
-    "probabilities summing to 0.9": ("simulated_ratings", _set("rating_probs_sum", 0.9, row=4), {("expect_column_values_to_be_between", "rating_probs_sum")}),
-    "probabilities on a failed pair": ("simulated_ratings", _set("rating_probs_n", 5, row=7), {("expect_column_values_to_be_null", "rating_probs_n"), (NOT_NULL, "rating_probs_source")}),
-    "unknown distribution source": ("simulated_ratings", _set("rating_probs_source", "guess", row=4), {(IN_SET, "rating_probs_source")}),
-    "distribution without a source": ("simulated_ratings", _set("rating_probs_source", None, row=4), {(NOT_NULL, "rating_probs_source")}),
-    "source on a failed pair": ("simulated_ratings", _set("rating_probs_source", "logprobs", row=7), {("expect_column_values_to_be_null", "rating_probs_source")}),
-    "draws behind logprobs": ("simulated_ratings", _set("rating_probs_draws", 3, row=4), {("expect_column_values_to_be_null", "rating_probs_draws")}),
-    "samples without a draw count": ("simulated_ratings", _set("rating_probs_draws", pd.NA, row=8), {(NOT_NULL, "rating_probs_draws")}),
-    "zero draws": ("simulated_ratings", _set("rating_probs_draws", 0, row=8), {("expect_column_values_to_be_between", "rating_probs_draws")}),
+    "probabilities summing to 0.9": (
+        "simulated_ratings",
+        _set("rating_probs_sum", 0.9, row=4),
+        {("expect_column_values_to_be_between", "rating_probs_sum")},
+    ),
+    "probabilities on a failed pair": (
+        "simulated_ratings",
+        _set("rating_probs_n", 5, row=7),
+        {("expect_column_values_to_be_null", "rating_probs_n"), (NOT_NULL, "rating_probs_source")},
+    ),
+    "unknown distribution source": (
+        "simulated_ratings",
+        _set("rating_probs_source", "guess", row=4),
+        {(IN_SET, "rating_probs_source")},
+    ),
+    "distribution without a source": (
+        "simulated_ratings",
+        _set("rating_probs_source", None, row=4),
+        {(NOT_NULL, "rating_probs_source")},
+    ),
+    "source on a failed pair": (
+        "simulated_ratings",
+        _set("rating_probs_source", "logprobs", row=7),
+        {("expect_column_values_to_be_null", "rating_probs_source")},
+    ),
+    "draws behind logprobs": (
+        "simulated_ratings",
+        _set("rating_probs_draws", 3, row=4),
+        {("expect_column_values_to_be_null", "rating_probs_draws")},
+    ),
+    "samples without a draw count": (
+        "simulated_ratings",
+        _set("rating_probs_draws", pd.NA, row=8),
+        {(NOT_NULL, "rating_probs_draws")},
+    ),
+    "zero draws": (
+        "simulated_ratings",
+        _set("rating_probs_draws", 0, row=8),
+        {("expect_column_values_to_be_between", "rating_probs_draws")},
+    ),
     "bad profile stage": ("profiles", _set("stage", "final"), {(IN_SET, "stage")}),
-    "empty text": ("profiles", _set("text", ""), {("expect_column_value_lengths_to_be_between", "text"), ("expect_column_values_to_match_regex", "text")}),
+    "empty text": (
+        "profiles",
+        _set("text", ""),
+        {("expect_column_value_lengths_to_be_between", "text"), ("expect_column_values_to_match_regex", "text")},
+    ),
     "blank text": ("profiles", _set("text", "  \n"), {("expect_column_values_to_match_regex", "text")}),
-    "duplicate profile version": ("profiles", _dup, {("expect_compound_columns_to_be_unique", "run_id+fold+user_id+version")}),
-    "input rating 3.5": ("input_ratings", _set("rating", 3.5), {(IN_SET, "rating"), ("expect_column_values_to_be_in_type_list", "rating")}),
+    "duplicate profile version": (
+        "profiles",
+        _dup,
+        {("expect_compound_columns_to_be_unique", "run_id+fold+user_id+version")},
+    ),
+    "input rating 3.5": (
+        "input_ratings",
+        _set("rating", 3.5),
+        {(IN_SET, "rating"), ("expect_column_values_to_be_in_type_list", "rating")},
+    ),
     "input duplicate rating": ("input_ratings", _dup, {("expect_compound_columns_to_be_unique", "user_id+item_id")}),
-    "input null ts": ("input_ratings", _set("ts", None), {(NOT_NULL, "ts"), ("expect_column_values_to_be_in_type_list", "ts")}),
+    "input null ts": (
+        "input_ratings",
+        _set("ts", None),
+        {(NOT_NULL, "ts"), ("expect_column_values_to_be_in_type_list", "ts")},
+    ),
     "duplicate item": ("input_items", _dup, {("expect_column_values_to_be_unique", "item_id")}),
     "null title": ("input_items", _set("title", None), {(NOT_NULL, "title")}),
     "null user id": ("input_users", _set("user_id", None), {(NOT_NULL, "user_id")}),
-    "missing column": ("input_users", lambda d: d.drop(columns="text"), {("expect_table_columns_to_match_set", "user_id+text"), (NOT_NULL, "text")}),
+    "missing column": (
+        "input_users",
+        lambda d: d.drop(columns="text"),
+        {("expect_table_columns_to_match_set", "user_id+text"), (NOT_NULL, "text")},
+    ),
 }
 
 
@@ -240,14 +355,25 @@ def test_20k_rows_validate_quickly() -> None:
     df = sim_ratings(n_users=1, n_items=1)  # dtypes template
     rng = np.random.default_rng(0)
     users, items = np.repeat(np.arange(n_users), n_items), np.tile(np.arange(n_items), n_users)
-    big = pd.DataFrame({
-        "run_id": RUN, "fold": "u1", "user_id": users.astype(str), "item_id": items.astype(str),
-        "rating": pd.array(rng.integers(1, 6, len(users)), dtype="Int64"), "status": "ok",
-        "reason": pd.Series([None] * len(users), dtype=object), "batch": items // 10, "attempts": 1,
-        "call_key": "k", "rating_probs": [[0.1, 0.1, 0.2, 0.3, 0.3]] * len(users), "rating_probs_source": "logprobs",
-        "rating_probs_draws": pd.array([None] * len(users), dtype="Int64"), "rating_probs_n": 5,
-        "rating_probs_sum": 1.0,
-    })[list(df.columns)]
+    big = pd.DataFrame(
+        {
+            "run_id": RUN,
+            "fold": "u1",
+            "user_id": users.astype(str),
+            "item_id": items.astype(str),
+            "rating": pd.array(rng.integers(1, 6, len(users)), dtype="Int64"),
+            "status": "ok",
+            "reason": pd.Series([None] * len(users), dtype=object),
+            "batch": items // 10,
+            "attempts": 1,
+            "call_key": "k",
+            "rating_probs": [[0.1, 0.1, 0.2, 0.3, 0.3]] * len(users),
+            "rating_probs_source": "logprobs",
+            "rating_probs_draws": pd.array([None] * len(users), dtype="Int64"),
+            "rating_probs_n": 5,
+            "rating_probs_sum": 1.0,
+        }
+    )[list(df.columns)]
     pairs = _pairs(big)
     timings = []
     for _ in range(3):

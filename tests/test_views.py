@@ -16,12 +16,22 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tasks.store.db import init_db
+from doppel.tasks.store.db import init_db
 
-VIEWS = ["confusion_matrix", "failed_pairs", "profile_evolution", "rating_distributions", "rating_histograms",
-         "run_costs", "run_overview", "user_error"]
-CONFIG_R1 = {"llm": {"price_prompt_per_mtok": 2.0, "price_completion_per_mtok": 10.0},
-             "sim": {"update_profile": True, "rate_batch": 2}}
+VIEWS = [
+    "confusion_matrix",
+    "failed_pairs",
+    "profile_evolution",
+    "rating_distributions",
+    "rating_histograms",
+    "run_costs",
+    "run_overview",
+    "user_error",
+]
+CONFIG_R1 = {
+    "llm": {"price_prompt_per_mtok": 2.0, "price_completion_per_mtok": 10.0},
+    "sim": {"update_profile": True, "rate_batch": 2},
+}
 CONFIG_R2 = {"llm": {}, "sim": {"update_profile": False}}
 
 TOY_ROWS = """
@@ -83,8 +93,11 @@ def make_toy_db(path: Path) -> Path:
     con = duckdb.connect(str(path))
     try:
         for statement in [s for s in TOY_ROWS.split(";\n") if s.strip()]:  # one statement at a time
-            params = {k: json.dumps(v) for k, v in (("config_r1", CONFIG_R1), ("config_r2", CONFIG_R2))
-                      if f"${k}" in statement}
+            params = {
+                k: json.dumps(v)
+                for k, v in (("config_r1", CONFIG_R1), ("config_r2", CONFIG_R2))
+                if f"${k}" in statement
+            }
             con.execute(statement, params or None)
     finally:
         con.close()
@@ -197,7 +210,12 @@ def test_profile_evolution(toy_db):
     assert (v2["stage"], v2["words"], v2["words_delta"], v2["new_words"], v2["dropped_words"]) == ("refine", 5, 2, 2, 0)
     # "Dislikes  drama." -> words {dislikes, drama}: new {dislikes}; dropped {likes, action, and, films}
     assert (v3["stage"], v3["words"], v3["words_delta"], v3["new_words"], v3["dropped_words"]) == (
-        "update", 2, -3, 1, 4)
+        "update",
+        2,
+        -3,
+        1,
+        4,
+    )
     assert got[("u2", 1)]["words"] == 2
 
 
@@ -205,15 +223,27 @@ def test_failed_pairs(toy_db):
     got = rows(toy_db, "select * from failed_pairs")
     assert len(got) == 1
     assert {k: got[0][k] for k in ("run_id", "fold", "user_id", "item_id", "title", "reason", "attempts", "batch")} == {
-        "run_id": "r1", "fold": "f1", "user_id": "u1", "item_id": "i3", "title": "Alien <3",
-        "reason": "id i3 missing from the answer", "attempts": 3, "batch": 1}
+        "run_id": "r1",
+        "fold": "f1",
+        "user_id": "u1",
+        "item_id": "i3",
+        "title": "Alien <3",
+        "reason": "id i3 missing from the answer",
+        "attempts": 3,
+        "batch": 1,
+    }
 
 
 def test_run_overview(toy_db):
     got = by(rows(toy_db, "select * from run_overview"), "run_id")
     r1 = got["r1"]
     assert (r1["status"], r1["users"], r1["users_done"], r1["users_partial"], r1["users_pending"]) == (
-        "running", 3, 1, 1, 1)
+        "running",
+        3,
+        1,
+        1,
+        1,
+    )
     assert (r1["pairs_requested"], r1["pairs"], r1["pairs_rated"], r1["pairs_failed"]) == (6, 4, 3, 1)
     assert r1["pairs_later_batches"] == 1  # u1's i2 was rated in batch 1
     assert r1["wall_s"] is None or math.isnan(r1["wall_s"])  # still running
@@ -224,10 +254,12 @@ def test_run_overview(toy_db):
 def test_a_file_from_before_rating_probs_gains_the_column_and_keeps_its_rows(tmp_path):
     db = str(tmp_path / "old.duckdb")
     con = duckdb.connect(db)
-    con.execute("create table simulated_ratings (run_id varchar not null, fold varchar not null, user_id varchar "
-                "not null, item_id varchar not null, rating integer, status varchar not null, reason varchar, "
-                "batch integer not null, attempts integer not null, call_key varchar, "
-                "primary key (run_id, fold, user_id, item_id))")
+    con.execute(
+        "create table simulated_ratings (run_id varchar not null, fold varchar not null, user_id varchar "
+        "not null, item_id varchar not null, rating integer, status varchar not null, reason varchar, "
+        "batch integer not null, attempts integer not null, call_key varchar, "
+        "primary key (run_id, fold, user_id, item_id))"
+    )
     con.execute("insert into simulated_ratings values ('old', 'u1', '1', '2', 4, 'ok', null, 0, 1, 'k')")
     con.close()
     init_db(db)

@@ -5,19 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tasks.data.generic import load_generic
-from tasks.data.movielens import ML100K_URL, ML100K_ZIP_SHA256, download_ml100k, load_movielens
-from tasks.data.synthetic import make_synthetic
-from tasks.records import DataError, Dataset
+from doppel.tasks.data.generic import load_generic
+from doppel.tasks.data.movielens import ML100K_URL, ML100K_ZIP_SHA256, download_ml100k, load_movielens
+from doppel.tasks.data.synthetic import make_synthetic
+from doppel.tasks.records import DataError, Dataset
 
-__all__ = ["DataError", "Dataset", "ML100K_URL", "ML100K_ZIP_SHA256", "download_ml100k",
-           "load_dataset", "load_generic", "load_movielens", "make_synthetic"]
+__all__ = [
+    "DataError",
+    "Dataset",
+    "ML100K_URL",
+    "ML100K_ZIP_SHA256",
+    "download_ml100k",
+    "load_dataset",
+    "load_generic",
+    "load_movielens",
+    "make_synthetic",
+]
 
 ML100K_NAMES = ("ml-100k", "ml100k", "movielens-100k")
 
 
-def load_dataset(name_or_path: str, data_dir: Path | None = None, item_text: Path | None = None,
-                 **kw: Any) -> Dataset:
+def load_dataset(name_or_path: str, data_dir: Path | None = None, item_text: Path | None = None, **kw: Any) -> Dataset:
     """Load "synthetic", "ml-100k" (data_dir / zip_path / cached download) or a path.
 
     A path may be an ML-100K directory (has u.data) or zip, a directory with ratings.csv
@@ -44,5 +52,6 @@ def load_dataset(name_or_path: str, data_dir: Path | None = None, item_text: Pat
         if item_text is not None:
             raise ValueError("item_text applies to ML-100K; pass items_csv for a CSV dataset")
         return load_generic(path, **kw)
-    raise DataError(key, None, "unknown dataset: expected 'synthetic', 'ml-100k', or an existing "
-                               "directory, .zip or .csv path")
+    raise DataError(
+        key, None, "unknown dataset: expected 'synthetic', 'ml-100k', or an existing directory, .zip or .csv path"
+    )

@@ -8,18 +8,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.data.lines import INT_PATTERN, Table, quote, read_csv_rows
-from tasks.data.movielens import split_title_year
-from tasks.records import ITEM_COLUMNS, RATING_COLUMNS, SPLIT_COLUMNS, USER_COLUMNS, DataError, Dataset
+from doppel.tasks.data.lines import INT_PATTERN, Table, quote, read_csv_rows
+from doppel.tasks.data.movielens import split_title_year
+from doppel.tasks.records import ITEM_COLUMNS, RATING_COLUMNS, SPLIT_COLUMNS, USER_COLUMNS, DataError, Dataset
 
 log = logging.getLogger(__name__)
 
-_RATING_ALIASES = {"userid": "user_id", "user": "user_id", "itemid": "item_id", "item": "item_id",
-                   "movieid": "item_id", "movie_id": "item_id", "ts": "timestamp"}
-_ITEM_ALIASES = {"itemid": "item_id", "movieid": "item_id", "movie_id": "item_id",
-                 "description": "text"}
-_USER_ALIASES = {"userid": "user_id", "zip_code": "zip", "zipcode": "zip", "description": "text",
-                 "profile": "text"}
+_RATING_ALIASES = {
+    "userid": "user_id",
+    "user": "user_id",
+    "itemid": "item_id",
+    "item": "item_id",
+    "movieid": "item_id",
+    "movie_id": "item_id",
+    "ts": "timestamp",
+}
+_ITEM_ALIASES = {"itemid": "item_id", "movieid": "item_id", "movie_id": "item_id", "description": "text"}
+_USER_ALIASES = {"userid": "user_id", "zip_code": "zip", "zipcode": "zip", "description": "text", "profile": "text"}
 
 
 def _timestamps(t: Table) -> np.ndarray:
@@ -50,8 +55,9 @@ def _ratings(path: Path) -> pd.DataFrame:
     t.unique(["user_id", "item_id"], "rating")
     if not len(users):
         raise DataError(str(path), None, "no ratings")
-    return pd.DataFrame({"user_id": users, "item_id": items, "rating": rating.to_numpy(),
-                         "ts": ts}).astype({"user_id": str, "item_id": str})[RATING_COLUMNS]
+    return pd.DataFrame({"user_id": users, "item_id": items, "rating": rating.to_numpy(), "ts": ts}).astype(
+        {"user_id": str, "item_id": str}
+    )[RATING_COLUMNS]
 
 
 def _items(path: Path | None, rated: pd.Series) -> pd.DataFrame:
@@ -72,18 +78,20 @@ def _items(path: Path | None, rated: pd.Series) -> pd.DataFrame:
             title, year = split_title_year(title)
         genres = col("genres").str.replace(r"\s*[,;|]\s*", "|", regex=True)
         title = title.where(title != "", "item " + ids)
-        frame = pd.DataFrame({"item_id": ids, "title": title, "year": pd.to_numeric(year),
-                              "genres": genres, "text": text})
+        frame = pd.DataFrame(
+            {"item_id": ids, "title": title, "year": pd.to_numeric(year), "genres": genres, "text": text}
+        )
     missing = pd.unique(rated[~rated.isin(frame["item_id"])])
     if len(missing):
         if path is not None:
-            log.warning("%s: %d rated item(s) missing, added as placeholders (e.g. %s)",
-                        path, len(missing), quote(missing[0]))
-        extra = pd.DataFrame({"item_id": missing, "title": ["item " + m for m in missing],
-                              "year": np.nan, "genres": "", "text": ""})
+            log.warning(
+                "%s: %d rated item(s) missing, added as placeholders (e.g. %s)", path, len(missing), quote(missing[0])
+            )
+        extra = pd.DataFrame(
+            {"item_id": missing, "title": ["item " + m for m in missing], "year": np.nan, "genres": "", "text": ""}
+        )
         frame = pd.concat([frame, extra], ignore_index=True) if len(frame) else extra
-    return frame.astype({"item_id": str, "title": str, "year": "Int64", "genres": str, "text": str})[
-        ITEM_COLUMNS]
+    return frame.astype({"item_id": str, "title": str, "year": "Int64", "genres": str, "text": str})[ITEM_COLUMNS]
 
 
 def _users(path: Path | None, rated: pd.Series) -> pd.DataFrame:
@@ -96,18 +104,27 @@ def _users(path: Path | None, rated: pd.Series) -> pd.DataFrame:
         t.unique(["user_id"], "user")
         col = lambda c: t.text(c) if c in t.df.columns else pd.Series([""] * len(ids), dtype=str)  # noqa: E731
         age = t.ints("age", lo=0, hi=150, allow_empty=True) if "age" in t.df.columns else np.nan
-        frame = pd.DataFrame({"user_id": ids, "age": age, "gender": col("gender"),
-                              "occupation": col("occupation"), "zip": col("zip"), "text": col("text")})
+        frame = pd.DataFrame(
+            {
+                "user_id": ids,
+                "age": age,
+                "gender": col("gender"),
+                "occupation": col("occupation"),
+                "zip": col("zip"),
+                "text": col("text"),
+            }
+        )
     missing = pd.unique(rated[~rated.isin(frame["user_id"])])
     if len(missing):
         if path is not None:
-            log.warning("%s: %d rating user(s) missing, added as placeholders (e.g. %s)",
-                        path, len(missing), quote(missing[0]))
-        extra = pd.DataFrame({"user_id": missing, "age": np.nan, "gender": "", "occupation": "",
-                              "zip": "", "text": ""})
+            log.warning(
+                "%s: %d rating user(s) missing, added as placeholders (e.g. %s)", path, len(missing), quote(missing[0])
+            )
+        extra = pd.DataFrame({"user_id": missing, "age": np.nan, "gender": "", "occupation": "", "zip": "", "text": ""})
         frame = pd.concat([frame, extra], ignore_index=True) if len(frame) else extra
-    return frame.astype({"user_id": str, "age": "Int64", "gender": str, "occupation": str,
-                         "zip": str, "text": str})[USER_COLUMNS]
+    return frame.astype({"user_id": str, "age": "Int64", "gender": str, "occupation": str, "zip": str, "text": str})[
+        USER_COLUMNS
+    ]
 
 
 def time_split(ratings: pd.DataFrame, test_fraction: float) -> np.ndarray:
@@ -141,16 +158,30 @@ def random_folds(n: int, n_folds: int, test_fraction: float, seed: int) -> np.nd
 
 
 def _splits(ratings: pd.DataFrame, names: list[str], test_fold: np.ndarray) -> pd.DataFrame:
-    frames = [pd.DataFrame({"fold": name, "split": np.where(test_fold == k, "test", "train"),
-                            "user_id": ratings["user_id"].to_numpy(),
-                            "item_id": ratings["item_id"].to_numpy()})
-              for k, name in enumerate(names)]
+    frames = [
+        pd.DataFrame(
+            {
+                "fold": name,
+                "split": np.where(test_fold == k, "test", "train"),
+                "user_id": ratings["user_id"].to_numpy(),
+                "item_id": ratings["item_id"].to_numpy(),
+            }
+        )
+        for k, name in enumerate(names)
+    ]
     return pd.concat(frames, ignore_index=True)[SPLIT_COLUMNS].astype(str)
 
 
-def load_generic(ratings_csv: Path, items_csv: Path | None = None, users_csv: Path | None = None,
-                 split: str = "time", test_fraction: float = 0.2, n_folds: int = 1, seed: int = 0,
-                 name: str | None = None) -> Dataset:
+def load_generic(
+    ratings_csv: Path,
+    items_csv: Path | None = None,
+    users_csv: Path | None = None,
+    split: str = "time",
+    test_fraction: float = 0.2,
+    n_folds: int = 1,
+    seed: int = 0,
+    name: str | None = None,
+) -> Dataset:
     """Load ratings (user_id,item_id,rating,timestamp) plus optional item/user CSVs and split them.
 
     split="time": fold "t1", per user the latest `test_fraction` of ratings are test.
@@ -175,5 +206,12 @@ def load_generic(ratings_csv: Path, items_csv: Path | None = None, users_csv: Pa
     if name is None:
         stem = ratings_csv.stem
         name = ratings_csv.resolve().parent.name if stem == "ratings" else stem
-    return Dataset(name=name, items=items, users=users, ratings=ratings,
-                   splits=_splits(ratings, names, test_fold), source=str(ratings_csv), folds=names)
+    return Dataset(
+        name=name,
+        items=items,
+        users=users,
+        ratings=ratings,
+        splits=_splits(ratings, names, test_fold),
+        source=str(ratings_csv),
+        folds=names,
+    )

@@ -16,7 +16,7 @@ from typing import NoReturn
 import numpy as np
 import pandas as pd
 
-from tasks.records import DataError
+from doppel.tasks.records import DataError
 
 INT_PATTERN = r"[+-]?\d{1,18}"
 _DIGITS_OK = np.zeros(256, dtype=bool)
@@ -55,8 +55,7 @@ class Table:
             self.check((s == "").to_numpy(), lambda i: f"empty {col}")
         return s
 
-    def ints(self, col: str, lo: int | None = None, hi: int | None = None,
-             allow_empty: bool = False) -> pd.Series:
+    def ints(self, col: str, lo: int | None = None, hi: int | None = None, allow_empty: bool = False) -> pd.Series:
         """An integer column (int64, or nullable Int64 if `allow_empty`), range-checked."""
         raw = self.df[col]
         if pd.api.types.is_integer_dtype(raw.dtype):
@@ -109,8 +108,9 @@ def _decode(data: bytes, label: str, encoding: str) -> str:
         raise DataError(label, line, f"not valid {encoding} text ({e.reason})") from None
 
 
-def read_rows(data: bytes, label: str, sep: str, names: list[str] | None = None,
-              encoding: str = "utf-8", header: bool = False) -> Table:
+def read_rows(
+    data: bytes, label: str, sep: str, names: list[str] | None = None, encoding: str = "utf-8", header: bool = False
+) -> Table:
     """Split unquoted delimited text into string columns; blank lines are skipped.
 
     With `header`, the first non-blank line names the columns; else `names` does.
@@ -129,14 +129,18 @@ def read_rows(data: bytes, label: str, sep: str, names: list[str] | None = None,
         if names is None:
             raise ValueError("read_rows needs names or header=True")
         if len(fields) != len(names):
-            raise DataError(label, no, f"expected {len(names)} fields separated by {sep!r}, "
-                                       f"found {len(fields)}: {quote(line)}")
+            raise DataError(
+                label, no, f"expected {len(names)} fields separated by {sep!r}, found {len(fields)}: {quote(line)}"
+            )
         rows.append(fields)
         line_nos.append(no)
     if names is None:
         raise DataError(label, None, "empty file (no header line)")
-    df = pd.DataFrame(rows, columns=names, dtype=str) if rows else pd.DataFrame(
-        {n: pd.Series([], dtype=str) for n in names})
+    df = (
+        pd.DataFrame(rows, columns=names, dtype=str)
+        if rows
+        else pd.DataFrame({n: pd.Series([], dtype=str) for n in names})
+    )
     return Table(label, df, np.asarray(line_nos, dtype=np.int64))
 
 
@@ -153,16 +157,18 @@ def read_int_rows(data: bytes, label: str, sep: str, names: list[str]) -> Table:
     bad = nonblank & (counts != len(names))
     if bad.any():
         i = int(np.argmax(bad))
-        line = data[starts[i]: nl[i]].decode("utf-8", "replace")
-        raise DataError(label, i + 1, f"expected {len(names)} fields separated by {sep!r}, "
-                                      f"found {counts[i]}: {quote(line)}")
+        line = data[starts[i] : nl[i]].decode("utf-8", "replace")
+        raise DataError(
+            label, i + 1, f"expected {len(names)} fields separated by {sep!r}, found {counts[i]}: {quote(line)}"
+        )
     lines = np.flatnonzero(nonblank) + 1
     ok_bytes = _DIGITS_OK.copy()
     ok_bytes[ord(sep)] = True
     if lines.size and ok_bytes[arr].all():
         try:
-            df = pd.read_csv(io.BytesIO(data), sep=sep, header=None, names=names, dtype=np.int64,
-                             engine="c", skip_blank_lines=True)
+            df = pd.read_csv(
+                io.BytesIO(data), sep=sep, header=None, names=names, dtype=np.int64, engine="c", skip_blank_lines=True
+            )
             if len(df) == lines.size:
                 return Table(label, df, lines)
         except (ValueError, OverflowError):
@@ -177,8 +183,9 @@ def read_int_rows(data: bytes, label: str, sep: str, names: list[str]) -> Table:
     return Table(label, df, table.lines)
 
 
-def read_csv_rows(path: Path, required: Sequence[str], optional: Sequence[str] = (),
-                  aliases: dict[str, str] | None = None) -> Table:
+def read_csv_rows(
+    path: Path, required: Sequence[str], optional: Sequence[str] = (), aliases: dict[str, str] | None = None
+) -> Table:
     """Read a quoted CSV with a header; keep `required` + present `optional` columns (as str).
 
     `aliases` maps alternative header names to canonical ones (e.g. "ts" -> "timestamp").
@@ -199,8 +206,9 @@ def read_csv_rows(path: Path, required: Sequence[str], optional: Sequence[str] =
     names = [aliases.get(h.strip().lower(), h.strip().lower()) for h in header]
     missing = [c for c in required if c not in names]
     if missing:
-        raise DataError(label, reader.line_num, f"missing column(s) {', '.join(missing)} in header "
-                                                f"{quote(','.join(header))}")
+        raise DataError(
+            label, reader.line_num, f"missing column(s) {', '.join(missing)} in header {quote(','.join(header))}"
+        )
     keep = [c for c in list(required) + list(optional) if c in names]
     idx = [names.index(c) for c in keep]
     rows: list[list[str]] = []
@@ -212,12 +220,14 @@ def read_csv_rows(path: Path, required: Sequence[str], optional: Sequence[str] =
             if not rec:
                 continue
             if len(rec) != len(names):
-                raise DataError(label, start, f"expected {len(names)} fields, found {len(rec)}: "
-                                              f"{quote(','.join(rec))}")
+                raise DataError(label, start, f"expected {len(names)} fields, found {len(rec)}: {quote(','.join(rec))}")
             rows.append([rec[j] for j in idx])
             line_nos.append(start)
     except csv.Error as e:
         raise DataError(label, reader.line_num, f"bad CSV: {e}") from None
-    df = pd.DataFrame(rows, columns=keep, dtype=str) if rows else pd.DataFrame(
-        {c: pd.Series([], dtype=str) for c in keep})
+    df = (
+        pd.DataFrame(rows, columns=keep, dtype=str)
+        if rows
+        else pd.DataFrame({c: pd.Series([], dtype=str) for c in keep})
+    )
     return Table(label, df, np.asarray(line_nos, dtype=np.int64))

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.data.lines import Table, quote, read_bytes, read_int_rows, read_rows
-from tasks.records import ITEM_COLUMNS, RATING_COLUMNS, SPLIT_COLUMNS, USER_COLUMNS, DataError, Dataset
+from doppel.tasks.data.lines import Table, quote, read_bytes, read_int_rows, read_rows
+from doppel.tasks.records import ITEM_COLUMNS, RATING_COLUMNS, SPLIT_COLUMNS, USER_COLUMNS, DataError, Dataset
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +88,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def download_ml100k(cache_dir: Path | None = None, url: str | None = None,
-                    sha256: str | None = None) -> Path:
+def download_ml100k(cache_dir: Path | None = None, url: str | None = None, sha256: str | None = None) -> Path:
     """Download the official zip once into the cache and verify its sha256; return its path."""
     url, want = url or ML100K_URL, (sha256 or ML100K_ZIP_SHA256).lower()
     target = cache_root(cache_dir) / "ml-100k.zip"
     if target.exists():
         got = _sha256(target)
         if got != want:
-            raise DataError(str(target), None, f"sha256 mismatch: got {got}, expected {want} "
-                                               "(delete the file to download it again)")
+            raise DataError(
+                str(target), None, f"sha256 mismatch: got {got}, expected {want} (delete the file to download it again)"
+            )
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{target.name}.part{os.getpid()}")
@@ -117,7 +117,7 @@ def download_ml100k(cache_dir: Path | None = None, url: str | None = None,
 
 
 def split_title_year(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """"Toy Story (1995)" -> ("Toy Story", "1995"); titles without a year keep NA."""
+    """ "Toy Story (1995)" -> ("Toy Story", "1995"); titles without a year keep NA."""
     m = raw.str.extract(_TITLE)
     title = (m["t"] + m["rest"].fillna("")).where(m["t"].notna(), raw).str.strip()
     return title, m["y"]
@@ -147,23 +147,31 @@ def _items(src: _Source, genres: list[str]) -> pd.DataFrame:
     t.unique(["item_id"], "item")
     raw_title = t.text("title", required=True)
     release = t.text("release")
-    t.check(~(release.str.fullmatch(_DATE) | (release == "")).to_numpy(dtype=bool),
-            lambda i: f"release date is not DD-Mon-YYYY: {quote(release.iloc[i])}")
+    t.check(
+        ~(release.str.fullmatch(_DATE) | (release == "")).to_numpy(dtype=bool),
+        lambda i: f"release date is not DD-Mon-YYYY: {quote(release.iloc[i])}",
+    )
     f = t.df[flags]
     bad = ~f.isin(["0", "1"]).to_numpy()
-    t.check(bad.any(axis=1), lambda i: f"genre flag {genres[int(np.argmax(bad[i]))]!r} is not 0/1: "
-                                       f"{quote(f.iloc[i, int(np.argmax(bad[i]))])}")
+    t.check(
+        bad.any(axis=1),
+        lambda i: (
+            f"genre flag {genres[int(np.argmax(bad[i]))]!r} is not 0/1: {quote(f.iloc[i, int(np.argmax(bad[i]))])}"
+        ),
+    )
     on = f.to_numpy() == "1"
     g = np.asarray(genres, dtype=object)
     title, year = split_title_year(raw_title)
     year = year.where(year.notna(), release.str[-4:].where(release != ""))
-    return pd.DataFrame({
-        "item_id": ids.astype(str).to_numpy(),
-        "title": title.to_numpy(),
-        "year": pd.to_numeric(year).to_numpy(dtype="float64", na_value=np.nan),
-        "genres": ["|".join(g[row]) for row in on],
-        "text": "",
-    })[ITEM_COLUMNS].astype({"item_id": str, "title": str, "year": "Int64", "genres": str, "text": str})
+    return pd.DataFrame(
+        {
+            "item_id": ids.astype(str).to_numpy(),
+            "title": title.to_numpy(),
+            "year": pd.to_numeric(year).to_numpy(dtype="float64", na_value=np.nan),
+            "genres": ["|".join(g[row]) for row in on],
+            "text": "",
+        }
+    )[ITEM_COLUMNS].astype({"item_id": str, "title": str, "year": "Int64", "genres": str, "text": str})
 
 
 def _users(src: _Source, occupations: set[str] | None) -> pd.DataFrame:
@@ -177,14 +185,20 @@ def _users(src: _Source, occupations: set[str] | None) -> pd.DataFrame:
     t.check(~gender.isin(["M", "F"]).to_numpy(), lambda i: f"gender is not M/F: {quote(gender.iloc[i])}")
     occ = t.text("occupation", required=True)
     if occupations is not None:
-        t.check(~occ.isin(occupations).to_numpy(),
-                lambda i: f"unknown occupation {quote(occ.iloc[i])} (not in u.occupation)")
-    return pd.DataFrame({
-        "user_id": ids.astype(str).to_numpy(), "age": age.to_numpy(),
-        "gender": gender.to_numpy(), "occupation": occ.to_numpy(), "zip": t.text("zip").to_numpy(),
-        "text": "",
-    })[USER_COLUMNS].astype({"user_id": str, "age": "Int64", "gender": str, "occupation": str,
-                             "zip": str, "text": str})
+        t.check(
+            ~occ.isin(occupations).to_numpy(),
+            lambda i: f"unknown occupation {quote(occ.iloc[i])} (not in u.occupation)",
+        )
+    return pd.DataFrame(
+        {
+            "user_id": ids.astype(str).to_numpy(),
+            "age": age.to_numpy(),
+            "gender": gender.to_numpy(),
+            "occupation": occ.to_numpy(),
+            "zip": t.text("zip").to_numpy(),
+            "text": "",
+        }
+    )[USER_COLUMNS].astype({"user_id": str, "age": "Int64", "gender": str, "occupation": str, "zip": str, "text": str})
 
 
 def _read_ratings(src: _Source, name: str, users: np.ndarray, items: np.ndarray) -> Table:
@@ -197,8 +211,7 @@ def _read_ratings(src: _Source, name: str, users: np.ndarray, items: np.ndarray)
     return t
 
 
-def _splits(src: _Source, ratings: Table, users: np.ndarray, items: np.ndarray
-            ) -> tuple[pd.DataFrame, list[str]]:
+def _splits(src: _Source, ratings: Table, users: np.ndarray, items: np.ndarray) -> tuple[pd.DataFrame, list[str]]:
     r = ratings.df
     base = int(items.max()) + 1
     keys = r["user_id"].to_numpy() * base + r["item_id"].to_numpy()
@@ -218,22 +231,34 @@ def _splits(src: _Source, ratings: Table, users: np.ndarray, items: np.ndarray
             t = _read_ratings(src, name, users, items)
             k = t.df["user_id"].to_numpy() * base + t.df["item_id"].to_numpy()
             pos = np.minimum(np.searchsorted(sorted_keys, k), len(sorted_keys) - 1)
-            t.check(sorted_keys[pos] != k, lambda j: f"rating of user_id {quote(t.df.user_id[j])} for "
-                                                     f"item_id {quote(t.df.item_id[j])} is not in u.data")
+            t.check(
+                sorted_keys[pos] != k,
+                lambda j: (
+                    f"rating of user_id {quote(t.df.user_id[j])} for item_id {quote(t.df.item_id[j])} is not in u.data"
+                ),
+            )
             row = order[pos]
             for col in ("rating", "ts"):
                 v, want = t.df[col].to_numpy(), r[col].to_numpy()[row]
-                t.check(v != want, lambda j: f"{col} {quote(v[j])} differs from u.data line "
-                                             f"{ratings.lines[row[j]]} ({quote(want[j])})")
+                t.check(
+                    v != want,
+                    lambda j: (
+                        f"{col} {quote(v[j])} differs from u.data line {ratings.lines[row[j]]} ({quote(want[j])})"
+                    ),
+                )
             t.unique(["user_id", "item_id"], "rating")
             if part == "test":
                 other = np.isin(row, positions["base"])
-                t.check(other, lambda j: f"rating of user_id {quote(t.df.user_id[j])} for item_id "
-                                         f"{quote(t.df.item_id[j])} is also in {fold}.base")
+                t.check(
+                    other,
+                    lambda j: (
+                        f"rating of user_id {quote(t.df.user_id[j])} for item_id "
+                        f"{quote(t.df.item_id[j])} is also in {fold}.base"
+                    ),
+                )
             positions[part] = row
             split = "train" if part == "base" else "test"
-            frames.append(pd.DataFrame({"fold": fold, "split": split, "user_id": uid[row],
-                                        "item_id": iid[row]}))
+            frames.append(pd.DataFrame({"fold": fold, "split": split, "user_id": uid[row], "item_id": iid[row]}))
         folds.append(fold)
     if not frames:
         log.warning("%s: no split files (u1..u5, ua, ub .base/.test) found", src.label(""))
@@ -247,11 +272,16 @@ def attach_item_text(items: pd.DataFrame, path: Path) -> pd.DataFrame:
     id_col = next((c for c in _TEXT_ID_COLUMNS if c in t.df.columns), None)
     text_col = next((c for c in _TEXT_COLUMNS if c in t.df.columns), None)
     if id_col is None or text_col is None:
-        raise DataError(str(path), 1, f"header needs one of {_TEXT_ID_COLUMNS} and one of "
-                                      f"{_TEXT_COLUMNS}, found {quote(','.join(t.df.columns))}")
+        raise DataError(
+            str(path),
+            1,
+            f"header needs one of {_TEXT_ID_COLUMNS} and one of {_TEXT_COLUMNS}, found {quote(','.join(t.df.columns))}",
+        )
     ids = t.text(id_col, required=True)
-    t.check(~ids.isin(items["item_id"]).to_numpy(),
-            lambda i: f"unknown item_id {quote(ids.iloc[i])} (not among the dataset's items)")
+    t.check(
+        ~ids.isin(items["item_id"]).to_numpy(),
+        lambda i: f"unknown item_id {quote(ids.iloc[i])} (not among the dataset's items)",
+    )
     t.df[id_col] = ids
     t.unique([id_col], "item text")
     text = dict(zip(ids, t.text(text_col), strict=True))
@@ -260,16 +290,19 @@ def attach_item_text(items: pd.DataFrame, path: Path) -> pd.DataFrame:
     return out
 
 
-def load_movielens(data_dir: Path | None = None, zip_path: Path | None = None,
-                   item_text: Path | None = None, cache_dir: Path | None = None) -> Dataset:
+def load_movielens(
+    data_dir: Path | None = None,
+    zip_path: Path | None = None,
+    item_text: Path | None = None,
+    cache_dir: Path | None = None,
+) -> Dataset:
     """Load MovieLens-100K from a directory, the official zip, or (neither given) a cached download."""
     if data_dir is not None and zip_path is not None:
         raise ValueError("give data_dir or zip_path, not both")
     source = str(data_dir or zip_path or "")
     if data_dir is None and zip_path is None:
         zip_path, source = download_ml100k(cache_dir), ML100K_URL
-    src = _Source(Path(data_dir) if data_dir is not None else None,
-                  Path(zip_path) if zip_path is not None else None)
+    src = _Source(Path(data_dir) if data_dir is not None else None, Path(zip_path) if zip_path is not None else None)
     try:
         items = _items(src, _genres(src))
         users = _users(src, _occupations(src))
@@ -282,5 +315,12 @@ def load_movielens(data_dir: Path | None = None, zip_path: Path | None = None,
     ratings = t.df.astype({"user_id": str, "item_id": str, "rating": "int64", "ts": "int64"})
     if item_text is not None:
         items = attach_item_text(items, Path(item_text))
-    return Dataset(name="ml-100k", items=items, users=users, ratings=ratings[RATING_COLUMNS],
-                   splits=splits, source=source, folds=folds)
+    return Dataset(
+        name="ml-100k",
+        items=items,
+        users=users,
+        ratings=ratings[RATING_COLUMNS],
+        splits=splits,
+        source=source,
+        folds=folds,
+    )

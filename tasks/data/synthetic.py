@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tasks.records import ITEM_COLUMNS, RATING_COLUMNS, SPLIT_COLUMNS, USER_COLUMNS, Dataset
+from doppel.tasks.records import ITEM_COLUMNS, RATING_COLUMNS, SPLIT_COLUMNS, USER_COLUMNS, Dataset
 
 # genre -> (mood word for descriptions, subject phrases)
 GENRES: dict[str, tuple[str, list[str]]] = {
@@ -20,14 +20,65 @@ GENRES: dict[str, tuple[str, list[str]]] = {
     "Animation": ("whimsical", ["a brave little robot", "a lost dragon", "toys that come alive"]),
     "Adventure": ("sweeping", ["a jungle expedition", "a treasure map", "a journey across the ice"]),
 }
-OCCUPATIONS = ["administrator", "artist", "doctor", "educator", "engineer", "entertainment",
-               "executive", "healthcare", "homemaker", "lawyer", "librarian", "marketing", "none",
-               "other", "programmer", "retired", "salesman", "scientist", "student", "technician",
-               "writer"]
-_ADJ = ["Silent", "Broken", "Golden", "Last", "Hidden", "Crimson", "Endless", "Wild", "Lonely",
-        "Burning", "Frozen", "Secret", "Distant", "Midnight", "Electric", "Forgotten"]
-_NOUN = ["Harbor", "Horizon", "Garden", "Empire", "River", "Signal", "Kingdom", "Promise", "Road",
-         "Mirror", "Storm", "Island", "Letter", "Machine", "Summer", "Shadow"]
+OCCUPATIONS = [
+    "administrator",
+    "artist",
+    "doctor",
+    "educator",
+    "engineer",
+    "entertainment",
+    "executive",
+    "healthcare",
+    "homemaker",
+    "lawyer",
+    "librarian",
+    "marketing",
+    "none",
+    "other",
+    "programmer",
+    "retired",
+    "salesman",
+    "scientist",
+    "student",
+    "technician",
+    "writer",
+]
+_ADJ = [
+    "Silent",
+    "Broken",
+    "Golden",
+    "Last",
+    "Hidden",
+    "Crimson",
+    "Endless",
+    "Wild",
+    "Lonely",
+    "Burning",
+    "Frozen",
+    "Secret",
+    "Distant",
+    "Midnight",
+    "Electric",
+    "Forgotten",
+]
+_NOUN = [
+    "Harbor",
+    "Horizon",
+    "Garden",
+    "Empire",
+    "River",
+    "Signal",
+    "Kingdom",
+    "Promise",
+    "Road",
+    "Mirror",
+    "Storm",
+    "Island",
+    "Letter",
+    "Machine",
+    "Summer",
+    "Shadow",
+]
 # MovieLens-100K's rating histogram (1..5)
 ML100K_HISTOGRAM = np.array([6110, 11370, 27145, 34174, 21201]) / 100_000
 N_FOLDS = 5
@@ -60,8 +111,9 @@ def _describe(rng: np.random.Generator, genres: list[str], quality: float) -> st
     return first + extra
 
 
-def make_synthetic(n_users: int = 60, n_items: int = 120, seed: int = 0,
-                   ratings_per_user: tuple[int, int] = (20, 60)) -> Dataset:
+def make_synthetic(
+    n_users: int = 60, n_items: int = 120, seed: int = 0, ratings_per_user: tuple[int, int] = (20, 60)
+) -> Dataset:
     """Users with genre tastes rate items by taste + quality + noise; 5 folds "u1".."u5".
 
     Deterministic for a seed. Ratings follow MovieLens-100K's histogram (quantile mapping);
@@ -69,8 +121,10 @@ def make_synthetic(n_users: int = 60, n_items: int = 120, seed: int = 0,
     """
     lo, hi = ratings_per_user
     if not 7 <= lo <= hi <= n_items:
-        raise ValueError(f"need 7 <= ratings_per_user[0] <= ratings_per_user[1] <= n_items, "
-                         f"got {ratings_per_user} with n_items={n_items}")
+        raise ValueError(
+            f"need 7 <= ratings_per_user[0] <= ratings_per_user[1] <= n_items, "
+            f"got {ratings_per_user} with n_items={n_items}"
+        )
     if n_users < 1:
         raise ValueError("n_users must be >= 1")
     rng = np.random.default_rng(seed)
@@ -84,19 +138,26 @@ def make_synthetic(n_users: int = 60, n_items: int = 120, seed: int = 0,
     titles = _titles(rng, n_items)
     years = rng.integers(1960, 2021, n_items)
     texts = [_describe(rng, [names[g] for g in gs], q) for gs, q in zip(item_genres, quality)]
-    items = pd.DataFrame({
-        "item_id": [str(i + 1) for i in range(n_items)], "title": titles, "year": years,
-        "genres": ["|".join(names[g] for g in gs) for gs in item_genres], "text": texts,
-    })
+    items = pd.DataFrame(
+        {
+            "item_id": [str(i + 1) for i in range(n_items)],
+            "title": titles,
+            "year": years,
+            "genres": ["|".join(names[g] for g in gs) for gs in item_genres],
+            "text": texts,
+        }
+    )
 
-    users = pd.DataFrame({
-        "user_id": [str(u + 1) for u in range(n_users)],
-        "age": rng.integers(18, 71, n_users),
-        "gender": rng.choice(["M", "F"], n_users),
-        "occupation": rng.choice(OCCUPATIONS, n_users),
-        "zip": [f"{z:05d}" for z in rng.integers(1000, 99999, n_users)],
-        "text": "",
-    })
+    users = pd.DataFrame(
+        {
+            "user_id": [str(u + 1) for u in range(n_users)],
+            "age": rng.integers(18, 71, n_users),
+            "gender": rng.choice(["M", "F"], n_users),
+            "occupation": rng.choice(OCCUPATIONS, n_users),
+            "zip": [f"{z:05d}" for z in rng.integers(1000, 99999, n_users)],
+            "text": "",
+        }
+    )
     taste = rng.normal(0.0, 1.0, (n_users, n_g))
     bias = rng.normal(0.0, 0.35, n_users)
 
@@ -113,23 +174,36 @@ def make_synthetic(n_users: int = 60, n_items: int = 120, seed: int = 0,
         u_idx.append(np.full(n, u)), i_idx.append(chosen), fold.append(f)
     scores = np.concatenate(score)
     cuts = np.quantile(scores, np.cumsum(ML100K_HISTOGRAM)[:-1])
-    ratings = pd.DataFrame({
-        "user_id": (np.concatenate(u_idx) + 1).astype(str),
-        "item_id": (np.concatenate(i_idx) + 1).astype(str),
-        "rating": (1 + np.searchsorted(cuts, scores, side="right")).astype(np.int64),
-        "ts": np.concatenate(ts).astype(np.int64),
-    })
+    ratings = pd.DataFrame(
+        {
+            "user_id": (np.concatenate(u_idx) + 1).astype(str),
+            "item_id": (np.concatenate(i_idx) + 1).astype(str),
+            "rating": (1 + np.searchsorted(cuts, scores, side="right")).astype(np.int64),
+            "ts": np.concatenate(ts).astype(np.int64),
+        }
+    )
     test_fold = np.concatenate(fold)
     folds = [f"u{k + 1}" for k in range(N_FOLDS)]
-    splits = pd.concat([pd.DataFrame({"fold": name, "split": np.where(test_fold == k, "test", "train"),
-                                      "user_id": ratings["user_id"], "item_id": ratings["item_id"]})
-                        for k, name in enumerate(folds)], ignore_index=True)
+    splits = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "fold": name,
+                    "split": np.where(test_fold == k, "test", "train"),
+                    "user_id": ratings["user_id"],
+                    "item_id": ratings["item_id"],
+                }
+            )
+            for k, name in enumerate(folds)
+        ],
+        ignore_index=True,
+    )
     return Dataset(
         name="synthetic",
-        items=items.astype({"item_id": str, "title": str, "year": "Int64", "genres": str,
-                            "text": str})[ITEM_COLUMNS],
-        users=users.astype({"user_id": str, "age": "Int64", "gender": str, "occupation": str,
-                            "zip": str, "text": str})[USER_COLUMNS],
+        items=items.astype({"item_id": str, "title": str, "year": "Int64", "genres": str, "text": str})[ITEM_COLUMNS],
+        users=users.astype({"user_id": str, "age": "Int64", "gender": str, "occupation": str, "zip": str, "text": str})[
+            USER_COLUMNS
+        ],
         ratings=ratings.astype({"user_id": str, "item_id": str})[RATING_COLUMNS],
         splits=splits.astype(str)[SPLIT_COLUMNS],
         source=f"synthetic:seed={seed},users={n_users},items={n_items}",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from tasks.settings import LLMSettings, RunSettings
+from doppel.tasks.settings import LLMSettings, RunSettings
 
 
 class SASRecSettings(BaseModel):
@@ -43,10 +43,12 @@ class EnsembleSettings(BaseModel):
     review_chars: int = Field(300, ge=20)
     overview_chars: int = Field(400, ge=0)
     max_tokens: int = Field(200, ge=32, description="completion tokens per item-analysis call")
-    vocab_threshold: float = Field(0.8, gt=0.0, le=1.0,
-                                   description="cosine similarity at which a keyword joins a more frequent one")
-    sim_top_k: int | None = Field(10, ge=1, description="f_sim: mean over the k most similar liked/disliked items "
-                                                        "(None: all)")
+    vocab_threshold: float = Field(
+        0.8, gt=0.0, le=1.0, description="cosine similarity at which a keyword joins a more frequent one"
+    )
+    sim_top_k: int | None = Field(
+        10, ge=1, description="f_sim: mean over the k most similar liked/disliked items (None: all)"
+    )
     embed_batch: int = Field(64, ge=1)
     sasrec: SASRecSettings = Field(default_factory=SASRecSettings)
 

@@ -35,8 +35,9 @@ def encode(texts: list[str], batch_size: int = 64, encoder: Any = None) -> np.nd
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
     model = encoder or load_encoder()
-    out = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                       show_progress_bar=False)
+    out = model.encode(
+        list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+    )
     return np.asarray(out, dtype=np.float32)
 
 
@@ -51,8 +52,9 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def embed_items(items: pd.DataFrame, stored: pd.DataFrame | None, batch_size: int = 64,
-                encoder: Any = None) -> pd.DataFrame:
+def embed_items(
+    items: pd.DataFrame, stored: pd.DataFrame | None, batch_size: int = 64, encoder: Any = None
+) -> pd.DataFrame:
     """Rows (item_id, text_hash, embedding) for items not yet stored with the same text.
 
     items: item_id, title, year, genres, text. stored: item_id, text_hash (what the table holds).
@@ -64,8 +66,13 @@ def embed_items(items: pd.DataFrame, stored: pd.DataFrame | None, batch_size: in
         known = set(zip(stored["item_id"].astype(str), stored["text_hash"]))
         frame = frame[[(i, h) not in known for i, h in zip(frame["item_id"], frame["text_hash"])]]
     vectors = encode(frame["text"].tolist(), batch_size, encoder)
-    return pd.DataFrame({"item_id": frame["item_id"].to_numpy(), "text_hash": frame["text_hash"].to_numpy(),
-                         "embedding": [v.tolist() for v in vectors]})
+    return pd.DataFrame(
+        {
+            "item_id": frame["item_id"].to_numpy(),
+            "text_hash": frame["text_hash"].to_numpy(),
+            "embedding": [v.tolist() for v in vectors],
+        }
+    )
 
 
 def embedding_matrix(stored: pd.DataFrame, item_index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:

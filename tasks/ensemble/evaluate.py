@@ -16,18 +16,49 @@ import time
 import numpy as np
 import pandas as pd
 
-from tasks.ensemble.voters import (VOTERS, EnsembleOutput, Index, VoterOutput, ensemble_vote, f_mat, f_sim, f_sta,
-                                   history_matrices, user_like_rate)
-from tasks.metrics import binary_metrics
+from doppel.tasks.ensemble.voters import (
+    VOTERS,
+    EnsembleOutput,
+    Index,
+    VoterOutput,
+    ensemble_vote,
+    f_mat,
+    f_sim,
+    f_sta,
+    history_matrices,
+    user_like_rate,
+)
+from doppel.tasks.metrics import binary_metrics
 
-VOTE_COLUMNS = ["user_id", "item_id", "rating", "truth_like", "f_mat", "f_mat_vote", "f_sim", "f_sim_vote",
-                "f_sta", "f_sta_vote", "ensemble", "ensemble_score", "decided_by"]
+VOTE_COLUMNS = [
+    "user_id",
+    "item_id",
+    "rating",
+    "truth_like",
+    "f_mat",
+    "f_mat_vote",
+    "f_sim",
+    "f_sim_vote",
+    "f_sta",
+    "f_sta_vote",
+    "ensemble",
+    "ensemble_score",
+    "decided_by",
+]
 
 
-def score_pairs(train: pd.DataFrame, pairs: pd.DataFrame, item_ids: list[str], threshold: int,
-                keywords: pd.DataFrame, embeddings: np.ndarray, has_embedding: np.ndarray,
-                sasrec, index: Index | None = None,
-                sim_top_k: int | None = 10) -> tuple[pd.DataFrame, dict[str, float]]:
+def score_pairs(
+    train: pd.DataFrame,
+    pairs: pd.DataFrame,
+    item_ids: list[str],
+    threshold: int,
+    keywords: pd.DataFrame,
+    embeddings: np.ndarray,
+    has_embedding: np.ndarray,
+    sasrec,
+    index: Index | None = None,
+    sim_top_k: int | None = 10,
+) -> tuple[pd.DataFrame, dict[str, float]]:
     """One row per pair (VOTE_COLUMNS) and the seconds each voter took.
 
     train: user_id, item_id, rating (u's own history); pairs: user_id, item_id, rating (held out);
@@ -53,15 +84,22 @@ def score_pairs(train: pd.DataFrame, pairs: pd.DataFrame, item_ids: list[str], t
     return votes_frame(pairs, threshold, outputs, vote), seconds
 
 
-def votes_frame(pairs: pd.DataFrame, threshold: int, outputs: dict[str, VoterOutput],
-                vote: EnsembleOutput) -> pd.DataFrame:
-    frame = pd.DataFrame({"user_id": pairs["user_id"].to_numpy(), "item_id": pairs["item_id"].to_numpy(),
-                          "rating": pairs["rating"].to_numpy(np.int64)})
+def votes_frame(
+    pairs: pd.DataFrame, threshold: int, outputs: dict[str, VoterOutput], vote: EnsembleOutput
+) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        {
+            "user_id": pairs["user_id"].to_numpy(),
+            "item_id": pairs["item_id"].to_numpy(),
+            "rating": pairs["rating"].to_numpy(np.int64),
+        }
+    )
     frame["truth_like"] = frame["rating"] >= threshold
     for name in VOTERS:
         frame[name] = outputs[name].score
-        frame[f"{name}_vote"] = pd.array(np.where(np.isnan(outputs[name].vote), None,
-                                                  outputs[name].vote == 1.0), dtype="boolean")
+        frame[f"{name}_vote"] = pd.array(
+            np.where(np.isnan(outputs[name].vote), None, outputs[name].vote == 1.0), dtype="boolean"
+        )
     frame["ensemble"] = vote.decision
     frame["ensemble_score"] = vote.score
     frame["decided_by"] = vote.decided_by.astype(str)
@@ -80,15 +118,23 @@ def _voter_metrics(truth: np.ndarray, score: np.ndarray, vote: np.ndarray) -> di
     return out
 
 
-def f_mat_raw_rows(votes: pd.DataFrame, train: pd.DataFrame, pairs: pd.DataFrame, item_ids: list[str],
-                   threshold: int, keywords: pd.DataFrame, index: Index | None = None) -> pd.DataFrame:
+def f_mat_raw_rows(
+    votes: pd.DataFrame,
+    train: pd.DataFrame,
+    pairs: pd.DataFrame,
+    item_ids: list[str],
+    threshold: int,
+    keywords: pd.DataFrame,
+    index: Index | None = None,
+) -> pd.DataFrame:
     """f_mat on the raw keywords (no vocabulary), as `ensemble:f_mat:raw`: what unifying synonyms buys."""
     index = index or Index.build(train, pairs, item_ids)
     liked, disliked = history_matrices(train, index, threshold)
     out = f_mat(keywords, liked, disliked, index, column="keyword")
     stats = _voter_metrics(votes["truth_like"].to_numpy(bool), out.score, out.vote)
-    return pd.DataFrame([("ensemble:f_mat:raw", m, v) for m, v in stats.items()],
-                        columns=["simulator", "metric", "value"]).astype({"value": float})
+    return pd.DataFrame(
+        [("ensemble:f_mat:raw", m, v) for m, v in stats.items()], columns=["simulator", "metric", "value"]
+    ).astype({"value": float})
 
 
 def _like_rates(train: pd.DataFrame, pairs: pd.DataFrame, threshold: int, key: str) -> np.ndarray:
@@ -97,19 +143,25 @@ def _like_rates(train: pd.DataFrame, pairs: pd.DataFrame, threshold: int, key: s
     return pairs[key].map(liked).fillna(global_rate).to_numpy(float)
 
 
-def metrics_rows(votes: pd.DataFrame, train: pd.DataFrame, threshold: int,
-                 llm: pd.DataFrame | None = None) -> pd.DataFrame:
+def metrics_rows(
+    votes: pd.DataFrame, train: pd.DataFrame, threshold: int, llm: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Long rows (simulator, metric, value) for every voter, the ensemble and the references."""
     rows = _scope(votes, train, threshold, "")
     if llm is not None and not llm.empty:
-        both = votes.merge(llm.rename(columns={"rating": "llm_rating"})[["user_id", "item_id", "llm_rating"]],
-                           on=["user_id", "item_id"], how="inner")
+        both = votes.merge(
+            llm.rename(columns={"rating": "llm_rating"})[["user_id", "item_id", "llm_rating"]],
+            on=["user_id", "item_id"],
+            how="inner",
+        )
         rows += _scope(both, train, threshold, "@llm-rows")
         truth = both["truth_like"].to_numpy(bool)
         llm_rating = both["llm_rating"].to_numpy(float)
         stats = binary_metrics(truth, llm_rating, threshold=threshold)
-        rows += [("llm:like@llm-rows", m, v) for m, v in
-                 {**stats, "coverage": len(both) / max(1, len(llm)), "n": float(len(both))}.items()]
+        rows += [
+            ("llm:like@llm-rows", m, v)
+            for m, v in {**stats, "coverage": len(both) / max(1, len(llm)), "n": float(len(both))}.items()
+        ]
     return pd.DataFrame(rows, columns=["simulator", "metric", "value"]).astype({"value": float})
 
 
@@ -121,8 +173,12 @@ def _scope(votes: pd.DataFrame, train: pd.DataFrame, threshold: int, suffix: str
         stats = _voter_metrics(truth, votes[name].to_numpy(float), vote)
         rows += [(f"ensemble:{name}{suffix}", m, v) for m, v in stats.items()]
     decision = votes["ensemble"].to_numpy(float)
-    stats = {"auc": binary_metrics(truth, votes["ensemble_score"].to_numpy(float))["auc"],
-             "accuracy": binary_metrics(truth, decision)["accuracy"], "coverage": 1.0, "n": float(len(votes))}
+    stats = {
+        "auc": binary_metrics(truth, votes["ensemble_score"].to_numpy(float))["auc"],
+        "accuracy": binary_metrics(truth, decision)["accuracy"],
+        "coverage": 1.0,
+        "n": float(len(votes)),
+    }
     rows += [(f"ensemble:vote{suffix}", m, v) for m, v in stats.items()]
     for key, name in (("user_id", "user_like_rate"), ("item_id", "item_like_rate")):
         score = _like_rates(train, votes, threshold, key)

@@ -14,20 +14,38 @@ import json
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from tasks.llm.gateway import CallRecord, GatewayError, LLMGateway
-from tasks.llm.schemas import load_json
-from tasks.records import Packed
-from tasks.llm.templates import render
+from doppel.tasks.llm.gateway import CallRecord, GatewayError, LLMGateway
+from doppel.tasks.llm.schemas import load_json
+from doppel.tasks.llm.templates import render
+from doppel.tasks.records import Packed
 
 SOURCES = {"obj": "item_keywords", "sub": "item_keywords_reviews"}  # source -> prompt template
 _WORD = re.compile(r"[a-z0-9][a-z0-9'&+-]*")
-_VAGUE = {"none", "n/a", "na", "nothing", "unknown", "good", "bad", "movie", "film", "great", "poor",
-          "pro", "pros", "con", "cons", "keyword", "keywords"}
+_VAGUE = {
+    "none",
+    "n/a",
+    "na",
+    "nothing",
+    "unknown",
+    "good",
+    "bad",
+    "movie",
+    "film",
+    "great",
+    "poor",
+    "pro",
+    "pros",
+    "con",
+    "cons",
+    "keyword",
+    "keywords",
+}
 MAX_WORDS = 4
 MAX_CHARS = 40
 
@@ -74,8 +92,12 @@ def keywords_json_schema(max_keywords: int) -> dict:
     """Short lowercase keyword lists; the pattern keeps small models from writing sentences."""
     words = {"type": "string", "minLength": 2, "maxLength": MAX_CHARS, "pattern": "^[a-z][a-z0-9 '&-]*$"}
     array = {"type": "array", "items": words, "minItems": 1, "maxItems": max_keywords}
-    return {"type": "object", "properties": {"pros": array, "cons": array}, "required": ["pros", "cons"],
-            "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": {"pros": array, "cons": array},
+        "required": ["pros", "cons"],
+        "additionalProperties": False,
+    }
 
 
 def normalise_keyword(raw: Any) -> str | None:
@@ -129,8 +151,10 @@ def parse_keywords(text: str | None, max_keywords: int) -> ParsedKeywords:
     out.cons = [k for k in lists["cons"] if k not in both]
     if not out.pros and not out.cons:
         if both:
-            out.problems.append(f"the same keywords are listed as pros and as cons ({', '.join(sorted(both)[:5])}): "
-                                "pros name what viewers like, cons what they dislike, never the same keyword")
+            out.problems.append(
+                f"the same keywords are listed as pros and as cons ({', '.join(sorted(both)[:5])}): "
+                "pros name what viewers like, cons what they dislike, never the same keyword"
+            )
         else:
             out.problems.append("no usable keyword: give short keywords of 1-3 words, not sentences or titles")
     return out
@@ -151,16 +175,26 @@ def prompt_variables(item: ItemFacts, source: str, max_keywords: int, review_cha
     return variables
 
 
-async def _ask(gateway: LLMGateway, prompt: str, messages: list[dict], max_keywords: int, max_tokens: int,
-               priority: float) -> tuple[str, CallRecord]:
+async def _ask(
+    gateway: LLMGateway, prompt: str, messages: list[dict], max_keywords: int, max_tokens: int, priority: float
+) -> tuple[str, CallRecord]:
     """One cached, limited, schema-constrained completion through the gateway."""
-    return await gateway.complete_json(prompt, messages, "item_keywords", keywords_json_schema(max_keywords),
-                                       max_tokens=max_tokens, priority=priority)
+    return await gateway.complete_json(
+        prompt, messages, "item_keywords", keywords_json_schema(max_keywords), max_tokens=max_tokens, priority=priority
+    )
 
 
-async def analyse_item(gateway: LLMGateway, item: ItemFacts, source: str, *, max_keywords: int = 5,
-                       max_tokens: int = 200, overview_chars: int = 400, review_chars: int = 300,
-                       priority: float = 0.0) -> ItemAnalysis:
+async def analyse_item(
+    gateway: LLMGateway,
+    item: ItemFacts,
+    source: str,
+    *,
+    max_keywords: int = 5,
+    max_tokens: int = 200,
+    overview_chars: int = 400,
+    review_chars: int = 300,
+    priority: float = 0.0,
+) -> ItemAnalysis:
     """Pros/cons keywords of one item from one source, repairing bad answers by re-asking.
 
     The prompt is one user message (no viewer-simulation system prompt: this is item analysis).
@@ -187,8 +221,10 @@ async def analyse_item(gateway: LLMGateway, item: ItemFacts, source: str, *, max
         out.error = f"invalid answer after {attempt + 1} attempts: {problem}"
         messages = messages + [
             {"role": "assistant", "content": content or ""},
-            {"role": "user", "content": render(prompt, overview_chars=overview_chars,
-                                               **{**variables, "repair_error": problem})},
+            {
+                "role": "user",
+                "content": render(prompt, overview_chars=overview_chars, **{**variables, "repair_error": problem}),
+            },
         ]
     return out
 
@@ -197,8 +233,13 @@ class PackedItems(Packed):
     """A chunk of (ItemFacts, source) pairs for one item-analysis task."""
 
 
-async def analyse_chunk(jobs: list[tuple[ItemFacts, str]], gateway: LLMGateway, options: dict,
-                        publish: Callable[[ItemAnalysis], Awaitable[None]], slots: int) -> list[str]:
+async def analyse_chunk(
+    jobs: list[tuple[ItemFacts, str]],
+    gateway: LLMGateway,
+    options: dict,
+    publish: Callable[[ItemAnalysis], Awaitable[None]],
+    slots: int,
+) -> list[str]:
     """Analyse jobs concurrently (a few more in flight than slots); publish each as it finishes."""
     in_flight = asyncio.Semaphore(max(1, 2 * slots))
 
@@ -211,16 +252,22 @@ async def analyse_chunk(jobs: list[tuple[ItemFacts, str]], gateway: LLMGateway, 
     return list(await asyncio.gather(*(one(item, source) for item, source in jobs)))
 
 
-def run_analysis_chunk(packed: PackedItems, llm, model_id: str, cache_dir: str, limits, options: dict,
-                       channel) -> list[str]:
+def run_analysis_chunk(
+    packed: PackedItems, llm, model_id: str, cache_dir: str, limits, options: dict, channel
+) -> list[str]:
     """Synchronous entry for a task-runner thread or Dask worker; results go out through `channel`."""
-    from tasks.llm.cache import ResponseCache
-    from tasks.llm.limits import CallLimiter
+    from doppel.tasks.llm.cache import ResponseCache
+    from doppel.tasks.llm.limits import CallLimiter
 
     async def main() -> list[str]:
         cache = ResponseCache(cache_dir)
-        limiter = CallLimiter(limits.local_slots, limits.dask_semaphore_name, limits.dask_max_leases,
-                              limits.rpm, limits.prefect_limit_name)
+        limiter = CallLimiter(
+            limits.local_slots,
+            limits.dask_semaphore_name,
+            limits.dask_max_leases,
+            limits.rpm,
+            limits.prefect_limit_name,
+        )
         gateway = LLMGateway(llm, cache, limiter, model_id)
 
         async def publish(result: ItemAnalysis) -> None:

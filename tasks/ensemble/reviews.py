@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.data.generic import _RATING_ALIASES
-from tasks.data.lines import read_csv_rows
+from doppel.tasks.data.generic import _RATING_ALIASES
+from doppel.tasks.data.lines import read_csv_rows
 
 
 def ratings_csv(dataset: str) -> Path | None:
@@ -23,8 +23,12 @@ def load_reviews(path: Path) -> pd.DataFrame:
     table = read_csv_rows(path, ["user_id", "item_id"], ["review"], _RATING_ALIASES)
     if "review" not in table.df.columns:
         return pd.DataFrame(columns=["item_id", "user_id", "review"])
-    frame = pd.DataFrame({"item_id": table.text("item_id", required=True),
-                          "user_id": table.text("user_id", required=True),
-                          "review": table.text("review")})
+    frame = pd.DataFrame(
+        {
+            "item_id": table.text("item_id", required=True),
+            "user_id": table.text("user_id", required=True),
+            "review": table.text("review"),
+        }
+    )
     frame = frame[frame["review"].str.strip() != ""]
     return frame.drop_duplicates(["item_id", "user_id"]).reset_index(drop=True)

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from tasks.ensemble.config import SASRecSettings
+from doppel.tasks.ensemble.config import SASRecSettings
 
 log = logging.getLogger("doppel")
 
@@ -42,15 +42,17 @@ class SASRec(nn.Module):
         self.like_in = nn.Embedding(3, d, padding_idx=0)  # 0 pad, 1 disliked, 2 liked
         self.pos = nn.Embedding(cfg.maxlen, d)
         self.drop = nn.Dropout(cfg.dropout)
-        layer = nn.TransformerEncoderLayer(d, cfg.heads, dim_feedforward=2 * d, dropout=cfg.dropout,
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d, cfg.heads, dim_feedforward=2 * d, dropout=cfg.dropout, batch_first=True, norm_first=True
+        )
         self.blocks = nn.ModuleList([layer] + [_clone(layer) for _ in range(cfg.blocks - 1)])
         self.norm = nn.LayerNorm(d)
         self.like_head = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.Linear(d, 1))
         self.item_bias = nn.Embedding(n_items + 1, 1)
         nn.init.zeros_(self.item_bias.weight)
-        self.register_buffer("causal", torch.triu(torch.ones(cfg.maxlen, cfg.maxlen, dtype=torch.bool), 1),
-                             persistent=False)
+        self.register_buffer(
+            "causal", torch.triu(torch.ones(cfg.maxlen, cfg.maxlen, dtype=torch.bool), 1), persistent=False
+        )
 
     def encode(self, items: torch.Tensor, likes: torch.Tensor) -> torch.Tensor:
         """items, likes: (B, L) left-padded with 0 -> hidden states (B, L, d)."""
@@ -94,9 +96,11 @@ def build_sequences(train: pd.DataFrame, item_index: dict[str, int], threshold: 
     liked = (frame["rating"].to_numpy() >= threshold).astype(np.int64)
     users, starts = np.unique(frame["user_id"].to_numpy(), return_index=True)
     bounds = list(starts) + [len(frame)]
-    return Sequences(users=[str(u) for u in users],
-                     items=[idx[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
-                     likes=[liked[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+    return Sequences(
+        users=[str(u) for u in users],
+        items=[idx[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+        likes=[liked[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+    )
 
 
 def _left_pad(rows: list[np.ndarray], length: int) -> np.ndarray:
@@ -104,14 +108,17 @@ def _left_pad(rows: list[np.ndarray], length: int) -> np.ndarray:
     for r, row in enumerate(rows):
         row = row[-length:]
         if len(row):
-            out[r, length - len(row):] = row
+            out[r, length - len(row) :] = row
     return out
 
 
 def fingerprint(train: pd.DataFrame, item_ids: list[str], threshold: int, cfg: SASRecSettings) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps({"cfg": cfg.model_dump(), "threshold": threshold, "torch": torch.__version__},
-                             sort_keys=True).encode())
+    digest.update(
+        json.dumps(
+            {"cfg": cfg.model_dump(), "threshold": threshold, "torch": torch.__version__}, sort_keys=True
+        ).encode()
+    )
     digest.update("\n".join(item_ids).encode())
     frame = train[["user_id", "item_id", "rating", "ts"]].sort_values(["user_id", "item_id"])
     digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
@@ -135,7 +142,7 @@ class SASRecVoter:
         L = self.model.maxlen
         items = torch.from_numpy(_left_pad(self.sequences.items, L))
         likes = torch.from_numpy(_left_pad([x + 1 for x in self.sequences.likes], L))
-        states = [self.model.encode(items[a:a + 512], likes[a:a + 512])[:, -1] for a in range(0, len(items), 512)]
+        states = [self.model.encode(items[a : a + 512], likes[a : a + 512])[:, -1] for a in range(0, len(items), 512)]
         hidden = torch.cat(states).numpy() if states else np.zeros((0, self.model.item.embedding_dim), np.float32)
         return dict(zip(self.sequences.users, hidden))
 
@@ -149,15 +156,24 @@ class SASRecVoter:
         L = self.model.maxlen
         empty = self.model.encode(torch.zeros((1, L), dtype=torch.long), torch.zeros((1, L), dtype=torch.long))
         empty_state = empty[0, -1].numpy()
-        h = np.stack([self._hidden.get(str(u), empty_state) for u in user_ids]) if len(user_ids) else \
-            np.zeros((0, self.model.item.embedding_dim), np.float32)
+        h = (
+            np.stack([self._hidden.get(str(u), empty_state) for u in user_ids])
+            if len(user_ids)
+            else np.zeros((0, self.model.item.embedding_dim), np.float32)
+        )
         targets = np.array([self.item_index.get(str(i), -1) + 1 for i in item_ids], dtype=np.int64)
         logits = self.model.like_logit(torch.from_numpy(h), torch.from_numpy(targets))
         return torch.sigmoid(logits).numpy().astype(float)
 
 
-def train_sasrec(train: pd.DataFrame, item_ids: list[str], threshold: int, cfg: SASRecSettings,
-                 checkpoint_dir: Path | None = None, tag: str = "") -> SASRecVoter:
+def train_sasrec(
+    train: pd.DataFrame,
+    item_ids: list[str],
+    threshold: int,
+    cfg: SASRecSettings,
+    checkpoint_dir: Path | None = None,
+    tag: str = "",
+) -> SASRecVoter:
     """Train (or load from `checkpoint_dir`) a SASRec on the train split; deterministic for a seed."""
     item_index = {item: i for i, item in enumerate(item_ids)}
     sequences = build_sequences(train, item_index, threshold)
@@ -173,9 +189,15 @@ def train_sasrec(train: pd.DataFrame, item_ids: list[str], threshold: int, cfg: 
     started = time.monotonic()
     with _threads(cfg.threads):
         losses = _fit(model, sequences, len(item_ids), cfg)
-    info = {"loaded": False, "train_s": round(time.monotonic() - started, 2), "epochs": cfg.epochs,
-            "final_loss": round(losses[-1], 4) if losses else None, "users": len(sequences.users),
-            "checkpoint": str(path) if path else None, "fingerprint": key}
+    info = {
+        "loaded": False,
+        "train_s": round(time.monotonic() - started, 2),
+        "epochs": cfg.epochs,
+        "final_loss": round(losses[-1], 4) if losses else None,
+        "users": len(sequences.users),
+        "checkpoint": str(path) if path else None,
+        "fingerprint": key,
+    }
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -214,13 +236,13 @@ def _fit(model: SASRec, seqs: Sequences, n_items: int, cfg: SASRecSettings) -> l
         order = rng.permutation(trainable)
         total, count = 0.0, 0
         for start in range(0, len(order), cfg.batch_size):
-            users = order[start:start + cfg.batch_size]
+            users = order[start : start + cfg.batch_size]
             inp, lin, tgt, ltg = [], [], [], []
             for u in users:
                 items, likes = seqs.items[u], seqs.likes[u]
                 # a window of up to maxlen+1 items ending at a random point (the full history for short users)
                 end = int(rng.integers(min(len(items), L + 1), len(items) + 1))
-                window, wlikes = items[max(0, end - L - 1):end], likes[max(0, end - L - 1):end]
+                window, wlikes = items[max(0, end - L - 1) : end], likes[max(0, end - L - 1) : end]
                 inp.append(window[:-1]), lin.append(wlikes[:-1] + 1), tgt.append(window[1:]), ltg.append(wlikes[1:])
             inp_t = torch.from_numpy(_left_pad(inp, L))
             tgt_np = _left_pad(tgt, L)
@@ -230,8 +252,11 @@ def _fit(model: SASRec, seqs: Sequences, n_items: int, cfg: SASRecSettings) -> l
             tgt_t, neg_t = torch.from_numpy(tgt_np), torch.from_numpy(neg_np)
             like_t = torch.from_numpy(_left_pad(ltg, L)).float()
             pos, neg = model.next_logit(h, tgt_t), model.next_logit(h, neg_t)
-            per_token = bce(pos, torch.ones_like(pos)) + bce(neg, torch.zeros_like(neg)) + \
-                cfg.like_weight * bce(model.like_logit(h, tgt_t), like_t)
+            per_token = (
+                bce(pos, torch.ones_like(pos))
+                + bce(neg, torch.zeros_like(neg))
+                + cfg.like_weight * bce(model.like_logit(h, tgt_t), like_t)
+            )
             loss = per_token[valid].mean()
             optimiser.zero_grad()
             loss.backward()

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.ensemble.keywords import ItemAnalysis
-from tasks.llm.templates import prompt_hash
-from tasks.paths import sql_text
-from tasks.store.db import connect, query, transaction
-from tasks.store.writes import CALL_COLUMNS
+from doppel.tasks.ensemble.keywords import ItemAnalysis
+from doppel.tasks.llm.templates import prompt_hash
+from doppel.tasks.paths import sql_text
+from doppel.tasks.store.db import connect, query, transaction
+from doppel.tasks.store.writes import CALL_COLUMNS
 
 ANALYSIS_COLUMNS = ["item_id", "source", "status", "n_pros", "n_cons", "error", "call_key", "prompt_hash"]
 KEYWORD_COLUMNS = ["item_id", "source", "polarity", "keyword"]
@@ -28,31 +28,64 @@ def ensure_tables(db: str | Path) -> None:
 
 def save_item_results(db: str | Path, run_id: str, dataset: str, model: str, results: list[ItemAnalysis]) -> None:
     """Finished item analyses, their keywords and their calls, in one transaction."""
-    from tasks.ensemble.keywords import SOURCES
+    from doppel.tasks.ensemble.keywords import SOURCES
 
     if not results:
         return
-    analysis = pd.DataFrame([{
-        "item_id": r.item_id, "source": r.source, "status": r.status, "n_pros": len(r.pros), "n_cons": len(r.cons),
-        "error": r.error, "call_key": r.calls[-1].call_key if r.calls else None,
-        "prompt_hash": prompt_hash(SOURCES[r.source])} for r in results], columns=ANALYSIS_COLUMNS)
-    keywords = pd.DataFrame([{"item_id": r.item_id, "source": r.source, "polarity": polarity, "keyword": k}
-                             for r in results for polarity, words in (("pro", r.pros), ("con", r.cons))
-                             for k in words], columns=KEYWORD_COLUMNS)
+    analysis = pd.DataFrame(
+        [
+            {
+                "item_id": r.item_id,
+                "source": r.source,
+                "status": r.status,
+                "n_pros": len(r.pros),
+                "n_cons": len(r.cons),
+                "error": r.error,
+                "call_key": r.calls[-1].call_key if r.calls else None,
+                "prompt_hash": prompt_hash(SOURCES[r.source]),
+            }
+            for r in results
+        ],
+        columns=ANALYSIS_COLUMNS,
+    )
+    keywords = pd.DataFrame(
+        [
+            {"item_id": r.item_id, "source": r.source, "polarity": polarity, "keyword": k}
+            for r in results
+            for polarity, words in (("pro", r.pros), ("con", r.cons))
+            for k in words
+        ],
+        columns=KEYWORD_COLUMNS,
+    )
     calls = pd.DataFrame([asdict(c) for r in results for c in r.calls], columns=CALL_COLUMNS)
-    transaction(db, "ensemble_save_items", {"new_analysis": analysis, "new_keywords": keywords, "new_calls": calls},
-                run_id=run_id, dataset=dataset, model=model)
+    transaction(
+        db,
+        "ensemble_save_items",
+        {"new_analysis": analysis, "new_keywords": keywords, "new_calls": calls},
+        run_id=run_id,
+        dataset=dataset,
+        model=model,
+    )
 
 
 def save_reviews(db: str | Path, dataset: str, reviews: pd.DataFrame) -> None:
-    transaction(db, "ensemble_save_reviews", {"new_reviews": reviews[["item_id", "user_id", "review"]]},
-                dataset=dataset)
+    transaction(
+        db, "ensemble_save_reviews", {"new_reviews": reviews[["item_id", "user_id", "review"]]}, dataset=dataset
+    )
 
 
-def save_vocabulary(db: str | Path, run_id: str, dataset: str, model: str, vocabulary: pd.DataFrame,
-                    method: str) -> None:
-    transaction(db, "ensemble_save_vocabulary", {"new_vocabulary": vocabulary}, run_id=run_id, dataset=dataset,
-                model=model, method=method)
+def save_vocabulary(
+    db: str | Path, run_id: str, dataset: str, model: str, vocabulary: pd.DataFrame, method: str
+) -> None:
+    transaction(
+        db,
+        "ensemble_save_vocabulary",
+        {"new_vocabulary": vocabulary},
+        run_id=run_id,
+        dataset=dataset,
+        model=model,
+        method=method,
+    )
 
 
 def save_embeddings(db: str | Path, dataset: str, model: str, rows: pd.DataFrame) -> None:
@@ -66,8 +99,9 @@ def save_votes(db: str | Path, run_id: str, fold: str, votes: pd.DataFrame) -> N
 
 def save_metrics(db: str | Path, run_id: str, metrics: pd.DataFrame) -> None:
     """metrics: fold, simulator, metric, value; replaces only these simulators' rows."""
-    transaction(db, "ensemble_save_metrics", {"new_metrics": metrics[["fold", "simulator", "metric", "value"]]},
-                run_id=run_id)
+    transaction(
+        db, "ensemble_save_metrics", {"new_metrics": metrics[["fold", "simulator", "metric", "value"]]}, run_id=run_id
+    )
 
 
 def read(db: str | Path, name: str, **params) -> pd.DataFrame:

@@ -10,7 +10,7 @@ member, which is the "naming" step (no LLM call; see the report for the LLM-nami
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -26,8 +26,9 @@ def keyword_counts(keywords: pd.DataFrame) -> pd.DataFrame:
     return counts.drop(columns="length").reset_index(drop=True)
 
 
-def build_vocabulary(keywords: pd.DataFrame, encode: Callable[[list[str]], np.ndarray],
-                     threshold: float = 0.8) -> pd.DataFrame:
+def build_vocabulary(
+    keywords: pd.DataFrame, encode: Callable[[list[str]], np.ndarray], threshold: float = 0.8
+) -> pd.DataFrame:
     """keywords: item_id, keyword (any source/polarity). Returns keyword, canonical, n_items, similarity."""
     if keywords.empty:
         return pd.DataFrame(columns=VOCAB_COLUMNS)

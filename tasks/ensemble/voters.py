@@ -52,14 +52,15 @@ class Index:
     pair_i: np.ndarray
 
     @classmethod
-    def build(cls, train: pd.DataFrame, pairs: pd.DataFrame, item_ids: list[str]) -> "Index":
+    def build(cls, train: pd.DataFrame, pairs: pd.DataFrame, item_ids: list[str]) -> Index:
         users = {u: k for k, u in enumerate(sorted(set(train["user_id"]) | set(pairs["user_id"])))}
         items = {i: k for k, i in enumerate(item_ids)}
         extra = [i for i in pd.unique(pd.concat([train["item_id"], pairs["item_id"]])) if i not in items]
         for i in extra:
             items[i] = len(items)
-        return cls(users, items, pairs["user_id"].map(users).to_numpy(np.int64),
-                   pairs["item_id"].map(items).to_numpy(np.int64))
+        return cls(
+            users, items, pairs["user_id"].map(users).to_numpy(np.int64), pairs["item_id"].map(items).to_numpy(np.int64)
+        )
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -93,8 +94,13 @@ def _pair_dot(left: sparse.csr_matrix, rows_l: np.ndarray, right: sparse.csr_mat
     return np.asarray(left[rows_l].multiply(right[rows_r]).sum(axis=1)).ravel()
 
 
-def f_mat(keywords: pd.DataFrame, liked: sparse.csr_matrix, disliked: sparse.csr_matrix, index: Index,
-          column: str = "canonical") -> VoterOutput:
+def f_mat(
+    keywords: pd.DataFrame,
+    liked: sparse.csr_matrix,
+    disliked: sparse.csr_matrix,
+    index: Index,
+    column: str = "canonical",
+) -> VoterOutput:
     """keywords: item_id, polarity (pro|con), `column` (the keyword to match on)."""
     n_items = len(index.items)
     kw = keywords[keywords["item_id"].isin(index.items.keys())]
@@ -121,8 +127,14 @@ def f_mat(keywords: pd.DataFrame, liked: sparse.csr_matrix, disliked: sparse.csr
     return VoterOutput(np.where(np.isnan(vote), np.nan, _sigmoid(4.0 * diff)), vote)
 
 
-def f_sim(embeddings: np.ndarray, has_embedding: np.ndarray, liked: sparse.csr_matrix,
-          disliked: sparse.csr_matrix, index: Index, top_k: int | None = 10) -> VoterOutput:
+def f_sim(
+    embeddings: np.ndarray,
+    has_embedding: np.ndarray,
+    liked: sparse.csr_matrix,
+    disliked: sparse.csr_matrix,
+    index: Index,
+    top_k: int | None = 10,
+) -> VoterOutput:
     """embeddings: unit rows per item code (items x dim); has_embedding: bool per item code.
 
     s_L / s_D = mean cosine similarity of the candidate to its `top_k` most similar liked / disliked
@@ -146,8 +158,8 @@ def f_sim(embeddings: np.ndarray, has_embedding: np.ndarray, liked: sparse.csr_m
 
 
 def _user_similarities(user, positions, embeddings, index, liked_k, disliked_k, top_k, s_like, s_dislike) -> None:
-    mine_l = liked_k.indices[liked_k.indptr[user]:liked_k.indptr[user + 1]]
-    mine_d = disliked_k.indices[disliked_k.indptr[user]:disliked_k.indptr[user + 1]]
+    mine_l = liked_k.indices[liked_k.indptr[user] : liked_k.indptr[user + 1]]
+    mine_d = disliked_k.indices[disliked_k.indptr[user] : disliked_k.indptr[user + 1]]
     if not len(mine_l) or not len(mine_d):
         return
     cand = embeddings[index.pair_i[positions]]
@@ -201,8 +213,12 @@ def ensemble_vote(outputs: list[VoterOutput], prior: np.ndarray, global_rate: fl
     n_dislike = np.sum(votes == 0.0, axis=1)
     n_abstain = votes.shape[1] - n_like - n_dislike
     voted = ~np.isnan(scores)
-    mean = np.divide(np.where(voted, scores, 0.0).sum(axis=1), voted.sum(axis=1),
-                     out=np.full(len(votes), 0.5), where=voted.sum(axis=1) > 0)
+    mean = np.divide(
+        np.where(voted, scores, 0.0).sum(axis=1),
+        voted.sum(axis=1),
+        out=np.full(len(votes), 0.5),
+        where=voted.sum(axis=1) > 0,
+    )
     user_prior = np.where(np.isnan(prior), global_rate, prior) >= 0.5
     decision = np.where(mean > 0.5, True, np.where(mean < 0.5, False, user_prior))
     decided_by = np.where(mean != 0.5, "mean", "prior").astype(object)

@@ -35,8 +35,9 @@ class Calibrator:
         return out
 
 
-def fit_calibrator(X: pd.DataFrame, y: Sequence[int], kind: str = "hgb", seed: int = 0,
-                   columns: Sequence[str] | None = None) -> Calibrator:
+def fit_calibrator(
+    X: pd.DataFrame, y: Sequence[int], kind: str = "hgb", seed: int = 0, columns: Sequence[str] | None = None
+) -> Calibrator:
     """Fit P(rating | features) on the slice: X features, y integer ratings 1..5."""
     y = np.asarray(y).astype(int)
     if len(y) != len(X):
@@ -47,10 +48,17 @@ def fit_calibrator(X: pd.DataFrame, y: Sequence[int], kind: str = "hgb", seed: i
     if kind == "hgb":
         from sklearn.ensemble import HistGradientBoostingClassifier
 
-        model = HistGradientBoostingClassifier(learning_rate=0.15, max_iter=150, max_leaf_nodes=15,
-                                               min_samples_leaf=40, l2_regularization=1.0,
-                                               early_stopping=True, validation_fraction=0.15,
-                                               n_iter_no_change=15, random_state=seed)
+        model = HistGradientBoostingClassifier(
+            learning_rate=0.15,
+            max_iter=150,
+            max_leaf_nodes=15,
+            min_samples_leaf=40,
+            l2_regularization=1.0,
+            early_stopping=True,
+            validation_fraction=0.15,
+            n_iter_no_change=15,
+            random_state=seed,
+        )
     elif kind == "logreg":
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline

@@ -1,6 +1,6 @@
 """Decoding a rating distribution P (n, 5) over 1..5 into one integer rating per pair.
 
-- accuracy: `expected_value` rounded half up (`tasks.metrics.round_rating`) = the integer
+- accuracy: `expected_value` rounded half up (`doppel.tasks.metrics.round_rating`) = the integer
   minimising expected squared error; `mode` maximises the chance of an exact hit; `beta` in
   between (expected squared error minus beta * P(exact)), `choose_beta` picks it on the
   calibration slice.
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.metrics import round_rating
+from doppel.tasks.metrics import round_rating
 
 SCALE = np.arange(1, 6)
 
@@ -95,8 +95,7 @@ def target_counts(target: Any, n: int) -> np.ndarray:
     return counts
 
 
-def quantile_match(score: Any, target: Any, groups: Any = None,
-                   targets: Mapping[Any, Any] | None = None) -> np.ndarray:
+def quantile_match(score: Any, target: Any, groups: Any = None, targets: Mapping[Any, Any] | None = None) -> np.ndarray:
     """Integer ratings whose histogram is exactly `target_counts(target, n)` (per group).
 
     score: (n,) higher = higher rating. groups: optional (n,) labels; `targets` maps a label to
@@ -125,8 +124,9 @@ def _hist(r: np.ndarray) -> np.ndarray:
     return np.bincount(r - 1, minlength=5) / max(r.size, 1)
 
 
-def tradeoff(P: Any, target: Any, lam: float, groups: Any = None,
-             targets: Mapping[Any, Any] | None = None) -> np.ndarray:
+def tradeoff(
+    P: Any, target: Any, lam: float, groups: Any = None, targets: Mapping[Any, Any] | None = None
+) -> np.ndarray:
     """Quantile-match E[r] to (1 - lam) * hist(accuracy decoding) + lam * target, per group."""
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")

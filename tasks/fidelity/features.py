@@ -21,8 +21,9 @@ SLICE_HOWS = ("random", "latest", "hash")
 GENRE_SHRINK = 5.0  # pseudo-count pulling a user's genre residual towards 0
 
 
-def calibration_slice(train: pd.DataFrame, frac: float = 0.2, how: str = "random", seed: int = 0,
-                      min_keep: int = 5) -> np.ndarray:
+def calibration_slice(
+    train: pd.DataFrame, frac: float = 0.2, how: str = "random", seed: int = 0, min_keep: int = 5
+) -> np.ndarray:
     """Boolean mask over `train` rows: the calibration slice (True) held out of each user's ratings.
 
     how="random": a seeded random `frac` of each user's ratings; how="latest": each user's latest
@@ -37,8 +38,10 @@ def calibration_slice(train: pd.DataFrame, frac: float = 0.2, how: str = "random
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame({"user_id": train["user_id"].to_numpy(), "pos": np.arange(len(train))})
     if how == "hash":
-        frame["key"] = [hashlib.md5(f"{seed}:{u}:{i}".encode()).hexdigest()
-                        for u, i in zip(train["user_id"].astype(str), train["item_id"].astype(str))]
+        frame["key"] = [
+            hashlib.md5(f"{seed}:{u}:{i}".encode()).hexdigest()
+            for u, i in zip(train["user_id"].astype(str), train["item_id"].astype(str))
+        ]
     else:
         frame["key"] = train["ts"].to_numpy() if how == "latest" else rng.random(len(train))
     frame["tie"] = rng.random(len(train)) if how == "latest" else 0.0
@@ -84,8 +87,9 @@ def _surprise(name: str, seed: int) -> Any:
     raise ValueError(f"unknown CF model {name!r}")
 
 
-def cf_predictions(fit: pd.DataFrame, pairs: pd.DataFrame, models: Sequence[str] = CF_MODELS,
-                   seed: int = 0) -> pd.DataFrame:
+def cf_predictions(
+    fit: pd.DataFrame, pairs: pd.DataFrame, models: Sequence[str] = CF_MODELS, seed: int = 0
+) -> pd.DataFrame:
     """Each surprise model fit on `fit` predicts every pair; plus the baseline terms bu, bi, mu.
 
     Returns columns cf_<model> (float, clipped to 1..5 by surprise), bu, bi (the baseline
@@ -93,16 +97,18 @@ def cf_predictions(fit: pd.DataFrame, pairs: pd.DataFrame, models: Sequence[str]
     """
     from surprise import Dataset, Reader
 
-    data = Dataset.load_from_df(fit[["user_id", "item_id", "rating"]].astype({"rating": float}),
-                                Reader(rating_scale=(1, 5)))
+    data = Dataset.load_from_df(
+        fit[["user_id", "item_id", "rating"]].astype({"rating": float}), Reader(rating_scale=(1, 5))
+    )
     trainset = data.build_full_trainset()
     users, items = pairs["user_id"].to_numpy(), pairs["item_id"].to_numpy()
     out = pd.DataFrame(index=pairs.index)
     for name in models:
         algo = _surprise(name, seed)
         algo.fit(trainset)
-        out[f"cf_{name}"] = np.fromiter((algo.predict(u, i).est for u, i in zip(users, items)),
-                                        dtype=float, count=len(pairs))
+        out[f"cf_{name}"] = np.fromiter(
+            (algo.predict(u, i).est for u, i in zip(users, items)), dtype=float, count=len(pairs)
+        )
         if name == "knn_item":
             bu, bi = algo.compute_baselines()
             uid, iid = trainset._raw2inner_id_users, trainset._raw2inner_id_items
@@ -137,8 +143,9 @@ def genre_affinity(fit: pd.DataFrame, pairs: pd.DataFrame, items: pd.DataFrame) 
     return aff.to_numpy(dtype=float)
 
 
-def pair_features(fit: pd.DataFrame, pairs: pd.DataFrame, items: pd.DataFrame,
-                  models: Sequence[str] = CF_MODELS, seed: int = 0) -> pd.DataFrame:
+def pair_features(
+    fit: pd.DataFrame, pairs: pd.DataFrame, items: pd.DataFrame, models: Sequence[str] = CF_MODELS, seed: int = 0
+) -> pd.DataFrame:
     """Feature table for `pairs` (user_id, item_id) from the `fit` ratings only; same row order.
 
     Columns: cf_* (models), bu, bi, mu, user_{n,mean,std,p1..p5}, item_{n,mean,std,p1..p5},

@@ -21,10 +21,18 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from tasks.fidelity.calibrate import fit_calibrator
-from tasks.fidelity.decode import choose_beta, decode_accuracy, tradeoff
-from tasks.fidelity.features import (CF_MODELS, FEATURE_GROUPS, LLM_COLUMNS, calibration_slice, llm_answer_features,
-                                     pair_features, probs_matrix, slice_parts)
+from doppel.tasks.fidelity.calibrate import fit_calibrator
+from doppel.tasks.fidelity.decode import choose_beta, decode_accuracy, tradeoff
+from doppel.tasks.fidelity.features import (
+    CF_MODELS,
+    FEATURE_GROUPS,
+    LLM_COLUMNS,
+    calibration_slice,
+    llm_answer_features,
+    pair_features,
+    probs_matrix,
+    slice_parts,
+)
 
 BUCKET_EDGES = (50, 150)  # train ratings per user: <50, 50-150, >150
 BUCKETS = ("<50", "50-150", ">150")
@@ -60,10 +68,19 @@ def bucket_targets(train: pd.DataFrame) -> tuple[np.ndarray, dict[str, np.ndarra
     return pop, per
 
 
-def fold_features(train: pd.DataFrame, pairs: pd.DataFrame, items: pd.DataFrame,
-                  slice_how: str = "random", frac: float = 0.2, refit: bool = True, stack: int = 1,
-                  models: Sequence[str] = CF_MODELS, seed: int = 0,
-                  slice_llm: pd.DataFrame | None = None, pair_llm: pd.DataFrame | None = None) -> FoldFeatures:
+def fold_features(
+    train: pd.DataFrame,
+    pairs: pd.DataFrame,
+    items: pd.DataFrame,
+    slice_how: str = "random",
+    frac: float = 0.2,
+    refit: bool = True,
+    stack: int = 1,
+    models: Sequence[str] = CF_MODELS,
+    seed: int = 0,
+    slice_llm: pd.DataFrame | None = None,
+    pair_llm: pd.DataFrame | None = None,
+) -> FoldFeatures:
     """Hold the slice out of train, build slice features (labels = slice ratings) and pair features.
 
     stack=k > 1: k-fold stacking instead of one slice: each user's train ratings are dealt into k
@@ -80,8 +97,10 @@ def fold_features(train: pd.DataFrame, pairs: pd.DataFrame, items: pd.DataFrame,
             raise ValueError("stacking deals random parts: use slice_how='random'")
         parts = slice_parts(train, stack, seed)
         held = pd.concat([train[parts == k] for k in range(stack)], ignore_index=True)
-        X_slice = pd.concat([pair_features(train[parts != k], train[parts == k], items, models, seed)
-                             for k in range(stack)], ignore_index=True)
+        X_slice = pd.concat(
+            [pair_features(train[parts != k], train[parts == k], items, models, seed) for k in range(stack)],
+            ignore_index=True,
+        )
         fit = train[parts != 0]
     else:
         mask = calibration_slice(train, frac=frac, how=slice_how, seed=seed)
@@ -98,16 +117,20 @@ def with_llm(ff: FoldFeatures, slice_llm: pd.DataFrame, pair_llm: pd.DataFrame) 
     """`ff` with the LLM's answers as features (replacing any joined before): slice_llm / pair_llm
     as in `fold_features`. Cheap: the CF features are reused."""
     gone = [c for c in LLM_COLUMNS if c in ff.X_slice]
-    return replace(ff, X_slice=_join_llm(ff.X_slice.drop(columns=gone), ff.slice_pairs, slice_llm),
-                   X_pairs=_join_llm(ff.X_pairs.drop(columns=gone), ff.pairs, pair_llm))
+    return replace(
+        ff,
+        X_slice=_join_llm(ff.X_slice.drop(columns=gone), ff.slice_pairs, slice_llm),
+        X_pairs=_join_llm(ff.X_pairs.drop(columns=gone), ff.pairs, pair_llm),
+    )
 
 
 def _join_llm(X: pd.DataFrame, keys: pd.DataFrame, llm: pd.DataFrame) -> pd.DataFrame:
     """X plus the LLM's answer for each of `keys`' pairs (llm: user_id, item_id, llm; NaN = none;
     optional llm_probs: its P(1..5) per pair, None where the server gave none)."""
     cols = ["user_id", "item_id", "llm", *(["llm_probs"] if "llm_probs" in llm else [])]
-    j = keys[["user_id", "item_id"]].merge(llm[cols].astype({"user_id": str, "item_id": str}),
-                                           on=["user_id", "item_id"], how="left", validate="one_to_one")
+    j = keys[["user_id", "item_id"]].merge(
+        llm[cols].astype({"user_id": str, "item_id": str}), on=["user_id", "item_id"], how="left", validate="one_to_one"
+    )
     probs = probs_matrix(j["llm_probs"].tolist()) if "llm_probs" in j else None
     return pd.concat([X.reset_index(drop=True), llm_answer_features(j["llm"].to_numpy(), probs)], axis=1)
 
@@ -120,8 +143,9 @@ def feature_columns(X: pd.DataFrame, drop: Sequence[str] = ()) -> list[str]:
     return [c for c in X.columns if c not in gone]
 
 
-def predict_proba(ff: FoldFeatures, kind: str = "logreg", drop: Sequence[str] = (), seed: int = 0,
-                  with_slice: bool = False):
+def predict_proba(
+    ff: FoldFeatures, kind: str = "logreg", drop: Sequence[str] = (), seed: int = 0, with_slice: bool = False
+):
     """Fit the calibrator on the slice (minus dropped feature groups); P(rating) of every pair.
 
     with_slice=True: returns (P_pairs, P_slice), the second for choosing decoder settings on
@@ -148,8 +172,14 @@ def realism(P: np.ndarray, ff: FoldFeatures, lam: float = 1.0, per_bucket: bool 
     return tradeoff(P, pop, lam, groups=groups, targets=per)
 
 
-def hybrid_ratings(train: pd.DataFrame, pairs: pd.DataFrame, items: pd.DataFrame, seed: int = 0,
-                   kind: str = "logreg", models: Sequence[str] = CF_MODELS) -> pd.DataFrame:
+def hybrid_ratings(
+    train: pd.DataFrame,
+    pairs: pd.DataFrame,
+    items: pd.DataFrame,
+    seed: int = 0,
+    kind: str = "logreg",
+    models: Sequence[str] = CF_MODELS,
+) -> pd.DataFrame:
     """The default hybrid (one random 20% slice, logreg calibrator): user_id, item_id, accuracy, realism."""
     ff = fold_features(train, pairs, items, seed=seed, models=models)
     P, P_slice = predict_proba(ff, kind=kind, seed=seed, with_slice=True)

@@ -16,13 +16,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tasks.fidelity.calibrate import fit_calibrator
-from tasks.fidelity.decode import decode_accuracy
-from tasks.fidelity.features import llm_answer_features
+from doppel.tasks.fidelity.calibrate import fit_calibrator
+from doppel.tasks.fidelity.decode import decode_accuracy
+from doppel.tasks.fidelity.features import llm_answer_features
 
 
-def cross_fit(P: np.ndarray, llm: np.ndarray, y: np.ndarray, users: np.ndarray, n_splits: int = 2,
-              seed: int = 0, probs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def cross_fit(
+    P: np.ndarray,
+    llm: np.ndarray,
+    y: np.ndarray,
+    users: np.ndarray,
+    n_splits: int = 2,
+    seed: int = 0,
+    probs: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(ratings of arm "cf", ratings of arm "cf+llm") for every row, same order.
 
     P: (n, 5) the hybrid's rating distribution; llm: (n,) the LLM's rating (NaN = no answer);
@@ -38,8 +45,10 @@ def cross_fit(P: np.ndarray, llm: np.ndarray, y: np.ndarray, users: np.ndarray, 
     group_of = dict(zip(np.random.default_rng(seed).permutation(ids), np.arange(ids.size) % n_splits))
     groups = np.array([group_of[u] for u in users])
     base = np.log(np.clip(P, 1e-6, 1.0))
-    arms = {name: pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
-            for name, X in (("cf", base), ("cf+llm", np.hstack([base, llm_answer_features(llm, probs).to_numpy()])))}
+    arms = {
+        name: pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
+        for name, X in (("cf", base), ("cf+llm", np.hstack([base, llm_answer_features(llm, probs).to_numpy()])))
+    }
     out = {arm: np.zeros(len(y), dtype=np.int64) for arm in arms}
     for g in range(n_splits):
         fit, apply = groups != g, groups == g
@@ -49,8 +58,9 @@ def cross_fit(P: np.ndarray, llm: np.ndarray, y: np.ndarray, users: np.ndarray, 
     return out["cf"], out["cf+llm"]
 
 
-def paired_gap(truth: np.ndarray, a: np.ndarray, b: np.ndarray, users: np.ndarray, n_boot: int = 2000,
-               seed: int = 0) -> dict[str, tuple[float, float, float]]:
+def paired_gap(
+    truth: np.ndarray, a: np.ndarray, b: np.ndarray, users: np.ndarray, n_boot: int = 2000, seed: int = 0
+) -> dict[str, tuple[float, float, float]]:
     """b minus a in rmse, exact % and close %, with a 95% bootstrap interval over users:
     {metric: (gap, low, high)}."""
     truth, a, b, users = (np.asarray(x) for x in (truth, a, b, users))
@@ -59,13 +69,18 @@ def paired_gap(truth: np.ndarray, a: np.ndarray, b: np.ndarray, users: np.ndarra
 
     def gaps(rows: np.ndarray) -> np.ndarray:
         ea, eb = a[rows] - truth[rows], b[rows] - truth[rows]
-        return np.array([np.sqrt(np.mean(eb ** 2)) - np.sqrt(np.mean(ea ** 2)),
-                         100 * (np.mean(eb == 0) - np.mean(ea == 0)),
-                         100 * (np.mean(np.abs(eb) <= 1) - np.mean(np.abs(ea) <= 1))])
+        return np.array(
+            [
+                np.sqrt(np.mean(eb**2)) - np.sqrt(np.mean(ea**2)),
+                100 * (np.mean(eb == 0) - np.mean(ea == 0)),
+                100 * (np.mean(np.abs(eb) <= 1) - np.mean(np.abs(ea) <= 1)),
+            ]
+        )
 
     point = gaps(np.arange(truth.size))
     rng = np.random.default_rng(seed)
-    boot = np.array([gaps(np.concatenate([rows_of[k] for k in rng.integers(0, ids.size, ids.size)]))
-                     for _ in range(n_boot)])
+    boot = np.array(
+        [gaps(np.concatenate([rows_of[k] for k in rng.integers(0, ids.size, ids.size)])) for _ in range(n_boot)]
+    )
     low, high = np.percentile(boot, [2.5, 97.5], axis=0)
     return {m: (float(point[i]), float(low[i]), float(high[i])) for i, m in enumerate(("rmse", "exact", "close"))}

@@ -27,8 +27,22 @@ def call_key(model: str, messages: list[dict], params: dict[str, Any], sample: i
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "lustre", "gpfs", "beegfs", "glusterfs",
-              "fuse.glusterfs", "ceph", "fuse.ceph", "9p")
+NETWORK_FS = (
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "fuse.sshfs",
+    "lustre",
+    "gpfs",
+    "beegfs",
+    "glusterfs",
+    "fuse.glusterfs",
+    "ceph",
+    "fuse.ceph",
+    "9p",
+)
 
 
 def on_network_fs(path: str | Path) -> bool:

@@ -3,7 +3,7 @@
     with EmbeddedServer.from_model("qwen2.5-0.5b") as srv:
         client = openai.OpenAI(base_url=srv.base_url, api_key=srv.api_key)
 
-The child (``python -m tasks.llm.embedded serve ...``) binds 127.0.0.1 on a free port, reports the
+The child (``python -m doppel.tasks.llm.embedded serve ...``) binds 127.0.0.1 on a free port, reports the
 address on its stdout, and dies with its parent: PR_SET_PDEATHSIG plus a watchdog thread polling
 ``os.getppid()``. The parent stops it on exit, Ctrl-C and errors (terminate, wait, kill).
 llama.cpp logs go to ``<cache_root>/logs/llama-server-*.log`` (kept only when start-up fails),
@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from tasks.llm.embedded_models import (
+from doppel.tasks.llm.embedded_models import (
     DEFAULT_MODEL,
     MODELS,
     EmbeddedModel,
@@ -45,14 +45,22 @@ from tasks.llm.embedded_models import (
 )
 
 __all__ = [
-    "DEFAULT_MODEL", "MODELS", "EmbeddedModel", "EmbeddedModelError", "EmbeddedServer",
-    "EmbeddedServerError", "GGUFHeader", "ensure_model", "list_models", "read_gguf_header", "verify_gguf",
+    "DEFAULT_MODEL",
+    "MODELS",
+    "EmbeddedModel",
+    "EmbeddedModelError",
+    "EmbeddedServer",
+    "EmbeddedServerError",
+    "GGUFHeader",
+    "ensure_model",
+    "list_models",
+    "read_gguf_header",
+    "verify_gguf",
 ]
 
 _READY = "DOPPEL_LLAMA_LISTENING "
 _KEY_ENV = "DOPPEL_LLAMA_API_KEY"  # passed by environment, never on the command line (ps shows argv)
 _PR_SET_PDEATHSIG = 1
-_PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never via HTTP_PROXY
 
 
@@ -141,8 +149,15 @@ class EmbeddedServer:
         """Verify/assemble a registry model (or a .gguf path) and make a server for it (not started)."""
         path = ensure_model(name_or_path, cache_dir)
         name = name_or_path if name_or_path in MODELS else path.stem
-        return cls(path, n_ctx=n_ctx, threads=threads, cache_ram_mib=cache_ram_mib, model_name=name,
-                   startup_timeout=startup_timeout, log_dir=log_dir)
+        return cls(
+            path,
+            n_ctx=n_ctx,
+            threads=threads,
+            cache_ram_mib=cache_ram_mib,
+            model_name=name,
+            startup_timeout=startup_timeout,
+            log_dir=log_dir,
+        )
 
     @property
     def base_url(self) -> str:
@@ -173,13 +188,24 @@ class EmbeddedServer:
         if not self.model_path.is_file():
             raise EmbeddedServerError(f"model file not found: {self.model_path}")
         cmd = [
-            sys.executable, "-m", "tasks.llm.embedded", "serve",
-            "--model", str(self.model_path), "--alias", self.model_name, "--n-ctx", str(self.n_ctx),
-            "--threads", str(self.threads), "--cache-ram-mib", str(self.cache_ram_mib),
-            "--parent-pid", str(os.getpid()),
+            sys.executable,
+            "-m",
+            "doppel.tasks.llm.embedded",
+            "serve",
+            "--model",
+            str(self.model_path),
+            "--alias",
+            self.model_name,
+            "--n-ctx",
+            str(self.n_ctx),
+            "--threads",
+            str(self.threads),
+            "--cache-ram-mib",
+            str(self.cache_ram_mib),
+            "--parent-pid",
+            str(os.getpid()),
         ]
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
         if self._require_key:
             env[_KEY_ENV] = self.api_key
         else:
@@ -192,7 +218,11 @@ class EmbeddedServer:
         started = time.monotonic()
         try:
             self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log, env=env,
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=self._log,
+                env=env,
                 start_new_session=True,  # Ctrl-C goes to the parent only; it stops the child itself
             )
             self._finalizer = weakref.finalize(self, _kill, self._proc)  # also runs at interpreter exit
@@ -240,7 +270,7 @@ class EmbeddedServer:
                 buf, eof = buf + chunk, not chunk
                 for line in buf.decode("utf-8", "replace").splitlines():
                     if line.startswith(_READY):
-                        return line[len(_READY):].strip().rstrip("/")
+                        return line[len(_READY) :].strip().rstrip("/")
             if eof or self._proc.poll() is not None:  # EOF or exit: the child is going away
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self._proc.wait(5)
@@ -268,6 +298,7 @@ class EmbeddedServer:
 
 def _die_with_parent(parent: int) -> None:
     """Exit when the parent goes away: PDEATHSIG (Linux) and a getppid() watchdog thread."""
+
     # PDEATHSIG fires when the *thread* that forked us exits, not only the process; so it sends
     # SIGUSR1 and the handler exits only if we really were re-parented.
     def on_signal(signum: int, frame: object) -> None:
@@ -320,8 +351,8 @@ def serve(model: str, alias: str, n_ctx: int, threads: int, cache_ram_mib: int, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m tasks.llm.embedded serve --model PATH ...` (what EmbeddedServer runs)."""
-    ap = argparse.ArgumentParser(prog="python -m tasks.llm.embedded")
+    """`python -m doppel.tasks.llm.embedded serve --model PATH ...` (what EmbeddedServer runs)."""
+    ap = argparse.ArgumentParser(prog="python -m doppel.tasks.llm.embedded")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sp = sub.add_parser("serve", help="run the llama.cpp server in the foreground")
     sp.add_argument("--model", required=True)
@@ -332,8 +363,14 @@ def main(argv: list[str] | None = None) -> None:
     sp.add_argument("--parent-pid", type=int, default=None)
     args = ap.parse_args(argv)
     try:
-        serve(args.model, args.alias or Path(args.model).stem, args.n_ctx, args.threads, args.cache_ram_mib,
-              args.parent_pid)
+        serve(
+            args.model,
+            args.alias or Path(args.model).stem,
+            args.n_ctx,
+            args.threads,
+            args.cache_ram_mib,
+            args.parent_pid,
+        )
     except BaseException:  # llama.cpp may leave threads behind that block a normal exit: exit hard
         traceback.print_exc()
         sys.stderr.flush()

@@ -110,8 +110,17 @@ MODELS: dict[str, EmbeddedModel] = {
 _GGUF_MAGIC = b"GGUF"
 # value type -> (struct format, size); 8 = string, 9 = array are handled separately
 _SCALARS: dict[int, tuple[str, int]] = {
-    0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4),
-    6: ("<f", 4), 7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8),
+    0: ("<B", 1),
+    1: ("<b", 1),
+    2: ("<H", 2),
+    3: ("<h", 2),
+    4: ("<I", 4),
+    5: ("<i", 4),
+    6: ("<f", 4),
+    7: ("<?", 1),
+    10: ("<Q", 8),
+    11: ("<q", 8),
+    12: ("<d", 8),
 }
 _STRING, _ARRAY = 8, 9
 
@@ -236,14 +245,16 @@ def verify_gguf(path: str | Path, model: EmbeddedModel | None = None) -> GGUFHea
         if header.metadata.get(key) != want
     ]
     if header.has_chat_template != model.has_chat_template:
-        problems.append(f"tokenizer.chat_template present={header.has_chat_template} "
-                        f"(expected {model.has_chat_template})")
+        problems.append(
+            f"tokenizer.chat_template present={header.has_chat_template} (expected {model.has_chat_template})"
+        )
     if problems:
         raise EmbeddedModelError(f"{path}: GGUF metadata mismatch for {model.name}: " + "; ".join(problems))
     return header
 
 
 # ----------------------------------------------------------------------------- assembly and cache
+
 
 def cache_root() -> Path:
     """doppel's cache root: $DOPPEL_CACHE_DIR, else ~/.cache/doppel."""

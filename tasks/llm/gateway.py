@@ -20,12 +20,17 @@ from typing import Any
 
 import openai
 
-from tasks.llm.cache import ResponseCache, call_key
-from tasks.llm.limits import CallLimiter
-from tasks.llm.schemas import (digit_distributions, parse_ratings, rating_distributions, ratings_json_schema,
-                               read_completion)
-from tasks.llm.templates import ids_json, prompt_hash, render
-from tasks.settings import API_KEY_ENV_VARS, RATING_SAMPLES_LIMIT, LLMSettings
+from doppel.tasks.llm.cache import ResponseCache, call_key
+from doppel.tasks.llm.limits import CallLimiter
+from doppel.tasks.llm.schemas import (
+    digit_distributions,
+    parse_ratings,
+    rating_distributions,
+    ratings_json_schema,
+    read_completion,
+)
+from doppel.tasks.llm.templates import ids_json, prompt_hash, render
+from doppel.tasks.settings import API_KEY_ENV_VARS, RATING_SAMPLES_LIMIT, LLMSettings
 
 JSON_MODES = ("schema", "object", "text")
 TOP_LOGPROBS = 10  # alternatives per answer token: enough to hold all five rating digits
@@ -105,8 +110,15 @@ class LLMGateway:
         await self._client.close()
 
     # -- public calls ---------------------------------------------------------------------
-    async def text(self, prompt: str, variables: dict[str, Any], *, priority: float = 0.0,
-                   overview_chars: int = 160, prompts: str = "compact") -> TextOutcome:
+    async def text(
+        self,
+        prompt: str,
+        variables: dict[str, Any],
+        *,
+        priority: float = 0.0,
+        overview_chars: int = 160,
+        prompts: str = "compact",
+    ) -> TextOutcome:
         """A free-text answer (profiles). Empty answers are re-asked with a new sample."""
         messages = self._messages(prompt, variables, overview_chars, prompts)
         params = {"temperature": self.settings.temperature, "max_tokens": self.settings.max_tokens_profile}
@@ -128,8 +140,16 @@ class LLMGateway:
             outcome.error = "empty answer"
         return outcome
 
-    async def ratings(self, variables: dict[str, Any], item_ids: list[str], *, sample: int = 0,
-                      priority: float = 0.0, overview_chars: int = 160, prompts: str = "compact") -> RatingOutcome:
+    async def ratings(
+        self,
+        variables: dict[str, Any],
+        item_ids: list[str],
+        *,
+        sample: int = 0,
+        priority: float = 0.0,
+        overview_chars: int = 160,
+        prompts: str = "compact",
+    ) -> RatingOutcome:
         """Integer 1..5 ratings for exactly `item_ids`, repairing bad answers by re-asking."""
         variables = {**variables, "item_ids_json": ids_json(item_ids)}
         messages = self._messages("rating", variables, overview_chars, prompts)
@@ -139,8 +159,9 @@ class LLMGateway:
             await self._sample_distributions(outcome, messages, item_ids, without, sample, priority, prompts)
         return outcome
 
-    async def _rate(self, messages: list[dict], item_ids: list[str], sample: int, priority: float,
-                    prompts: str) -> RatingOutcome:
+    async def _rate(
+        self, messages: list[dict], item_ids: list[str], sample: int, priority: float, prompts: str
+    ) -> RatingOutcome:
         """The answer: one rating per id, repaired by re-asking in the same conversation."""
         outcome = RatingOutcome(ratings={}, failed={})
         pending = list(item_ids)
@@ -173,19 +194,33 @@ class LLMGateway:
             prompt = "repair"
             messages = messages + [
                 {"role": "assistant", "content": content or ""},
-                {"role": "user", "content": render("repair", prompts=prompts, error=problem,
-                                                           item_ids_json=ids_json(pending))},
+                {
+                    "role": "user",
+                    "content": render("repair", prompts=prompts, error=problem, item_ids_json=ids_json(pending)),
+                },
             ]
         return outcome  # pragma: no cover - loop always returns
 
-    async def _sample_distributions(self, outcome: RatingOutcome, messages: list[dict], item_ids: list[str],
-                                    without: list[str], sample: int, priority: float, prompts: str) -> None:
+    async def _sample_distributions(
+        self,
+        outcome: RatingOutcome,
+        messages: list[dict],
+        item_ids: list[str],
+        without: list[str],
+        sample: int,
+        priority: float,
+        prompts: str,
+    ) -> None:
         """P(1..5) for the rated ids in `without`: the share of `rating_samples` draws (the same prompt
         and schema, at sample_temperature, a seed each) that gave each rating. Draws are not repaired:
         an invalid one is recorded as such and counts for none of its ids."""
         params = {**self._rating_params(item_ids, logprobs=False), "temperature": self.settings.sample_temperature}
-        draws = await asyncio.gather(*(self._draw(messages, params, draw_sample(sample, k), priority, prompts)
-                                       for k in range(self.settings.rating_samples)))
+        draws = await asyncio.gather(
+            *(
+                self._draw(messages, params, draw_sample(sample, k), priority, prompts)
+                for k in range(self.settings.rating_samples)
+            )
+        )
         counts = {item_id: [0] * 5 for item_id in without}
         for content, record in draws:
             if content is not None:
@@ -201,8 +236,9 @@ class LLMGateway:
                 outcome.probs[item_id] = [h / total for h in hits]
                 outcome.draws[item_id] = total
 
-    async def _draw(self, messages: list[dict], params: dict[str, Any], sample: int, priority: float,
-                    prompts: str) -> tuple[str | None, CallRecord]:
+    async def _draw(
+        self, messages: list[dict], params: dict[str, Any], sample: int, priority: float, prompts: str
+    ) -> tuple[str | None, CallRecord]:
         try:
             content, record = await self._complete("rating", messages, params, sample, priority, prompts)
         except GatewayError as exc:
@@ -210,8 +246,17 @@ class LLMGateway:
         record.prompt_name = DRAW_PROMPT
         return content, record
 
-    async def complete_json(self, prompt: str, messages: list[dict], schema_name: str, schema: dict, *,
-                            max_tokens: int, sample: int = 0, priority: float = 0.0) -> tuple[str, CallRecord]:
+    async def complete_json(
+        self,
+        prompt: str,
+        messages: list[dict],
+        schema_name: str,
+        schema: dict,
+        *,
+        max_tokens: int,
+        sample: int = 0,
+        priority: float = 0.0,
+    ) -> tuple[str, CallRecord]:
         """One cached, limited completion constrained by `schema` (json_schema, else json_object, else text).
 
         For callers with their own answer contract (e.g. tasks/ensemble/keywords.py): they validate the
@@ -219,8 +264,10 @@ class LLMGateway:
         """
         params: dict[str, Any] = {"temperature": self.settings.temperature, "max_tokens": max_tokens}
         if self.json_mode == "schema":
-            params["response_format"] = {"type": "json_schema",
-                                         "json_schema": {"name": schema_name, "strict": True, "schema": schema}}
+            params["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": schema_name, "strict": True, "schema": schema},
+            }
         elif self.json_mode == "object":
             params["response_format"] = {"type": "json_object"}
         return await self._complete(prompt, messages, params, sample, priority)
@@ -248,19 +295,32 @@ class LLMGateway:
             params["response_format"] = {"type": "json_object"}
         return params
 
-    async def _complete(self, prompt: str, messages: list[dict], params: dict[str, Any], sample: int,
-                        priority: float, prompts: str = "compact") -> tuple[str, CallRecord]:
+    async def _complete(
+        self,
+        prompt: str,
+        messages: list[dict],
+        params: dict[str, Any],
+        sample: int,
+        priority: float,
+        prompts: str = "compact",
+    ) -> tuple[str, CallRecord]:
         """One completion, from the cache if this exact request was answered before."""
         request = {**params, "seed": self.settings.seed + sample}
         key = call_key(self.model_id, messages, {k: v for k, v in request.items() if k not in LOGPROB_PARAMS}, sample)
-        base = dict(call_key=key, prompt_name=prompt, prompt_hash=prompt_hash(prompt, prompts),
-                    model=self.model_id)
+        base = dict(call_key=key, prompt_name=prompt, prompt_hash=prompt_hash(prompt, prompts), model=self.model_id)
         hit = self.cache.get(key)
         if hit is not None:
             return hit["content"], CallRecord(
-                **base, status="ok", cached=True, attempts=0, prompt_tokens=hit["prompt_tokens"],
-                completion_tokens=hit["completion_tokens"], latency_s=0.0, response=hit["content"],
-                digits=hit.get("digits"))
+                **base,
+                status="ok",
+                cached=True,
+                attempts=0,
+                prompt_tokens=hit["prompt_tokens"],
+                completion_tokens=hit["completion_tokens"],
+                latency_s=0.0,
+                response=hit["content"],
+                digits=hit.get("digits"),
+            )
         retry_params = None  # the request to make instead, after giving the slot back
         async with self.limiter.slot(priority):
             started = time.monotonic()
@@ -276,8 +336,10 @@ class LLMGateway:
                     raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
                 # no later call can succeed: end the run with one clear error, not a failed pair per call
-                raise EndpointError(f"{self.settings.base_url or 'the endpoint'} rejected the API key "
-                                    f"(HTTP {exc.status_code}) on a {prompt} call; set OPENAI_API_KEY") from exc
+                raise EndpointError(
+                    f"{self.settings.base_url or 'the endpoint'} rejected the API key "
+                    f"(HTTP {exc.status_code}) on a {prompt} call; set OPENAI_API_KEY"
+                ) from exc
             except openai.OpenAIError as exc:
                 raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
         if retry_params is not None:
@@ -290,13 +352,25 @@ class LLMGateway:
         completion_tokens = max(1, len(content) // 4) if answer.completion_tokens is None else answer.completion_tokens
         reused = answer.cached_tokens
         latency = time.monotonic() - started
-        record = {"content": content, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "latency_s": latency}
+        record = {
+            "content": content,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "latency_s": latency,
+        }
         self.cache.put(key, record if digits is None else {**record, "digits": digits})
         return content, CallRecord(
-            **base, status="ok", cached=False, attempts=raw.retries_taken + 1, prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens, latency_s=latency, response=content, cached_prompt_tokens=reused,
-            digits=digits)
+            **base,
+            status="ok",
+            cached=False,
+            attempts=raw.retries_taken + 1,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            latency_s=latency,
+            response=content,
+            cached_prompt_tokens=reused,
+            digits=digits,
+        )
 
     async def _create(self, messages: list[dict], request: dict[str, Any]) -> openai.AsyncAPIResponse[bytes]:
         """POST /chat/completions through the client (its transport, timeouts, retries, errors), the body as
@@ -308,9 +382,11 @@ class LLMGateway:
         deadline = (self.settings.timeout_s + 5) * (self.settings.max_retries + 1)
         body = {"model": self.model_id, "messages": messages, **request}
         try:
-            return await asyncio.wait_for(self._client.post("/chat/completions", body=body,
-                                                            cast_to=openai.AsyncAPIResponse[bytes]), timeout=deadline)
-        except asyncio.TimeoutError as exc:
+            return await asyncio.wait_for(
+                self._client.post("/chat/completions", body=body, cast_to=openai.AsyncAPIResponse[bytes]),
+                timeout=deadline,
+            )
+        except TimeoutError as exc:
             raise openai.APITimeoutError(request=None) from exc  # type: ignore[arg-type]
 
     def _downgrade_json_mode(self, exc: openai.BadRequestError) -> bool:
@@ -328,16 +404,25 @@ class LLMGateway:
         prefix = schema.get("properties", {}).get("ratings", {}).get("prefixItems", [])
         ids = [p["properties"]["item_id"]["const"] for p in prefix]
         if ids:  # as asked (a draw keeps its temperature and stays without logprobs), in the weaker mode
-            return {**self._rating_params(ids, logprobs=self.logprobs and "logprobs" in params),
-                    "temperature": params.get("temperature", self.settings.temperature)}
+            return {
+                **self._rating_params(ids, logprobs=self.logprobs and "logprobs" in params),
+                "temperature": params.get("temperature", self.settings.temperature),
+            }
         rest = {k: v for k, v in params.items() if k != "response_format"}
         # other schemas (complete_json): downgrade to the mode just chosen, json_object before plain text
         return {**rest, "response_format": {"type": "json_object"}} if self.json_mode == "object" else rest
 
     def _error_record(self, base: dict, exc: Exception, started: float) -> CallRecord:
-        return CallRecord(**base, status="error", cached=False, attempts=self.settings.max_retries + 1,
-                          prompt_tokens=0, completion_tokens=0, latency_s=time.monotonic() - started,
-                          error=_describe(exc))
+        return CallRecord(
+            **base,
+            status="error",
+            cached=False,
+            attempts=self.settings.max_retries + 1,
+            prompt_tokens=0,
+            completion_tokens=0,
+            latency_s=time.monotonic() - started,
+            error=_describe(exc),
+        )
 
 
 def draw_sample(sample: int, k: int) -> int:

@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator
 
 from aiolimiter import AsyncLimiter
 

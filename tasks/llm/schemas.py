@@ -132,6 +132,7 @@ def _first_error(exc: ValidationError) -> str:
 
 # ----------------------------------------------------------------------------- completion bodies
 
+
 @dataclass
 class Completion:
     """What a chat completion body says, read as plain data."""
@@ -165,10 +166,13 @@ def read_completion(body: bytes) -> Completion:
     tokens = [t for t in tokens if isinstance(t, dict)] if isinstance(tokens, list) else None
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     details = usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
-    return Completion(content=content, prompt_tokens=_count(usage.get("prompt_tokens")),
-                      completion_tokens=_count(usage.get("completion_tokens")),
-                      cached_tokens=_count(details.get("cached_tokens")) or 0,
-                      tokens=tokens or None)
+    return Completion(
+        content=content,
+        prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
+        cached_tokens=_count(details.get("cached_tokens")) or 0,
+        tokens=tokens or None,
+    )
 
 
 def _count(value: Any) -> int | None:
@@ -215,8 +219,7 @@ def digit_distributions(content: str, tokens: list[dict]) -> list[list[float]]:
     return out
 
 
-def rating_distributions(content: str, digits: list[list[float]] | None, item_ids: list[str]
-                         ) -> dict[str, list[float]]:
+def rating_distributions(content: str, digits: list[list[float]] | None, item_ids: list[str]) -> dict[str, list[float]]:
     """{item_id: [p1..p5]} for the requested ids whose rating digit has a distribution in `digits`
     (from `digit_distributions`); ids without one are left out."""
     if not digits:
@@ -228,7 +231,7 @@ def rating_distributions(content: str, digits: list[list[float]] | None, item_id
         if not item or not rating:
             continue
         item_id = item.group(2) if item.group(1) is None else _unescape(item.group(1))
-        offset = len(content[:entry.start() + rating.start(1)].encode())
+        offset = len(content[: entry.start() + rating.start(1)].encode())
         if item_id in wanted and offset in by_offset:
             out[item_id] = by_offset[offset]
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,10 @@ def prompt_dir(prompts: str = "compact") -> Path:
         raise ValueError(f"prompt set {prompts!r}: not one of {', '.join(PROMPT_SETS)} and not a folder")
     unknown = sorted(p.stem for p in folder.glob("*.md") if p.stem not in PROMPT_NAMES and not p.stem.startswith("_"))
     if unknown or not any(folder.glob("*.md")):
-        raise ValueError(f"prompt set folder {folder}: expected some of {', '.join(n + '.md' for n in PROMPT_NAMES)}"
-                         + (f", found unknown {', '.join(u + '.md' for u in unknown)}" if unknown else ", found none"))
+        raise ValueError(
+            f"prompt set folder {folder}: expected some of {', '.join(n + '.md' for n in PROMPT_NAMES)}"
+            + (f", found unknown {', '.join(u + '.md' for u in unknown)}" if unknown else ", found none")
+        )
     return folder.resolve()
 
 
@@ -84,7 +86,7 @@ def render(name: str, *, prompts: str = "compact", overview_chars: int = 160, **
     return template.render(item_line=line, item_full=full, **variables).strip()
 
 
-@lru_cache(maxsize=None)
+@cache
 def prompt_hash(name: str, prompts: str = "compact") -> str:
     """sha256 of the template and the partials it can include (short hex)."""
     folder = prompt_dir(prompts)

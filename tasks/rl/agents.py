@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from tasks.rl.env import DoppelRecEnv
+from doppel.tasks.rl.env import DoppelRecEnv
 
 EVAL_METRICS = ("avg_reward", "total_reward", "liking", "episode_len")
 
@@ -135,15 +135,19 @@ def summarise(runs: list[np.ndarray]) -> dict[str, float]:
 
     runs: one `evaluate` array per training seed.
     """
+
     def metrics(e: np.ndarray) -> dict[str, float]:
         reward, steps, recommended, liked = e.sum(axis=0)
-        return {"avg_reward": reward / max(1, steps), "total_reward": reward / len(e),
-                "liking": liked / recommended if recommended else 0.0, "episode_len": steps / len(e)}
+        return {
+            "avg_reward": reward / max(1, steps),
+            "total_reward": reward / len(e),
+            "liking": liked / recommended if recommended else 0.0,
+            "episode_len": steps / len(e),
+        }
 
     pooled = metrics(np.concatenate(runs))
     parts = [metrics(e) for e in runs] if len(runs) > 1 else [metrics(row[None]) for row in runs[0]]
-    spread = {f"{m}_std": float(np.std([p[m] for p in parts], ddof=1)) if len(parts) > 1 else 0.0
-              for m in EVAL_METRICS}
+    spread = {f"{m}_std": float(np.std([p[m] for p in parts], ddof=1)) if len(parts) > 1 else 0.0 for m in EVAL_METRICS}
     return {**pooled, **spread, "spread_over_seeds": float(len(runs) > 1), "episodes": float(sum(map(len, runs)))}
 
 
@@ -162,7 +166,7 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: str | Path, ti
         y = np.array([c[1] for c in curve])
         w = max(1, min(window, len(y)))
         smooth = np.convolve(y, np.ones(w) / w, mode="valid")
-        ax.plot(x[w - 1:], smooth, label=name)
+        ax.plot(x[w - 1 :], smooth, label=name)
     ax.set_xlabel("training steps")
     ax.set_ylabel(f"episode return (moving mean of {window})")
     ax.set_title(title)

@@ -25,8 +25,9 @@ class RLSettings(BaseModel):
     db: str = "doppel.duckdb"
     ensemble_id: str | None = None  # a finished `doppel ensemble` run (default: the latest finished one)
     reward: str = "ensemble"  # ensemble | run:<run_id> (a finished `doppel run`'s simulated ratings)
-    like_threshold: int | None = Field(None, ge=1, le=5, description="run reward: like = rating >= this "
-                                                                      "(default: the ensemble run's)")
+    like_threshold: int | None = Field(
+        None, ge=1, le=5, description="run reward: like = rating >= this (default: the ensemble run's)"
+    )
     algos: list[str] = Field(default_factory=lambda: list(ALGOS) + list(BASELINES))
     steps: int = Field(20_000, ge=1, description="training steps per agent and seed")
     seeds: int = Field(1, ge=1, description="training seeds per agent (seed, seed+1, ...)")

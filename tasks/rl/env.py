@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from tasks.rl.rewards import World
+from doppel.tasks.rl.rewards import World
 
 
 class DoppelRecEnv(gym.Env):
@@ -56,8 +56,15 @@ class DoppelRecEnv(gym.Env):
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
-    def __init__(self, world: World, horizon: int = 20, leave_after: int | None = 3, history_len: int = 10,
-                 exclude_train: bool = True, seen_in_obs: bool = True):
+    def __init__(
+        self,
+        world: World,
+        horizon: int = 20,
+        leave_after: int | None = 3,
+        history_len: int = 10,
+        exclude_train: bool = True,
+        seen_in_obs: bool = True,
+    ):
         self.world = world
         self.horizon = int(horizon)
         self.leave_after = leave_after
@@ -142,15 +149,26 @@ class DoppelRecEnv(gym.Env):
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     def _info(self) -> dict[str, Any]:
-        return {"user": self._user, "user_id": self.world.likes.user_ids[self._user], "t": self._t,
-                "history": self._hist_items.copy()}
+        return {
+            "user": self._user,
+            "user_id": self.world.likes.user_ids[self._user],
+            "t": self._t,
+            "history": self._hist_items.copy(),
+        }
 
 
-def make_env(db: str = "doppel.duckdb", ensemble_id: str | None = None, dataset: str | None = None,
-             reward: str = "ensemble", like_threshold: int | None = None, feature_dim: int = 16,
-             world: World | None = None, **env_kwargs: Any) -> DoppelRecEnv:
+def make_env(
+    db: str = "doppel.duckdb",
+    ensemble_id: str | None = None,
+    dataset: str | None = None,
+    reward: str = "ensemble",
+    like_threshold: int | None = None,
+    feature_dim: int = 16,
+    world: World | None = None,
+    **env_kwargs: Any,
+) -> DoppelRecEnv:
     """The registered entry point: a `DoppelRecEnv` over a finished ensemble run of a DuckDB file."""
-    from tasks.rl.rewards import load_world
+    from doppel.tasks.rl.rewards import load_world
 
     world = world or load_world(db, ensemble_id, dataset, reward, like_threshold, feature_dim)
     return DoppelRecEnv(world, **env_kwargs)
@@ -165,8 +183,9 @@ def register_envs() -> None:
     """
     for env_id, dataset in (("doppel/MovieLens-v0", "ml-100k"), ("doppel/Synthetic-v0", "synthetic-%")):
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point="tasks.rl.env:make_env", max_episode_steps=20,
-                         kwargs={"dataset": dataset})
+            gym.register(
+                id=env_id, entry_point="doppel.tasks.rl.env:make_env", max_episode_steps=20, kwargs={"dataset": dataset}
+            )
 
 
 register_envs()

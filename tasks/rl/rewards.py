@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.ensemble.evaluate import score_pairs
-from tasks.ensemble.voters import Index
-from tasks.store.db import query
+from doppel.tasks.ensemble.evaluate import score_pairs
+from doppel.tasks.ensemble.voters import Index
+from doppel.tasks.store.db import query
 
 
 @dataclass
@@ -48,9 +48,18 @@ class World:
     threshold: int
 
 
-def ensemble_likes(train: pd.DataFrame, item_ids: list[str], threshold: int, keywords: pd.DataFrame,
-                   embeddings: np.ndarray, has_embedding: np.ndarray, sasrec, sim_top_k: int | None = 10,
-                   users: list[str] | None = None, block: int = 96) -> UserItemLikes:
+def ensemble_likes(
+    train: pd.DataFrame,
+    item_ids: list[str],
+    threshold: int,
+    keywords: pd.DataFrame,
+    embeddings: np.ndarray,
+    has_embedding: np.ndarray,
+    sasrec,
+    sim_top_k: int | None = 10,
+    users: list[str] | None = None,
+    block: int = 96,
+) -> UserItemLikes:
     """The ensemble's like vote for every (user, item): `score_pairs` on blocks of users x all items.
 
     train: user_id, item_id, rating (the fold's train split); embeddings/has_embedding: one row per
@@ -59,18 +68,25 @@ def ensemble_likes(train: pd.DataFrame, item_ids: list[str], threshold: int, key
     users = sorted(set(train["user_id"])) if users is None else list(users)
     like = np.zeros((len(users), len(item_ids)), dtype=bool)
     for start in range(0, len(users), block):
-        chunk = users[start:start + block]
-        pairs = pd.DataFrame({"user_id": np.repeat(chunk, len(item_ids)),
-                              "item_id": np.tile(np.asarray(item_ids, dtype=object), len(chunk)), "rating": 0})
+        chunk = users[start : start + block]
+        pairs = pd.DataFrame(
+            {
+                "user_id": np.repeat(chunk, len(item_ids)),
+                "item_id": np.tile(np.asarray(item_ids, dtype=object), len(chunk)),
+                "rating": 0,
+            }
+        )
         index = Index.build(train, pairs, item_ids)
-        votes, _ = score_pairs(train, pairs, item_ids, threshold, keywords, embeddings, has_embedding, sasrec,
-                               index, sim_top_k)
-        like[start:start + len(chunk)] = votes["ensemble"].to_numpy(bool).reshape(len(chunk), len(item_ids))
+        votes, _ = score_pairs(
+            train, pairs, item_ids, threshold, keywords, embeddings, has_embedding, sasrec, index, sim_top_k
+        )
+        like[start : start + len(chunk)] = votes["ensemble"].to_numpy(bool).reshape(len(chunk), len(item_ids))
     return UserItemLikes(users, list(item_ids), like, np.ones_like(like), "ensemble")
 
 
-def run_likes(ratings: pd.DataFrame, users: list[str], item_ids: list[str], threshold: int,
-              run_id: str) -> UserItemLikes:
+def run_likes(
+    ratings: pd.DataFrame, users: list[str], item_ids: list[str], threshold: int, run_id: str
+) -> UserItemLikes:
     """ratings: user_id, item_id, rating (a spine run's successful simulated ratings)."""
     u_code = {u: k for k, u in enumerate(users)}
     i_code = {i: k for k, i in enumerate(item_ids)}
@@ -95,12 +111,18 @@ def item_features(embeddings: np.ndarray, has_embedding: np.ndarray, dim: int) -
     proj = x @ vt[:dim].T
     scale = np.abs(proj).max(axis=0)
     proj = proj / np.where(scale > 0, scale, 1.0)
-    out[has_embedding, :proj.shape[1]] = proj
+    out[has_embedding, : proj.shape[1]] = proj
     return out
 
 
-def build_world(train: pd.DataFrame, likes: UserItemLikes, embeddings: np.ndarray, has_embedding: np.ndarray,
-                threshold: int, feature_dim: int) -> World:
+def build_world(
+    train: pd.DataFrame,
+    likes: UserItemLikes,
+    embeddings: np.ndarray,
+    has_embedding: np.ndarray,
+    threshold: int,
+    feature_dim: int,
+) -> World:
     """Histories (time order, ties by item id) and popularity from `train`, aligned with `likes`' codes."""
     u_code = {u: k for k, u in enumerate(likes.user_ids)}
     i_code = {i: k for k, i in enumerate(likes.item_ids)}
@@ -119,6 +141,7 @@ def build_world(train: pd.DataFrame, likes: UserItemLikes, embeddings: np.ndarra
 
 
 # ----------------------------------------------------------------------------- reading a finished ensemble run
+
 
 @dataclass
 class EnsembleInputs:
@@ -139,8 +162,11 @@ def ensemble_run(db: str | Path, ensemble_id: str | None = None, dataset: str | 
     """The runs row of a finished ensemble run (the given id, else the latest one; `dataset`: a LIKE pattern)."""
     rows = query(db, "rl_ensemble_run", run_id=ensemble_id, dataset=dataset)
     if rows.empty:
-        what = f"ensemble run {ensemble_id!r}" if ensemble_id else "finished `doppel ensemble` run" + \
-            (f" of dataset {dataset!r}" if dataset else "")
+        what = (
+            f"ensemble run {ensemble_id!r}"
+            if ensemble_id
+            else "finished `doppel ensemble` run" + (f" of dataset {dataset!r}" if dataset else "")
+        )
         raise ValueError(f"no {what} in {db}: run `doppel ensemble` first (or pass --ensemble-id)")
     row = rows.iloc[0].to_dict()
     row["config"] = json.loads(row["config"]) if isinstance(row["config"], str) else row["config"]
@@ -149,8 +175,8 @@ def ensemble_run(db: str | Path, ensemble_id: str | None = None, dataset: str | 
 
 def read_ensemble_inputs(db: str | Path, ensemble_id: str | None = None, dataset: str | None = None) -> EnsembleInputs:
     """Keywords (of the items the run asked for), embeddings and the fold's train split of an ensemble run."""
-    from tasks.ensemble import embeddings as emb
-    from tasks.ensemble.config import EnsembleSettings, model_key
+    from doppel.tasks.ensemble import embeddings as emb
+    from doppel.tasks.ensemble.config import EnsembleSettings, model_key
 
     row = ensemble_run(db, ensemble_id, dataset)
     config = {k: v for k, v in row["config"].items() if k != "kind"}
@@ -171,21 +197,39 @@ def read_ensemble_inputs(db: str | Path, ensemble_id: str | None = None, dataset
 
 def load_sasrec(inputs: EnsembleInputs):
     """The run's SASRec from its checkpoint (trained again, same seed, if the checkpoint is gone)."""
-    from tasks.ensemble.sasrec import train_sasrec
+    from doppel.tasks.ensemble.sasrec import train_sasrec
 
     s = inputs.settings
-    return train_sasrec(inputs.train, inputs.item_ids, s.like_threshold, s.sasrec, s.work_dir() / "sasrec",
-                        f"{inputs.dataset}-{inputs.fold}-")
+    return train_sasrec(
+        inputs.train,
+        inputs.item_ids,
+        s.like_threshold,
+        s.sasrec,
+        s.work_dir() / "sasrec",
+        f"{inputs.dataset}-{inputs.fold}-",
+    )
 
 
 def likes_cache_path(inputs: EnsembleInputs, sasrec_key: str) -> Path:
     """Where the like matrix of these inputs is cached (keyed by everything the votes depend on)."""
     digest = hashlib.sha256()
-    digest.update(json.dumps({"run": inputs.run_id, "sasrec": sasrec_key, "items": len(inputs.item_ids),
-                              "top_k": inputs.settings.sim_top_k, "threshold": inputs.settings.like_threshold},
-                             sort_keys=True).encode())
-    digest.update(pd.util.hash_pandas_object(inputs.keywords[["item_id", "polarity", "canonical"]],
-                                             index=False).to_numpy().tobytes())
+    digest.update(
+        json.dumps(
+            {
+                "run": inputs.run_id,
+                "sasrec": sasrec_key,
+                "items": len(inputs.item_ids),
+                "top_k": inputs.settings.sim_top_k,
+                "threshold": inputs.settings.like_threshold,
+            },
+            sort_keys=True,
+        ).encode()
+    )
+    digest.update(
+        pd.util.hash_pandas_object(inputs.keywords[["item_id", "polarity", "canonical"]], index=False)
+        .to_numpy()
+        .tobytes()
+    )
     digest.update(inputs.embeddings.tobytes())
     return inputs.settings.run.work_dir() / "rl" / f"likes-{inputs.run_id}-{digest.hexdigest()[:16]}.npz"
 
@@ -198,12 +242,21 @@ def cached_ensemble_likes(inputs: EnsembleInputs) -> tuple[UserItemLikes, dict]:
     path = likes_cache_path(inputs, str(sasrec.info.get("fingerprint") or sasrec.info.get("checkpoint")))
     if path.exists():
         data = np.load(path, allow_pickle=False)
-        likes = UserItemLikes(data["users"].tolist(), data["items"].tolist(), data["like"],
-                              np.ones_like(data["like"]), "ensemble")
+        likes = UserItemLikes(
+            data["users"].tolist(), data["items"].tolist(), data["like"], np.ones_like(data["like"]), "ensemble"
+        )
         return likes, {"cached": True, "path": str(path), "seconds": 0.0}
     t = time.monotonic()
-    likes = ensemble_likes(inputs.train, inputs.item_ids, inputs.settings.like_threshold, inputs.keywords,
-                           inputs.embeddings, inputs.has_embedding, sasrec, inputs.settings.sim_top_k)
+    likes = ensemble_likes(
+        inputs.train,
+        inputs.item_ids,
+        inputs.settings.like_threshold,
+        inputs.keywords,
+        inputs.embeddings,
+        inputs.has_embedding,
+        sasrec,
+        inputs.settings.sim_top_k,
+    )
     seconds = time.monotonic() - t
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
@@ -223,8 +276,14 @@ def read_run_likes(db: str | Path, run_id: str, inputs: EnsembleInputs, threshol
     return run_likes(ratings, users, inputs.item_ids, threshold, run_id)
 
 
-def load_world(db: str | Path, ensemble_id: str | None = None, dataset: str | None = None,
-               reward: str = "ensemble", like_threshold: int | None = None, feature_dim: int = 16) -> World:
+def load_world(
+    db: str | Path,
+    ensemble_id: str | None = None,
+    dataset: str | None = None,
+    reward: str = "ensemble",
+    like_threshold: int | None = None,
+    feature_dim: int = 16,
+) -> World:
     """One call from a DuckDB file to a `World` (what `gym.make("doppel/MovieLens-v0")` uses)."""
     inputs = read_ensemble_inputs(db, ensemble_id, dataset)
     threshold = like_threshold or inputs.settings.like_threshold

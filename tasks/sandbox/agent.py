@@ -14,16 +14,19 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tasks.llm.gateway import GatewayError, LLMGateway
-from tasks.llm.templates import render
-from tasks.sandbox import schemas as sc
-from tasks.sandbox.config import SandboxSettings
-from tasks.sandbox.records import ItemCard, Outcome, Turn
-from tasks.sandbox.recommender import Recommender
+from doppel.tasks.llm.gateway import GatewayError, LLMGateway
+from doppel.tasks.llm.templates import render
+from doppel.tasks.sandbox import schemas as sc
+from doppel.tasks.sandbox.config import SandboxSettings
+from doppel.tasks.sandbox.recommender import Recommender
+from doppel.tasks.sandbox.records import ItemCard, Outcome, Turn
 
-OPTION_TEXT = {"recommender": "recommender (find a movie to watch now)",
-               "chat": "chat (talk about movies with one friend)",
-               "post": "post (share a thought with all your friends)", "nothing": "nothing (skip this round)"}
+OPTION_TEXT = {
+    "recommender": "recommender (find a movie to watch now)",
+    "chat": "chat (talk about movies with one friend)",
+    "post": "post (share a thought with all your friends)",
+    "nothing": "nothing (skip this round)",
+}
 
 
 class Asker:
@@ -33,12 +36,20 @@ class Asker:
         self.gateway, self.turn, self.out = gateway, turn, out
         self.max_tokens, self.overview_chars = max_tokens, overview_chars
         agent = turn.agent
-        self.persona = render("sandbox_persona", agent_id=agent.agent_id, demographics=agent.demographics,
-                              profile=agent.profile)
+        self.persona = render(
+            "sandbox_persona", agent_id=agent.agent_id, demographics=agent.demographics, profile=agent.profile
+        )
         self.last_key: str | None = None
 
-    async def __call__(self, prompt: str, model: type[BaseModel], schema: dict, check=None,
-                       max_tokens: int | None = None, **variables: Any) -> tuple[BaseModel | None, str | None]:
+    async def __call__(
+        self,
+        prompt: str,
+        model: type[BaseModel],
+        schema: dict,
+        check=None,
+        max_tokens: int | None = None,
+        **variables: Any,
+    ) -> tuple[BaseModel | None, str | None]:
         """(answer, None) or (None, why it failed after the repairs)."""
         content = render(prompt, overview_chars=self.overview_chars, persona=self.persona, **variables)
         messages = [{"role": "system", "content": render("sandbox_system")}, {"role": "user", "content": content}]
@@ -46,7 +57,8 @@ class Asker:
         for attempt in range(self.gateway.settings.repair_attempts + 1):
             try:
                 text, record = await self.gateway.complete_json(
-                    name, messages, prompt, schema, max_tokens=max_tokens or self.max_tokens)
+                    name, messages, prompt, schema, max_tokens=max_tokens or self.max_tokens
+                )
             except GatewayError as exc:
                 self.out.calls.append(exc.args[1])
                 return None, f"call failed: {exc.args[0]}"
@@ -60,8 +72,10 @@ class Asker:
             record.status, record.error = "invalid", problem[:400]
             self.out.calls.append(record)
             name = "sandbox_repair"
-            messages = messages + [{"role": "assistant", "content": text or ""},
-                                   {"role": "user", "content": render("sandbox_repair", error=problem[:400])}]
+            messages = messages + [
+                {"role": "assistant", "content": text or ""},
+                {"role": "user", "content": render("sandbox_repair", error=problem[:400])},
+            ]
         return None, f"invalid answer after {self.gateway.settings.repair_attempts + 1} attempts: {problem}"
 
 
@@ -72,8 +86,9 @@ def options_for(turn: Turn, seed: int = 0) -> list[str]:
     return [o for _, o in sorted(zip(digest, options))]
 
 
-async def play_turn(turn: Turn, gateway: LLMGateway, rec: Recommender, catalogue: dict[str, ItemCard],
-                    cfg: SandboxSettings) -> Outcome:
+async def play_turn(
+    turn: Turn, gateway: LLMGateway, rec: Recommender, catalogue: dict[str, ItemCard], cfg: SandboxSettings
+) -> Outcome:
     """The agent's round; returns the rows to write."""
     out = Outcome(agent_id=turn.agent.agent_id, round=turn.round)
     ask = Asker(gateway, turn, out, cfg.max_tokens, cfg.overview_chars)
@@ -90,9 +105,18 @@ async def play_turn(turn: Turn, gateway: LLMGateway, rec: Recommender, catalogue
                 return f"friend must be one of {friends} for a chat"
             return None
 
-        decision, error = await ask("sandbox_decide", sc.Decision, sc.decision_schema(options, friends), check,
-                                    max_tokens=24, memories=turn.memories, inbox=turn.inbox, round=turn.round,
-                                    friends=turn.friends, options="; ".join(OPTION_TEXT[o] for o in options))
+        decision, error = await ask(
+            "sandbox_decide",
+            sc.Decision,
+            sc.decision_schema(options, friends),
+            check,
+            max_tokens=24,
+            memories=turn.memories,
+            inbox=turn.inbox,
+            round=turn.round,
+            friends=turn.friends,
+            options="; ".join(OPTION_TEXT[o] for o in options),
+        )
         if decision is None:
             out.act("decide", status="failed", error=error)
         elif decision.action == "recommender":
@@ -109,14 +133,14 @@ async def play_turn(turn: Turn, gateway: LLMGateway, rec: Recommender, catalogue
     return out
 
 
-async def browse(ask: Asker, turn: Turn, rec: Recommender, catalogue: dict[str, ItemCard], cfg: SandboxSettings,
-                 out: Outcome) -> None:
+async def browse(
+    ask: Asker, turn: Turn, rec: Recommender, catalogue: dict[str, ItemCard], cfg: SandboxSettings, out: Outcome
+) -> None:
     """Pages of recommendations (or search results) until the agent watches, leaves or runs out of steps."""
     agent, page, query, seen = turn.agent, 1, "", set(turn.watched)
     for step in range(cfg.max_steps):
         ids = rec.page(agent.user_id, seen, page, cfg.page_size, query=query, salt=f"{turn.round}:{step}")
-        out.pages.append({"step": step, "page": page, "query": query or None, "recommender": rec.kind,
-                          "item_ids": ids})
+        out.pages.append({"step": step, "page": page, "query": query or None, "recommender": rec.kind, "item_ids": ids})
         if not ids:
             out.act("leave", f"nothing to show for {query!r}" if query else "no more recommendations")
             return
@@ -124,14 +148,23 @@ async def browse(ask: Asker, turn: Turn, rec: Recommender, catalogue: dict[str, 
 
         def check(b: sc.Browse) -> str | None:
             if b.choice == "watch" and not (b.watch and set(b.watch) <= set(ids)):
-                return f"to watch, list one or more of the shown ids {ids} in \"watch\""
+                return f'to watch, list one or more of the shown ids {ids} in "watch"'
             if b.choice == "search" and not b.query.strip():
-                return "to search, put a keyword in \"query\""
+                return 'to search, put a keyword in "query"'
             return None
 
-        answer, error = await ask("sandbox_browse", sc.Browse, sc.browse_schema(ids, cfg.max_watch), check,
-                                  max_tokens=48, memories=turn.memories[:2], items=items, page=page,
-                                  query=query, show_overview=cfg.overview_chars > 0)
+        answer, error = await ask(
+            "sandbox_browse",
+            sc.Browse,
+            sc.browse_schema(ids, cfg.max_watch),
+            check,
+            max_tokens=48,
+            memories=turn.memories[:2],
+            items=items,
+            page=page,
+            query=query,
+            show_overview=cfg.overview_chars > 0,
+        )
         if answer is None:
             out.act("browse", f"page {page}", status="failed", error=error)
             return
@@ -160,34 +193,60 @@ async def watch(ask: Asker, turn: Turn, items: list[ItemCard], out: Outcome) -> 
         got = [x.item_id for x in r.reviews]
         return None if got == ids else f"give exactly one review per watched id, in order: {ids}"
 
-    answer, error = await ask("sandbox_watch", sc.Reviews, sc.reviews_schema(ids), check,
-                              max_tokens=24 + 40 * len(ids), items=items)
+    answer, error = await ask(
+        "sandbox_watch", sc.Reviews, sc.reviews_schema(ids), check, max_tokens=24 + 40 * len(ids), items=items
+    )
     if answer is None:
         out.act("rate", ", ".join(ids), status="failed", error=error)
         return
     for review, item in zip(answer.reviews, items):
-        out.ratings.append({"item_id": item.item_id, "rating": review.rating, "feeling": review.feeling.strip(),
-                            "call_key": ask.last_key})
-        out.remember(turn.agent.agent_id, "watch", f"Round {turn.round}: watched {item.title} and gave it "
-                     f"{review.rating} stars: {review.feeling.strip()}", answer.importance)
-    out.act("rate", "; ".join(f"{i.title}: {r.rating}/5" for r, i in zip(answer.reviews, items)),
-            call_key=ask.last_key)
+        out.ratings.append(
+            {
+                "item_id": item.item_id,
+                "rating": review.rating,
+                "feeling": review.feeling.strip(),
+                "call_key": ask.last_key,
+            }
+        )
+        out.remember(
+            turn.agent.agent_id,
+            "watch",
+            f"Round {turn.round}: watched {item.title} and gave it {review.rating} stars: {review.feeling.strip()}",
+            answer.importance,
+        )
+    out.act("rate", "; ".join(f"{i.title}: {r.rating}/5" for r, i in zip(answer.reviews, items)), call_key=ask.last_key)
 
 
 async def chat(ask: Asker, turn: Turn, friend_id: str, cfg: SandboxSettings, out: Outcome) -> None:
     me = turn.agent.agent_id
     speakers = [me if k % 2 == 0 else friend_id for k in range(cfg.chat_turns)]
-    answer, error = await ask("sandbox_chat", sc.Chat, sc.chat_schema(speakers), None,
-                              max_tokens=24 + 36 * cfg.chat_turns, memories=turn.memories[:2], friend_id=friend_id,
-                              friend=turn.friends[friend_id], turns=cfg.chat_turns, agent_id=me)
+    answer, error = await ask(
+        "sandbox_chat",
+        sc.Chat,
+        sc.chat_schema(speakers),
+        None,
+        max_tokens=24 + 36 * cfg.chat_turns,
+        memories=turn.memories[:2],
+        friend_id=friend_id,
+        friend=turn.friends[friend_id],
+        turns=cfg.chat_turns,
+        agent_id=me,
+    )
     if answer is None:
         out.act("chat", f"with {friend_id}", status="failed", error=error)
         return
     chat_id = hashlib.sha1(f"{turn.round}|{me}|{friend_id}".encode()).hexdigest()[:12]
     lines = [(speakers[k], line.text.strip()) for k, line in enumerate(answer.dialogue[: len(speakers)])]
     for k, (speaker, text) in enumerate(lines):
-        out.messages.append({"chat_id": chat_id, "turn": k, "speaker_id": speaker,
-                             "listener_id": friend_id if speaker == me else me, "text": text})
+        out.messages.append(
+            {
+                "chat_id": chat_id,
+                "turn": k,
+                "speaker_id": speaker,
+                "listener_id": friend_id if speaker == me else me,
+                "text": text,
+            }
+        )
     summary = " / ".join(f"{s}: {t}" for s, t in lines)
     out.remember(me, "chat", f"Round {turn.round}: chatted with {friend_id}: {summary}", answer.importance)
     out.remember(friend_id, "chat", f"Round {turn.round}: {me} chatted with me: {summary}", answer.importance)
@@ -195,8 +254,9 @@ async def chat(ask: Asker, turn: Turn, friend_id: str, cfg: SandboxSettings, out
 
 
 async def post(ask: Asker, turn: Turn, out: Outcome) -> None:
-    answer, error = await ask("sandbox_post", sc.Post, sc.post_schema(), None, max_tokens=56,
-                              memories=turn.memories[:2])
+    answer, error = await ask(
+        "sandbox_post", sc.Post, sc.post_schema(), None, max_tokens=56, memories=turn.memories[:2]
+    )
     if answer is None:
         out.act("post", status="failed", error=error)
         return
@@ -208,8 +268,9 @@ async def post(ask: Asker, turn: Turn, out: Outcome) -> None:
 
 
 async def reflect(ask: Asker, turn: Turn, out: Outcome) -> None:
-    answer, error = await ask("sandbox_reflect", sc.Reflection, sc.reflection_schema(), None, max_tokens=72,
-                              memories=turn.reflect_on)
+    answer, error = await ask(
+        "sandbox_reflect", sc.Reflection, sc.reflection_schema(), None, max_tokens=72, memories=turn.reflect_on
+    )
     if answer is None:
         out.act("reflect", status="failed", error=error)
         return

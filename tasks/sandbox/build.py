@@ -9,19 +9,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+
 import numpy as np
 import pandas as pd
 
-from tasks.llm.cache import ResponseCache
-from tasks.llm.gateway import CallRecord, LLMGateway
-from tasks.llm.limits import CallLimiter
-from tasks.records import HistoryItem
-from tasks.sandbox.agent import play_turn
-from tasks.sandbox.config import SandboxSettings
-from tasks.sandbox.records import ItemCard, PackedTurns
-from tasks.sandbox.recommender import Recommender
-from tasks.settings import LLMSettings
-from tasks.simulation import LimitSpec
+from doppel.tasks.llm.cache import ResponseCache
+from doppel.tasks.llm.gateway import CallRecord, LLMGateway
+from doppel.tasks.llm.limits import CallLimiter
+from doppel.tasks.records import HistoryItem
+from doppel.tasks.sandbox.agent import play_turn
+from doppel.tasks.sandbox.config import SandboxSettings
+from doppel.tasks.sandbox.recommender import Recommender
+from doppel.tasks.sandbox.records import ItemCard, PackedTurns
+from doppel.tasks.settings import LLMSettings
+from doppel.tasks.simulation import LimitSpec
 
 PROFILE_WORDS = 60
 MIN_RATINGS = 5
@@ -58,19 +59,34 @@ def is_active(seed: int, agent_id: str, round_no: int, activity: float) -> bool:
 
 
 def history_items(frame: pd.DataFrame) -> list[HistoryItem]:
-    return [HistoryItem(str(r.item_id), r.title, None if pd.isna(r.year) else int(r.year), r.genres, r.text or "",
-                        int(r.rating), int(r.ts)) for r in frame.itertuples(index=False)]
+    return [
+        HistoryItem(
+            str(r.item_id),
+            r.title,
+            None if pd.isna(r.year) else int(r.year),
+            r.genres,
+            r.text or "",
+            int(r.rating),
+            int(r.ts),
+        )
+        for r in frame.itertuples(index=False)
+    ]
 
 
 def catalogue_cards(items: pd.DataFrame) -> dict[str, ItemCard]:
-    return {str(r.item_id): ItemCard(str(r.item_id), r.title, None if pd.isna(r.year) else int(r.year), r.genres,
-                                     r.text or "") for r in items.itertuples(index=False)}
+    return {
+        str(r.item_id): ItemCard(
+            str(r.item_id), r.title, None if pd.isna(r.year) else int(r.year), r.genres, r.text or ""
+        )
+        for r in items.itertuples(index=False)
+    }
 
 
 async def _with_gateway(llm: LLMSettings, model_id: str, cache_dir: str, limits: LimitSpec, body):
     cache = ResponseCache(cache_dir)
-    limiter = CallLimiter(limits.local_slots, limits.dask_semaphore_name, limits.dask_max_leases, limits.rpm,
-                          limits.prefect_limit_name)
+    limiter = CallLimiter(
+        limits.local_slots, limits.dask_semaphore_name, limits.dask_max_leases, limits.rpm, limits.prefect_limit_name
+    )
     gateway = LLMGateway(llm, cache, limiter, model_id)
     try:
         await limiter.open()
@@ -81,8 +97,14 @@ async def _with_gateway(llm: LLMSettings, model_id: str, cache_dir: str, limits:
         cache.close()
 
 
-def build_profiles(works: list[tuple[str, str, list[HistoryItem]]], llm: LLMSettings, model_id: str, cache_dir: str,
-                   limits: LimitSpec, channel=None) -> list[tuple[str, str | None, str | None, list[CallRecord]]]:
+def build_profiles(
+    works: list[tuple[str, str, list[HistoryItem]]],
+    llm: LLMSettings,
+    model_id: str,
+    cache_dir: str,
+    limits: LimitSpec,
+    channel=None,
+) -> list[tuple[str, str | None, str | None, list[CallRecord]]]:
     """(user_id, profile or None, error, calls) per (user_id, demographics, history) with `profile_create`.
 
     Each finished user id is also sent through `channel` (for a progress bar), when given.
@@ -94,9 +116,17 @@ def build_profiles(works: list[tuple[str, str, list[HistoryItem]]], llm: LLMSett
         async def one(user_id: str, demographics: str, history: list[HistoryItem]):
             async with in_flight:
                 mean = f"{sum(h.rating for h in history) / len(history):.1f}"
-                outcome = await gateway.text("profile_create", {"demographics": demographics, "profile": None,
-                                                                "items": history, "mean_rating": mean,
-                                                                "max_words": PROFILE_WORDS}, overview_chars=0)
+                outcome = await gateway.text(
+                    "profile_create",
+                    {
+                        "demographics": demographics,
+                        "profile": None,
+                        "items": history,
+                        "mean_rating": mean,
+                        "max_words": PROFILE_WORDS,
+                    },
+                    overview_chars=0,
+                )
             if channel is not None:
                 await asyncio.to_thread(channel.put, user_id)
             return user_id, outcome.text, outcome.error, outcome.calls
@@ -106,8 +136,17 @@ def build_profiles(works: list[tuple[str, str, list[HistoryItem]]], llm: LLMSett
     return asyncio.run(_with_gateway(llm, model_id, cache_dir, limits, body))
 
 
-def run_turns(packed: PackedTurns, rec: Recommender, catalogue: dict[str, ItemCard], cfg: SandboxSettings,
-              llm: LLMSettings, model_id: str, cache_dir: str, limits: LimitSpec, channel) -> list[str]:
+def run_turns(
+    packed: PackedTurns,
+    rec: Recommender,
+    catalogue: dict[str, ItemCard],
+    cfg: SandboxSettings,
+    llm: LLMSettings,
+    model_id: str,
+    cache_dir: str,
+    limits: LimitSpec,
+    channel,
+) -> list[str]:
     """Synchronous entry for a task-runner thread: play the chunk's turns; each outcome goes out via `channel`."""
 
     async def body(gateway: LLMGateway):
@@ -126,4 +165,3 @@ def run_turns(packed: PackedTurns, rec: Recommender, catalogue: dict[str, ItemCa
 
     sampled = llm.model_copy(update={"temperature": cfg.temperature})
     return asyncio.run(_with_gateway(sampled, model_id, cache_dir, limits, body))
-

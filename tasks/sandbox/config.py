@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from tasks.settings import LLMSettings, RunSettings
+from doppel.tasks.settings import LLMSettings, RunSettings
 
 ACTIONS = ("recommender", "chat", "post", "nothing")
 
@@ -36,8 +36,9 @@ class SandboxSettings(BaseModel):
     profile_run_id: str | None = None  # take Phase-1 profiles from this doppel run (else build them)
     profile_history: int = Field(20, ge=1, description="train ratings a built profile is written from")
     profile_max_tokens: int = Field(100, ge=16, description="completion tokens of a built profile (~60 words)")
-    activity: float | Literal["data"] = Field(0.7, description="chance an agent acts in a round; 'data': "
-                                                                "from its number of ratings")
+    activity: float | Literal["data"] = Field(
+        0.7, description="chance an agent acts in a round; 'data': from its number of ratings"
+    )
     friends: int = Field(3, ge=0, description="generated graph: friends per agent (ring + seeded rewiring)")
     graph_file: str | None = None  # CSV of agent_id/user_id pairs (two columns) instead of a generated graph
     recommender: Literal["random", "popular", "mf"] = "mf"
@@ -48,8 +49,13 @@ class SandboxSettings(BaseModel):
     chat_turns: int = Field(4, ge=2, le=8)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     max_tokens: int = Field(96, ge=16, description="completion tokens per decision")
-    temperature: float = Field(0.8, ge=0.0, le=2.0, description="sampling temperature of the agents' decisions (at 0 "
-                                                                "the 0.5B model picks the same option every time)")
+    temperature: float = Field(
+        0.8,
+        ge=0.0,
+        le=2.0,
+        description="sampling temperature of the agents' decisions (at 0 "
+        "the 0.5B model picks the same option every time)",
+    )
     overview_chars: int = Field(0, ge=0, description="item overview characters on a page (0: title/genres)")
 
     @property

@@ -8,13 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tasks.sandbox.config import MemorySettings
+from doppel.tasks.sandbox.config import MemorySettings
 
 POST_READ_IMPORTANCE = 3
 
 
-def scores(embeddings: np.ndarray, rounds: np.ndarray, importance: np.ndarray, query: np.ndarray,
-           now: int, cfg: MemorySettings) -> np.ndarray:
+def scores(
+    embeddings: np.ndarray, rounds: np.ndarray, importance: np.ndarray, query: np.ndarray, now: int, cfg: MemorySettings
+) -> np.ndarray:
     """Retrieval score per memory (shape (n,)): w_rel * cos + w_rec * decay**age + w_imp * importance / 10.
 
     embeddings: (n, d) unit rows; query: (d,) unit vector; rounds, importance: (n,).
@@ -31,8 +32,7 @@ def retrieve(memories: pd.DataFrame, query: np.ndarray, now: int, cfg: MemorySet
     if memories.empty or cfg.k == 0:
         return []
     matrix = np.stack([np.asarray(e, dtype=np.float32) for e in memories["embedding"]])
-    score = scores(matrix, memories["round"].to_numpy(), memories["importance"].to_numpy(dtype=float), query, now,
-                   cfg)
+    score = scores(matrix, memories["round"].to_numpy(), memories["importance"].to_numpy(dtype=float), query, now, cfg)
     order = np.lexsort((memories["seq"].to_numpy(), -score))[: cfg.k]
     return memories["text"].to_numpy()[order].tolist()
 
@@ -52,5 +52,11 @@ def reflection_input(memories: pd.DataFrame, now: int, cfg: MemorySettings) -> l
 
 def history_memories(history: pd.DataFrame) -> list[dict]:
     """Round-0 memories from an agent's real ratings (history: title, rating; oldest first)."""
-    return [{"kind": "history", "text": f"Before: watched {r.title} and gave it {int(r.rating)} stars",
-             "importance": 2 + 2 * abs(int(r.rating) - 3)} for r in history.itertuples(index=False)]
+    return [
+        {
+            "kind": "history",
+            "text": f"Before: watched {r.title} and gave it {int(r.rating)} stars",
+            "importance": 2 + 2 * abs(int(r.rating) - 3),
+        }
+        for r in history.itertuples(index=False)
+    ]

@@ -39,20 +39,26 @@ class Recommender:
         order = np.lexsort((self.item_ids, -score))  # ties by id: stable across runs
         return [str(self.item_ids[k]) for k in order if keep[k]]
 
-    def page(self, user_id: str, exclude: set[str], page: int, size: int, query: str = "",
-             salt: str = "") -> list[str]:
+    def page(self, user_id: str, exclude: set[str], page: int, size: int, query: str = "", salt: str = "") -> list[str]:
         ranked = self.ranked(user_id, exclude, query, salt)
-        return ranked[(page - 1) * size: page * size]
+        return ranked[(page - 1) * size : page * size]
 
 
 def _texts(items: pd.DataFrame) -> np.ndarray:
-    return (items["title"].astype(str) + " " + items["genres"].astype(str).str.replace("|", " ")).str.lower() \
-        .to_numpy()
+    return (items["title"].astype(str) + " " + items["genres"].astype(str).str.replace("|", " ")).str.lower().to_numpy()
 
 
-def build_recommender(kind: str, items: pd.DataFrame, train: pd.DataFrame, sandbox: pd.DataFrame,
-                      user_ids: list[str], seed: int = 0, retrain: bool = True, factors: int = 32,
-                      epochs: int = 25) -> Recommender:
+def build_recommender(
+    kind: str,
+    items: pd.DataFrame,
+    train: pd.DataFrame,
+    sandbox: pd.DataFrame,
+    user_ids: list[str],
+    seed: int = 0,
+    retrain: bool = True,
+    factors: int = 32,
+    epochs: int = 25,
+) -> Recommender:
     """items: item_id, title, genres; train / sandbox: user_id, item_id, rating (sandbox: the agents' own)."""
     item_ids = items["item_id"].astype(str).to_numpy()
     texts = _texts(items)
@@ -61,9 +67,12 @@ def build_recommender(kind: str, items: pd.DataFrame, train: pd.DataFrame, sandb
     if kind == "random":
         zero = np.zeros(len(item_ids))
         return Recommender(kind, item_ids, texts, {u: zero for u in user_ids}, seed, {"trained_on": 0})
-    data = pd.concat([train[["user_id", "item_id", "rating"]], sandbox[["user_id", "item_id", "rating"]]]
-                     if retrain and not sandbox.empty else [train[["user_id", "item_id", "rating"]]],
-                     ignore_index=True)
+    data = pd.concat(
+        [train[["user_id", "item_id", "rating"]], sandbox[["user_id", "item_id", "rating"]]]
+        if retrain and not sandbox.empty
+        else [train[["user_id", "item_id", "rating"]]],
+        ignore_index=True,
+    )
     data = data.drop_duplicates(["user_id", "item_id"], keep="last")  # a sandbox rating replaces the real one
     if kind == "popular":
         counts = data.groupby("item_id").size().reindex(item_ids, fill_value=0).to_numpy(dtype=float)
@@ -71,13 +80,21 @@ def build_recommender(kind: str, items: pd.DataFrame, train: pd.DataFrame, sandb
     return _mf(item_ids, texts, data, user_ids, seed, factors, epochs)
 
 
-def _mf(item_ids: np.ndarray, texts: np.ndarray, data: pd.DataFrame, user_ids: list[str], seed: int,
-        factors: int, epochs: int) -> Recommender:
+def _mf(
+    item_ids: np.ndarray,
+    texts: np.ndarray,
+    data: pd.DataFrame,
+    user_ids: list[str],
+    seed: int,
+    factors: int,
+    epochs: int,
+) -> Recommender:
     from surprise import SVD, Dataset, Reader
 
     frame = data.astype({"user_id": str, "item_id": str})
-    trainset = Dataset.load_from_df(frame[["user_id", "item_id", "rating"]], Reader(rating_scale=(1, 5))) \
-        .build_full_trainset()
+    trainset = Dataset.load_from_df(
+        frame[["user_id", "item_id", "rating"]], Reader(rating_scale=(1, 5))
+    ).build_full_trainset()
     algo = SVD(n_factors=factors, n_epochs=epochs, random_state=seed)
     algo.fit(trainset)
     inner = {trainset.to_raw_iid(k): k for k in trainset.all_items()}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tasks.llm.gateway import CallRecord
-from tasks.records import Packed
+from doppel.tasks.llm.gateway import CallRecord
+from doppel.tasks.records import Packed
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,24 @@ class Outcome:
     calls: list[CallRecord] = field(default_factory=list)
     wall_s: float = 0.0
 
-    def act(self, action: str, detail: str = "", status: str = "ok", error: str | None = None,
-            call_key: str | None = None) -> None:
-        self.actions.append({"step": len(self.actions), "action": action, "detail": detail[:300], "status": status,
-                             "error": error, "call_key": call_key})
+    def act(
+        self, action: str, detail: str = "", status: str = "ok", error: str | None = None, call_key: str | None = None
+    ) -> None:
+        self.actions.append(
+            {
+                "step": len(self.actions),
+                "action": action,
+                "detail": detail[:300],
+                "status": status,
+                "error": error,
+                "call_key": call_key,
+            }
+        )
 
     def remember(self, owner: str, kind: str, text: str, importance: int) -> None:
-        self.memories.append({"agent_id": owner, "kind": kind, "text": text[:400],
-                              "importance": int(min(10, max(1, importance)))})
+        self.memories.append(
+            {"agent_id": owner, "kind": kind, "text": text[:400], "importance": int(min(10, max(1, importance)))}
+        )
 
     @property
     def n_failed(self) -> int:

@@ -12,15 +12,20 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from tasks.llm.schemas import load_json
+from doppel.tasks.llm.schemas import load_json
+
 
 def _text(max_length: int) -> dict:
     return {"type": "string", "minLength": 1, "maxLength": max_length}
 
 
 def _object(properties: dict, required: list[str] | None = None) -> dict:
-    return {"type": "object", "properties": properties, "required": required or list(properties),
-            "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": required or list(properties),
+        "additionalProperties": False,
+    }
 
 
 class Decision(BaseModel):
@@ -29,8 +34,9 @@ class Decision(BaseModel):
 
 
 def decision_schema(actions: list[str], friends: list[str]) -> dict:
-    return _object({"action": {"type": "string", "enum": actions},
-                    "friend": {"type": "string", "enum": [*friends, "none"]}})
+    return _object(
+        {"action": {"type": "string", "enum": actions}, "friend": {"type": "string", "enum": [*friends, "none"]}}
+    )
 
 
 class Browse(BaseModel):
@@ -40,10 +46,18 @@ class Browse(BaseModel):
 
 
 def browse_schema(item_ids: list[str], max_watch: int) -> dict:
-    return _object({"choice": {"type": "string", "enum": ["watch", "next", "search", "leave"]},
-                    "watch": {"type": "array", "items": {"type": "string", "enum": item_ids}, "minItems": 0,
-                              "maxItems": max_watch},
-                    "query": {"type": "string", "maxLength": 24}})
+    return _object(
+        {
+            "choice": {"type": "string", "enum": ["watch", "next", "search", "leave"]},
+            "watch": {
+                "type": "array",
+                "items": {"type": "string", "enum": item_ids},
+                "minItems": 0,
+                "maxItems": max_watch,
+            },
+            "query": {"type": "string", "maxLength": 24},
+        }
+    )
 
 
 class Review(BaseModel):
@@ -58,12 +72,24 @@ class Reviews(BaseModel):
 
 
 def reviews_schema(item_ids: list[str]) -> dict:
-    entry = lambda i: _object({"item_id": {"type": "string", "const": i},  # noqa: E731
-                               "rating": {"type": "integer", "minimum": 1, "maximum": 5},
-                               "feeling": _text(80)})
-    return _object({"reviews": {"type": "array", "prefixItems": [entry(i) for i in item_ids],
-                                "minItems": len(item_ids), "maxItems": len(item_ids)},
-                    "importance": {"type": "integer", "minimum": 1, "maximum": 10}})
+    entry = lambda i: _object(
+        {
+            "item_id": {"type": "string", "const": i},  # noqa: E731
+            "rating": {"type": "integer", "minimum": 1, "maximum": 5},
+            "feeling": _text(80),
+        }
+    )
+    return _object(
+        {
+            "reviews": {
+                "type": "array",
+                "prefixItems": [entry(i) for i in item_ids],
+                "minItems": len(item_ids),
+                "maxItems": len(item_ids),
+            },
+            "importance": {"type": "integer", "minimum": 1, "maximum": 10},
+        }
+    )
 
 
 class Line(BaseModel):
@@ -79,9 +105,17 @@ class Chat(BaseModel):
 def chat_schema(speakers: list[str]) -> dict:
     """One const speaker per position: the two agents alternate, the initiator first."""
     line = lambda s: _object({"speaker": {"type": "string", "const": s}, "text": _text(100)})  # noqa: E731
-    return _object({"dialogue": {"type": "array", "prefixItems": [line(s) for s in speakers],
-                                 "minItems": len(speakers), "maxItems": len(speakers)},
-                    "importance": {"type": "integer", "minimum": 1, "maximum": 10}})
+    return _object(
+        {
+            "dialogue": {
+                "type": "array",
+                "prefixItems": [line(s) for s in speakers],
+                "minItems": len(speakers),
+                "maxItems": len(speakers),
+            },
+            "importance": {"type": "integer", "minimum": 1, "maximum": 10},
+        }
+    )
 
 
 class Post(BaseModel):

@@ -11,12 +11,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.sandbox.records import Outcome
-from tasks.store.db import connect, execute, query, transaction
-from tasks.store.writes import CALL_COLUMNS
+from doppel.tasks.sandbox.records import Outcome
+from doppel.tasks.store.db import connect, execute, query, transaction
+from doppel.tasks.store.writes import CALL_COLUMNS
 
-TABLES = ("sandbox_runs", "sandbox_agents", "sandbox_friends", "sandbox_rounds", "sandbox_actions", "sandbox_pages",
-          "sandbox_ratings", "sandbox_messages", "sandbox_posts", "sandbox_memories")
+TABLES = (
+    "sandbox_runs",
+    "sandbox_agents",
+    "sandbox_friends",
+    "sandbox_rounds",
+    "sandbox_actions",
+    "sandbox_pages",
+    "sandbox_ratings",
+    "sandbox_messages",
+    "sandbox_posts",
+    "sandbox_memories",
+)
 _COLUMNS = {
     "actions": ["k", "agent_id", "step", "action", "detail", "status", "error", "call_key"],
     "pages": ["agent_id", "step", "page", "query", "recommender", "item_ids"],
@@ -31,11 +41,29 @@ def read(db: str | Path, name: str, **params) -> pd.DataFrame:
     return query(db, name, **params)
 
 
-def start(db: str | Path, sandbox_id: str, dataset: str, fold: str, model: str, recommender: str, config: dict,
-          code_version: str, prompt_hashes: dict) -> None:
-    transaction(db, "sandbox_start", sandbox_id=sandbox_id, dataset=dataset, fold=fold, model=model,
-                recommender=recommender, config=json.dumps(config), code_version=code_version,
-                prompt_hashes=json.dumps(prompt_hashes))
+def start(
+    db: str | Path,
+    sandbox_id: str,
+    dataset: str,
+    fold: str,
+    model: str,
+    recommender: str,
+    config: dict,
+    code_version: str,
+    prompt_hashes: dict,
+) -> None:
+    transaction(
+        db,
+        "sandbox_start",
+        sandbox_id=sandbox_id,
+        dataset=dataset,
+        fold=fold,
+        model=model,
+        recommender=recommender,
+        config=json.dumps(config),
+        code_version=code_version,
+        prompt_hashes=json.dumps(prompt_hashes),
+    )
 
 
 def set_status(db: str | Path, sandbox_id: str, status: str) -> None:
@@ -44,19 +72,34 @@ def set_status(db: str | Path, sandbox_id: str, status: str) -> None:
 
 def calls_frame(rows: list[tuple[str, object]]) -> pd.DataFrame:
     """(user id, CallRecord) pairs as llm_calls rows."""
-    return pd.DataFrame([{"user_id": user, **asdict(call)} for user, call in rows],
-                        columns=["user_id", *CALL_COLUMNS])
+    return pd.DataFrame([{"user_id": user, **asdict(call)} for user, call in rows], columns=["user_id", *CALL_COLUMNS])
 
 
-def save_setup(db: str | Path, sandbox_id: str, agents: pd.DataFrame, friends: pd.DataFrame,
-               memories: pd.DataFrame, calls: pd.DataFrame) -> None:
-    transaction(db, "sandbox_save_agents", {"new_agents": agents, "new_friends": friends, "new_memories": memories,
-                                            "new_calls": calls}, sandbox_id=sandbox_id)
+def save_setup(
+    db: str | Path,
+    sandbox_id: str,
+    agents: pd.DataFrame,
+    friends: pd.DataFrame,
+    memories: pd.DataFrame,
+    calls: pd.DataFrame,
+) -> None:
+    transaction(
+        db,
+        "sandbox_save_agents",
+        {"new_agents": agents, "new_friends": friends, "new_memories": memories, "new_calls": calls},
+        sandbox_id=sandbox_id,
+    )
 
 
 def begin_round(db: str | Path, sandbox_id: str, round_no: int, post_reads: pd.DataFrame, recommender: dict) -> None:
-    transaction(db, "sandbox_begin_round", {"new_memories": post_reads}, sandbox_id=sandbox_id, round=round_no,
-                recommender=json.dumps(recommender))
+    transaction(
+        db,
+        "sandbox_begin_round",
+        {"new_memories": post_reads},
+        sandbox_id=sandbox_id,
+        round=round_no,
+        recommender=json.dumps(recommender),
+    )
 
 
 def outcome_frames(outcomes: list[Outcome], user_of: dict[str, str], embed) -> dict[str, pd.DataFrame]:
@@ -88,14 +131,22 @@ def save_outcomes(db: str | Path, sandbox_id: str, round_no: int, frames: dict[s
 
 
 def finish_round(db: str | Path, sandbox_id: str, round_no: int, stats: dict) -> None:
-    transaction(db, "sandbox_finish_round", sandbox_id=sandbox_id, round=round_no, wall_s=stats["wall_s"],
-                active_agents=stats["active"], new_calls=stats["new_calls"], cached_calls=stats["cached_calls"],
-                failed_actions=stats["failed"])
+    transaction(
+        db,
+        "sandbox_finish_round",
+        sandbox_id=sandbox_id,
+        round=round_no,
+        wall_s=stats["wall_s"],
+        active_agents=stats["active"],
+        new_calls=stats["new_calls"],
+        cached_calls=stats["cached_calls"],
+        failed_actions=stats["failed"],
+    )
 
 
 def export(db: str | Path, sandbox_id: str, out_dir: str | Path, fmt: str) -> list[Path]:
     """Every sandbox table's rows of this sandbox as one file each (parquet | csv | json lines)."""
-    from tasks.paths import sql_text
+    from doppel.tasks.paths import sql_text
 
     if fmt not in ("parquet", "csv", "json"):
         raise ValueError(f"unknown format {fmt!r}: parquet, csv or json")

@@ -12,13 +12,14 @@ import os
 import random
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import duckdb
 import pandas as pd
 
-from tasks.paths import SQL_DIR, sql_text
+from doppel.tasks.paths import SQL_DIR, sql_text
 
 _PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -42,8 +43,9 @@ def lock_wait_s() -> float:
 
 
 @contextlib.contextmanager
-def connect(db_path: str | Path, read_only: bool = False,
-            wait_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect(
+    db_path: str | Path, read_only: bool = False, wait_s: float | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the file (waiting with backoff while another process holds it), then close it."""
     wait_s = lock_wait_s() if wait_s is None else wait_s
     path = Path(db_path)
@@ -73,13 +75,13 @@ def connect(db_path: str | Path, read_only: bool = False,
 
 def statements(name: str) -> list[str]:
     """The statements of sql/queries/<name>.sql, split on `;` at line ends."""
-    text = "\n".join(line for line in sql_text(f"queries/{name}.sql").splitlines()
-                     if not line.strip().startswith("--"))
+    text = "\n".join(line for line in sql_text(f"queries/{name}.sql").splitlines() if not line.strip().startswith("--"))
     return [s.strip() for s in re.split(r";\s*\n", text + "\n") if s.strip().rstrip(";").strip()]
 
 
-def execute(con: duckdb.DuckDBPyConnection, name: str, frames: dict[str, pd.DataFrame] | None = None,
-            **params: Any) -> pd.DataFrame | None:
+def execute(
+    con: duckdb.DuckDBPyConnection, name: str, frames: dict[str, pd.DataFrame] | None = None, **params: Any
+) -> pd.DataFrame | None:
     """Run every statement of a query file; returns the last statement's rows (if it has any)."""
     for view, frame in (frames or {}).items():
         con.register(view, frame)

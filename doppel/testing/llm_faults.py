@@ -13,14 +13,30 @@ import math
 import random
 import re
 
-
 # ----------------------------------------------------------------------------- reading requests, answering
 
 ITEM_IDS_RE = re.compile(r"^[ \t]*item_ids:[ \t]*(\[.*\])[ \t]*$", re.MULTILINE)
 PROFILE_RE = re.compile(r"<profile>(.*?)</profile>", re.DOTALL)
-GENRES = ("Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-          "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
-          "Western")
+GENRES = (
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 
 
 def message_text(message: dict) -> str:
@@ -117,15 +133,37 @@ def profile_answer(body: dict) -> str:
 
     liked = join(ranked[:3]) if ranked else "all kinds of"
     disliked = join(ranked[3:][-2:]) + " films" if len(ranked) > 3 else "anything slow or predictable"
-    return (f"Profile: This viewer is most drawn to {liked} films and seeks them out again and again. "
-            "They value engaging stories, memorable characters and a satisfying ending, and they reward "
-            f"familiar favourites with generous ratings. They are less keen on {disliked}, which they "
-            "watch only now and then and judge more strictly. Overall a thoughtful, fairly consistent "
-            "rater with moderate expectations.")
+    return (
+        f"Profile: This viewer is most drawn to {liked} films and seeks them out again and again. "
+        "They value engaging stories, memorable characters and a satisfying ending, and they reward "
+        f"familiar favourites with generous ratings. They are less keen on {disliked}, which they "
+        "watch only now and then and judge more strictly. Overall a thoughtful, fairly consistent "
+        "rater with moderate expectations."
+    )
 
 
-WORDS = ("comedy", "drama", "action", "thriller", "romance", "great", "story", "music", "fun", "loved", "slow",
-         "classic", "night", "friends", "watch", "again", "ending", "cast", "scary", "sweet")
+WORDS = (
+    "comedy",
+    "drama",
+    "action",
+    "thriller",
+    "romance",
+    "great",
+    "story",
+    "music",
+    "fun",
+    "loved",
+    "slow",
+    "classic",
+    "night",
+    "friends",
+    "watch",
+    "again",
+    "ending",
+    "cast",
+    "scary",
+    "sweet",
+)
 
 
 def schema_answer(schema: dict, seed_text: str) -> object:
@@ -167,7 +205,7 @@ def schema_answer(schema: dict, seed_text: str) -> object:
                 break
             text = f"{text} {word}"
         text = text[:high]
-        return text if len(text) >= low else (text + " x" * low)[:max(low, len(text))]
+        return text if len(text) >= low else (text + " x" * low)[: max(low, len(text))]
 
     return build(schema, "$")
 
@@ -209,8 +247,14 @@ def token_logprobs(content: str, top_n: int) -> list[dict]:
         if len(token) == 1 and token in "12345":
             top = [(str(k), math.log(p)) for k, p in zip(range(1, 6), _digit_alternatives(int(token)))]
             top = sorted(top + [('"', math.log(QUOTE_P))], key=lambda t: -t[1])
-        out.append({"token": token, "logprob": top[0][1], "bytes": list(token.encode()),
-                    "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top[:top_n]]})
+        out.append(
+            {
+                "token": token,
+                "logprob": top[0][1],
+                "bytes": list(token.encode()),
+                "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top[:top_n]],
+            }
+        )
     return out
 
 

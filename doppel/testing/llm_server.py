@@ -12,7 +12,7 @@ In-process::
 
 Subprocess (from the repo root)::
 
-    python -m tests.llm_server --port 0 --latency 0.5 --http-429 0.1
+    python -m doppel.testing.llm_server --port 0 --latency 0.5 --http-429 0.1
     # prints "LISTENING http://127.0.0.1:<port>/v1" once it accepts connections
 """
 
@@ -29,20 +29,37 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import uvicorn
 
 # re-exported: benchmarks import the whole API from here
-from .llm_faults import (CONTENT_FAULTS, FAULTS, HTTP_FAULTS, check_rates, choose_fault,  # noqa: F401
-                         count_tokens, digit_probs, expected_rating, expected_ratings, fault_rng, message_text,
-                         profile_answer, profile_text, request_kind, requested_ids, sandbox_answer,
-                         sampled_ratings, schema_answer, spoil_ratings, token_logprobs)
+from .llm_faults import (  # noqa: F401
+    CONTENT_FAULTS,
+    FAULTS,
+    HTTP_FAULTS,
+    check_rates,
+    choose_fault,
+    count_tokens,
+    digit_probs,
+    expected_rating,
+    expected_ratings,
+    fault_rng,
+    message_text,
+    profile_answer,
+    profile_text,
+    request_kind,
+    requested_ids,
+    sampled_ratings,
+    sandbox_answer,
+    schema_answer,
+    spoil_ratings,
+    token_logprobs,
+)
 
 HOST = "127.0.0.1"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 AnswerFn = Callable[[str, dict], "str | None"]
 
 # ----------------------------------------------------------------------------- options
@@ -97,12 +114,24 @@ def completion(model: str, content: str, prompt_tokens: int, cid: str, top_logpr
     completion_tokens = count_tokens(content)
     logprobs = None if top_logprobs is None else {"content": token_logprobs(content, top_logprobs), "refusal": None}
     return {
-        "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "id": cid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
         "system_fingerprint": "doppel-test",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
-                     "logprobs": logprobs, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "logprobs": logprobs,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
     }
 
 
@@ -123,6 +152,7 @@ async def _read_body(receive) -> bytes:
 
 async def _watch(receive, closing: asyncio.Event) -> str:
     """Finish with "left" once the client disconnects, or "closing" once the server shuts down."""
+
     async def disconnect() -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
@@ -195,9 +225,17 @@ class LLMApp:
         with self._lock:
             self._log: list[dict] = []
             self._seen: dict[str, int] = {}
-            self._stats = {"requests": 0, "by_kind": {}, "by_fault": {}, "by_status": {}, "ok": 0,
-                           "prompt_tokens": 0, "completion_tokens": 0,
-                           "max_in_flight": self._in_flight, "max_active": self._active}
+            self._stats = {
+                "requests": 0,
+                "by_kind": {},
+                "by_fault": {},
+                "by_status": {},
+                "ok": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "max_in_flight": self._in_flight,
+                "max_active": self._active,
+            }
 
     def stats(self) -> dict:
         with self._lock:
@@ -245,20 +283,32 @@ class LLMApp:
                 raise ValueError("need a non-streaming request with a 'messages' list")
             kind = request_kind(body)
         except (ValueError, AttributeError, TypeError) as exc:
-            self._record({"kind": "invalid", "fault": None, "status": 400, "response": None,
-                          "request": raw.decode(errors="replace"), "completed": True})
+            self._record(
+                {
+                    "kind": "invalid",
+                    "fault": None,
+                    "status": 400,
+                    "response": None,
+                    "request": raw.decode(errors="replace"),
+                    "completed": True,
+                }
+            )
             return await _send_json(send, 400, api_error(f"bad request: {exc}", "invalid_request_error"))
 
         if self.options.reject_json_schema and (body.get("response_format") or {}).get("type") == "json_schema":
-            self._record({"kind": kind, "fault": None, "status": 400, "response": None, "request": body,
-                          "completed": True})
-            return await _send_json(send, 400, api_error("response_format json_schema is not supported",
-                                                         "invalid_request_error"))
+            self._record(
+                {"kind": kind, "fault": None, "status": 400, "response": None, "request": body, "completed": True}
+            )
+            return await _send_json(
+                send, 400, api_error("response_format json_schema is not supported", "invalid_request_error")
+            )
         if self.options.reject_logprobs and body.get("logprobs"):
-            self._record({"kind": kind, "fault": None, "status": 400, "response": None, "request": body,
-                          "completed": True})
-            return await _send_json(send, 400, api_error("logprobs are not supported with this model",
-                                                         "invalid_request_error"))
+            self._record(
+                {"kind": kind, "fault": None, "status": 400, "response": None, "request": body, "completed": True}
+            )
+            return await _send_json(
+                send, 400, api_error("logprobs are not supported with this model", "invalid_request_error")
+            )
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         with self._lock:
             seen = self._seen.get(digest, 0)
@@ -268,8 +318,18 @@ class LLMApp:
             self._stats["max_in_flight"] = max(self._stats["max_in_flight"], self._in_flight)
         rng = fault_rng(opts.seed, digest, seen)
         fault = choose_fault(opts.faults, kind, rng)
-        call = _Call(self, {"kind": kind, "fault": fault, "status": None, "request": body, "response": None,
-                            "seen_before": seen, "completed": False})
+        call = _Call(
+            self,
+            {
+                "kind": kind,
+                "fault": fault,
+                "status": None,
+                "request": body,
+                "response": None,
+                "seen_before": seen,
+                "completed": False,
+            },
+        )
         call.left = asyncio.ensure_future(_watch(receive, self._closing))
         try:
             if fault == "http_429":  # a rate limiter rejects at once: no latency, no slot
@@ -291,7 +351,7 @@ class LLMApp:
             if call.dropped:
                 await asyncio.sleep(0.01)  # let connection_lost run, else uvicorn answers 500 for us
 
-    async def _answer(self, call: "_Call", send, body, kind, fault, opts, rng, cid: str) -> None:
+    async def _answer(self, call: _Call, send, body, kind, fault, opts, rng, cid: str) -> None:
         if fault == "drop_connection":
             return await call.drop(send)
         if fault == "http_500":
@@ -303,8 +363,9 @@ class LLMApp:
             ratings = expected_ratings(requested_ids(body), profile_text(body))
             if float(body.get("temperature") or 0) > 0:  # sampling: the request's seed picks the draw
                 ratings = sampled_ratings(ratings, random.Random(json.dumps(body, sort_keys=True)))
-            content = spoil_ratings(fault, ratings, rng) if fault in CONTENT_FAULTS else \
-                json.dumps({"ratings": ratings})
+            content = (
+                spoil_ratings(fault, ratings, rng) if fault in CONTENT_FAULTS else json.dumps({"ratings": ratings})
+            )
         elif content is None and kind == "sandbox":
             content = sandbox_answer(body)
         elif content is None:
@@ -372,7 +433,7 @@ class _Call:
         data = json.dumps(payload).encode()
         self.entry["status"] = status
         await send(_start(status, len(data), extra))
-        pieces = [data] if trickle is None else [data[i:i + 8] for i in range(0, len(data), 8)]
+        pieces = [data] if trickle is None else [data[i : i + 8] for i in range(0, len(data), 8)]
         for i, piece in enumerate(pieces):
             if i:
                 await asyncio.wait([self.left], timeout=trickle / (len(pieces) - 1))
@@ -389,9 +450,20 @@ class _Call:
 
 class _UvicornServer(uvicorn.Server):
     def __init__(self, app: LLMApp, on_started: Callable[[], None], log_level: str = "warning"):
-        super().__init__(uvicorn.Config(app, http="h11", ws="none", loop="asyncio", lifespan="off",
-                                        log_config=None, log_level=log_level, access_log=False,
-                                        timeout_graceful_shutdown=1, backlog=2048))
+        super().__init__(
+            uvicorn.Config(
+                app,
+                http="h11",
+                ws="none",
+                loop="asyncio",
+                lifespan="off",
+                log_config=None,
+                log_level=log_level,
+                access_log=False,
+                timeout_graceful_shutdown=1,
+                backlog=2048,
+            )
+        )
         self._on_started = on_started
         self._llm_app = app
 
@@ -438,8 +510,9 @@ class LLMTestServer:
         self.port = sock.getsockname()[1]
         started = threading.Event()
         self._server = _UvicornServer(self.app, on_started=started.set)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name=f"llm-test-server-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name=f"llm-test-server-{self.port}", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not started.wait(0.02):
@@ -457,7 +530,7 @@ class LLMTestServer:
             self._thread.join(timeout=15)
         self._server = self._thread = None
 
-    def __enter__(self) -> "LLMTestServer":
+    def __enter__(self) -> LLMTestServer:
         self.start()
         return self
 
@@ -493,13 +566,13 @@ def admin(base_url: str, action: str, payload: dict | None = None) -> Any:
 
 
 def start_subprocess(timeout: float = 30.0, **options: Any) -> tuple[subprocess.Popen, str]:
-    """Run ``python -m tests.llm_server`` with these options; return (process, base_url). Caller kills it."""
-    argv = [sys.executable, "-m", "tests.llm_server", "--port", str(options.pop("port", 0))]
+    """Run ``python -m doppel.testing.llm_server`` with these options; return (process, base_url). Caller kills it."""
+    argv = [sys.executable, "-m", "doppel.testing.llm_server", "--port", str(options.pop("port", 0))]
     ServerOptions().update(**options)  # fail here, not in the child, on a bad option
     for name, value in {**options.pop("faults", {}), **options}.items():
         if value is not None:
             argv += [f"--{name.replace('_', '-')}", str(value)]
-    proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     line = proc.stdout.readline() if ready else ""
     if not line.startswith("LISTENING "):
@@ -510,7 +583,7 @@ def start_subprocess(timeout: float = 30.0, **options: Any) -> tuple[subprocess.
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.llm_server", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m doppel.testing.llm_server", description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--log-level", default="warning")
     for f in fields(ServerOptions):
