@@ -49,7 +49,9 @@ def llm_server_session():
 def llm_server(llm_server_session):
     """The session's test server, reset and fault-free for each test."""
     llm_server_session.app.reset()
-    llm_server_session.app.configure(latency=0.0, faults={}, max_concurrency=None)
+    llm_server_session.app.configure(
+        latency=0.0, faults={}, max_concurrency=None, llama_cpp=False, other_models="", model="doppel-test-model"
+    )
     return llm_server_session
 
 

@@ -204,11 +204,26 @@ def test_unreachable_base_url(tmp_path, prefect_server):
 
 
 def test_unknown_model(tmp_path, prefect_server, llm_server):
+    """A server that lists several models and rejects unknown names (as vLLM does): one clear line."""
+    llm_server.configure(other_models="other-model")
     args = run_args(tmp_path, llm_server.base_url, *SYNTHETIC)
     args[args.index("doppel-test-model")] = "no-such-model"
     done = cli(*args)
     assert_one_error_line(done, "'no-such-model'", "doppel-test-model")
     assert llm_server.stats()["requests"] == 0
+
+
+def test_llama_cpp_serves_its_model_under_any_name(tmp_path, prefect_server, llm_server):
+    """The README's llama.cpp example: the server lists its .gguf path and answers to any model name."""
+    gguf = "/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    llm_server.configure(llama_cpp=True, model=gguf)
+    args = run_args(tmp_path, llm_server.base_url, *SYNTHETIC)
+    args[args.index("doppel-test-model")] = "local"
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"--model 'local': {llm_server.base_url} (a llama.cpp server) answers with {gguf!r}" in done.stderr
+    assert llm_server.stats()["requests"] > 0
+    assert {e["request"]["model"] for e in llm_server.log()} == {"local"}
 
 
 def test_unknown_prompt_set(tmp_path, llm_server):

@@ -77,6 +77,8 @@ class ServerOptions:
     reject_json_schema: bool = False  # act like a server without json_schema support (HTTP 400)
     logprobs: bool = True  # answer token logprobs when asked (False: ignore the request, as some servers do)
     reject_logprobs: bool = False  # reject requests asking for logprobs (HTTP 400), as some models do
+    llama_cpp: bool = False  # pose as llama.cpp: GET /props answers, `model` (a .gguf path) served under any name
+    other_models: str = ""  # comma list listed beside `model`; then an unlisted model gets 404, as vLLM answers
     faults: dict[str, float] = field(default_factory=dict)  # {fault name: rate in [0, 1]}
 
     def update(self, **changes: Any) -> None:
@@ -90,16 +92,19 @@ class ServerOptions:
         if unknown := set(settings) - names:
             raise ValueError(f"unknown option(s) {sorted(unknown)}; known: {sorted(names)} and {FAULTS}")
         for name, value in settings.items():
-            if name == "model":
+            if name in ("model", "other_models"):
                 value = str(value)
             elif name in ("seed", "max_concurrency"):
                 value = int(value) if value else (0 if name == "seed" else None)
             else:
                 value = float(value)
-            if name != "model" and value is not None and value < 0:
+            if name not in ("model", "other_models") and value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
             setattr(self, name, value)
         self.faults = {**base, **rates}
+
+    def listed_models(self) -> list[str]:
+        return [self.model, *[m.strip() for m in self.other_models.split(",") if m.strip()]]
 
     def as_dict(self) -> dict:
         flat = {k: v for k, v in asdict(self).items() if k != "faults"}
@@ -255,8 +260,14 @@ class LLMApp:
         if (method, api) == ("POST", "/chat/completions"):
             return await self._chat(receive, send)
         if (method, api) == ("GET", "/models"):
-            model = {"id": self.options.model, "object": "model", "created": 0, "owned_by": "doppel-tests"}
-            return await _send_json(send, 200, {"object": "list", "data": [model]})
+            owner = "llamacpp" if self.options.llama_cpp else "doppel-tests"
+            ids = self.options.listed_models()
+            data = [{"id": i, "object": "model", "created": 0, "owned_by": owner} for i in ids]
+            return await _send_json(send, 200, {"object": "list", "data": data})
+        if (method, path) == ("GET", "/props") and self.options.llama_cpp:
+            settings = {"n_ctx": 4096, "model": self.options.model}
+            props = {"default_generation_settings": settings, "total_slots": 1, "model_path": self.options.model}
+            return await _send_json(send, 200, props)
         if (method, path) == ("GET", "/health"):
             return await _send_json(send, 200, {"status": "ok"})
         if (method, path) == ("GET", "/_admin/stats"):
@@ -302,6 +313,12 @@ class LLMApp:
             return await _send_json(
                 send, 400, api_error("response_format json_schema is not supported", "invalid_request_error")
             )
+        if self.options.other_models and body.get("model") not in self.options.listed_models():
+            self._record(
+                {"kind": kind, "fault": None, "status": 404, "response": None, "request": body, "completed": True}
+            )
+            error = api_error(f"The model `{body.get('model')}` does not exist.", "NotFoundError", "model_not_found")
+            return await _send_json(send, 404, error)
         if self.options.reject_logprobs and body.get("logprobs"):
             self._record(
                 {"kind": kind, "fault": None, "status": 400, "response": None, "request": body, "completed": True}
@@ -588,7 +605,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="warning")
     for f in fields(ServerOptions):
         if f.name != "faults":
-            kind = {"max_concurrency": int, "seed": int, "model": str}.get(f.name, float)
+            kind = {"max_concurrency": int, "seed": int, "model": str, "other_models": str}.get(f.name, float)
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)
     for fault in FAULTS:
         parser.add_argument(f"--{fault.replace('_', '-')}", type=float, default=None, metavar="RATE")

@@ -13,11 +13,14 @@ Where no logprobs gave one, `rating_samples` > 0 draws that many answers to the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import openai
 
 from doppel.tasks.llm.cache import ResponseCache, call_key
@@ -459,5 +462,19 @@ def check_endpoint(settings: LLMSettings, model_id: str) -> None:
         return  # no /models on this server: the first call will tell
     finally:
         client.close()
-    if served and model_id not in served:
+    if not served or model_id in served:
+        return
+    llama_cpp = False  # llama.cpp answers with its model whatever the name; it shows itself by /props
+    with contextlib.suppress(httpx.HTTPError, ValueError, AttributeError):
+        props = httpx.get(
+            settings.base_url.rstrip("/").removesuffix("/v1") + "/props",
+            headers={"Authorization": f"Bearer {api_key_from_env()}"},
+            timeout=15,
+        )
+        llama_cpp = props.status_code == 200 and "default_generation_settings" in props.json()
+    if len(served) > 1 and not llama_cpp:
         raise EndpointError(f"model {model_id!r} is not served by {settings.base_url}; it serves {served[:10]}")
+    kind = "a llama.cpp server" if llama_cpp else "one model"
+    logging.getLogger("doppel").warning(
+        f"--model {model_id!r}: {settings.base_url} ({kind}) answers with {served[0]!r} under any name"
+    )
