@@ -25,8 +25,14 @@ def sql(
     db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file"),
     limit: int = typer.Option(50, min=1, help="rows to print"),
     max_width: int = typer.Option(60, min=4, help="characters per cell before it is cut"),
+    allow_files: bool = typer.Option(
+        False, "--allow-files", help="let the query read and write other files (read_csv, COPY ... TO, ATTACH)"
+    ),
 ) -> None:
-    """Query the DuckDB file read-only (safe beside a live run) and print a table."""
+    """Query the DuckDB file read-only (safe beside a live run) and print a table.
+
+    The query sees only the database unless --allow-files: no other file is read or written.
+    """
     from doppel.tasks.report import read_view, run_sql, view_names
 
     if list_views:
@@ -37,7 +43,7 @@ def sql(
     if run_id is not None and view is None:
         fail("--run-id filters a --view; put the filter in the query instead")
     with _explore_errors():
-        frame, more = read_view(db, view, run_id, limit) if view else run_sql(db, query, limit)
+        frame, more = read_view(db, view, run_id, limit) if view else run_sql(db, query, limit, allow_files)
     if run_id is not None and "run_id" in frame:
         frame = frame.drop(columns="run_id")  # one run: the column says nothing
     console.print(frame_table(frame, max_width, title=view))
@@ -70,6 +76,8 @@ def _explore_errors() -> Iterator[None]:
         yield
     except (ValueError, FileNotFoundError, DatabaseLockedError) as exc:
         fail(str(exc), 2)
+    except duckdb.PermissionException as exc:  # a file outside the database, refused
+        fail(f"{str(exc).strip()} (doppel sql --allow-files lets a query read and write files)", 2)
     except duckdb.Error as exc:  # the query's parser / binder / catalog error, as DuckDB words it
         fail(str(exc).strip(), 2)
 

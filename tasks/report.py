@@ -65,10 +65,17 @@ def _declare_views(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(_CREATE_VIEW.sub("create or replace temp view", text, count=1))
 
 
-def run_sql(db: str | Path, sql: str, limit: int | None = None) -> tuple[pd.DataFrame, bool]:
-    """Run the user's SQL read-only; returns (at most `limit` rows, whether rows were left out)."""
+def run_sql(db: str | Path, sql: str, limit: int | None = None, files: bool = False) -> tuple[pd.DataFrame, bool]:
+    """Run the user's SQL read-only; returns (at most `limit` rows, whether rows were left out).
+
+    A read-only connection still reads and writes other files (read_csv, COPY ... TO, ATTACH,
+    INSTALL): unless `files`, the SQL sees only the database, and cannot change that setting back.
+    """
     with connect(db, read_only=True) as con:
         _declare_views(con)
+        if not files:
+            con.execute("set enable_external_access = false")
+            con.execute("set lock_configuration = true")
         rel = con.sql(sql)
         if rel is None:  # a statement without rows (e.g. SET)
             return pd.DataFrame(), False

@@ -343,3 +343,50 @@ def test_prompt_injection_cannot_change_pairs_schema_or_other_users(prefect_serv
     assert set(rows.loc[rows["user_id"] == "3", "item_id"]) == set(
         requested.loc[requested["user_id"] == "3", "item_id"]
     )
+
+
+# ----------------------------------------------------------------------------- doppel sql: the database only
+
+
+def doppel_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "doppel.flows.cli", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_doppel_sql_reads_and_writes_no_other_file(tmp_path):
+    from doppel.tasks.store.db import init_db
+
+    db = tmp_path / "doppel.duckdb"
+    init_db(db)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "secret.csv").write_text("token\nsk-not-for-sql\n")
+    written = outside / "out.csv"
+    refused = {
+        "copy to": f"copy (select 1 as a) to '{written}'",
+        "read_csv": f"select * from read_csv('{outside / 'secret.csv'}')",
+        "a path as a table": f"select * from '{outside / 'secret.csv'}'",
+        "attach": f"attach '{outside / 'other.duckdb'}' as other",
+        "setting it back": "set enable_external_access = true",
+    }
+    for what, query in refused.items():
+        done = doppel_cli("sql", query, "--db", str(db))
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, (what, done.stderr)
+        assert "sk-not-for-sql" not in done.stdout + done.stderr, what
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.csv"]  # nothing written, nothing attached
+    done = doppel_cli("sql", refused["read_csv"], "--db", str(db))
+    assert "--allow-files" in done.stderr and "disabled by configuration" in done.stderr
+
+    # doppel's own views still answer, and the operator's explicit flag opens files
+    assert doppel_cli("sql", "select count(*) as n from runs", "--db", str(db)).returncode == 0
+    allowed = doppel_cli("sql", refused["read_csv"], "--db", str(db), "--allow-files")
+    assert allowed.returncode == 0 and "sk-not-for-sql" in allowed.stdout, allowed.stderr
+    allowed = doppel_cli("sql", refused["copy to"], "--db", str(db), "--allow-files")
+    assert allowed.returncode == 0 and written.read_text().split() == ["a", "1"], allowed.stderr
