@@ -5,7 +5,10 @@ reused, so after a ~3-4 s warm-up (the GX import) a 20k-row frame validates in ~
 Suites are `{"name", "expectations": [{"type", "kwargs", "meta": {"description"}}]}`; output
 suites take the run id as the suite parameter `expected_run_ids`. GX has no cross-table
 expectation, so "one row per requested pair" is checked here with pandas and reported as the
-pseudo-expectation `one_row_per_requested_pair`.
+pseudo-expectation `one_row_per_requested_pair`. A check that needs Python (a profile's text is
+degenerate: tasks/llm/profile_text.py, the same function that makes the gateway re-ask it) is a
+computed column: a suite lists it under `meta.computed_columns`, `COMPUTED_COLUMNS` says how to
+compute it, and the suite's expectations check it like any column.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from doppel.tasks.llm.profile_text import profile_problems
 from doppel.tasks.paths import EXPECTATIONS_DIR
 
 SUITES_DIR = EXPECTATIONS_DIR
@@ -31,6 +35,15 @@ RUN_PARAMETER = "expected_run_ids"
 _RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": 5}
 _DETAIL_KEYS = ("observed_value", "unexpected_count", "unexpected_percent", "partial_unexpected_list")
 _LOCK = threading.Lock()  # one shared GX context; validations run one at a time
+
+
+def _text_problems(df: pd.DataFrame) -> pd.Series:
+    """What makes each row's `text` a degenerate profile ("; "-joined), None where it is fine."""
+    texts = df["text"] if "text" in df.columns else pd.Series([""] * len(df), index=df.index)
+    return texts.map(lambda t: "; ".join(profile_problems(t if isinstance(t, str) else "")) or None).astype(object)
+
+
+COMPUTED_COLUMNS = {"text_problems": _text_problems}
 
 
 class ValidationFailed(RuntimeError):
@@ -105,6 +118,8 @@ def load_suite(name: str, suites_dir: Path = SUITES_DIR) -> tuple[Any, frozenset
     suite = gx.ExpectationSuite(**raw)
     if len(suite.expectations) != len(raw["expectations"]):  # GX logs and drops invalid entries
         raise ValueError(f"{path}: {len(raw['expectations']) - len(suite.expectations)} invalid expectation(s)")
+    if unknown := set((raw.get("meta") or {}).get("computed_columns", [])) - COMPUTED_COLUMNS.keys():
+        raise ValueError(f"{path}: unknown computed columns {sorted(unknown)} (known: {sorted(COMPUTED_COLUMNS)})")
     return suite, frozenset(_parameter_names(raw["expectations"]))
 
 
@@ -148,6 +163,9 @@ def validate_frame(
     if unknown := params - values.keys():
         raise ValueError(f"suite {suite_name!r} uses unsupported parameters {sorted(unknown)}")
 
+    for name in (suite.meta or {}).get("computed_columns", []):
+        if name not in df.columns:
+            df = df.assign(**{name: COMPUTED_COLUMNS[name](df)})
     with _LOCK:
         batch = _batch_definition().get_batch(batch_parameters={"dataframe": df})
         try:

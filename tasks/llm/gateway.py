@@ -25,6 +25,7 @@ import openai
 
 from doppel.tasks.llm.cache import ResponseCache, call_key
 from doppel.tasks.llm.limits import CallLimiter
+from doppel.tasks.llm.profile_text import profile_problems
 from doppel.tasks.llm.schemas import (
     digit_distributions,
     parse_ratings,
@@ -122,7 +123,8 @@ class LLMGateway:
         overview_chars: int = 160,
         prompts: str = "compact",
     ) -> TextOutcome:
-        """A free-text answer (profiles). Empty answers are re-asked with a new sample."""
+        """A profile text. One with a problem (empty, looping, cut off: tasks/llm/profile_text.py) is re-asked in
+        the same conversation, quoting the problem."""
         messages = self._messages(prompt, variables, overview_chars, prompts)
         params = {"temperature": self.settings.temperature, "max_tokens": self.settings.max_tokens_profile}
         outcome = TextOutcome(text=None, error=None)
@@ -134,13 +136,18 @@ class LLMGateway:
                 outcome.error = exc.args[0]
                 return outcome
             content = (content or "").strip()
-            if len(content) >= 5:
+            if not (problems := profile_problems(content)):
                 outcome.calls.append(record)
                 outcome.text = content
                 return outcome
-            record.status, record.error = "invalid", "empty answer"
+            record.status, record.error = "invalid", "; ".join(problems)[:600]
             outcome.calls.append(record)
-            outcome.error = "empty answer"
+            outcome.error = record.error
+            prompt, repair = (
+                "profile_repair",
+                render("profile_repair", prompts=prompts, **variables, error=record.error),
+            )
+            messages = [*messages, {"role": "assistant", "content": content}, {"role": "user", "content": repair}]
         return outcome
 
     async def ratings(

@@ -16,7 +16,7 @@ from typing import Any
 import jinja2
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
-PROMPT_NAMES = ("system", "profile_create", "profile_refine", "profile_update", "rating", "repair")
+PROMPT_NAMES = ("system", "profile_create", "profile_refine", "profile_update", "profile_repair", "rating", "repair")
 PROMPT_SETS = {"compact": PROMPT_DIR, "seed": PROMPT_DIR / "seed"}
 
 

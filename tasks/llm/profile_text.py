@@ -1,0 +1,85 @@
+"""The profile answer contract: what makes a profile text degenerate.
+
+One function, `profile_problems`, used at both ends: the gateway re-asks a profile answer that has a
+problem, quoting it (tasks/llm/gateway.py), and the output contract rejects a stored profile that has
+one (expectations/profiles.json through tasks/validate.py). Small models loop and get cut off; these
+are the shapes seen in runs of the 0.5B model (issue 26): the same few titles repeated ~8 times, an
+answer that stops mid-word at the token limit, a stray `<profile>` tag, a header written twice.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+MIN_CHARS = 5
+SPAN_WORDS = 5  # a span of this many words ...
+SPAN_REPEATS = 3  # ... seen this often is a loop, not prose
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+# our own delimiters (<profile>, <data>), chat-template tokens (<|im_end|>), Jinja left-overs
+_TAG = re.compile(r"</?\s*[A-Za-z_][\w-]*\s*/?>|<\|[^|>\n]{1,40}\|>|\{\{|\}\}|\{%|%\}")
+_HEADER = re.compile(r"^\s*(?:#{1,6}\s*(?P<md>[^\n]+)|\*\*(?P<bold>[^*\n]+?)\*\*|(?P<label>[^\W\d][^:\n]{0,40}?)\s*:)")
+_ENDS = ".!?…"
+_CLOSERS = "\"')]*_`»”’"
+_LIST_ITEM = re.compile(r"^\s*(?:[-*•+]|\d+[.)])\s+")
+
+
+def profile_problems(text: str | None) -> list[str]:
+    """What is wrong with a profile text, in words a model can act on; [] when it is fine.
+
+    Checks, in order: empty; template tags; a header (`# X`, `**X**`, `X:` at a line start) written
+    twice; a span of SPAN_WORDS words repeated SPAN_REPEATS or more times; a cut-off ending (prose
+    that does not end a sentence, or any line ending on `,;:-(`).
+    """
+    text = (text or "").strip()
+    if len(text) < MIN_CHARS:
+        return ["empty answer"]
+    problems = []
+    if tags := list(dict.fromkeys(m.group(0) for m in _TAG.finditer(text))):
+        problems.append(f"contains template tags {', '.join(repr(t) for t in tags[:3])}: write plain prose only")
+    if header := _repeated_header(text):
+        problems.append(f"the header {header!r} appears more than once: write it once or not at all")
+    if span := _repeated_span(text):
+        words, times = span
+        problems.append(f"repeats {words!r} {times} times: say each thing once")
+    if _cut_off(_TAG.sub("", text).strip()):
+        tail = text[-30:].replace("\n", " ")
+        problems.append(f"stops mid-sentence (ends with ...{tail!r}): write a shorter profile that ends properly")
+    return problems
+
+
+def _repeated_header(text: str) -> str | None:
+    seen: set[str] = set()
+    for line in text.splitlines():
+        match = _HEADER.match(line)
+        if not match:
+            continue
+        raw = next(g for g in match.groups() if g)
+        key = " ".join(_WORD.findall(raw.lower()))
+        if key and key in seen:
+            return raw.strip()
+        if key:
+            seen.add(key)
+    return None
+
+
+def _repeated_span(text: str) -> tuple[str, int] | None:
+    words = _WORD.findall(text.lower())
+    spans = Counter(tuple(words[i : i + SPAN_WORDS]) for i in range(len(words) - SPAN_WORDS + 1))
+    if not spans:
+        return None
+    span, times = spans.most_common(1)[0]
+    return (" ".join(span), times) if times >= SPAN_REPEATS else None
+
+
+def _cut_off(text: str) -> bool:
+    if not text:
+        return False
+    last_line = text.splitlines()[-1]
+    end = last_line.rstrip().rstrip(_CLOSERS).rstrip()
+    if not end:
+        return False
+    if end[-1] in ",;:-(–—":
+        return True
+    # a list item or a `Label: value` line may end without a full stop; prose may not
+    return end[-1] not in _ENDS and not _LIST_ITEM.match(last_line) and not _HEADER.match(last_line)
