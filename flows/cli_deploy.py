@@ -7,7 +7,9 @@ from pathlib import Path
 
 import typer
 
-from doppel.flows.cli import app, console, fail
+from doppel.flows.cli_output import console, fail
+
+app = typer.Typer()
 
 
 @app.command()

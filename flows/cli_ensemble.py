@@ -1,4 +1,4 @@
-"""`doppel ensemble`: registered on the main Typer app (flows/cli.py imports this module)."""
+"""`doppel ensemble`: a sub-app of the `doppel` command (flows/cli.py adds it)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from pathlib import Path
 
 import typer
 
-from doppel.flows.cli import app, console, fail
+from doppel.flows.cli_output import console, fail, show
 from doppel.tasks.ensemble.config import EnsembleSettings, SASRecSettings
 from doppel.tasks.settings import LLMSettings, RunSettings
+
+app = typer.Typer()
 
 
 @app.command("ensemble")
@@ -93,7 +95,7 @@ def ensemble_command(
 
 def print_ensemble(summary: dict) -> None:
     for table in ensemble_tables(summary):
-        console.print(table)
+        show(table)
     for line in summary_lines(summary):
         console.print(line, highlight=False)
 

@@ -1,6 +1,6 @@
 """`doppel sql` and `doppel report`: look at a DuckDB file (read-only, briefly) and write the HTML report.
 
-Registered on the main app by importing this module (flows/cli.py does `import doppel.flows.cli_explore`).
+A sub-app of the `doppel` command (flows/cli.py adds it).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from doppel.flows.cli import app, console, fail
+from doppel.flows.cli_output import console, fail, show
+
+app = typer.Typer()
 
 
 @app.command()
@@ -46,7 +48,7 @@ def sql(
         frame, more = read_view(db, view, run_id, limit) if view else run_sql(db, query, limit, allow_files)
     if run_id is not None and "run_id" in frame:
         frame = frame.drop(columns="run_id")  # one run: the column says nothing
-    console.print(frame_table(frame, max_width, title=view))
+    show(frame_table(frame, max_width, title=view))
     shown = f"{len(frame):,} row{'s' if len(frame) != 1 else ''}"
     console.print(f"{shown}, more left out (--limit)" if more else shown, style="dim", highlight=False)
 

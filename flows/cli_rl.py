@@ -1,4 +1,4 @@
-"""`doppel rl`: registered on the main Typer app (flows/cli.py imports this module)."""
+"""`doppel rl`: a sub-app of the `doppel` command (flows/cli.py adds it)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from pathlib import Path
 
 import typer
 
-from doppel.flows.cli import app, console, fail
+from doppel.flows.cli_output import console, fail, show
 from doppel.tasks.rl.config import ALGOS, BASELINES, EnvSettings, RLSettings
+
+app = typer.Typer()
 
 
 @app.command("rl")
@@ -60,7 +62,7 @@ def rl_command(
         from doppel.flows.rl import rl
 
         summary = rl(settings)
-    console.print(rl_table(summary))
+    show(rl_table(summary))
     for line in summary_lines(summary):
         console.print(line, highlight=False)
 

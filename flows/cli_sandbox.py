@@ -1,4 +1,4 @@
-"""`doppel sandbox` (run, export) and `doppel ui`: registered on the main Typer app (flows/cli.py imports this)."""
+"""`doppel sandbox` (run, export) and `doppel ui`: a sub-app of the `doppel` command (flows/cli.py adds it)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from pathlib import Path
 
 import typer
 
-from doppel.flows.cli import app, console, fail
+from doppel.flows.cli_output import console, fail, show
 from doppel.tasks.sandbox.config import MemorySettings, SandboxSettings
 from doppel.tasks.settings import LLMSettings, RunSettings
+
+app = typer.Typer()
 
 sandbox_app = typer.Typer(
     help="Agent sandbox: agents with profiles and memories use a recommender, chat and post.", no_args_is_help=False
@@ -284,7 +286,7 @@ def print_sandbox(summary: dict) -> None:
             _num(r.get("cached_calls")),
             _num(r.get("failed_actions")),
         )
-    console.print(rounds)
+    show(rounds)
     mix = summary["action_mix"]
     total = sum(m["n"] for m in mix) or 1
     console.print(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pandas as pd
-from rich.console import Console, Group
+from rich.console import Group
 from rich.table import Table
+
+from doppel.flows.cli_output import console, show
 
 METRIC_COLUMNS = [
     ("rmse", "RMSE", "{:.3f}"),
@@ -43,12 +45,12 @@ def _fmt(value, fmt: str) -> str:
     return "–" if value is None or pd.isna(value) else fmt.format(value)
 
 
-def print_summary(console: Console, summary: dict) -> None:
+def print_summary(summary: dict) -> None:
     summary = {
         k: int(v) if isinstance(v, float) and k not in ("wall_s",) and float(v).is_integer() else v
         for k, v in summary.items()
     }
-    console.print(metrics_table(summary.get("scores") or []))
+    show(metrics_table(summary.get("scores") or []))
     now = summary.get("this_invocation") or {}
     console.print(
         f"run [bold]{summary['run_id']}[/] {summary['status']}: {summary['users']} users, "
@@ -72,7 +74,7 @@ def print_summary(console: Console, summary: dict) -> None:
     )
 
 
-def print_estimate(console: Console, est, settings) -> None:
+def print_estimate(est, settings) -> None:
     """The dry-run table: calls, tokens, cost and the LLM-bound wall time at a few speeds."""
     llm = settings.llm
     embedded = not llm.base_url
@@ -96,7 +98,7 @@ def print_estimate(console: Console, est, settings) -> None:
         rows.append((label, f"{est.wall_s(seconds, concurrency) / 60:,.1f} min"))
     for key, value in rows:
         table.add_row(key, value)
-    console.print(table)
+    show(table)
     if llm.rating_samples and llm.rating_probs:
         console.print(
             f"plus up to {llm.rating_samples} draws per rating call where the server gives no logprobs "
