@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from doppel.tasks.rl.rewards import World
+if TYPE_CHECKING:  # importing this module stays light: the world is built by make_env, not here
+    from doppel.tasks.rl.rewards import World
 
 
 class DoppelRecEnv(gym.Env):
@@ -21,6 +22,7 @@ class DoppelRecEnv(gym.Env):
 
     ## Action Space
     `Discrete(n_items)`: the item code to recommend (the catalogue in `world.likes.item_ids` order).
+    An action outside the space raises `ValueError`, as Gymnasium's own envs refuse invalid actions.
 
     ## Observation Space
     `Box(-1, 1, (H * (d + 1) + 2 [+ n_items],), float32)`, H = `history_len`, d = item feature size:
@@ -51,7 +53,7 @@ class DoppelRecEnv(gym.Env):
     `history_len`, `exclude_train`, `seen_in_obs`. `reset(options={"user": code})` or `{"user_id": "42"}` fixes the user.
 
     ## Version History
-    - v0: initial version.
+    - v0: initial version; an action outside the space raises `ValueError` (it used to index from the end).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
@@ -114,6 +116,10 @@ class DoppelRecEnv(gym.Env):
         return self._obs(), self._info()
 
     def step(self, action):
+        if not self.action_space.contains(action):
+            raise ValueError(
+                f"action {action!r} is not in the action space {self.action_space} (an item code 0..{self.action_space.n - 1})"
+            )
         item = int(action)
         repeat = bool(self._seen[item])
         unrated = not self._defined[self._user, item]
@@ -174,18 +180,45 @@ def make_env(
     return DoppelRecEnv(world, **env_kwargs)
 
 
-def register_envs() -> None:
-    """`doppel/MovieLens-v0` (ML-100K) and `doppel/Synthetic-v0` (the built-in synthetic dataset).
+def make_synthetic_env(
+    db: str | None = None,
+    ensemble_id: str | None = None,
+    reward: str | None = None,
+    like_threshold: int | None = None,
+    feature_dim: int = 16,
+    world: World | None = None,
+    users: int = 60,
+    items: int = 120,
+    seed: int = 0,
+    fold: str = "u1",
+    **env_kwargs: Any,
+) -> DoppelRecEnv:
+    """`doppel/Synthetic-v0`: with `db` (or `ensemble_id`), a finished ensemble run of the synthetic dataset,
+    as `make_env`; without, the built-in synthetic dataset judged by item-KNN, built in memory (no file, no
+    LLM: tasks/rl/synthetic.py; `users`, `items`, `seed` and `fold` choose the dataset)."""
+    if world is None and db is None and ensemble_id is None:
+        if reward not in (None, "item_knn"):
+            raise ValueError(f"reward {reward!r} reads a database: pass db= (a DuckDB file with that run)")
+        from doppel.tasks.rl.synthetic import synthetic_world
 
-    Both read a finished `doppel ensemble` run from `db` (kwarg, default ./doppel.duckdb): `ensemble_id`,
-    else the latest whose dataset matches `dataset` (a SQL LIKE pattern); `world=` skips the database.
-    `gym.make(id, horizon=T, max_episode_steps=T)` changes the horizon (the wrapper's limit is 20).
-    """
-    for env_id, dataset in (("doppel/MovieLens-v0", "ml-100k"), ("doppel/Synthetic-v0", "synthetic-%")):
-        if env_id not in gym.registry:
-            gym.register(
-                id=env_id, entry_point="doppel.tasks.rl.env:make_env", max_episode_steps=20, kwargs={"dataset": dataset}
-            )
+        world = synthetic_world(users, items, seed, fold, like_threshold or 4, feature_dim)
+    return make_env(
+        db or "doppel.duckdb",
+        ensemble_id,
+        "synthetic-%",
+        reward or "ensemble",
+        like_threshold,
+        feature_dim,
+        world,
+        **env_kwargs,
+    )
+
+
+def register_envs() -> None:
+    """Register the ids (kept for `import doppel.tasks.rl.env`; doppel.envs does it when gymnasium is imported)."""
+    from doppel.envs import register_envs as register
+
+    register()
 
 
 register_envs()
