@@ -13,13 +13,7 @@ Needs a finished `doppel ensemble` run in the db (see the README's RL section). 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 import gymnasium as gym
 import numpy as np
@@ -79,7 +73,10 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     n_items = len(likes.item_ids)
-    random_action = lambda env: int(rng.integers(n_items))
+
+    def random_action(env) -> int:
+        return int(rng.integers(n_items))
+
     bare = steps_per_s(DoppelRecEnv(world), args.steps, random_action)
     made = steps_per_s(gym.make("doppel/MovieLens-v0", world=world), args.steps, random_action)
     popular = PopularPolicy(world.popularity)

@@ -229,12 +229,13 @@ def _splits(src: _Source, ratings: Table, users: np.ndarray, items: np.ndarray) 
             if data is None:
                 raise DataError(src.label(name), None, "file not found (the fold's other file exists)")
             t = _read_ratings(src, name, users, items)
+            # the message lambdas below use loop variables safely (B023): check() calls them at once
             k = t.df["user_id"].to_numpy() * base + t.df["item_id"].to_numpy()
             pos = np.minimum(np.searchsorted(sorted_keys, k), len(sorted_keys) - 1)
             t.check(
                 sorted_keys[pos] != k,
                 lambda j: (
-                    f"rating of user_id {quote(t.df.user_id[j])} for item_id {quote(t.df.item_id[j])} is not in u.data"
+                    f"rating of user_id {quote(t.df.user_id[j])} for item_id {quote(t.df.item_id[j])} is not in u.data"  # noqa: B023
                 ),
             )
             row = order[pos]
@@ -243,7 +244,7 @@ def _splits(src: _Source, ratings: Table, users: np.ndarray, items: np.ndarray) 
                 t.check(
                     v != want,
                     lambda j: (
-                        f"{col} {quote(v[j])} differs from u.data line {ratings.lines[row[j]]} ({quote(want[j])})"
+                        f"{col} {quote(v[j])} differs from u.data line {ratings.lines[row[j]]} ({quote(want[j])})"  # noqa: B023
                     ),
                 )
             t.unique(["user_id", "item_id"], "rating")
@@ -252,8 +253,8 @@ def _splits(src: _Source, ratings: Table, users: np.ndarray, items: np.ndarray) 
                 t.check(
                     other,
                     lambda j: (
-                        f"rating of user_id {quote(t.df.user_id[j])} for item_id "
-                        f"{quote(t.df.item_id[j])} is also in {fold}.base"
+                        f"rating of user_id {quote(t.df.user_id[j])} for item_id "  # noqa: B023
+                        f"{quote(t.df.item_id[j])} is also in {fold}.base"  # noqa: B023
                     ),
                 )
             positions[part] = row

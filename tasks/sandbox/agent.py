@@ -54,7 +54,7 @@ class Asker:
         content = render(prompt, overview_chars=self.overview_chars, persona=self.persona, **variables)
         messages = [{"role": "system", "content": render("sandbox_system")}, {"role": "user", "content": content}]
         name, problem = prompt, None
-        for attempt in range(self.gateway.settings.repair_attempts + 1):
+        for _attempt in range(self.gateway.settings.repair_attempts + 1):
             try:
                 text, record = await self.gateway.complete_json(
                     name, messages, prompt, schema, max_tokens=max_tokens or self.max_tokens
@@ -146,9 +146,9 @@ async def browse(
             return
         items = [catalogue[i] for i in ids]
 
-        def check(b: sc.Browse) -> str | None:
-            if b.choice == "watch" and not (b.watch and set(b.watch) <= set(ids)):
-                return f'to watch, list one or more of the shown ids {ids} in "watch"'
+        def check(b: sc.Browse) -> str | None:  # uses this step's ids (B023): ask() awaits it in this step
+            if b.choice == "watch" and not (b.watch and set(b.watch) <= set(ids)):  # noqa: B023
+                return f'to watch, list one or more of the shown ids {ids} in "watch"'  # noqa: B023
             if b.choice == "search" and not b.query.strip():
                 return 'to search, put a keyword in "query"'
             return None

@@ -72,13 +72,15 @@ class Reviews(BaseModel):
 
 
 def reviews_schema(item_ids: list[str]) -> dict:
-    entry = lambda i: _object(
-        {
-            "item_id": {"type": "string", "const": i},  # noqa: E731
-            "rating": {"type": "integer", "minimum": 1, "maximum": 5},
-            "feeling": _text(80),
-        }
-    )
+    def entry(i: str) -> dict:
+        return _object(
+            {
+                "item_id": {"type": "string", "const": i},
+                "rating": {"type": "integer", "minimum": 1, "maximum": 5},
+                "feeling": _text(80),
+            }
+        )
+
     return _object(
         {
             "reviews": {

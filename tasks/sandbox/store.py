@@ -115,7 +115,7 @@ def outcome_frames(outcomes: list[Outcome], user_of: dict[str, str], embed) -> d
         calls.extend((user_of[o.agent_id], c) for c in o.calls)
     texts = [m["text"] for m in rows["memories"]]
     vectors = embed(texts) if texts else []
-    for k, (memory, vector) in enumerate(zip(rows["memories"], vectors)):
+    for memory, vector in zip(rows["memories"], vectors, strict=True):
         memory["embedding"] = [float(x) for x in vector]
     for name in ("actions", "messages", "memories"):
         for k, row in enumerate(rows[name]):
