@@ -1,0 +1,121 @@
+"""One fold of the arena, after the recommenders ran: judge the lists, compute every protocol.
+
+ranked, top = assemble(lists, families, observed_judged, catalogue_judged)
+tables = evaluate_fold(ranked, top, observed_judged, fold)   # metrics, agreement, calibration
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from doppel.tasks.arena.judges import AUDIT, HYBRID_JUDGES, audit_column
+from doppel.tasks.arena.protocols import (
+    calibration,
+    catalogue_metrics,
+    like_rate_gap,
+    noise_ceiling,
+    observed_metrics,
+    rank_agreement,
+    user_matrix,
+)
+
+JUDGES = (*HYBRID_JUDGES, AUDIT)
+PROTOCOL_METRICS = {"observed": ("ndcg@10", "precision@5"), "catalogue": ("like_rate@10",)}
+
+
+def _judged_lists(lists: dict[str, pd.DataFrame], families: dict[str, str], judged: pd.DataFrame) -> pd.DataFrame:
+    frames = []
+    for name, frame in lists.items():
+        j = frame.merge(judged, on=["user_id", "item_id"], how="left", validate="one_to_one")
+        j[AUDIT] = j[audit_column(judged, families[name])]
+        frames.append(j.assign(recommender=name))
+    keep = ["recommender", "user_id", "item_id", "rank", "score", "real", "p_like", *JUDGES]
+    return pd.concat(frames, ignore_index=True)[keep]
+
+
+def assemble(
+    lists: dict[str, dict],
+    families: dict[str, str],
+    observed_judged: pd.DataFrame,
+    catalogue_judged: pd.DataFrame,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each recommender's held-out ranking and catalogue top-k, with every judge's rating per pair.
+
+    observed_judged / catalogue_judged: judges.judge_pairs output plus `real` (the held-out rating;
+    NaN in the catalogue where the pair is not in test)."""
+    ranked = _judged_lists({k: v["observed"] for k, v in lists.items()}, families, observed_judged)
+    top = _judged_lists({k: v["catalogue"] for k, v in lists.items()}, families, catalogue_judged)
+    return ranked, top
+
+
+def evaluate_fold(
+    ranked: pd.DataFrame, top: pd.DataFrame, observed_judged: pd.DataFrame, fold: str, n_boot: int = 500, seed: int = 0
+) -> dict[str, pd.DataFrame]:
+    """metrics (mean per recommender), agreement (tau/rho with intervals, noise ceiling),
+    calibration (gap, ECE, Brier per judge) and reliability (bins) for one fold."""
+    recs = sorted(ranked["recommender"].unique())
+    per_user = {
+        "observed": observed_metrics(ranked, ["real", *JUDGES]),
+        "catalogue": catalogue_metrics(top, list(JUDGES)),
+    }
+    metrics = pd.concat(
+        [
+            u.drop(columns="user_id")
+            .groupby(["recommender", "judge"])
+            .mean()
+            .reset_index()
+            .melt(id_vars=["recommender", "judge"], var_name="metric", value_name="value")
+            .assign(protocol=protocol)
+            for protocol, u in per_user.items()
+        ],
+        ignore_index=True,
+    ).dropna(subset=["value"])
+    rows = []
+    for protocol, names in PROTOCOL_METRICS.items():
+        for metric in names:
+            real = user_matrix(per_user[protocol], "real", metric, recs)
+            for judge in JUDGES:
+                sim = user_matrix(per_user[protocol], judge, metric, recs)
+                row = {
+                    "protocol": protocol,
+                    "metric": metric,
+                    "judge": judge,
+                    **rank_agreement(real, sim, n_boot, seed),
+                }
+                if protocol == "observed":
+                    ceiling = noise_ceiling(real, sim, seed=seed)
+                    row.update(
+                        {
+                            "tau_judge_cross": ceiling["tau_judge_cross"],
+                            "tau_real_cross": ceiling["tau_real_cross"],
+                            "ceiling_ratio": ceiling["ratio"],
+                        }
+                    )
+                rows.append(row)
+    agreement = pd.DataFrame(rows)
+    held = observed_judged.dropna(subset=["real"])
+    stats, bins = calibration(held["p_like"].to_numpy(), (held["real"] >= 4).to_numpy())
+    calib = pd.DataFrame(
+        [
+            {
+                "judge": judge,
+                "like_rate_gap": like_rate_gap(held[judge].to_numpy(), held["real"].to_numpy()),
+                "like_rate": float(np.mean(held[judge] >= 4)),
+                "real_like_rate": float(np.mean(held["real"] >= 4)),
+                # the three hybrid judges share one distribution, so one P(like), one ECE and Brier
+                "ece": stats["ece"],
+                "brier": stats["brier"],
+                "n": len(held),
+            }
+            for judge in HYBRID_JUDGES
+        ]
+    )
+    for frame in (metrics, agreement, calib, bins):
+        frame.insert(0, "fold", fold)
+    return {
+        "metrics": metrics,
+        "agreement": agreement,
+        "calibration": calib,
+        "reliability": bins.assign(judge="hybrid"),
+    }
