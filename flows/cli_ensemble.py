@@ -8,6 +8,7 @@ import typer
 
 from doppel.flows.cli_output import console, fail, show
 from doppel.tasks.ensemble.config import EnsembleSettings, SASRecSettings
+from doppel.tasks.preflight import preflight
 from doppel.tasks.settings import LLMSettings, RunSettings
 
 app = typer.Typer()
@@ -86,6 +87,8 @@ def ensemble_command(
     from doppel.flows.errors import friendly_errors
     from doppel.flows.runtime import prefect_api
 
+    with friendly_errors(fail):
+        preflight(settings.run)  # before any engine starts: a wrong path, fold or endpoint in seconds
     with friendly_errors(fail), prefect_api():
         from doppel.flows.ensemble import ensemble
 

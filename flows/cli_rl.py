@@ -55,6 +55,8 @@ def rl_command(
             horizon=horizon, leave_after=leave_after or None, history_len=history_len, seen_in_obs=seen_in_obs
         ),
     )
+    if not db.is_file():
+        fail(f"{db}: no such DuckDB file (--db); `doppel ensemble` or `doppel run` writes one")
     from doppel.flows.errors import friendly_errors
     from doppel.flows.runtime import prefect_api
 

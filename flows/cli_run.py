@@ -10,6 +10,7 @@ import typer
 from doppel.flows.cli_output import console, fail, show
 from doppel.flows.display import metrics_table, print_summary
 from doppel.tasks.llm.templates import PROMPT_SETS, prompt_dir
+from doppel.tasks.preflight import preflight
 from doppel.tasks.settings import RATING_SAMPLES_LIMIT, LLMSettings, RunSettings, SimulationSettings
 
 app = typer.Typer()
@@ -162,6 +163,7 @@ def _dry_run(settings: RunSettings) -> None:
     from doppel.tasks.store.db import init_db
 
     with friendly_errors(fail):
+        preflight(settings, model=False)  # a dry run calls nothing
         init_db(settings.db)
         dataset, _ = ingest_step(settings)
         print_estimate(estimate(settings, dataset), settings)
@@ -174,13 +176,15 @@ def _run_flow(settings: RunSettings) -> dict:
     if summary is not None:
         return summary
     from doppel.flows.errors import friendly_errors
-    from doppel.flows.runtime import discard_prestarted, prefect_api
 
     with friendly_errors(fail):
-        if settings.run_id and Path(settings.db).exists():  # before any engine starts
+        preflight(settings)  # before any engine starts: a wrong path, fold or endpoint in seconds
+        if settings.run_id and Path(settings.db).exists():
             from doppel.tasks.planning import check_resume_settings
 
             check_resume_settings(settings.db, settings.run_id, settings)
+        from doppel.flows.runtime import discard_prestarted, prefect_api
+
         try:
             with prefect_api(on_url=lambda: _while_api_starts(settings)):
                 from doppel.flows.simulate import simulate

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from doppel.flows.cli_output import console, fail, show
+from doppel.tasks.preflight import preflight
 from doppel.tasks.sandbox.config import MemorySettings, SandboxSettings
 from doppel.tasks.settings import LLMSettings, RunSettings
 
@@ -172,6 +173,8 @@ def sandbox_run(
     from doppel.flows.errors import friendly_errors
     from doppel.flows.runtime import prefect_api
 
+    with friendly_errors(fail):
+        preflight(settings.run)  # before any engine starts: a wrong path, fold or endpoint in seconds
     with friendly_errors(fail), prefect_api():
         from doppel.flows.sandbox import new_sandbox_id, run_sandbox
 
@@ -260,6 +263,8 @@ def ui(
     from doppel.flows.errors import friendly_errors
     from doppel.flows.runtime import prefect_api
 
+    with friendly_errors(fail):
+        preflight(settings.run)  # before any engine starts: a wrong path, fold or endpoint in seconds
     with friendly_errors(fail), prefect_api():
         from doppel.flows.sandbox_ui import serve
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from doppel.tasks.data.registry import builtin, check_folds
 from doppel.tasks.records import DataError, Dataset
 from doppel.tasks.settings import RunSettings
 from doppel.tasks.store.db import connect, execute
@@ -12,24 +13,28 @@ from doppel.tasks.store.writes import save_dataset
 INPUT_SUITES = (("ratings", "input_ratings"), ("items", "input_items"), ("users", "input_users"))
 
 
+def dataset_label(settings: RunSettings) -> str:
+    """The dataset as the user named it, and where it is: for messages."""
+    where = settings.data_dir if builtin(settings.dataset) == "ml-100k" else None
+    return f"{settings.dataset} ({where})" if where else settings.dataset
+
+
 def dataset_name(settings: RunSettings) -> str:
-    if settings.dataset == "synthetic":
+    if builtin(settings.dataset) == "synthetic":
         default = (settings.synthetic_users, settings.synthetic_items, settings.sample_seed) == (60, 120, 0)
         return (
             "synthetic"
             if default
             else (f"synthetic-{settings.synthetic_users}u-{settings.synthetic_items}i-s{settings.sample_seed}")
         )
-    if settings.dataset in ("ml-100k", "movielens", "ml100k"):
-        return "ml-100k"
-    return Path(settings.dataset).stem
+    return builtin(settings.dataset) or Path(settings.dataset).stem
 
 
 def load(settings: RunSettings) -> Dataset:
     """Read the dataset named by the settings (no database access)."""
     from doppel.tasks.data import load_dataset
 
-    if settings.dataset == "synthetic":
+    if builtin(settings.dataset) == "synthetic":
         ds = load_dataset(
             "synthetic", n_users=settings.synthetic_users, n_items=settings.synthetic_items, seed=settings.sample_seed
         )
@@ -67,21 +72,19 @@ def ingest(settings: RunSettings, force: bool = False) -> tuple[str, bool]:
         return name, False
     ds = load(settings)
     check_inputs(ds)
-    missing = [f for f in settings.folds if f != "all" and f not in ds.folds]
-    if missing:
-        raise DataError(ds.source, None, f"dataset {name!r} has no fold(s) {missing}; it has {ds.folds}")
+    check_folds(dataset_label(settings), ds.folds, settings.folds)
     save_dataset(settings.db, ds)
     return name, True
 
 
 def source_of(settings: RunSettings) -> str:
     """What identifies the loaded data: a stored dataset with the same source is not reloaded."""
-    if settings.dataset == "synthetic":
+    if builtin(settings.dataset) == "synthetic":
         return (
             f"synthetic:seed={settings.sample_seed},users={settings.synthetic_users},items={settings.synthetic_items}"
         )
     where = str(Path(settings.data_dir).resolve()) if settings.data_dir else "download"
-    if settings.dataset not in ("ml-100k", "movielens", "ml100k"):
+    if builtin(settings.dataset) is None:
         where = str(Path(settings.dataset).resolve())
     text = str(Path(settings.item_text).resolve()) if settings.item_text else "none"
     return f"{dataset_name(settings)}:{where};item_text={text}"

@@ -1,0 +1,49 @@
+"""Fail fast: a run's inputs are checked before any engine starts (Prefect API server, Dask, embedded LLM).
+
+The path and fold checks look at file names only (well under a second); the model check is one
+`GET /models` on an endpoint, or the embedded model's registry entry and assembled file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from doppel.tasks.data.registry import DataSource, builtin, locate
+from doppel.tasks.records import DataError
+from doppel.tasks.settings import LLMSettings, RunSettings
+
+
+def check_paths(settings: RunSettings) -> DataSource:
+    """The dataset, its folds, the item text and the database's folder exist (the synthetic dataset: no files)."""
+    db = Path(settings.db).expanduser()
+    if db.is_dir():
+        raise DataError(str(db), None, "is a directory; --db wants a DuckDB file")
+    if not db.resolve().parent.is_dir():
+        raise DataError(str(db), None, f"its folder {db.resolve().parent} does not exist (--db)")
+    if builtin(settings.dataset) == "synthetic":
+        source = locate("synthetic")
+    else:
+        source = locate(settings.dataset, settings.data_dir)
+        if settings.item_text and not Path(settings.item_text).expanduser().is_file():
+            raise DataError(settings.item_text, None, "no such file (--item-text)")
+    source.check_folds(settings.folds)
+    return source
+
+
+def check_model(llm: LLMSettings) -> None:
+    """The endpoint answers, accepts the key and serves the model; or the embedded model is there."""
+    if llm.base_url:
+        from doppel.tasks.llm.gateway import check_endpoint
+
+        check_endpoint(llm, llm.model)
+        return
+    from doppel.tasks.llm.embedded_models import ensure_model
+
+    ensure_model(llm.gguf or llm.model)  # a registry model (assembled once, then a marker check) or a GGUF file
+
+
+def preflight(settings: RunSettings, model: bool = True) -> None:
+    """Every check, cheapest first: a wrong path is reported before the endpoint is asked anything."""
+    check_paths(settings)
+    if model:
+        check_model(settings.llm)

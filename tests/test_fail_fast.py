@@ -1,0 +1,121 @@
+"""Fail fast: wrong inputs are reported before any engine starts (Prefect API server, Dask, embedded LLM).
+
+Each case runs the real CLI as a subprocess with no Prefect server in its environment, watches its
+process tree until it exits, and requires one `error:` line in the user's terms and no child process
+at all: the engines were never started. The time is printed (and bounded only loosely: the engines
+alone take 10-40 s to start on this machine).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.processes import descendants
+from tests.test_bad_input import REPO, assert_one_error_line, closed_port, user_env, write_ml100k
+
+
+def run_watched(*args: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict, float]:
+    env = {k: v for k, v in user_env().items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    argv = [sys.executable, "-m", "doppel.flows.cli", *args]
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: dict = {}
+    while proc.poll() is None:
+        descendants(proc.pid, seen)
+        time.sleep(0.05)
+    stdout, stderr = proc.communicate()
+    elapsed = time.monotonic() - started
+    children = {key: cmd for key, cmd in seen.items() if key[0] != proc.pid}
+    print(f"{' '.join(args)} -> {elapsed:.1f} s")
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr), children, elapsed
+
+
+def check_fast(done: subprocess.CompletedProcess, children: dict, elapsed: float, *fragments: str) -> str:
+    line = assert_one_error_line(done, *fragments)
+    assert children == {}, f"processes were started before the input was checked: {children}"
+    assert elapsed < 30, f"{elapsed:.1f} s to report a wrong input"
+    return line
+
+
+def test_wrong_data_dir(tmp_path):
+    missing = tmp_path / "no" / "ml-100k"
+    done, children, elapsed = run_watched(
+        "run", "--dataset", "ml-100k", "--data-dir", str(missing), "--db", str(tmp_path / "d.duckdb"), tmp_path=tmp_path
+    )
+    check_fast(done, children, elapsed, str(missing), "--data-dir")
+
+
+def test_folder_without_ml100k_files(tmp_path):
+    done, children, elapsed = run_watched(
+        "run",
+        "--dataset",
+        "ml-100k",
+        "--data-dir",
+        str(tmp_path),
+        "--db",
+        str(tmp_path / "d.duckdb"),
+        tmp_path=tmp_path,
+    )
+    check_fast(done, children, elapsed, str(tmp_path), "u.data")
+
+
+@pytest.mark.parametrize("dataset", ["ml-100k", "movielens"])
+def test_nonexistent_fold_in_the_users_terms(dataset, tmp_path):
+    data = write_ml100k(tmp_path / "data")
+    for name in ("u2", "u3", "u4", "u5", "ua"):  # the fixture has u1 only: give it the five folds and ua
+        for part in ("base", "test"):
+            (data / f"{name}.{part}").write_text((data / f"u1.{part}").read_text())
+    done, children, elapsed = run_watched(
+        "run", "--dataset", dataset, "--data-dir", str(data), "--fold", "u1,u9", "--db", str(tmp_path / "d.duckdb"),
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    line = check_fast(done, children, elapsed, "'u9'", "--fold", "u1..u5", str(data))
+    assert "item_text" not in line and "ua" not in line and "'u1'" not in line
+
+
+def test_unreachable_base_url_before_any_engine(tmp_path):
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    done, children, elapsed = run_watched(
+        "run", "--base-url", url, "--model", "m", "--db", str(tmp_path / "d.duckdb"), tmp_path=tmp_path
+    )
+    check_fast(done, children, elapsed, "cannot reach", url)
+
+
+def test_unknown_embedded_model(tmp_path):
+    done, children, elapsed = run_watched(
+        "run", "--model", "no-such-model", "--db", str(tmp_path / "d.duckdb"), tmp_path=tmp_path
+    )
+    check_fast(done, children, elapsed, "'no-such-model'", "qwen2.5-0.5b")
+
+
+def test_missing_db_folder_and_ensemble_fold(tmp_path):
+    db = tmp_path / "nowhere" / "d.duckdb"
+    done, children, elapsed = run_watched("run", "--db", str(db), tmp_path=tmp_path)
+    check_fast(done, children, elapsed, str(tmp_path / "nowhere"), "--db")
+    done, children, elapsed = run_watched(
+        "ensemble", "--fold", "u6", "--db", str(tmp_path / "d.duckdb"), tmp_path=tmp_path
+    )
+    check_fast(done, children, elapsed, "'u6'", "--fold")
+
+
+def test_movielens_alias_loads_a_fresh_database(tmp_path):
+    """`--dataset movielens` is ml-100k, also when nothing is stored yet (it was "unknown dataset")."""
+    data = write_ml100k(tmp_path / "data")
+    db = tmp_path / "d.duckdb"
+    done = subprocess.run(
+        [sys.executable, "-m", "doppel.flows.cli", "ingest", "--dataset", "movielens", "--data-dir", str(data)]
+        + ["--db", str(db)],
+        cwd=REPO,
+        env=user_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "dataset ml-100k loaded" in " ".join(done.stdout.split())
