@@ -15,7 +15,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import typer  # noqa: E402
 
-from doppel.flows import cli_deploy, cli_ensemble, cli_explore, cli_rl, cli_run, cli_sandbox  # noqa: E402
+from doppel.flows import cli_arena, cli_deploy, cli_ensemble, cli_explore, cli_rl, cli_run, cli_sandbox  # noqa: E402
 from doppel.flows.cli_output import TERMINAL, UNBOUNDED  # noqa: E402
 
 app = typer.Typer(
@@ -27,7 +27,15 @@ app = typer.Typer(
     rich_markup_mode="rich" if TERMINAL else None,
     context_settings={} if TERMINAL else {"max_content_width": UNBOUNDED, "terminal_width": UNBOUNDED},
 )
-for sub_app in (cli_run.app, cli_explore.app, cli_ensemble.app, cli_sandbox.app, cli_rl.app, cli_deploy.app):
+for sub_app in (
+    cli_run.app,
+    cli_explore.app,
+    cli_ensemble.app,
+    cli_sandbox.app,
+    cli_rl.app,
+    cli_arena.app,
+    cli_deploy.app,
+):
     app.add_typer(sub_app)
 
 

@@ -121,5 +121,6 @@ def init_db(db_path: str | Path) -> None:
         con.execute(sql_text("schema.sql"))
         con.execute(sql_text("ensemble.sql"))  # the ensemble simulator's tables (doppel ensemble)
         con.execute(sql_text("sandbox.sql"))  # the agent sandbox's tables (doppel sandbox)
+        con.execute(sql_text("arena.sql"))  # the recommender arena's tables (doppel arena)
         for view in sorted((SQL_DIR / "views").glob("*.sql")):
             con.execute(view.read_text())

@@ -1,0 +1,197 @@
+"""`doppel arena`: do simulated users rank recommenders the way real users do?
+
+Per fold: load the split -> fit every recommender on train and list its rankings (in parallel on
+Dask, cached) -> the calibrated hybrid judges the listed pairs (cached) -> gate the lists and
+judgments (GX) -> protocols (observed items, catalogue, circularity audit, noise ceiling,
+calibration) -> write the fold's tables.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pandas as pd
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.cache_policies import NO_CACHE
+
+from doppel.tasks.arena import evaluate, judges, lists, tables, zoo
+from doppel.tasks.arena.config import ArenaSettings, cached, code_digest, frame_digest
+from doppel.tasks.data import load_dataset
+from doppel.tasks.store.db import init_db
+from doppel.tasks.store.writes import finish_run, start_run
+from doppel.tasks.version import code_version
+
+OPTS = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+class GateFailed(RuntimeError):
+    """The arena's lists or judgments broke a contract: no metric was computed."""
+
+
+def new_arena_id() -> str:
+    return datetime.now(UTC).strftime("arena-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+@task(name="arena-load-fold", **OPTS)
+def load_fold(settings: ArenaSettings, fold: str) -> dict:
+    """train (user_id, item_id, rating, ts), test (user_id, item_id, rating), items of one fold."""
+    from pathlib import Path
+
+    ds = load_dataset(settings.dataset, Path(settings.data_dir) if settings.data_dir else None)
+    if fold not in set(ds.splits["fold"]):
+        raise ValueError(f"--fold {fold!r}: dataset {ds.name!r} has folds {sorted(set(ds.splits['fold']))}")
+    sp = ds.splits[ds.splits["fold"] == fold]
+    ratings = ds.ratings.astype({"user_id": str, "item_id": str})
+    part = {
+        s: sp[sp["split"] == s][["user_id", "item_id"]].astype(str).merge(ratings, on=["user_id", "item_id"])
+        for s in ("train", "test")
+    }
+    return {
+        "dataset": ds.name,
+        "train": part["train"],
+        "test": part["test"][["user_id", "item_id", "rating"]],
+        "items": ds.items,
+    }
+
+
+@task(name="arena-fit-recommender", **OPTS)
+def fit_recommender(entrant: zoo.Entrant, train: pd.DataFrame, test: pd.DataFrame, settings: ArenaSettings) -> dict:
+    """One entrant fit on train only; its held-out ranking and catalogue top-k (cached by spec + data)."""
+    users = sorted(test["user_id"].unique())
+    key = f"{zoo.entrant_key(entrant, train, settings.seed)}-{frame_digest(test[['user_id', 'item_id']])}-{settings.k}-{code_digest(lists)}"
+    out, hit = cached(
+        settings.cache_dir,
+        f"lists-{entrant.name}",
+        key,
+        lambda: lists.recommend(entrant, train, test, users, settings.k, settings.seed),
+    )
+    return {**out, "cached": hit}
+
+
+@task(name="arena-hybrid-judge", **OPTS)
+def hybrid_judge(fold_data: dict, listed: dict[str, dict], settings: ArenaSettings) -> dict[str, pd.DataFrame]:
+    """The calibrated hybrid over every listed pair (fit on train only): protocol -> judged pairs + real."""
+    from doppel.tasks import fidelity
+    from doppel.tasks.fidelity import features, hybrid
+
+    train, test = fold_data["train"], fold_data["test"]
+    catalogue = pd.concat([v["catalogue"][["user_id", "item_id"]] for v in listed.values()]).drop_duplicates()
+    pairs = pd.concat([test[["user_id", "item_id"]], catalogue]).drop_duplicates().sort_values(["user_id", "item_id"])
+    key = f"{frame_digest(train, pairs)}-{settings.seed}-{code_digest(judges, fidelity, features, hybrid)}"
+    (ff, dists), _ = cached(
+        settings.cache_dir,
+        "hybrid",
+        key,
+        lambda: judges.hybrid_distributions(train, fold_data["items"], pairs, settings.seed),
+    )
+    real = test.rename(columns={"rating": "real"})
+    return {
+        "observed": judges.judge_pairs(ff, dists, test, settings.seed).merge(real, on=["user_id", "item_id"]),
+        "catalogue": judges.judge_pairs(ff, dists, catalogue, settings.seed).merge(
+            real, on=["user_id", "item_id"], how="left"
+        ),
+    }
+
+
+@task(name="arena-gate", **OPTS)
+def gate(run_id: str, frames: dict[str, pd.DataFrame]) -> None:
+    from doppel.tasks.validate import format_failures
+
+    failed = [o for o in tables.gate(run_id, frames) if not o.success]
+    if failed:
+        raise GateFailed(
+            "arena contracts failed; no metrics computed:\n" + "\n".join(format_failures(o) for o in failed)
+        )
+
+
+score_fold = task(evaluate.evaluate_fold, name="arena-protocols", **OPTS)
+save_fold = task(tables.save_fold, name="arena-save-fold", **OPTS)
+
+
+@flow(name="doppel-arena")
+def arena(settings: ArenaSettings) -> dict:
+    """Fit the zoo (+ plug-ins) per fold, judge the lists, score every protocol, write the tables."""
+    logger = get_run_logger()
+    run_id = settings.run_id or new_arena_id()
+    entrants = entrants_of(settings)
+    init_db(settings.db)
+    status, summary = "failed", {"run_id": run_id, "folds": {}, "entrants": [e.name for e in entrants]}
+    start_run(
+        settings.db,
+        run_id,
+        settings.dataset,
+        settings.folds,
+        {"kind": "arena", **settings.model_dump(mode="json")},
+        code_version(),
+        {},
+        "none",
+        "none",
+    )
+    try:
+        for fold in settings.folds:
+            t = time.monotonic()
+            data = load_fold(settings, fold)
+            futures = fit_recommender.map(entrants, unmapped(data["train"]), unmapped(data["test"]), unmapped(settings))
+            listed = {e.name: f.result() for e, f in zip(entrants, futures)}
+            judged = hybrid_judge(data, listed, settings)
+            ranked, top = evaluate.assemble(
+                listed, {e.name: e.family for e in entrants}, judged["observed"], judged["catalogue"]
+            )
+            frames = {
+                "arena_lists": tables.list_rows(run_id, fold, listed),
+                "arena_judgments": tables.judgment_rows(run_id, fold, judged),
+            }
+            gate(run_id, frames)
+            scored = score_fold(ranked, top, judged["observed"], fold, settings.n_boot, settings.seed)
+            frames.update({f"arena_{k}": v for k, v in scored.items()})
+            frames["arena_recommenders"] = tables.recommender_rows(run_id, fold, entrants, listed)
+            save_fold(settings.db, run_id, fold, frames)
+            summary["folds"][fold] = {
+                **scored,
+                "recommenders": frames["arena_recommenders"],
+                "wall_s": round(time.monotonic() - t, 1),
+            }
+            logger.info("arena %s: %d recommenders judged in %.1f s", fold, len(entrants), time.monotonic() - t)
+        status = "finished"
+    finally:
+        finish_run(settings.db, run_id, status)
+    return summary
+
+
+def entrants_of(settings: ArenaSettings) -> list[zoo.Entrant]:
+    """The built-in zoo (or the --only subset) plus each --recommender plug-in."""
+    unknown = set(settings.only) - {e.name for e in zoo.DEFAULT_ZOO}
+    if unknown:
+        raise ValueError(f"--only: unknown entrants {sorted(unknown)} (known: {[e.name for e in zoo.DEFAULT_ZOO]})")
+    chosen = [e for e in zoo.DEFAULT_ZOO if not settings.only or e.name in settings.only]
+    plugins = [zoo.plugin(spec) for spec in settings.recommenders]
+    names = [e.name for e in chosen + plugins]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two entrants share a name: {names}")
+    return chosen + plugins
+
+
+def run_arena(settings: ArenaSettings) -> dict:
+    """The flow on the settings' task runner: Dask (local cluster or --dask-address) or threads."""
+    if settings.runner == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        runner = ThreadPoolTaskRunner(max_workers=settings.workers)
+    else:
+        from prefect_dask import DaskTaskRunner
+
+        runner = (
+            DaskTaskRunner(address=settings.dask_address)
+            if settings.dask_address
+            else DaskTaskRunner(
+                cluster_kwargs={
+                    "n_workers": settings.workers,
+                    "threads_per_worker": 1,
+                    "processes": True,
+                    "dashboard_address": None,
+                }
+            )
+        )
+    return arena.with_options(task_runner=runner)(settings)

@@ -1,0 +1,64 @@
+"""Settings of `doppel arena` and the result cache that makes a rerun fit only what changed."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+from pydantic import BaseModel, Field
+
+T = TypeVar("T")
+
+
+class ArenaSettings(BaseModel):
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    folds: list[str] = Field(default_factory=lambda: ["u1"])
+    db: str = "doppel.duckdb"
+    run_id: str | None = None
+    recommenders: list[str] = Field(default_factory=list, description="extra module:factory plug-ins")
+    only: list[str] = Field(default_factory=list, description="built-in entrants to keep (empty: all)")
+    k: int = Field(10, ge=1, description="catalogue list length")
+    seed: int = 0
+    n_boot: int = Field(500, ge=0, description="bootstrap resamples of users for the intervals")
+    runner: str = Field("dask", pattern="^(dask|threads)$")
+    dask_address: str | None = None
+    workers: int = Field(2, ge=1)
+    cache_dir: str = ".doppel/arena-cache"
+
+
+def frame_digest(*frames: pd.DataFrame) -> str:
+    h = hashlib.sha256()
+    for frame in frames:
+        h.update(repr(list(frame.columns)).encode())
+        h.update(pd.util.hash_pandas_object(frame.astype(str), index=False).to_numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def code_digest(*modules: Any) -> str:
+    """Hash of the source files of `modules` (a cache entry is reused only with the same code)."""
+    h = hashlib.sha256()
+    for module in modules:
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def cached(cache_dir: str | Path | None, kind: str, key: str, compute: Callable[[], T]) -> tuple[T, bool]:
+    """(value, was_cached): `compute()` once per (kind, key), pickled under cache_dir."""
+    if cache_dir is None:
+        return compute(), False
+    path = Path(cache_dir) / f"{kind}-{key}.pkl"
+    if path.exists():
+        with open(path, "rb") as f:
+            return pickle.load(f), True
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{id(value)}")
+    with open(tmp, "wb") as f:
+        pickle.dump(value, f)
+    tmp.replace(path)
+    return value, False
