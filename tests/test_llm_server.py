@@ -205,11 +205,10 @@ def test_http_500(srv, client):
 
 
 def test_http_429_has_retry_after_and_is_immediate(srv, client):
-    srv.configure(http_429=1.0, retry_after=2, latency=1.0)
-    t0 = time.monotonic()
+    # immediate: a 429 skips the latency (600 s here), else the client's 60 s timeout would fire first
+    srv.configure(http_429=1.0, retry_after=2, latency=600.0)
     with pytest.raises(openai.RateLimitError) as err:
-        chat(client, [{"role": "user", "content": "hello"}])
-    assert time.monotonic() - t0 < 0.5
+        chat(client.with_options(timeout=60), [{"role": "user", "content": "hello"}])
     assert err.value.response.headers["retry-after"] == "2"
     assert srv.stats()["by_fault"] == {"http_429": 1}
 
@@ -223,7 +222,7 @@ def test_drop_connection(srv, client):
     assert srv.stats()["by_status"] == {"none": 1}
 
 
-def _wait_idle(srv, timeout=3.0):
+def _wait_idle(srv, timeout=60.0):
     deadline = time.monotonic() + timeout
     while srv.stats()["in_flight"] and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -231,27 +230,25 @@ def _wait_idle(srv, timeout=3.0):
 
 
 def test_hang_makes_client_time_out(srv, client):
-    srv.configure(hang=1.0, hang_seconds=60)
-    t0 = time.monotonic()
+    srv.configure(hang=1.0, hang_seconds=600)
     with pytest.raises(openai.APITimeoutError):
         chat(client.with_options(timeout=1), rating_messages())
-    assert 0.9 < time.monotonic() - t0 < 3
-    stats = _wait_idle(srv)  # the server gives up once the client has gone
+    stats = _wait_idle(srv)  # the server gives up once the client has gone (not after the 600 s hang)
     assert stats["in_flight"] == 0 and stats["ok"] == 0 and srv.log()[0]["completed"] is False
 
 
-def test_stop_drops_hung_requests_quickly():
-    srv = LLMTestServer(hang=1.0, hang_seconds=60)
-    client = openai.OpenAI(base_url=srv.start(), api_key="test", max_retries=0, timeout=30)
-    with ThreadPoolExecutor(1) as pool:
+def test_stop_drops_hung_requests_without_waiting_for_them():
+    srv = LLMTestServer(hang=1.0, hang_seconds=600)
+    client = openai.OpenAI(base_url=srv.start(), api_key="test", max_retries=0, timeout=300)
+    with ThreadPoolExecutor(2) as pool:
         pending = pool.submit(chat, client, rating_messages())
         while not srv.stats()["in_flight"]:
             time.sleep(0.01)
-        t0 = time.monotonic()
-        srv.stop()
-        assert time.monotonic() - t0 < 0.8
-        with pytest.raises(openai.APIConnectionError):
-            pending.result(timeout=5)
+        stopping = pool.submit(srv.stop)
+        stopping.result(timeout=60)  # far below the 600 s hang and the 300 s client timeout
+        with pytest.raises(openai.APIConnectionError) as err:
+            pending.result(timeout=60)
+        assert not isinstance(err.value, openai.APITimeoutError)  # dropped by the server, not timed out
 
 
 def test_hang_answers_after_hang_seconds(srv, client):
@@ -315,11 +312,12 @@ def test_latency_and_max_concurrency(srv, client):
     t0 = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda i: chat(client, rating_messages(ids=[str(i)])), range(8)))
-    elapsed = time.monotonic() - t0
-    assert 0.8 <= elapsed < 2.0
+    assert time.monotonic() - t0 >= 0.8  # 8 calls of 0.2 s, 2 at a time (a lower bound only: load only adds)
     assert all(json.loads(a.choices[0].message.content) == expected([str(i)]) for i, a in enumerate(answers))
     stats = srv.stats()
-    assert stats["max_active"] == 2 and stats["max_in_flight"] == 8 and stats["ok"] == 8
+    # at most 2 in their latency at once while more waited inside the server (how many arrived before
+    # the first answer depends on the machine's load, so only "more than the cap")
+    assert stats["max_active"] == 2 and stats["max_in_flight"] > 2 and stats["ok"] == 8
 
 
 def test_64_concurrent_connections(srv):
@@ -331,11 +329,10 @@ def test_64_concurrent_connections(srv):
                 *(aclient.chat.completions.create(model="m", messages=rating_messages(ids=[str(i)])) for i in range(64))
             )
 
-    t0 = time.monotonic()
     answers = asyncio.run(run())
-    assert time.monotonic() - t0 < 3.0
     assert all(json.loads(a.choices[0].message.content) == expected([str(i)]) for i, a in enumerate(answers))
-    assert srv.stats()["max_in_flight"] == 64
+    stats = srv.stats()  # all 64 were inside the server, in their latency, at once: no connection queued
+    assert stats["max_in_flight"] == 64 and stats["max_active"] == 64
 
 
 # ----------------------------------------------------------------------------- admin, options, subprocess
