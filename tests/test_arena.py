@@ -1,0 +1,191 @@
+"""The recommender arena: protocols on hand-made numbers, the plug-in protocol with a recommender
+defined here, the hybrid judges and the gate on the synthetic dataset, and `doppel arena` end to end
+(real Prefect, Dask LocalCluster, DuckDB, GX)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from doppel.tasks.arena import evaluate, judges, lists, protocols, tables, zoo
+
+
+# ----------------------------------------------------------------------------- a researcher's recommender
+class ItemIdOrder:
+    """Scores items by their numeric id (lower id first); fit only remembers the train items."""
+
+    def fit(self, train: pd.DataFrame):
+        self.known = set(train["item_id"])
+        return self
+
+    def score(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return np.array([-float(i) if i in self.known else np.nan for i in items])
+
+
+def make_item_id_order() -> ItemIdOrder:
+    return ItemIdOrder()
+
+
+class NoScore:
+    def fit(self, train):
+        return self
+
+
+@pytest.fixture(scope="module")
+def fold():
+    from doppel.tasks.data import make_synthetic
+
+    ds = make_synthetic()
+    sp = ds.splits[ds.splits["fold"] == "u1"]
+    ratings = ds.ratings.astype({"user_id": str, "item_id": str})
+    part = {
+        s: sp[sp["split"] == s][["user_id", "item_id"]].astype(str).merge(ratings, on=["user_id", "item_id"])
+        for s in ("train", "test")
+    }
+    return part["train"], part["test"][["user_id", "item_id", "rating"]], ds.items
+
+
+# ----------------------------------------------------------------------------- protocols on known numbers
+def test_ndcg_and_precision_match_hand_computed_values():
+    ranked = pd.DataFrame(
+        {
+            "recommender": ["a"] * 3 + ["b"] * 3,
+            "user_id": ["u"] * 6,
+            "item_id": ["x", "y", "z"] * 2,
+            "rank": [1, 2, 3, 3, 2, 1],
+            "real": [5, 3, 1, 5, 3, 1],
+        }
+    )
+    m = protocols.observed_metrics(ranked, ["real"]).set_index("recommender")
+    assert m.loc["a", "ndcg@10"] == pytest.approx(1.0)
+    dcg_b = 1 / np.log2(2) + 3 / np.log2(3) + 5 / np.log2(4)
+    ideal = 5 / np.log2(2) + 3 / np.log2(3) + 1 / np.log2(4)
+    assert m.loc["b", "ndcg@10"] == pytest.approx(dcg_b / ideal)
+    assert m.loc["a", "precision@5"] == pytest.approx(1 / 3)  # one like among min(5, 3) items
+
+
+def test_rank_agreement_noise_ceiling_and_calibration():
+    rng = np.random.default_rng(0)
+    real = rng.random((200, 6)) + np.arange(6)  # six recommenders, clearly ordered
+    same = protocols.rank_agreement(real, real, n_boot=50)
+    assert same["tau"] == pytest.approx(1.0) and same["rho"] == pytest.approx(1.0)
+    flipped = protocols.rank_agreement(real, -real, n_boot=50)
+    assert flipped["tau"] == pytest.approx(-1.0) and flipped["tau_hi"] <= -0.9
+    ceiling = protocols.noise_ceiling(real, real, n_splits=10)
+    assert ceiling["ratio"] == pytest.approx(1.0)
+    p = np.array([0.1, 0.1, 0.9, 0.9])
+    stats, bins = protocols.calibration(p, np.array([0, 0, 1, 1]))
+    assert stats["ece"] == pytest.approx(0.1) and stats["brier"] == pytest.approx(0.01)
+    assert bins["n"].sum() == 4
+    assert protocols.like_rate_gap(np.array([4, 4, 1, 1]), np.array([4, 1, 1, 1])) == pytest.approx(25.0)
+
+
+# ----------------------------------------------------------------------------- the plug-in protocol
+def test_a_plugin_recommender_ranks_by_its_own_scores(fold):
+    train, test, _ = fold
+    entrant = zoo.plugin(f"{__name__}:make_item_id_order")
+    assert entrant.family == "plugin" and entrant.name == "make_item_id_order"
+    users = sorted(test["user_id"].unique())
+    out = lists.recommend(entrant, train, test, users, k=5)
+    for user, part in out["observed"].groupby("user_id"):
+        scored = part.dropna(subset=["score"]).sort_values("rank")
+        assert list(scored["item_id"].astype(int)) == sorted(scored["item_id"].astype(int)), user
+    top = out["catalogue"]
+    assert (top.groupby("user_id").size() == 5).all()
+    seen = set(zip(train["user_id"], train["item_id"]))
+    assert not any((u, i) in seen for u, i in zip(top["user_id"], top["item_id"]))  # never a train item
+
+
+def test_bad_plugins_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="expected 'package.module:factory'"):
+        zoo.plugin("no_colon_here")
+    with pytest.raises(ValueError, match="cannot import module"):
+        zoo.plugin("doppel_no_such_module:f")
+    with pytest.raises(TypeError, match="lacks score"):
+        zoo.build(zoo.plugin(f"{__name__}:NoScore"))
+
+
+# ----------------------------------------------------------------------------- judges + evaluation + gate
+@pytest.fixture(scope="module")
+def judged_fold(fold):
+    train, test, items = fold
+    users = sorted(test["user_id"].unique())
+    entrants = [e for e in zoo.DEFAULT_ZOO if e.name in ("random", "most_popular", "biased_mf", "item_knn")]
+    listed = {e.name: lists.recommend(e, train, test, users, k=5) for e in entrants}
+    catalogue = pd.concat([v["catalogue"][["user_id", "item_id"]] for v in listed.values()]).drop_duplicates()
+    pairs = pd.concat([test[["user_id", "item_id"]], catalogue])
+    ff, dists = judges.hybrid_distributions(train, items, pairs, seed=0)
+    real = test.rename(columns={"rating": "real"})
+    judged = {
+        "observed": judges.judge_pairs(ff, dists, test).merge(real, on=["user_id", "item_id"]),
+        "catalogue": judges.judge_pairs(ff, dists, catalogue).merge(real, on=["user_id", "item_id"], how="left"),
+    }
+    return entrants, listed, judged
+
+
+def test_every_protocol_on_the_synthetic_fold(judged_fold):
+    entrants, listed, judged = judged_fold
+    obs = judged["observed"]
+    assert set(judges.HYBRID_JUDGES) <= set(obs.columns) and {"acc_no_knn", "acc_no_mf"} <= set(obs.columns)
+    assert obs[list(judges.HYBRID_JUDGES)].isin([1, 2, 3, 4, 5]).all().all()
+    assert obs["p_like"].between(0, 1).all()
+    ranked, top = evaluate.assemble(listed, {e.name: e.family for e in entrants}, obs, judged["catalogue"])
+    # the audit judges each family by the variant blind to it
+    knn = ranked[ranked["recommender"] == "item_knn"]
+    assert (knn[judges.AUDIT].to_numpy() == knn.merge(obs, on=["user_id", "item_id"])["acc_no_knn"].to_numpy()).all()
+    out = evaluate.evaluate_fold(ranked, top, obs, "u1", n_boot=20)
+    a = out["agreement"]
+    assert set(a["protocol"]) == {"observed", "catalogue"} and set(a["judge"]) == set(evaluate.JUDGES)
+    assert a["tau"].between(-1, 1).all() and (a["tau_lo"] <= a["tau_hi"]).all()
+    assert a[a.protocol == "observed"]["ceiling_ratio"].notna().all()
+    m = out["metrics"]
+    assert set(m["recommender"]) == {e.name for e in entrants}
+    real_ndcg = m[(m.judge == "real") & (m.metric == "ndcg@10")].set_index("recommender")["value"]
+    assert real_ndcg["biased_mf"] > real_ndcg["random"]  # a model of the ratings beats random on real gains
+    c = out["calibration"]
+    assert c["real_like_rate"].iloc[0] == pytest.approx((obs["real"] >= 4).mean())
+    assert out["reliability"]["n"].sum() == len(obs)
+
+
+def test_gate_refuses_a_rating_out_of_range_and_a_duplicated_rank(judged_fold):
+    entrants, listed, judged = judged_fold
+    frames = {
+        "arena_lists": tables.list_rows("arena-t", "u1", listed),
+        "arena_judgments": tables.judgment_rows("arena-t", "u1", judged),
+    }
+    assert all(o.success for o in tables.gate("arena-t", frames))
+    bad_j = frames["arena_judgments"].copy()
+    bad_j.loc[bad_j.index[0], "rating"] = 6
+    bad_l = frames["arena_lists"].copy()
+    bad_l.loc[bad_l.index[1], "rank"] = bad_l.loc[bad_l.index[0], "rank"]
+    outcomes = {o.suite: o for o in tables.gate("arena-t", {"arena_lists": bad_l, "arena_judgments": bad_j})}
+    assert not outcomes["arena_judgments"].success and not outcomes["arena_lists"].success
+
+
+# ----------------------------------------------------------------------------- `doppel arena` end to end
+@pytest.mark.slow
+def test_doppel_arena_fills_its_tables_and_a_rerun_fits_nothing(prefect_server, tmp_path):
+    import duckdb
+    from typer.testing import CliRunner
+
+    from doppel.flows.cli import app
+
+    db, cache = tmp_path / "arena.duckdb", tmp_path / "cache"
+    args = ["arena", "--dataset", "synthetic", "--only", "random,most_popular,biased_mf", "--recommender"]
+    args += [f"{__name__}:make_item_id_order", "--n-boot", "20", "--db", str(db), "--cache-dir", str(cache)]
+    first = CliRunner().invoke(app, [*args, "--run-id", "arena-a"])
+    assert first.exit_code == 0, first.output
+    assert "rank agreement" in first.output and "make_item_id_order" in first.output
+    with duckdb.connect(str(db), read_only=True) as con:
+        recs = con.execute("select recommender, cached from arena_recommenders where run_id = 'arena-a'").df()
+        assert len(recs) == 4 and not recs["cached"].any()
+        n_lists = con.execute("select count(*) from arena_lists where run_id = 'arena-a'").fetchone()[0]
+        assert n_lists > 0
+        assert con.execute("select count(*) from arena_scatter where run_id = 'arena-a'").fetchone()[0] > 0
+        status = con.execute("select status from runs where run_id = 'arena-a'").fetchone()[0]
+        assert status == "finished"
+    second = CliRunner().invoke(app, [*args, "--run-id", "arena-b"])
+    assert second.exit_code == 0, second.output
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("select bool_and(cached) from arena_recommenders where run_id = 'arena-b'").fetchone()[0]
