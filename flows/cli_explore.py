@@ -12,8 +12,9 @@ from pathlib import Path
 import pandas as pd
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from doppel.flows.cli_output import console, fail, show
+from doppel.flows.cli_output import TERMINAL, console, fail, show
 
 app = typer.Typer()
 
@@ -26,7 +27,9 @@ def sql(
     list_views: bool = typer.Option(False, "--list", help="list doppel's views"),
     db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file"),
     limit: int = typer.Option(50, min=1, help="rows to print"),
-    max_width: int = typer.Option(60, min=4, help="characters per cell before it is cut"),
+    max_width: int | None = typer.Option(
+        None, min=4, help="characters per cell before it is cut (default: 60 on a terminal, no cut into a pipe)"
+    ),
     allow_files: bool = typer.Option(
         False, "--allow-files", help="let the query read and write other files (read_csv, COPY ... TO, ATTACH)"
     ),
@@ -48,7 +51,7 @@ def sql(
         frame, more = read_view(db, view, run_id, limit) if view else run_sql(db, query, limit, allow_files)
     if run_id is not None and "run_id" in frame:
         frame = frame.drop(columns="run_id")  # one run: the column says nothing
-    show(frame_table(frame, max_width, title=view))
+    show(frame_table(frame, max_width or (60 if TERMINAL else None), title=view))
     shown = f"{len(frame):,} row{'s' if len(frame) != 1 else ''}"
     console.print(f"{shown}, more left out (--limit)" if more else shown, style="dim", highlight=False)
 
@@ -84,40 +87,40 @@ def _explore_errors() -> Iterator[None]:
         fail(str(exc).strip(), 2)
 
 
-def frame_table(frame: pd.DataFrame, max_width: int = 60, title: str | None = None) -> Table:
-    """A Rich table of a frame; long cells are cut to `max_width` characters with an ellipsis.
+def frame_table(frame: pd.DataFrame, max_width: int | None = 60, title: str | None = None) -> Table:
+    """A Rich table of a frame; cells longer than `max_width` characters are cut with an ellipsis.
 
-    A single wide row (e.g. `run_costs` of one run) is printed as column / value pairs.
+    A frame too wide for the terminal (or a single wide row, e.g. `run_costs` of one run) is printed
+    as column / value pairs, one block per row: squeezed into the terminal, its columns would shrink
+    to nothing.
     """
-    if len(frame) == 1 and len(frame.columns) > 6:
+    cells = [[_cell(v, max_width) for v in row] for row in frame.itertuples(index=False)]
+    # a column is as wide as its widest value (a header may fold): values are never squeezed
+    widths = [max((Text.from_markup(row[i]).cell_len for row in cells), default=1) for i in range(len(frame.columns))]
+    too_wide = TERMINAL and sum(widths) + 3 * len(widths) + 1 > console.width
+    if not (too_wide or (len(frame) == 1 and len(frame.columns) > 6)):
         table = Table(title=title, title_justify="left")
-        table.add_column("column")
-        table.add_column("value", overflow="fold", max_width=max_width + 2)
-        for name, value in frame.iloc[0].items():
-            table.add_row(str(name), _cell(value, max_width))
+        for (name, dtype), width in zip(frame.dtypes.items(), widths, strict=True):
+            numeric = pd.api.types.is_numeric_dtype(dtype)
+            table.add_column(str(name), justify="right" if numeric else "left", min_width=width, overflow="fold")
+        for row in cells:
+            table.add_row(*row)
         return table
-    table = Table(title=title, title_justify="left")
-    for name, dtype in frame.dtypes.items():
-        numeric = pd.api.types.is_numeric_dtype(dtype)
-        table.add_column(
-            str(name),
-            justify="right" if numeric else "left",
-            no_wrap=numeric,
-            min_width=min(len(str(name)), max_width),
-            overflow="fold",
-            max_width=max_width + 2,
-        )
-    for row in frame.itertuples(index=False):
-        table.add_row(*(_cell(v, max_width) for v in row))
-    return table
+    records = Table(title=title, title_justify="left")
+    records.add_column("column")
+    records.add_column("value", overflow="fold")
+    for _, row in frame.iterrows():
+        for position, (name, value) in enumerate(row.items()):
+            records.add_row(str(name), _cell(value, max_width), end_section=position == len(row) - 1)
+    return records
 
 
-def _cell(value, max_width: int) -> str:
+def _cell(value, max_width: int | None) -> str:
     if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
         return "[dim]null[/]"
     if isinstance(value, float):
         text = f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.0f}"
     else:
         text = " ".join(str(value).split())  # one line: profiles and responses are multi-line
-    text = text if len(text) <= max_width else text[: max_width - 1] + "…"
+    text = text if max_width is None or len(text) <= max_width else text[: max_width - 1] + "…"
     return text.replace("[", r"\[")

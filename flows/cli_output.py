@@ -40,11 +40,18 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def show(renderable: RenderableType) -> None:
     """Print a table (or a group of them): boxed on a terminal, Markdown pipe tables elsewhere."""
-    if not TERMINAL:
-        for table in _tables(renderable):
-            table.box = box.MARKDOWN
-            table.show_edge = True
-    console.print(renderable)
+    if TERMINAL:
+        console.print(renderable)
+        return
+    tables = _tables(renderable) or [renderable]
+    for table in tables:
+        if isinstance(table, Table):
+            table.box, table.show_edge = box.MARKDOWN, True
+        with console.capture() as captured:
+            console.print(table)
+        # Markdown's box draws its top and bottom edges as lines of spaces: left out
+        lines = [line.rstrip() for line in captured.get().splitlines() if line.strip()]
+        console.out("\n".join(lines), highlight=False)
 
 
 def _tables(renderable: RenderableType) -> list[Table]:

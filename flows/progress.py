@@ -1,18 +1,119 @@
-"""A live progress bar for a run: users done/failed, calls, tokens, elapsed and ETA."""
+"""Progress of a run: a live bar on a terminal; into a pipe or file, a full line every few seconds.
+
+Rich draws nothing into a pipe until the end, so a 20-minute run logged to a file showed nothing for
+20 minutes. `live_progress` gives Rich's Progress on a terminal and `PlainProgress` (the same
+add_task / update calls) elsewhere: one plain line per task every `PLAIN_EVERY_S` seconds, whether or
+not anything finished meanwhile, and a last line at the end.
+"""
 
 from __future__ import annotations
 
 import sys
+import threading
+import time
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+PLAIN_EVERY_S = 5.0
+
+
+class PlainProgress:
+    """Rich Progress's add_task / update for a stream that is not a terminal: full lines, never redrawn."""
+
+    def __init__(self, enabled: bool = True, every_s: float = PLAIN_EVERY_S, unit: str = "", stream=None) -> None:
+        self.enabled, self.every_s, self.unit = enabled, every_s, unit
+        self._stream = stream
+        self._tasks: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add_task(self, description: str, total: float | None = None, **fields: Any) -> int:
+        with self._lock:
+            task_id = len(self._tasks)
+            self._tasks[task_id] = {
+                "description": description,
+                "total": total,
+                "completed": 0,
+                "fields": fields,
+                "started": time.monotonic(),
+            }
+        return task_id
+
+    def update(
+        self,
+        task_id: int,
+        *,
+        advance: float = 0,
+        completed: float | None = None,
+        total: float | None = None,
+        description: str | None = None,
+        **fields: Any,
+    ) -> None:
+        with self._lock:
+            task = self._tasks[task_id]
+            task["completed"] = completed if completed is not None else task["completed"] + advance
+            task["total"] = total if total is not None else task["total"]
+            task["description"] = description or task["description"]
+            task["fields"].update(fields)
+
+    def line(self, task_id: int) -> str:
+        """'simulating 3/20 users · <fields> · 1:05 elapsed · ETA 6:10'."""
+        task = self._tasks[task_id]
+        done, total = task["completed"], task["total"]
+        elapsed = time.monotonic() - task["started"]
+        count = f"{done:,.0f}/{total:,.0f}" if total is not None else f"{done:,.0f}"
+        parts = [f"{task['description']} {count}" + (f" {self.unit}" if self.unit else "")]
+        parts += [str(v) for v in task["fields"].values() if v not in ("", None)]
+        parts.append(f"{_clock(elapsed)} elapsed")
+        if total and 0 < done < total:
+            parts.append(f"ETA {_clock(elapsed / done * (total - done))}")
+        return " · ".join(parts)
+
+    def _print_all(self) -> None:
+        with self._lock:
+            lines = [self.line(task_id) for task_id in self._tasks]
+        stream = self._stream or sys.stderr
+        for text in lines:
+            print(text, file=stream, flush=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._print_all()
+
+    def __enter__(self) -> PlainProgress:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._beat, name="doppel-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._print_all()  # the final counts
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def live_progress(*columns: Any, enabled: bool = True, unit: str = "", **kwargs: Any) -> Progress | PlainProgress:
+    """Rich's Progress (with these columns) on a terminal; PlainProgress into a pipe or file (stderr)."""
+    if not sys.stderr.isatty():
+        return PlainProgress(enabled=enabled, unit=unit)
+    return Progress(*columns, console=Console(stderr=True), disable=not enabled, **kwargs)
 
 
 class RunProgress:
     def __init__(self, total_users: int, enabled: bool = True, label: str = "simulating"):
         self.calls = self.cached = self.prompt_tokens = self.completion_tokens = self.failed_pairs = 0
         self.partial_users = 0
-        self._progress = Progress(
+        self._progress = live_progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -20,13 +121,12 @@ class RunProgress:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            console=Console(stderr=True),
-            disable=not enabled,
+            enabled=enabled,
+            unit="users",
             transient=False,
             refresh_per_second=4,
         )
         self._task = self._progress.add_task(label, total=total_users, stats=self._stats())
-        self._plain = enabled and not sys.stderr.isatty()
         self._total = total_users
         self._done = 0
 
