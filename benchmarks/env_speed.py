@@ -1,13 +1,14 @@
-"""Steps per second of the doppel RL env (`doppel/MovieLens-v0`) on a finished ensemble run.
-
-Measures, single process: building the like matrix with the vectorised voters (every train user x
-every item of the fold, no cache), then random-action env steps on the bare env, through `gym.make`
+"""Steps per second of the doppel RL env: random-action steps on the bare env, through `gym.make`
 (its TimeLimit / order / passive-checker wrappers), and with the most-popular baseline choosing.
 
-    python benchmarks/env_speed.py --db /tmp/rl/doppel.duckdb [--ensemble-id ens-...] [--steps 200000]
+    python benchmarks/env_speed.py [--steps 200000]                      # no database, no LLM
+    python benchmarks/env_speed.py --db /tmp/rl/doppel.duckdb [--ensemble-id ens-...]
 
-Needs a finished `doppel ensemble` run in the db (see the README's RL section). The last line is
-`RESULT steps_per_s=<bare env, random actions> ...`.
+Without --db the world is `doppel/Synthetic-v0`'s in-memory one at MovieLens-100K's shape (943 users,
+1,682 items: the same observation and action sizes as `doppel/MovieLens-v0`); a step's cost depends
+on those sizes, not on where the likes came from. With --db, a finished `doppel ensemble` run, and
+the time to build its like matrix with the vectorised voters is measured too. Writes
+benchmarks/results/env_speed.md (with --write); the last line is `RESULT steps_per_s=<bare env> ...`.
 """
 
 from __future__ import annotations
@@ -31,17 +32,67 @@ def steps_per_s(env, steps: int, choose) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--db", required=True)
+    parser.add_argument("--db", default=None, help="a DuckDB file with a finished doppel ensemble run")
     parser.add_argument("--ensemble-id", default=None)
     parser.add_argument("--steps", type=int, default=200_000)
+    parser.add_argument("--write", action="store_true", help="write benchmarks/results/env_speed.md")
     args = parser.parse_args()
 
-    from doppel.tasks.rl import rewards
     from doppel.tasks.rl.agents import PopularPolicy
     from doppel.tasks.rl.env import DoppelRecEnv
 
+    if args.db:
+        world, what, extra = ensemble_world(args.db, args.ensemble_id)
+    else:
+        from doppel.tasks.rl.synthetic import synthetic_world
+
+        t = time.perf_counter()
+        world = synthetic_world(users=943, items=1682)
+        what = f"synthetic world at ML-100K's shape ({len(world.likes.user_ids)} users x {len(world.likes.item_ids)} items, item-KNN user)"
+        extra = f"world built in {time.perf_counter() - t:.1f} s; like rate {world.likes.like.mean():.1%}"
+    print(f"{what}; {extra}", flush=True)
+
+    rng = np.random.default_rng(0)
+    n_items = len(world.likes.item_ids)
+
+    def random_action(env) -> int:
+        return int(rng.integers(n_items))
+
+    bare = steps_per_s(DoppelRecEnv(world), args.steps, random_action)
+    made = steps_per_s(gym.make("doppel/MovieLens-v0", world=world), args.steps, random_action)
+    popular = PopularPolicy(world.popularity)
+    policy = steps_per_s(DoppelRecEnv(world), args.steps // 4, lambda env: popular.act(None, env))
+    obs = DoppelRecEnv(world).observation_space.shape[0]
+    lines = [
+        f"| bare env, random actions | {bare:,.0f} | {1e6 / bare:.1f} |",
+        f"| `gym.make` (wrappers), random actions | {made:,.0f} | {1e6 / made:.1f} |",
+        f"| bare env, most-popular baseline choosing (mask + argmax) | {policy:,.0f} | {1e6 / policy:.1f} |",
+    ]
+    for line in lines:
+        print(line)
+    result = f"RESULT steps_per_s={bare:.0f} gym_make_steps_per_s={made:.0f} popular_steps_per_s={policy:.0f}"
+    if args.write:
+        from _provenance import write_result
+
+        body = "\n".join(
+            [
+                f"{what}; observation {obs} floats, {n_items} actions; {args.steps:,} steps per measurement",
+                f"({args.steps // 4:,} for the policy), one process. {extra}.",
+                "",
+                "| | steps/s | us/step |",
+                "|---|---|---|",
+                *lines,
+            ]
+        )
+        print("wrote", write_result("env_speed", "# RL env speed (benchmarks/env_speed.py)", body, result))
+    print(result)
+
+
+def ensemble_world(db: str, ensemble_id: str | None):
+    from doppel.tasks.rl import rewards
+
     t = time.perf_counter()
-    inputs = rewards.read_ensemble_inputs(args.db, args.ensemble_id)
+    inputs = rewards.read_ensemble_inputs(db, ensemble_id)
     sasrec = rewards.load_sasrec(inputs)
     read_s = time.perf_counter() - t
     t = time.perf_counter()
@@ -59,35 +110,16 @@ def main() -> None:
     world = rewards.build_world(
         inputs.train, likes, inputs.embeddings, inputs.has_embedding, inputs.settings.like_threshold, 16
     )
-    print(
+    what = (
         f"ensemble run {inputs.run_id}: {inputs.dataset} {inputs.fold}, {len(likes.user_ids)} users x "
         f"{len(likes.item_ids)} items, keywords for {inputs.keywords['item_id'].nunique()} items; "
-        f"SASRec {'loaded' if sasrec.info.get('loaded') else 'trained'}",
-        flush=True,
+        f"SASRec {'loaded' if sasrec.info.get('loaded') else 'trained'}"
     )
-    print(
+    extra = (
         f"read inputs + SASRec: {read_s:.1f} s; like votes for {likes.like.size:,} pairs: {votes_s:.1f} s "
-        f"({likes.like.size / votes_s:,.0f} pairs/s); like rate {likes.like.mean():.1%}",
-        flush=True,
+        f"({likes.like.size / votes_s:,.0f} pairs/s); like rate {likes.like.mean():.1%}"
     )
-
-    rng = np.random.default_rng(0)
-    n_items = len(likes.item_ids)
-
-    def random_action(env) -> int:
-        return int(rng.integers(n_items))
-
-    bare = steps_per_s(DoppelRecEnv(world), args.steps, random_action)
-    made = steps_per_s(gym.make("doppel/MovieLens-v0", world=world), args.steps, random_action)
-    popular = PopularPolicy(world.popularity)
-    policy = steps_per_s(DoppelRecEnv(world), args.steps // 4, lambda env: popular.act(None, env))
-    print(f"bare env, random actions: {bare:,.0f} steps/s ({1e6 / bare:.1f} us/step)")
-    print(f"gym.make (wrappers), random actions: {made:,.0f} steps/s")
-    print(f"bare env, most-popular baseline choosing (mask + argmax each step): {policy:,.0f} steps/s")
-    print(
-        f"RESULT steps_per_s={bare:.0f} gym_make_steps_per_s={made:.0f} popular_steps_per_s={policy:.0f} "
-        f"like_matrix_s={votes_s:.1f}"
-    )
+    return world, what, extra
 
 
 if __name__ == "__main__":
