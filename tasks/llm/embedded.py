@@ -333,7 +333,7 @@ def serve(model: str, alias: str, n_ctx: int, threads: int, cache_ram_mib: int, 
     p.model.path = model
     p.model_alias = {alias}
     p.n_ctx = n_ctx
-    p.n_parallel = 1  # parallel slots don't help on few cores (DESIGN.md): one slot
+    p.n_parallel = 1  # parallel slots add no throughput on few cores (docs/design-notes.md, "The embedded server")
     p.cpuparams.n_threads = threads
     p.cpuparams_batch.n_threads = threads
     p.hostnames = ["127.0.0.1"]
