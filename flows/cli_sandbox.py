@@ -216,7 +216,7 @@ def sandbox_export(
 
 @app.command("ui")
 def ui(
-    port: int = typer.Option(8765, help="port on 127.0.0.1"),
+    port: int = typer.Option(8765, min=0, max=65535, help="port on 127.0.0.1 (0: a free one)"),
     db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file"),
     dataset: str = typer.Option("synthetic", help="synthetic | ml-100k | a ratings CSV / directory"),
     data_dir: Path | None = typer.Option(None),
@@ -268,8 +268,11 @@ def ui(
     with friendly_errors(fail), prefect_api():
         from doppel.flows.sandbox_ui import serve
 
-        console.print(f"doppel ui on http://127.0.0.1:{port}/  (Ctrl-C stops)", highlight=False)
-        serve(settings, port)
+        serve(
+            settings,
+            port,
+            lambda url: console.print(f"doppel ui on {url}  (Ctrl-C stops)", highlight=False, soft_wrap=True),
+        )
 
 
 def print_sandbox(summary: dict) -> None:

@@ -1,59 +1,110 @@
-"""`doppel ui` in headless Chromium (Playwright, Debian's /usr/bin/chromium): start a small sandbox from the page
-against the HTTP LLM test server, see log lines, rounds, agents and the graph; pause, continue, reset.
+"""`doppel ui` started as a user starts it (a subprocess of the CLI), against the HTTP LLM test server.
 
-Also saves the README screenshot to benchmarks/results/sandbox_ui.png.
+First the page refuses strangers: no token, a foreign Origin, a foreign Host (DNS rebinding), settings
+the model rejects; none of them changes anything. Then headless Chromium (Playwright, Debian's
+/usr/bin/chromium) opens the URL the command printed, starts a small sandbox, sees log lines, rounds,
+agents and the graph; pauses, continues, resets. Everything is written under temporary folders.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
-import threading
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
+from doppel.testing.llm_server import LLMTestServer
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SCREENSHOT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "sandbox_ui.png"
+REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: apt-get install -y chromium"),
-]
+pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def ui_url(prefect_server, run_settings, llm_server):
-    import uvicorn
+@pytest.fixture(scope="module")
+def ui(prefect_server, tmp_path_factory):
+    """`doppel ui --port 0` in a subprocess; yields the URL it printed (with its token)."""
+    root = tmp_path_factory.mktemp("ui")
+    server = LLMTestServer(latency=0.05)  # a round takes a few seconds: the page sees it happen
+    server.start()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": prefect_server, "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "doppel.flows.cli", "ui", "--port", "0", "--db", str(root / "ui.duckdb")]
+    argv += ["--base-url", server.base_url, "--model", "doppel-test-model"]
+    log = root / "ui.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline, url = time.monotonic() + 180, None
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            found = re.search(r"doppel ui on (http://127\.0\.0\.1:\d+/\?token=[\w-]+)", log.read_text(errors="replace"))
+            url = found.group(1) if found else time.sleep(0.2)
+        assert url, f"doppel ui printed no URL (exit {proc.poll()}):\n{log.read_text(errors='replace')[-3000:]}"
+        yield {"url": url, "base": url.split("/?")[0], "token": url.split("token=")[1], "server": server, "log": log}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+        server.stop()
 
-    from doppel.flows.runtime import free_port
-    from doppel.flows.sandbox_ui import SandboxController, create_app
-    from doppel.tasks.sandbox.config import SandboxSettings
 
-    llm_server.configure(latency=0.05)  # a round takes a few seconds: the page sees it happen
-    settings = SandboxSettings(
-        run=run_settings(synthetic_users=16, synthetic_items=60), agents=4, rounds=2, seed=1, activity=1.0
-    )
-    controller = SandboxController(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(controller), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", controller
-    if controller.control is not None:
-        controller.control.stop.set()
-    if controller.thread is not None:
-        controller.thread.join(timeout=120)
-    server.should_exit = True
-    thread.join(timeout=10)
+def state(ui) -> dict:
+    response = httpx.get(f"{ui['base']}/api/state", headers={"Authorization": f"Bearer {ui['token']}"}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
-def test_the_page_runs_pauses_continues_and_resets_a_sandbox(ui_url):
-    url, controller = ui_url
+def test_strangers_are_refused_and_change_nothing(ui):
+    base, token = ui["base"], ui["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    before = state(ui)
+    assert before["status"] == "idle" and before["round"] == 0
+
+    # no token (or a wrong one): the page and every endpoint
+    for method, path in [("GET", "/"), ("GET", "/api/state"), ("GET", "/api/log"), ("GET", "/api/agents")]:
+        assert httpx.request(method, base + path, timeout=30).status_code == 401, path
+    assert httpx.get(f"{base}/?token=not-{token}", timeout=30).status_code == 401
+    assert httpx.post(f"{base}/api/start", json={"agents": 2}, timeout=30).status_code == 401
+    # another site's page (a cross-site POST carries its Origin), even were it to hold the token
+    for path in ("/api/start", "/api/pause", "/api/reset"):
+        refused = httpx.post(base + path, json={}, headers={**auth, "Origin": "http://evil.example"}, timeout=30)
+        assert refused.status_code == 403 and "Origin" in refused.text, path
+    # DNS rebinding: the browser sends the attacker's host name
+    port = base.rsplit(":", 1)[1]
+    for path in ("/api/log", "/api/agents", "/api/state"):
+        refused = httpx.get(base + path, headers={**auth, "Host": f"rebind.evil.example:{port}"}, timeout=30)
+        assert refused.status_code == 403 and "Host" in refused.text, path
+    # settings the model rejects (the agents >= 1 rule, a recommender that does not exist, unknown keys)
+    for body in ({"agents": 0}, {"agents": -3}, {"rounds": -1}, {"recommender": "os.system"}, {"db": "/tmp/x"}):
+        assert httpx.post(f"{base}/api/start", json=body, headers=auth, timeout=30).status_code == 422, body
+    assert httpx.get(f"{base}/api/log", params={"limit": -1}, headers=auth, timeout=30).status_code == 422
+
+    after = state(ui)
+    assert after == before, "a refused request changed the sandbox"
+    assert ui["server"].stats()["requests"] == 0, "a refused request spent LLM calls"
+
+    # the printed URL: the page, and a SameSite=Strict cookie that lets the page's own requests through
+    page = httpx.get(ui["url"], timeout=30)
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    cookie = page.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    with httpx.Client(cookies=page.cookies, timeout=30) as client:
+        assert client.get(f"{base}/api/state").json()["sandbox_id"] == before["sandbox_id"]
+        same_origin = client.get(f"{base}/api/state", headers={"Origin": base})
+        assert same_origin.status_code == 200
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: apt-get install -y chromium")
+def test_the_page_runs_pauses_continues_and_resets_a_sandbox(ui, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
@@ -61,7 +112,7 @@ def test_the_page_runs_pauses_continues_and_resets_a_sandbox(ui_url):
             page = browser.new_page(viewport={"width": 1280, "height": 860})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(url)
+            page.goto(ui["url"])  # as printed: the token rides in the URL, then in the cookie
             assert page.text_content("#status") == "idle" and page.text_content("#round") == "0"
             page.fill("#agents-n", "4")
             page.fill("#rounds-n", "3")
@@ -83,12 +134,12 @@ def test_the_page_runs_pauses_continues_and_resets_a_sandbox(ui_url):
             lines = page.eval_on_selector_all("#log li.line", "els => els.map(e => e.textContent)")
             rounds_seen = {line.split()[0] for line in lines}
             assert {"r1", "r2", "r3"} <= rounds_seen, lines[:5]
-            db_lines = controller.read("sandbox_log", after_action=0, after_message=0, limit=100_000)
-            assert len(lines) == len(db_lines) > 0  # every action and chat line once, none twice
+            auth = {"Authorization": f"Bearer {ui['token']}"}
+            every = httpx.get(f"{ui['base']}/api/log", params={"limit": 100_000}, headers=auth, timeout=30).json()
+            assert len(lines) == len(every["lines"]) > 0  # every action and chat line once, none twice
             page.click("#agents .agent summary")
             assert "Before: watched" in page.text_content("#agents") or page.locator(".mem").count() > 0
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            page.screenshot(path=str(tmp_path / "sandbox_ui.png"), full_page=True)  # never the tracked picture
             sandbox = page.text_content("#sandbox")
             page.click("#reset")
             page.wait_for_function(f"document.getElementById('sandbox').textContent !== '{sandbox}'", timeout=10_000)
