@@ -13,6 +13,7 @@ import importlib
 import inspect
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from prefect import flow
 
 from doppel.flows.runtime import PREFECT_QUIET_ENV, _stop, _wait_healthy, die_with_parent
 from doppel.tasks.settings import LLMSettings, RunSettings, SimulationSettings
+from doppel.tasks.trust import ALLOWED_ENDPOINTS_ENV, DATA_ROOTS_ENV, check_untrusted_run
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FILE = REPO / "deployments" / "prefect.yaml"
@@ -75,7 +77,9 @@ def run_job(
     """Simulate a fold's users with an LLM, gate the output and score it (`doppel run` as a job).
 
     The API key is never a parameter: the gateway reads OPENAI_API_KEY or DOPPEL_API_KEY from the
-    environment of the worker (or `doppel serve`) process.
+    environment of the worker (or `doppel serve`) process. Whoever can create a flow run sets the
+    parameters, so they are checked first (tasks/trust.py): base_url and dask_address must be listed in
+    the worker's DOPPEL_ALLOWED_ENDPOINTS, paths must stay inside its DOPPEL_DATA_ROOTS.
 
     Args:
         dataset: synthetic | ml-100k | a ratings CSV, directory or zip on the worker's machine.
@@ -163,6 +167,7 @@ def run_job(
             slice_seed=slice_seed,
         ),
     )
+    check_untrusted_run(settings)  # before any request, cluster or file: the parameters are anyone's
     summary = simulate(settings)
     print(f"run {summary['run_id']}: {summary['status']} in {summary['wall_s']} s -> {summary['db']}")
     return json.loads(json.dumps(summary, default=_plain))
@@ -264,28 +269,64 @@ def _healthy(url: str) -> bool:
     return False
 
 
+AUTH_FILE = "doppel-serve-auth"  # in PREFECT_HOME, beside the server's database
+
+
+def server_auth_string(home: Path) -> str:
+    """The basic-auth secret (user:password) of the server `doppel serve` starts: generated at first
+    start into PREFECT_HOME/doppel-serve-auth, readable by this user only (0600)."""
+    path = home / AUTH_FILE
+    home.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"doppel:{secrets.token_urlsafe(32)}\n")
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)  # others could read it before: keep it ours from now on
+    return path.read_text().strip()
+
+
+def auth_path() -> Path:
+    from prefect.settings import PREFECT_HOME
+
+    return Path(PREFECT_HOME.value()).expanduser() / AUTH_FILE
+
+
+def server_security_env(auth: str, host: str, port: int) -> dict[str, str]:
+    """Prefect's own server protections: basic auth, CSRF tokens, CORS only from the server's own UI."""
+    return {
+        "PREFECT_SERVER_API_AUTH_STRING": auth,
+        "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true",
+        "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": f"http://{host}:{port}",
+    }
+
+
 @contextlib.contextmanager
 def local_prefect_server(port: int = 4200, host: str = "127.0.0.1") -> Iterator[str]:
     """PREFECT_API_URL if set; else a server already on host:port; else `prefect server start` there.
 
     A full server (scheduler, UI), not the ephemeral API: schedules only create runs with the
-    scheduler service. Its database is PREFECT_HOME's, so the run history survives restarts.
+    scheduler service. Its database is PREFECT_HOME's, so the run history survives restarts. A server
+    started here refuses requests without its secret (`server_auth_string`); this process and the
+    flow runs it starts get it as PREFECT_API_AUTH_STRING.
     """
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"]
         return
+    from prefect.settings import PREFECT_HOME
+
+    home = Path(PREFECT_HOME.value()).expanduser()
+    auth = server_auth_string(home)
+    os.environ["PREFECT_API_AUTH_STRING"] = auth  # harmless to a server without auth; inherited by flow runs
     url = f"http://{host}:{port}/api"
     if _healthy(url):
         yield url
         return
-    from prefect.settings import PREFECT_HOME
-
-    log = Path(PREFECT_HOME.value()).expanduser() / "doppel-serve-server.log"  # a file: no pipe to fill up
-    log.parent.mkdir(parents=True, exist_ok=True)
+    log = home / "doppel-serve-server.log"  # a file: no pipe to fill up
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
-            env={**os.environ, **PREFECT_QUIET_ENV},
+            env={**os.environ, **PREFECT_QUIET_ENV, **server_security_env(auth, host, port)},
             preexec_fn=die_with_parent,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -298,6 +339,20 @@ def local_prefect_server(port: int = 4200, host: str = "127.0.0.1") -> Iterator[
         yield url
     finally:
         _stop(process)
+
+
+def trust_operator_params(overrides: dict[str, Any]) -> None:
+    """`doppel serve -p base_url=... -p db=...` are the operator's own choices: the runs it serves may
+    use those endpoints and folders (added to DOPPEL_ALLOWED_ENDPOINTS / DOPPEL_DATA_ROOTS here)."""
+    endpoints = [str(overrides[k]) for k in ("base_url", "dask_address") if overrides.get(k)]
+    if endpoints:
+        known = os.environ.get(ALLOWED_ENDPOINTS_ENV, "")
+        os.environ[ALLOWED_ENDPOINTS_ENV] = ",".join(e for e in [known, *endpoints] if e)
+    folders = [Path(str(overrides[k])).parent for k in ("db", "item_text") if overrides.get(k)]
+    folders += [Path(str(overrides[k])) for k in ("cache_dir", "data_dir") if overrides.get(k)]
+    if folders:
+        known = os.environ.get(DATA_ROOTS_ENV) or os.getcwd()
+        os.environ[DATA_ROOTS_ENV] = os.pathsep.join([known, *(str(f.expanduser().resolve()) for f in folders)])
 
 
 def serve_file(
@@ -317,18 +372,21 @@ def serve_file(
     specs = load_specs(path, names)
     for key, value in PREFECT_QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    trust_operator_params(overrides or {})
     signal.signal(signal.SIGTERM, _interrupt)  # until the runner installs its own: stop cleanly, exit 0
     with contextlib.suppress(KeyboardInterrupt), local_prefect_server(port) as url:
         os.environ["PREFECT_API_URL"] = url  # flow-run subprocesses inherit it
         from prefect import serve
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-        with temporary_settings({PREFECT_API_URL: url}):
+        client = {PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: os.environ.get("PREFECT_API_AUTH_STRING")}
+        with temporary_settings(client):
             deployments = runner_deployments(specs, overrides, schedules, suffix)
             check_not_in_a_pool(deployments)
             announce(
                 f"serving {', '.join(f'{d.flow_name}/{d.name}' for d in deployments)} on {url} "
                 f"(UI: {url.removesuffix('/api')})"
+                + (f"; it asks for the secret in {auth_path()}" if "PREFECT_API_AUTH_STRING" in os.environ else "")
             )
             serve(*deployments, limit=limit, print_starting_message=False)
 

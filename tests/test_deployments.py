@@ -126,8 +126,8 @@ def api_call(method: str, url: str, **kwargs) -> dict:
         time.sleep(0.5)
 
 
-def wait_flow_run(api: str, run_id: str, timeout: float, procs: dict) -> dict:
-    """Poll until the flow run is final; fail with the logs of `procs` if it is not COMPLETED."""
+def wait_flow_run(api: str, run_id: str, timeout: float, procs: dict, want: str = "COMPLETED") -> dict:
+    """Poll until the flow run is final; fail with the logs of `procs` if it did not end in `want`."""
     t0 = time.monotonic()
     run = {}
     while time.monotonic() - t0 < timeout:
@@ -135,7 +135,7 @@ def wait_flow_run(api: str, run_id: str, timeout: float, procs: dict) -> dict:
         if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             break
         time.sleep(0.2)
-    if run.get("state_type") != "COMPLETED":
+    if run.get("state_type") != want:
         logs = "\n".join(f"--- {name}\n{tail(path)}" for name, path in procs.items())
         pytest.fail(f"flow run {run_id} ended {run.get('state_type')}: {run.get('state', {}).get('message')}\n{logs}")
     return run
@@ -249,8 +249,10 @@ def test_prefect_deploy_worker_round_trip(tmp_path, server, llm_subprocess, star
     api, server_log = server["api"], server["log"]
     env = prefect_env(server["home"], api)
     env["DOPPEL_TEST_TMP"] = str(tmp_path)  # marks every process of this test (orphan check)
+    # the operator's trust, in the worker's environment: this endpoint, this folder
+    env.update(DOPPEL_ALLOWED_ENDPOINTS=llm_subprocess, DOPPEL_DATA_ROOTS=str(tmp_path))
     cli_log = tmp_path / "cli.log"
-    prefect(env, "work-pool", "create", "doppel-process", "--type", "process", log=cli_log)
+    prefect(env, "work-pool", "create", "doppel-process", "--type", "process", "--overwrite", log=cli_log)
     prefect(env, "deploy", "--all", "--prefect-file", str(PREFECT_YAML.relative_to(REPO)), log=cli_log)
 
     job = httpx.get(f"{api}/deployments/name/doppel-job/weekly", timeout=10).json()
@@ -374,3 +376,129 @@ def _seconds(stamp: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+# ----------------------------------------------------------------------------- who may point a run where
+
+
+def test_a_flow_run_cannot_send_the_key_to_an_endpoint_the_operator_did_not_allow(tmp_path, server, started):
+    """A capturing OpenAI-compatible server on loopback, named as base_url by an API-created run of the
+    deployed doppel-job: the worker holds the key, yet the server receives nothing and the run's error
+    names the endpoint. The same run on a worker whose environment allows the endpoint completes."""
+    from doppel.testing.llm_server import LLMTestServer
+    from tests.test_security import KeyRecorder
+
+    api = server["api"]
+    key = "sk-SENTINEL-deploy-0123456789"
+    env = prefect_env(server["home"], api)
+    env.update(DOPPEL_TEST_TMP=str(tmp_path), OPENAI_API_KEY=key, DOPPEL_DATA_ROOTS=str(tmp_path))
+    cli_log = tmp_path / "cli.log"
+    prefect(env, "work-pool", "create", "doppel-process", "--type", "process", "--overwrite", log=cli_log)
+    prefect(env, "deploy", "--name", "weekly", "--prefect-file", str(PREFECT_YAML.relative_to(REPO)), log=cli_log)
+    deployment = httpx.get(f"{api}/deployments/name/doppel-job/weekly", timeout=10).json()
+
+    capture = LLMTestServer(latency=0.0)
+    capture.app = KeyRecorder(capture.app)
+    capture.start()
+    try:
+        params = job_params(tmp_path, capture.base_url, "not-yours")
+        created = api_call("POST", f"{api}/deployments/{deployment['id']}/create_flow_run", json={"parameters": params})
+        worker, worker_log = started(
+            "worker",
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "doppel-process", "--run-once"],
+            env,
+        )
+        run = wait_flow_run(api, created["id"], 300, {"worker": worker_log}, want="FAILED")
+        message = run["state"]["message"]
+        assert capture.base_url in message and "DOPPEL_ALLOWED_ENDPOINTS" in message, message
+        assert dict(capture.app.auth) == {}, f"the endpoint received requests: {dict(capture.app.auth)}"
+        assert not Path(params["db"]).exists(), "the refused run wrote a database"
+        assert worker.wait(timeout=60) == 0
+
+        # the operator allows it (the worker's environment): the same parameters run
+        allowed = {**env, "DOPPEL_ALLOWED_ENDPOINTS": capture.base_url}
+        created = api_call("POST", f"{api}/deployments/{deployment['id']}/create_flow_run", json={"parameters": params})
+        worker2, worker2_log = started(
+            "worker2",
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "doppel-process", "--run-once"],
+            allowed,
+        )
+        wait_flow_run(api, created["id"], 300, {"worker": worker2_log})
+        assert capture.app.auth.get(f"Bearer {key}", 0) > 0, dict(capture.app.auth)
+        check_run_rows(params["db"], "not-yours", n_users=3)
+        assert worker2.wait(timeout=60) == 0
+
+        # a data path outside the worker's data root is refused the same way, before any request
+        before = sum(capture.app.auth.values())
+        outside = {**params, "run_id": "outside", "db": "/tmp/doppel-elsewhere/doppel.duckdb"}
+        created = api_call(
+            "POST", f"{api}/deployments/{deployment['id']}/create_flow_run", json={"parameters": outside}
+        )
+        worker3, worker3_log = started(
+            "worker3",
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "doppel-process", "--run-once"],
+            allowed,
+        )
+        run = wait_flow_run(api, created["id"], 300, {"worker": worker3_log}, want="FAILED")
+        assert (
+            "/tmp/doppel-elsewhere/doppel.duckdb" in run["state"]["message"]
+            and "DOPPEL_DATA_ROOTS" in run["state"]["message"]
+        )
+        assert sum(capture.app.auth.values()) == before and not Path("/tmp/doppel-elsewhere").exists()
+    finally:
+        capture.stop()
+
+
+def test_doppel_serve_starts_a_prefect_server_that_refuses_strangers(tmp_path, llm_subprocess, started):
+    """`doppel serve` with no server on its port starts one with Prefect's basic auth (a secret made at
+    first start, 0600), CSRF protection and CORS limited to its own origin; serve itself gets in."""
+    home = tmp_path / "prefect-home"
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = prefect_env(home, None)
+    env["DOPPEL_TEST_TMP"] = str(tmp_path)
+    params = job_params(tmp_path, llm_subprocess, "unused")
+    argv = SERVE + ["--port", str(port), "--deployment", "weekly", "--no-schedules", "-p", as_param("db", params["db"])]
+    serve, serve_log = started("serve", argv, env)
+    secret_file = home / "doppel-serve-auth"
+    t0, registered = time.monotonic(), None
+    while time.monotonic() - t0 < 180 and registered is None:
+        if serve.poll() is not None:
+            pytest.fail(f"doppel serve exited with {serve.returncode}:\n{tail(serve_log)}")
+        if "serving doppel-job/weekly" in tail(serve_log):
+            registered = True
+        time.sleep(0.3)
+    assert registered, f"doppel serve registered nothing:\n{tail(serve_log)}"
+    assert (secret_file.stat().st_mode & 0o777) == 0o600
+    user, _, password = secret_file.read_text().strip().partition(":")
+    assert user and len(password) >= 32 and str(secret_file) in tail(serve_log)
+
+    assert httpx.get(f"{api}/health", timeout=10).status_code == 200  # probes stay open
+    # without the secret (or with a wrong one): 401; a POST may meet the CSRF check first (403)
+    for method, path, body in [
+        ("POST", "/deployments/filter", {}),
+        ("GET", "/deployments/name/doppel-job/weekly", None),
+    ]:
+        refused = {401} if method == "GET" else {401, 403}
+        assert httpx.request(method, api + path, json=body, timeout=10).status_code in refused, path
+        wrong = httpx.request(method, api + path, json=body, auth=(user, "wrong"), timeout=10)
+        assert wrong.status_code in refused, path
+    # with the secret: serve registered its deployment (its own client got in)
+    deployment = httpx.get(f"{api}/deployments/name/doppel-job/weekly", auth=(user, password), timeout=10)
+    assert deployment.status_code == 200 and deployment.json()["parameters"]["db"] == params["db"]
+    # CSRF: a state-changing request with the secret but without a CSRF token is refused
+    no_csrf = httpx.post(f"{api}/flow_runs/filter", json={}, auth=(user, password), timeout=10)
+    assert no_csrf.status_code == 403 and "csrf" in no_csrf.text.lower(), no_csrf.text
+    # CORS: another origin's page is not allowed to read answers
+    preflight = httpx.options(
+        f"{api}/flow_runs/filter",
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+        timeout=10,
+    )
+    assert preflight.headers.get("access-control-allow-origin") not in ("*", "http://evil.example")
+
+    # the secret outlives the server: the next start reuses it, and so can the user's own prefect CLI
+    secret = secret_file.read_text()
+    serve.send_signal(signal.SIGTERM)
+    assert serve.wait(timeout=60) == 0, tail(serve_log)
+    assert secret_file.read_text() == secret

@@ -123,11 +123,15 @@ def test_the_page_runs_pauses_continues_and_resets_a_sandbox(ui, tmp_path):
             paused_at = int(page.text_content("#round"))
             assert 1 <= paused_at < 3
             page.click("#start")  # continues the same sandbox after its last finished round
-            page.wait_for_function(
-                "document.getElementById('round').textContent === '3' && "
-                "document.getElementById('status').textContent === 'finished'",
-                timeout=180_000,
-            )
+            try:
+                page.wait_for_function(
+                    "document.getElementById('round').textContent === '3' && "
+                    "document.getElementById('status').textContent === 'finished'",
+                    timeout=300_000,
+                )
+            except playwright.TimeoutError:
+                shown = {k: page.text_content(f"#{k}") for k in ("status", "round", "error")}
+                pytest.fail(f"the sandbox did not finish: {shown}\n{ui['log'].read_text(errors='replace')[-3000:]}")
             page.wait_for_function("document.querySelectorAll('#agents .agent').length === 4", timeout=20_000)
             page.wait_for_function("document.querySelectorAll('#graph circle').length === 4", timeout=20_000)
             time.sleep(1.5)  # one more log poll

@@ -35,6 +35,7 @@ from doppel.tasks.llm.schemas import (
 )
 from doppel.tasks.llm.templates import ids_json, prompt_hash, render
 from doppel.tasks.settings import API_KEY_ENV_VARS, RATING_SAMPLES_LIMIT, LLMSettings
+from doppel.tasks.trust import check_plain_http
 
 JSON_MODES = ("schema", "object", "text")
 TOP_LOGPROBS = 10  # alternatives per answer token: enough to hold all five rating digits
@@ -458,6 +459,10 @@ class EndpointError(RuntimeError):
 
 def check_endpoint(settings: LLMSettings, model_id: str) -> None:
     """Fail fast, before any work: the endpoint answers, accepts the key and serves the model."""
+    try:
+        check_plain_http(settings.base_url)  # the key's first request is the one below
+    except ValueError as exc:
+        raise EndpointError(str(exc)) from None
     client = openai.OpenAI(base_url=settings.base_url, api_key=api_key_from_env(), timeout=15, max_retries=1)
     try:
         served = [m.id for m in client.models.list()]
