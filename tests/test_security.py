@@ -425,3 +425,27 @@ def test_a_changed_weight_part_is_refused_and_no_part_code_runs(tmp_path, monkey
     part2.write_bytes(original)  # as installed: assembled, still without running any part's code
     assert em.ensure_model("tiny").read_bytes() == data
     assert not ran.exists() and not [m for m in sys.modules if m.startswith("tiny_part")]
+
+
+# ----------------------------------------------------------------------------- the key over plain http
+
+
+def test_the_key_never_goes_to_plain_http_on_another_host(monkeypatch, llm_server):
+    from doppel.tasks.llm.gateway import EndpointError, check_endpoint
+    from doppel.tasks.settings import LLMSettings
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-plain")
+    monkeypatch.delenv("DOPPEL_ALLOW_PLAIN_HTTP", raising=False)
+    monkeypatch.delenv("DOPPEL_ALLOWED_ENDPOINTS", raising=False)
+    remote = "http://192.0.2.10:8000/v1"  # TEST-NET: nothing answers; the check comes before any request
+    with pytest.raises(EndpointError, match=r"192\.0\.2\.10:8000/v1 is plain http://.*DOPPEL_ALLOW_PLAIN_HTTP=1"):
+        check_endpoint(LLMSettings(base_url=remote, model="m"), "m")
+    check_endpoint(
+        LLMSettings(base_url=llm_server.base_url, model="doppel-test-model"), "doppel-test-model"
+    )  # loopback
+    for allow in ({"DOPPEL_ALLOW_PLAIN_HTTP": "1"}, {"DOPPEL_ALLOWED_ENDPOINTS": "http://192.0.2.10:8000/v1/"}):
+        with monkeypatch.context() as m:
+            for k, v in allow.items():
+                m.setenv(k, v)
+            with pytest.raises(EndpointError, match="cannot reach"):  # allowed: the request is tried
+                check_endpoint(LLMSettings(base_url=remote, model="m", timeout_s=1), "m")
