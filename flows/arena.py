@@ -8,6 +8,7 @@ calibration) -> write the fold's tables.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from doppel.tasks.store.db import init_db
 from doppel.tasks.store.writes import finish_run, start_run
 from doppel.tasks.version import code_version
 
+PLUGINS_ENV = "DOPPEL_ARENA_PLUGINS"  # the module:factory plug-ins the operator allows
 OPTS = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
@@ -110,7 +112,24 @@ score_fold = task(evaluate.evaluate_fold, name="arena-protocols", **OPTS)
 save_fold = task(tables.save_fold, name="arena-save-fold", **OPTS)
 
 
-@flow(name="doppel-arena")
+def dask_runner(settings: ArenaSettings | None = None):
+    """Dask: the given scheduler, or a local cluster of `workers` single-threaded processes."""
+    from prefect_dask import DaskTaskRunner
+
+    if settings is not None and settings.dask_address:
+        return DaskTaskRunner(address=settings.dask_address)
+    workers = settings.workers if settings is not None else 2
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": "127.0.0.1:0",
+        }
+    )
+
+
+@flow(name="doppel-arena", task_runner=dask_runner())  # a deployment fits on a local 2-worker cluster
 def arena(settings: ArenaSettings) -> dict:
     """Fit the zoo (+ plug-ins) per fold, judge the lists, score every protocol, write the tables."""
     logger = get_run_logger()
@@ -166,6 +185,13 @@ def entrants_of(settings: ArenaSettings) -> list[zoo.Entrant]:
     if unknown:
         raise ValueError(f"--only: unknown entrants {sorted(unknown)} (known: {[e.name for e in zoo.DEFAULT_ZOO]})")
     chosen = [e for e in zoo.DEFAULT_ZOO if not settings.only or e.name in settings.only]
+    allowed = {x.strip() for x in os.environ.get(PLUGINS_ENV, "").split(",") if x.strip()}
+    refused = [spec for spec in settings.recommenders if spec not in allowed]
+    if refused:  # flow-run parameters are untrusted (anyone who reaches the Prefect API): no code by name
+        raise ValueError(
+            f"plug-in recommenders {refused} are not allowed here: the operator lists them in {PLUGINS_ENV} "
+            "(comma-separated module:factory; `doppel arena --recommender` does this for its own)"
+        )
     plugins = [zoo.plugin(spec) for spec in settings.recommenders]
     names = [e.name for e in chosen + plugins]
     if len(set(names)) != len(names):
@@ -174,24 +200,13 @@ def entrants_of(settings: ArenaSettings) -> list[zoo.Entrant]:
 
 
 def run_arena(settings: ArenaSettings) -> dict:
-    """The flow on the settings' task runner: Dask (local cluster or --dask-address) or threads."""
+    """The flow on the settings' task runner: Dask (local cluster or --dask-address) or threads.
+
+    The caller is the operator (CLI, benchmark, Python): the settings' plug-ins are allowed."""
+    allowed = [x for x in os.environ.get(PLUGINS_ENV, "").split(",") if x]
+    os.environ[PLUGINS_ENV] = ",".join(dict.fromkeys(allowed + settings.recommenders))
     if settings.runner == "threads":
         from prefect.task_runners import ThreadPoolTaskRunner
 
-        runner = ThreadPoolTaskRunner(max_workers=settings.workers)
-    else:
-        from prefect_dask import DaskTaskRunner
-
-        runner = (
-            DaskTaskRunner(address=settings.dask_address)
-            if settings.dask_address
-            else DaskTaskRunner(
-                cluster_kwargs={
-                    "n_workers": settings.workers,
-                    "threads_per_worker": 1,
-                    "processes": True,
-                    "dashboard_address": None,
-                }
-            )
-        )
-    return arena.with_options(task_runner=runner)(settings)
+        return arena.with_options(task_runner=ThreadPoolTaskRunner(max_workers=settings.workers))(settings)
+    return arena.with_options(task_runner=dask_runner(settings))(settings)

@@ -189,3 +189,15 @@ def test_doppel_arena_fills_its_tables_and_a_rerun_fits_nothing(prefect_server, 
     assert second.exit_code == 0, second.output
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("select bool_and(cached) from arena_recommenders where run_id = 'arena-b'").fetchone()[0]
+
+
+def test_plugins_from_flow_parameters_need_the_operators_allow_list(monkeypatch):
+    from doppel.flows.arena import PLUGINS_ENV, entrants_of
+    from doppel.tasks.arena.config import ArenaSettings
+
+    settings = ArenaSettings(recommenders=[f"{__name__}:make_item_id_order"], only=["random"])
+    monkeypatch.delenv(PLUGINS_ENV, raising=False)
+    with pytest.raises(ValueError, match=PLUGINS_ENV):
+        entrants_of(settings)
+    monkeypatch.setenv(PLUGINS_ENV, f"{__name__}:make_item_id_order")
+    assert [e.name for e in entrants_of(settings)] == ["random", "make_item_id_order"]
