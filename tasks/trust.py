@@ -104,7 +104,10 @@ def check_untrusted_run(settings: RunSettings) -> None:
         check_plain_http(settings.llm.base_url)
     if settings.dask_address:
         check_allowed_endpoint(settings.dask_address, "dask_address")
+    from doppel.tasks.llm.embedded_models import MODELS
+
     paths = {
+        "model": None if settings.llm.base_url or settings.llm.model in MODELS else settings.llm.model,
         "db": settings.db,
         "cache_dir": settings.llm.cache_dir,
         "data_dir": settings.data_dir,

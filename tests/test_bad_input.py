@@ -221,7 +221,8 @@ def test_llama_cpp_serves_its_model_under_any_name(tmp_path, prefect_server, llm
     args[args.index("doppel-test-model")] = "local"
     done = cli(*args)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"--model 'local': {llm_server.base_url} (a llama.cpp server) answers with {gguf!r}" in done.stderr
+    note = f"--model 'local': {llm_server.base_url} (a llama.cpp server) answers with {gguf!r}"
+    assert done.stderr.count(note) == 1, done.stderr[-3000:]
     assert llm_server.stats()["requests"] > 0
     assert {e["request"]["model"] for e in llm_server.log()} == {"local"}
 

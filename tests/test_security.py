@@ -449,3 +449,38 @@ def test_the_key_never_goes_to_plain_http_on_another_host(monkeypatch, llm_serve
                 m.setenv(k, v)
             with pytest.raises(EndpointError, match="cannot reach"):  # allowed: the request is tried
                 check_endpoint(LLMSettings(base_url=remote, model="m", timeout_s=1), "m")
+
+
+def test_a_run_from_parameters_reaches_only_what_the_operator_allowed(tmp_path, monkeypatch):
+    """tasks/trust.check_untrusted_run, as doppel-job calls it first: endpoints by allow-list, paths by
+    data root (symlinks and .. followed), a GGUF path as the embedded model too."""
+    from doppel.tasks.settings import LLMSettings, RunSettings
+    from doppel.tasks.trust import UntrustedSettingError, check_untrusted_run
+
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    (root / "escape").symlink_to("/etc")
+    monkeypatch.setenv("DOPPEL_DATA_ROOTS", str(root))
+    monkeypatch.setenv("DOPPEL_ALLOWED_ENDPOINTS", "https://api.example.com/v1, tcp://10.0.0.2:8786")
+
+    def run(**over):
+        llm = LLMSettings(**over.pop("llm", {}))
+        return RunSettings(db=str(root / "doppel.duckdb"), llm=llm, **over)
+
+    check_untrusted_run(run())  # the embedded model, a db inside the root
+    check_untrusted_run(run(llm={"base_url": "https://API.example.com:443/v1/"}, dask_address="tcp://10.0.0.2:8786"))
+    check_untrusted_run(run(dataset=str(root / "data" / "ratings.csv"), data_dir=str(root / "data")))
+    refused = {
+        "base_url 'http://127.0.0.1:9/v1'": run(llm={"base_url": "http://127.0.0.1:9/v1"}),
+        "base_url 'https://api.example.com/v2'": run(llm={"base_url": "https://api.example.com/v2"}),
+        "dask_address 'tcp://10.0.0.3:8786'": run(dask_address="tcp://10.0.0.3:8786"),
+        "db '/tmp/other.duckdb'": RunSettings(db="/tmp/other.duckdb"),
+        "cache_dir": run(llm={"cache_dir": str(root / ".." / "outside")}),
+        "data_dir": run(data_dir=str(root / "escape")),
+        "item_text": run(item_text="/etc/passwd"),
+        "dataset '/etc/passwd'": run(dataset="/etc/passwd"),
+        "model '/tmp/evil.gguf'": run(llm={"model": "/tmp/evil.gguf"}),
+    }
+    for fragment, settings in refused.items():
+        with pytest.raises(UntrustedSettingError, match=re.escape(fragment)):
+            check_untrusted_run(settings)

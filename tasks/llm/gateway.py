@@ -457,6 +457,9 @@ class EndpointError(RuntimeError):
     """The endpoint cannot serve this run (unreachable, bad key, unknown model)."""
 
 
+_NOTED: set[str] = set()
+
+
 def check_endpoint(settings: LLMSettings, model_id: str) -> None:
     """Fail fast, before any work: the endpoint answers, accepts the key and serves the model."""
     try:
@@ -487,6 +490,7 @@ def check_endpoint(settings: LLMSettings, model_id: str) -> None:
     if len(served) > 1 and not llama_cpp:
         raise EndpointError(f"model {model_id!r} is not served by {settings.base_url}; it serves {served[:10]}")
     kind = "a llama.cpp server" if llama_cpp else "one model"
-    logging.getLogger("doppel").warning(
-        f"--model {model_id!r}: {settings.base_url} ({kind}) answers with {served[0]!r} under any name"
-    )
+    note = f"--model {model_id!r}: {settings.base_url} ({kind}) answers with {served[0]!r} under any name"
+    if note not in _NOTED:  # once per process, though the preflight and the flow both check
+        _NOTED.add(note)
+        logging.getLogger("doppel").warning(note)
