@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from doppel.tasks.llm.templates import render
+from doppel.tasks.llm.templates import answer_layout, rating_variables, render
 from doppel.tasks.planning import build_work, select_users
 from doppel.tasks.records import UserWork
 from doppel.tasks.settings import RunSettings
@@ -55,6 +55,7 @@ def _user_tokens(work: UserWork, settings: RunSettings) -> tuple[int, int]:
         completion += llm.max_tokens_profile
     recent = work.history[-sim.recent_k :] if sim.recent_k else []
     rate_batches = batches(work.candidates, sim.rate_batch)
+    layout = answer_layout(sim.prompts)
     for j, batch in enumerate(rate_batches):
         ids = [c.item_id for c in batch]
         text = render(
@@ -65,10 +66,11 @@ def _user_tokens(work: UserWork, settings: RunSettings) -> tuple[int, int]:
             profile=PLACEHOLDER_PROFILE,
             recent=recent,
             candidates=batch,
-            item_ids_json=str(ids),
+            **rating_variables(ids, layout, constrained=llm.json_mode in ("auto", "schema")),
         )
         prompt += (system + _tokens(text)) * asked
-        completion += (24 + 12 * len(batch)) * asked
+        # the answer: a digit and a comma per item by position, an object of ~12 tokens per item by id
+        completion += (6 + (2 if layout == "positions" else 12) * len(batch)) * asked
         if sim.update_profile and j < len(rate_batches) - 1:
             text = render(
                 "profile_update",

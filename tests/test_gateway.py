@@ -6,12 +6,19 @@ import asyncio
 import json
 import time
 
+import jsonschema
 import pytest
 
 from doppel.tasks.llm.cache import ResponseCache
 from doppel.tasks.llm.gateway import LLMGateway
 from doppel.tasks.llm.limits import CallLimiter, PrioritySlots
-from doppel.tasks.llm.schemas import digit_distributions, parse_ratings, rating_distributions, ratings_json_schema
+from doppel.tasks.llm.schemas import (
+    digit_distributions,
+    parse_ratings,
+    rating_distributions,
+    ratings_json_schema,
+    schema_item_ids,
+)
 from doppel.tasks.llm.templates import item_line, prompt_dir, prompt_hash, render
 from doppel.tasks.records import CandidateItem, HistoryItem
 from doppel.tasks.settings import LLMSettings
@@ -131,10 +138,31 @@ def test_distributions_are_found_for_any_item_id_and_only_where_the_tokens_spell
 
 
 def test_schema_pins_each_position_to_one_id():
-    schema = ratings_json_schema(["7", "8"])
+    schema = ratings_json_schema(["7", "8"], "item_ids")
     ratings = schema["properties"]["ratings"]
     assert [p["properties"]["item_id"]["const"] for p in ratings["prefixItems"]] == ["7", "8"]
     assert ratings["minItems"] == ratings["maxItems"] == 2 and "items" not in ratings  # llama.cpp rejects it
+    assert schema_item_ids(schema) == ["7", "8"]
+
+
+def test_positional_schema_fixes_length_and_range_and_reads_back_by_position():
+    schema = ratings_json_schema(["7", "8", "9"])
+    ratings = schema["properties"]["ratings"]
+    assert ratings["items"] == {"type": "integer", "minimum": 1, "maximum": 5}
+    assert ratings["minItems"] == ratings["maxItems"] == 3 and schema_item_ids(schema) == ["7", "8", "9"]
+    assert jsonschema.validate({"ratings": [1, 5, 3]}, schema) is None
+    for bad in ([1, 5], [1, 5, 3, 2], [0, 5, 3], [1, 5, 6], ["1", 5, 3]):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"ratings": bad}, schema)
+    parsed = parse_ratings('{"ratings": [4, 2, 5]}', ["7", "8", "9"])
+    assert parsed.ratings == {"7": 4, "8": 2, "9": 5} and not parsed.problems
+    parsed = parse_ratings('{"ratings": [4, 9, 5.0]}', ["7", "8", "9"])
+    assert parsed.ratings == {"7": 4, "9": 5} and parsed.missing(["7", "8", "9"]) == ["8"]
+    assert "rating 2 (9)" in parsed.problems[0]
+    short = parse_ratings("[4, 2]", ["7", "8", "9"])  # a wrong length maps nothing: positions are unreliable
+    assert short.ratings == {} and "expected 3 ratings" in short.problems[0]
+    with pytest.raises(ValueError, match="layout 'xml'"):
+        ratings_json_schema(["7"], "xml")
 
 
 @pytest.mark.parametrize(
@@ -177,7 +205,7 @@ def test_repair_re_asks_for_the_missing_ids(llm_server, tmp_path):
         repair = server.log()[1]["request"]["messages"][-1]["content"]
     assert set(out.ratings) == set(IDS) and not out.failed
     assert out.ratings["1"] == 3 and [c.status for c in out.calls] == ["invalid", "ok"]
-    assert "Your previous answer was invalid" in repair and json.dumps(IDS[3:]) in repair
+    assert "Your previous answer was invalid" in repair and "the ratings of movies 4, 5 in that order" in repair
 
 
 def test_http_errors_are_retried_by_the_client(llm_server, tmp_path):
@@ -202,7 +230,10 @@ def test_fallback_to_json_object_when_schema_is_rejected(tmp_path):
         out = run(asyncio.wait_for(_rate(gw), 20))
         formats = [(e["request"].get("response_format") or {}).get("type") for e in server.log()]
     assert set(out.ratings) == set(IDS) and not out.failed
-    assert formats == ["json_schema", "json_object"]
+    # the first json_object request still has the prompt made for the schema (no item_ids line): the test
+    # server cannot tell the ids, answers none, and the repair (with the ids) completes; later calls carry them
+    assert formats == ["json_schema", "json_object", "json_object"]
+    assert 'item_ids: ["1"' in server.log()[-1]["request"]["messages"][-1]["content"]
 
 
 def test_parse_keeps_valid_pairs_and_names_problems():
@@ -337,7 +368,7 @@ def test_draws_give_the_distribution_where_the_server_gives_no_logprobs(tmp_path
         assert len({d["seed"] for d in draws}) == 6 and answer["seed"] not in {d["seed"] for d in draws}
         # each rating's distribution is the share of the draws (as the server answered them) giving 1..5
         answered = [
-            {r["item_id"]: r["rating"] for r in json.loads(e["response"])["ratings"]}
+            dict(zip(IDS, json.loads(e["response"])["ratings"], strict=True))  # by position
             for e in server.log()
             if e["request"].get("temperature")
         ]

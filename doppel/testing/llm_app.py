@@ -15,6 +15,7 @@ from typing import Any
 from .llm_asgi import Call, api_error, completion, read_body, send_json, watch
 from .llm_faults import (
     CONTENT_FAULTS,
+    answer_layout,
     choose_fault,
     count_tokens,
     expected_ratings,
@@ -22,11 +23,11 @@ from .llm_faults import (
     message_text,
     profile_answer,
     profile_text,
+    ratings_answer,
     request_kind,
     requested_ids,
     sampled_ratings,
     sandbox_answer,
-    spoil_ratings,
 )
 from .server_options import ServerOptions
 
@@ -222,9 +223,8 @@ class LLMApp:
             ratings = expected_ratings(requested_ids(body), profile_text(body))
             if float(body.get("temperature") or 0) > 0:  # sampling: the request's seed picks the draw
                 ratings = sampled_ratings(ratings, random.Random(json.dumps(body, sort_keys=True)))
-            content = (
-                spoil_ratings(fault, ratings, rng) if fault in CONTENT_FAULTS else json.dumps({"ratings": ratings})
-            )
+            spoil = fault if fault in CONTENT_FAULTS else None
+            content = ratings_answer(ratings, answer_layout(body), spoil, rng)
         elif content is None and kind == "sandbox":
             content = sandbox_answer(body)
         elif content is None:

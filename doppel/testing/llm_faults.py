@@ -61,12 +61,35 @@ def _json_schema(body: dict) -> dict | None:
     return fmt.get("json_schema") if fmt.get("type") == "json_schema" else None
 
 
-def _schema_ids(body: dict) -> list[str] | None:
+DESCRIBED_IDS_RE = re.compile(r"^ratings of item_ids (\[.*\]) in this order$")
+POSITIONS_ASKED_RE = re.compile(r'"ratings":\s*\[\d+ integers')  # what doppel's positional prompts ask
+
+
+def _schema_ratings(body: dict) -> dict | None:
     try:
-        items = _json_schema(body)["schema"]["properties"]["ratings"]["prefixItems"]
-        return [str(item["properties"]["item_id"]["const"]) for item in items]
+        return _json_schema(body)["schema"]["properties"]["ratings"]
     except (KeyError, TypeError):
         return None
+
+
+def _schema_ids(body: dict) -> list[str] | None:
+    """The ids of a rating schema: its prefixItems' const item_ids, or the ids its description names
+    (the positional layout: an array of integers, one per numbered item)."""
+    ratings = _schema_ratings(body) or {}
+    if "prefixItems" in ratings:
+        return [str(item["properties"]["item_id"]["const"]) for item in ratings["prefixItems"]]
+    match = DESCRIBED_IDS_RE.match(ratings.get("description") or "")
+    return [str(i) for i in json.loads(match.group(1))] if match else None
+
+
+def answer_layout(body: dict) -> str:
+    """``"item_ids"`` ({item_id, rating} objects) or ``"positions"`` (an array of integers): from the
+    schema, else from the answer format the last user message asks for."""
+    ratings = _schema_ratings(body)
+    if ratings is not None:
+        return "item_ids" if "prefixItems" in ratings else "positions"
+    texts = _user_texts(body)
+    return "positions" if texts and POSITIONS_ASKED_RE.search(texts[-1]) else "item_ids"
 
 
 def request_kind(body: dict) -> str:
@@ -229,7 +252,9 @@ def _digit_alternatives(digit: int) -> list[float]:
     """Raw P(1..5) at a digit: ANSWER_DIGIT_P on it, the rest (but QUOTE_P) on the others, nearer ones more."""
     weights = [0.0 if k == digit else 1.0 / (1 + abs(k - digit)) for k in range(1, 6)]
     rest = 1.0 - ANSWER_DIGIT_P - QUOTE_P
-    return [ANSWER_DIGIT_P if k == digit else rest * w / sum(weights) for k, w in zip(range(1, 6), weights)]
+    return [
+        ANSWER_DIGIT_P if k == digit else rest * w / sum(weights) for k, w in zip(range(1, 6), weights, strict=True)
+    ]
 
 
 def digit_probs(digit: int) -> list[float]:
@@ -245,7 +270,7 @@ def token_logprobs(content: str, top_n: int) -> list[dict]:
     for token in _TOKEN_RE.findall(content):
         top = [(token, 0.0)]
         if len(token) == 1 and token in "12345":
-            top = [(str(k), math.log(p)) for k, p in zip(range(1, 6), _digit_alternatives(int(token)))]
+            top = [(str(k), math.log(p)) for k, p in zip(range(1, 6), _digit_alternatives(int(token)), strict=True)]
             top = sorted(top + [('"', math.log(QUOTE_P))], key=lambda t: -t[1])
         out.append(
             {
@@ -326,6 +351,35 @@ def _unused_id(requested: list[str], rng: random.Random) -> str:
             candidate = f"unknown-{rng.randrange(10**6)}"
         if candidate not in taken:
             return candidate
+
+
+def ratings_answer(ratings: list[dict], layout: str, fault: str | None, rng: random.Random) -> str:
+    """The answer text in `layout`, spoiled by the content `fault` if any. By position, a fault that
+    names ids becomes its positional kin: a missing, extra or repeated entry, or an entry that is not
+    a rating."""
+    if layout == "item_ids":
+        return spoil_ratings(fault, ratings, rng) if fault else json.dumps({"ratings": ratings})
+    values: list = [r["rating"] for r in ratings]
+    i = rng.randrange(len(values)) if values and fault else None
+    if fault is None:
+        pass
+    elif fault == "malformed_json":
+        return json.dumps({"ratings": values})[: max(1, len(json.dumps({"ratings": values})) * 3 // 5)]
+    elif fault == "prose":
+        return f"Sure! Here are the ratings: {json.dumps({'ratings': values})} Hope this helps!"
+    elif fault in ("extra_ids", "duplicate_ids"):
+        values.insert(rng.randrange(len(values) + 1), rng.randint(1, 5))
+    elif i is None:
+        pass
+    elif fault == "missing_ids":
+        del values[i]
+    elif fault in ("out_of_range", "unknown_ids"):
+        values[i] = rng.choice([0, 6])
+    elif fault == "non_integer":
+        values[i] = rng.choice([3.5, "four"])
+    else:
+        raise ValueError(f"not a content fault: {fault!r}")
+    return json.dumps({"ratings": values})
 
 
 def spoil_ratings(fault: str, ratings: list[dict], rng: random.Random) -> str:

@@ -116,9 +116,11 @@ class EmbeddedServer:
         startup_timeout: float = 120.0,
         log_dir: str | os.PathLike[str] | None = None,
         require_key: bool = False,
+        slots: int = 1,
     ) -> None:
         self.model_path = Path(model_path)
-        self.n_ctx = n_ctx
+        self.n_ctx = n_ctx  # per slot: the server gets n_ctx x slots
+        self.slots = max(1, slots)
         self.threads = threads or default_threads()
         self.cache_ram_mib = cache_ram_mib
         self.model_name = model_name or self.model_path.stem
@@ -145,6 +147,7 @@ class EmbeddedServer:
         cache_ram_mib: int = 1024,
         startup_timeout: float = 120.0,
         log_dir: str | os.PathLike[str] | None = None,
+        slots: int = 1,
     ) -> EmbeddedServer:
         """Verify/assemble a registry model (or a .gguf path) and make a server for it (not started)."""
         path = ensure_model(name_or_path, cache_dir)
@@ -157,6 +160,7 @@ class EmbeddedServer:
             model_name=name,
             startup_timeout=startup_timeout,
             log_dir=log_dir,
+            slots=slots,
         )
 
     @property
@@ -198,6 +202,8 @@ class EmbeddedServer:
             self.model_name,
             "--n-ctx",
             str(self.n_ctx),
+            "--slots",
+            str(self.slots),
             "--threads",
             str(self.threads),
             "--cache-ram-mib",
@@ -320,7 +326,9 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watchdog, name="doppel-parent-watchdog", daemon=True).start()
 
 
-def serve(model: str, alias: str, n_ctx: int, threads: int, cache_ram_mib: int, parent: int | None) -> None:
+def serve(
+    model: str, alias: str, n_ctx: int, threads: int, cache_ram_mib: int, parent: int | None, slots: int = 1
+) -> None:
     """Child entry point: run the server until SIGTERM or parent death; report the address on stdout."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C / SIGTERM: die at once, no traceback
     if parent is not None:
@@ -332,8 +340,9 @@ def serve(model: str, alias: str, n_ctx: int, threads: int, cache_ram_mib: int, 
     p = xllamacpp.CommonParams()
     p.model.path = model
     p.model_alias = {alias}
-    p.n_ctx = n_ctx
-    p.n_parallel = 1  # parallel slots add no throughput on few cores (docs/design-notes.md, "The embedded server")
+    p.n_ctx = n_ctx * slots  # llama.cpp splits n_ctx over the slots: each gets n_ctx
+    p.n_parallel = slots  # parallel sequences, continuously batched (benchmarks/embedded.py measures them)
+    p.cont_batching = True
     p.cpuparams.n_threads = threads
     p.cpuparams_batch.n_threads = threads
     p.hostnames = ["127.0.0.1"]
@@ -357,7 +366,8 @@ def main(argv: list[str] | None = None) -> None:
     sp = sub.add_parser("serve", help="run the llama.cpp server in the foreground")
     sp.add_argument("--model", required=True)
     sp.add_argument("--alias", default=None)
-    sp.add_argument("--n-ctx", type=int, default=4096)
+    sp.add_argument("--n-ctx", type=int, default=4096, help="context per slot")
+    sp.add_argument("--slots", type=int, default=1, help="parallel sequences (llama.cpp n_parallel)")
     sp.add_argument("--threads", type=int, default=default_threads())
     sp.add_argument("--cache-ram-mib", type=int, default=1024)
     sp.add_argument("--parent-pid", type=int, default=None)
@@ -370,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
             args.threads,
             args.cache_ram_mib,
             args.parent_pid,
+            args.slots,
         )
     except BaseException:  # llama.cpp may leave threads behind that block a normal exit: exit hard
         traceback.print_exc()

@@ -32,8 +32,9 @@ from doppel.tasks.llm.schemas import (
     rating_distributions,
     ratings_json_schema,
     read_completion,
+    schema_item_ids,
 )
-from doppel.tasks.llm.templates import ids_json, prompt_hash, render
+from doppel.tasks.llm.templates import answer_layout, prompt_hash, rating_variables, render
 from doppel.tasks.settings import API_KEY_ENV_VARS, RATING_SAMPLES_LIMIT, LLMSettings
 from doppel.tasks.trust import check_plain_http
 
@@ -162,23 +163,24 @@ class LLMGateway:
         prompts: str = "compact",
     ) -> RatingOutcome:
         """Integer 1..5 ratings for exactly `item_ids`, repairing bad answers by re-asking."""
-        variables = {**variables, "item_ids_json": ids_json(item_ids)}
+        layout = answer_layout(prompts)
+        variables = {**variables, **rating_variables(item_ids, layout, self.json_mode == "schema")}
         messages = self._messages("rating", variables, overview_chars, prompts)
-        outcome = await self._rate(messages, item_ids, sample, priority, prompts)
+        outcome = await self._rate(messages, item_ids, sample, priority, prompts, layout)
         without = [i for i in outcome.ratings if i not in outcome.probs]
         if without and self.settings.rating_samples > 0:
-            await self._sample_distributions(outcome, messages, item_ids, without, sample, priority, prompts)
+            await self._sample_distributions(outcome, messages, item_ids, without, sample, priority, prompts, layout)
         return outcome
 
     async def _rate(
-        self, messages: list[dict], item_ids: list[str], sample: int, priority: float, prompts: str
+        self, messages: list[dict], item_ids: list[str], sample: int, priority: float, prompts: str, layout: str
     ) -> RatingOutcome:
         """The answer: one rating per id, repaired by re-asking in the same conversation."""
         outcome = RatingOutcome(ratings={}, failed={})
         pending = list(item_ids)
         prompt = "rating"
         for attempt in range(self.settings.repair_attempts + 1):
-            params = self._rating_params(pending)
+            params = self._rating_params(pending, layout=layout)
             try:
                 content, record = await self._complete(prompt, messages, params, sample, priority, prompts)
             except GatewayError as exc:
@@ -207,7 +209,12 @@ class LLMGateway:
                 {"role": "assistant", "content": content or ""},
                 {
                     "role": "user",
-                    "content": render("repair", prompts=prompts, error=problem, item_ids_json=ids_json(pending)),
+                    "content": render(
+                        "repair",
+                        prompts=prompts,
+                        error=problem,
+                        **rating_variables(item_ids, layout, self.json_mode == "schema", asked=pending),
+                    ),
                 },
             ]
         return outcome  # pragma: no cover - loop always returns
@@ -221,11 +228,15 @@ class LLMGateway:
         sample: int,
         priority: float,
         prompts: str,
+        layout: str,
     ) -> None:
         """P(1..5) for the rated ids in `without`: the share of `rating_samples` draws (the same prompt
         and schema, at sample_temperature, a seed each) that gave each rating. Draws are not repaired:
         an invalid one is recorded as such and counts for none of its ids."""
-        params = {**self._rating_params(item_ids, logprobs=False), "temperature": self.settings.sample_temperature}
+        params = {
+            **self._rating_params(item_ids, logprobs=False, layout=layout),
+            "temperature": self.settings.sample_temperature,
+        }
         draws = await asyncio.gather(
             *(
                 self._draw(messages, params, draw_sample(sample, k), priority, prompts)
@@ -290,7 +301,9 @@ class LLMGateway:
             {"role": "user", "content": render(prompt, prompts=prompts, overview_chars=overview_chars, **variables)},
         ]
 
-    def _rating_params(self, item_ids: list[str], logprobs: bool | None = None) -> dict[str, Any]:
+    def _rating_params(
+        self, item_ids: list[str], logprobs: bool | None = None, layout: str = "positions"
+    ) -> dict[str, Any]:
         params: dict[str, Any] = {
             "temperature": self.settings.temperature,
             "max_tokens": 24 + self.settings.max_tokens_rating_per_item * len(item_ids),
@@ -300,7 +313,7 @@ class LLMGateway:
         if self.json_mode == "schema":
             params["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": "ratings", "strict": True, "schema": ratings_json_schema(item_ids)},
+                "json_schema": {"name": "ratings", "strict": True, "schema": ratings_json_schema(item_ids, layout)},
             }
         elif self.json_mode == "object":
             params["response_format"] = {"type": "json_object"}
@@ -412,11 +425,11 @@ class LLMGateway:
 
     def _rating_params_like(self, params: dict[str, Any]) -> dict[str, Any]:
         schema = params.get("response_format", {}).get("json_schema", {}).get("schema", {})
-        prefix = schema.get("properties", {}).get("ratings", {}).get("prefixItems", [])
-        ids = [p["properties"]["item_id"]["const"] for p in prefix]
+        ids = schema_item_ids(schema)
         if ids:  # as asked (a draw keeps its temperature and stays without logprobs), in the weaker mode
+            layout = "item_ids" if "prefixItems" in schema["properties"]["ratings"] else "positions"
             return {
-                **self._rating_params(ids, logprobs=self.logprobs and "logprobs" in params),
+                **self._rating_params(ids, logprobs=self.logprobs and "logprobs" in params, layout=layout),
                 "temperature": params.get("temperature", self.settings.temperature),
             }
         rest = {k: v for k, v in params.items() if k != "response_format"}

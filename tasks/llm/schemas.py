@@ -1,6 +1,7 @@
 """The rating answer contract: JSON schema for constrained decoding, and a forgiving parser.
 
-The parser accepts what the schema allows and, for servers that ignore the schema, digs the
+Two answer layouts: ratings by position (the default: the model decodes a digit per item) and
+{item_id, rating} objects (the seed's). The parser accepts what the schema allows and, for servers that ignore the schema, digs the
 JSON object out of prose. It keeps every valid (requested id, integer 1..5) pair and reports
 the rest as problems, so a repair re-ask can ask only for what is missing.
 
@@ -30,31 +31,65 @@ class RatingAnswer(BaseModel):
     ratings: list[RatingEntry]
 
 
-def ratings_json_schema(item_ids: list[str]) -> dict:
-    """One `const` item_id per array position: small models cannot repeat or invent ids."""
-    entry = lambda item_id: {  # noqa: E731
-        "type": "object",
-        "properties": {
-            "item_id": {"type": "string", "const": item_id},
-            "rating": {"type": "integer", "minimum": 1, "maximum": 5},
-        },
-        "required": ["item_id", "rating"],
-        "additionalProperties": False,
-    }
+LAYOUTS = ("positions", "item_ids")  # the rating answer: ratings by position, or {item_id, rating} objects
+
+
+def ratings_json_schema(item_ids: list[str], layout: str = "positions") -> dict:
+    """The rating answer's schema for these ids, in `layout`.
+
+    positions (default): {"ratings": [r1, ..., rn]}, an array of exactly n integers 1..5, one per
+    numbered item of the prompt: the model decodes only what carries information (a digit and a comma
+    per item). The ids ride along as the array's description (an annotation: it constrains nothing,
+    but a reader of the request, such as the test server, knows which items were asked).
+    item_ids (the seed's layout): one `const` item_id per array position, so small models cannot
+    repeat or invent ids, at ~15 decoded tokens per item.
+    """
+    if layout == "positions":
+        ratings = {
+            "type": "array",
+            "description": f"ratings of item_ids {ids_json(item_ids)} in this order",
+            "items": {"type": "integer", "minimum": 1, "maximum": 5},
+            "minItems": len(item_ids),
+            "maxItems": len(item_ids),
+        }
+    elif layout == "item_ids":
+        entry = lambda item_id: {  # noqa: E731
+            "type": "object",
+            "properties": {
+                "item_id": {"type": "string", "const": item_id},
+                "rating": {"type": "integer", "minimum": 1, "maximum": 5},
+            },
+            "required": ["item_id", "rating"],
+            "additionalProperties": False,
+        }
+        # exactly these positions; llama.cpp rejects `"items": false`, min/max pin the length
+        ratings = {
+            "type": "array",
+            "prefixItems": [entry(i) for i in item_ids],
+            "minItems": len(item_ids),
+            "maxItems": len(item_ids),
+        }
+    else:
+        raise ValueError(f"rating answer layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     return {
         "type": "object",
-        "properties": {
-            "ratings": {
-                "type": "array",
-                # exactly these positions; llama.cpp rejects `"items": false`, min/max pin the length
-                "prefixItems": [entry(i) for i in item_ids],
-                "minItems": len(item_ids),
-                "maxItems": len(item_ids),
-            }
-        },
+        "properties": {"ratings": ratings},
         "required": ["ratings"],
         "additionalProperties": False,
     }
+
+
+def schema_item_ids(schema: dict) -> list[str] | None:
+    """The ids a rating schema (either layout) asks for, or None for another schema."""
+    ratings = (schema.get("properties") or {}).get("ratings") or {}
+    if "prefixItems" in ratings:
+        return [p["properties"]["item_id"]["const"] for p in ratings["prefixItems"]]
+    match = re.match(r"ratings of item_ids (\[.*\]) in this order$", ratings.get("description") or "")
+    return [str(i) for i in json.loads(match.group(1))] if match else None
+
+
+def ids_json(item_ids: list[str]) -> str:
+    return json.dumps([str(i) for i in item_ids])
 
 
 @dataclass
@@ -84,9 +119,12 @@ def load_json(text: str | None) -> object:
 
 
 def parse_ratings(text: str, item_ids: list[str]) -> ParsedRatings:
-    """Keep every valid requested pair; describe every problem in words a model can act on."""
+    """Keep every valid requested pair; describe every problem in words a model can act on.
+
+    Either layout is read: {"ratings": [{"item_id": .., "rating": ..}, ...]} by id, or
+    {"ratings": [r1, ..., rn]} (or a bare [r1, ...]) by position, which must then hold exactly one
+    rating per requested id."""
     out = ParsedRatings()
-    requested = set(item_ids)
     try:
         data = load_json(text or "")
     except json.JSONDecodeError as exc:
@@ -96,6 +134,29 @@ def parse_ratings(text: str, item_ids: list[str]) -> ParsedRatings:
     if not isinstance(entries, list):
         out.problems.append('expected an object {"ratings": [...]}')
         return out
+    if entries and not any(isinstance(e, dict) for e in entries):
+        _read_positions(entries, item_ids, out)
+    else:
+        _read_entries(entries, item_ids, out)
+    missing = out.missing(item_ids)
+    if missing:
+        out.problems.append(f"missing item_ids {missing}")
+    return out
+
+
+def _read_positions(entries: list, item_ids: list[str], out: ParsedRatings) -> None:
+    if len(entries) != len(item_ids):
+        out.problems.append(f"expected {len(item_ids)} ratings, one per numbered item, got {len(entries)}")
+        return
+    for position, (item_id, raw) in enumerate(zip(item_ids, entries, strict=True), start=1):
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw != int(raw) or not 1 <= raw <= 5:
+            out.problems.append(f"rating {position} ({raw!r}) is not an integer 1..5")
+        else:
+            out.ratings[item_id] = int(raw)
+
+
+def _read_entries(entries: list, item_ids: list[str], out: ParsedRatings) -> None:
+    requested = set(item_ids)
     seen: set[str] = set()
     for raw in entries:
         try:
@@ -118,10 +179,6 @@ def parse_ratings(text: str, item_ids: list[str]) -> ParsedRatings:
     # an id answered twice is ambiguous: ask again rather than guess which one was meant
     for dup in {p.split("'")[1] for p in out.problems if "more than once" in p}:
         out.ratings.pop(dup, None)
-    missing = out.missing(item_ids)
-    if missing:
-        out.problems.append(f"missing item_ids {missing}")
-    return out
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -184,6 +241,8 @@ def _count(value: Any) -> int | None:
 _ENTRY = re.compile(r"\{[^{}]*\}")
 _ENTRY_ID = re.compile(r'"item_id"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|([^,}\s]+))')
 _ENTRY_RATING = re.compile(r'"rating"\s*:\s*"?([1-5])(?![\d.])')
+_POSITIONS = re.compile(r"\[([\s\d,.\-]*)\]")  # the positional ratings array
+_POSITION_DIGIT = re.compile(r"(?<![\d.])([1-5])(?![\d.])")
 SCALE_DIGITS = "12345"
 
 
@@ -204,7 +263,7 @@ def digit_distributions(content: str, tokens: list[dict]) -> list[list[float]]:
     if start < 0:
         return []
     pos, out = -start, []
-    for token, piece in zip(tokens, pieces):
+    for token, piece in zip(tokens, pieces, strict=True):
         digit = (token.get("token") or "").strip()
         if len(digit) == 1 and digit in SCALE_DIGITS and 0 <= pos and pos + len(piece) <= len(data):
             p = [0.0] * 5
@@ -221,7 +280,8 @@ def digit_distributions(content: str, tokens: list[dict]) -> list[list[float]]:
 
 def rating_distributions(content: str, digits: list[list[float]] | None, item_ids: list[str]) -> dict[str, list[float]]:
     """{item_id: [p1..p5]} for the requested ids whose rating digit has a distribution in `digits`
-    (from `digit_distributions`); ids without one are left out."""
+    (from `digit_distributions`); ids without one are left out. Both layouts: by id, or by position
+    (the i-th digit of the ratings array is the i-th requested id's, when the array holds one per id)."""
     if not digits:
         return {}
     by_offset = {int(d[0]): [float(x) for x in d[1:6]] for d in digits}
@@ -234,6 +294,16 @@ def rating_distributions(content: str, digits: list[list[float]] | None, item_id
         offset = len(content[: entry.start() + rating.start(1)].encode())
         if item_id in wanted and offset in by_offset:
             out[item_id] = by_offset[offset]
+    if out or not content:
+        return out
+    array = _POSITIONS.search(content)
+    if array:
+        ratings = list(_POSITION_DIGIT.finditer(array.group(1)))
+        if len(ratings) == len(item_ids):
+            for item_id, match in zip(item_ids, ratings, strict=True):
+                offset = len(content[: array.start(1) + match.start(1)].encode())
+                if offset in by_offset:
+                    out[item_id] = by_offset[offset]
     return out
 
 

@@ -8,12 +8,14 @@ of the user's. A set may hold only some prompts; the others come from prompts/.
 from __future__ import annotations
 
 import hashlib
-import json
+import re
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
+
+from doppel.tasks.llm.schemas import LAYOUTS, ids_json  # noqa: F401 - ids_json re-exported
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 PROMPT_NAMES = ("system", "profile_create", "profile_refine", "profile_update", "profile_repair", "rating", "repair")
@@ -103,5 +105,31 @@ def all_prompt_hashes(prompts: str = "compact") -> dict[str, str]:
     return {name: prompt_hash(name, prompts) for name in PROMPT_NAMES}
 
 
-def ids_json(item_ids: list[str]) -> str:
-    return json.dumps(list(item_ids))
+LAYOUT_MARK = re.compile(r"\{#-?\s*answer:\s*(\w+)\s*-?#\}")
+
+
+@cache
+def answer_layout(prompts: str = "compact") -> str:
+    """The rating answer layout of a prompt set (schemas.LAYOUTS): "positions" unless its rating template
+    declares another in a Jinja comment, as the seed's does: `{# answer: item_ids #}`."""
+    folder = prompt_dir(prompts)
+    own = folder / "rating.md"
+    match = LAYOUT_MARK.search((own if own.exists() else PROMPT_DIR / "rating.md").read_text())
+    layout = match.group(1) if match else "positions"
+    if layout not in LAYOUTS:
+        raise ValueError(f"prompt set {prompts!r}: rating.md declares answer {layout!r}, not one of {LAYOUTS}")
+    return layout
+
+
+def rating_variables(item_ids: list[str], layout: str, constrained: bool, asked: list[str] | None = None) -> dict:
+    """What the rating and repair templates need about the ids: `item_ids_json` (the ids asked),
+    `layout`, `numbers` (the asked items' numbers in the rating prompt) and `ids_line` (show the
+    ids: always in the item_ids layout; in the positional one only when no schema carries them)."""
+    asked = item_ids if asked is None else asked
+    position = {item_id: n for n, item_id in enumerate(item_ids, start=1)}
+    return {
+        "item_ids_json": ids_json(asked),
+        "layout": layout,
+        "numbers": [position[i] for i in asked],
+        "ids_line": layout == "item_ids" or not constrained,
+    }

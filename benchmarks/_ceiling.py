@@ -1,0 +1,92 @@
+"""llama.cpp's own rates on this machine: the ceiling every embedded figure is divided by.
+
+The embedded server doppel starts (xllamacpp, the default model), asked directly over HTTP with no
+doppel in between: prompt tokens/s (P distinct ~rating-sized prompts at once, one token generated,
+prompt cache off) and generated tokens/s (P short prompts at once, a fixed number of tokens each,
+end-of-sequence ignored) at P = 1, 2, 4 parallel sequences, each on a server started with P slots.
+Aggregate rate = tokens of all P sequences / wall of the round; the median of `rounds` rounds.
+"""
+
+from __future__ import annotations
+
+import secrets
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from doppel.tasks.llm.embedded import EmbeddedServer
+
+FILLER = (
+    "Toy Story (1995) | Animation, Children's, Comedy | A cowboy doll is profoundly threatened and jealous when a "
+    "new spaceman figure supplants him as top toy in a boy's room. "
+)
+
+
+def _post(url: str, body: dict) -> dict:
+    return httpx.post(url, json=body, timeout=900).json()
+
+
+def _round(server: EmbeddedServer, bodies: list[dict]) -> tuple[float, list[dict]]:
+    url = server.address + "/completion"
+    started = time.monotonic()
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda b: _post(url, b), bodies))
+    return time.monotonic() - started, answers
+
+
+def measure(server: EmbeddedServer, parallel: int, prompt_tokens: int = 700, gen_tokens: int = 64, rounds: int = 3):
+    """{prompt_tps, gen_tps} aggregate over `parallel` sequences (median of `rounds`)."""
+    repeat = max(1, prompt_tokens // 40)  # FILLER is ~40 tokens
+    prompt_rates, gen_rates = [], []
+    for _ in range(rounds):
+        # distinct first tokens: no sequence reuses another's prompt cache
+        bodies = [
+            {
+                "prompt": f"Session {secrets.token_hex(6)}.\n" + FILLER * repeat,
+                "n_predict": 1,
+                "cache_prompt": False,
+                "temperature": 0,
+            }
+            for _ in range(parallel)
+        ]
+        wall, answers = _round(server, bodies)
+        prompt_rates.append(sum(a["timings"]["prompt_n"] for a in answers) / wall)
+        bodies = [
+            {
+                "prompt": f"Session {secrets.token_hex(6)}. Write a long review of a movie:",
+                "n_predict": gen_tokens,
+                "ignore_eos": True,
+                "cache_prompt": False,
+                "temperature": 0,
+            }
+            for _ in range(parallel)
+        ]
+        wall, answers = _round(server, bodies)
+        # the short prompts' evaluation is inside the wall: subtract it at the measured prompt rate
+        prompt_n = sum(a["timings"]["prompt_n"] for a in answers)
+        gen_wall = max(1e-6, wall - prompt_n / prompt_rates[-1])
+        gen_rates.append(sum(a["timings"]["predicted_n"] for a in answers) / gen_wall)
+    return {"prompt_tps": statistics.median(prompt_rates), "gen_tps": statistics.median(gen_rates)}
+
+
+def ceiling(model: str, parallels: tuple[int, ...] = (1, 2, 4), rounds: int = 3, log=print) -> dict[int, dict]:
+    """{P: {prompt_tps, gen_tps}}: each P on a fresh server with P slots."""
+    out = {}
+    for parallel in parallels:
+        with EmbeddedServer.from_model(model, slots=parallel) as server:
+            _round(server, [{"prompt": "warm up", "n_predict": 4}])
+            out[parallel] = measure(server, parallel, rounds=rounds)
+        log(
+            f"  llama.cpp alone, {parallel} parallel sequence(s): prompt {out[parallel]['prompt_tps']:.0f} tok/s, "
+            f"generation {out[parallel]['gen_tps']:.1f} tok/s (aggregate)"
+        )
+    return out
+
+
+def ideal_seconds(prompt_tokens: float, gen_tokens: float, rates: dict) -> float:
+    """Wall of evaluating and generating these tokens at llama.cpp's own best rates."""
+    prompt_tps = max(r["prompt_tps"] for r in rates.values())
+    gen_tps = max(r["gen_tps"] for r in rates.values())
+    return prompt_tokens / prompt_tps + gen_tokens / gen_tps
