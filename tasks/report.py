@@ -47,6 +47,10 @@ NO_LEAK_NOTE = (
     "Profile updates were off (sim.update_profile = false): every rating call saw only the train "
     "split, so no held-out truth leaked into later batches."
 )
+NO_LATER_NOTE = (  # updates on, but each user's pairs fit in one batch: no update ever fed a rating call
+    "Profile updates were on (sim.update_profile = true), but 0 of {rated:,} rated pairs came after a user's "
+    "first batch, so no rating call saw an updated profile and no held-out truth leaked."
+)
 _CREATE_VIEW = re.compile(r"create\s+or\s+replace\s+view", re.IGNORECASE)
 
 
@@ -368,6 +372,8 @@ def render_report(data: ReportData) -> str:
             "activity": activity_plot(data.user_error),
         }
     update = bool(data.config.get("sim", {}).get("update_profile", False))
+    later, n_rated = int(data.overview["pairs_later_batches"]), int(data.overview["pairs_rated"])
+    leaks = update and later > 0  # truth leaks only into a batch rated after an update
     env = Environment(
         loader=FileSystemLoader(Path(__file__).parent),
         autoescape=select_autoescape(["html"]),
@@ -387,10 +393,10 @@ def render_report(data: ReportData) -> str:
         validation=validation_rows(data.validation),
         failed=data.failed.head(50).to_dict("records"),
         n_failed=len(data.failed),
-        leak_note=(LEAK_NOTE if update else NO_LEAK_NOTE).format(
-            later=int(data.overview["pairs_later_batches"]), rated=int(data.overview["pairs_rated"])
+        leak_note=(LEAK_NOTE if leaks else NO_LATER_NOTE if update else NO_LEAK_NOTE).format(
+            later=later, rated=n_rated
         ),
-        leaks=update,
+        leaks=leaks,
         config_json=json.dumps(data.config, indent=2, sort_keys=False),
         folds=", ".join(data.run.get("folds") or []),
     )

@@ -59,6 +59,15 @@ def test_report_numbers(html):
     assert "1 of 3 rated pairs" in html and "Truth leakage" in html  # update_profile is on in r1
 
 
+def test_leakage_is_warned_only_when_a_pair_was_rated_after_an_update(toy_db):
+    data = report.load_report_data(toy_db, "r1")  # update_profile on, 1 of 3 rated pairs after batch 0
+    assert "Truth leakage" in report.render_report(data)
+    data.overview = {**data.overview, "pairs_later_batches": 0}  # every user's pairs in their first batch
+    html = report.render_report(data)
+    assert "Truth leakage" not in html and "No leakage" in html and "0 of 3 rated pairs" in html
+    assert 'class="note warn" id="leak-note"' not in html
+
+
 def test_report_of_an_empty_run(toy_db, tmp_path):
     text = report.write_report(toy_db, "r2", tmp_path / "r2.html").read_text()
     assert "No rated pairs yet" in text and "No leakage" in text and not images(text)
