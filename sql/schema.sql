@@ -1,4 +1,5 @@
--- doppel's DuckDB schema: the only place tables are defined.
+-- doppel's core tables (and macros over them). Applied first; then every other sql/*.sql in name order
+-- (ensemble.sql, sandbox.sql, ...), then sql/migrations/ for older files, then the views (tasks/store/schema.py).
 -- Dataset tables are keyed by dataset name; run tables by run_id. Ids are strings.
 
 create table if not exists datasets (
@@ -106,10 +107,6 @@ create table if not exists simulated_ratings (
     rating_probs_draws integer,          -- samples: the valid draws behind rating_probs
     primary key (run_id, fold, user_id, item_id)
 );
--- files written before these columns existed
-alter table simulated_ratings add column if not exists rating_probs double[];
-alter table simulated_ratings add column if not exists rating_probs_source varchar;
-alter table simulated_ratings add column if not exists rating_probs_draws integer;
 
 create table if not exists llm_calls (
     call_key          varchar not null,  -- sha256(model, messages, params, sample index)

@@ -15,10 +15,22 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-ITEM_COLUMNS = ["item_id", "title", "year", "genres", "text"]
-USER_COLUMNS = ["user_id", "age", "gender", "occupation", "zip", "text"]
-RATING_COLUMNS = ["user_id", "item_id", "rating", "ts"]
-SPLIT_COLUMNS = ["fold", "split", "user_id", "item_id"]
+# a loader's frames have their table's columns (sql/schema.sql) minus `dataset`: ITEM_COLUMNS (items),
+# USER_COLUMNS (users), RATING_COLUMNS (ratings), SPLIT_COLUMNS (splits), read on first use
+_FRAME_TABLES = {
+    "ITEM_COLUMNS": "items",
+    "USER_COLUMNS": "users",
+    "RATING_COLUMNS": "ratings",
+    "SPLIT_COLUMNS": "splits",
+}
+
+
+def __getattr__(name: str) -> list[str]:
+    if name in _FRAME_TABLES:  # lazy: workers that never load a dataset never build the schema
+        from doppel.tasks.store.schema import frame_columns
+
+        return frame_columns(_FRAME_TABLES[name], ("dataset",))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class DataError(ValueError):

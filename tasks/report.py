@@ -1,7 +1,7 @@
 """Exploration and the run report: the sql/views of a DuckDB file, as frames and as one HTML page.
 
 Everything here reads the file on a short read-only connection, so it works beside a live run.
-The views are (re)declared as temporary views on that connection from sql/views/*.sql, so a file
+The views are (re)declared as temporary views on that connection from sql/ (in dependency order), so a file
 written by an older doppel (or before the views existed) is read with the checkout's definitions.
 The report is self-contained: plots are matplotlib PNGs inlined as base64, no scripts, no URLs.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,9 @@ import duckdb
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from doppel.tasks.paths import SQL_DIR
 from doppel.tasks.store.db import connect
+from doppel.tasks.store.schema import declare_temp_views, view_files
 
-VIEWS_DIR = SQL_DIR / "views"
 TEMPLATE = "report_template.html"
 SCALE = (1, 2, 3, 4, 5)
 # (metric, label, format, better): better is "low", "high" or "" (no winner is marked)
@@ -51,22 +49,14 @@ NO_LATER_NOTE = (  # updates on, but each user's pairs fit in one batch: no upda
     "Profile updates were on (sim.update_profile = true), but 0 of {rated:,} rated pairs came after a user's "
     "first batch, so no rating call saw an updated profile and no held-out truth leaked."
 )
-_CREATE_VIEW = re.compile(r"create\s+or\s+replace\s+view", re.IGNORECASE)
 
 
 # ----------------------------------------------------------------------------- exploration
 
 
 def view_names() -> list[str]:
-    """The views doppel defines (sql/views/<name>.sql), sorted."""
-    return sorted(p.stem for p in VIEWS_DIR.glob("*.sql"))
-
-
-def _declare_views(con: duckdb.DuckDBPyConnection) -> None:
-    """Declare every view as a temporary view on this (read-only) connection; it shadows a stored one."""
-    for name in view_names():
-        text = (VIEWS_DIR / f"{name}.sql").read_text()
-        con.execute(_CREATE_VIEW.sub("create or replace temp view", text, count=1))
+    """The views doppel defines (sql/staging/ and sql/views/, <name>.sql), sorted."""
+    return sorted(view_files())
 
 
 def run_sql(db: str | Path, sql: str, limit: int | None = None, files: bool = False) -> tuple[pd.DataFrame, bool]:
@@ -76,7 +66,7 @@ def run_sql(db: str | Path, sql: str, limit: int | None = None, files: bool = Fa
     INSTALL): unless `files`, the SQL sees only the database, and cannot change that setting back.
     """
     with connect(db, read_only=True) as con:
-        _declare_views(con)
+        declare_temp_views(con)
         if not files:
             con.execute("set enable_external_access = false")
             con.execute("set lock_configuration = true")
@@ -94,7 +84,7 @@ def read_view(
     if name not in view_names():
         raise ValueError(f"no view {name!r}; views: {', '.join(view_names())}")
     with connect(db, read_only=True) as con:
-        _declare_views(con)
+        declare_temp_views(con)
         frame = _rows(con, name, run_id, limit=None if limit is None else limit + 1)
     return _cut(frame, limit)
 
@@ -144,7 +134,7 @@ class ReportData:
 def load_report_data(db: str | Path, run_id: str) -> ReportData:
     """Read one run's rows from the views and tables on one short read-only connection."""
     with connect(db, read_only=True) as con:
-        _declare_views(con)
+        declare_temp_views(con)
         runs = _rows(con, "runs", run_id)
         if runs.empty:
             known = con.table("runs").df()["run_id"].tolist()
@@ -281,7 +271,7 @@ def activity_bins(user_error: pd.DataFrame, max_bins: int = 5) -> pd.DataFrame:
     )
     out["rmse"] = (out["sq"] / out["pairs"]) ** 0.5
     out["mae"] = out["ab"] / out["pairs"]
-    out["bin"] = [f"{lo}" if lo == hi else f"{lo}–{hi}" for lo, hi in zip(out["lo"], out["hi"])]
+    out["bin"] = [f"{lo}" if lo == hi else f"{lo}–{hi}" for lo, hi in zip(out["lo"], out["hi"], strict=True)]
     return out.reset_index(drop=True)[["bin", "users", "pairs", "rmse", "mae"]]
 
 
@@ -299,7 +289,7 @@ def activity_plot(user_error: pd.DataFrame) -> str:
     for offset, metric, color in ((-0.2, "rmse", "#4c72b0"), (0.2, "mae", "#55a868")):
         bars = right.bar(x + offset, bins[metric], width=0.4, label=metric.upper(), color=color)
         right.bar_label(bars, fmt="%.2f", fontsize=8, padding=1)
-    right.set_xticks(x, [f"{b}\n{u} users" for b, u in zip(bins["bin"], bins["users"])], fontsize=8)
+    right.set_xticks(x, [f"{b}\n{u} users" for b, u in zip(bins["bin"], bins["users"], strict=True)], fontsize=8)
     right.set_xlabel("train ratings per user (quantile bins)")
     right.set_title("Pooled error by activity", loc="left")
     right.set_ylim(0, max(float(bins[["rmse", "mae"]].max().max()), 0.01) * 1.3)

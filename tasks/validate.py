@@ -8,7 +8,10 @@ expectation, so "one row per requested pair" is checked here with pandas and rep
 pseudo-expectation `one_row_per_requested_pair`. A check that needs Python (a profile's text is
 degenerate: tasks/llm/profile_text.py, the same function that makes the gateway re-ask it) is a
 computed column: a suite lists it under `meta.computed_columns`, `COMPUTED_COLUMNS` says how to
-compute it, and the suite's expectations check it like any column.
+compute it, and the suite's expectations check it like any column. A suite of a table names it in
+`meta.table`; its column check takes the suite parameter `table_columns`, filled here with the
+table's columns as sql/ defines them (tasks/store/schema.py), then `meta.extra_columns` (columns
+its query adds) and `meta.computed_columns`: no suite keeps its own copy of a table's columns.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ import pandas as pd
 
 from doppel.tasks.llm.profile_text import profile_problems
 from doppel.tasks.paths import EXPECTATIONS_DIR
+from doppel.tasks.store.schema import table_columns
 
 SUITES_DIR = EXPECTATIONS_DIR
 PAIR_CHECK = "one_row_per_requested_pair"
 PAIR_COLUMNS = ["fold", "user_id", "item_id"]
 RUN_PARAMETER = "expected_run_ids"
+COLUMNS_PARAMETER = "table_columns"
 _RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": 5}
 _DETAIL_KEYS = ("observed_value", "unexpected_count", "unexpected_percent", "partial_unexpected_list")
 _LOCK = threading.Lock()  # one shared GX context; validations run one at a time
@@ -160,10 +165,16 @@ def validate_frame(
         if expected_run_id is None:
             raise ValueError(f"suite {suite_name!r} needs expected_run_id")
         values[RUN_PARAMETER] = [expected_run_id]
+    meta = suite.meta or {}
+    if COLUMNS_PARAMETER in params:
+        if "table" not in meta:
+            raise ValueError(f"suite {suite_name!r} uses {COLUMNS_PARAMETER} but names no meta.table")
+        extra = [*meta.get("extra_columns", []), *meta.get("computed_columns", [])]
+        values[COLUMNS_PARAMETER] = [*table_columns(meta["table"]), *extra]
     if unknown := params - values.keys():
         raise ValueError(f"suite {suite_name!r} uses unsupported parameters {sorted(unknown)}")
 
-    for name in (suite.meta or {}).get("computed_columns", []):
+    for name in meta.get("computed_columns", []):
         if name not in df.columns:
             df = df.assign(**{name: COMPUTED_COLUMNS[name](df)})
     with _LOCK:

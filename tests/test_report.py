@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from doppel.tasks import report
-from tests.test_views import VIEWS, make_toy_db
+from tests.test_views import STAGING, VIEWS, make_toy_db
 
 SECTIONS = ["overview", "fidelity", "distributions", "activity", "costs", "validation", "failed", "config"]
 IMAGES = ["img-histogram", "img-confusion", "img-activity"]
@@ -123,7 +123,7 @@ def test_cli_sql_and_report(toy_db, tmp_path):
 
     runner = CliRunner()
     listed = runner.invoke(app, ["sql", "--list"])
-    assert listed.exit_code == 0 and listed.output.split() == VIEWS
+    assert listed.exit_code == 0 and listed.output.split() == sorted(STAGING + VIEWS)
     shown = runner.invoke(app, ["sql", "--db", str(toy_db), "--view", "failed_pairs", "--run-id", "r1"])
     assert shown.exit_code == 0, shown.output
     assert "missing" in shown.output and "1 row" in shown.output

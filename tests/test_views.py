@@ -1,4 +1,5 @@
-"""sql/views/*.sql on a tiny hand-made DuckDB file: every number checked by hand.
+"""sql/ on a tiny hand-made DuckDB file: the schema (tables, migrations, views in dependency order, column
+lists) and every view's numbers, checked by hand.
 
 The toy run r1 (dataset toy, fold f1):
   u1 train {i4}; test i1 (real 5, simulated 4, batch 0), i2 (real 3, simulated 3, batch 1), i3 (failed, batch 1)
@@ -17,7 +18,10 @@ import duckdb
 import pytest
 
 from doppel.tasks.store.db import init_db
+from doppel.tasks.store.schema import apply_schema, table_columns, table_files, view_files, views_in_order
 
+STAGING = ["stg_simulated_pairs"]
+RATING_MARTS = ["confusion_matrix", "failed_pairs", "rating_distributions", "rating_histograms", "user_error"]
 VIEWS = [
     "confusion_matrix",
     "failed_pairs",
@@ -129,19 +133,32 @@ def test_views_install_on_an_empty_database(tmp_path):
     try:
         installed = {r[0] for r in con.sql("select view_name from duckdb_views() where not internal").fetchall()}
         assert set(VIEWS) <= installed
-        for view in VIEWS:
+        for view in STAGING + VIEWS:
             assert con.sql(f"select count(*) from {view}").fetchall() == [(0,)]
     finally:
         con.close()
 
 
 def test_every_view_file_is_one_create_or_replace_ending_in_final():
-    views_dir = Path(__file__).resolve().parents[1] / "sql" / "views"
-    assert sorted(p.stem for p in views_dir.glob("*.sql")) == VIEWS
-    for path in views_dir.glob("*.sql"):
+    files = view_files()
+    assert sorted(files) == sorted(STAGING + VIEWS)
+    for name, path in files.items():
         text = path.read_text()
-        assert f"create or replace view {path.stem} as" in text
+        assert f"create or replace view {name} as" in text
         assert text.rstrip().endswith("select * from final"), path.name
+
+
+def test_the_rating_views_take_the_shared_join_from_the_staging_view():
+    files = view_files()
+    for name in RATING_MARTS:
+        text = files[name].read_text()
+        assert (
+            "from stg_simulated_pairs" in text
+            and "from simulated_ratings" not in text
+            and "join" not in text.split("from stg")[0]
+        ), name
+    order = [name for name, _ in views_in_order()]
+    assert all(order.index("stg_simulated_pairs") < order.index(name) for name in RATING_MARTS)
 
 
 def test_user_error(toy_db):
@@ -251,15 +268,18 @@ def test_run_overview(toy_db):
     assert (r2["users"], r2["pairs"], r2["pairs_failed"], r2["wall_s"]) == (0, 0, 0, pytest.approx(30.0))
 
 
+OLD_SIMULATED_RATINGS = (  # as doppel wrote it before 2026-12-02
+    "create table simulated_ratings (run_id varchar not null, fold varchar not null, user_id varchar "
+    "not null, item_id varchar not null, rating integer, status varchar not null, reason varchar, "
+    "batch integer not null, attempts integer not null, call_key varchar, "
+    "primary key (run_id, fold, user_id, item_id))"
+)
+
+
 def test_a_file_from_before_rating_probs_gains_the_column_and_keeps_its_rows(tmp_path):
     db = str(tmp_path / "old.duckdb")
     con = duckdb.connect(db)
-    con.execute(
-        "create table simulated_ratings (run_id varchar not null, fold varchar not null, user_id varchar "
-        "not null, item_id varchar not null, rating integer, status varchar not null, reason varchar, "
-        "batch integer not null, attempts integer not null, call_key varchar, "
-        "primary key (run_id, fold, user_id, item_id))"
-    )
+    con.execute(OLD_SIMULATED_RATINGS)
     con.execute("insert into simulated_ratings values ('old', 'u1', '1', '2', 4, 'ok', null, 0, 1, 'k')")
     con.close()
     init_db(db)
@@ -271,3 +291,98 @@ def test_a_file_from_before_rating_probs_gains_the_column_and_keeps_its_rows(tmp
     finally:
         con.close()
     assert got == [(4, None)] and columns[-3:] == ["rating_probs", "rating_probs_source", "rating_probs_draws"]
+
+
+def test_the_migration_runs_once_and_is_recorded(tmp_path):
+    db = str(tmp_path / "old.duckdb")
+    con = duckdb.connect(db)
+    con.execute(OLD_SIMULATED_RATINGS)
+    con.close()
+    assert init_db(db) == [1] and init_db(db) == []  # 001 ran on the old file, then never again
+    con = duckdb.connect(db, read_only=True)
+    try:
+        assert con.execute("select version, name, applied from schema_migrations").fetchall() == [
+            (1, "001_simulated_ratings_rating_probs", True)
+        ]
+    finally:
+        con.close()
+
+
+def test_a_new_file_records_the_migrations_without_running_them(tmp_path):
+    db = str(tmp_path / "new.duckdb")
+    assert init_db(db) == []
+    con = duckdb.connect(db, read_only=True)
+    try:
+        assert con.execute("select version, applied from schema_migrations").fetchall() == [(1, False)]
+    finally:
+        con.close()
+
+
+def _copy_sql(tmp_path: Path) -> Path:
+    import shutil
+
+    from doppel.tasks.paths import SQL_DIR
+
+    return Path(shutil.copytree(SQL_DIR, tmp_path / "sql", ignore=shutil.ignore_patterns("__pycache__", "*.py")))
+
+
+def test_a_new_table_file_and_a_new_migration_are_picked_up_without_code(tmp_path):
+    sql = _copy_sql(tmp_path)
+    con = duckdb.connect(str(tmp_path / "db.duckdb"))
+    try:
+        apply_schema(con, sql)
+        (sql / "arena.sql").write_text("create table if not exists arena_lists (run_id varchar, item_id varchar);")
+        (sql / "migrations" / "002_arena_lists_rank.sql").write_text(
+            "alter table arena_lists add column if not exists rank integer;"
+        )
+        assert table_files(sql)[0].name == "schema.sql" and table_files(sql)[-1].name == "sandbox.sql"
+        assert apply_schema(con, sql) == [2]  # an existing file: the new migration runs, once
+        columns = [r[0] for r in con.execute("describe arena_lists").fetchall()]
+    finally:
+        con.close()
+    assert columns == ["run_id", "item_id", "rank"]
+    assert table_columns("arena_lists", sql) == ["run_id", "item_id"]  # as the table file defines it
+
+
+def test_views_are_created_in_dependency_order_not_file_name_order(tmp_path):
+    sql = _copy_sql(tmp_path)
+    (sql / "views" / "a_first_by_name.sql").write_text(
+        "create or replace view a_first_by_name as\nwith final as (select * from z_last_by_name)\nselect * from final"
+    )
+    (sql / "staging" / "z_last_by_name.sql").write_text(
+        "-- mentions a_first_by_name only in a comment\ncreate or replace view z_last_by_name as\n"
+        "with final as (select run_id from runs)\nselect * from final"
+    )
+    order = [name for name, _ in views_in_order(sql)]
+    assert order.index("z_last_by_name") < order.index("a_first_by_name")
+    con = duckdb.connect(":memory:")
+    try:
+        apply_schema(con, sql)
+        assert con.sql("select count(*) from a_first_by_name").fetchall() == [(0,)]
+    finally:
+        con.close()
+    (sql / "staging" / "z_last_by_name.sql").write_text(
+        "create or replace view z_last_by_name as\nwith final as (select * from a_first_by_name)\nselect * from final"
+    )
+    with pytest.raises(ValueError, match="cycle"):
+        views_in_order(sql)
+
+
+def test_column_lists_come_from_the_tables(tmp_path):
+    from doppel.tasks.records import ITEM_COLUMNS, SPLIT_COLUMNS
+    from doppel.tasks.store.writes import CALL_COLUMNS, RATING_COLUMNS
+
+    db = str(tmp_path / "db.duckdb")
+    init_db(db)
+    con = duckdb.connect(db, read_only=True)
+    try:
+        tables = [r[0] for r in con.execute("select table_name from duckdb_tables()").fetchall()]
+        stored = {t: [r[0] for r in con.execute(f"describe {t}").fetchall()] for t in tables}
+    finally:
+        con.close()
+    for table, columns in stored.items():
+        if table != "schema_migrations":
+            assert table_columns(table) == columns, table
+    assert ITEM_COLUMNS == stored["items"][1:] and SPLIT_COLUMNS == stored["splits"][1:]
+    assert RATING_COLUMNS == stored["simulated_ratings"][3:]
+    assert CALL_COLUMNS == [c for c in stored["llm_calls"] if c not in ("run_id", "fold", "user_id", "created_at")]

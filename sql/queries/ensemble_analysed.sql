@@ -2,3 +2,4 @@
 select item_id, source, status, n_pros, n_cons, error
 from item_analysis
 where dataset = $dataset and model = $model
+order by item_id, source

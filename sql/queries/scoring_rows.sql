@@ -1,7 +1,5 @@
--- every requested pair of a run with the truth and the train split it was simulated from
-select s.fold, s.user_id, s.item_id, s.rating as pred, s.status, s.batch, r.rating as truth, s.rating_probs
-from simulated_ratings s
-join runs using (run_id)
-join ratings r on r.dataset = runs.dataset and r.user_id = s.user_id and r.item_id = s.item_id
-where s.run_id = $run_id
-order by s.fold, s.user_id, s.item_id
+-- every requested pair of a run with the truth (failed pairs have pred null), in a fixed order
+select fold, user_id, item_id, simulated as pred, status, batch, real as truth, rating_probs
+from stg_simulated_pairs
+where run_id = $run_id
+order by fold, user_id, item_id

@@ -9,3 +9,4 @@ select
     ) as demographics
 from users
 where dataset = $dataset and user_id in (select unnest($user_ids::varchar[]))
+order by user_id

@@ -1,10 +1,9 @@
 -- every requested pair that got no rating, with the item title and why (a rerun retries them)
 create or replace view failed_pairs as
 with failed as (
-    select s.run_id, s.fold, s.user_id, s.item_id, s.reason, s.attempts, s.batch, runs.dataset
-    from simulated_ratings s
-    join runs using (run_id)
-    where s.status <> 'ok'
+    select run_id, fold, user_id, item_id, reason, attempts, batch, dataset
+    from stg_simulated_pairs
+    where status <> 'ok'
 ),
 final as (
     select f.run_id, f.fold, f.user_id, f.item_id, i.title, f.reason, f.attempts, f.batch

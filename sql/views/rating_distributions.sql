@@ -4,12 +4,10 @@
 -- uniform), and where the distribution came from (source: logprobs | samples, draws: how many).
 create or replace view rating_distributions as
 with pairs as (
-    select s.run_id, s.fold, s.user_id, s.item_id, s.rating as simulated, r.rating as real, s.rating_probs as p,
-           s.rating_probs_source as source, s.rating_probs_draws as draws
-    from simulated_ratings s
-    join runs using (run_id)
-    join ratings r on r.dataset = runs.dataset and r.user_id = s.user_id and r.item_id = s.item_id
-    where s.status = 'ok' and s.rating_probs is not null
+    select run_id, fold, user_id, item_id, simulated, real, rating_probs as p,
+           rating_probs_source as source, rating_probs_draws as draws
+    from stg_simulated_pairs
+    where status = 'ok' and rating_probs is not null
 ),
 final as (
     select

@@ -3,11 +3,9 @@
 -- fraction 0..1 of the source's pairs.
 create or replace view rating_histograms as
 with pairs as (
-    select s.run_id, s.fold, r.rating as real, s.rating as simulated
-    from simulated_ratings s
-    join runs using (run_id)
-    join ratings r on r.dataset = runs.dataset and r.user_id = s.user_id and r.item_id = s.item_id
-    where s.status = 'ok'
+    select run_id, fold, real, simulated
+    from stg_simulated_pairs
+    where status = 'ok'
 ),
 long as (
     select run_id, fold, 'real' as source, real as rating from pairs

@@ -3,10 +3,8 @@
 -- exact_pct is in percent (0..100), like the `exact` metric; n_train is the user's train-split ratings.
 create or replace view user_error as
 with pairs as (
-    select s.run_id, s.fold, s.user_id, s.status, s.rating as simulated, r.rating as real, runs.dataset
-    from simulated_ratings s
-    join runs using (run_id)
-    join ratings r on r.dataset = runs.dataset and r.user_id = s.user_id and r.item_id = s.item_id
+    select run_id, fold, user_id, status, simulated, real, dataset
+    from stg_simulated_pairs
 ),
 per_user as (
     select

@@ -29,22 +29,9 @@ from doppel.tasks.ensemble.voters import (
     user_like_rate,
 )
 from doppel.tasks.metrics import binary_metrics
+from doppel.tasks.store.schema import frame_columns
 
-VOTE_COLUMNS = [
-    "user_id",
-    "item_id",
-    "rating",
-    "truth_like",
-    "f_mat",
-    "f_mat_vote",
-    "f_sim",
-    "f_sim_vote",
-    "f_sta",
-    "f_sta_vote",
-    "ensemble",
-    "ensemble_score",
-    "decided_by",
-]
+VOTE_COLUMNS = frame_columns("votes", ("run_id", "fold"))  # sql/ensemble.sql; the insert binds run and fold
 
 
 def score_pairs(

@@ -14,10 +14,12 @@ from doppel.tasks.ensemble.keywords import ItemAnalysis
 from doppel.tasks.llm.templates import prompt_hash
 from doppel.tasks.paths import sql_text
 from doppel.tasks.store.db import connect, query, transaction
+from doppel.tasks.store.schema import frame_columns
 from doppel.tasks.store.writes import CALL_COLUMNS
 
-ANALYSIS_COLUMNS = ["item_id", "source", "status", "n_pros", "n_cons", "error", "call_key", "prompt_hash"]
-KEYWORD_COLUMNS = ["item_id", "source", "polarity", "keyword"]
+# the tables' columns (sql/ensemble.sql) minus the ones the insert binds itself or fills by default
+ANALYSIS_COLUMNS = frame_columns("item_analysis", ("dataset", "model", "run_id", "analysed_at"))
+KEYWORD_COLUMNS = frame_columns("item_keywords", ("dataset", "model", "run_id"))
 
 
 def ensure_tables(db: str | Path) -> None:

@@ -19,7 +19,8 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from doppel.tasks.paths import SQL_DIR, sql_text
+from doppel.tasks.paths import sql_text
+from doppel.tasks.store.schema import apply_schema, declare_temp_views
 
 _PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -98,7 +99,11 @@ def execute(
 
 
 def query(db_path: str | Path, name: str, read_only: bool = False, **params: Any) -> pd.DataFrame:
+    """A query file's rows. Read-only, the views are declared on the connection first, so a query over
+    them also reads a file written by an older doppel (whose stored views may predate them)."""
     with connect(db_path, read_only=read_only) as con:
+        if read_only:
+            declare_temp_views(con)
         out = execute(con, name, **params)
     return out if out is not None else pd.DataFrame()
 
@@ -115,12 +120,8 @@ def transaction(db_path: str | Path, name: str, frames: dict[str, pd.DataFrame] 
             raise
 
 
-def init_db(db_path: str | Path) -> None:
-    """Create every table (sql/schema.sql) and view (sql/views/*.sql); safe to repeat."""
+def init_db(db_path: str | Path) -> list[int]:
+    """Create every table, migrate an older file, (re)create every view (tasks/store/schema.py); safe to
+    repeat. Returns the migrations it ran."""
     with connect(db_path) as con:
-        con.execute(sql_text("schema.sql"))
-        con.execute(sql_text("ensemble.sql"))  # the ensemble simulator's tables (doppel ensemble)
-        con.execute(sql_text("sandbox.sql"))  # the agent sandbox's tables (doppel sandbox)
-        con.execute(sql_text("arena.sql"))  # the recommender arena's tables (doppel arena)
-        for view in sorted((SQL_DIR / "views").glob("*.sql")):
-            con.execute(view.read_text())
+        return apply_schema(con)

@@ -10,35 +10,12 @@ import pandas as pd
 
 from doppel.tasks.records import Dataset
 from doppel.tasks.store.db import transaction
+from doppel.tasks.store.schema import frame_columns
 
-PROFILE_COLUMNS = ["version", "stage", "text", "call_key"]
-RATING_COLUMNS = [
-    "item_id",
-    "rating",
-    "status",
-    "reason",
-    "batch",
-    "attempts",
-    "call_key",
-    "rating_probs",
-    "rating_probs_source",
-    "rating_probs_draws",
-]
-CALL_COLUMNS = [
-    "call_key",
-    "prompt_name",
-    "prompt_hash",
-    "model",
-    "status",
-    "cached",
-    "attempts",
-    "prompt_tokens",
-    "completion_tokens",
-    "latency_s",
-    "cached_prompt_tokens",
-    "error",
-    "response",
-]
+# the workers' rows as frames: each table's columns (sql/) minus the ones the insert binds itself
+PROFILE_COLUMNS = frame_columns("profiles", ("run_id", "fold", "user_id"))
+RATING_COLUMNS = frame_columns("simulated_ratings", ("run_id", "fold", "user_id"))
+CALL_COLUMNS = frame_columns("llm_calls", ("run_id", "fold", "user_id", "created_at"))
 
 
 def save_dataset(db: str | Path, ds: Dataset) -> None:
