@@ -16,10 +16,10 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from doppel.tasks.ensemble.store import save_metrics
 from doppel.tasks.rl import agents, rewards
 from doppel.tasks.rl.config import BASELINES, RLSettings
 from doppel.tasks.rl.env import DoppelRecEnv
+from doppel.tasks.rl.store import save_results
 from doppel.tasks.store.db import init_db
 from doppel.tasks.store.writes import finish_run, start_run
 from doppel.tasks.version import code_version
@@ -109,7 +109,7 @@ def rl(settings: RLSettings) -> dict:
             for name, stats in table.items()
             for metric, value in {**stats, "wall_s": timings[name]}.items()
         ]
-        save_metrics(settings.db, rl_id, pd.DataFrame(rows, columns=["fold", "simulator", "metric", "value"]))
+        save_results(settings.db, rl_id, pd.DataFrame(rows, columns=["fold", "simulator", "metric", "value"]))
         plot = settings.plot or str(Path(settings.db).resolve().parent / "rl_learning_curve.png")
         if curves:
             agents.plot_curves(

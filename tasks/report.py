@@ -140,19 +140,8 @@ def load_report_data(db: str | Path, run_id: str) -> ReportData:
             known = con.table("runs").df()["run_id"].tolist()
             hint = f"; runs: {', '.join(known[-10:])}" if known else "; it has no runs"
             raise ValueError(f"no run {run_id!r} in {db}{hint}")
-        frames = {
-            name: _rows(con, name, run_id)
-            for name in (
-                "run_overview",
-                "run_costs",
-                "rating_histograms",
-                "confusion_matrix",
-                "user_error",
-                "failed_pairs",
-                "metrics",
-                "validation_results",
-            )
-        }
+        names = "run_overview run_costs rating_histograms confusion_matrix user_error failed_pairs metrics validation_results"
+        frames = {name: _rows(con, name, run_id) for name in names.split()}
     run = runs.iloc[0].to_dict()
     config = json.loads(run["config"]) if isinstance(run["config"], str) else dict(run["config"] or {})
     return ReportData(

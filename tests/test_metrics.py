@@ -150,3 +150,45 @@ def test_metrics_table_long_format() -> None:
     assert overall.set_index("metric")["value"]["n"] == 6.0
     with pytest.raises(KeyError):
         metrics_table(frame, ["run_id"])
+
+
+# ----------------------------------------------------------------------------- scoring is pure
+
+
+def _metrics(db: str, run_id: str) -> pd.DataFrame:
+    import duckdb
+
+    con = duckdb.connect(db, read_only=True)
+    try:
+        return con.execute(
+            "select run_id, fold, simulator, metric, value from metrics where run_id = ? order by all", [run_id]
+        ).df()
+    finally:
+        con.close()
+
+
+@pytest.mark.slow
+def test_scoring_depends_only_on_the_rows_and_the_seed(prefect_server, llm_server, run_settings, tmp_path) -> None:
+    """One run scored three times, and the same run interrupted (pairs failed) then resumed in another
+    file: identical `metrics` rows, baselines (SVD's SGD follows its training rows' order) included."""
+    from doppel.flows.score import score_run
+    from doppel.flows.simulate import simulate
+
+    clean = run_settings(run_id="pure", users=8, llm={"repair_attempts": 0})
+    simulate(clean)
+    scored = [_metrics(clean.db, "pure")]
+    for _ in range(2):
+        score_run(db=clean.db, run_id="pure")
+        scored.append(_metrics(clean.db, "pure"))
+    assert len(scored[0]) > 20 and {"llm", "baseline:svd", "baseline:item_knn"} <= set(scored[0]["simulator"])
+    pd.testing.assert_frame_equal(scored[0], scored[1])
+    pd.testing.assert_frame_equal(scored[0], scored[2])
+
+    resumed = clean.model_copy(update={"db": str(tmp_path / "resumed" / "doppel.duckdb")})
+    llm_server.configure(faults={"missing_ids": 1.0})  # every rating answer drops one id: the run is incomplete
+    first = simulate(resumed)
+    assert first["failed_pairs"] > 0 and first["status"] != "finished"
+    llm_server.configure(faults={})
+    again = simulate(resumed)  # the same run id: resume retries the failed pairs
+    assert again["failed_pairs"] == 0 and again["status"] == "finished"
+    pd.testing.assert_frame_equal(_metrics(resumed.db, "pure"), scored[0])

@@ -15,7 +15,7 @@ from doppel.tasks.llm.templates import prompt_hash
 from doppel.tasks.paths import sql_text
 from doppel.tasks.store.db import connect, query, transaction
 from doppel.tasks.store.schema import frame_columns
-from doppel.tasks.store.writes import CALL_COLUMNS
+from doppel.tasks.store.writes import CALL_COLUMNS, write_checked
 
 # the tables' columns (sql/ensemble.sql) minus the ones the insert binds itself or fills by default
 ANALYSIS_COLUMNS = frame_columns("item_analysis", ("dataset", "model", "run_id", "analysed_at"))
@@ -96,7 +96,9 @@ def save_embeddings(db: str | Path, dataset: str, model: str, rows: pd.DataFrame
 
 
 def save_votes(db: str | Path, run_id: str, fold: str, votes: pd.DataFrame) -> None:
-    transaction(db, "ensemble_save_votes", {"new_votes": votes}, run_id=run_id, fold=fold)
+    """A fold's votes under the votes contract (expectations/votes.json): rows that break it are not stored."""
+    contracts = {"votes": "ensemble_votes_rows"}
+    write_checked(db, "ensemble_save_votes", {"new_votes": votes}, contracts, run_id, run_id=run_id, fold=fold)
 
 
 def save_metrics(db: str | Path, run_id: str, metrics: pd.DataFrame) -> None:

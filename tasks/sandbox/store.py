@@ -13,7 +13,7 @@ import pandas as pd
 
 from doppel.tasks.sandbox.records import Outcome
 from doppel.tasks.store.db import connect, execute, query, transaction
-from doppel.tasks.store.writes import CALL_COLUMNS
+from doppel.tasks.store.writes import CALL_COLUMNS, write_checked
 
 TABLES = (
     "sandbox_runs",
@@ -127,7 +127,9 @@ def outcome_frames(outcomes: list[Outcome], user_of: dict[str, str], embed) -> d
 
 
 def save_outcomes(db: str | Path, sandbox_id: str, round_no: int, frames: dict[str, pd.DataFrame]) -> None:
-    transaction(db, "sandbox_save_outcomes", frames, sandbox_id=sandbox_id, round=round_no)
+    """A round's outcomes under the sandbox_actions and sandbox_ratings contracts (expectations/)."""
+    contracts = {"sandbox_actions": "sandbox_round_actions", "sandbox_ratings": "sandbox_round_ratings"}
+    write_checked(db, "sandbox_save_outcomes", frames, contracts, sandbox_id, sandbox_id=sandbox_id, round=round_no)
 
 
 def finish_round(db: str | Path, sandbox_id: str, round_no: int, stats: dict) -> None:

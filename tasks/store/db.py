@@ -12,7 +12,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,8 @@ def execute(
         return out
     finally:
         for view in frames or {}:
-            con.unregister(view)
+            with contextlib.suppress(duckdb.Error):  # an aborted transaction refuses; the error that aborted it counts
+                con.unregister(view)
 
 
 def query(db_path: str | Path, name: str, read_only: bool = False, **params: Any) -> pd.DataFrame:
@@ -108,12 +109,21 @@ def query(db_path: str | Path, name: str, read_only: bool = False, **params: Any
     return out if out is not None else pd.DataFrame()
 
 
-def transaction(db_path: str | Path, name: str, frames: dict[str, pd.DataFrame] | None = None, **params: Any) -> None:
-    """Run a query file as one transaction on a short-lived connection."""
+def transaction(
+    db_path: str | Path,
+    name: str,
+    frames: dict[str, pd.DataFrame] | None = None,
+    check: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+    **params: Any,
+) -> None:
+    """Run a query file as one transaction on a short-lived connection; `check(con)` sees the written
+    rows before the commit, and whatever it raises rolls the transaction back."""
     with connect(db_path) as con:
         con.begin()
         try:
             execute(con, name, frames, **params)
+            if check is not None:
+                check(con)
             con.commit()
         except BaseException:
             con.rollback()

@@ -1,16 +1,26 @@
-"""Writes, each one transaction on a short connection (only the flow process calls these)."""
+"""Writes, each one transaction on a short connection (only the flow process calls these).
+
+`write_checked` is a write under contracts: each suite of expectations/ validates the rows the
+transaction wrote, read back before the commit, so rows that break a contract are never stored; each
+outcome is recorded in `validation_results` either way.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import duckdb
 import pandas as pd
 
 from doppel.tasks.records import Dataset
-from doppel.tasks.store.db import transaction
+from doppel.tasks.store.db import execute, transaction
 from doppel.tasks.store.schema import frame_columns
+
+if TYPE_CHECKING:
+    from doppel.tasks.validate import ValidationOutcome
 
 # the workers' rows as frames: each table's columns (sql/) minus the ones the insert binds itself
 PROFILE_COLUMNS = frame_columns("profiles", ("run_id", "fold", "user_id"))
@@ -105,3 +115,35 @@ def save_validation(db: str | Path, run_id: str, suite: str, success: bool, n_ro
 def save_metrics(db: str | Path, run_id: str, metrics: pd.DataFrame) -> None:
     """metrics: fold, simulator, metric, value (long format)."""
     transaction(db, "save_metrics", {"new_metrics": metrics[["fold", "simulator", "metric", "value"]]}, run_id=run_id)
+
+
+def write_checked(
+    db: str | Path,
+    name: str,
+    frames: dict[str, pd.DataFrame],
+    contracts: dict[str, str],
+    owner: str,
+    **params: Any,
+) -> None:
+    """Run write query `name` as one transaction, validated before it commits.
+
+    contracts: {suite: query} - each query (given `params`) reads back the rows the write made and the
+    suite checks them, with `owner` (the run or sandbox id) as the id every row must carry. A failed
+    suite rolls the write back and raises ValidationFailed naming what failed.
+    """
+    from doppel.tasks.validate import validate_frame, warm_up
+
+    warm_up(tuple(contracts))  # GX's import and the suites load before the file is locked
+    outcomes: list[ValidationOutcome] = []
+
+    def check(con: duckdb.DuckDBPyConnection) -> None:
+        for suite, rows in contracts.items():
+            outcomes.append(validate_frame(execute(con, rows, **params), suite, expected_run_id=owner))
+        for outcome in outcomes:
+            outcome.raise_for_failure()
+
+    try:
+        transaction(db, name, frames, check=check, **params)
+    finally:
+        for o in outcomes:
+            save_validation(db, owner, o.suite, o.success, o.n_rows, o.failures)
