@@ -23,6 +23,7 @@ from doppel.tasks.store.schema import apply_schema, table_columns, table_files, 
 STAGING = ["stg_simulated_pairs"]
 RATING_MARTS = ["confusion_matrix", "failed_pairs", "rating_distributions", "rating_histograms", "user_error"]
 VIEWS = [
+    "arena_scatter",
     "confusion_matrix",
     "failed_pairs",
     "profile_evolution",
@@ -331,17 +332,17 @@ def test_a_new_table_file_and_a_new_migration_are_picked_up_without_code(tmp_pat
     con = duckdb.connect(str(tmp_path / "db.duckdb"))
     try:
         apply_schema(con, sql)
-        (sql / "arena.sql").write_text("create table if not exists arena_lists (run_id varchar, item_id varchar);")
-        (sql / "migrations" / "002_arena_lists_rank.sql").write_text(
-            "alter table arena_lists add column if not exists rank integer;"
+        (sql / "zz_mode.sql").write_text("create table if not exists zz_lists (run_id varchar, item_id varchar);")
+        (sql / "migrations" / "999_zz_lists_rank.sql").write_text(
+            "alter table zz_lists add column if not exists rank integer;"
         )
-        assert table_files(sql)[0].name == "schema.sql" and table_files(sql)[-1].name == "sandbox.sql"
-        assert apply_schema(con, sql) == [2]  # an existing file: the new migration runs, once
-        columns = [r[0] for r in con.execute("describe arena_lists").fetchall()]
+        assert table_files(sql)[0].name == "schema.sql" and table_files(sql)[-1].name == "zz_mode.sql"
+        assert apply_schema(con, sql) == [999]  # an existing file: the new migration runs, once
+        columns = [r[0] for r in con.execute("describe zz_lists").fetchall()]
     finally:
         con.close()
     assert columns == ["run_id", "item_id", "rank"]
-    assert table_columns("arena_lists", sql) == ["run_id", "item_id"]  # as the table file defines it
+    assert table_columns("zz_lists", sql) == ["run_id", "item_id"]  # as the table file defines it
 
 
 def test_views_are_created_in_dependency_order_not_file_name_order(tmp_path):
