@@ -13,7 +13,8 @@ over train), a multinomial calibrator over 1..5 learned on the held-out train ra
 accuracy mode = argmin_k E[(k - r)^2] - beta * P(r = k) with beta picked on the slice
 (decode.choose_beta; beta = 0 is round(E[rating]) half up), realism mode = quantile matching of E[rating] to each user-activity bucket's train histogram, and the
 trade-off family in between (lam = 0 .. 1). Ablations drop one feature group (or change the slice,
-calibrator or refit). Features and per-fold results are cached (--cache-dir): a rerun or an
+calibrator or refit). Features and per-fold results are cached (--cache-dir), keyed on the arguments
+and on every input hashed whole (`inputs_hash`: doppel's source, library versions, data files): a rerun or an
 interrupted run resumes.
 
 Units: rmse on the 1..5 scale; exact and close (|err| <= 1) in %; tv = total-variation distance
@@ -45,6 +46,7 @@ import pickle
 import re
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -90,18 +92,26 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def source_hash(names: tuple[str, ...] | None = None) -> str:
-    """Hash of the fidelity code (or of the named tasks/fidelity modules): a cache entry is reused
-    only with the same code."""
+def inputs_hash(data_dir: Path) -> str:
+    """Everything a cached number depends on besides the arguments, hashed whole: doppel's source (every
+    file of the installed doppel package: tasks/, sql/, expectations/, the root package) and this script,
+    every installed distribution's version and the Python version, and every data file under data_dir.
+    A change in any of them (e.g. tasks/metrics.py, tasks/baselines.py, a new scikit-surprise) misses."""
+    import doppel
+    import doppel.expectations
+    import doppel.sql
+    import doppel.tasks
+
     h = hashlib.sha256()
-    paths = (
-        [REPO / "tasks" / "fidelity" / n for n in names]
-        if names
-        else sorted((REPO / "tasks" / "fidelity").glob("*.py")) + [Path(__file__)]
-    )
-    for path in paths:
-        h.update(path.read_bytes())
-    return h.hexdigest()[:12]
+    for root in sorted({Path(m.__file__).parent for m in (doppel, doppel.tasks, doppel.sql, doppel.expectations)}):
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            h.update(f"{root.name}/{path.relative_to(root)}\0".encode() + path.read_bytes())
+    h.update(Path(__file__).read_bytes())
+    versions = sorted(f"{d.metadata['Name']}=={d.version}".lower() for d in metadata.distributions())
+    h.update("\n".join([sys.version, *versions]).encode())
+    for path in sorted(p for p in Path(data_dir).rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(data_dir)}\0".encode() + path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def cached(cache_dir: Path, key: dict, compute):
@@ -257,7 +267,7 @@ def fold_predictions(
         "users": args.users,
         "seed": args.seed,
         "n": len(pairs),
-        "code": source_hash(("features.py", "hybrid.py")),
+        "code": code,
         "pairs": _frame_hash(pairs),
     }
 
@@ -511,7 +521,11 @@ def main(argv: list[str] | None = None) -> int:
     data, items = load_folds(args.data_dir, folds)
     llm_all = llm_rows(args.db, args.llm_run_id) if args.llm_run_id else None
     slice_all = slice_run_rows(args.db, args.llm_slice_run_id, args.seed) if args.llm_slice_run_id else None
-    code = source_hash()
+    t0 = time.monotonic()
+    code = inputs_hash(args.data_dir)
+    log(
+        f"cache key of the inputs (doppel's source, library versions, data files): {code} ({time.monotonic() - t0:.1f} s)"
+    )
     parts, gaps, input_gaps, dist_gaps = [], {}, {}, {}
     for fold in folds:
         t_fold = time.monotonic()

@@ -192,3 +192,29 @@ def test_scoring_depends_only_on_the_rows_and_the_seed(prefect_server, llm_serve
     again = simulate(resumed)  # the same run id: resume retries the failed pairs
     assert again["failed_pairs"] == 0 and again["status"] == "finished"
     pd.testing.assert_frame_equal(_metrics(resumed.db, "pure"), scored[0])
+
+
+def test_the_fidelity_benchmarks_cache_key_covers_data_files_and_library_versions(tmp_path, monkeypatch) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity.py"
+    spec = importlib.util.spec_from_file_location("fidelity_benchmark", script)
+    fidelity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fidelity)
+    data = tmp_path / "ml"
+    data.mkdir()
+    (data / "u.data").write_text("1\t2\t5\t881250949\n")
+    key = fidelity.inputs_hash(data)
+    assert fidelity.inputs_hash(data) == key  # stable
+    (data / "u.data").write_text("1\t2\t4\t881250949\n")
+    changed = fidelity.inputs_hash(data)
+    assert changed != key  # a data file changed
+    real = fidelity.metadata.distributions
+
+    class Bumped:
+        metadata = {"Name": "scikit-surprise"}
+        version = "99.0"
+
+    monkeypatch.setattr(fidelity.metadata, "distributions", lambda: [*real(), Bumped()])
+    assert fidelity.inputs_hash(data) != changed  # a library version changed
