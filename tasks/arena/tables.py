@@ -6,10 +6,11 @@ import pandas as pd
 
 from doppel.tasks.arena.zoo import Entrant
 from doppel.tasks.store.db import transaction
+from doppel.tasks.store.schema import table_columns
 from doppel.tasks.validate import ValidationOutcome, validate_frame
 
-LIST_COLUMNS = ["run_id", "fold", "protocol", "recommender", "user_id", "item_id", "rank", "score"]
-JUDGMENT_COLUMNS = ["run_id", "fold", "protocol", "user_id", "item_id", "judge", "rating", "p_like"]
+LIST_COLUMNS = table_columns("arena_lists")  # sql/arena.sql
+JUDGMENT_COLUMNS = table_columns("arena_judgments")
 RATING_JUDGES = ("real", "hybrid:accuracy", "hybrid:realism", "hybrid:draw")
 
 
