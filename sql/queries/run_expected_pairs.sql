@@ -23,3 +23,4 @@ rated as (
 select fold, user_id, item_id
 from rated, run_cfg
 where run_cfg.cap is null or position <= run_cfg.cap
+order by fold, user_id, item_id
