@@ -36,7 +36,7 @@ def _round(server: EmbeddedServer, bodies: list[dict]) -> tuple[float, list[dict
     return time.monotonic() - started, answers
 
 
-def measure(server: EmbeddedServer, parallel: int, prompt_tokens: int = 700, gen_tokens: int = 64, rounds: int = 3):
+def measure(server: EmbeddedServer, parallel: int, prompt_tokens: int = 700, gen_tokens: int = 32, rounds: int = 3):
     """{prompt_tps, gen_tps} aggregate over `parallel` sequences (median of `rounds`)."""
     repeat = max(1, prompt_tokens // 40)  # FILLER is ~40 tokens
     prompt_rates, gen_rates = [], []
@@ -90,3 +90,24 @@ def ideal_seconds(prompt_tokens: float, gen_tokens: float, rates: dict) -> float
     prompt_tps = max(r["prompt_tps"] for r in rates.values())
     gen_tps = max(r["gen_tps"] for r in rates.values())
     return prompt_tokens / prompt_tps + gen_tokens / gen_tps
+
+
+def header(title: str, model: str) -> str:
+    """The results file's first lines: date, command, commit, machine (cores, model) and its load."""
+    import datetime
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"# {title}\n\n"
+        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n"
+        f"- command: `python {' '.join(sys.argv)}`\n"
+        f"- commit: {commit}{' (with uncommitted changes)' if dirty.stdout.strip() else ''}\n"
+        f"- machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; model {model}\n"
+        f"- load average (1, 5, 15 min) at start: {load} (the machine is shared; 2 cores)\n"
+    )

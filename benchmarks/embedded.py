@@ -1,221 +1,190 @@
-"""Embedded models, measured: load time, tokens/s, seconds per rating call (prefix cache cold and
-warm), JSON validity before repair, rating histogram, and fidelity against the CF baselines on
-ML-100K users.
+"""The embedded model against llama.cpp's own ceiling: seconds per user, old layout vs new, on ML-100K.
 
-    python benchmarks/embedded.py --model qwen2.5-0.5b --users 20
-    python benchmarks/embedded.py --users 0      # the model alone: load, calls, logprobs cost (minutes)
+    python benchmarks/embedded.py --users 10            # ceiling, then old and new alternating per user
+    python benchmarks/embedded.py --users 0             # the ceiling alone
 
-Last line: RESULT model=<name> s_per_call=<x> valid_pct=<x> rmse=<x> logprobs_ratio=<x>
-(logprobs_ratio: seconds of a warm rating call with token logprobs over the same call without)
+1. Ceiling (benchmarks/_ceiling.py): llama.cpp's own prompt and generated tokens/s at 1, 2 and 4
+   parallel sequences with the default model, no doppel in between.
+2. The same seeded ML-100K users simulated twice on one embedded server, alternating which layout
+   goes first: old (`--prompts seed`: the seed's verbose prompts, {item_id, rating} objects) and new
+   (the default: compact prompts, ratings by position). Each user is doppel's real chain
+   (`simulate_user`: profile create/refine, rating batches, profile updates) through the real gateway
+   (cache in a fresh folder, so every call is made), timed from its first call to its last.
+ceiling_ratio = the wall llama.cpp's best rates give for the tokens the new runs evaluated (prompt
+tokens not reused from the server's cache) and generated / the new runs' wall. valid_pct = rating
+calls whose first answer was valid. rmse_delta = RMSE(new) - RMSE(old) on the same pairs; its upper
+bound is the 97.5th percentile of a paired bootstrap over users.
+
+Last line: RESULT s_per_user=<median new> ceiling_ratio=<x> valid_pct=<x> rmse_delta=<x> rmse_delta_hi=<x>
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import duckdb
-import httpx
+import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
+import _ceiling  # noqa: E402
+
+from doppel.tasks.llm.cache import ResponseCache  # noqa: E402
 from doppel.tasks.llm.embedded import EmbeddedServer  # noqa: E402
-from doppel.tasks.llm.gateway import TOP_LOGPROBS  # noqa: E402
-from doppel.tasks.llm.schemas import ratings_json_schema  # noqa: E402
-from doppel.tasks.llm.templates import render  # noqa: E402
-from doppel.tasks.records import CandidateItem, HistoryItem  # noqa: E402
+from doppel.tasks.llm.gateway import LLMGateway  # noqa: E402
+from doppel.tasks.llm.limits import CallLimiter  # noqa: E402
+from doppel.tasks.planning import build_work, select_users  # noqa: E402
+from doppel.tasks.settings import LLMSettings, SimulationSettings  # noqa: E402
+from doppel.tasks.simulation import simulate_user  # noqa: E402
 
-GENRES = ["Comedy|Romance", "Action|Thriller", "Drama", "Sci-Fi|Adventure", "Horror", "Animation|Children's"]
-
-
-def probe_items(offset: int, n: int) -> list[CandidateItem]:
-    return [
-        CandidateItem(
-            str(offset + i),
-            f"Probe Movie {offset + i}",
-            1980 + i,
-            GENRES[i % len(GENRES)],
-            "A film about people, places and a turning point in their lives.",
-            3,
-        )
-        for i in range(n)
-    ]
+LAYOUTS = {"old": "seed", "new": "compact"}
 
 
-def micro(server: EmbeddedServer, repeats: int = 3) -> dict:
-    """One user's rating prompt, then the same prefix with new candidates (prefix-cache hit), then the
-    warm prompt again with and without token logprobs, alternating (what doppel's rating_probs costs)."""
-    profile = (
-        "Enjoys light romantic comedies and animated family films; dislikes horror and graphic "
-        "violence; rates generously, mostly 4 stars, rarely below 3."
-    ) * 2
-    recent = [HistoryItem(str(900 + i), f"Recent {i}", 1995, GENRES[i % 6], "", 3 + i % 3, i) for i in range(10)]
-    out = {}
-    probes = [("cold", 0, False), ("warm", 100, False)]
-    probes += [(f"{'logprobs' if lp else 'plain'}-{k}", 100, lp) for k in range(repeats) for lp in (False, True)]
-    for label, offset, logprobs in probes:
-        items = probe_items(offset, 10)
-        ids = [c.item_id for c in items]
-        messages = [
-            {"role": "system", "content": render("system")},
-            {
-                "role": "user",
-                "content": render(
-                    "rating",
-                    demographics="34 years old, female, writer",
-                    max_words=100,
-                    profile=profile,
-                    recent=recent,
-                    candidates=items,
-                    item_ids_json=str(ids).replace("'", '"'),
-                ),
-            },
-        ]
-        body = {
-            "model": server.model_name,
-            "messages": messages,
-            "temperature": 0,
-            "max_tokens": 200,
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": "ratings", "strict": True, "schema": ratings_json_schema(ids)},
-            },
-        }
-        if logprobs:
-            body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
-        started = time.monotonic()
-        response = httpx.post(server.base_url + "/chat/completions", json=body, timeout=600).json()
-        timings = response.get("timings", {})
-        out[label] = {
-            "s": time.monotonic() - started,
-            "prompt_tps": timings.get("prompt_per_second"),
-            "gen_tps": timings.get("predicted_per_second"),
-            "cached": timings.get("cache_n"),
-            "prompt_n": timings.get("prompt_n"),
-            "content": (response.get("choices") or [{}])[0].get("message", {}).get("content"),
-        }
-    return out
+def ingest(db: Path, data_dir: str, item_text: str | None) -> None:
+    cmd = [sys.executable, "-m", "doppel.flows.cli", "ingest", "--dataset", "ml-100k", "--data-dir", data_dir]
+    cmd += ["--db", str(db)] + (["--item-text", item_text] if item_text else [])
+    env = {**os.environ, "PREFECT_HOME": str(db.parent / "prefect-home")}
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
 
 
-def fidelity(args: argparse.Namespace, workdir: Path) -> dict:
-    """A real `doppel run` on ML-100K users with the embedded model; numbers from its tables."""
-    db = workdir / "doppel.duckdb"
-    cmd = [
-        sys.executable,
-        "-m",
-        "doppel.flows.cli",
-        "run",
-        "--dataset",
-        "ml-100k",
-        "--data-dir",
-        args.data_dir,
-        "--fold",
-        args.fold,
-        "--users",
-        str(args.users),
-        "--model",
-        args.model,
-        "--db",
-        str(db),
-        "--run-id",
-        "embedded-bench",
-        "--runner",
-        "threads",
-        "--no-progress",
-    ]
-    if args.item_text:
-        cmd += ["--item-text", args.item_text]
+async def one_user(work, server: EmbeddedServer, sim: SimulationSettings, cache_dir: Path, slots: int) -> dict:
+    llm = LLMSettings(base_url=server.base_url, concurrency=slots, timeout_s=3600.0, max_retries=0)
+    cache, limiter = ResponseCache(cache_dir), CallLimiter(slots)
+    gateway = LLMGateway(llm, cache, limiter, server.model_name)
     started = time.monotonic()
-    subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    wall = time.monotonic() - started
-    con = duckdb.connect(str(db), read_only=True)
     try:
-        calls = con.execute("""
-            select prompt_name, count(*) n, avg(latency_s) s, avg(prompt_tokens) p, avg(cached_prompt_tokens) c,
-                   avg(completion_tokens) g, count(*) filter (where status = 'ok') ok
-            from llm_calls where run_id = 'embedded-bench' and not cached group by 1 order by 1""").df()
-        # validity before repair: first answers to rating prompts (repairs are prompt 'repair')
-        hist = con.execute("""select rating, count(*) n from simulated_ratings
-                              where run_id = 'embedded-bench' and status = 'ok' group by 1 order by 1""").df()
-        metrics = con.execute(
-            """select simulator, metric, value from metrics
-                                 where run_id = 'embedded-bench' and fold = ? and metric in ('rmse', 'exact', 'close', 'tv')""",
-            [args.fold],
-        ).df()
+        result = await simulate_user(work, gateway, sim)
     finally:
-        con.close()
-    return {"wall": wall, "calls": calls, "hist": hist, "metrics": metrics}
+        await gateway.aclose()
+        cache.close()
+    wall = time.monotonic() - started
+    truth = {c.item_id: c.truth for c in work.candidates}
+    pairs = [(r["rating"], truth[r["item_id"]]) for r in result.ratings if r.get("status") == "ok"]
+    ratings = [c for c in result.calls if c.prompt_name == "rating"]
+    return {
+        "wall": wall,
+        "pairs": pairs,
+        "asked": len(work.candidates),
+        "rating_calls": len(ratings),
+        "rating_valid": sum(c.status == "ok" for c in ratings),
+        "calls": len(result.calls),
+        "evaluated": sum(c.prompt_tokens - c.cached_prompt_tokens for c in result.calls),
+        "prompt": sum(c.prompt_tokens for c in result.calls),
+        "generated": sum(c.completion_tokens for c in result.calls),
+        "rating_prompt": sum(c.prompt_tokens for c in ratings),
+        "rating_generated": sum(c.completion_tokens for c in ratings),
+    }
+
+
+def rmse(pairs: list[tuple[int, int]]) -> float:
+    return float(np.sqrt(np.mean([(p - t) ** 2 for p, t in pairs]))) if pairs else float("nan")
+
+
+def paired_bootstrap(old: list[list], new: list[list], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """(2.5th, 97.5th) percentiles of RMSE(new) - RMSE(old) over users resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    sq_old = [np.array([(p - t) ** 2 for p, t in u], dtype=float) for u in old]
+    sq_new = [np.array([(p - t) ** 2 for p, t in u], dtype=float) for u in new]
+    deltas = []
+    for _ in range(rounds):
+        pick = rng.integers(0, len(old), len(old))
+        o, n = np.concatenate([sq_old[i] for i in pick]), np.concatenate([sq_new[i] for i in pick])
+        deltas.append(np.sqrt(n.mean()) - np.sqrt(o.mean()))
+    return float(np.percentile(deltas, 2.5)), float(np.percentile(deltas, 97.5))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="qwen2.5-0.5b")
-    parser.add_argument("--users", type=int, default=20, help="ML-100K users of the doppel run (0: no run)")
-    parser.add_argument("--fold", default="u1")
-    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "ml-100k"))
-    parser.add_argument(
-        "--item-text", default=str(REPO.parent / "shared" / "data" / "ml-100k-text" / "ml100k_movie_text.tsv")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="qwen2.5-0.5b")
+    ap.add_argument("--users", type=int, default=10)
+    ap.add_argument("--fold", default="u1")
+    ap.add_argument("--seed", type=int, default=0, help="the user sample's seed")
+    ap.add_argument("--slots", type=int, default=1, help="the embedded server's parallel slots (= concurrency)")
+    ap.add_argument("--max-test-items", type=int, default=None, help="cap held-out items per user")
+    ap.add_argument("--ceiling-rounds", type=int, default=2)
+    ap.add_argument("--data-dir", default=str(HERE.parents[1] / "shared" / "data" / "ml-100k"))
+    ap.add_argument(
+        "--item-text", default=str(HERE.parents[1] / "shared" / "data" / "ml-100k-text" / "ml100k_movie_text.tsv")
     )
-    args = parser.parse_args()
-    print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores; timings are only meaningful near <= 2)")
-
-    started = time.monotonic()
-    with EmbeddedServer.from_model(args.model) as server:
-        load_s = time.monotonic() - started
-        probe = micro(server)
-    print(f"model {args.model}: assemble+load {load_s:.1f} s (server load {server.load_seconds:.1f} s)")
-    for label, m in probe.items():
-        print(
-            f"  rating call, prefix cache {label}: {m['s']:.1f} s, prompt {m['prompt_n']} tokens "
-            f"({m['cached']} reused) at {m['prompt_tps']:.0f} tok/s, generation {m['gen_tps']:.1f} tok/s"
-        )
-    side = {
-        kind: [m["s"] for label, m in probe.items() if label.startswith(kind + "-")] for kind in ("plain", "logprobs")
-    }
-    logprobs_ratio = sum(side["logprobs"]) / sum(side["plain"])
-    print(
-        f"  the same warm rating call, alternating: plain {', '.join(f'{x:.2f}' for x in side['plain'])} s; "
-        f"with logprobs (top {TOP_LOGPROBS}) {', '.join(f'{x:.2f}' for x in side['logprobs'])} s; "
-        f"ratio {logprobs_ratio:.3f}"
-    )
-    answers = {m["content"] for label, m in probe.items() if label.split("-")[0] in ("plain", "logprobs")}
-    print(
-        f"  answers of those {len(side['plain']) + len(side['logprobs'])} calls: "
-        + ("all the same" if len(answers) == 1 else f"{len(answers)} different ones")
-    )
-
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "embedded.md")
+    args = ap.parse_args()
+    head = _ceiling.header("Embedded model: seconds per user against llama.cpp's own ceiling", args.model)
+    print(head, flush=True)
+    lines = ["## Ceiling: llama.cpp alone (aggregate tokens/s)", ""]
+    rates = _ceiling.ceiling(args.model, rounds=args.ceiling_rounds)
+    lines += ["| parallel sequences | prompt tok/s | generated tok/s |", "|---|---|---|"]
+    lines += [f"| {p} | {r['prompt_tps']:.0f} | {r['gen_tps']:.1f} |" for p, r in rates.items()]
+    best = max(rates, key=lambda p: rates[p]["gen_tps"])
     if args.users == 0:
-        print(
-            f"RESULT model={args.model} s_per_call={probe['warm']['s']:.2f} valid_pct=nan rmse=nan "
-            f"logprobs_ratio={logprobs_ratio:.3f}"
-        )
+        args.out.write_text(head + "\n" + "\n".join(lines) + f"\n\nload average at end: {os.getloadavg()}\n")
+        print(f"RESULT prompt_tps={rates[1]['prompt_tps']:.0f} gen_tps={rates[1]['gen_tps']:.1f} best_parallel={best}")
         return
     with tempfile.TemporaryDirectory(prefix="doppel-embedded-") as tmp:
-        result = fidelity(args, Path(tmp))
-    calls = result["calls"].set_index("prompt_name")
-    print(f"\n{args.users} users of ML-100K {args.fold}: wall {result['wall'] / 60:.1f} min")
-    print(calls.round(2).to_string())
-    rating = calls.loc["rating"] if "rating" in calls.index else None
-    repairs = int(calls.loc["repair", "n"]) if "repair" in calls.index else 0
-    valid_pct = 100.0 * float(rating["ok"]) / float(rating["n"]) if rating is not None else float("nan")
-    s_per_call = float(rating["s"]) if rating is not None else float("nan")
-    hist = result["hist"]
-    shares = (hist.set_index("rating")["n"] / hist["n"].sum() * 100).round(1).to_dict()
-    print(f"valid JSON before repair: {valid_pct:.1f}% of rating calls ({repairs} repair calls)")
-    print(f"simulated rating histogram (%): {shares}")
-    table = result["metrics"].pivot_table(index="simulator", columns="metric", values="value")
-    print(table.round(3).to_string())
-    rmse = float(table.loc["llm", "rmse"]) if "llm" in table.index else float("nan")
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
+        db = Path(tmp) / "ml100k.duckdb"
+        ingest(db, args.data_dir, args.item_text)
+        users = select_users(db, "ml-100k", args.fold, args.users, None, args.seed)
+        sims = {k: SimulationSettings(prompts=v, max_test_items=args.max_test_items) for k, v in LAYOUTS.items()}
+        works = {k: {w.user_id: w for w in build_work(db, "ml-100k", args.fold, users, s)} for k, s in sims.items()}
+        runs: dict[str, list[dict]] = {"old": [], "new": []}
+        with EmbeddedServer.from_model(args.model, slots=args.slots) as server:
+            for k, user in enumerate(users):
+                for layout in ("old", "new") if k % 2 == 0 else ("new", "old"):
+                    cache = Path(tmp) / f"cache-{layout}-{user}"
+                    res = asyncio.run(one_user(works[layout][user], server, sims[layout], cache, args.slots))
+                    runs[layout].append(res)
+                    print(
+                        f"  user {user} {layout}: {res['wall']:.0f} s, {res['calls']} calls, "
+                        f"{len(res['pairs'])}/{res['asked']} rated, load {os.getloadavg()[0]:.1f}",
+                        flush=True,
+                    )
+    rows = []
+    for layout, res in runs.items():
+        pairs = [p for r in res for p in r["pairs"]]
+        rated = sum(len(r["pairs"]) for r in res)
+        rows.append(
+            {
+                "layout": f"{layout} ({LAYOUTS[layout]})",
+                "median s/user": statistics.median(r["wall"] for r in res),
+                "valid %": 100 * sum(r["rating_valid"] for r in res) / max(1, sum(r["rating_calls"] for r in res)),
+                "rating prompt tok/rating": sum(r["rating_prompt"] for r in res) / max(1, rated),
+                "generated tok/rating call": sum(r["rating_generated"] for r in res)
+                / max(1, sum(r["rating_calls"] for r in res)),
+                "evaluated/prompt tokens": sum(r["evaluated"] for r in res) / max(1, sum(r["prompt"] for r in res)),
+                "ideal/wall": sum(_ceiling.ideal_seconds(r["evaluated"], r["generated"], rates) for r in res)
+                / sum(r["wall"] for r in res),
+                "rmse": rmse(pairs),
+                "exact %": 100 * float(np.mean([p == t for p, t in pairs])) if pairs else float("nan"),
+            }
+        )
+    lo, hi = paired_bootstrap([r["pairs"] for r in runs["old"]], [r["pairs"] for r in runs["new"]])
+    new = rows[1]
+    cols = list(new)
+    lines += [
+        "",
+        f"## {args.users} seeded ML-100K {args.fold} users, old and new alternating, {args.slots} slot(s)",
+        "",
+    ]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += [
+        "| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r.values()) + " |" for r in rows
+    ]
+    delta = new["rmse"] - rows[0]["rmse"]
+    lines += ["", f"RMSE new - old: {delta:+.3f}, paired bootstrap over users 95% interval [{lo:+.3f}, {hi:+.3f}]"]
+    lines += [f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(head + "\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
     print(
-        f"RESULT model={args.model} s_per_call={s_per_call:.2f} valid_pct={valid_pct:.1f} rmse={rmse:.3f} "
-        f"logprobs_ratio={logprobs_ratio:.3f}"
+        f"RESULT s_per_user={new['median s/user']:.1f} ceiling_ratio={new['ideal/wall']:.3f} "
+        f"valid_pct={new['valid %']:.1f} rmse_delta={delta:+.3f} rmse_delta_hi={hi:+.3f}"
     )
 
 

@@ -19,7 +19,8 @@ from doppel.flows.runtime import dask_cluster, llm_endpoint, task_runner
 from doppel.flows.score import gate_and_score
 from doppel.tasks.channel import ChannelReader, ResultChannel
 from doppel.tasks.ingest import ingest
-from doppel.tasks.llm.gateway import EndpointError, check_endpoint
+from doppel.tasks.llm.gateway import EndpointError, api_key_from_env, check_endpoint
+from doppel.tasks.llm.limits import cap_to_server_slots
 from doppel.tasks.llm.templates import all_prompt_hashes
 from doppel.tasks.planning import build_work, check_resume_settings, partition, requested_pairs, select_users
 from doppel.tasks.records import PackedWork
@@ -78,6 +79,10 @@ def simulate(settings: RunSettings) -> dict:
         logger.info("dataset %s %s", dataset, "loaded" if loaded else "already in the database")
         if needs_workers:
             check_endpoint(llm, model_id)
+            capped, why = cap_to_server_slots(llm.base_url, llm.concurrency, api_key_from_env())
+            if why:
+                logger.warning(why)
+                llm = llm.model_copy(update={"concurrency": capped})
         requested = register_run(settings, run_id, dataset, llm, model_id)
         runner = task_runner(settings, n_chunks_for(settings, llm), cluster())
         status, this_time = "failed", {"users": 0, "new_calls": 0, "cached_calls": 0}

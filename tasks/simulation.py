@@ -238,6 +238,11 @@ async def simulate_chunk(
             await asyncio.gather(*users, return_exceptions=True)
             raise
     finally:
+        now, lowest = limiter.concurrency
+        if lowest < limits.local_slots:
+            logging.getLogger("doppel").warning(
+                "LLM concurrency settled at %d of %d (lowest %d) after calls timed out", now, limits.local_slots, lowest
+            )
         await gateway.aclose()
         await limiter.aclose()
         cache.close()

@@ -4,6 +4,7 @@ seeded faults, plus the admin endpoints (stats, log, config, reset)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import random
@@ -109,7 +110,11 @@ class LLMApp:
             return await send_json(send, 200, {"object": "list", "data": data})
         if (method, path) == ("GET", "/props") and self.options.llama_cpp:
             settings = {"n_ctx": 4096, "model": self.options.model}
-            props = {"default_generation_settings": settings, "total_slots": 1, "model_path": self.options.model}
+            props = {
+                "default_generation_settings": settings,
+                "total_slots": self.options.max_concurrency or 1,
+                "model_path": self.options.model,
+            }
             return await send_json(send, 200, props)
         if (method, path) == ("GET", "/health"):
             return await send_json(send, 200, {"status": "ok"})
@@ -196,8 +201,8 @@ class LLMApp:
                 retry = (b"retry-after", f"{opts.retry_after:g}".encode())
                 error = api_error("Rate limit reached (test server)", "requests", "rate_limit_exceeded")
                 return await call.respond(send, 429, error, extra=(retry,))
-            if slots is not None:
-                await slots.acquire()
+            if slots is not None and not await self._queue(slots, call):
+                return  # the client left while queued: dropped unanswered, as llama.cpp drops it
             try:
                 call.activate()
                 await asyncio.sleep(opts.latency)
@@ -210,6 +215,20 @@ class LLMApp:
             call.settle(completed=False)  # no-op unless the request ended without a full response
             if call.dropped:
                 await asyncio.sleep(0.01)  # let connection_lost run, else uvicorn answers 500 for us
+
+    @staticmethod
+    async def _queue(slots: asyncio.Semaphore, call: Call) -> bool:
+        """Wait for a slot; False (holding none) if the client left first."""
+        acquire = asyncio.ensure_future(slots.acquire())
+        await asyncio.wait([acquire, call.left], return_when=asyncio.FIRST_COMPLETED)
+        if acquire.done():
+            return True
+        acquire.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await acquire
+        if acquire.done() and not acquire.cancelled():
+            slots.release()
+        return False
 
     async def _answer(self, call: Call, send, body, kind, fault, opts, rng, cid: str) -> None:
         if fault == "drop_connection":

@@ -364,10 +364,17 @@ class LLMGateway:
                     f"{self.settings.base_url or 'the endpoint'} rejected the API key "
                     f"(HTTP {exc.status_code}) on a {prompt} call; set OPENAI_API_KEY"
                 ) from exc
+            except openai.APITimeoutError as exc:
+                # a timeout while other calls succeed: the endpoint queues (e.g. one llama.cpp slot), the
+                # model did not fail; ask again under a lower concurrency while it can still come down
+                if not self.limiter.congested(started):
+                    raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
+                retry_params = params
             except openai.OpenAIError as exc:
                 raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
         if retry_params is not None:
             return await self._complete(prompt, messages, retry_params, sample, priority, prompts)
+        self.limiter.succeeded()
         answer = read_completion(raw.http_response.content)
         content = answer.content
         asked = "logprobs" in request

@@ -14,23 +14,41 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 from aiolimiter import AsyncLimiter
 
+logger = logging.getLogger("doppel.llm")
+
 
 class PrioritySlots:
-    """An asyncio semaphore that wakes the highest-priority waiter first."""
+    """An asyncio semaphore that wakes the highest-priority waiter first, with an adaptive limit.
+
+    The limit starts at `slots` and adapts to the endpoint (additive increase, multiplicative
+    decrease): `congested` halves it when a call timed out (at most once per round: calls that
+    started before the last decrease were sent under the old limit and do not lower it again), and
+    every `limit` successes in a row raise it by one, up to `slots`.
+    """
 
     def __init__(self, slots: int):
-        self._free = max(1, slots)
+        self.slots = max(1, slots)
+        self.limit = self.slots
+        self.lowest = self.slots  # the lowest limit the run fell to
+        self._in_use = 0
+        self._successes = 0
+        self._last_decrease = float("-inf")
         self._waiters: list[tuple[float, int, asyncio.Future]] = []
         self._order = itertools.count()
 
     async def acquire(self, priority: float = 0.0) -> None:
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
+        if self._in_use < self.limit and not self._waiters:
+            self._in_use += 1
             return
         future = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (-priority, next(self._order), future))
@@ -42,12 +60,37 @@ class PrioritySlots:
             raise
 
     def release(self) -> None:
-        while self._waiters:
+        self._in_use -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._in_use < self.limit:
             _, _, future = heapq.heappop(self._waiters)
             if not future.done():
+                self._in_use += 1
                 future.set_result(None)
-                return
-        self._free += 1
+
+    def congested(self, started: float) -> bool:
+        """A call started at `started` (time.monotonic) timed out: may it be asked again? Yes if the
+        limit could still come down (it is halved now) or the call was sent under an older limit."""
+        if started < self._last_decrease:
+            return True
+        if self.limit <= 1:
+            return False
+        self.limit = max(1, self.limit // 2)
+        self.lowest = min(self.lowest, self.limit)
+        self._successes, self._last_decrease = 0, time.monotonic()
+        logger.warning(
+            "LLM calls time out while others succeed: the endpoint queues them; concurrency lowered to %d",
+            self.limit,
+        )
+        return True
+
+    def succeeded(self) -> None:
+        self._successes += 1
+        if self._successes >= self.limit and self.limit < self.slots:
+            self.limit, self._successes = self.limit + 1, 0
+            self._wake()
 
 
 class CallLimiter:
@@ -79,6 +122,18 @@ class CallLimiter:
 
             self._dask_sem = Semaphore(max_leases=dask_max_leases or local_slots, name=dask_semaphore_name)
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-lease")
+
+    def congested(self, started: float) -> bool:
+        """A call timed out while the endpoint queues: lower this process's concurrency (see PrioritySlots)."""
+        return self.local.congested(started)
+
+    def succeeded(self) -> None:
+        self.local.succeeded()
+
+    @property
+    def concurrency(self) -> tuple[int, int]:
+        """(the limit now, the lowest it fell to)."""
+        return self.local.limit, self.local.lowest
 
     @contextlib.asynccontextmanager
     async def slot(self, priority: float = 0.0) -> AsyncIterator[None]:
@@ -118,3 +173,44 @@ class CallLimiter:
                 self._leases -= 1
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+
+
+def cap_to_server_slots(base_url: str | None, concurrency: int, api_key: str | None = None) -> tuple[int, str | None]:
+    """(the concurrency to use, a line saying why it is lower than asked, or None): at most the
+    slots the server reports, since calls beyond them only wait in its queue (and time out there)."""
+    slots = server_slots(base_url, api_key)
+    if slots is None or slots >= concurrency:
+        return concurrency, None
+    return slots, (
+        f"the LLM server reports {slots} parallel slot{'s' if slots > 1 else ''}: "
+        f"concurrency capped at {slots} (asked {concurrency})"
+    )
+
+
+def server_slots(base_url: str | None, api_key: str | None = None, timeout: float = 5.0) -> int | None:
+    """The parallel slots an endpoint reports (llama.cpp: `total_slots` of GET /props, else the length
+    of GET /slots), or None where it reports none (a hosted API, vLLM, an older server)."""
+    if not base_url:
+        return None
+    root = base_url.rstrip("/").removesuffix("/v1")
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}) if _loopback(root) else urllib.request.ProxyHandler()
+    )
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key and api_key != "no-key" else {}
+    for path, read in (
+        ("/props", lambda d: d.get("total_slots")),
+        ("/slots", lambda d: len(d) if isinstance(d, list) else None),
+    ):
+        try:
+            with opener.open(urllib.request.Request(root + path, headers=headers), timeout=timeout) as resp:
+                value = read(json.loads(resp.read()))
+        except (urllib.error.URLError, OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _loopback(url: str) -> bool:
+    host = urllib.request.urlparse(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
