@@ -20,6 +20,29 @@ CLI_MARK = "<!-- doppel:cli -->"
 SETTINGS_MARK = "<!-- doppel:settings -->"
 
 
+# pages other parts of the project write: in the nav once they exist (a missing page would fail --strict)
+OPTIONAL_PAGES = [
+    ("Capabilities", "The arena", "arena.md"),
+    ("Security", "Trust and security", "security.md"),
+    ("Security", "Model weights", "weights.md"),
+]
+
+
+def on_config(config):
+    docs = Path(config["docs_dir"])
+    nav = config["nav"]
+    for section, title, page in OPTIONAL_PAGES:
+        if not (docs / page).exists():
+            continue
+        entries = next((e[section] for e in nav if isinstance(e, dict) and section in e), None)
+        if entries is None:
+            entries = []
+            nav.insert(next(i for i, e in enumerate(nav) if "Configuration" in e), {section: entries})
+        if not any(page in e.values() for e in entries if isinstance(e, dict)):
+            entries.append({title: page})
+    return config
+
+
 def on_files(files, config):
     from mkdocs.structure.files import File
 
