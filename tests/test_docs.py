@@ -20,12 +20,23 @@ RESULTS = REPO / "benchmarks" / "results"
 FIGURE = re.compile(r"\b\d+\.\d{2,}\b|\b\d+(\.\d+)?\s?%|\b[\d,]+\s?(steps/s|tok/s|calls/s|ms)\b|\b\d+(\.\d+)?\s?x\b")
 
 
+# not measurements: a library's version ("Python 3.11", "torch 2.13.0"), an interval's confidence level
+VERSION = re.compile(
+    r"(?i)\b(python|torch|numpy|pandas|prefect|duckdb|gymnasium|fastapi|sqlalchemy|dask|cornac|implicit|lenskit"
+    r"|scikit-learn|scikit-surprise|setuptools|pip|mkdocs|llama\.cpp|xllamacpp)\s*[<>=~!]*\s*\d+(\.\d+)*"
+)
+CONFIDENCE = re.compile(
+    r"\b\d+\s?%(?=\s+(confidence|bootstrap|percentile|credible)?\s*interval)|\b\d+\s?%(?=\s+(confidence|bootstrap|percentile))"
+)
+
+
 def prose(text: str) -> str:
-    """The text outside code fences, inline code, link targets and HTML comments."""
+    """The text outside code fences, inline code, link targets and HTML comments, without versions."""
     text = re.sub(r"^(```|~~~).*?^\1", "", text, flags=re.S | re.M)
     text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
     text = re.sub(r"`[^`\n]*`", "", text)
-    return re.sub(r"\]\([^)]*\)", "]", text)
+    text = re.sub(r"\]\([^)]*\)", "]", text)
+    return CONFIDENCE.sub("", VERSION.sub("", text))
 
 
 def hand_written() -> list[Path]:
