@@ -7,7 +7,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from doppel.tasks.scoring import gate_outputs, score_ratings
-from doppel.tasks.store.db import query
+from doppel.tasks.store.db import init_db, query
 from doppel.tasks.store.writes import save_metrics, save_validation
 
 gate = task(gate_outputs, name="validate-outputs", cache_policy=NO_CACHE, persist_result=False)
@@ -22,6 +22,7 @@ class GateFailed(RuntimeError):
 def score_run(db: str, run_id: str, baselines: bool = True, hybrid: bool = False) -> list[dict]:
     """Validate the run's tables; when they pass, compute and store metrics (llm + baselines,
     + the calibrated hybrid's accuracy and realism modes when `hybrid`)."""
+    init_db(db)  # a file from an older doppel is migrated and gets the views scoring reads
     return gate_and_score(db, run_id, baselines, hybrid)
 
 
