@@ -11,8 +11,7 @@ import pytest
 
 from doppel.tasks.baselines import BASELINES, baseline_long, predict_baselines
 from doppel.tasks.metrics import metrics_table, rating_metrics
-
-ML100K = Path("/work/shared/data/ml-100k")
+from tests.conftest import ML100K
 
 # global mean 12/4 = 3; user means u1 4.5, u2 2, u3 1; item means a 3.5, b 4, c 1
 TRAIN = pd.DataFrame(

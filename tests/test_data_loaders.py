@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import time
 import zipfile
 from pathlib import Path
 
@@ -16,10 +14,8 @@ import pytest
 from doppel.tasks.data import load_dataset, load_generic, load_movielens, make_synthetic, movielens
 from doppel.tasks.data.synthetic import ML100K_HISTOGRAM
 from doppel.tasks.records import ITEM_COLUMNS, RATING_COLUMNS, SPLIT_COLUMNS, USER_COLUMNS, DataError
-
-REPO = Path(__file__).resolve().parents[1]
-ML100K_DIR = Path(os.environ.get("DOPPEL_ML100K_DIR", REPO.parent / "shared" / "data" / "ml-100k"))
-ML100K_TEXT = ML100K_DIR.parent / "ml-100k-text" / "ml100k_movie_text.tsv"
+from tests.conftest import ML100K as ML100K_DIR
+from tests.conftest import ML100K_TEXT
 
 # --- a tiny ML-100K in the official formats ------------------------------------------------------
 
@@ -404,9 +400,7 @@ def test_load_dataset_dispatch(tmp_path):
 @pytest.mark.skipif(not (ML100K_DIR / "u.data").exists(), reason=f"{ML100K_DIR} not present")
 def test_real_ml100k():
     text = ML100K_TEXT if ML100K_TEXT.exists() else None
-    start = time.perf_counter()
-    ds = load_movielens(ML100K_DIR, item_text=text)
-    elapsed = time.perf_counter() - start
+    ds = load_movielens(ML100K_DIR, item_text=text)  # its time: benchmarks/load.py
     check_frames(ds)
     assert (len(ds.users), len(ds.items), len(ds.ratings)) == (943, 1682, 100000)
     assert ds.folds == ["u1", "u2", "u3", "u4", "u5", "ua", "ub"]
@@ -417,4 +411,3 @@ def test_real_ml100k():
     assert ds.ratings.rating.value_counts().sort_index().tolist() == [6110, 11370, 27145, 34174, 21201]
     if text is not None:
         assert (ds.items.text != "").sum() > 1500
-    assert elapsed < 10, f"ML-100K load took {elapsed:.1f} s"
