@@ -3,7 +3,7 @@
     python benchmarks/faults.py                      # u1, all 459 test users, 20% malformed JSON, ...
     python benchmarks/faults.py --users 40           # a quick look
 
-Starts `tests/llm_server.py` as a subprocess with seeded faults (malformed JSON, HTTP 500, 429 with
+Starts `doppel.testing.llm_server` as a subprocess with seeded faults (malformed JSON, HTTP 500, 429 with
 Retry-After, hangs past doppel's --timeout), runs `doppel run` on it as a subprocess, and reads the
 DuckDB file: requested pairs, rated pairs, failed pairs by reason, duplicated and lost pairs, LLM
 calls, transport retries, repair re-asks, wall time. Then it switches the faults off and reruns with
@@ -21,20 +21,10 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
-    DEFAULT_DATA_DIR,
-    admin,
-    doppel_argv,
-    doppel_env,
-    llm_server,
-    log,
-    read_db,
-    result_line,
-    run_doppel,
-    workdir,
-)
+from support.db import read_db
+from support.output import DEFAULT_DATA_DIR, log, result_line
+from support.runs import doppel_argv, doppel_env, run_doppel, workdir
+from support.servers import admin, llm_server
 
 PAIRS_SQL = """
 with requested as (   -- every test pair of every user the run registered (no --max-test-items here)

@@ -41,213 +41,57 @@ RESULT rmse=<x> exact=<x> close=<x> tv=<x> realism_tv=<x> realism_rmse=<x>
 from __future__ import annotations
 
 import argparse
-import hashlib
-import pickle
 import re
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from doppel.tasks.baselines import BASELINES, predict_baselines  # noqa: E402
-from doppel.tasks.fidelity import decode, llm_margin  # noqa: E402
-from doppel.tasks.fidelity.features import probs_matrix  # noqa: E402
-from doppel.tasks.fidelity.hybrid import (  # noqa: E402
+from doppel.tasks.baselines import BASELINES, predict_baselines
+from doppel.tasks.fidelity import decode, llm_margin
+from doppel.tasks.fidelity.features import probs_matrix
+from doppel.tasks.fidelity.hybrid import (
     BUCKETS,
     accuracy,
     activity_bucket,
     fold_features,
     predict_proba,
     realism,
-    with_llm,
 )
-from doppel.tasks.metrics import histogram, rating_metrics, total_variation  # noqa: E402
+from doppel.tasks.metrics import histogram, rating_metrics, total_variation
+from support.fidelity_cache import cached, frame_hash, inputs_hash
+from support.fidelity_inputs import (
+    llm_decodings,
+    llm_input_predictions,
+    llm_rows,
+    load_folds,
+    sample_users,
+    slice_run_rows,
+)
+from support.fidelity_report import (
+    MARGIN_CF,
+    MARGIN_LLM,
+    WITH_ANSWER,
+    WITH_LLM,
+    WITHOUT_LLM,
+    gaps_text,
+    llm_summary,
+    markdown,
+    plot,
+    summarize,
+)
+from support.output import DEFAULT_DATA_DIR, REPO, RESULTS, log
 
-DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "ml-100k"
-RESULTS = REPO / "benchmarks" / "results"
 FOLDS = ("u1", "u2", "u3", "u4", "u5")
 LAMS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 ABLATE = ("knn", "svd", "svdpp", "biases", "user_stats", "item_stats", "genre")
 BETAS = (0.1, 0.25, 0.5, 1.0)
-SLICE_FRAC = 0.2  # the calibration slice: this share of each user's train ratings (fold_features' default)
-MARGIN_CF, MARGIN_LLM = "llm_margin:cf(cross-fit)", "llm_margin:cf+llm(cross-fit)"
-# the calibrator with the LLM's answer (its distribution over 1..5 where the run stored one), with its
-# answer as a certain rating (one-hot; only where distributions exist), and without the LLM
-WITH_LLM, WITH_ANSWER, WITHOUT_LLM = "llm_input:with", "llm_input:with(answer only)", "llm_input:without"
-# the seed's GPT-3.5 simulator as reported in issue 10 (not measured here): ranges over u1..u5
-SEED_REPORTED = {"rmse": (1.30, 1.34), "tv": (0.13, 0.16)}
 GOALS = {
     "accuracy": "rmse <= 0.95, exact >= 44 %, close >= 90.5 %",
     "realism": "tv <= 0.05 (and per bucket), rmse <= 1.10, exact >= 38 %",
 }
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
-
-
-def inputs_hash(data_dir: Path) -> str:
-    """Everything a cached number depends on besides the arguments, hashed whole: doppel's source (every
-    file of the installed doppel package: tasks/, sql/, expectations/, the root package) and this script,
-    every installed distribution's version and the Python version, and every data file under data_dir.
-    A change in any of them (e.g. tasks/metrics.py, tasks/baselines.py, a new scikit-surprise) misses."""
-    import doppel
-    import doppel.expectations
-    import doppel.sql
-    import doppel.tasks
-
-    h = hashlib.sha256()
-    for root in sorted({Path(m.__file__).parent for m in (doppel, doppel.tasks, doppel.sql, doppel.expectations)}):
-        for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-            h.update(f"{root.name}/{path.relative_to(root)}\0".encode() + path.read_bytes())
-    h.update(Path(__file__).read_bytes())
-    versions = sorted(f"{d.metadata['Name']}=={d.version}".lower() for d in metadata.distributions())
-    h.update("\n".join([sys.version, *versions]).encode())
-    for path in sorted(p for p in Path(data_dir).rglob("*") if p.is_file()):
-        h.update(f"{path.relative_to(data_dir)}\0".encode() + path.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def cached(cache_dir: Path, key: dict, compute):
-    name = hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:20]
-    path = cache_dir / f"{key.get('kind', 'x')}-{key.get('fold', '')}-{name}.pkl"
-    if path.exists():
-        with open(path, "rb") as f:
-            return pickle.load(f)
-    value = compute()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{id(value)}")
-    with open(tmp, "wb") as f:
-        pickle.dump(value, f)
-    tmp.replace(path)
-    return value
-
-
-def load_folds(data_dir: Path, folds: list[str]) -> tuple[dict, pd.DataFrame]:
-    from doppel.tasks.data.movielens import load_movielens
-
-    ds = load_movielens(data_dir)
-    out = {}
-    for fold in folds:
-        sp = ds.splits[ds.splits["fold"] == fold]
-        train = sp[sp["split"] == "train"].merge(ds.ratings, on=["user_id", "item_id"])
-        test = sp[sp["split"] == "test"].merge(ds.ratings, on=["user_id", "item_id"])
-        out[fold] = (
-            train[["user_id", "item_id", "rating", "ts"]].reset_index(drop=True),
-            test[["user_id", "item_id", "rating"]].reset_index(drop=True),
-        )
-    return out, ds.items
-
-
-def sample_users(test: pd.DataFrame, n: int | None, seed: int, fold: str) -> pd.DataFrame:
-    if n is None:
-        return test
-    users = np.sort(test["user_id"].unique())
-    rng = np.random.default_rng([seed, int(fold.lstrip("u") or 0)])
-    keep = rng.choice(users, size=min(n, users.size), replace=False)
-    return test[test["user_id"].isin(keep)].reset_index(drop=True)
-
-
-def llm_rows(db: str, run_id: str) -> pd.DataFrame:
-    """fold, user_id, item_id, llm (the run's rating; NaN where it failed), llm_probs (its P(1..5);
-    from logprobs or draws; None where the run stored none) of a doppel run."""
-    from doppel.tasks.store.db import query
-
-    rows = query(db, "scoring_rows", read_only=True, run_id=run_id)
-    rows = rows.rename(columns={"pred": "llm", "rating_probs": "llm_probs"})
-    rows["llm_probs"] = [
-        None if pd.api.types.is_scalar(p) and pd.isna(p) else [float(x) for x in p] for p in rows["llm_probs"]
-    ]
-    return rows[["fold", "user_id", "item_id", "llm", "llm_probs"]].astype({"user_id": str, "item_id": str})
-
-
-def slice_run_rows(db: str, run_id: str, seed: int) -> pd.DataFrame:
-    """The LLM's ratings of calibration-slice pairs from a `doppel run --target slice` run; the run
-    must have rated the slice the hybrid holds out (frac 0.2, this --seed)."""
-    from doppel.tasks.store.db import query
-
-    run = query(db, "run_dataset", read_only=True, run_id=run_id)
-    if run.empty:
-        raise SystemExit(f"--llm-slice-run-id: no run {run_id!r} in {db}")
-    r = run.iloc[0]
-    if r["target"] != "slice" or abs(float(r["slice_frac"]) - SLICE_FRAC) > 1e-9 or int(r["slice_seed"]) != seed:
-        raise SystemExit(
-            f"--llm-slice-run-id: run {run_id!r} rated target={r['target']} (slice_frac "
-            f"{r['slice_frac']}, slice_seed {r['slice_seed']}); the hybrid's slice needs "
-            f"`doppel run --target slice --slice-frac {SLICE_FRAC} --slice-seed {seed}`"
-        )
-    return llm_rows(db, run_id)
-
-
-def llm_input_predictions(
-    args,
-    fold: str,
-    train: pd.DataFrame,
-    pairs: pd.DataFrame,
-    items: pd.DataFrame,
-    llm: pd.DataFrame,
-    slice_llm: pd.DataFrame,
-    base_key: dict,
-) -> dict[str, np.ndarray]:
-    """The hybrid on the hash slice, its calibrator with and without the LLM's answer as an input
-    (and, where the runs stored distributions, with the answer alone)."""
-    key = {**base_key, "kind": "features-hash-slice"}
-    cf = cached(
-        args.cache_dir,
-        key,
-        lambda: fold_features(train, pairs, items, slice_how="hash", frac=SLICE_FRAC, seed=args.seed),
-    )
-    ff = with_llm(cf, slice_llm, llm)
-    covered = ff.X_slice["llm_missing"].to_numpy() == 0
-    n_probs = [int(frame["llm_probs"].notna().sum()) for frame in (slice_llm, llm)]
-    slice_users = set(slice_llm["user_id"])
-    in_users = ff.slice_pairs["user_id"].isin(slice_users).to_numpy()
-    stray = len(slice_llm) - int((ff.slice_pairs[in_users].merge(slice_llm, on=["user_id", "item_id"])).shape[0])
-    if stray:
-        raise SystemExit(f"  {fold}: the slice run rated {stray} pairs outside the hybrid's calibration slice")
-    log(
-        f"  {fold}: LLM answers on {covered.sum()} of {len(covered)} calibration rows "
-        f"({in_users.sum()} slice rows of the slice run's {len(slice_users)} users); with a distribution over "
-        f"1..5: {n_probs[0]} of the slice run's {len(slice_llm)} rows, {n_probs[1]} of the test run's {len(llm)}"
-    )
-    arms = [(WITH_LLM, ff, ()), (WITHOUT_LLM, ff, ("llm",))]
-    if any(n_probs):
-        plain = [frame.drop(columns="llm_probs") for frame in (slice_llm, llm)]
-        arms.insert(1, (WITH_ANSWER, with_llm(cf, *plain), ()))
-    out = {}
-    for label, features, drop in arms:
-        P, P_slice = predict_proba(features, kind=args.calibrator, drop=drop, seed=args.seed, with_slice=True)
-        out[f"{label}:accuracy"] = accuracy(P, P_slice, features)[0]
-        out[f"{label}:realism"] = realism(P, features)
-    return out
-
-
-def llm_decodings(answer: np.ndarray, probs: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """The LLM alone, decoded from its own distribution over 1..5 (only where the run stored
-    distributions): expected-value rounding and one seeded draw. A pair without a distribution keeps
-    its answer; a pair the LLM did not rate stays NaN."""
-    has = ~np.isnan(probs).any(axis=1) & ~np.isnan(answer)
-    if not has.any():
-        return {}
-    P = probs[has] / probs[has].sum(axis=1, keepdims=True)
-    out = {}
-    for name, ratings in (("llm:expected_value", decode.decode_accuracy(P)), ("llm:sampled", decode.sample(P, seed))):
-        pred = answer.copy()
-        pred[has] = ratings
-        out[name] = pred
-    return out
-
-
-def _frame_hash(frame: pd.DataFrame) -> str:
-    lists = [c for c in frame.columns if frame[c].map(lambda v: isinstance(v, list)).any()]
-    frame = frame.assign(**{c: frame[c].map(repr) for c in lists})  # lists are not hashable: hash their text
-    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).values).hexdigest()
 
 
 def fold_predictions(
@@ -268,7 +112,7 @@ def fold_predictions(
         "seed": args.seed,
         "n": len(pairs),
         "code": code,
-        "pairs": _frame_hash(pairs),
+        "pairs": frame_hash(pairs),
     }
 
     def features(**kw):
@@ -358,131 +202,6 @@ def score_fold(preds: dict[str, np.ndarray], test: pd.DataFrame, train: pd.DataF
     return pd.DataFrame(rows)
 
 
-def summarize(per_fold: pd.DataFrame) -> pd.DataFrame:
-    cols = ["rmse", "exact", "close", "tv", "tv_bucket"]
-    g = per_fold.groupby("simulator", sort=False)[cols]
-    mean, lo, hi = g.mean(), g.min(), g.max()
-    out = pd.DataFrame(index=mean.index)
-    for c in cols:
-        out[c] = mean[c]
-        out[f"{c}_min"], out[f"{c}_max"] = lo[c], hi[c]
-    out["folds"] = g.size()
-    out["n_mean"] = per_fold.groupby("simulator", sort=False)["n"].mean()
-    return out.reset_index()
-
-
-def markdown(summary: pd.DataFrame) -> str:
-    def cell(r, c, nd):
-        return f"{r[c]:.{nd}f} ({r[c + '_min']:.{nd}f}-{r[c + '_max']:.{nd}f})"
-
-    lines = ["| simulator | RMSE | exact % | close % | TV | TV worst bucket | folds |", "|---|---|---|---|---|---|---|"]
-    for _, r in summary.iterrows():
-        lines.append(
-            f"| {r['simulator']} | {cell(r, 'rmse', 3)} | {cell(r, 'exact', 1)} | {cell(r, 'close', 1)} "
-            f"| {cell(r, 'tv', 3)} | {cell(r, 'tv_bucket', 3)} | {int(r['folds'])} |"
-        )
-    return "\n".join(lines)
-
-
-def plot(summary: pd.DataFrame, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = summary.set_index("simulator")
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    curve = s[s.index.str.startswith("tradeoff:")]
-    ax.plot(curve["tv"], curve["rmse"], "o-", color="tab:blue", label="hybrid trade-off (lam 0..1)")
-    for name, label, marker in (
-        ("hybrid:accuracy", "hybrid accuracy mode", "s"),
-        ("hybrid:realism", "hybrid realism mode", "D"),
-    ):
-        if name in s.index:
-            ax.errorbar(
-                s.loc[name, "tv"],
-                s.loc[name, "rmse"],
-                xerr=[[s.loc[name, "tv"] - s.loc[name, "tv_min"]], [s.loc[name, "tv_max"] - s.loc[name, "tv"]]],
-                yerr=[[s.loc[name, "rmse"] - s.loc[name, "rmse_min"]], [s.loc[name, "rmse_max"] - s.loc[name, "rmse"]]],
-                fmt=marker,
-                color="tab:blue",
-                ms=8,
-                capsize=3,
-                label=label,
-            )
-    for name in BASELINES:
-        key = f"baseline:{name}"
-        if key in s.index:
-            ax.plot(s.loc[key, "tv"], s.loc[key, "rmse"], "x", color="tab:gray", ms=8)
-            ax.annotate(
-                name, (s.loc[key, "tv"], s.loc[key, "rmse"]), textcoords="offset points", xytext=(5, 3), fontsize=8
-            )
-    if "decoder:calibrated_sampling" in s.index:
-        ax.plot(
-            s.loc["decoder:calibrated_sampling", "tv"],
-            s.loc["decoder:calibrated_sampling", "rmse"],
-            "^",
-            color="tab:green",
-            label="hybrid calibrated sampling",
-        )
-    if "llm" in s.index:
-        ax.plot(s.loc["llm", "tv"], s.loc["llm", "rmse"], "*", color="tab:red", ms=12, label="LLM-only (this run)")
-    (r0, r1), (t0, t1) = SEED_REPORTED["rmse"], SEED_REPORTED["tv"]
-    ax.add_patch(
-        plt.Rectangle(
-            (t0, r0),
-            t1 - t0,
-            r1 - r0,
-            color="tab:orange",
-            alpha=0.4,
-            label="seed GPT-3.5 (reported in issue 10, not measured)",
-        )
-    )
-    ax.axhline(0.95, color="tab:purple", ls=":", lw=1)
-    ax.axvline(0.05, color="tab:purple", ls=":", lw=1)
-    ax.set_xlabel("rating-histogram TV distance to the real ratings (lower = more realistic)")
-    ax.set_ylabel("RMSE of integer ratings (lower = more accurate)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="upper right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _gaps_text(gaps: dict[str, dict]) -> str:
-    """'u1: rmse +0.010 [-0.020, +0.040], ...; u2: ...' for {fold: paired_gap(...)}."""
-    return "; ".join(
-        f"{fold}: " + ", ".join(f"{m} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, (v, lo, hi) in g.items())
-        for fold, g in gaps.items()
-    )
-
-
-def llm_summary(args, gaps: dict, input_gaps: dict, dist_gaps: dict) -> str:
-    """The sentences on the LLM's part that head the table (95% bootstrap intervals over users)."""
-    if not args.llm_run_id:
-        return "LLM: absent (no --llm-run-id): every hybrid row uses CF and profile features only"
-    text = f"LLM-only row: run {args.llm_run_id}. "
-    if args.llm_slice_run_id:
-        text += (
-            f"The LLM as a calibrator input (slice run {args.llm_slice_run_id}: {WITH_LLM} vs {WITHOUT_LLM}, "
-            f"the same hash slice, accuracy mode, with minus without): {_gaps_text(input_gaps)}. "
-        )
-        text += (
-            f"Its distribution over 1..5 (logprobs or draws) against its answer alone ({WITH_LLM} minus {WITH_ANSWER}): "
-            f"{_gaps_text(dist_gaps)}. "
-            if dist_gaps
-            else "The runs stored no rating distributions (no logprobs, no draws): the LLM input is its answer alone. "
-        )
-    else:
-        text += "The hybrid rows' calibrator has no LLM input (give --llm-slice-run-id for that). "
-    return text + (
-        f"Cross-fitted over users ({MARGIN_CF} vs {MARGIN_LLM}, tasks/fidelity/llm_margin.py): "
-        f"{_gaps_text(gaps)} (cf+llm minus cf, 95% bootstrap interval over users)"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", default=",".join(FOLDS), help="comma-separated, default u1..u5")
@@ -555,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             "compare": args.compare_calibrators,
             "llm": args.llm_run_id,
             "n": len(test),
-            "llm_rows": None if llm is None else _frame_hash(llm),
-            "llm_slice": None if slice_llm is None else _frame_hash(slice_llm),
+            "llm_rows": None if llm is None else frame_hash(llm),
+            "llm_slice": None if slice_llm is None else frame_hash(slice_llm),
         }
 
         def compute(train=train, test=test, llm=llm, fold=fold, slice_llm=slice_llm):
@@ -592,19 +311,19 @@ def main(argv: list[str] | None = None) -> int:
             gaps[fold] = gap
             log(
                 f"  {fold}: LLM marginal contribution (cf+llm minus cf, cross-fit over users; 95% bootstrap "
-                f"over users): {_gaps_text({fold: gap})}"
+                f"over users): {gaps_text({fold: gap})}"
             )
         if input_gap is not None:
             input_gaps[fold] = input_gap
             log(
                 f"  {fold}: the LLM as a calibrator input (accuracy mode, with minus without; 95% bootstrap over "
-                f"users): {_gaps_text({fold: input_gap})}"
+                f"users): {gaps_text({fold: input_gap})}"
             )
         if dist_gap is not None:
             dist_gaps[fold] = dist_gap
             log(
                 f"  {fold}: the LLM's distribution against its answer alone (accuracy mode, {WITH_LLM} minus "
-                f"{WITH_ANSWER}): {_gaps_text({fold: dist_gap})}"
+                f"{WITH_ANSWER}): {gaps_text({fold: dist_gap})}"
             )
         log(f"{fold}: {len(test)} rows, {test['user_id'].nunique()} users, {time.monotonic() - t_fold:.0f} s")
     per_fold = pd.concat(parts, ignore_index=True)

@@ -46,10 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _perf  # noqa: E402
-from _perf import log  # noqa: E402
+from support import machine, output, runs, schedule, servers
+from support.output import log
 
 
 def phase_table(t) -> list[str]:
@@ -80,11 +78,11 @@ def phase_table(t) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", type=Path, default=_perf.DEFAULT_DATA_DIR)
+    ap.add_argument("--data-dir", type=Path, default=output.DEFAULT_DATA_DIR)
     ap.add_argument(
         "--item-text",
         type=Path,
-        default=_perf.DEFAULT_ITEM_TEXT if _perf.DEFAULT_ITEM_TEXT.exists() else None,
+        default=output.DEFAULT_ITEM_TEXT if output.DEFAULT_ITEM_TEXT.exists() else None,
         help="item overview TSV (default: ../shared/data/ml-100k-text/ml100k_movie_text.tsv if present)",
     )
     ap.add_argument("--fold", default="u1")
@@ -114,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         help="create Prefect's database in the run's PREFECT_HOME before the timed runs (a one-time "
         "migration every user pays on their first doppel command only; timed and printed apart)",
     )
-    ap.add_argument("--repo", type=Path, default=_perf.REPO, help="checkout of doppel to time (default: this one)")
+    ap.add_argument("--repo", type=Path, default=output.REPO, help="checkout of doppel to time (default: this one)")
     ap.add_argument("--max-load", type=float, default=2.5, help="wait for the 1-min load average to drop below this")
     ap.add_argument("--max-wait", type=float, default=600, help="seconds to wait for a quiet machine")
     ap.add_argument(
@@ -127,11 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     args = ap.parse_args(argv)
 
-    repo = _perf.use_repo(args.repo)
-    _perf.exit_cleanly_on_sigterm()
+    repo = runs.use_repo(args.repo)
+    machine.exit_cleanly_on_sigterm()
     wd = args.workdir or Path(tempfile.mkdtemp(prefix="doppel-overhead-"))
     wd.mkdir(parents=True, exist_ok=True)
-    env = _perf.doppel_env(repo, wd / "prefect-home")
+    env = runs.doppel_env(wd / "prefect-home", repo=repo, timed=True)
     log_path = wd / "doppel.log"
     log(f"repo {repo}; workdir {wd}; log {log_path}")
     log(
@@ -157,20 +155,19 @@ def main(argv: list[str] | None = None) -> int:
             "--db",
             str(template),
         ] + (["--item-text", str(args.item_text)] if args.item_text else [])
-        ing = _perf.run_timed(ingest, env, wd, log_path, sample_rss=False)
+        ing = runs.run_timed(ingest, env, wd, log_path, sample_rss=False)
         if ing.returncode != 0:
             log(ing.text[-3000:])
             return 1
         log(f"ingest (one-time, not in the timed runs): {time.monotonic() - t0:.1f} s")
 
-    shapes = _perf.planned_work(template, args.fold, args.users)
-    plan_calls = sum(sum(s) for s in shapes)
-    plan_chain = max(_perf.critical_path(s) for s in shapes)
+    plan = schedule.planned_work(template, args.fold, args.users)
+    plan_calls, plan_chain = plan.calls, plan.longest_chain
     chunks = 1 if args.runner == "threads" or args.concurrency <= 1 else min(2, args.concurrency)
-    sched = _perf.simulate_schedule(shapes, args.latency, args.concurrency, chunks=chunks)
-    plan_ideal = _perf.ideal_wall(plan_calls, plan_chain, args.latency, args.concurrency)
+    sched = schedule.simulate_schedule(plan, args.latency, args.concurrency, chunks=chunks)
+    plan_ideal = schedule.ideal_wall(plan_calls, plan_chain, args.latency, args.concurrency)
     log(
-        f"plan: {len(shapes)} users, {plan_calls:,} calls, longest chain {plan_chain} calls; ideal {plan_ideal:.1f} s; "
+        f"plan: {len(plan.works)} users, {plan_calls:,} calls, longest chain {plan_chain} calls; ideal {plan_ideal:.1f} s; "
         f"doppel's scheduler alone (zero CPU, {chunks} chunk(s), exact latency): {sched:.1f} s = {sched / plan_ideal:.3f}x"
     )
 
@@ -193,26 +190,26 @@ def main(argv: list[str] | None = None) -> int:
         )
     stack = contextlib.ExitStack()
     if args.external_prefect:
-        api_url = stack.enter_context(_perf.prefect_server(wd / "prefect-server-home"))
+        api_url = stack.enter_context(servers.prefect_server(wd / "prefect-server-home"))
         env["PREFECT_API_URL"] = api_url
         log(f"external Prefect API server at {api_url} (started before the timed runs)")
     out: dict = {
         "external_prefect": args.external_prefect,
-        "users": len(shapes),
+        "users": len(plan.works),
         "latency": args.latency,
         "concurrency": args.concurrency,
         "runner": args.runner,
         "baselines": args.baselines,
         "repo": str(repo),
     }
-    with stack, _perf.llm_server(latency=args.latency, max_concurrency=args.concurrency) as (server, base_url):
+    with stack, servers.llm_server(latency=args.latency, max_concurrency=args.concurrency) as (server, base_url):
         # ---------------------------------------------------------------- the full run
         run_dir = wd / "full"
         run_dir.mkdir(exist_ok=True)
         db = run_dir / "doppel.duckdb"
         shutil.copy(template, db)
         run_id = "overhead-bench"
-        argv_full = _perf.doppel_argv(
+        argv_full = runs.doppel_argv(
             base_url=base_url,
             db=db,
             run_id=run_id,
@@ -224,20 +221,20 @@ def main(argv: list[str] | None = None) -> int:
             runner=args.runner,
             baselines=args.baselines,
         )
-        load = _perf.quiet_machine(args.max_load, args.max_wait)
-        _perf.server_reset(base_url)
+        load = machine.quiet_machine(args.max_load, args.max_wait)
+        servers.server_reset(base_url)
         log(f"\nfull run (load {load:.2f} at start) ...")
-        server_cpu = _perf.cpu_seconds(server.pid)
-        full = _perf.run_timed(argv_full, env, run_dir, log_path)
-        server_cpu = _perf.cpu_seconds(server.pid) - server_cpu
-        stats = _perf.server_stats(base_url)
+        server_cpu = machine.cpu_seconds(server.pid)
+        full = runs.run_timed(argv_full, env, run_dir, log_path)
+        server_cpu = machine.cpu_seconds(server.pid) - server_cpu
+        stats = servers.server_stats(base_url)
         if full.returncode != 0:
             log("\n".join(line for _, line in full.lines[-60:]))
             log(f"doppel run failed with exit {full.returncode}")
             return 1
-        facts = _perf.run_facts(db, run_id)
+        facts = db.run_facts(db, run_id)
         calls, chain = facts["calls"], facts["longest_chain_calls"]
-        ideal = _perf.ideal_wall(calls, chain, args.latency, args.concurrency)
+        ideal = schedule.ideal_wall(calls, chain, args.latency, args.concurrency)
         p = full.phases
         fan = p.get("fanout_s", float("nan"))
         flow = p.get("flow_wall_s", float("nan"))
@@ -323,12 +320,12 @@ def main(argv: list[str] | None = None) -> int:
 
         # ---------------------------------------------------------------- rerun of the finished run
         if args.rerun:
-            load = _perf.quiet_machine(args.max_load, args.max_wait)
-            _perf.server_reset(base_url)
+            load = machine.quiet_machine(args.max_load, args.max_wait)
+            servers.server_reset(base_url)
             log(f"\nrerun of the finished run, same --run-id (load {load:.2f}) ...")
-            again = _perf.run_timed(argv_full, env, run_dir, log_path)
-            again_requests = _perf.server_stats(base_url)["requests"]
-            facts2 = _perf.run_facts(db, run_id)
+            again = runs.run_timed(argv_full, env, run_dir, log_path)
+            again_requests = servers.server_stats(base_url)["requests"]
+            facts2 = db.run_facts(db, run_id)
             new_rows = facts2["calls"] - calls
             out.update(
                 rerun_wall_s=round(again.wall_s, 2),
@@ -355,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             seq_dir.mkdir(exist_ok=True)
             seq_db = seq_dir / "doppel.duckdb"
             shutil.copy(template, seq_db)
-            argv_seq = _perf.doppel_argv(
+            argv_seq = runs.doppel_argv(
                 base_url=base_url,
                 db=seq_db,
                 run_id="sequential-bench",
@@ -367,18 +364,18 @@ def main(argv: list[str] | None = None) -> int:
                 runner=args.runner,
                 baselines=False,
             )
-            load = _perf.quiet_machine(args.max_load, args.max_wait)
-            _perf.server_reset(base_url)
+            load = machine.quiet_machine(args.max_load, args.max_wait)
+            servers.server_reset(base_url)
             from doppel.testing.llm_server import admin
 
             admin(base_url, "config", {"max_concurrency": 1})
             log(f"\nsequential run: {args.seq_users} users, one call at a time (load {load:.2f}) ...")
-            seq = _perf.run_timed(argv_seq, env, seq_dir, log_path, sample_rss=False)
+            seq = runs.run_timed(argv_seq, env, seq_dir, log_path, sample_rss=False)
             admin(base_url, "config", {"max_concurrency": args.concurrency})
             if seq.returncode != 0:
                 log("\n".join(line for _, line in seq.lines[-40:]))
                 return 1
-            sfacts = _perf.run_facts(seq_db, "sequential-bench")
+            sfacts = db.run_facts(seq_db, "sequential-bench")
             seq_fan = seq.phases.get("fanout_s", float("nan"))
             per_call = seq_fan / max(1, sfacts["calls"])
             seq_full = per_call * calls
@@ -414,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(out, indent=2, default=str))
         log(f"figures in {args.json}")
     print(
-        _perf.result_line(
+        output.result_line(
             overhead_ratio=round(full.wall_s / ideal, 3),
             speedup_vs_sequential=round(speedup, 2),
             calls=calls,

@@ -41,14 +41,12 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import doppel_env, log, result_line, run_doppel  # noqa: E402
-from _perf import DEFAULT_DATA_DIR, DEFAULT_ITEM_TEXT, RESULTS, markdown_table  # noqa: E402
 
 from doppel.tasks.fidelity.llm_margin import paired_gap  # noqa: E402
 from doppel.tasks.metrics import rating_metrics  # noqa: E402
 from doppel.tasks.store.db import query  # noqa: E402
+from support.output import DEFAULT_DATA_DIR, DEFAULT_ITEM_TEXT, RESULTS, log, markdown_table, result_line  # noqa: E402
+from support.runs import doppel_env, run_doppel  # noqa: E402
 
 NEW, OLD = "compact", "seed"
 VARIANT_RE = re.compile(r"^(?P<prompts>[^+]+)(?P<mods>(\+(batch\d+|noupdate))*)$")

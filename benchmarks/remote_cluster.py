@@ -27,7 +27,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
@@ -41,12 +40,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="doppel-distributed-"))
     os.environ.setdefault("PREFECT_HOME", str(work / "prefect-home"))
 
-    from _common import log, result_line
     from distributed import Client
 
     from doppel.flows.runtime import free_port, prefect_api
     from doppel.tasks.settings import LLMSettings, RunSettings
     from doppel.testing.llm_server import LLMTestServer
+    from support.output import log, result_line
     from tests.test_deployments import spawn, stop_tree
 
     with contextlib.ExitStack() as stack:

@@ -34,27 +34,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
-    DEFAULT_DATA_DIR,
-    ProcessTree,
-    admin,
-    db_is_locked,
-    describe,
-    doppel_argv,
-    doppel_env,
-    kill_group,
-    kill_pids,
-    llm_server,
-    log,
-    read_db,
-    result_line,
-    run_doppel,
-    server_requests,
-    start_doppel,
-    workdir,
-)
+from support.db import db_is_locked, read_db
+from support.output import DEFAULT_DATA_DIR, log, result_line
+from support.processes import ProcessTree, describe, kill_pids
+from support.runs import doppel_argv, doppel_env, kill_group, run_doppel, start_doppel, workdir
+from support.servers import admin, llm_server, server_requests
 
 RUN_ID = "resume-bench"
 RATINGS_SQL = "select fold, user_id, item_id, rating, status from simulated_ratings where run_id = ? order by all"

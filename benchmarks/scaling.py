@@ -32,10 +32,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _perf  # noqa: E402
-from _perf import log  # noqa: E402
+from support import machine, output, runs, schedule, servers
+from support.output import log
 
 COLUMNS = [
     "runner",
@@ -104,9 +102,9 @@ def plot(rows: list[dict], path: Path, latency: float, users_for_conc: int, conc
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", type=Path, default=_perf.DEFAULT_DATA_DIR)
+    ap.add_argument("--data-dir", type=Path, default=output.DEFAULT_DATA_DIR)
     ap.add_argument(
-        "--item-text", type=Path, default=_perf.DEFAULT_ITEM_TEXT if _perf.DEFAULT_ITEM_TEXT.exists() else None
+        "--item-text", type=Path, default=output.DEFAULT_ITEM_TEXT if output.DEFAULT_ITEM_TEXT.exists() else None
     )
     ap.add_argument("--fold", default="u1")
     ap.add_argument("--latency", type=float, default=0.1)
@@ -115,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users-for-concurrency", type=int, default=200)
     ap.add_argument("--concurrency-for-users", type=int, default=32)
     ap.add_argument("--runners", default="dask,threads")
-    ap.add_argument("--repo", type=Path, default=_perf.REPO)
-    ap.add_argument("--out", type=Path, default=_perf.RESULTS, help="directory for scaling.csv/.md/.png")
+    ap.add_argument("--repo", type=Path, default=output.REPO)
+    ap.add_argument("--out", type=Path, default=output.RESULTS, help="directory for scaling.csv/.md/.png")
     ap.add_argument("--max-load", type=float, default=2.5)
     ap.add_argument("--max-wait", type=float, default=600)
     ap.add_argument(
@@ -128,12 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    repo = _perf.use_repo(args.repo)
-    _perf.exit_cleanly_on_sigterm()
+    repo = runs.use_repo(args.repo)
+    machine.exit_cleanly_on_sigterm()
     wd = args.workdir or Path(tempfile.mkdtemp(prefix="doppel-scaling-"))
     wd.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    env = _perf.doppel_env(repo, wd / "prefect-home")
+    env = runs.doppel_env(wd / "prefect-home", repo=repo, timed=True)
     log_path = wd / "doppel.log"
     csv_path, md_path, png_path = args.out / "scaling.csv", args.out / "scaling.md", args.out / "scaling.png"
     log(f"repo {repo}; workdir {wd}; log {log_path}; latency {args.latency} s")
@@ -154,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             "--db",
             str(template),
         ] + (["--item-text", str(args.item_text)] if args.item_text else [])
-        if _perf.run_timed(ingest, env, wd, log_path, sample_rss=False).returncode != 0:
+        if runs.run_timed(ingest, env, wd, log_path, sample_rss=False).returncode != 0:
             log(f"ingest failed: see {log_path}")
             return 1
 
@@ -164,13 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             points.append((runner, "users", users, args.concurrency_for_users))
         for conc in ints(args.concurrency_list):
             points.append((runner, "concurrency", args.users_for_concurrency, conc))
-    n_all = len(_perf.planned_work(template, args.fold, None))
+    n_all = len(schedule.planned_work(template, args.fold, None).works)
 
     rows: list[dict] = []
     with csv_path.open("w", newline="") as f:
         csv.DictWriter(f, COLUMNS).writeheader()
     started = time.monotonic()
-    with _perf.llm_server(latency=args.latency, max_concurrency=args.concurrency_for_users) as (_, base_url):
+    with servers.llm_server(latency=args.latency, max_concurrency=args.concurrency_for_users) as (_, base_url):
         from doppel.testing.llm_server import admin
 
         for i, (runner, sweep, users, conc) in enumerate(points, 1):
@@ -180,14 +178,14 @@ def main(argv: list[str] | None = None) -> int:
             if same is not None:  # e.g. 200 users at concurrency 32 is on both sweeps
                 rows.append({**same, "sweep": sweep})
                 continue
-            shapes = _perf.planned_work(template, args.fold, None if users >= n_all else users)
+            plan = schedule.planned_work(template, args.fold, None if users >= n_all else users)
             chunks = 1 if runner == "threads" or conc <= 1 else min(2, conc)
-            sched = _perf.simulate_schedule(shapes, args.latency, conc, chunks=chunks)
+            sched = schedule.simulate_schedule(plan, args.latency, conc, chunks=chunks)
             point_dir = wd / f"{runner}-u{users}-c{conc}"
             point_dir.mkdir(exist_ok=True)
             db = point_dir / "doppel.duckdb"
             shutil.copy(template, db)
-            argv_run = _perf.doppel_argv(
+            argv_run = runs.doppel_argv(
                 base_url=base_url,
                 db=db,
                 run_id="scaling",
@@ -199,14 +197,14 @@ def main(argv: list[str] | None = None) -> int:
                 runner=runner,
                 baselines=False,
             )
-            load = _perf.quiet_machine(args.max_load, args.max_wait)
+            load = machine.quiet_machine(args.max_load, args.max_wait)
             admin(base_url, "config", {"max_concurrency": conc})
-            _perf.server_reset(base_url)
-            t = _perf.run_timed(argv_run, env, point_dir, log_path)
+            servers.server_reset(base_url)
+            t = runs.run_timed(argv_run, env, point_dir, log_path)
             row = {
                 "runner": runner,
                 "sweep": sweep,
-                "users": len(shapes),
+                "users": len(plan.works),
                 "concurrency": conc,
                 "latency_s": args.latency,
                 "exit": t.returncode,
@@ -217,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                 "scheduler_model_s": round(sched, 2),
             }
             if t.returncode == 0:
-                facts = _perf.run_facts(db, "scaling")
-                ideal = _perf.ideal_wall(facts["calls"], facts["longest_chain_calls"], args.latency, conc)
+                facts = db.run_facts(db, "scaling")
+                ideal = schedule.ideal_wall(facts["calls"], facts["longest_chain_calls"], args.latency, conc)
                 fan = t.phases.get("fanout_s", float("nan"))
                 row.update(
                     calls=facts["calls"],
@@ -262,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         md += [
             f"## wall vs {sweep}",
             "",
-            _perf.markdown_table([r for r in rows if r["sweep"] == sweep], COLUMNS[:1] + COLUMNS[2:]),
+            output.markdown_table([r for r in rows if r["sweep"] == sweep], COLUMNS[:1] + COLUMNS[2:]),
             "",
         ]
     md_path.write_text("\n".join(md))
@@ -271,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = [r for r in rows if r["exit"] == 0]
     log(f"\ncsv {csv_path}\nmarkdown {md_path}\nplot {png_path}\nsweep took {time.monotonic() - started:.0f} s")
     print(
-        _perf.result_line(
+        output.result_line(
             points=len(ok),
             fanout_ratio_median=round(statistics.median(r["ratio_fanout"] for r in ok), 3) if ok else float("nan"),
             command_ratio_median=round(statistics.median(r["ratio_command"] for r in ok), 3) if ok else float("nan"),

@@ -25,19 +25,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _perf  # noqa: E402
-from _perf import log  # noqa: E402
+from support import db, output, runs
+from support.output import log
 
 SEED_TOKENS_PER_RATING = 450
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", type=Path, default=_perf.DEFAULT_DATA_DIR)
+    ap.add_argument("--data-dir", type=Path, default=output.DEFAULT_DATA_DIR)
     ap.add_argument(
-        "--item-text", type=Path, default=_perf.DEFAULT_ITEM_TEXT if _perf.DEFAULT_ITEM_TEXT.exists() else None
+        "--item-text", type=Path, default=output.DEFAULT_ITEM_TEXT if output.DEFAULT_ITEM_TEXT.exists() else None
     )
     ap.add_argument("--fold", default="u1")
     ap.add_argument("--users", type=int, default=None)
@@ -48,14 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--template", type=Path, default=None, help="an ingested DuckDB file (default: ingest into a temp dir)"
     )
-    ap.add_argument("--repo", type=Path, default=_perf.REPO)
-    ap.add_argument("--out", type=Path, default=_perf.RESULTS)
+    ap.add_argument("--repo", type=Path, default=output.REPO)
+    ap.add_argument("--out", type=Path, default=output.RESULTS)
     args = ap.parse_args(argv)
-    repo = _perf.use_repo(args.repo)
+    repo = runs.use_repo(args.repo)
 
     measured = None
     if args.db and args.run_id:
-        facts = _perf.run_facts(args.db, args.run_id)
+        facts = db.run_facts(args.db, args.run_id)
         per = facts["prompt_tokens"] / max(1, facts["rated"])
         by = facts["by_prompt"].copy()
         by["per_rating"] = by["prompt_tokens"] / max(1, facts["rated"])
@@ -82,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             "--db",
             str(template),
         ] + (["--item-text", str(args.item_text)] if args.item_text else [])
-        t = _perf.run_timed(
-            ingest, _perf.doppel_env(repo, wd / "prefect-home"), wd, wd / "ingest.log", sample_rss=False
+        t = runs.run_timed(
+            ingest, runs.doppel_env(wd / "prefect-home", repo=repo, timed=True), wd, wd / "ingest.log", sample_rss=False
         )
         if t.returncode != 0:
             log(t.text[-2000:])
@@ -117,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
     columns = list(rows[0])
-    table = _perf.markdown_table(rows, columns)
+    table = output.markdown_table(rows, columns)
     log("\nestimated with the real prompts (placeholder profile of the target length):\n" + table)
     args.out.mkdir(parents=True, exist_ok=True)
     name = "tokens.md" if args.prompts == "compact" else f"tokens_{Path(args.prompts).name}.md"
@@ -131,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     default = next(r for r in rows if r["rate_batch"] == 10 and r["update"])
     per = measured if measured is not None else default["prompt_tokens_per_rating"]
     print(
-        _perf.result_line(
+        output.result_line(
             prompt_tokens_per_rating=round(per, 1),
             seed_tokens_per_rating=SEED_TOKENS_PER_RATING,
             ratio_to_seed=round(per / SEED_TOKENS_PER_RATING, 3),

@@ -1,0 +1,63 @@
+"""Paths, printing and the results-file header shared by the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parents[1]  # benchmarks/
+REPO = HERE.parent
+RESULTS = HERE / "results"
+DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "ml-100k"
+DEFAULT_ITEM_TEXT = REPO.parent / "shared" / "data" / "ml-100k-text" / "ml100k_movie_text.tsv"
+SERVER_MODEL = "doppel-test-model"
+
+
+def log(message: str = "") -> None:
+    print(message, flush=True)
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        return f"{v:.3f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def result_line(**values: Any) -> str:
+    return "RESULT " + " ".join(f"{k}={fmt(v)}" for k, v in values.items())
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        out.append("| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(out)
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+
+
+def provenance() -> str:
+    """One line for a results file: date, command, commit and machine."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = shlex.join(["python", *sys.argv])
+    return f"{stamp}; `{command}`; commit {commit()}; {machine()}"
