@@ -13,6 +13,7 @@ import pandas as pd
 
 from doppel.tasks.sandbox.records import Outcome
 from doppel.tasks.store.db import connect, execute, query, transaction
+from doppel.tasks.store.schema import frame_columns
 from doppel.tasks.store.writes import CALL_COLUMNS, write_checked
 
 TABLES = (
@@ -27,13 +28,16 @@ TABLES = (
     "sandbox_posts",
     "sandbox_memories",
 )
+# a round's rows as frames: each table's columns (sql/sandbox.sql) minus what the insert binds or numbers
+# itself; `k` orders the rows whose seq the insert assigns
+_BOUND = ("sandbox_id", "round")
 _COLUMNS = {
-    "actions": ["k", "agent_id", "step", "action", "detail", "status", "error", "call_key"],
-    "pages": ["agent_id", "step", "page", "query", "recommender", "item_ids"],
-    "ratings": ["agent_id", "user_id", "item_id", "rating", "feeling", "call_key"],
-    "messages": ["k", "chat_id", "turn", "speaker_id", "listener_id", "text"],
-    "posts": ["agent_id", "post_id", "text"],
-    "memories": ["k", "agent_id", "kind", "text", "importance", "embedding"],
+    "actions": ["k", *frame_columns("sandbox_actions", (*_BOUND, "seq", "created"))],
+    "pages": frame_columns("sandbox_pages", _BOUND),
+    "ratings": frame_columns("sandbox_ratings", _BOUND),
+    "messages": ["k", *frame_columns("sandbox_messages", (*_BOUND, "seq"))],
+    "posts": frame_columns("sandbox_posts", _BOUND),
+    "memories": ["k", *frame_columns("sandbox_memories", (*_BOUND, "seq"))],
 }
 
 
