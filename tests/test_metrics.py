@@ -211,26 +211,26 @@ def test_scoring_depends_only_on_the_rows_and_the_seed(prefect_server, llm_serve
 
 
 def test_the_fidelity_benchmarks_cache_key_covers_data_files_and_library_versions(tmp_path, monkeypatch) -> None:
-    import importlib.util
+    import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity.py"
-    spec = importlib.util.spec_from_file_location("fidelity_benchmark", script)
-    fidelity = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fidelity)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.delitem(sys.modules, "support", raising=False)
+    from support import fidelity_cache
+
     data = tmp_path / "ml"
     data.mkdir()
     (data / "u.data").write_text("1\t2\t5\t881250949\n")
-    key = fidelity.inputs_hash(data)
-    assert fidelity.inputs_hash(data) == key  # stable
+    key = fidelity_cache.inputs_hash(data)
+    assert fidelity_cache.inputs_hash(data) == key  # stable
     (data / "u.data").write_text("1\t2\t4\t881250949\n")
-    changed = fidelity.inputs_hash(data)
+    changed = fidelity_cache.inputs_hash(data)
     assert changed != key  # a data file changed
-    real = fidelity.metadata.distributions
+    real = fidelity_cache.metadata.distributions
 
     class Bumped:
         metadata = {"Name": "scikit-surprise"}
         version = "99.0"
 
-    monkeypatch.setattr(fidelity.metadata, "distributions", lambda: [*real(), Bumped()])
-    assert fidelity.inputs_hash(data) != changed  # a library version changed
+    monkeypatch.setattr(fidelity_cache.metadata, "distributions", lambda: [*real(), Bumped()])
+    assert fidelity_cache.inputs_hash(data) != changed  # a library version changed
