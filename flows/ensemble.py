@@ -66,6 +66,9 @@ def new_ensemble_id() -> str:
 @flow(name="doppel-ensemble")
 def ensemble(settings: EnsembleSettings) -> dict:
     """Analyse items with the LLM, then score the three voters and their vote on the fold's held-out likes."""
+    from doppel.flows.untrusted import refuse_untrusted
+
+    refuse_untrusted(settings.run)  # a deployment's parameters are anyone's (docs/security.md)
     logger = get_run_logger()
     started = time.monotonic()
     db, fold = settings.run.db, settings.fold

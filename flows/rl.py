@@ -54,6 +54,9 @@ def evaluate_agent(name: str, policies: list, world: rewards.World, settings: RL
 @flow(name="doppel-rl")
 def rl(settings: RLSettings) -> dict:
     """Train and evaluate the agents on the env whose reward is a simulated doppel user."""
+    from doppel.flows.untrusted import refuse_untrusted
+
+    refuse_untrusted(db=settings.db, plot=settings.plot)  # a deployment's parameters are anyone's
     logger = get_run_logger()
     started = time.monotonic()
     init_db(settings.db)

@@ -22,6 +22,9 @@ class GateFailed(RuntimeError):
 def score_run(db: str, run_id: str, baselines: bool = True, hybrid: bool = False) -> list[dict]:
     """Validate the run's tables; when they pass, compute and store metrics (llm + baselines,
     + the calibrated hybrid's accuracy and realism modes when `hybrid`)."""
+    from doppel.flows.untrusted import refuse_untrusted
+
+    refuse_untrusted(db=db)  # a deployment's parameters are anyone's (docs/security.md)
     init_db(db)  # a file from an older doppel is migrated and gets the views scoring reads
     return gate_and_score(db, run_id, baselines, hybrid)
 

@@ -484,3 +484,33 @@ def test_a_run_from_parameters_reaches_only_what_the_operator_allowed(tmp_path, 
     for fragment, settings in refused.items():
         with pytest.raises(UntrustedSettingError, match=re.escape(fragment)):
             check_untrusted_run(settings)
+
+
+def test_every_deployed_flow_checks_its_parameters_when_run_from_a_deployment(tmp_path, monkeypatch):
+    """doppel-score, doppel-ensemble and doppel-rl, in a flow run of a deployment (Prefect's runtime
+    says so), refuse paths and endpoints the operator did not allow, before they touch anything."""
+    from doppel.flows.ensemble import ensemble
+    from doppel.flows.rl import rl
+    from doppel.flows.score import score_run
+    from doppel.tasks.ensemble.config import EnsembleSettings
+    from doppel.tasks.rl.config import RLSettings
+    from doppel.tasks.settings import LLMSettings, RunSettings
+    from doppel.tasks.trust import UntrustedSettingError
+
+    monkeypatch.setenv("DOPPEL_DATA_ROOTS", str(tmp_path))
+    monkeypatch.delenv("DOPPEL_ALLOWED_ENDPOINTS", raising=False)
+    monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__ID", "7b0c1a4e-0000-4000-8000-000000000000")
+    elsewhere = "/tmp/doppel-not-the-root/doppel.duckdb"
+    with pytest.raises(UntrustedSettingError, match="db '/tmp/doppel-not-the-root/doppel.duckdb'"):
+        score_run.fn(db=elsewhere, run_id="r")
+    with pytest.raises(UntrustedSettingError, match="db '/tmp/doppel-not-the-root"):
+        rl.fn(RLSettings(db=elsewhere))
+    llm = LLMSettings(base_url="http://127.0.0.1:9/v1", model="m")
+    with pytest.raises(UntrustedSettingError, match="base_url 'http://127.0.0.1:9/v1'"):
+        ensemble.fn(EnsembleSettings(run=RunSettings(db=str(tmp_path / "d.duckdb"), llm=llm)))
+    assert not Path("/tmp/doppel-not-the-root").exists()
+    # the operator's own call (CLI, Python) is not a deployment's: not checked here
+    monkeypatch.delenv("PREFECT__RUNTIME__DEPLOYMENT__ID")
+    with pytest.raises(Exception) as caught:
+        score_run.fn(db=str(tmp_path / "missing" / "doppel.duckdb"), run_id="r")
+    assert not isinstance(caught.value, UntrustedSettingError)
