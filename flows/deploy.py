@@ -13,7 +13,6 @@ import importlib
 import inspect
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import yaml
 from prefect import flow
 
 from doppel.flows.runtime import PREFECT_QUIET_ENV, _stop, _wait_healthy, die_with_parent
+from doppel.flows.serve_auth import auth_path, server_auth_string, server_security_env, started_by_doppel
 from doppel.tasks.settings import LLMSettings, RunSettings, SimulationSettings
 from doppel.tasks.trust import ALLOWED_ENDPOINTS_ENV, DATA_ROOTS_ENV, check_untrusted_run
 
@@ -269,38 +269,6 @@ def _healthy(url: str) -> bool:
     return False
 
 
-AUTH_FILE = "doppel-serve-auth"  # in PREFECT_HOME, beside the server's database
-
-
-def server_auth_string(home: Path) -> str:
-    """The basic-auth secret (user:password) of the server `doppel serve` starts: generated at first
-    start into PREFECT_HOME/doppel-serve-auth, readable by this user only (0600)."""
-    path = home / AUTH_FILE
-    home.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(f"doppel:{secrets.token_urlsafe(32)}\n")
-    if path.stat().st_mode & 0o077:
-        os.chmod(path, 0o600)  # others could read it before: keep it ours from now on
-    return path.read_text().strip()
-
-
-def auth_path() -> Path:
-    from prefect.settings import PREFECT_HOME
-
-    return Path(PREFECT_HOME.value()).expanduser() / AUTH_FILE
-
-
-def server_security_env(auth: str, host: str, port: int) -> dict[str, str]:
-    """Prefect's own server protections: basic auth, CSRF tokens, CORS only from the server's own UI."""
-    return {
-        "PREFECT_SERVER_API_AUTH_STRING": auth,
-        "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true",
-        "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": f"http://{host}:{port}",
-    }
-
-
 @contextlib.contextmanager
 def local_prefect_server(port: int = 4200, host: str = "127.0.0.1") -> Iterator[str]:
     """PREFECT_API_URL if set; else a server already on host:port; else `prefect server start` there.
@@ -317,9 +285,14 @@ def local_prefect_server(port: int = 4200, host: str = "127.0.0.1") -> Iterator[
 
     home = Path(PREFECT_HOME.value()).expanduser()
     auth = server_auth_string(home)
-    os.environ["PREFECT_API_AUTH_STRING"] = auth  # harmless to a server without auth; inherited by flow runs
     url = f"http://{host}:{port}/api"
-    if _healthy(url):
+    if _healthy(url) and not started_by_doppel(host, port, auth):
+        raise RuntimeError(
+            f"a Prefect server doppel serve did not start answers on {host}:{port}; doppel serve sends it no "
+            f"secret: use another --port, or PREFECT_API_URL (and PREFECT_API_AUTH_STRING) to serve on that server"
+        )
+    os.environ["PREFECT_API_AUTH_STRING"] = auth  # this process and the flow runs it starts
+    if _healthy(url):  # another doppel serve's server: shared
         yield url
         return
     log = home / "doppel-serve-server.log"  # a file: no pipe to fill up

@@ -321,15 +321,25 @@ def test_prefect_deploy_worker_round_trip(tmp_path, server, llm_subprocess, star
 
 
 def test_doppel_serve_runs_a_triggered_deployment(tmp_path, server, llm_subprocess, started):
-    """`doppel serve` (no PREFECT_API_URL: it finds the server on --port) serves the yaml's job; an
-    API-triggered run completes in a child of the serve process; SIGTERM stops everything."""
+    """`doppel serve` on a server the operator names (PREFECT_API_URL) serves the yaml's job; an
+    API-triggered run completes in a child of the serve process; SIGTERM stops everything. Without
+    PREFECT_API_URL, doppel serve will not use (nor send its secret to) a server it did not start."""
     api, port = server["api"], server["port"]
     env = prefect_env(server["home"], None)
     env["DOPPEL_TEST_TMP"] = str(tmp_path)
+    stranger = subprocess.run(
+        SERVE + ["--port", str(port), "--deployment", "weekly"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert stranger.returncode == 2 and f"did not start answers on 127.0.0.1:{port}" in stranger.stderr, stranger.stderr
+    env = prefect_env(server["home"], api)
+    env["DOPPEL_TEST_TMP"] = str(tmp_path)
     params = job_params(tmp_path, llm_subprocess, "serve-it")
     argv = SERVE + [
-        "--port",
-        str(port),
         "--deployment",
         "weekly",
         "--suffix",
@@ -496,6 +506,20 @@ def test_doppel_serve_starts_a_prefect_server_that_refuses_strangers(tmp_path, l
         timeout=10,
     )
     assert preflight.headers.get("access-control-allow-origin") not in ("*", "http://evil.example")
+
+    # a second doppel serve on the same port shares the server (it is ours: it holds our secret)
+    second, second_log = started(
+        "serve2", SERVE + ["--port", str(port), "--deployment", "weekly", "--no-schedules", "--suffix", "-two"], env
+    )
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 120 and "serving doppel-job/weekly-two" not in tail(second_log):
+        assert second.poll() is None, tail(second_log)
+        time.sleep(0.3)
+    assert (
+        httpx.get(f"{api}/deployments/name/doppel-job/weekly-two", auth=(user, password), timeout=10).status_code == 200
+    )
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=60) == 0, tail(second_log)
 
     # the secret outlives the server: the next start reuses it, and so can the user's own prefect CLI
     secret = secret_file.read_text()
