@@ -12,6 +12,7 @@ by the settings model.
 
 from __future__ import annotations
 
+import json
 import secrets
 import socket
 import threading
@@ -135,8 +136,10 @@ class Guard:
         self.origins = {f"http://{host}" for host in self.hosts}
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             return await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return None  # no websockets here: nothing to hold open for a stranger
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if headers.get("host") not in self.hosts:
             return await _refuse(send, 403, f"Host {headers.get('host')!r} is not this server")
@@ -164,7 +167,7 @@ class Guard:
 
 
 async def _refuse(send, status: int, text: str) -> None:
-    body = f'{{"detail": "{text}"}}'.encode()
+    body = json.dumps({"detail": text}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
