@@ -459,6 +459,15 @@ def test_a_flow_run_cannot_send_the_key_to_an_endpoint_the_operator_did_not_allo
         capture.stop()
 
 
+def wait_registered(url: str, auth: tuple[str, str], serve: subprocess.Popen, timeout: float = 120) -> int:
+    """The status of GET url once it is 200 (prefect.serve applied the deployment) or time is up."""
+    t0, status = time.monotonic(), None
+    while time.monotonic() - t0 < timeout and status != 200 and serve.poll() is None:
+        time.sleep(0.3)
+        status = httpx.get(url, auth=auth, timeout=10).status_code
+    return status
+
+
 def test_doppel_serve_starts_a_prefect_server_that_refuses_strangers(tmp_path, llm_subprocess, started):
     """`doppel serve` with no server on its port starts one with Prefect's basic auth (a secret made at
     first start, 0600), CSRF protection and CORS limited to its own origin; serve itself gets in."""
@@ -493,9 +502,10 @@ def test_doppel_serve_starts_a_prefect_server_that_refuses_strangers(tmp_path, l
         assert httpx.request(method, api + path, json=body, timeout=10).status_code in refused, path
         wrong = httpx.request(method, api + path, json=body, auth=(user, "wrong"), timeout=10)
         assert wrong.status_code in refused, path
-    # with the secret: serve registered its deployment (its own client got in)
+    # with the secret: serve registers its deployment (its own client gets in)
+    assert wait_registered(f"{api}/deployments/name/doppel-job/weekly", (user, password), serve) == 200
     deployment = httpx.get(f"{api}/deployments/name/doppel-job/weekly", auth=(user, password), timeout=10)
-    assert deployment.status_code == 200 and deployment.json()["parameters"]["db"] == params["db"]
+    assert deployment.json()["parameters"]["db"] == params["db"]
     # CSRF: a state-changing request with the secret but without a CSRF token is refused
     no_csrf = httpx.post(f"{api}/flow_runs/filter", json={}, auth=(user, password), timeout=10)
     assert no_csrf.status_code == 403 and "csrf" in no_csrf.text.lower(), no_csrf.text
@@ -511,12 +521,8 @@ def test_doppel_serve_starts_a_prefect_server_that_refuses_strangers(tmp_path, l
     second, second_log = started(
         "serve2", SERVE + ["--port", str(port), "--deployment", "weekly", "--no-schedules", "--suffix", "-two"], env
     )
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 120 and "serving doppel-job/weekly-two" not in tail(second_log):
-        assert second.poll() is None, tail(second_log)
-        time.sleep(0.3)
-    assert (
-        httpx.get(f"{api}/deployments/name/doppel-job/weekly-two", auth=(user, password), timeout=10).status_code == 200
+    assert wait_registered(f"{api}/deployments/name/doppel-job/weekly-two", (user, password), second) == 200, tail(
+        second_log
     )
     second.send_signal(signal.SIGTERM)
     assert second.wait(timeout=60) == 0, tail(second_log)
