@@ -2,9 +2,11 @@
 
     python benchmarks/pictures.py [--users 2] [--agents 2] [--work-dir /tmp/doppel-pictures]
 
-What it does (the embedded 0.5B model on the CPU: tens of seconds per call, ~15-30 min in all):
-1. `doppel run --users N --history-n 20 --max-test-items 10` on the synthetic dataset (the embedded
-   model; one profile call and one rating batch per user), then `doppel report`; headless Chromium screenshots the report ->
+What it does (the embedded 0.5B model on the CPU: tens of seconds per call on an idle machine, minutes
+on a loaded one; `taskset -c 1 python benchmarks/pictures.py` gives the server one core and one
+thread, which wastes less when other jobs share the cores):
+1. `doppel run --users N --history-n 20 --max-test-items 5 --no-update` on the synthetic dataset (the
+   embedded model; one profile call and one rating call per user), then `doppel report`; headless Chromium screenshots the report ->
    benchmarks/results/report.png.
 2. `doppel sandbox --agents A --rounds 1 --profile-run-id <that run>` (the agents' profiles come from
    the run: no profile calls), then `doppel ui --sandbox-id <it>`; Chromium screenshots the page once
@@ -155,7 +157,17 @@ def main() -> None:
     db = work / "pictures.duckdb"
 
     timeout = ["--timeout", f"{args.timeout:g}"]
-    run_args = ["run", "--users", str(args.users), "--history-n", "20", "--max-test-items", "10", *timeout]
+    run_args = [
+        "run",
+        "--users",
+        str(args.users),
+        "--history-n",
+        "20",
+        "--max-test-items",
+        "5",
+        "--no-update",
+        *timeout,
+    ]
     run_args += ["--db", str(db), "--run-id", RUN_ID]
     _, run_s = doppel(*run_args, "--no-progress", work=work)
     report = work / "report.html"
