@@ -46,6 +46,8 @@ from doppel.tasks.settings import LLMSettings, SimulationSettings  # noqa: E402
 from doppel.tasks.simulation import simulate_user  # noqa: E402
 
 LAYOUTS = {"old": "seed", "new": "compact"}
+# shared/ beside the checkout (or beside the worktrees' folder)
+SHARED = next((p / "shared" for p in HERE.parents[1:3] if (p / "shared").is_dir()), HERE.parents[1] / "shared")
 
 
 def ingest(db: Path, data_dir: str, item_text: str | None) -> None:
@@ -110,10 +112,8 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=1, help="the embedded server's parallel slots (= concurrency)")
     ap.add_argument("--max-test-items", type=int, default=None, help="cap held-out items per user")
     ap.add_argument("--ceiling-rounds", type=int, default=2)
-    ap.add_argument("--data-dir", default=str(HERE.parents[1] / "shared" / "data" / "ml-100k"))
-    ap.add_argument(
-        "--item-text", default=str(HERE.parents[1] / "shared" / "data" / "ml-100k-text" / "ml100k_movie_text.tsv")
-    )
+    ap.add_argument("--data-dir", default=str(SHARED / "data" / "ml-100k"))
+    ap.add_argument("--item-text", default=str(SHARED / "data" / "ml-100k-text" / "ml100k_movie_text.tsv"))
     ap.add_argument("--out", type=Path, default=HERE / "results" / "embedded.md")
     args = ap.parse_args()
     head = _ceiling.header("Embedded model: seconds per user against llama.cpp's own ceiling", args.model)

@@ -410,6 +410,14 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2, default=str))
         log(f"figures in {args.json}")
+    results = output.RESULTS / f"overhead_{args.fold.replace(',', '-')}.md"
+    results.write_text(
+        f"# doppel run against the LLM-bound ideal (fold {args.fold}, test server)\n\n{output.provenance()}\n\n"
+        + "```\n"
+        + json.dumps(out, indent=2, default=str)
+        + "\n```\n"
+    )
+    log(f"results in {results}")
     print(
         output.result_line(
             overhead_ratio=round(full.wall_s / ideal, 3),

@@ -1,34 +1,35 @@
-"""Prompt tokens per simulated rating: measured on a run, and estimated for other batch shapes.
+"""Prompt tokens per simulated rating, with the model's real tokenizer: the default layout against the
+seed layout (`--prompts seed`) on the same users and items, a run's measured split, other batch shapes.
 
     python benchmarks/tokens.py                                   # estimates only (no LLM calls)
     python benchmarks/tokens.py --db run/doppel.duckdb --run-id X # plus the measured split of a run
 
-The seed design (Lusifer) spends ~450 prompt tokens per rating; the goal is <= 50% of that.
+The goal: the default layout's prompt tokens per rating <= 50% of the seed layout's.
 
 - measured (with --db/--run-id): prompt tokens of the run's uncached calls over its rated pairs,
   split by prompt kind (profile create/refine/update, rating): how much each kind costs per rating;
 - estimated: `doppel.tasks.estimate` (the code behind `doppel run --dry-run`) renders the real prompts for
   the fold's users with a placeholder profile of the target length, for rate batches 5..30 with and
   without the per-batch profile update: calls, prompt tokens per rating, and the LLM-bound wall at
-  0.5 s/call and concurrency 32. Tokens are characters / 4, as the test server counts them.
+  0.5 s/call and concurrency 32. Tokens are counted with the embedded model's tokenizer (its GGUF
+  vocabulary, tasks/llm/tokens.py), as llama.cpp counts them.
 
 Estimates for another prompt set: --prompts seed (the seed's layout) or a folder. Fidelity of the old
 vs new shapes, measured with real calls on the same users and pairs: benchmarks/prompt_study.py.
 
-Last line: RESULT prompt_tokens_per_rating=<default shape> seed_tokens_per_rating=450 ratio_to_seed=<x>
+Last line: RESULT tokenizer=real ratio=<default/seed> default_per_rating=<x> seed_per_rating=<x>
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
 
 from support import db, output, runs
 from support.output import log
-
-SEED_TOKENS_PER_RATING = 450
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         by = facts["by_prompt"].copy()
         by["per_rating"] = by["prompt_tokens"] / max(1, facts["rated"])
         log(
-            f"measured on {args.run_id}: {facts['prompt_tokens']:,} prompt tokens / {facts['rated']:,} ratings = {per:.1f} "
-            f"per rating ({100 * per / SEED_TOKENS_PER_RATING:.0f}% of the seed's ~{SEED_TOKENS_PER_RATING})"
+            f"measured on {args.run_id}: {facts['prompt_tokens']:,} prompt tokens / {facts['rated']:,} ratings = {per:.1f}"
         )
         log(by.to_string(index=False))
         measured = per
@@ -90,17 +90,25 @@ def main(argv: list[str] | None = None) -> int:
     from doppel.tasks.estimate import estimate
     from doppel.tasks.settings import RunSettings, SimulationSettings
 
+    def per_rating(prompts: str, batch: int = 10, update: bool = True):
+        settings = RunSettings(
+            dataset="ml-100k",
+            db=str(template),
+            folds=[args.fold],
+            users=args.users,
+            sim=SimulationSettings(rate_batch=batch, update_profile=update, prompts=prompts),
+        )
+        est = estimate(settings, "ml-100k")
+        return est, est.prompt_tokens / max(1, est.pairs)
+
+    # the goal's ratio: both layouts on the same users and items, at the default shape
+    _, seed = per_rating("seed")
+    _, default = per_rating("compact")
+    log(f"prompt tokens per rating (real tokenizer): default {default:.1f}, seed {seed:.1f}: {default / seed:.3f}")
     rows = []
     for update in (True, False):
         for batch in [int(b) for b in args.batches.split(",")]:
-            settings = RunSettings(
-                dataset="ml-100k",
-                db=str(template),
-                folds=[args.fold],
-                users=args.users,
-                sim=SimulationSettings(rate_batch=batch, update_profile=update, prompts=args.prompts),
-            )
-            est = estimate(settings, "ml-100k")
+            est, per = per_rating(args.prompts, batch, update)
             rows.append(
                 {
                     "rate_batch": batch,
@@ -109,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                     "calls": est.calls,
                     "calls_per_user": round(est.calls / max(1, est.users), 1),
                     "longest_chain": est.longest_chain,
-                    "prompt_tokens_per_rating": round(est.prompt_tokens / max(1, est.pairs), 1),
-                    "pct_of_seed": round(100 * est.prompt_tokens / max(1, est.pairs) / SEED_TOKENS_PER_RATING),
+                    "prompt_tokens_per_rating": round(per, 1),
+                    "pct_of_seed": round(100 * per / seed),
                     "wall_s_at_0.5s_c32": round(est.wall_s(0.5, 32), 1),
                 }
             )
@@ -120,19 +128,23 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     name = "tokens.md" if args.prompts == "compact" else f"tokens_{Path(args.prompts).name}.md"
     (args.out / name).write_text(
-        f"# prompt tokens per rating (estimated, {args.fold}, prompt set {args.prompts})\n\n"
+        f"# Prompt tokens per rating (real tokenizer: the embedded model's, {args.fold})\n\n"
+        + output.provenance()
+        + f"; load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}\n\n"
+        + f"Default layout {default:.1f} vs seed layout (--prompts seed) {seed:.1f} prompt tokens per rating "
+        f"(rate batch 10, profile updates on, same users and items, profile calls included): "
+        f"ratio {default / seed:.3f}\n\n"
+        + f"Batch shapes, prompt set {args.prompts} (pct_of_seed: of the seed layout at batch 10):\n\n"
         + table
         + "\n\n"
         + (f"measured on a run: {measured:.1f} prompt tokens per rating\n" if measured else "")
-        + f"seed (Lusifer) shape: ~{SEED_TOKENS_PER_RATING} per rating\n"
     )
-    default = next(r for r in rows if r["rate_batch"] == 10 and r["update"])
-    per = measured if measured is not None else default["prompt_tokens_per_rating"]
     print(
         output.result_line(
-            prompt_tokens_per_rating=round(per, 1),
-            seed_tokens_per_rating=SEED_TOKENS_PER_RATING,
-            ratio_to_seed=round(per / SEED_TOKENS_PER_RATING, 3),
+            tokenizer="real",
+            ratio=round(default / seed, 3),
+            default_per_rating=round(default, 1),
+            seed_per_rating=round(seed, 1),
         ),
         flush=True,
     )

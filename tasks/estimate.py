@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from doppel.tasks.llm.templates import answer_layout, rating_variables, render
+from doppel.tasks.llm.tokens import count_messages
 from doppel.tasks.planning import build_work, select_users
 from doppel.tasks.records import UserWork
 from doppel.tasks.settings import RunSettings
 from doppel.tasks.simulation import PROFILE_WORDS, batches, chain_shape, critical_path
 
-CHARS_PER_TOKEN = 4.0  # rough, for English prompts; the run records the server's exact counts
 PLACEHOLDER_PROFILE = " ".join(["taste"] * PROFILE_WORDS)
 
 
@@ -29,15 +29,17 @@ class Estimate:
         return max(self.calls * seconds_per_call / max(1, concurrency), self.longest_chain * seconds_per_call)
 
 
-def _tokens(text: str) -> int:
-    return int(len(text) / CHARS_PER_TOKEN) + 4
+def _tokens(system: str, user: str) -> int:
+    """Prompt tokens of a [system, user] call, counted with the embedded model's tokenizer (the run
+    records the server's own counts; another model's tokenizer differs by some percent)."""
+    return count_messages([{"role": "system", "content": system}, {"role": "user", "content": user}])
 
 
 def _user_tokens(work: UserWork, settings: RunSettings) -> tuple[int, int]:
     """(prompt, completion) tokens of one user's calls, by rendering the real prompts."""
     sim, llm = settings.sim, settings.llm
     asked = 1 + planned_draws(settings)  # a rating prompt is asked once, then once per draw
-    system = _tokens(render("system", prompts=sim.prompts))
+    system = render("system", prompts=sim.prompts)
     common = {"demographics": work.demographics, "max_words": PROFILE_WORDS}
     prompt = completion = 0
     for i, batch in enumerate(batches(work.history, sim.profile_batch)):
@@ -51,7 +53,7 @@ def _user_tokens(work: UserWork, settings: RunSettings) -> tuple[int, int]:
             mean_rating="3.5",
             profile=None if i == 0 else PLACEHOLDER_PROFILE,
         )
-        prompt += system + _tokens(text)
+        prompt += _tokens(system, text)
         completion += llm.max_tokens_profile
     recent = work.history[-sim.recent_k :] if sim.recent_k else []
     rate_batches = batches(work.candidates, sim.rate_batch)
@@ -68,7 +70,7 @@ def _user_tokens(work: UserWork, settings: RunSettings) -> tuple[int, int]:
             candidates=batch,
             **rating_variables(ids, layout, constrained=llm.json_mode in ("auto", "schema")),
         )
-        prompt += (system + _tokens(text)) * asked
+        prompt += _tokens(system, text) * asked
         # the answer: a digit and a comma per item by position, an object of ~12 tokens per item by id
         completion += (6 + (2 if layout == "positions" else 12) * len(batch)) * asked
         if sim.update_profile and j < len(rate_batches) - 1:
@@ -80,7 +82,7 @@ def _user_tokens(work: UserWork, settings: RunSettings) -> tuple[int, int]:
                 profile=PLACEHOLDER_PROFILE,
                 items=batch,
             )
-            prompt += system + _tokens(text)
+            prompt += _tokens(system, text)
             completion += llm.max_tokens_profile
     return prompt, completion
 

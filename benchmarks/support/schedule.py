@@ -51,8 +51,12 @@ def planned_work(
 ) -> Plan:
     """The plan of `doppel run` on an ingested database, with the code's own planner."""
     sim = SimulationSettings(update_profile=update)
-    ids = select_users(db, dataset, fold, users, None, seed)
-    return Plan(build_work(db, dataset, fold, ids, sim), sim)
+    folds = [f"u{k}" for k in range(1, 6)] if fold == "all" else [f.strip() for f in fold.split(",")]
+    works = []
+    for one in folds:  # a run over several folds (--fold all or a comma list) plans each fold's users
+        ids = select_users(db, dataset, one, users, None, seed)
+        works += build_work(db, dataset, one, ids, sim)
+    return Plan(works, sim)
 
 
 def ideal_wall(calls: int, longest_chain: int, latency: float, concurrency: int) -> float:

@@ -35,6 +35,7 @@ from doppel.tasks.llm.schemas import (
     schema_item_ids,
 )
 from doppel.tasks.llm.templates import answer_layout, prompt_hash, rating_variables, render
+from doppel.tasks.llm.tokens import count_messages, count_text
 from doppel.tasks.settings import API_KEY_ENV_VARS, RATING_SAMPLES_LIMIT, LLMSettings
 from doppel.tasks.trust import check_plain_http
 
@@ -379,8 +380,9 @@ class LLMGateway:
         content = answer.content
         asked = "logprobs" in request
         digits = digit_distributions(content, answer.tokens) if asked and answer.tokens is not None else None
-        prompt_tokens = _estimate_tokens(messages) if answer.prompt_tokens is None else answer.prompt_tokens
-        completion_tokens = max(1, len(content) // 4) if answer.completion_tokens is None else answer.completion_tokens
+        # a server that sends no usage: counted with the embedded model's tokenizer (tasks/llm/tokens.py)
+        prompt_tokens = count_messages(messages) if answer.prompt_tokens is None else answer.prompt_tokens
+        completion_tokens = count_text(content) if answer.completion_tokens is None else answer.completion_tokens
         reused = answer.cached_tokens
         latency = time.monotonic() - started
         record = {
@@ -467,10 +469,6 @@ def _describe(exc: Exception) -> str:
     text = f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "")
     detail = str(exc).splitlines()[0][:200] if str(exc) else ""
     return f"{text}: {detail}" if detail else text
-
-
-def _estimate_tokens(messages: list[dict]) -> int:
-    return max(1, sum(len(m.get("content") or "") for m in messages) // 4)
 
 
 class EndpointError(RuntimeError):
