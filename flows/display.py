@@ -63,6 +63,8 @@ def print_summary(summary: dict) -> None:
         f"(+{now.get('cached_calls', 0):,} answered from the cache), {summary['wall_s']:.1f} s",
         highlight=False,
     )
+    if summary.get("concurrency_note"):
+        console.print(summary["concurrency_note"], highlight=False)
     for error in now.get("chunk_errors") or []:
         console.print(f"[red]a worker chunk failed:[/] {error}", highlight=False)
     if summary["failed_pairs"] or summary["status"] != "finished":

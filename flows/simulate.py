@@ -71,6 +71,7 @@ def simulate(settings: RunSettings) -> dict:
     if known:
         check_resume_settings(settings.db, run_id, settings)
     needs_workers = not known or not query(settings.db, "resume_state", run_id=run_id).empty
+    concurrency_note = None  # why the run's LLM concurrency is lower than asked
     with (
         dask_cluster(settings, start=needs_workers) as cluster,
         llm_endpoint(settings.llm, start=needs_workers) as (llm, model_id),
@@ -83,6 +84,7 @@ def simulate(settings: RunSettings) -> dict:
             if why:
                 logger.warning(why)
                 llm = llm.model_copy(update={"concurrency": capped})
+                concurrency_note = why
         requested = register_run(settings, run_id, dataset, llm, model_id)
         runner = task_runner(settings, n_chunks_for(settings, llm), cluster())
         status, this_time = "failed", {"users": 0, "new_calls": 0, "cached_calls": 0}
@@ -103,6 +105,7 @@ def simulate(settings: RunSettings) -> dict:
         cluster.close_soon()  # the workers are done: their shutdown overlaps the scoring
         summary = query(settings.db, "run_summary", run_id=run_id).iloc[0].to_dict()
         summary.update(run_id=run_id, dataset=dataset, status=status, db=str(settings.db), this_invocation=this_time)
+        summary["concurrency_note"] = concurrency_note
         summary["scores"] = gate_and_score(
             settings.db, run_id, settings.baselines, precomputed=_result_or_none(baselines)
         )
