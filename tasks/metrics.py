@@ -11,7 +11,7 @@ Conventions
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -138,7 +138,7 @@ def metrics_table(
     rows: list[dict[str, Any]] = []
     if group_cols:
         groups = frame.groupby(group_cols, sort=True, dropna=False)
-        items = ((k if isinstance(k, tuple) else (k,), g) for k, g in groups)
+        items: Iterator[tuple[tuple, pd.DataFrame]] = ((k if isinstance(k, tuple) else (k,), g) for k, g in groups)
     else:
         items = iter([((), frame)])
     for key, g in items:

@@ -74,7 +74,7 @@ class LLMApp:
         with self._lock:
             self._log: list[dict] = []
             self._seen: dict[str, int] = {}
-            self._stats = {
+            self._stats: dict[str, Any] = {
                 "requests": 0,
                 "by_kind": {},
                 "by_fault": {},
@@ -183,19 +183,16 @@ class LLMApp:
             self._stats["max_in_flight"] = max(self._stats["max_in_flight"], self._in_flight)
         rng = fault_rng(opts.seed, digest, seen)
         fault = choose_fault(opts.faults, kind, rng)
-        call = Call(
-            self,
-            {
-                "kind": kind,
-                "fault": fault,
-                "status": None,
-                "request": body,
-                "response": None,
-                "seen_before": seen,
-                "completed": False,
-            },
-        )
-        call.left = asyncio.ensure_future(watch(receive, self._closing))
+        entry = {
+            "kind": kind,
+            "fault": fault,
+            "status": None,
+            "request": body,
+            "response": None,
+            "seen_before": seen,
+            "completed": False,
+        }
+        call = Call(self, entry, left=asyncio.ensure_future(watch(receive, self._closing)))
         try:
             if fault == "http_429":  # a rate limiter rejects at once: no latency, no slot
                 retry = (b"retry-after", f"{opts.retry_after:g}".encode())

@@ -95,9 +95,9 @@ class Call:
     """The bookkeeping of one chat request. It is settled (counted, logged) *before* its last byte is
     sent, so a client that has its answer always finds it in ``stats()`` and ``log()``."""
 
-    def __init__(self, app: LLMApp, entry: dict):
+    def __init__(self, app: LLMApp, entry: dict, left: asyncio.Future):
         self.app, self.entry = app, entry
-        self.left: asyncio.Future | None = None  # done once the client left or the server is closing
+        self.left = left  # done once the client left or the server is closing
         self.active = self.settled = self.dropped = False
 
     def activate(self) -> None:
@@ -127,9 +127,10 @@ class Call:
         self.entry["status"] = status
         await send(response_start(status, len(data), extra))
         pieces = [data] if trickle is None else [data[i : i + 8] for i in range(0, len(data), 8)]
+        pause = (trickle or 0.0) / max(1, len(pieces) - 1)
         for i, piece in enumerate(pieces):
             if i:
-                await asyncio.wait([self.left], timeout=trickle / (len(pieces) - 1))
+                await asyncio.wait([self.left], timeout=pause)
             if self.left.done():
                 return await self.drop(send)
             last = i == len(pieces) - 1

@@ -67,7 +67,7 @@ POSITIONS_ASKED_RE = re.compile(r'"ratings":\s*\[\d+ integers')  # what doppel's
 
 def _schema_ratings(body: dict) -> dict | None:
     try:
-        return _json_schema(body)["schema"]["properties"]["ratings"]
+        return (_json_schema(body) or {})["schema"]["properties"]["ratings"]
     except (KeyError, TypeError):
         return None
 

@@ -123,7 +123,7 @@ class LLMTestServer:
 
     def start(self, timeout: float = 10.0) -> str:
         """Start serving; return the base URL ``http://127.0.0.1:PORT/v1``."""
-        if self._thread is not None:
+        if self._thread is not None and self.base_url is not None:
             return self.base_url
         sock = _bind(self.port)
         self.app.new_loop()
@@ -193,6 +193,7 @@ def start_subprocess(timeout: float = 30.0, **options: Any) -> tuple[subprocess.
         if value is not None:
             argv += [f"--{name.replace('_', '-')}", str(value)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None  # stdout=PIPE
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     line = proc.stdout.readline() if ready else ""
     if not line.startswith("LISTENING "):

@@ -171,7 +171,9 @@ def make_synthetic(
         ts.append(start + np.cumsum(rng.integers(60, 3 * 86400, n)))
         f = np.empty(n, dtype=np.int64)
         f[rng.permutation(n)] = (np.arange(n) + rng.integers(N_FOLDS)) % N_FOLDS
-        u_idx.append(np.full(n, u)), i_idx.append(chosen), fold.append(f)
+        u_idx.append(np.full(n, u))
+        i_idx.append(chosen)
+        fold.append(f)
     scores = np.concatenate(score)
     cuts = np.quantile(scores, np.cumsum(ML100K_HISTOGRAM)[:-1])
     ratings = pd.DataFrame(
