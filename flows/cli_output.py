@@ -43,7 +43,7 @@ def show(renderable: RenderableType) -> None:
     if TERMINAL:
         console.print(renderable)
         return
-    tables = _tables(renderable) or [renderable]
+    tables: list[RenderableType] = [*_tables(renderable)] or [renderable]
     for table in tables:
         if isinstance(table, Table):
             table.box, table.show_edge = box.MARKDOWN, True

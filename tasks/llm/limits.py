@@ -18,6 +18,7 @@ import json
 import logging
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -212,5 +213,5 @@ def server_slots(base_url: str | None, api_key: str | None = None, timeout: floa
 
 
 def _loopback(url: str) -> bool:
-    host = urllib.request.urlparse(url).hostname or ""
+    host = urllib.parse.urlparse(url).hostname or ""
     return host in ("localhost", "::1") or host.startswith("127.")

@@ -93,7 +93,8 @@ def _mentions(sql: str, name: str) -> bool:
 
 def apply_schema(con: duckdb.DuckDBPyConnection, sql_dir: Path = SQL_DIR) -> list[int]:
     """Create the tables, run the pending migrations, (re)create the views; returns the migrations run."""
-    fresh = not con.execute("select count(*) from duckdb_tables() where schema_name = 'main'").fetchone()[0]
+    tables = con.execute("select count(*) from duckdb_tables() where schema_name = 'main'").fetchone()
+    fresh = not (tables and tables[0])
     con.execute(_MIGRATIONS_TABLE)
     for path in table_files(sql_dir):
         con.execute(path.read_text())

@@ -1,0 +1,1 @@
+../../doppel/__init__.py
