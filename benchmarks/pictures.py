@@ -149,6 +149,12 @@ def main() -> None:
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/doppel-pictures"))
     ap.add_argument("--width", type=int, default=1200)
     ap.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="the run's sampling temperature (at 0 a small model may repeat a rejected profile on every re-ask)",
+    )
+    ap.add_argument(
         "--timeout", type=float, default=1800, help="seconds per LLM call: a loaded machine slows the CPU model a lot"
     )
     args = ap.parse_args()
@@ -168,7 +174,7 @@ def main() -> None:
         "--no-update",
         *timeout,
     ]
-    run_args += ["--db", str(db), "--run-id", RUN_ID]
+    run_args += ["--temperature", f"{args.temperature:g}", "--db", str(db), "--run-id", RUN_ID]
     _, run_s = doppel(*run_args, "--no-progress", work=work)
     report = work / "report.html"
     _, report_s = doppel("report", "--db", str(db), "--run-id", RUN_ID, "--out", str(report), work=work)
