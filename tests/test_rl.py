@@ -292,3 +292,32 @@ def test_doppel_rl_trains_every_agent_on_the_synthetic_ensemble(prefect_server, 
     )
     assert result.exit_code == 0, result.output
     assert "reward run:spine-x" in result.output
+
+
+# ----------------------------------------------------------------------------- the agents learn
+
+
+def learnable_world() -> World:
+    """Every user likes the same 4 of 16 items: the best policy recommends those, a random one rarely does."""
+    like = np.zeros((7, 16), bool)
+    like[:, :4] = True
+    return hand_world(like, n_hist=2)
+
+
+# 3,000 steps each; PPO and TRPO update every 256 steps instead of 2,048 (else one update in the budget)
+HYPER = {"dqn": {}, "a2c": {}, "ppo": {"n_steps": 256, "batch_size": 64}, "trpo": {"n_steps": 256, "batch_size": 64}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", sorted(HYPER))
+def test_agent_learns_to_beat_a_random_policy(algo):
+    """As SB3's own tests do (tests/test_identity.py): a tiny env with a learnable reward, a small
+    budget, and the trained agent must beat the random policy (masked: it never repeats an item) by a
+    margin: one liked item more per episode (random ~1.05 here; measured dqn 3.7, a2c 3.1, ppo 2.9, trpo 2.3)."""
+    from doppel.tasks.rl.agents import ModelPolicy, RandomPolicy, evaluate, train
+
+    world = learnable_world()
+    trained = train(algo, lambda: DoppelRecEnv(world), 3000, seed=0, **HYPER[algo])
+    agent = evaluate(ModelPolicy(trained.model, seed=1), DoppelRecEnv(world), episodes=40, seed=100)[:, 0].mean()
+    random = evaluate(RandomPolicy(seed=1), DoppelRecEnv(world), episodes=40, seed=100)[:, 0].mean()
+    assert agent >= random + 1.0, f"{algo}: {agent:.2f} liked items per episode vs random {random:.2f}"

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -96,8 +96,11 @@ class Trained:
     seconds: float = 0.0
 
 
-def train(algo: str, make: Callable[[], DoppelRecEnv], steps: int, seed: int, threads: int = 1) -> Trained:
-    """Train one SB3 agent for `steps` env steps from `seed`; records every finished episode's return."""
+def train(
+    algo: str, make: Callable[[], DoppelRecEnv], steps: int, seed: int, threads: int = 1, **hyper: Any
+) -> Trained:
+    """Train one SB3 agent for `steps` env steps from `seed` (`hyper`: the algorithm's own keyword
+    arguments, e.g. n_steps); records every finished episode's return."""
     import time
 
     import torch
@@ -107,7 +110,7 @@ def train(algo: str, make: Callable[[], DoppelRecEnv], steps: int, seed: int, th
     env = Monitor(make())
     env.reset(seed=seed)
     env.action_space.seed(seed)
-    model = algorithm(algo)("MlpPolicy", env, seed=seed, verbose=0, device="cpu")
+    model = algorithm(algo)("MlpPolicy", env, seed=seed, verbose=0, device="cpu", **hyper)
     t = time.monotonic()
     model.learn(total_timesteps=steps)
     seconds = time.monotonic() - t
