@@ -52,6 +52,7 @@ def load_fold(settings: ArenaSettings, fold: str) -> dict:
     }
     return {
         "dataset": ds.name,
+        "fold": fold,
         "train": part["train"],
         "test": part["test"][["user_id", "item_id", "rating"]],
         "items": ds.items,
@@ -95,6 +96,20 @@ def hybrid_judge(fold_data: dict, listed: dict[str, dict], settings: ArenaSettin
             real, on=["user_id", "item_id"], how="left"
         ),
     }
+
+
+@task(name="arena-ensemble-judge", **OPTS)
+def ensemble_judge(settings: ArenaSettings, fold_data: dict, judged: dict[str, pd.DataFrame]) -> tuple[dict, str]:
+    """The ensemble vote beside the hybrid, when the db holds a finished ensemble run of this fold."""
+    from doppel.tasks.arena.ensemble_judge import ensemble_votes
+
+    pairs = pd.concat([j[["user_id", "item_id"]] for j in judged.values()])
+    votes, note = ensemble_votes(
+        settings.db, fold_data["dataset"], fold_data["fold"], fold_data["train"], pairs, settings.ensemble_id
+    )
+    if votes is None:
+        return judged, note
+    return {k: j.merge(votes, on=["user_id", "item_id"], how="left") for k, j in judged.items()}, note
 
 
 @task(name="arena-gate", **OPTS)
@@ -155,6 +170,8 @@ def arena(settings: ArenaSettings) -> dict:
             futures = fit_recommender.map(entrants, unmapped(data["train"]), unmapped(data["test"]), unmapped(settings))
             listed = {e.name: f.result() for e, f in zip(entrants, futures)}
             judged = hybrid_judge(data, listed, settings)
+            judged, note = ensemble_judge(settings, data, judged)
+            logger.info("arena %s: %s", fold, note)
             ranked, top = evaluate.assemble(
                 listed, {e.name: e.family for e in entrants}, judged["observed"], judged["catalogue"]
             )

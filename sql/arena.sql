@@ -29,7 +29,8 @@ create table if not exists arena_lists (
 );
 
 -- every judge's rating of each judged pair: judge 'real' = the held-out rating (catalogue pairs not in
--- test have none), hybrid:* = the calibrated hybrid's decodings, acc_no_<family> = the audit variants
+-- test have none), hybrid:* = the calibrated hybrid's decodings, acc_no_<family> = the audit variants,
+-- ensemble:vote = a finished ensemble run's 2-of-3 like vote (no rating)
 create table if not exists arena_judgments (
     run_id varchar not null,
     fold varchar not null,
@@ -37,8 +38,9 @@ create table if not exists arena_judgments (
     user_id varchar not null,
     item_id varchar not null,
     judge varchar not null,
-    rating integer not null,        -- 1..5
-    p_like double,                  -- the judge's P(rating >= 4) where it has a distribution
+    rating integer,                 -- 1..5 (null: the judge only votes like / no like)
+    liked boolean not null,         -- rating >= 4, or the vote
+    p_like double,                  -- the judge's P(rating >= 4) where it has a distribution (a vote: 0 or 1)
     primary key (run_id, fold, protocol, user_id, item_id, judge)
 );
 

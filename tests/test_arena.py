@@ -201,3 +201,45 @@ def test_plugins_from_flow_parameters_need_the_operators_allow_list(monkeypatch)
         entrants_of(settings)
     monkeypatch.setenv(PLUGINS_ENV, f"{__name__}:make_item_id_order")
     assert [e.name for e in entrants_of(settings)] == ["random", "make_item_id_order"]
+
+
+@pytest.mark.slow
+def test_a_finished_ensemble_run_of_the_fold_judges_too(prefect_server, llm_server, run_settings, tmp_path):
+    import duckdb
+
+    from doppel.flows.arena import run_arena
+    from doppel.flows.ensemble import ensemble
+    from doppel.tasks.arena.config import ArenaSettings
+    from doppel.tasks.ensemble.config import EnsembleSettings, SASRecSettings
+    from tests.test_ensemble import genre_keywords
+
+    llm_server.app.answer_fn = genre_keywords
+    try:
+        settings = EnsembleSettings(
+            run=run_settings(synthetic_users=60, synthetic_items=120, runner="threads"),  # the arena's synthetic
+            fold="u1",
+            items=30,
+            ensemble_id="ens-arena",
+            sasrec=SASRecSettings(maxlen=20, dim=16, blocks=1, heads=1, epochs=3, batch_size=16),
+        )
+        assert ensemble(settings)["status"] == "finished"
+    finally:
+        llm_server.app.answer_fn = None
+    db = settings.run.db
+    summary = run_arena(
+        ArenaSettings(
+            db=db, only=["random", "most_popular"], n_boot=10, runner="threads", run_id="arena-ens",
+            cache_dir=str(tmp_path / "cache"),
+        )
+    )  # fmt: skip
+    result = summary["folds"]["u1"]
+    assert "ens-arena" in result["ensemble_note"]
+    assert "ensemble:vote" in set(result["agreement"]["judge"])
+    calib = result["calibration"].set_index("judge")
+    assert 0 <= calib.loc["ensemble:vote", "like_rate"] <= 1 and calib.loc["ensemble:vote", "n"] > 0
+    with duckdb.connect(db, read_only=True) as con:
+        votes = con.execute(
+            "select count(*), count(rating), bool_and(p_like in (0, 1)) from arena_judgments "
+            "where run_id = 'arena-ens' and judge = 'ensemble:vote'"
+        ).fetchone()
+    assert votes[0] > 0 and votes[1] == 0 and votes[2]

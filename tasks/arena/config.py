@@ -22,6 +22,7 @@ class ArenaSettings(BaseModel):
     run_id: str | None = None
     recommenders: list[str] = Field(default_factory=list, description="extra module:factory plug-ins")
     only: list[str] = Field(default_factory=list, description="built-in entrants to keep (empty: all)")
+    ensemble_id: str | None = Field(None, description="the ensemble run that judges (default: the latest of the fold)")
     k: int = Field(10, ge=1, description="catalogue list length")
     seed: int = 0
     n_boot: int = Field(500, ge=0, description="bootstrap resamples of users for the intervals")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from doppel.tasks.arena.ensemble_judge import ENSEMBLE
 from doppel.tasks.arena.judges import AUDIT, HYBRID_JUDGES, audit_column
 from doppel.tasks.arena.protocols import (
     calibration,
@@ -21,6 +22,13 @@ from doppel.tasks.arena.protocols import (
 )
 
 JUDGES = (*HYBRID_JUDGES, AUDIT)
+
+
+def judges_in(judged: pd.DataFrame) -> list[str]:
+    """The simulated judges of a judged frame: the hybrid's, the audit, and the ensemble vote if present."""
+    return [*JUDGES, *([ENSEMBLE] if ENSEMBLE in judged else [])]
+
+
 PROTOCOL_METRICS = {"observed": ("ndcg@10", "precision@5"), "catalogue": ("like_rate@10",)}
 
 
@@ -30,7 +38,7 @@ def _judged_lists(lists: dict[str, pd.DataFrame], families: dict[str, str], judg
         j = frame.merge(judged, on=["user_id", "item_id"], how="left", validate="one_to_one")
         j[AUDIT] = j[audit_column(judged, families[name])]
         frames.append(j.assign(recommender=name))
-    keep = ["recommender", "user_id", "item_id", "rank", "score", "real", "p_like", *JUDGES]
+    keep = ["recommender", "user_id", "item_id", "rank", "score", "real", "p_like", *judges_in(judged)]
     return pd.concat(frames, ignore_index=True)[keep]
 
 
@@ -55,9 +63,10 @@ def evaluate_fold(
     """metrics (mean per recommender), agreement (tau/rho with intervals, noise ceiling),
     calibration (gap, ECE, Brier per judge) and reliability (bins) for one fold."""
     recs = sorted(ranked["recommender"].unique())
+    judges = judges_in(ranked)
     per_user = {
-        "observed": observed_metrics(ranked, ["real", *JUDGES]),
-        "catalogue": catalogue_metrics(top, list(JUDGES)),
+        "observed": observed_metrics(ranked, ["real", *judges]),
+        "catalogue": catalogue_metrics(top, judges),
     }
     metrics = pd.concat(
         [
@@ -75,7 +84,7 @@ def evaluate_fold(
     for protocol, names in PROTOCOL_METRICS.items():
         for metric in names:
             real = user_matrix(per_user[protocol], "real", metric, recs)
-            for judge in JUDGES:
+            for judge in judges:
                 sim = user_matrix(per_user[protocol], judge, metric, recs)
                 row = {
                     "protocol": protocol,
@@ -111,6 +120,18 @@ def evaluate_fold(
             for judge in HYBRID_JUDGES
         ]
     )
+    if ENSEMBLE in held:  # a hard vote: P(like) is the vote itself
+        voted = held.dropna(subset=[ENSEMBLE])
+        vs, _ = calibration(voted[ENSEMBLE].to_numpy(), (voted["real"] >= 4).to_numpy())
+        calib.loc[len(calib)] = {
+            "judge": ENSEMBLE,
+            "like_rate_gap": like_rate_gap(voted[ENSEMBLE].to_numpy(), voted["real"].to_numpy(), threshold=1.0),
+            "like_rate": float(voted[ENSEMBLE].mean()),
+            "real_like_rate": float(np.mean(voted["real"] >= 4)),
+            "ece": vs["ece"],
+            "brier": vs["brier"],
+            "n": len(voted),
+        }
     for frame in (metrics, agreement, calib, bins):
         frame.insert(0, "fold", fold)
     return {

@@ -12,6 +12,11 @@ import pandas as pd
 from scipy.stats import kendalltau, spearmanr
 
 LIKE = 4  # like = rating >= 4
+BINARY = ("ensemble:vote",)  # judges that say like (1) / no like (0) only: 0/1 gains, like = 1
+
+
+def like_threshold(judge: str) -> float:
+    return 1.0 if judge in BINARY else LIKE
 
 
 def _dcg(frame: pd.DataFrame, gain: str, rank: str, k: int) -> pd.Series:
@@ -34,7 +39,7 @@ def observed_metrics(ranked: pd.DataFrame, judges: list[str], k_ndcg: int = 10, 
         dcg = _dcg(frame, judge, "rank", k_ndcg)
         idcg = _dcg(frame.assign(_ideal=ideal_rank), judge, "_ideal", k_ndcg)
         top = frame[frame["rank"] <= k_p]
-        hits = (top[judge] >= LIKE).groupby([top["recommender"], top["user_id"]]).sum()
+        hits = (top[judge] >= like_threshold(judge)).groupby([top["recommender"], top["user_id"]]).sum()
         table = pd.DataFrame({"dcg": dcg, "idcg": idcg, "hits": hits}).reindex(n.index).fillna(0.0)
         out.append(
             pd.DataFrame(
@@ -58,10 +63,12 @@ def catalogue_metrics(top: pd.DataFrame, judges: list[str]) -> pd.DataFrame:
     hit rate; a judge: its simulated likes among the k), mean_rating (NaN for real)."""
     out = []
     for judge in ["real", *judges]:
-        liked = (top[judge] >= LIKE).astype(float)
+        liked = (top[judge] >= like_threshold(judge)).astype(float)
+        if judge != "real":  # a judge without a verdict on a pair (no vote) leaves it out; real: unrated = no hit
+            liked = liked.where(top[judge].notna())
         g = pd.DataFrame({"liked": liked, "r": top[judge]}).groupby([top["recommender"], top["user_id"]])
         table = pd.DataFrame({"like_rate@10": g["liked"].mean(), "mean_rating": g["r"].mean()})
-        if judge == "real":
+        if judge == "real" or judge in BINARY:
             table["mean_rating"] = np.nan  # unrated pairs: a mean over the few rated ones would mislead
         out.append(table.reset_index().assign(judge=judge))
     return pd.concat(out, ignore_index=True)
@@ -140,6 +147,6 @@ def calibration(p_like: np.ndarray, liked: np.ndarray, bins: int = 10) -> tuple[
     }, table
 
 
-def like_rate_gap(simulated: np.ndarray, real: np.ndarray) -> float:
+def like_rate_gap(simulated: np.ndarray, real: np.ndarray, threshold: float = LIKE) -> float:
     """Simulated like rate minus real like rate on the same pairs, in points."""
-    return float(100 * (np.mean(np.asarray(simulated) >= LIKE) - np.mean(np.asarray(real) >= LIKE)))
+    return float(100 * (np.mean(np.asarray(simulated) >= threshold) - np.mean(np.asarray(real) >= LIKE)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from doppel.tasks.arena.ensemble_judge import ENSEMBLE
 from doppel.tasks.arena.zoo import Entrant
 from doppel.tasks.store.db import transaction
 from doppel.tasks.store.schema import table_columns
@@ -32,10 +33,15 @@ def judgment_rows(run_id: str, fold: str, judged: dict[str, pd.DataFrame]) -> pd
             id_vars=["user_id", "item_id", "p_like"], value_vars=judges, var_name="judge", value_name="rating"
         )
         long = long.dropna(subset=["rating"])
+        long = long.assign(liked=long["rating"] >= 4)
         long.loc[long["judge"] == "real", "p_like"] = None
+        if ENSEMBLE in frame:  # a vote, no rating: P(like) is the vote
+            vote = frame[["user_id", "item_id", ENSEMBLE]].dropna().rename(columns={ENSEMBLE: "p_like"})
+            vote = vote.assign(judge=ENSEMBLE, rating=pd.NA, liked=vote["p_like"] >= 1)
+            long = pd.concat([long.astype({"rating": "Int64"}), vote.astype({"rating": "Int64"})], ignore_index=True)
         frames.append(long.assign(run_id=run_id, fold=fold, protocol=protocol))
     out = pd.concat(frames, ignore_index=True)
-    return out.astype({"rating": "int64"})[JUDGMENT_COLUMNS]
+    return out.astype({"rating": "Int64", "liked": bool})[JUDGMENT_COLUMNS]
 
 
 def recommender_rows(run_id: str, fold: str, entrants: list[Entrant], lists: dict[str, dict]) -> pd.DataFrame:
