@@ -186,6 +186,7 @@ def arena(settings: ArenaSettings) -> dict:
             save_fold(settings.db, run_id, fold, frames)
             summary["folds"][fold] = {
                 **scored,
+                "ensemble_note": note,
                 "recommenders": frames["arena_recommenders"],
                 "wall_s": round(time.monotonic() - t, 1),
             }

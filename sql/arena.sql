@@ -39,8 +39,8 @@ create table if not exists arena_judgments (
     item_id varchar not null,
     judge varchar not null,
     rating integer,                 -- 1..5 (null: the judge only votes like / no like)
-    liked boolean not null,         -- rating >= 4, or the vote
     p_like double,                  -- the judge's P(rating >= 4) where it has a distribution (a vote: 0 or 1)
+    liked boolean,                  -- rating >= 4, or the vote (never null: expectations/arena_judgments.json)
     primary key (run_id, fold, protocol, user_id, item_id, judge)
 );
 
