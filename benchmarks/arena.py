@@ -41,7 +41,17 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=str(REPO / ".doppel" / "arena-cache"))
     ap.add_argument("--n-boot", type=int, default=500)
     ap.add_argument("--out", default="arena")
+    ap.add_argument(
+        "--from-db",
+        metavar="RUN_ID",
+        help="no fitting: summarise a stored arena run's folds from --db ('latest': the newest)",
+    )
     args = ap.parse_args()
+    if args.from_db:
+        summary, wall = stored_run(args.db, args.from_db), float("nan")
+        args.folds = list(summary["folds"])
+        report(args, summary, wall)
+        return
 
     from doppel.flows.arena import run_arena
     from doppel.flows.runtime import prefect_api
@@ -58,7 +68,37 @@ def main() -> None:
     started = time.monotonic()
     with prefect_api():
         summary = run_arena(settings)
-    wall = time.monotonic() - started
+    report(args, summary, time.monotonic() - started)
+
+
+def stored_run(db: str, run_id: str) -> dict:
+    """An arena run's per-fold tables read back from DuckDB (the folds that finished)."""
+    import duckdb
+
+    with duckdb.connect(db, read_only=True) as con:
+        if run_id == "latest":
+            run_id = con.execute(
+                "select run_id from runs where json_extract_string(config, '$.kind') = 'arena' order by started desc limit 1"
+            ).fetchone()[0]
+        tables = {
+            name: con.execute(
+                f"select * exclude (run_id) from arena_{name} where run_id = ? order by fold", [run_id]
+            ).df()
+            for name in ("metrics", "agreement", "calibration", "reliability", "recommenders")
+        }
+    folds = sorted(tables["agreement"]["fold"].unique())
+    entrants = sorted(tables["recommenders"]["recommender"].unique())
+    return {
+        "run_id": run_id,
+        "entrants": entrants,
+        "folds": {
+            f: {**{k: v[v["fold"] == f].reset_index(drop=True) for k, v in tables.items()}, "wall_s": float("nan")}
+            for f in folds
+        },
+    }
+
+
+def report(args, summary: dict, wall: float) -> None:
     agreement = pd.concat([r["agreement"] for r in summary["folds"].values()], ignore_index=True)
     calib = pd.concat([r["calibration"] for r in summary["folds"].values()], ignore_index=True)
     metrics = pd.concat([r["metrics"] for r in summary["folds"].values()], ignore_index=True)
