@@ -203,18 +203,33 @@ def _while_api_starts(settings: RunSettings) -> None:
 
 
 @app.command()
-def models() -> None:
-    """List the embedded models: size, measured speed, installed or not."""
+def models(
+    db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file whose runs give the measured seconds per call"),
+) -> None:
+    """List the embedded models: size, installed or not, and seconds per rating call measured in --db's runs."""
     from doppel.tasks.llm.embedded import list_models
 
-    show(metrics_table_from_models(list_models()))
+    show(models_table(list_models(), measured_speed(db)))
 
 
-def metrics_table_from_models(rows: list[dict]):
+def measured_speed(db: Path) -> dict[str, str]:
+    """model -> 'median s per rating call (n calls)' from the database's own LLM calls (none: no runs yet)."""
+    if not db.is_file():
+        return {}
+    from doppel.tasks.store.db import query
+
+    try:
+        frame = query(db, "model_speed", read_only=True)
+    except Exception:  # noqa: BLE001 - a locked or foreign file: no figure rather than a wrong one
+        return {}
+    return {r.model: f"{r.median_s:.1f} s ({r.calls:,} calls)" for r in frame.itertuples()}
+
+
+def models_table(rows: list[dict], speed: dict[str, str]):
     from rich.table import Table
 
     table = Table(title="embedded models")
-    for column in ("name", "size", "installed", "assembled", "speed on 2 cores", "description"):
+    for column in ("name", "size", "installed", "assembled", "s per rating call here (median)", "description"):
         table.add_column(column)
     for row in rows:
         table.add_row(
@@ -222,7 +237,7 @@ def metrics_table_from_models(rows: list[dict]):
             f"{(row.get('size') or 0) / 1e6:,.0f} MB",
             "yes" if row.get("installed") else "no",
             "yes" if row.get("assembled") else "no",
-            str(row.get("speed", "")),
+            speed.get(str(row.get("name")), "not measured yet"),
             str(row.get("description", "")),
         )
     return table

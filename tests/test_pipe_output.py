@@ -84,3 +84,16 @@ def test_help_is_not_wrapped_or_cut(command):
     if command == ["run"]:
         line = next(line for line in out.splitlines() if line.strip().startswith("--concurrency-limit"))
         assert "Prefect global concurrency limit" in line, line
+
+
+def test_models_speed_is_the_one_measured_in_the_database(piped_run):
+    """`doppel models` states no typed-in speed: its s/call is the median of the database's own rating calls."""
+    from doppel.flows.cli_run import measured_speed
+
+    _, db = piped_run
+    speed = measured_speed(db)["doppel-test-model"]  # the test server answers each call after 1 s
+    seconds, calls = speed.split(" s (")
+    assert float(seconds) >= 1.0 and int(calls.split()[0]) >= 3, speed
+    out = doppel("models", "--db", str(db)).stdout
+    no_cut_line(out)
+    assert "qwen2.5-0.5b" in out and "per rating call" in out and "~7.7" not in out
