@@ -18,159 +18,47 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import yaml
 from prefect import flow
+from pydantic.fields import FieldInfo
 
+from doppel.flows.options import RUN
 from doppel.flows.runtime import PREFECT_QUIET_ENV, _stop, _wait_healthy, die_with_parent
 from doppel.flows.serve_auth import auth_path, server_auth_string, server_security_env, started_by_doppel
-from doppel.tasks.settings import LLMSettings, RunSettings, SimulationSettings
 from doppel.tasks.trust import ALLOWED_ENDPOINTS_ENV, DATA_ROOTS_ENV, check_untrusted_run
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FILE = REPO / "deployments" / "prefect.yaml"
-FOLDS_ALL = ["u1", "u2", "u3", "u4", "u5"]
+# every `doppel run` option but the progress display, each with the settings' default and help
+JOB = RUN.without(progress=False)
 
-_R, _L, _S = RunSettings(), LLMSettings(), SimulationSettings()  # one source of defaults
 
-
-@flow(name="doppel-job", log_prints=True)
-def run_job(
-    dataset: str = _R.dataset,
-    fold: str = "u1",
-    users: int | None = _R.users,
-    user_ids: list[str] | None = None,
-    db: str = _R.db,
-    run_id: str | None = None,
-    base_url: str | None = _L.base_url,
-    model: str = _L.model,
-    concurrency: int = _L.concurrency,
-    rpm: float | None = _L.rpm,
-    concurrency_limit: str | None = _L.concurrency_limit_name,
-    temperature: float = _L.temperature,
-    seed: int = _L.seed,
-    timeout: float = _L.timeout_s,
-    cache_dir: str | None = _L.cache_dir,
-    rating_probs: bool = _L.rating_probs,
-    rating_samples: int = _L.rating_samples,
-    sample_temperature: float = _L.sample_temperature,
-    runner: Literal["dask", "threads"] = _R.runner,
-    dask_address: str | None = _R.dask_address,
-    dask_workers: int = _R.dask_workers,
-    data_dir: str | None = _R.data_dir,
-    item_text: str | None = _R.item_text,
-    synthetic_users: int = _R.synthetic_users,
-    synthetic_items: int = _R.synthetic_items,
-    history_n: int = _S.history_n,
-    profile_batch: int = _S.profile_batch,
-    recent_k: int = _S.recent_k,
-    rate_batch: int = _S.rate_batch,
-    max_test_items: int | None = _S.max_test_items,
-    target: str = _S.target,
-    slice_frac: float = _S.slice_frac,
-    slice_seed: int = _S.slice_seed,
-    update: bool = _S.update_profile,
-    baselines: bool = _R.baselines,
-) -> dict:
+def _run_job(**params: Any) -> dict:
     """Simulate a fold's users with an LLM, gate the output and score it (`doppel run` as a job).
 
-    The API key is never a parameter: the gateway reads OPENAI_API_KEY or DOPPEL_API_KEY from the
-    environment of the worker (or `doppel serve`) process. Whoever can create a flow run sets the
-    parameters, so they are checked first (tasks/trust.py): base_url and dask_address must be listed in
-    the worker's DOPPEL_ALLOWED_ENDPOINTS, paths must stay inside its DOPPEL_DATA_ROOTS.
-
-    Args:
-        dataset: synthetic | ml-100k | a ratings CSV, directory or zip on the worker's machine.
-        fold: u1..u5, a comma list, or all.
-        users: a seeded sample of N test users per fold (empty: all test users).
-        user_ids: simulate exactly these user ids.
-        db: the DuckDB file on the machine that runs the flow (relative: to the working directory).
-        run_id: resume or rerun this run id (empty: a new run each time).
-        base_url: an OpenAI-compatible endpoint (empty: the embedded llama.cpp model).
-        model: the endpoint's model id, or an embedded model name.
-        concurrency: LLM calls in flight across all workers.
-        rpm: requests-per-minute cap (empty: none).
-        concurrency_limit: also hold this Prefect global concurrency limit (shared by runs).
-        temperature: sampling temperature.
-        seed: LLM seed and user-sample seed.
-        timeout: seconds per LLM call.
-        cache_dir: the LLM response cache (empty: .doppel/llm-cache next to the db); shared storage
-            when Dask workers run on other machines.
-        rating_probs: ask for token logprobs and store each rating's distribution over 1..5.
-        rating_samples: where logprobs give no distribution, draw this many answers per rating call
-            (0: none); a rating's distribution is then the draws' shares of 1..5.
-        sample_temperature: the draws' temperature.
-        runner: dask | threads.
-        dask_address: an existing Dask scheduler, tcp://host:8786 (empty: a local cluster).
-        dask_workers: local Dask workers (and user chunks).
-        data_dir: a local copy of the dataset.
-        item_text: an item overview TSV (item id + overview).
-        synthetic_users: synthetic dataset: number of users.
-        synthetic_items: synthetic dataset: number of items.
-        history_n: N, the last train ratings used for the profile.
-        profile_batch: B, ratings per profile call.
-        recent_k: K, recent ratings shown when rating.
-        rate_batch: held-out items per rating call.
-        max_test_items: cap held-out items per user (empty: all).
-        target: test (rate the held-out items) | slice (rate each user's calibration slice of train,
-            profile built without it: the calibrated hybrid's LLM input).
-        slice_frac: target slice: the share of each user's train ratings in the slice.
-        slice_seed: target slice: the slice's seed.
-        update: update the profile after each rating batch (the dynamic user).
-        baselines: score CF baselines on the same rows.
+    The parameters are `doppel run`'s options (flows/options.py: types, defaults and descriptions
+    from the settings models). The API key is never a parameter: the gateway reads OPENAI_API_KEY or
+    DOPPEL_API_KEY from the environment of the worker (or `doppel serve`) process. Whoever can create
+    a flow run sets the parameters, so they are checked first (tasks/trust.py): base_url and
+    dask_address must be listed in the worker's DOPPEL_ALLOWED_ENDPOINTS, paths must stay inside its
+    DOPPEL_DATA_ROOTS.
     """
     from doppel.flows.simulate import simulate
 
-    folds = FOLDS_ALL if fold == "all" else [f.strip() for f in fold.split(",") if f.strip()]
-    settings = RunSettings(
-        dataset=dataset,
-        data_dir=data_dir,
-        item_text=item_text,
-        synthetic_users=synthetic_users,
-        synthetic_items=synthetic_items,
-        folds=folds,
-        users=users,
-        user_ids=user_ids,
-        sample_seed=seed,
-        db=db,
-        run_id=run_id,
-        runner=runner,
-        dask_address=dask_address,
-        dask_workers=dask_workers,
-        baselines=baselines,
-        progress=False,
-        llm=LLMSettings(
-            base_url=base_url,
-            model=model,
-            temperature=temperature,
-            seed=seed,
-            timeout_s=timeout,
-            concurrency=concurrency,
-            rpm=rpm,
-            concurrency_limit_name=concurrency_limit,
-            cache_dir=cache_dir,
-            rating_probs=rating_probs,
-            rating_samples=rating_samples,
-            sample_temperature=sample_temperature,
-        ),
-        sim=SimulationSettings(
-            history_n=history_n,
-            profile_batch=profile_batch,
-            recent_k=recent_k,
-            rate_batch=rate_batch,
-            update_profile=update,
-            max_test_items=max_test_items,
-            target=target,
-            slice_frac=slice_frac,
-            slice_seed=slice_seed,
-        ),
-    )
+    # a parameter the run did not set can arrive as its Field default (Prefect's validation keeps those)
+    params = {k: v.default if isinstance(v, FieldInfo) else v for k, v in params.items()}
+    settings = JOB.build(params, flag="")
     check_untrusted_run(settings)  # before any request, cluster or file: the parameters are anyone's
     summary = simulate(settings)
     print(f"run {summary['run_id']}: {summary['status']} in {summary['wall_s']} s -> {summary['db']}")
     return json.loads(json.dumps(summary, default=_plain))
+
+
+_run_job.__signature__ = inspect.Signature(JOB.flow_parameters(), return_annotation=dict)  # type: ignore[attr-defined]
+run_job = flow(name="doppel-job", log_prints=True)(_run_job)
 
 
 def _plain(value: Any) -> Any:

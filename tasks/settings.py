@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from doppel.tasks.data.registry import NAMES_HELP, expand_folds
 
 API_KEY_ENV_VARS = ("DOPPEL_API_KEY", "OPENAI_API_KEY")
 RATING_SAMPLES_LIMIT = 10_000  # draws per rating call stay below it (tasks/llm/gateway.draw_sample)
@@ -19,28 +21,34 @@ RATING_SAMPLES_LIMIT = 10_000  # draws per rating call stay below it (tasks/llm/
 class LLMSettings(BaseModel):
     """How to reach the LLM and how hard to push it."""
 
-    base_url: str | None = None  # None: start the embedded llama.cpp server
-    model: str = "qwen2.5-0.5b"  # an embedded model name, or the endpoint's model id
-    gguf: str | None = None  # a local GGUF file for the embedded server
-    temperature: float = 0.0
-    seed: int = 0
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; default: the embedded model")
+    model: str = Field("qwen2.5-0.5b", description="endpoint model id, or an embedded model name")
+    gguf: str | None = Field(None, description="run the embedded server on this GGUF file")
+    temperature: float = Field(0.0, description="sampling temperature")
+    seed: int = Field(0, description="LLM seed")
     max_tokens_profile: int = 220
     max_tokens_rating_per_item: int = 16
-    timeout_s: float = 120.0
+    timeout_s: float = Field(120.0, description="seconds per LLM call")
     max_retries: int = 4  # transport retries by the openai client (429/5xx/timeouts)
     repair_attempts: int = 2  # re-asks quoting the validation error
     json_mode: Literal["auto", "schema", "object", "text"] = "auto"
-    rating_probs: bool = True  # ask for token logprobs: each rating's distribution over 1..5 is stored
-    # where logprobs gave no distribution: draw this many answers per rating call (0: none) at
-    # sample_temperature; a rating's distribution is then the draws' shares of 1..5
-    rating_samples: int = Field(0, ge=0, lt=RATING_SAMPLES_LIMIT)
-    sample_temperature: float = Field(1.0, gt=0)
-    concurrency: int = 8
-    rpm: float | None = None
-    concurrency_limit_name: str | None = None  # optional Prefect global concurrency limit
-    cache_dir: str | None = None  # response cache; default: next to the DuckDB file
-    price_prompt_per_mtok: float = 0.0  # for cost accounting (USD per million tokens)
-    price_completion_per_mtok: float = 0.0
+    rating_probs: bool = Field(
+        True, description="ask for token logprobs and store each rating's distribution over 1..5"
+    )
+    rating_samples: int = Field(
+        0,
+        ge=0,
+        lt=RATING_SAMPLES_LIMIT,
+        description="where logprobs give no distribution (a server without them, --no-rating-probs): draw N "
+        "answers per rating call; a rating's distribution is then the draws' shares of 1..5 (0: none)",
+    )
+    sample_temperature: float = Field(1.0, gt=0, description="--rating-samples: the draws' temperature")
+    concurrency: int = Field(8, ge=1, description="LLM calls in flight across all workers")
+    rpm: float | None = Field(None, description="requests per minute cap")
+    concurrency_limit_name: str | None = Field(None, description="also hold this Prefect global concurrency limit")
+    cache_dir: str | None = Field(None, description="LLM response cache (default: .doppel/ next to the db)")
+    price_prompt_per_mtok: float = Field(0.0, description="USD per million prompt tokens (cost accounting)")
+    price_completion_per_mtok: float = Field(0.0, description="USD per million completion tokens")
 
 
 class SimulationSettings(BaseModel):
@@ -50,15 +58,19 @@ class SimulationSettings(BaseModel):
     profile_batch: int = Field(20, ge=1, description="ratings per profile-building call")
     recent_k: int = Field(10, ge=0, description="recent ratings shown with each rating call")
     rate_batch: int = Field(10, ge=1, description="held-out items per rating call")
-    update_profile: bool = True  # dynamic user: update the profile with each batch's true ratings
-    overview_chars: int = Field(160, ge=0, description="item overview characters in prompts")
-    prompts: str = "compact"  # prompt set: compact | seed | a folder (tasks/llm/templates.py)
-    max_test_items: int | None = None  # cap held-out items per user (None: all)
-    # what the run rates: the fold's held-out test items, or each user's calibration slice of train
-    # (profile built without it: the calibrated hybrid's LLM input, see tasks/fidelity/)
-    target: Literal["test", "slice"] = "test"
-    slice_frac: float = Field(0.2, gt=0, lt=1, description="share of each user's train ratings in the slice")
-    slice_seed: int = 0  # the slice's seed (benchmarks/fidelity.py --seed)
+    update_profile: bool = Field(True, description="update the profile after each rating batch (the dynamic user)")
+    overview_chars: int = Field(160, ge=0, description="item overview characters per item in prompts (0: none)")
+    prompts: str = Field("compact", description="prompt set: compact | seed (the seed's layout) | a folder of .md")
+    max_test_items: int | None = Field(None, description="cap held-out items per user (default: all)")
+    target: Literal["test", "slice"] = Field(
+        "test",
+        description="what to rate: test (the held-out items) | slice (each user's calibration slice of train, "
+        "profile built without it: the calibrated hybrid's LLM input)",
+    )
+    slice_frac: float = Field(
+        0.2, gt=0, lt=1, description="--target slice: share of each user's train ratings in the slice"
+    )
+    slice_seed: int = Field(0, description="--target slice: the slice's seed (benchmarks/fidelity.py --seed)")
 
     def split_params(self) -> dict:
         """The SQL parameters that say which of a fold's ratings are rated and which form the history."""
@@ -68,24 +80,36 @@ class SimulationSettings(BaseModel):
 class RunSettings(BaseModel):
     """A whole `doppel run`."""
 
-    dataset: str = "synthetic"  # synthetic | ml-100k | a path
-    data_dir: str | None = None
-    item_text: str | None = None
-    synthetic_users: int = 60
-    synthetic_items: int = 120
-    folds: list[str] = Field(default_factory=lambda: ["u1"])
-    users: int | None = None  # seeded sample of each fold's test users (None: all)
-    user_ids: list[str] | None = None
-    sample_seed: int = 0
-    db: str = "doppel.duckdb"
-    run_id: str | None = None
-    runner: Literal["dask", "threads"] = "dask"
-    dask_address: str | None = None
-    dask_workers: int = 2
+    dataset: str = Field("synthetic", description=NAMES_HELP)
+    data_dir: str | None = Field(None, description="local copy of the dataset (ml-100k: the unzipped folder)")
+    item_text: str | None = Field(None, description="item overview TSV (item id + overview)")
+    synthetic_users: int = Field(60, description="synthetic dataset: number of users")
+    synthetic_items: int = Field(120, description="synthetic dataset: number of items")
+    folds: list[str] = Field(default_factory=lambda: ["u1"], description="u1..u5, a comma list, or all")
+    users: int | None = Field(None, description="seeded sample of N test users per fold (default: all)")
+    user_ids: list[str] | None = Field(None, description="comma-separated user ids to simulate")
+    sample_seed: int = Field(0, description="user sample seed")
+    db: str = Field("doppel.duckdb", description="DuckDB file")
+    run_id: str | None = Field(None, description="resume or rerun this run id (default: a new run)")
+    runner: Literal["dask", "threads"] = Field("dask", description="dask | threads")
+    dask_address: str | None = Field(None, description="use an existing Dask scheduler (tcp://host:8786)")
+    dask_workers: int = Field(2, description="local Dask workers (and user chunks)")
     llm: LLMSettings = Field(default_factory=LLMSettings)
     sim: SimulationSettings = Field(default_factory=SimulationSettings)
-    baselines: bool = True
-    progress: bool = True
+    baselines: bool = Field(True, description="score CF baselines on the same rows")
+    progress: bool = Field(True, description="show progress (a bar on a terminal, a line every few seconds elsewhere)")
+
+    @field_validator("folds", mode="before")
+    @classmethod
+    def _folds(cls, value: str | list[str]) -> list[str]:
+        return expand_folds(value)  # "u1,u3" or "all" as the user writes them
+
+    @field_validator("user_ids", mode="before")
+    @classmethod
+    def _user_ids(cls, value: str | list[str] | None) -> list[str] | None:
+        if isinstance(value, str):
+            return [u.strip() for u in value.split(",") if u.strip()]
+        return value
 
     def work_dir(self) -> Path:
         """Scratch space for this database: response cache, Dask spill, logs."""
