@@ -2,88 +2,47 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from doppel.flows.cli_output import console, fail, show
-from doppel.tasks.ensemble.config import EnsembleSettings, SASRecSettings
+from doppel.flows.options import OptionSet, dataset_options, llm_options, opt, settings_command
+from doppel.tasks.ensemble.config import EnsembleSettings
 from doppel.tasks.preflight import preflight
-from doppel.tasks.settings import LLMSettings, RunSettings
 
 app = typer.Typer()
 
 
-@app.command("ensemble")
-def ensemble_command(
-    dataset: str = typer.Option(
-        "synthetic", help="synthetic | ml-100k | a ratings CSV / directory (a `review` column adds subjective keywords)"
+ENSEMBLE = OptionSet(
+    EnsembleSettings,
+    (
+        *dataset_options("run.")[:3],
+        opt("fold"),
+        opt("items"),
+        opt("like_threshold"),
+        opt("run_id", "compare_run_id"),
+        opt("ensemble_id"),
+        *dataset_options("run.")[3:],
+        *llm_options("run.")[:6],
+        opt("seed", "run.llm.seed", "sasrec.seed"),
+        *llm_options("run.")[6:7],
+        opt("max_keywords"),
+        opt("vocab_threshold"),
+        opt("sasrec_epochs", "sasrec.epochs"),
+        opt("db", "run.db"),
+        opt("runner", "run.runner"),
+        opt("dask_address", "run.dask_address"),
+        opt("dask_workers", "run.dask_workers"),
+        *llm_options("run.")[7:],
+        opt("progress", "run.progress"),
     ),
-    data_dir: Path | None = typer.Option(None, help="local copy of the dataset (ml-100k: the unzipped folder)"),
-    item_text: Path | None = typer.Option(None, help="item overview TSV (item id + overview)"),
-    fold: str = typer.Option("u1", help="the fold whose held-out ratings are scored"),
-    items: int | None = typer.Option(None, min=1, help="analyse only the N most-rated train items (default: all)"),
-    like_threshold: int = typer.Option(4, min=1, max=5, help="like = rating >= this (the seed used 3)"),
-    run_id: str | None = typer.Option(None, help="a `doppel run` id: score its LLM ratings beside the voters"),
-    ensemble_id: str | None = typer.Option(None, help="this ensemble run's id (default: a new one)"),
-    synthetic_users: int = typer.Option(60, help="synthetic dataset: number of users"),
-    synthetic_items: int = typer.Option(120, help="synthetic dataset: number of items"),
-    base_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint; default: the embedded model"),
-    model: str = typer.Option("qwen2.5-0.5b", help="endpoint model id, or an embedded model name"),
-    gguf: Path | None = typer.Option(None, help="run the embedded server on this GGUF file"),
-    concurrency: int = typer.Option(8, min=1, help="LLM calls in flight across all workers"),
-    rpm: float | None = typer.Option(None, help="requests per minute cap"),
-    concurrency_limit: str | None = typer.Option(None, help="also hold this Prefect global concurrency limit"),
-    seed: int = typer.Option(0, help="LLM seed and SASRec seed"),
-    timeout: float = typer.Option(120.0, help="seconds per LLM call"),
-    max_keywords: int = typer.Option(5, min=1, max=12, help="pros and cons per item and source"),
-    vocab_threshold: float = typer.Option(0.8, help="cosine similarity at which synonyms merge (1 = no merging)"),
-    sasrec_epochs: int = typer.Option(60, min=1, help="SASRec training epochs"),
-    db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file"),
-    runner: str = typer.Option("dask", help="dask | threads"),
-    dask_address: str | None = typer.Option(None, help="use an existing Dask scheduler (tcp://host:8786)"),
-    dask_workers: int = typer.Option(2, help="local Dask workers (and item chunks)"),
-    cache_dir: Path | None = typer.Option(None, help="LLM response cache (default: .doppel/ next to the db)"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
-) -> None:
+    fixed={"run.baselines": False},
+)
+
+
+@app.command("ensemble")
+@settings_command(ENSEMBLE, fail)
+def ensemble_command(settings: EnsembleSettings) -> None:
     """Ensemble simulator: LLM item keywords + keyword, embedding and SASRec voters, scored on held-out likes."""
-    if runner not in ("dask", "threads"):
-        fail(f"--runner must be dask or threads, not {runner!r}")
-    settings = EnsembleSettings(
-        run=RunSettings(
-            dataset=dataset,
-            data_dir=str(data_dir) if data_dir else None,
-            item_text=str(item_text) if item_text else None,
-            synthetic_users=synthetic_users,
-            synthetic_items=synthetic_items,
-            folds=[fold],
-            db=str(db),
-            runner=runner,
-            dask_address=dask_address,
-            dask_workers=dask_workers,
-            progress=progress,
-            baselines=False,
-            llm=LLMSettings(
-                base_url=base_url,
-                model=model,
-                gguf=str(gguf) if gguf else None,
-                seed=seed,
-                timeout_s=timeout,
-                concurrency=concurrency,
-                rpm=rpm,
-                concurrency_limit_name=concurrency_limit,
-                cache_dir=str(cache_dir) if cache_dir else None,
-            ),
-        ),
-        fold=fold,
-        items=items,
-        like_threshold=like_threshold,
-        compare_run_id=run_id,
-        ensemble_id=ensemble_id,
-        max_keywords=max_keywords,
-        vocab_threshold=vocab_threshold,
-        sasrec=SASRecSettings(epochs=sasrec_epochs, seed=seed),
-    )
     from doppel.flows.errors import friendly_errors
     from doppel.flows.runtime import prefect_api
 

@@ -7,54 +7,36 @@ from pathlib import Path
 import typer
 
 from doppel.flows.cli_output import console, fail, show
-from doppel.tasks.rl.config import ALGOS, BASELINES, EnvSettings, RLSettings
+from doppel.flows.options import OptionSet, opt, settings_command
+from doppel.tasks.rl.config import RLSettings
 
 app = typer.Typer()
 
 
+RL = OptionSet(
+    RLSettings,
+    (
+        opt("algo", "algos"),
+        opt("steps"),
+        opt("seed"),
+        opt("seeds"),
+        opt("episodes"),
+        opt("ensemble_id"),
+        opt("reward"),
+        opt("like_threshold"),
+        *(opt(name, "env." + name) for name in ("horizon", "leave_after", "history_len", "seen_in_obs")),
+        opt("db"),
+        opt("rl_id"),
+        opt("plot"),
+    ),
+)
+
+
 @app.command("rl")
-def rl_command(
-    algo: str = typer.Option("all", help=f"{' | '.join(ALGOS + BASELINES)}, a comma list, or all"),
-    steps: int = typer.Option(20_000, min=1, help="training steps per agent and seed"),
-    seed: int = typer.Option(0, help="first training seed (seeds: seed, seed+1, ...)"),
-    seeds: int = typer.Option(1, min=1, help="training seeds per agent (the table's spread is over them)"),
-    episodes: int = typer.Option(100, min=1, help="K: seeded evaluation episodes per agent and seed"),
-    ensemble_id: str | None = typer.Option(None, help="a finished `doppel ensemble` run (default: the latest)"),
-    reward: str = typer.Option("ensemble", help="ensemble | run:<run_id> (a finished `doppel run`'s ratings)"),
-    like_threshold: int | None = typer.Option(
-        None, min=1, max=5, help="run reward: like = rating >= this (default: the ensemble's)"
-    ),
-    horizon: int = typer.Option(20, min=1, help="T: recommendations per episode"),
-    leave_after: int = typer.Option(3, min=0, help="L: the user leaves after L non-likes in a row (0: never)"),
-    history_len: int = typer.Option(10, min=1, help="H: interactions in the observation"),
-    seen_in_obs: bool = typer.Option(
-        True, "--seen-in-obs/--no-seen-in-obs", help="end the observation with one seen flag per item"
-    ),
-    db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file"),
-    rl_id: str | None = typer.Option(None, help="this run's id (default: a new one)"),
-    plot: Path | None = typer.Option(None, help="learning-curve PNG (default: rl_learning_curve.png by the db)"),
-) -> None:
+@settings_command(RL, fail)
+def rl_command(settings: RLSettings) -> None:
     """RL on a simulated user: DQN, A2C, PPO, TRPO and two baselines on the doppel Gymnasium env."""
-    names = list(ALGOS + BASELINES) if algo == "all" else [a.strip() for a in algo.split(",") if a.strip()]
-    unknown = [n for n in names if n not in ALGOS + BASELINES]
-    if unknown:
-        fail(f"unknown --algo {', '.join(unknown)}: use {', '.join(ALGOS + BASELINES)} or all")
-    settings = RLSettings(
-        db=str(db),
-        ensemble_id=ensemble_id,
-        reward=reward,
-        like_threshold=like_threshold,
-        algos=names,
-        steps=steps,
-        seeds=seeds,
-        seed=seed,
-        episodes=episodes,
-        rl_id=rl_id,
-        plot=str(plot) if plot else None,
-        env=EnvSettings(
-            horizon=horizon, leave_after=leave_after or None, history_len=history_len, seen_in_obs=seen_in_obs
-        ),
-    )
+    db = Path(settings.db)
     if not db.is_file():
         fail(f"{db}: no such DuckDB file (--db); `doppel ensemble` or `doppel run` writes one")
     from doppel.flows.errors import friendly_errors

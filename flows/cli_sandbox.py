@@ -7,9 +7,9 @@ from pathlib import Path
 import typer
 
 from doppel.flows.cli_output import console, fail, show
+from doppel.flows.options import OptionSet, dataset_options, llm_options, opt, settings_command
 from doppel.tasks.preflight import preflight
-from doppel.tasks.sandbox.config import MemorySettings, SandboxSettings
-from doppel.tasks.settings import LLMSettings, RunSettings
+from doppel.tasks.sandbox.config import SandboxSettings
 
 app = typer.Typer()
 
@@ -19,157 +19,47 @@ sandbox_app = typer.Typer(
 app.add_typer(sandbox_app, name="sandbox")
 
 
-def make_settings(
-    dataset: str,
-    data_dir: Path | None,
-    item_text: Path | None,
-    fold: str,
-    agents: int,
-    rounds: int,
-    sandbox_id: str | None,
-    profile_run_id: str | None,
-    recommender: str,
-    retrain: bool,
-    activity: str,
-    friends: int,
-    graph_file: Path | None,
-    reflect_every: int,
-    memories: int,
-    chat_turns: int,
-    max_steps: int,
-    synthetic_users: int,
-    synthetic_items: int,
-    base_url: str | None,
-    model: str,
-    gguf: Path | None,
-    concurrency: int,
-    rpm: float | None,
-    seed: int,
-    timeout: float,
-    temperature: float,
-    db: Path,
-    cache_dir: Path | None,
-    progress: bool,
-) -> SandboxSettings:
-    if recommender not in ("random", "popular", "mf"):
-        fail(f"--recommender must be random, popular or mf, not {recommender!r}")
-    try:
-        level = activity if activity == "data" else float(activity)
-    except ValueError:
-        fail(f"--activity must be a number in [0, 1] or 'data', not {activity!r}")
-    if level != "data" and not 0.0 <= level <= 1.0:
-        fail(f"--activity must be in [0, 1], not {level}")
-    run = RunSettings(
-        dataset=dataset,
-        data_dir=str(data_dir) if data_dir else None,
-        item_text=str(item_text) if item_text else None,
-        synthetic_users=synthetic_users,
-        synthetic_items=synthetic_items,
-        folds=[fold],
-        db=str(db),
-        runner="threads",
-        progress=progress,
-        baselines=False,
-        llm=LLMSettings(
-            base_url=base_url,
-            model=model,
-            gguf=str(gguf) if gguf else None,
-            seed=seed,
-            timeout_s=timeout,
-            concurrency=concurrency,
-            rpm=rpm,
-            cache_dir=str(cache_dir) if cache_dir else None,
-        ),
-    )
-    return SandboxSettings(
-        run=run,
-        sandbox_id=sandbox_id,
-        fold=fold,
-        agents=agents,
-        rounds=rounds,
-        seed=seed,
-        profile_run_id=profile_run_id,
-        recommender=recommender,
-        retrain=retrain,
-        activity=level,
-        friends=friends,
-        graph_file=str(graph_file) if graph_file else None,
-        chat_turns=chat_turns,
-        max_steps=max_steps,
-        temperature=temperature,
-        memory=MemorySettings(reflect_every=reflect_every, k=memories),
-    )
+SANDBOX = OptionSet(
+    SandboxSettings,
+    (
+        *dataset_options("run.")[:3],
+        opt("fold"),
+        opt("agents"),
+        opt("rounds"),
+        opt("sandbox_id"),
+        opt("profile_run_id"),
+        opt("recommender"),
+        opt("retrain"),
+        opt("activity"),
+        opt("friends"),
+        opt("graph_file"),
+        opt("reflect_every", "memory.reflect_every"),
+        opt("memories", "memory.k"),
+        opt("chat_turns"),
+        opt("max_steps"),
+        *dataset_options("run.")[3:],
+        *llm_options("run.")[:5],
+        opt("seed", "seed", "run.llm.seed"),
+        *llm_options("run.")[6:7],
+        opt("temperature"),
+        opt("db", "run.db"),
+        *llm_options("run.")[7:],
+        opt("progress", "run.progress"),
+    ),
+    fixed={"run.runner": "threads", "run.baselines": False},
+)
+UI = SANDBOX.only(
+    "db", "dataset", "data_dir", "item_text", "base_url", "model", "concurrency", "recommender", "sandbox_id",
+    agents=8, rounds=3, progress=False,
+)  # fmt: skip
 
 
 @sandbox_app.callback(invoke_without_command=True)
-def sandbox_run(
-    ctx: typer.Context,
-    dataset: str = typer.Option("synthetic", help="synthetic | ml-100k | a ratings CSV / directory"),
-    data_dir: Path | None = typer.Option(None, help="local copy of the dataset (ml-100k: the unzipped folder)"),
-    item_text: Path | None = typer.Option(None, help="item overview TSV (item id + overview)"),
-    fold: str = typer.Option("u1", help="whose train split seeds the recommender and the agents' histories"),
-    agents: int = typer.Option(20, min=1, help="agents (a seeded sample of the fold's users)"),
-    rounds: int = typer.Option(5, min=0, help="total rounds; a rerun of a sandbox id continues after the last one"),
-    sandbox_id: str | None = typer.Option(None, help="resume this sandbox (default: a new one)"),
-    profile_run_id: str | None = typer.Option(None, help="take the agents' Phase-1 profiles from this doppel run"),
-    recommender: str = typer.Option("mf", help="random | popular | mf (Surprise SVD)"),
-    retrain: bool = typer.Option(True, "--retrain/--no-retrain", help="retrain on the sandbox's ratings each round"),
-    activity: str = typer.Option("0.7", help="chance an agent acts in a round, or 'data' (by its rating count)"),
-    friends: int = typer.Option(3, min=0, help="generated friendship graph: friends per agent"),
-    graph_file: Path | None = typer.Option(None, help="friendship edges CSV (two agent or user ids per line)"),
-    reflect_every: int = typer.Option(3, min=0, help="reflect every N rounds (0: never)"),
-    memories: int = typer.Option(4, min=0, help="memories retrieved per decision"),
-    chat_turns: int = typer.Option(4, min=2, max=8, help="lines per one-to-one chat"),
-    max_steps: int = typer.Option(3, min=1, help="recommender steps per visit"),
-    synthetic_users: int = typer.Option(60, help="synthetic dataset: number of users"),
-    synthetic_items: int = typer.Option(120, help="synthetic dataset: number of items"),
-    base_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint; default: the embedded model"),
-    model: str = typer.Option("qwen2.5-0.5b", help="endpoint model id, or an embedded model name"),
-    gguf: Path | None = typer.Option(None, help="run the embedded server on this GGUF file"),
-    concurrency: int = typer.Option(8, min=1, help="LLM calls in flight"),
-    rpm: float | None = typer.Option(None, help="requests per minute cap"),
-    seed: int = typer.Option(0, help="agent sample, graph, activity and LLM seed"),
-    timeout: float = typer.Option(120.0, help="seconds per LLM call"),
-    temperature: float = typer.Option(0.8, help="sampling temperature of agent decisions (profiles use 0)"),
-    db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file"),
-    cache_dir: Path | None = typer.Option(None, help="LLM response cache (default: .doppel/ next to the db)"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
-) -> None:
+@settings_command(SANDBOX, fail)
+def sandbox_run(settings: SandboxSettings, ctx: typer.Context) -> None:
     """Run the agent sandbox (the default sub-command): rounds of recommender visits, chats and posts."""
     if ctx.invoked_subcommand is not None:
         return
-    settings = make_settings(
-        dataset,
-        data_dir,
-        item_text,
-        fold,
-        agents,
-        rounds,
-        sandbox_id,
-        profile_run_id,
-        recommender,
-        retrain,
-        activity,
-        friends,
-        graph_file,
-        reflect_every,
-        memories,
-        chat_turns,
-        max_steps,
-        synthetic_users,
-        synthetic_items,
-        base_url,
-        model,
-        gguf,
-        concurrency,
-        rpm,
-        seed,
-        timeout,
-        temperature,
-        db,
-        cache_dir,
-        progress,
-    )
     from doppel.flows.errors import friendly_errors
     from doppel.flows.runtime import prefect_api
 
@@ -180,8 +70,8 @@ def sandbox_run(
 
         settings = settings.model_copy(update={"sandbox_id": settings.sandbox_id or new_sandbox_id()})
         console.print(
-            f"sandbox [bold]{settings.sandbox_id}[/] in {db} ({settings.agents} agents, rounds up to "
-            f"{settings.rounds}, recommender {recommender})",
+            f"sandbox [bold]{settings.sandbox_id}[/] in {settings.run.db} ({settings.agents} agents, rounds up to "
+            f"{settings.rounds}, recommender {settings.recommender})",
             highlight=False,
         )
         try:
@@ -215,51 +105,9 @@ def sandbox_export(
 
 
 @app.command("ui")
-def ui(
-    port: int = typer.Option(8765, min=0, max=65535, help="port on 127.0.0.1 (0: a free one)"),
-    db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file"),
-    dataset: str = typer.Option("synthetic", help="synthetic | ml-100k | a ratings CSV / directory"),
-    data_dir: Path | None = typer.Option(None),
-    item_text: Path | None = typer.Option(None),
-    base_url: str | None = typer.Option(None, help="OpenAI-compatible endpoint; default: the embedded model"),
-    model: str = typer.Option("qwen2.5-0.5b"),
-    concurrency: int = typer.Option(8, min=1),
-    recommender: str = typer.Option("mf", help="random | popular | mf"),
-    sandbox_id: str | None = typer.Option(None, help="show (and continue) this sandbox"),
-) -> None:
+@settings_command(UI, fail)
+def ui(settings: SandboxSettings, port: int = typer.Option(8765, help="port on 127.0.0.1")) -> None:
     """A web page for the sandbox on 127.0.0.1: start / pause / reset, rounds, live log, agents, relations."""
-    settings = make_settings(
-        dataset,
-        data_dir,
-        item_text,
-        "u1",
-        8,
-        3,
-        sandbox_id,
-        None,
-        recommender,
-        True,
-        "0.7",
-        3,
-        None,
-        3,
-        4,
-        4,
-        3,
-        60,
-        120,
-        base_url,
-        model,
-        None,
-        concurrency,
-        None,
-        0,
-        120.0,
-        0.8,
-        db,
-        None,
-        False,
-    )
     from doppel.flows.errors import friendly_errors
     from doppel.flows.runtime import prefect_api
 

@@ -55,6 +55,10 @@ class OptionSet:
         kept = tuple(o for o in self.opts if o.name not in names and o.name not in fixed)
         return OptionSet(self.model, kept, {**self.fixed, **pinned})
 
+    def only(self, *names: str, **fixed: Any) -> OptionSet:
+        """Just the options `names`; `fixed` (option name -> value) set instead of offered."""
+        return self.without(*(n for n in self.names() if n not in names and n not in fixed), **fixed)
+
     def field(self, path: str) -> FieldInfo:
         model: Any = self.model
         *parents, last = path.split(".")
@@ -90,7 +94,7 @@ class OptionSet:
         if owner is None:
             return f"{path}: {error['msg']}"
         name = flag + owner.name.replace("_", "-") if flag else owner.name
-        return f"{name} {values.get(owner.name)!r}: {error['msg']}"
+        return f"{name} {values.get(owner.name)!r}: {error['msg'].removeprefix('Value error, ')}"
 
     def typer_parameters(self) -> list[inspect.Parameter]:
         """Keyword parameters with typer.Option defaults: what Typer reads from a signature."""

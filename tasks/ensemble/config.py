@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from doppel.tasks.settings import LLMSettings, RunSettings
 
@@ -21,11 +21,11 @@ class SASRecSettings(BaseModel):
     blocks: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    epochs: int = Field(60, ge=1)
+    epochs: int = Field(60, ge=1, description="SASRec training epochs")
     batch_size: int = Field(128, ge=1)
     lr: float = 5e-3
     like_weight: float = Field(1.0, ge=0.0, description="weight of the like loss next to the next-item loss")
-    seed: int = 0
+    seed: int = Field(0, description="SASRec seed")
     threads: int = Field(1, ge=1, description="torch threads while training and scoring (1 was fastest here)")
 
 
@@ -33,11 +33,11 @@ class EnsembleSettings(BaseModel):
     """A whole `doppel ensemble`: dataset, fold, LLM item analysis, voters, evaluation."""
 
     run: RunSettings = Field(default_factory=RunSettings)  # dataset, db, runner, llm (+ limits and cache)
-    fold: str = "u1"
+    fold: str = Field("u1", description="the fold whose held-out ratings are scored")
     items: int | None = Field(None, ge=1, description="analyse only the N most-rated train items (None: all)")
     like_threshold: int = Field(4, ge=1, le=5, description="like = rating >= threshold (the seed used 3)")
-    compare_run_id: str | None = None  # a spine run whose LLM ratings are scored beside the voters
-    ensemble_id: str | None = None  # this ensemble run's id (default: a new one)
+    compare_run_id: str | None = Field(None, description="a `doppel run` id: score its LLM ratings beside the voters")
+    ensemble_id: str | None = Field(None, description="this ensemble run's id (default: a new one)")
     max_keywords: int = Field(5, ge=1, le=12, description="pros and cons per item and source")
     reviews_per_item: int = Field(5, ge=1, description="reviews quoted per subjective-analysis call")
     review_chars: int = Field(300, ge=20)
@@ -51,6 +51,13 @@ class EnsembleSettings(BaseModel):
     )
     embed_batch: int = Field(64, ge=1)
     sasrec: SASRecSettings = Field(default_factory=SASRecSettings)
+
+    @model_validator(mode="after")
+    def _one_fold(self) -> EnsembleSettings:
+        """The run's folds are this fold (set once, here)."""
+        if self.run.folds != [self.fold]:
+            self.run = self.run.model_copy(update={"folds": [self.fold]})
+        return self
 
     @property
     def llm(self) -> LLMSettings:

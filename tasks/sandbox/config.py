@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from doppel.tasks.settings import LLMSettings, RunSettings
 
@@ -28,25 +28,25 @@ class SandboxSettings(BaseModel):
     """A whole `doppel sandbox`: which users become agents, how they act, which recommender serves them."""
 
     run: RunSettings = Field(default_factory=RunSettings)  # dataset, db, llm (+ limits and cache)
-    sandbox_id: str | None = None  # resume this sandbox (default: a new one)
-    fold: str = "u1"  # whose train split seeds the MF recommender and the agents' histories
-    agents: int = Field(20, ge=1)
-    rounds: int = Field(5, ge=0, description="total rounds wanted; a rerun continues after the last finished")
-    seed: int = 0
-    profile_run_id: str | None = None  # take Phase-1 profiles from this doppel run (else build them)
+    sandbox_id: str | None = Field(None, description="resume this sandbox (default: a new one)")
+    fold: str = Field("u1", description="whose train split seeds the recommender and the agents' histories")
+    agents: int = Field(20, ge=1, description="agents (a seeded sample of the fold's users)")
+    rounds: int = Field(5, ge=0, description="total rounds; a rerun of a sandbox id continues after the last one")
+    seed: int = Field(0, description="agent sample, graph and activity seed")
+    profile_run_id: str | None = Field(None, description="take the agents' Phase-1 profiles from this doppel run")
     profile_history: int = Field(20, ge=1, description="train ratings a built profile is written from")
     profile_max_tokens: int = Field(100, ge=16, description="completion tokens of a built profile (~60 words)")
     activity: float | Literal["data"] = Field(
-        0.7, description="chance an agent acts in a round; 'data': from its number of ratings"
+        0.7, description="chance an agent acts in a round (0..1), or 'data' (from its number of ratings)"
     )
     friends: int = Field(3, ge=0, description="generated graph: friends per agent (ring + seeded rewiring)")
-    graph_file: str | None = None  # CSV of agent_id/user_id pairs (two columns) instead of a generated graph
-    recommender: Literal["random", "popular", "mf"] = "mf"
-    retrain: bool = True  # MF: retrain on real train + sandbox ratings between rounds
+    graph_file: str | None = Field(None, description="friendship edges CSV (two agent or user ids per line)")
+    recommender: Literal["random", "popular", "mf"] = Field("mf", description="random | popular | mf (Surprise SVD)")
+    retrain: bool = Field(True, description="retrain the MF recommender on the sandbox's ratings each round")
     page_size: int = Field(5, ge=1)
     max_steps: int = Field(3, ge=1, description="recommender steps (page, search, watch) per visit")
     max_watch: int = Field(2, ge=1, description="items watched at once")
-    chat_turns: int = Field(4, ge=2, le=8)
+    chat_turns: int = Field(4, ge=2, le=8, description="lines per one-to-one chat")
     memory: MemorySettings = Field(default_factory=MemorySettings)
     max_tokens: int = Field(96, ge=16, description="completion tokens per decision")
     temperature: float = Field(
@@ -57,6 +57,20 @@ class SandboxSettings(BaseModel):
         "the 0.5B model picks the same option every time)",
     )
     overview_chars: int = Field(0, ge=0, description="item overview characters on a page (0: title/genres)")
+
+    @field_validator("activity")
+    @classmethod
+    def _activity(cls, value: float | str) -> float | str:
+        if value != "data" and not 0.0 <= float(value) <= 1.0:
+            raise ValueError("must be in [0, 1] or 'data'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_fold(self) -> SandboxSettings:
+        """The run's folds are this fold (set once, here)."""
+        if self.run.folds != [self.fold]:
+            self.run = self.run.model_copy(update={"folds": [self.fold]})
+        return self
 
     @property
     def llm(self) -> LLMSettings:
