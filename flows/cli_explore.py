@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from doppel.flows.cli_output import TERMINAL, console, fail, show
+from doppel.flows.options import DB
 
 app = typer.Typer()
 
@@ -25,7 +26,7 @@ def sql(
     view: str | None = typer.Option(None, "--view", "-v", help="show one of doppel's views (see --list)"),
     run_id: str | None = typer.Option(None, help="with --view: only this run's rows"),
     list_views: bool = typer.Option(False, "--list", help="list doppel's views"),
-    db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file"),
+    db: Path = DB,
     limit: int = typer.Option(50, min=1, help="rows to print"),
     max_width: int | None = typer.Option(
         None, min=4, help="characters per cell before it is cut (default: 60 on a terminal, no cut into a pipe)"
@@ -59,7 +60,7 @@ def sql(
 @app.command()
 def report(
     run_id: str | None = typer.Option(None, help="the run to report (default: the latest run)"),
-    db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file"),
+    db: Path = DB,
     out: Path = typer.Option(Path("report.html"), help="HTML file to write"),
 ) -> None:
     """Write a self-contained HTML report of a run: plots, fidelity vs baselines, cost, validation."""

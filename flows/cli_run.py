@@ -9,7 +9,7 @@ import typer
 
 from doppel.flows.cli_output import console, fail, show
 from doppel.flows.display import metrics_table, print_summary
-from doppel.flows.options import RUN, settings_command
+from doppel.flows.options import DB, RUN, settings_command
 from doppel.tasks.llm.templates import PROMPT_SETS, prompt_dir
 from doppel.tasks.preflight import preflight
 from doppel.tasks.settings import RunSettings
@@ -89,7 +89,7 @@ def _while_api_starts(settings: RunSettings) -> None:
 
 @app.command()
 def models(
-    db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file whose runs give the measured seconds per call"),
+    db: Path = DB,
 ) -> None:
     """List the embedded models: size, installed or not, and seconds per rating call measured in --db's runs."""
     from doppel.tasks.llm.embedded import list_models
@@ -129,11 +129,11 @@ def models_table(rows: list[dict], speed: dict[str, str]):
 
 
 @app.command()
+@settings_command(
+    RUN.only("dataset", "data_dir", "item_text", "synthetic_users", "synthetic_items", "db", fold=[]), fail
+)
 def ingest(
-    dataset: str = typer.Option("synthetic"),
-    data_dir: Path | None = typer.Option(None),
-    item_text: Path | None = typer.Option(None),
-    db: Path = typer.Option(Path("doppel.duckdb")),
+    settings: RunSettings,
     force: bool = typer.Option(False, help="reload even if the same source is stored"),
 ) -> None:
     """Load a dataset into the DuckDB file (`doppel run` does this implicitly)."""
@@ -141,24 +141,18 @@ def ingest(
     from doppel.tasks.ingest import ingest as ingest_step
     from doppel.tasks.store.db import init_db
 
-    settings = RunSettings(
-        dataset=dataset,
-        data_dir=str(data_dir) if data_dir else None,
-        item_text=str(item_text) if item_text else None,
-        db=str(db),
-        folds=[],
-    )
     with friendly_errors(fail):
-        init_db(db)
+        preflight(settings, model=False)
+        init_db(settings.db)
         name, loaded = ingest_step(settings, force=force)
-    console.print(f"dataset [bold]{name}[/] {'loaded into' if loaded else 'already in'} {db}")
+    console.print(f"dataset [bold]{name}[/] {'loaded into' if loaded else 'already in'} {settings.db}")
 
 
 @app.command()
+@settings_command(RUN.only("db", "baselines"), fail)
 def score(
-    run_id: str = typer.Option(...),
-    db: Path = typer.Option(Path("doppel.duckdb")),
-    baselines: bool = typer.Option(True, "--baselines/--no-baselines"),
+    settings: RunSettings,
+    run_id: str = typer.Option(..., help="the finished run to score"),
     hybrid: bool = typer.Option(
         False,
         "--hybrid",
@@ -172,5 +166,5 @@ def score(
     with friendly_errors(fail), prefect_api():
         from doppel.flows.score import score_run
 
-        records = score_run(db=str(db), run_id=run_id, baselines=baselines, hybrid=hybrid)
+        records = score_run(db=settings.db, run_id=run_id, baselines=settings.baselines, hybrid=hybrid)
     show(metrics_table(records))

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from doppel.flows.cli_output import console, fail, show
-from doppel.flows.options import OptionSet, dataset_options, llm_options, opt, settings_command
+from doppel.flows.options import DB, OptionSet, dataset_options, llm_options, opt, settings_command
 from doppel.tasks.preflight import preflight
 from doppel.tasks.sandbox.config import SandboxSettings
 
@@ -92,7 +92,7 @@ def sandbox_export(
     sandbox_id: str = typer.Option(..., help="the sandbox to export"),
     out: Path = typer.Option(Path("sandbox-export"), help="directory for the files"),
     format: str = typer.Option("parquet", "--format", help="parquet | csv | json (JSON lines)"),
-    db: Path = typer.Option(Path("doppel.duckdb"), help="DuckDB file"),
+    db: Path = DB,
 ) -> None:
     """Write every sandbox table (agents, friends, rounds, actions, pages, ratings, messages, posts, memories)."""
     from doppel.flows.errors import friendly_errors

@@ -125,6 +125,14 @@ class OptionSet:
         return params
 
 
+def field_option(model: type[BaseModel], path: str, *names: str) -> Any:
+    """A typer.Option with a settings field's default and help, for a command that builds no settings."""
+    import typer
+
+    info = OptionSet(model, ()).field(path)
+    return typer.Option(info.get_default(call_default_factory=True), *names, help=info.description)
+
+
 def settings_command(options: OptionSet, on_error: Callable[[str, int], Any]) -> Callable:
     """Decorate `fn(settings, **extra)`: Typer sees the options' signature plus fn's other parameters
     and `fn` gets the built settings (a refused value goes to `on_error(message, 2)`)."""
@@ -244,3 +252,5 @@ RUN = OptionSet(
         opt("price_completion", "llm.price_completion_per_mtok"),
     ),
 )
+
+DB = field_option(RunSettings, "db")  # --db of the commands that only read a database
