@@ -32,8 +32,9 @@ from doppel.tasks.trust import ALLOWED_ENDPOINTS_ENV, DATA_ROOTS_ENV, check_untr
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FILE = REPO / "deployments" / "prefect.yaml"
-# every `doppel run` option but the progress display, each with the settings' default and help
-JOB = RUN.without(progress=False)
+# every `doppel run` option but the progress display and --prompts (a folder to read: not a flow-run
+# creator's choice), each with the settings' default and help
+JOB = RUN.without("prompts", progress=False)
 
 
 def _run_job(**params: Any) -> dict:
