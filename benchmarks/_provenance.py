@@ -28,9 +28,11 @@ def _git(*args: str) -> str:
 
 
 def commit() -> str:
-    """HEAD's hash, with "+ uncommitted changes" when the tracked files differ from it."""
+    """HEAD's hash, with "+ uncommitted changes" when tracked files outside benchmarks/results/ differ from it
+    (a benchmark rewriting its own results files is not a change to what ran)."""
     head = _git("rev-parse", "--short=10", "HEAD") or "unknown"
-    return head + (" + uncommitted changes" if _git("status", "--porcelain", "--untracked-files=no") else "")
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
+    return head + (" + uncommitted changes" if dirty else "")
 
 
 def cpu_model() -> str:
@@ -61,11 +63,15 @@ def command(argv: list[str] | None = None) -> str:
     return "python " + shlex.join([str(script), *argv[1:]])
 
 
+STARTED = datetime.now(UTC)  # when the benchmark started (this module is imported at its start)
+COMMIT = commit()  # what ran: taken before the benchmark writes anything
+
+
 def header(extra: dict[str, str] | None = None) -> str:
     rows = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": STARTED.strftime("%Y-%m-%d %H:%M UTC") + f" (started; written {datetime.now(UTC):%H:%M UTC})",
         "command": f"`{command()}`",
-        "commit": commit(),
+        "commit": COMMIT,
         "machine": machine(),
         **(extra or {}),
     }
