@@ -132,7 +132,7 @@ def cell(text: str) -> str:
 
 def settings_reference() -> str:
     """The settings models' fields; a field that `doppel run` takes as an option points to it instead of
-    repeating its help."""
+    repeating its help (every option is described once)."""
     import typer.main
 
     from doppel.flows.cli import app
@@ -152,7 +152,8 @@ def settings_reference() -> str:
             default = field.get_default(call_default_factory=True)
             shown = "" if default is None else f"`{default!r}`"
             flag = "--" + name.replace("_", "-")
-            what = field.description or (f"as [`{flag}`](#doppel-run)" if flag in flags else "")
+            # described once: a field `doppel run` takes points to its option
+            what = f"as [`{flag}`](#doppel-run)" if flag in flags else (field.description or "")
             parts.append(f"| `{prefix}{name}` | {cell(kind)} | {cell(shown)} | {cell(what)} |")
         parts.append("")
     return "\n".join(parts)
