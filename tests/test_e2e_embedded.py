@@ -37,9 +37,12 @@ def test_three_synthetic_users_on_the_embedded_model(prefect_server, tmp_path, m
         rows = con.execute("select status, rating, rating_probs from simulated_ratings where run_id = 'e2e'").df()
         profiles = con.execute("select stage, text from profiles where run_id = 'e2e'").df()
         gate = con.execute("select bool_and(success) from validation_results where run_id = 'e2e'").fetchone()[0]
-        llm_rmse = con.execute(
-            "select value from metrics where run_id = 'e2e' and simulator = 'llm' and metric = 'rmse'"
-        ).fetchone()
+        llm = dict(
+            con.execute("select metric, value from metrics where run_id = 'e2e' and simulator = 'llm'").fetchall()
+        )
+        scored = con.execute(
+            "select simulated as pred, real as truth from stg_simulated_pairs where run_id = 'e2e' and status = 'ok'"
+        ).df()
         model = con.execute("select model from runs where run_id = 'e2e'").fetchone()[0]
     finally:
         con.close()
@@ -52,6 +55,11 @@ def test_three_synthetic_users_on_the_embedded_model(prefect_server, tmp_path, m
         for p, r in zip(ok["rating_probs"], ok["rating"])
     )
     assert len(profiles) >= 3 and profiles["text"].str.len().min() > 20
-    assert gate is True and llm_rmse is not None
+    assert gate is True
+    # the stored LLM metrics are those of the run's own rated pairs against the real ratings
+    err = (scored["pred"] - scored["truth"]).abs()
+    assert llm["n"] == len(ok) == len(scored) and llm["n_missing"] == pairs - len(ok)
+    assert llm["rmse"] == pytest.approx(float((err**2).mean() ** 0.5)) and 0 <= llm["rmse"] <= 4
+    assert llm["exact"] == pytest.approx(100 * float((err == 0).mean()))
     assert model == "qwen2.5-0.5b"
     assert llama_children() == [], "the embedded server must be stopped after the run"

@@ -1,7 +1,8 @@
 """The RL env over a simulated doppel user, and the agents trained on it through `doppel rl`.
 
 Env rules run on hand-made worlds (exact expectations); the reward's "own user" property runs the
-real voters on a two-user case where the users disagree; the slow test runs `doppel ensemble` on the
+real voters on a two-user case where the users disagree; each algorithm must learn (beat a random
+policy on a tiny env with a learnable reward); the plumbing test runs `doppel ensemble` on the
 synthetic dataset against the scripted HTTP test server, then `doppel rl --algo all` on it.
 """
 
@@ -196,7 +197,7 @@ def test_reward_is_the_episode_users_own_ensemble_vote():
 
 
 @pytest.mark.slow
-def test_doppel_rl_trains_every_agent_on_the_synthetic_ensemble(prefect_server, llm_server, run_settings, tmp_path):
+def test_doppel_rl_runs_every_agent_and_stores_its_metrics(prefect_server, llm_server, run_settings, tmp_path):
     import duckdb
     from typer.testing import CliRunner
 
