@@ -115,7 +115,7 @@ class OptionSet:
         """Keyword parameters with pydantic Field defaults: Prefect shows their descriptions in the UI."""
         params = []
         for o in self.opts:
-            annotation = self.field(o.targets[0]).annotation
+            annotation: Any = self.field(o.targets[0]).annotation
             if _is_list(annotation):  # a list or its comma string (fold: u1,u2 or all)
                 annotation = str | annotation
             default = Field(self.default(o), description=self.help(o))

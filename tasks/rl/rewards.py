@@ -16,6 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,9 @@ import pandas as pd
 from doppel.tasks.ensemble.evaluate import score_pairs
 from doppel.tasks.ensemble.voters import Index
 from doppel.tasks.store.db import query
+
+if TYPE_CHECKING:
+    from doppel.tasks.ensemble.config import EnsembleSettings
 
 
 @dataclass
@@ -150,7 +154,7 @@ class EnsembleInputs:
     run_id: str
     dataset: str
     fold: str
-    settings: object  # tasks.ensemble.config.EnsembleSettings, its `run.db` pointed at the db read
+    settings: EnsembleSettings  # its `run.db` pointed at the db read
     train: pd.DataFrame
     item_ids: list[str]
     keywords: pd.DataFrame
