@@ -13,23 +13,20 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from .llm_asgi import Call, api_error, completion, read_body, send_json, watch
-from .llm_faults import (
-    CONTENT_FAULTS,
+from .llm_answers import (
     answer_layout,
-    choose_fault,
     count_tokens,
     expected_ratings,
-    fault_rng,
     message_text,
     profile_answer,
     profile_text,
-    ratings_answer,
     request_kind,
     requested_ids,
     sampled_ratings,
     sandbox_answer,
 )
+from .llm_asgi import Call, api_error, completion, read_body, send_json, watch
+from .llm_faults import CONTENT_FAULTS, choose_fault, fault_rng, ratings_answer
 from .server_options import ServerOptions
 
 AnswerFn = Callable[[str, dict], "str | None"]
