@@ -48,10 +48,8 @@ def genre_keywords(items: pd.DataFrame) -> pd.DataFrame:
 def time_llm(items: pd.DataFrame, k: int) -> float:
     """Seconds per item-analysis call on the embedded model (K most popular items, fresh cache)."""
     from doppel.tasks.ensemble.keywords import ItemFacts, analyse_item
-    from doppel.tasks.llm.cache import ResponseCache
     from doppel.tasks.llm.embedded import EmbeddedServer
-    from doppel.tasks.llm.gateway import LLMGateway
-    from doppel.tasks.llm.limits import CallLimiter
+    from doppel.tasks.llm.session import LimitSpec, gateway_session
     from doppel.tasks.settings import LLMSettings
 
     facts = [
@@ -62,9 +60,8 @@ def time_llm(items: pd.DataFrame, k: int) -> float:
         llm = LLMSettings(base_url=server.base_url, model=server.model_name, timeout_s=600, concurrency=1)
 
         async def main() -> list[float]:
-            gateway = LLMGateway(llm, ResponseCache(cache), CallLimiter(1), server.model_name)
             out = []
-            try:
+            async with gateway_session(llm, server.model_name, cache, LimitSpec(local_slots=1)) as gateway:
                 for item in facts:
                     started = time.monotonic()
                     result = await analyse_item(gateway, item, "obj")
@@ -73,8 +70,6 @@ def time_llm(items: pd.DataFrame, k: int) -> float:
                         f"  item {item.item_id}: {out[-1]:.1f} s, {result.status}, "
                         f"pros {result.pros}, cons {result.cons}"
                     )
-            finally:
-                await gateway.aclose()
             return out
 
         seconds = asyncio.run(main())

@@ -164,16 +164,17 @@ def simulate(base: RunSettings | None = None, /, **options: Any) -> Run:
     chosen = settings(base, **options)
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    from doppel.flows.finished import finished_summary
+    from doppel.flows.plan import plan_run
 
-    summary = finished_summary(chosen)
+    plan = plan_run(chosen)  # the resume decision, once; a finished run answers with no engine started
+    summary = plan.finished
     if summary is None:
         from doppel.flows.runtime import prefect_api
 
         with prefect_api():
             from doppel.flows.simulate import simulate as run_flow
 
-            summary = run_flow(chosen)
+            summary = run_flow(chosen, plan)
     run = open_run(chosen.db, summary["run_id"])
     run.summary = summary
     return run

@@ -55,35 +55,31 @@ def _dry_run(settings: RunSettings) -> None:
 
 
 def _run_flow(settings: RunSettings) -> dict:
-    from doppel.flows.finished import finished_summary
-
-    summary = finished_summary(settings)  # a finished run: stored results, no engine started
-    if summary is not None:
-        return summary
     from doppel.flows.errors import friendly_errors
+    from doppel.flows.plan import plan_run
 
     with friendly_errors(fail):
+        plan = plan_run(settings)  # the resume decision, once, before any engine starts
+        if plan.finished is not None:  # a finished run: stored results, no engine started
+            return plan.finished
         preflight(settings)  # before any engine starts: a wrong path, fold or endpoint in seconds
-        if settings.run_id and Path(settings.db).exists():
-            from doppel.tasks.planning import check_resume_settings
-
-            check_resume_settings(settings.db, settings.run_id, settings)
         from doppel.flows.runtime import discard_prestarted, prefect_api
 
         try:
-            with prefect_api(on_url=lambda: _while_api_starts(settings)):
+            with prefect_api(on_url=lambda: _while_api_starts(settings, plan.work_left)):
                 from doppel.flows.simulate import simulate
 
-                return simulate(settings)
+                return simulate(settings, plan)
         finally:
             discard_prestarted()
 
 
-def _while_api_starts(settings: RunSettings) -> None:
+def _while_api_starts(settings: RunSettings, work_left: bool) -> None:
     """Spawn the Dask workers and import the flow (prefect, ~1.5 s) while the API server boots."""
     from doppel.flows.runtime import prestart_cluster
 
-    prestart_cluster(settings)
+    if work_left:
+        prestart_cluster(settings, preload=["doppel.flows.simulate"])
     import doppel.flows.simulate  # noqa: F401
 
 

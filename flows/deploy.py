@@ -26,7 +26,7 @@ from prefect import flow
 from pydantic.fields import FieldInfo
 
 from doppel.flows.options import RUN
-from doppel.flows.runtime import PREFECT_QUIET_ENV, _stop, _wait_healthy, die_with_parent
+from doppel.flows.runtime import PREFECT_QUIET_ENV, die_with_parent, stop_process, wait_healthy
 from doppel.flows.serve_auth import auth_path, server_auth_string, server_security_env, started_by_doppel
 from doppel.tasks.trust import ALLOWED_ENDPOINTS_ENV, DATA_ROOTS_ENV, check_untrusted_run
 
@@ -195,12 +195,12 @@ def local_prefect_server(port: int = 4200, host: str = "127.0.0.1") -> Iterator[
         )
     try:
         try:
-            _wait_healthy(f"{url}/health", process, 120, "prefect server")
+            wait_healthy(f"{url}/health", process, 120, "prefect server")
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}\n{log.read_text(errors='replace')[-2000:]}") from None
         yield url
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 def trust_operator_params(overrides: dict[str, Any]) -> None:

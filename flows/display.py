@@ -59,8 +59,9 @@ def print_summary(summary: dict) -> None:
         highlight=False,
     )
     console.print(
-        f"this invocation: {now.get('users', 0)} users simulated, {now.get('new_calls', 0):,} LLM calls "
-        f"(+{now.get('cached_calls', 0):,} answered from the cache), {summary['wall_s']:.1f} s",
+        f"this invocation: {now.get('users', 0)} users simulated, {now.get('new_calls', 0):,} LLM calls made, "
+        f"{now.get('cached_calls', 0):,} answered from the cache ({now.get('calls', 0):,} in all), "
+        f"{summary['wall_s']:.1f} s",
         highlight=False,
     )
     if summary.get("concurrency_note"):

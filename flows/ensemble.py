@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import FlowRunContext
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from doppel.flows.runtime import dask_cluster, llm_endpoint, task_runner
-from doppel.tasks.channel import ChannelReader, ResultChannel
+from doppel.flows.fanout import fan_out
+from doppel.flows.lifecycle import lifecycle
+from doppel.flows.runtime import engines
 from doppel.tasks.ensemble import embeddings as emb
 from doppel.tasks.ensemble.config import EnsembleSettings, model_key
 from doppel.tasks.ensemble.evaluate import f_mat_raw_rows, metrics_rows, score_pairs
@@ -40,10 +40,8 @@ from doppel.tasks.ensemble.store import (
 from doppel.tasks.ensemble.vocabulary import build_vocabulary, vocabulary_stats
 from doppel.tasks.ensemble.voters import Index
 from doppel.tasks.ingest import ingest
-from doppel.tasks.llm.gateway import check_endpoint
 from doppel.tasks.llm.templates import prompt_hash
 from doppel.tasks.settings import LLMSettings
-from doppel.tasks.simulation import LimitSpec
 from doppel.tasks.store.db import init_db
 from doppel.tasks.store.writes import finish_run, start_run
 from doppel.tasks.version import code_version
@@ -63,14 +61,42 @@ def new_ensemble_id() -> str:
     return datetime.now(UTC).strftime("ens-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
+@dataclass
+class EnsemblePlan:
+    """Which run, on which dataset and items, with which model's keywords; how many analyses are left."""
+
+    run_id: str
+    dataset: str
+    model: str
+    catalogue: pd.DataFrame
+    chosen: pd.DataFrame
+    reviews: int
+    analyses_left: int
+
+
 @flow(name="doppel-ensemble")
 def ensemble(settings: EnsembleSettings) -> dict:
     """Analyse items with the LLM, then score the three voters and their vote on the fold's held-out likes."""
     from doppel.flows.untrusted import refuse_untrusted
 
     refuse_untrusted(settings.run)  # a deployment's parameters are anyone's (docs/security.md)
-    logger = get_run_logger()
     started = time.monotonic()
+    plan = plan_ensemble(settings)
+    summary = {**describe(settings, plan), "timings": {}}
+    with lifecycle(partial(finish_run, settings.run.db, plan.run_id), start=partial(register, settings, plan)) as run:
+        t = time.monotonic()
+        summary["analysis"] = analyse_left(settings, plan)
+        if plan.analyses_left:
+            summary["timings"]["item_analysis_s"] = round(time.monotonic() - t, 2)
+        scored = score_fold(settings, plan.run_id, plan.dataset, plan.model, plan.catalogue, plan.chosen)
+        summary.update({**scored, "timings": {**summary["timings"], **scored["timings"]}})
+        run.status = "finished" if not summary["analysis"].get("chunk_errors") else "incomplete"
+    summary.update(status=run.status, wall_s=round(time.monotonic() - started, 2), db=str(settings.run.db))
+    return summary
+
+
+def plan_ensemble(settings: EnsembleSettings) -> EnsemblePlan:
+    """Ingest the fold, store the dataset's reviews, choose the items; count the analyses still missing."""
     db, fold = settings.run.db, settings.fold
     init_db(db)
     ensure_tables(db)
@@ -82,68 +108,57 @@ def ensemble(settings: EnsembleSettings) -> dict:
     if catalogue.empty or catalogue["n_train"].sum() == 0:
         raise ValueError(f"dataset {dataset!r} has no train ratings in fold {fold!r}")
     chosen = catalogue.head(settings.items) if settings.items else catalogue
-    config = {"kind": "ensemble", **settings.model_dump(mode="json"), "ensemble_id": run_id}
+    left = len(plan_jobs(settings, dataset, model, chosen["item_id"].tolist()))
+    return EnsemblePlan(run_id, dataset, model, catalogue, chosen, n_reviews, left)
+
+
+def register(settings: EnsembleSettings, plan: EnsemblePlan) -> None:
+    """The run's row in `runs`: its config (no secrets), code version and prompt hashes."""
     start_run(
-        db,
-        run_id,
-        dataset,
-        [fold],
-        config,
+        settings.run.db,
+        plan.run_id,
+        plan.dataset,
+        [settings.fold],
+        {"kind": "ensemble", **settings.model_dump(mode="json"), "ensemble_id": plan.run_id},
         code_version(),
         {p: prompt_hash(p) for p in SOURCES.values()},
-        model,
+        plan.model,
         settings.llm.base_url or "embedded",
     )
-    status, summary = (
-        "failed",
-        {
-            "run_id": run_id,
-            "dataset": dataset,
-            "fold": fold,
-            "model": model,
-            "catalogue_items": len(catalogue),
-            "selected_items": len(chosen),
-            "reviews": n_reviews,
-            "like_threshold": settings.like_threshold,
-            "timings": {},
-        },
-    )
-    try:
-        jobs = plan_jobs(settings, dataset, model, chosen["item_id"].tolist())
-        summary["analysis"] = {"jobs": len(jobs), "written": 0}
-        if jobs:
-            t = time.monotonic()
-            with dask_cluster(settings.run) as dask_address, llm_endpoint(settings.llm) as (llm, model_id):
-                if model_id != model:
-                    logger.warning("the endpoint serves %r; keywords are stored under %r", model_id, model)
-                check_endpoint(llm, model_id)
-                runner = task_runner(settings.run, n_chunks_for(settings, llm), dask_address())
-                summary["analysis"] = analyse_items.with_options(task_runner=runner)(
-                    run_id=run_id,
-                    dataset=dataset,
-                    model=model,
-                    item_ids=chosen["item_id"].tolist(),
-                    settings=settings,
-                    llm=llm,
-                    model_id=model_id,
-                )
-            summary["timings"]["item_analysis_s"] = round(time.monotonic() - t, 2)
-        scored = score_fold(settings, run_id, dataset, model, catalogue, chosen)
-        summary.update({**scored, "timings": {**summary["timings"], **scored["timings"]}})
-        status = "finished" if not summary["analysis"].get("chunk_errors") else "incomplete"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        finish_run(db, run_id, status)
-    summary.update(status=status, wall_s=round(time.monotonic() - started, 2), db=str(db))
-    return summary
 
 
-def n_chunks_for(settings: EnsembleSettings, llm: LLMSettings) -> int:
-    if settings.run.runner == "threads" or llm.concurrency <= 1:
-        return 1
-    return max(1, min(settings.run.dask_workers, llm.concurrency))
+def describe(settings: EnsembleSettings, plan: EnsemblePlan) -> dict:
+    return {
+        "run_id": plan.run_id,
+        "dataset": plan.dataset,
+        "fold": settings.fold,
+        "model": plan.model,
+        "catalogue_items": len(plan.catalogue),
+        "selected_items": len(plan.chosen),
+        "reviews": plan.reviews,
+        "like_threshold": settings.like_threshold,
+        "analysis": {"jobs": plan.analyses_left, "written": 0},
+    }
+
+
+def analyse_left(settings: EnsembleSettings, plan: EnsemblePlan) -> dict:
+    """The item analyses still missing, fanned out on the run's engines (none started when nothing is left)."""
+    if not plan.analyses_left:
+        return {"jobs": 0, "written": 0}
+    with engines(settings.run, settings.llm, preload=[__name__]) as run_on:
+        if run_on.model_id != plan.model:
+            get_run_logger().warning(
+                "the endpoint serves %r; keywords are stored under %r", run_on.model_id, plan.model
+            )
+        return analyse_items.with_options(task_runner=run_on.task_runner())(
+            run_id=plan.run_id,
+            dataset=plan.dataset,
+            model=plan.model,
+            item_ids=plan.chosen["item_id"].tolist(),
+            settings=settings,
+            llm=run_on.llm,
+            model_id=run_on.model_id,
+        )
 
 
 def load_dataset_reviews(settings: EnsembleSettings, dataset: str) -> int:
@@ -192,107 +207,62 @@ def analyse_items(
     model_id: str,
 ) -> dict:
     """Item-analysis chunks on the task runner; every finished item is written as it arrives."""
-    logger = get_run_logger()
-    t0 = time.monotonic()
     jobs = plan_jobs(settings, dataset, model, item_ids)
     if not jobs:
         return {"jobs": 0, "written": 0}
-    n_chunks = n_chunks_for(settings, llm)
-    chunks = [jobs[k::n_chunks] for k in range(n_chunks) if jobs[k::n_chunks]]
-    kind = "local" if settings.run.runner == "threads" else "dask"
-    runner = FlowRunContext.get().task_runner
-    channel = ResultChannel(f"doppel-{run_id}-items-{uuid.uuid4().hex[:8]}", kind)
-    reader = ChannelReader(channel, runner.client if kind == "dask" else None)
-    shares = [
-        llm.concurrency // len(chunks) + (1 if k < llm.concurrency % len(chunks) else 0) for k in range(len(chunks))
-    ]
-    limits = [
-        LimitSpec(
-            local_slots=max(1, share),
-            dask_semaphore_name=f"doppel-llm-{run_id}" if kind == "dask" else None,
-            dask_max_leases=llm.concurrency,
-            rpm=llm.rpm / len(chunks) if llm.rpm else None,
-            prefect_limit_name=llm.concurrency_limit_name,
-        )
-        for share in shares
-    ]
-    options = {
-        "max_keywords": settings.max_keywords,
-        "max_tokens": settings.max_tokens,
-        "overview_chars": settings.overview_chars,
-        "review_chars": settings.review_chars,
-    }
-    futures = [
-        analyse_chunk.submit(PackedItems(chunk), llm, model_id, str(settings.run.cache_dir()), limit, options, channel)
-        for chunk, limit in zip(chunks, limits)
-    ]
+    errors: list[str] = []
+
+    def write(results: list) -> None:
+        save_item_results(settings.run.db, run_id, dataset, model, results)
+        errors.extend(f"item {r.item_id} ({r.source}): {r.error}" for r in results if r.status != "ok")
+
+    gathered = fan_out(
+        analyse_chunk,
+        jobs,
+        name=run_id,
+        llm=llm,
+        runner=settings.run.runner,
+        workers=settings.run.dask_workers if settings.run.runner == "dask" else 1,
+        write=write,
+        key=lambda result: (result.item_id, result.source),
+        label="analysing items",
+        progress=settings.run.progress,
+        pack=PackedItems,
+        model_id=model_id,
+        cache_dir=str(settings.run.cache_dir()),
+        options={
+            "max_keywords": settings.max_keywords,
+            "max_tokens": settings.max_tokens,
+            "overview_chars": settings.overview_chars,
+            "review_chars": settings.review_chars,
+        },
+    )
+    tally = gathered.tally
     stats = {
         "jobs": len(jobs),
-        "written": 0,
-        "ok": 0,
-        "failed": 0,
-        "new_calls": 0,
-        "cached_calls": 0,
-        "llm_s": 0.0,
-        "prompt_tokens": 0,
-        "completion_tokens": 0,
-        "new_jobs": 0,
+        "written": gathered.written,
+        "ok": tally.results - tally.with_failures,
+        "failed": tally.failed,
+        "calls": tally.calls + tally.cached,
+        "new_calls": tally.calls,
+        "cached_calls": tally.cached,
+        "llm_s": round(tally.llm_s, 2),
+        "prompt_tokens": tally.prompt_tokens,
+        "completion_tokens": tally.completion_tokens,
+        "new_jobs": tally.with_new_calls,
+        **({"first_error": errors[0]} if errors else {}),
+        "wall_s": gathered.wall_s,
+        "s_per_new_job": round(gathered.wall_s / tally.with_new_calls, 2) if tally.with_new_calls else None,
+        "chunk_errors": gathered.chunk_errors,
     }
-    first = None
-    with _progress(settings.run.progress) as progress:
-        bar = progress.add_task("analysing items", total=len(jobs), stats="")
-        while True:
-            all_done = all(f.wrapped_future.done() for f in futures)
-            results = reader.drain(timeout=0.5 if all_done else 0.25)
-            if results:
-                first = first or time.monotonic() - t0
-                save_item_results(settings.run.db, run_id, dataset, model, results)
-                for r in results:
-                    new = [c for c in r.calls if not c.cached]
-                    stats["written"] += 1
-                    stats["ok" if r.status == "ok" else "failed"] += 1
-                    if r.status != "ok" and not stats.get("first_error"):
-                        stats["first_error"] = f"item {r.item_id} ({r.source}): {r.error}"
-                    stats["new_calls"] += len(new)
-                    stats["cached_calls"] += len(r.calls) - len(new)
-                    stats["new_jobs"] += bool(new)
-                    stats["llm_s"] += sum(c.latency_s for c in new)
-                    stats["prompt_tokens"] += sum(c.prompt_tokens for c in new)
-                    stats["completion_tokens"] += sum(c.completion_tokens for c in new)
-                progress.update(
-                    bar,
-                    advance=len(results),
-                    stats=f"{stats['failed']} failed · {stats['new_calls']} calls ({stats['cached_calls']} cached)",
-                )
-            elif all_done:
-                break
-    reader.close()
-    stats["wall_s"] = round(time.monotonic() - t0, 2)
-    stats["llm_s"] = round(stats["llm_s"], 2)
-    stats["s_per_new_job"] = round(stats["wall_s"] / stats["new_jobs"], 2) if stats["new_jobs"] else None
-    errors = [str(f.state.message) for f in futures if not f.state.is_completed()]
-    if errors:
-        logger.error(
-            "%d item chunk(s) failed; their items stay pending for a rerun: %s", len(errors), "; ".join(errors)[:500]
+    if gathered.chunk_errors:
+        get_run_logger().error(
+            "%d item chunk(s) failed; their items stay pending for a rerun: %s",
+            len(gathered.chunk_errors),
+            "; ".join(gathered.chunk_errors)[:500],
         )
-    stats["chunk_errors"] = errors
-    logger.info("item analysis: %s", stats)
+    get_run_logger().info("item analysis: %s", stats)
     return stats
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-        transient=False,
-    )
 
 
 @task(name="keyword-vocabulary", cache_policy=NO_CACHE, persist_result=False)

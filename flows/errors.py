@@ -7,17 +7,25 @@ only when an exception arrives, so the checks made before any engine starts stay
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
 def friendly_errors(fail: Callable[[str, int], None]) -> Iterator[None]:
     try:
-        yield
+        with sigterm_interrupts():
+            yield
     except KeyboardInterrupt:
         fail("interrupted: finished users are saved; rerun with the same --run-id to continue", 130)
-    except Exception as exc:
+    except BaseException as exc:
+        if type(exc).__name__ == "TerminationSignal":  # SIGTERM as Prefect's flow engine raises it
+            fail("interrupted: finished users are saved; rerun with the same --run-id to continue", 130)
+        if not isinstance(exc, Exception):
+            raise
         known = describe(exc)
         if known is None:
             raise
@@ -32,7 +40,7 @@ def describe(exc: Exception) -> tuple[str, int] | None:
     if isinstance(exc, _raised_by("doppel.flows.score", "GateFailed")):
         return str(exc), 3
     user_fixable = (DataError, DatabaseLockedError, FileNotFoundError, NotADirectoryError)
-    user_fixable += _raised_by("doppel.tasks.llm.gateway", "EndpointError")
+    user_fixable += _raised_by("doppel.tasks.llm.calls", "EndpointError")
     user_fixable += _raised_by("doppel.tasks.llm.gguf", "EmbeddedModelError")
     if isinstance(exc, user_fixable):
         return str(exc), 2
@@ -47,3 +55,23 @@ def _raised_by(module: str, name: str) -> tuple[type, ...]:
     """The class `module.name` if that module is loaded (an exception of it can only come from there)."""
     cls = getattr(sys.modules.get(module), name, None)
     return (cls,) if isinstance(cls, type) else ()
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM to the main process ends a command as Ctrl-C does: KeyboardInterrupt, so every engine
+    stops through its context manager and the user reads the one line. A second SIGTERM during that
+    shutdown is ignored (it would interrupt the clean-up)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -117,45 +118,62 @@ def live_progress(*columns: Any, enabled: bool = True, unit: str = "", **kwargs:
     return Progress(*columns, console=Console(stderr=True), disable=not enabled, **kwargs)
 
 
-class RunProgress:
-    def __init__(self, total_users: int, enabled: bool = True, label: str = "simulating"):
-        self.calls = self.cached = self.prompt_tokens = self.completion_tokens = self.failed_pairs = 0
-        self.partial_users = 0
+@dataclass
+class Tally:
+    """Counts over the results that arrived: each has `.calls` (CallRecords) and `.n_failed`."""
+
+    results: int = 0
+    failed: int = 0  # sum of n_failed (failed pairs, failed items, failed agent actions)
+    with_failures: int = 0  # results with at least one failure
+    calls: int = 0  # calls made now (not answered from the cache)
+    cached: int = 0  # calls answered from the response cache
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    llm_s: float = 0.0  # seconds spent in calls made now
+    with_new_calls: int = 0  # results that needed at least one call made now
+
+    def add(self, result) -> None:
+        new = [c for c in result.calls if not c.cached]
+        self.results += 1
+        self.failed += result.n_failed
+        self.with_failures += result.n_failed > 0
+        self.calls += len(new)
+        self.cached += len(result.calls) - len(new)
+        self.prompt_tokens += sum(c.prompt_tokens for c in new)
+        self.completion_tokens += sum(c.completion_tokens for c in new)
+        self.llm_s += sum(c.latency_s for c in new)
+        self.with_new_calls += bool(new)
+
+    def line(self) -> str:
+        return (
+            f"{self.failed} failed · {self.calls} calls made, {self.cached} from the cache · "
+            f"{self.prompt_tokens + self.completion_tokens:,} tokens"
+        )
+
+
+class Bar:
+    """The fan-out's progress: `label` done/total, the tally's line, elapsed time and ETA (live_progress)."""
+
+    def __init__(self, label: str, total: int, enabled: bool = True, unit: str = "") -> None:
         self._progress = live_progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("users · {task.fields[stats]}"),
+            TextColumn("{task.fields[stats]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
             enabled=enabled,
-            unit="users",
+            unit=unit,
             transient=False,
             refresh_per_second=4,
         )
-        self._task = self._progress.add_task(label, total=total_users, stats=self._stats())
-        self._total = total_users
-        self._done = 0
+        self._task = self._progress.add_task(label, total=total, stats="")
 
-    def _stats(self) -> str:
-        return (
-            f"{self.partial_users} with failed pairs ({self.failed_pairs}) · {self.calls} calls "
-            f"({self.cached} cached) · {self.prompt_tokens + self.completion_tokens:,} tokens"
-        )
+    def show(self, tally: Tally, advance: int) -> None:
+        self._progress.update(self._task, advance=advance, stats=tally.line())
 
-    def advance(self, result) -> None:
-        new_calls = [c for c in result.calls if not c.cached]
-        self.calls += len(new_calls)
-        self.cached += len(result.calls) - len(new_calls)
-        self.prompt_tokens += sum(c.prompt_tokens for c in new_calls)
-        self.completion_tokens += sum(c.completion_tokens for c in new_calls)
-        self.failed_pairs += result.n_failed
-        self.partial_users += result.n_failed > 0
-        self._done += 1
-        self._progress.update(self._task, advance=1, stats=self._stats())
-
-    def __enter__(self) -> RunProgress:
+    def __enter__(self) -> Bar:
         self._progress.__enter__()
         return self
 

@@ -12,29 +12,27 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from doppel.flows.runtime import llm_endpoint
-from doppel.tasks.channel import ChannelReader, ResultChannel
+from doppel.flows.fanout import fan_out
+from doppel.flows.lifecycle import lifecycle
+from doppel.flows.runtime import engines
 from doppel.tasks.ensemble import embeddings as emb
 from doppel.tasks.ensemble.config import model_key
 from doppel.tasks.ingest import ingest
-from doppel.tasks.llm.gateway import check_endpoint
 from doppel.tasks.llm.templates import prompt_hash
 from doppel.tasks.sandbox import build, memory, social, store
 from doppel.tasks.sandbox.config import SandboxSettings
 from doppel.tasks.sandbox.recommender import build_recommender
 from doppel.tasks.sandbox.records import Agent, PackedTurns, Turn
-from doppel.tasks.settings import LLMSettings
-from doppel.tasks.simulation import LimitSpec
+from doppel.tasks.settings import LLMSettings, RunSettings
 from doppel.tasks.store.db import init_db, query
 from doppel.tasks.version import code_version
 
@@ -83,68 +81,77 @@ def finished_rounds(db: str, sandbox_id: str) -> int:
 
 def run_sandbox(settings: SandboxSettings, control: Control | None = None) -> dict:
     """Set up (once) and play rounds up to `settings.rounds`; returns the summary of the whole sandbox."""
-    db = settings.run.db
-    init_db(db)
-    sandbox_id = settings.sandbox_id or new_sandbox_id()
+    started = time.monotonic()
     control = control or Control()
-    control.sandbox_id = sandbox_id
-    dataset, _ = ingest(settings.run.model_copy(update={"folds": [settings.fold]}))
-    done = finished_rounds(db, sandbox_id)
-    todo = list(range(done + 1, settings.rounds + 1))
-    has_agents = not store.read(db, "sandbox_agents", sandbox_id=sandbox_id).empty
-    store.start(
-        db,
-        sandbox_id,
-        dataset,
-        settings.fold,
-        model_key(settings.llm),
-        settings.recommender,
-        {"kind": "sandbox", **settings.model_dump(mode="json"), "sandbox_id": sandbox_id},
-        code_version(),
-        {p: prompt_hash(p) for p in PROMPTS},
-    )
-    status, started = "interrupted", time.monotonic()
-    control.round, control.status = done, "running"
-    try:
-        with llm_endpoint(settings.llm, start=bool(todo) or not has_agents) as (llm, model_id):
-            if todo or not has_agents:
-                check_endpoint(llm, model_id)
-            sandbox_setup(settings, sandbox_id, dataset, llm, model_id)
-            for round_no in todo:
+    plan = plan_sandbox(settings, control)
+    finish = partial(finish_sandbox, settings.run.db, plan.sandbox_id, control)
+    with lifecycle(finish, start=partial(register, settings, plan)) as run:
+        with engines(threads(settings), settings.llm, start=plan.needs_llm) as run_on:
+            sandbox_setup(settings, plan.sandbox_id, plan.dataset, run_on.llm, run_on.model_id)
+            for round_no in plan.rounds_left:
                 if control.stop.is_set():
                     break
-                runner = ThreadPoolTaskRunner(max_workers=n_chunks_for(llm, settings))
-                sandbox_round.with_options(task_runner=runner)(settings, sandbox_id, dataset, round_no, llm, model_id)
+                sandbox_round.with_options(task_runner=run_on.task_runner())(
+                    settings, plan.sandbox_id, plan.dataset, round_no, run_on.llm, run_on.model_id
+                )
                 control.round = round_no
-        status = "finished" if finished_rounds(db, sandbox_id) >= settings.rounds else "paused"
-    except BaseException:
-        status = "failed"
-        raise
-    finally:
-        store.set_status(db, sandbox_id, status)
-        control.status = status
+        run.status = "finished" if finished_rounds(settings.run.db, plan.sandbox_id) >= settings.rounds else "paused"
     return {
-        **summarize(db, sandbox_id),
-        "status": status,
+        **summarize(settings.run.db, plan.sandbox_id),
+        "status": run.status,
         "wall_s": round(time.monotonic() - started, 2),
-        "new_rounds": [r for r in todo if r <= control.round],
+        "new_rounds": [r for r in plan.rounds_left if r <= control.round],
     }
 
 
-def n_chunks_for(llm: LLMSettings, settings: SandboxSettings) -> int:
-    return 1 if llm.concurrency <= 1 else max(1, min(settings.run.dask_workers, llm.concurrency))
+@dataclass
+class SandboxPlan:
+    """Which sandbox, on which dataset; the rounds left; whether the LLM is needed (rounds or agents to build)."""
+
+    sandbox_id: str
+    dataset: str
+    done: int
+    rounds_left: list[int]
+    needs_llm: bool
 
 
-def _limits(llm: LLMSettings, n_chunks: int) -> list[LimitSpec]:
-    shares = [llm.concurrency // n_chunks + (1 if k < llm.concurrency % n_chunks else 0) for k in range(n_chunks)]
-    return [
-        LimitSpec(
-            local_slots=max(1, s),
-            rpm=llm.rpm / n_chunks if llm.rpm else None,
-            prefect_limit_name=llm.concurrency_limit_name,
-        )
-        for s in shares
-    ]
+def plan_sandbox(settings: SandboxSettings, control: Control) -> SandboxPlan:
+    """Ingest the fold; continue after the last finished round of this sandbox id (or start a new one)."""
+    db = settings.run.db
+    init_db(db)
+    sandbox_id = settings.sandbox_id or new_sandbox_id()
+    control.sandbox_id = sandbox_id
+    dataset, _ = ingest(settings.run.model_copy(update={"folds": [settings.fold]}))
+    done = finished_rounds(db, sandbox_id)
+    left = list(range(done + 1, settings.rounds + 1))
+    has_agents = not store.read(db, "sandbox_agents", sandbox_id=sandbox_id).empty
+    control.round, control.status = done, "running"
+    return SandboxPlan(sandbox_id, dataset, done, left, bool(left) or not has_agents)
+
+
+def register(settings: SandboxSettings, plan: SandboxPlan) -> None:
+    """The sandbox's row: its config (no secrets), code version and prompt hashes."""
+    store.start(
+        settings.run.db,
+        plan.sandbox_id,
+        plan.dataset,
+        settings.fold,
+        model_key(settings.llm),
+        settings.recommender,
+        {"kind": "sandbox", **settings.model_dump(mode="json"), "sandbox_id": plan.sandbox_id},
+        code_version(),
+        {p: prompt_hash(p) for p in PROMPTS},
+    )
+
+
+def finish_sandbox(db: str, sandbox_id: str, control: Control, status: str) -> None:
+    store.set_status(db, sandbox_id, status)
+    control.status = status
+
+
+def threads(settings: SandboxSettings) -> RunSettings:
+    """Agents' chunks run on threads (the round's rows are small; no cluster to start)."""
+    return settings.run.model_copy(update={"runner": "threads"})
 
 
 @flow(name="doppel-sandbox-setup")
@@ -228,60 +235,23 @@ def sandbox_setup(settings: SandboxSettings, sandbox_id: str, dataset: str, llm:
 def profiles_with_progress(
     settings: SandboxSettings, sandbox_id: str, todo: list, llm: LLMSettings, model_id: str
 ) -> list:
-    """Build profiles on the task runner while a progress bar counts them."""
-    short = llm.model_copy(update={"max_tokens_profile": settings.profile_max_tokens})
-    channel = ResultChannel(f"doppel-{sandbox_id}-profiles-{uuid.uuid4().hex[:8]}", "local")
-    reader = ChannelReader(channel)
-    future = make_profiles.submit(todo, short, model_id, str(settings.run.cache_dir()), _limits(llm, 1)[0], channel)
-    with _progress(settings.run.progress) as progress:
-        bar = progress.add_task("profiles", total=len(todo), round="set-up", stats="building agent profiles")
-        while not future.wrapped_future.done():
-            progress.update(bar, advance=len(reader.drain(timeout=0.25)))
-        progress.update(bar, completed=len(todo))
-    reader.close()
-    return future.result()
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]round {task.fields[round]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
-
-
-def load_agents(db: str, sandbox_id: str) -> list[Agent]:
-    frame = store.read(db, "sandbox_agents", sandbox_id=sandbox_id)
-    edges = store.read(db, "sandbox_friends", sandbox_id=sandbox_id)
-    ids = frame["agent_id"].tolist()
-    friends = social.neighbours(list(zip(edges["agent_id"], edges["friend_id"])), ids)
-    return [
-        Agent(r.agent_id, r.user_id, r.demographics, r.profile, float(r.activity), friends[r.agent_id])
-        for r in frame.itertuples(index=False)
-    ]
-
-
-def post_read_memories(agents: list[Agent], posts: pd.DataFrame, round_no: int) -> pd.DataFrame:
-    """Each post of the last round becomes a memory of every friend of its author (read this round)."""
-    friends = {a.agent_id: a.friends for a in agents}
-    rows = [
-        {
-            "agent_id": reader,
-            "kind": "post_read",
-            "text": f"Round {round_no - 1}: {p.agent_id} posted: {p.text}",
-            "importance": memory.POST_READ_IMPORTANCE,
-        }
-        for p in posts.itertuples(index=False)
-        for reader in friends.get(p.agent_id, ())
-    ]
-    frame = pd.DataFrame(rows, columns=["agent_id", "kind", "text", "importance"])
-    frame["k"] = np.arange(len(frame))
-    frame["embedding"] = [v.tolist() for v in emb.encode(frame["text"].tolist())] if len(frame) else []
-    return frame
+    """Build profiles with the fan-out (one chunk holding the whole concurrency) while a bar counts them."""
+    built: list = []
+    fan_out(
+        make_profiles,
+        todo,
+        name=f"{sandbox_id}-profiles",
+        llm=llm.model_copy(update={"max_tokens_profile": settings.profile_max_tokens}),
+        runner="threads",
+        workers=1,
+        write=built.extend,
+        key=lambda profile: profile.user_id,
+        label="building agent profiles",
+        progress=settings.run.progress,
+        model_id=model_id,
+        cache_dir=str(settings.run.cache_dir()),
+    ).raise_for_errors("profile chunk(s)")
+    return [(b.user_id, b.text, b.error, b.calls) for b in built]
 
 
 @task(name="sandbox-plan-turns", cache_policy=NO_CACHE, persist_result=False)
@@ -329,7 +299,7 @@ def sandbox_round(
     logger = get_run_logger()
     t0 = time.monotonic()
     db = settings.run.db
-    agents = load_agents(db, sandbox_id)
+    agents = store.load_agents(db, sandbox_id)
     train = store.read(db, "sandbox_fold_train", dataset=dataset, fold=settings.fold)
     so_far = store.read(db, "sandbox_ratings_so_far", sandbox_id=sandbox_id, round=round_no)
     items = store.read(db, "sandbox_catalogue", dataset=dataset)
@@ -343,7 +313,7 @@ def sandbox_round(
         retrain=settings.retrain,
     )
     posts = store.read(db, "sandbox_posts_of_round", sandbox_id=sandbox_id, round=round_no - 1)
-    inbox = post_read_memories(agents, posts, round_no)
+    inbox = memory.post_read_memories(agents, posts, round_no, emb.encode)
     store.begin_round(db, sandbox_id, round_no, inbox, {"kind": rec.kind, **(rec.info or {})})
     memories = store.read(db, "sandbox_memories", sandbox_id=sandbox_id, round=round_no + 1)
     turns = plan_turns(settings, agents, memories, so_far, train, inbox, round_no)
@@ -376,53 +346,39 @@ def play_round(
     user_of: dict[str, str],
 ) -> dict:
     """Agent chunks on the task runner; every finished agent's rows are written as they arrive."""
-    n_chunks = min(n_chunks_for(llm, settings), len(turns))
-    chunks = [turns[k::n_chunks] for k in range(n_chunks)]
-    channel = ResultChannel(f"doppel-{sandbox_id}-r{round_no}-{uuid.uuid4().hex[:8]}", "local")
-    reader = ChannelReader(channel)
-    futures = [
-        agent_chunk.submit(
-            PackedTurns(chunk), rec, catalogue, settings, llm, model_id, str(settings.run.cache_dir()), limit, channel
-        )
-        for chunk, limit in zip(chunks, _limits(llm, n_chunks))
-    ]
-    stats = {
+
+    def write(outcomes: list) -> None:
+        frames = store.outcome_frames(outcomes, user_of, emb.encode)
+        store.save_outcomes(settings.run.db, sandbox_id, round_no, frames)
+
+    gathered = fan_out(
+        agent_chunk,
+        turns,
+        name=f"{sandbox_id}-r{round_no}",
+        llm=llm,
+        runner="threads",
+        workers=settings.run.dask_workers,
+        write=write,
+        key=lambda outcome: outcome.agent_id,
+        label=f"round {round_no} agents",
+        progress=settings.run.progress,
+        pack=PackedTurns,
+        rec=rec,
+        catalogue=catalogue,
+        cfg=settings,
+        model_id=model_id,
+        cache_dir=str(settings.run.cache_dir()),
+    )
+    gathered.raise_for_errors(f"agent chunk(s) of round {round_no}")  # the round stays unfinished: a rerun redoes it
+    tally = gathered.tally
+    return {
         "active": sum(t.active for t in turns),
-        "new_calls": 0,
-        "cached_calls": 0,
-        "failed": 0,
-        "agents": 0,
-        "llm_s": 0.0,
+        "new_calls": tally.calls,
+        "cached_calls": tally.cached,
+        "failed": tally.failed,
+        "agents": tally.results,
+        "llm_s": round(tally.llm_s, 2),
     }
-    with _progress(settings.run.progress) as progress:
-        bar = progress.add_task("agents", total=len(turns), round=round_no, stats="")
-        while True:
-            all_done = all(f.wrapped_future.done() for f in futures)
-            outcomes = reader.drain(timeout=0.5 if all_done else 0.25)
-            if outcomes:
-                store.save_outcomes(
-                    settings.run.db, sandbox_id, round_no, store.outcome_frames(outcomes, user_of, emb.encode)
-                )
-                for o in outcomes:
-                    new = [c for c in o.calls if not c.cached]
-                    stats["agents"] += 1
-                    stats["new_calls"] += len(new)
-                    stats["cached_calls"] += len(o.calls) - len(new)
-                    stats["failed"] += o.n_failed
-                    stats["llm_s"] += sum(c.latency_s for c in new)
-                progress.update(
-                    bar,
-                    advance=len(outcomes),
-                    stats=f"{stats['new_calls']} calls ({stats['cached_calls']} cached), {stats['failed']} failed",
-                )
-            elif all_done:
-                break
-    reader.close()
-    errors = [str(f.state.message) for f in futures if not f.state.is_completed()]
-    if errors:  # the round stays unfinished: a rerun redoes it
-        raise RuntimeError(f"{len(errors)} agent chunk(s) of round {round_no} failed: {'; '.join(errors)[:500]}")
-    stats["llm_s"] = round(stats["llm_s"], 2)
-    return stats
 
 
 def summarize(db: str, sandbox_id: str) -> dict:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from doppel.tasks.llm.cache import ResponseCache
-from doppel.tasks.llm.gateway import DRAW_PROMPT, CallRecord, LLMGateway
-from doppel.tasks.llm.limits import CallLimiter
+from doppel.tasks.llm.calls import CallRecord
+from doppel.tasks.llm.gateway import DRAW_PROMPT, LLMGateway
+from doppel.tasks.llm.session import LimitSpec, run_chunk
 from doppel.tasks.records import CandidateItem, HistoryItem, PackedWork, UserWork
 from doppel.tasks.settings import LLMSettings, SimulationSettings
 
@@ -41,17 +40,6 @@ class UserResult:
     @property
     def status(self) -> str:
         return "partial" if self.n_failed else "done"
-
-
-@dataclass
-class LimitSpec:
-    """How one chunk joins the run's limits (picklable; the limiter is built on the worker)."""
-
-    local_slots: int
-    dask_semaphore_name: str | None = None
-    dask_max_leases: int | None = None
-    rpm: float | None = None
-    prefect_limit_name: str | None = None
 
 
 def batches(seq: list, size: int) -> list[list]:
@@ -200,55 +188,7 @@ def _failed_rows(batch: list[CandidateItem], batch_index: int, reason: str) -> l
     ]
 
 
-async def simulate_chunk(
-    works: list[UserWork],
-    llm: LLMSettings,
-    sim: SimulationSettings,
-    model_id: str,
-    cache_dir: str,
-    limits: LimitSpec,
-    publish: Callable[[UserResult], Awaitable[None]],
-) -> list[str]:
-    """Simulate `works` concurrently; publish each user's rows as soon as the user finishes."""
-    cache = ResponseCache(cache_dir)
-    limiter = CallLimiter(
-        limits.local_slots, limits.dask_semaphore_name, limits.dask_max_leases, limits.rpm, limits.prefect_limit_name
-    )
-    gateway = LLMGateway(llm, cache, limiter, model_id)
-    # Users start longest chain first, a few per slot: enough ready calls to keep every slot busy,
-    # and users finish (and are written) all along instead of all at the end. With one slot (the
-    # embedded server) one user at a time, so its calls run back to back and the prompt cache hits.
-    in_flight = asyncio.Semaphore(1 if limits.local_slots == 1 else USERS_PER_SLOT * limits.local_slots)
-    order = sorted(works, key=lambda w: -critical_path(w, sim))
-
-    async def one(work: UserWork) -> str:
-        async with in_flight:
-            result = await simulate_user(work, gateway, sim)
-        await publish(result)
-        return work.user_id
-
-    try:
-        await limiter.open()
-        users = [asyncio.ensure_future(one(w)) for w in order]
-        try:
-            return list(await asyncio.gather(*users))
-        except BaseException:  # e.g. EndpointError (a rejected key): stop the chunk's other users now
-            for user in users:
-                user.cancel()
-            await asyncio.gather(*users, return_exceptions=True)
-            raise
-    finally:
-        now, lowest = limiter.concurrency
-        if lowest < limits.local_slots:
-            logging.getLogger("doppel").warning(
-                "LLM concurrency settled at %d of %d (lowest %d) after calls timed out", now, limits.local_slots, lowest
-            )
-        await gateway.aclose()
-        await limiter.aclose()
-        cache.close()
-
-
-def run_chunk(
+def simulate_users(
     packed: PackedWork,
     llm: LLMSettings,
     sim: SimulationSettings,
@@ -257,13 +197,20 @@ def run_chunk(
     limits: LimitSpec,
     channel,
 ) -> list[str]:
-    """Synchronous entry for a task runner thread or Dask worker: results go out through `channel`."""
+    """Synchronous entry for a task-runner thread or Dask worker: simulate the chunk's users concurrently;
+    each user's rows go out through `channel` the moment the user finishes.
 
-    async def publish(result: UserResult) -> None:
-        await asyncio.to_thread(channel.put, result)
-
+    Users start longest chain first, a few per slot: enough ready calls to keep every slot busy, and
+    users finish (and are written) all along instead of all at the end. With one slot (the embedded
+    server) one user at a time, so its calls run back to back and the prompt cache hits.
+    """
     started = time.monotonic()
-    works = packed.unpack()
-    done = asyncio.run(simulate_chunk(works, llm, sim, model_id, cache_dir, limits, publish))
+    works = sorted(packed.unpack(), key=lambda w: -critical_path(w, sim))
+    in_flight = 1 if limits.local_slots == 1 else USERS_PER_SLOT * limits.local_slots
+
+    async def work(gateway: LLMGateway, user: UserWork) -> UserResult:
+        return await simulate_user(user, gateway, sim)
+
+    done = run_chunk(works, work, llm, model_id, cache_dir, limits, channel, in_flight, lambda r: r.user_id)
     logging.getLogger("doppel").info("chunk of %d users done in %.2f s", len(works), time.monotonic() - started)
     return done

@@ -25,3 +25,26 @@ def alive(seen: dict) -> list[str]:
             if proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE:
                 out.append(f"{pid}: {cmd}")
     return out
+
+
+def wait_gone(seen: dict, timeout: float) -> list[str]:
+    """Wait (up to `timeout` s, returning as soon as they are) for the processes of `seen` to end;
+    the ones still running then."""
+    procs = []
+    for (pid, created), _ in seen.items():
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            if proc.create_time() == created:
+                procs.append(proc)
+    psutil.wait_procs(procs, timeout=timeout)
+    return alive(seen)
+
+
+def marked(marker: str) -> dict:
+    """Running processes whose environment holds `marker` (inherited by every descendant, even re-parented)."""
+    found = {}
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if marker in proc.environ().values() and proc.status() != psutil.STATUS_ZOMBIE:
+                found[(proc.pid, proc.create_time())] = " ".join(proc.cmdline())[:200]
+    return found

@@ -136,14 +136,14 @@ def test_local_workers_run_without_the_statistical_profiler(tmp_path, monkeypatc
     """doppel's LocalCluster workers skip Dask's 10 ms stack sampler, unless the user's environment asks for it."""
     from distributed import Client
 
-    from doppel.flows.runtime import PROFILER_ENV, _start_local_cluster
+    from doppel.flows.runtime import PROFILER_ENV, start_local_cluster
     from doppel.tasks.settings import RunSettings
 
     if env_value is None:
         monkeypatch.delenv(PROFILER_ENV, raising=False)
     else:
         monkeypatch.setenv(PROFILER_ENV, env_value)
-    cluster = _start_local_cluster(RunSettings(db=str(tmp_path / "d.duckdb")))
+    cluster = start_local_cluster(RunSettings(db=str(tmp_path / "d.duckdb")))
     try:
         with Client(cluster) as client:
             states = set(client.run(_profiler_state).values())
@@ -170,13 +170,13 @@ def test_local_workers_see_this_runs_prefect_api_after_an_earlier_run(tmp_path, 
     environment: a later run's workers must still report to that run's API server, not the first one's."""
     from distributed import Client
 
-    from doppel.flows.runtime import _start_local_cluster, worker_start_method
+    from doppel.flows.runtime import start_local_cluster, worker_start_method
     from doppel.tasks.settings import RunSettings
 
     views = []
     for port in (4201, 4202):  # two runs in one process, each with its own (here: unstarted) API server
         monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{port}/api")
-        cluster = _start_local_cluster(RunSettings(db=str(tmp_path / f"{port}.duckdb")))
+        cluster = start_local_cluster(RunSettings(db=str(tmp_path / f"{port}.duckdb")))
         try:
             with Client(cluster) as client:
                 views.append(list(client.run(_worker_view).values()))

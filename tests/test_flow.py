@@ -170,7 +170,7 @@ def test_gate_blocks_scoring_of_corrupted_ratings(prefect_server, llm_server, ru
 def test_rerun_fast_path_answers_only_while_nothing_changed(prefect_server, llm_server, run_settings):
     """A finished, scored run asked for again is answered from DuckDB (no flow, no calls); more users,
     or rows edited since scoring, take the normal path (which simulates or re-gates them)."""
-    from doppel.flows.finished import finished_summary
+    from doppel.flows.plan import finished_summary
     from doppel.flows.simulate import simulate
 
     settings = run_settings(run_id="fast")

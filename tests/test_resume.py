@@ -7,6 +7,7 @@ server; the session's Prefect API server is shared through PREFECT_API_URL so no
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -134,8 +135,13 @@ def test_kill9_mid_run_then_resume_equals_an_uninterrupted_run(prefect_server, l
     assert (state.loc[state["status"] == "done", "n_rows"] == state.loc[state["status"] == "done", "n_pairs"]).all()
     assert (state.loc[state["status"] == "pending", "n_rows"] == 0).all(), "a half-written user"
 
-    run(doppel(llm_server.base_url, db))  # resume
+    resumed = run(doppel(llm_server.base_url, db))  # resume
     total = llm_server.stats()["requests"]
+    # the summary's counts add up: calls made = requests the server got, cached ones beside them
+    counts = re.search(r"(\d+) LLM calls made, (\d+) answered from the cache \((\d+) in all\)", resumed.stdout)
+    assert counts, resumed.stdout[-2000:]
+    made, cached, in_all = map(int, counts.groups())
+    assert made == total - killed_requests and made + cached == in_all, (counts.group(0), total, killed_requests)
     got = tables(db)
     assert got[0].equals(ref[0]), "simulated_ratings differ from the uninterrupted run"
     assert got[1].equals(ref[1]), "profiles differ from the uninterrupted run"

@@ -301,10 +301,10 @@ def test_options_are_shuffled_per_agent_and_round_and_sent_in_that_order(llm_ser
     assert options_for(_turn(round=2)) == options_for(_turn(round=2))
     assert options_for(_turn(friends={})) in (["recommender", "nothing"], ["nothing", "recommender"])
     from doppel.tasks.channel import ChannelReader, ResultChannel
+    from doppel.tasks.llm.session import LimitSpec
     from doppel.tasks.sandbox.build import run_turns
     from doppel.tasks.sandbox.records import PackedTurns
     from doppel.tasks.settings import LLMSettings
-    from doppel.tasks.simulation import LimitSpec
 
     items, train = world()
     rec = build_recommender("popular", items, train, train.iloc[:0], ["u1"])

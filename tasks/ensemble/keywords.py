@@ -9,19 +9,20 @@ quoted. An item that still has no valid answer is recorded as failed, never drop
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from doppel.tasks.llm.gateway import CallRecord, GatewayError, LLMGateway
+from doppel.tasks.llm.calls import CallRecord
+from doppel.tasks.llm.gateway import LLMGateway
+from doppel.tasks.llm.repair import ask_until_valid
 from doppel.tasks.llm.schemas import load_json
+from doppel.tasks.llm.session import LimitSpec, run_chunk
 from doppel.tasks.llm.templates import render
 from doppel.tasks.records import Packed
 
@@ -175,15 +176,6 @@ def prompt_variables(item: ItemFacts, source: str, max_keywords: int, review_cha
     return variables
 
 
-async def _ask(
-    gateway: LLMGateway, prompt: str, messages: list[dict], max_keywords: int, max_tokens: int, priority: float
-) -> tuple[str, CallRecord]:
-    """One cached, limited, schema-constrained completion through the gateway."""
-    return await gateway.complete_json(
-        prompt, messages, "item_keywords", keywords_json_schema(max_keywords), max_tokens=max_tokens, priority=priority
-    )
-
-
 async def analyse_item(
     gateway: LLMGateway,
     item: ItemFacts,
@@ -203,29 +195,24 @@ async def analyse_item(
     out = ItemAnalysis(item_id=item.item_id, source=source)
     variables = prompt_variables(item, source, max_keywords, review_chars)
     messages = [{"role": "user", "content": render(prompt, overview_chars=overview_chars, **variables)}]
-    for attempt in range(gateway.settings.repair_attempts + 1):
-        try:
-            content, record = await _ask(gateway, prompt, messages, max_keywords, max_tokens, priority)
-        except GatewayError as exc:
-            out.calls.append(exc.args[1])
-            out.error = f"call failed: {exc.args[0]}"
-            return out
+    schema = keywords_json_schema(max_keywords)
+
+    async def complete(name: str, messages: list[dict]) -> tuple[str, CallRecord]:
+        return await gateway.complete_json(
+            name, messages, "item_keywords", schema, max_tokens=max_tokens, priority=priority
+        )
+
+    def check(content: str, record: CallRecord) -> str | None:
         parsed = parse_keywords(content, max_keywords)
-        if parsed.ok:
-            out.calls.append(record)
-            out.status, out.pros, out.cons, out.error = "ok", parsed.pros, parsed.cons, None
-            return out
-        problem = "; ".join(parsed.problems)[:400]
-        record.status, record.error = "invalid", problem
-        out.calls.append(record)
-        out.error = f"invalid answer after {attempt + 1} attempts: {problem}"
-        messages = messages + [
-            {"role": "assistant", "content": content or ""},
-            {
-                "role": "user",
-                "content": render(prompt, overview_chars=overview_chars, **{**variables, "repair_error": problem}),
-            },
-        ]
+        out.pros, out.cons = parsed.pros, parsed.cons
+        return None if parsed.ok else "; ".join(parsed.problems)[:400]
+
+    def repair(problem: str) -> tuple[str, str]:
+        return prompt, render(prompt, overview_chars=overview_chars, **{**variables, "repair_error": problem})
+
+    attempts = gateway.settings.repair_attempts + 1
+    out.error = await ask_until_valid(complete, prompt, messages, check, repair, attempts, out.calls, 400)
+    out.status = "ok" if out.error is None else "failed"
     return out
 
 
@@ -233,55 +220,18 @@ class PackedItems(Packed):
     """A chunk of (ItemFacts, source) pairs for one item-analysis task."""
 
 
-async def analyse_chunk(
-    jobs: list[tuple[ItemFacts, str]],
-    gateway: LLMGateway,
-    options: dict,
-    publish: Callable[[ItemAnalysis], Awaitable[None]],
-    slots: int,
-) -> list[str]:
-    """Analyse jobs concurrently (a few more in flight than slots); publish each as it finishes."""
-    in_flight = asyncio.Semaphore(max(1, 2 * slots))
-
-    async def one(item: ItemFacts, source: str) -> str:
-        async with in_flight:
-            result = await analyse_item(gateway, item, source, **options)
-        await publish(result)
-        return item.item_id
-
-    return list(await asyncio.gather(*(one(item, source) for item, source in jobs)))
-
-
 def run_analysis_chunk(
-    packed: PackedItems, llm, model_id: str, cache_dir: str, limits, options: dict, channel
+    packed: PackedItems, llm, model_id: str, cache_dir: str, limits: LimitSpec, options: dict, channel
 ) -> list[str]:
-    """Synchronous entry for a task-runner thread or Dask worker; results go out through `channel`."""
-    from doppel.tasks.llm.cache import ResponseCache
-    from doppel.tasks.llm.limits import CallLimiter
+    """Synchronous entry for a task-runner thread or Dask worker: analyse the chunk's (item, source) jobs
+    concurrently (a few more in flight than slots); each result goes out through `channel` as it finishes."""
 
-    async def main() -> list[str]:
-        cache = ResponseCache(cache_dir)
-        limiter = CallLimiter(
-            limits.local_slots,
-            limits.dask_semaphore_name,
-            limits.dask_max_leases,
-            limits.rpm,
-            limits.prefect_limit_name,
-        )
-        gateway = LLMGateway(llm, cache, limiter, model_id)
-
-        async def publish(result: ItemAnalysis) -> None:
-            await asyncio.to_thread(channel.put, result)
-
-        try:
-            await limiter.open()
-            return await analyse_chunk(packed.unpack(), gateway, options, publish, limits.local_slots)
-        finally:
-            await gateway.aclose()
-            await limiter.aclose()
-            cache.close()
+    async def work(gateway: LLMGateway, job: tuple[ItemFacts, str]) -> ItemAnalysis:
+        return await analyse_item(gateway, job[0], job[1], **options)
 
     started = time.monotonic()
-    done = asyncio.run(main())
+    done = run_chunk(
+        packed.unpack(), work, llm, model_id, cache_dir, limits, channel, 2 * limits.local_slots, lambda r: r.item_id
+    )
     logging.getLogger("doppel").info("item chunk of %d jobs done in %.2f s", packed.n, time.monotonic() - started)
     return done

@@ -13,19 +13,17 @@ Where no logprobs gave one, `rating_samples` > 0 draws that many answers to the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-import os
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import openai
 
 from doppel.tasks.llm.cache import ResponseCache, call_key
+from doppel.tasks.llm.calls import CallRecord, EndpointError, GatewayError, RatingOutcome, TextOutcome, describe_error
+from doppel.tasks.llm.endpoint import api_key_from_env, check_endpoint  # noqa: F401 (check_endpoint: re-exported)
 from doppel.tasks.llm.limits import CallLimiter
 from doppel.tasks.llm.profile_text import profile_problems
+from doppel.tasks.llm.repair import ask_until_valid
 from doppel.tasks.llm.schemas import (
     digit_distributions,
     parse_ratings,
@@ -36,8 +34,7 @@ from doppel.tasks.llm.schemas import (
 )
 from doppel.tasks.llm.templates import answer_layout, prompt_hash, rating_variables, render
 from doppel.tasks.llm.tokens import count_messages, count_text
-from doppel.tasks.settings import API_KEY_ENV_VARS, RATING_SAMPLES_LIMIT, LLMSettings
-from doppel.tasks.trust import check_plain_http
+from doppel.tasks.settings import RATING_SAMPLES_LIMIT, LLMSettings
 
 JSON_MODES = ("schema", "object", "text")
 TOP_LOGPROBS = 10  # alternatives per answer token: enough to hold all five rating digits
@@ -46,54 +43,6 @@ TOP_LOGPROBS = 10  # alternatives per answer token: enough to hold all five rati
 LOGPROB_PARAMS = ("logprobs", "top_logprobs")
 DRAW_STRIDE = RATING_SAMPLES_LIMIT  # draw indices per retry round
 DRAW_PROMPT = "rating_draw"  # llm_calls.prompt_name of a draw (the rating prompt, asked again to sample)
-
-
-@dataclass
-class CallRecord:
-    """One row of `llm_calls` (run/fold/user are added by the caller)."""
-
-    call_key: str
-    prompt_name: str
-    prompt_hash: str
-    model: str
-    status: str  # ok | invalid | error
-    cached: bool
-    attempts: int
-    prompt_tokens: int
-    completion_tokens: int
-    latency_s: float  # the HTTP call itself (from slot acquired to answer), not time queued
-    error: str | None = None
-    response: str | None = None
-    cached_prompt_tokens: int = 0  # prompt tokens the server reused from its prefix cache
-    # not an llm_calls column: [byte offset, p1..p5] of the answer's digit tokens (schemas.digit_distributions)
-    digits: list[list[float]] | None = field(default=None, repr=False)
-
-
-@dataclass
-class TextOutcome:
-    text: str | None  # None when every attempt failed
-    error: str | None
-    calls: list[CallRecord] = field(default_factory=list)
-
-
-@dataclass
-class RatingOutcome:
-    ratings: dict[str, int]
-    failed: dict[str, str]  # item_id -> reason, for ids with no valid rating after repairs
-    calls: list[CallRecord] = field(default_factory=list)
-    probs: dict[str, list[float]] = field(default_factory=dict)  # item_id -> P(1..5), from logprobs or draws
-    draws: dict[str, int] = field(default_factory=dict)  # item_id -> valid draws behind probs (absent: logprobs)
-
-
-class GatewayError(RuntimeError):
-    """A call that failed after the client's retries (network, HTTP, timeout)."""
-
-
-def api_key_from_env() -> str:
-    for var in API_KEY_ENV_VARS:
-        if os.environ.get(var):
-            return os.environ[var]
-    return "no-key"  # local servers ignore it
 
 
 class LLMGateway:
@@ -131,26 +80,23 @@ class LLMGateway:
         messages = self._messages(prompt, variables, overview_chars, prompts)
         params = {"temperature": self.settings.temperature, "max_tokens": self.settings.max_tokens_profile}
         outcome = TextOutcome(text=None, error=None)
-        for sample in range(self.settings.repair_attempts + 1):
-            try:
-                content, record = await self._complete(prompt, messages, params, sample, priority, prompts)
-            except GatewayError as exc:
-                outcome.calls.append(exc.args[1])
-                outcome.error = exc.args[0]
-                return outcome
-            content = (content or "").strip()
-            if not (problems := profile_problems(content)):
-                outcome.calls.append(record)
-                outcome.text = content
-                return outcome
-            record.status, record.error = "invalid", "; ".join(problems)[:600]
-            outcome.calls.append(record)
-            outcome.error = record.error
-            prompt, repair = (
-                "profile_repair",
-                render("profile_repair", prompts=prompts, **variables, error=record.error),
-            )
-            messages = [*messages, {"role": "assistant", "content": content}, {"role": "user", "content": repair}]
+        samples = iter(range(self.settings.repair_attempts + 1))  # each attempt a new sample (seed, cache key)
+
+        async def complete(name: str, messages: list[dict]) -> tuple[str, CallRecord]:
+            content, record = await self._complete(name, messages, params, next(samples), priority, prompts)
+            return (content or "").strip(), record
+
+        def check(content: str, record: CallRecord) -> str | None:
+            outcome.text = content
+            problems = profile_problems(content)
+            return "; ".join(problems)[:600] if problems else None
+
+        def repair(problem: str) -> tuple[str, str]:
+            return "profile_repair", render("profile_repair", prompts=prompts, **variables, error=problem)
+
+        attempts = self.settings.repair_attempts + 1
+        if await ask_until_valid(complete, prompt, messages, check, repair, attempts, outcome.calls) is not None:
+            outcome.text, outcome.error = None, outcome.calls[-1].error
         return outcome
 
     async def ratings(
@@ -179,46 +125,29 @@ class LLMGateway:
         """The answer: one rating per id, repaired by re-asking in the same conversation."""
         outcome = RatingOutcome(ratings={}, failed={})
         pending = list(item_ids)
-        prompt = "rating"
-        for attempt in range(self.settings.repair_attempts + 1):
+
+        async def complete(prompt: str, messages: list[dict]) -> tuple[str, CallRecord]:
             params = self._rating_params(pending, layout=layout)
-            try:
-                content, record = await self._complete(prompt, messages, params, sample, priority, prompts)
-            except GatewayError as exc:
-                outcome.calls.append(exc.args[1])
-                reason = f"call failed: {exc.args[0]}"
-                outcome.failed.update({i: reason for i in pending})
-                return outcome
+            return await self._complete(prompt, messages, params, sample, priority, prompts)
+
+        def check(content: str, record: CallRecord) -> str | None:
+            nonlocal pending
             parsed = parse_ratings(content, pending)
             outcome.ratings.update(parsed.ratings)
             if self.settings.rating_probs:  # off: no logprob distribution, not even one the cache holds
                 outcome.probs.update(rating_distributions(content, record.digits, list(parsed.ratings)))
             pending = parsed.missing(pending)
-            if not pending:
-                outcome.calls.append(record)
-                return outcome
-            problem = "; ".join(parsed.problems)[:600]
-            record.status, record.error = "invalid", problem
-            outcome.calls.append(record)
-            if attempt == self.settings.repair_attempts:
-                reason = f"invalid answer after {attempt + 1} attempts: {problem}"
-                outcome.failed.update({i: reason for i in pending})
-                return outcome
-            # re-ask in the same conversation, quoting the problem, for what is still missing
-            prompt = "repair"
-            messages = messages + [
-                {"role": "assistant", "content": content or ""},
-                {
-                    "role": "user",
-                    "content": render(
-                        "repair",
-                        prompts=prompts,
-                        error=problem,
-                        **rating_variables(item_ids, layout, self.json_mode == "schema", asked=pending),
-                    ),
-                },
-            ]
-        return outcome  # pragma: no cover - loop always returns
+            return "; ".join(parsed.problems)[:600] if pending else None
+
+        def repair(problem: str) -> tuple[str, str]:  # re-ask for what is still missing
+            asked = rating_variables(item_ids, layout, self.json_mode == "schema", asked=pending)
+            return "repair", render("repair", prompts=prompts, error=problem, **asked)
+
+        attempts = self.settings.repair_attempts + 1
+        reason = await ask_until_valid(complete, "rating", messages, check, repair, attempts, outcome.calls)
+        if reason is not None:
+            outcome.failed.update({i: reason for i in pending})
+        return outcome
 
     async def _sample_distributions(
         self,
@@ -358,7 +287,7 @@ class LLMGateway:
                 elif "response_format" in request and self._downgrade_json_mode(exc):
                     retry_params = self._rating_params_like(params)  # the weaker JSON mode
                 else:
-                    raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
+                    raise GatewayError(describe_error(exc), self._error_record(base, exc, started)) from exc
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
                 # no later call can succeed: end the run with one clear error, not a failed pair per call
                 raise EndpointError(
@@ -369,10 +298,10 @@ class LLMGateway:
                 # a timeout while other calls succeed: the endpoint queues (e.g. one llama.cpp slot), the
                 # model did not fail; ask again under a lower concurrency while it can still come down
                 if not self.limiter.congested(started):
-                    raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
+                    raise GatewayError(describe_error(exc), self._error_record(base, exc, started)) from exc
                 retry_params = params
             except openai.OpenAIError as exc:
-                raise GatewayError(_describe(exc), self._error_record(base, exc, started)) from exc
+                raise GatewayError(describe_error(exc), self._error_record(base, exc, started)) from exc
         if retry_params is not None:
             return await self._complete(prompt, messages, retry_params, sample, priority, prompts)
         self.limiter.succeeded()
@@ -454,7 +383,7 @@ class LLMGateway:
             prompt_tokens=0,
             completion_tokens=0,
             latency_s=time.monotonic() - started,
-            error=_describe(exc),
+            error=describe_error(exc),
         )
 
 
@@ -462,53 +391,3 @@ def draw_sample(sample: int, k: int) -> int:
     """The sample index (cache key and seed offset) of draw k for a rating call asked with `sample`:
     apart from every answer's own index (the retry rounds 0, 1, ...) and from other rounds' draws."""
     return DRAW_STRIDE * (sample + 1) + k
-
-
-def _describe(exc: Exception) -> str:
-    status = getattr(exc, "status_code", None)
-    text = f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "")
-    detail = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return f"{text}: {detail}" if detail else text
-
-
-class EndpointError(RuntimeError):
-    """The endpoint cannot serve this run (unreachable, bad key, unknown model)."""
-
-
-_NOTED: set[str] = set()
-
-
-def check_endpoint(settings: LLMSettings, model_id: str) -> None:
-    """Fail fast, before any work: the endpoint answers, accepts the key and serves the model."""
-    try:
-        check_plain_http(settings.base_url)  # the key's first request is the one below
-    except ValueError as exc:
-        raise EndpointError(str(exc)) from None
-    client = openai.OpenAI(base_url=settings.base_url, api_key=api_key_from_env(), timeout=15, max_retries=1)
-    try:
-        served = [m.id for m in client.models.list()]
-    except openai.AuthenticationError as exc:
-        raise EndpointError(f"{settings.base_url} rejected the API key (HTTP 401); set OPENAI_API_KEY") from exc
-    except openai.APIConnectionError as exc:
-        raise EndpointError(f"cannot reach --base-url {settings.base_url}: {exc.__cause__ or exc}") from exc
-    except openai.APIStatusError:
-        return  # no /models on this server: the first call will tell
-    finally:
-        client.close()
-    if not served or model_id in served:
-        return
-    llama_cpp = False  # llama.cpp answers with its model whatever the name; it shows itself by /props
-    with contextlib.suppress(httpx.HTTPError, ValueError, AttributeError):
-        props = httpx.get(
-            settings.base_url.rstrip("/").removesuffix("/v1") + "/props",
-            headers={"Authorization": f"Bearer {api_key_from_env()}"},
-            timeout=15,
-        )
-        llama_cpp = props.status_code == 200 and "default_generation_settings" in props.json()
-    if len(served) > 1 and not llama_cpp:
-        raise EndpointError(f"model {model_id!r} is not served by {settings.base_url}; it serves {served[:10]}")
-    kind = "a llama.cpp server" if llama_cpp else "one model"
-    note = f"--model {model_id!r}: {settings.base_url} ({kind}) answers with {served[0]!r} under any name"
-    if note not in _NOTED:  # once per process, though the preflight and the flow both check
-        _NOTED.add(note)
-        logging.getLogger("doppel").warning(note)

@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import weakref
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -122,6 +123,7 @@ class CallLimiter:
             from distributed import Semaphore
 
             self._dask_sem = Semaphore(max_leases=dask_max_leases or local_slots, name=dask_semaphore_name)
+            _LEASED.add(self)
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-lease")
 
     def congested(self, started: float) -> bool:
@@ -169,7 +171,7 @@ class CallLimiter:
     async def aclose(self) -> None:
         if self._dask_sem is not None and self._leases:
             loop = asyncio.get_running_loop()
-            while self._leases:
+            while self._leases and self not in _CLOSED:
                 await loop.run_in_executor(self._pool, self._dask_sem.release)
                 self._leases -= 1
         if self._pool is not None:
@@ -215,3 +217,19 @@ def server_slots(base_url: str | None, api_key: str | None = None, timeout: floa
 def _loopback(url: str) -> bool:
     host = urllib.parse.urlparse(url).hostname or ""
     return host in ("localhost", "::1") or host.startswith("127.")
+
+
+_LEASED: weakref.WeakSet = weakref.WeakSet()  # this process's CallLimiters holding a distributed Semaphore
+_CLOSED: weakref.WeakSet = weakref.WeakSet()  # ... whose worker is closing: their leases die with it
+
+
+def stop_lease_refresh() -> None:
+    """The worker is closing (on its event loop, before its connection pool closes): every limiter here
+    stops refreshing its leases and will not release them (they expire on the scheduler). A refresh or a
+    release after the close raised `ConnectionPool is closed` into the log over the one-line message."""
+    for limiter in list(_LEASED):
+        _CLOSED.add(limiter)
+        semaphore = limiter._dask_sem
+        semaphore.refresh_leases = False
+        with contextlib.suppress(Exception):
+            semaphore.refresh_callback.stop()

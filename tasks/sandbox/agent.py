@@ -14,7 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from doppel.tasks.llm.gateway import GatewayError, LLMGateway
+from doppel.tasks.llm.calls import CallRecord
+from doppel.tasks.llm.gateway import LLMGateway
+from doppel.tasks.llm.repair import ask_until_valid
 from doppel.tasks.llm.templates import render
 from doppel.tasks.sandbox import schemas as sc
 from doppel.tasks.sandbox.config import SandboxSettings
@@ -53,30 +55,27 @@ class Asker:
         """(answer, None) or (None, why it failed after the repairs)."""
         content = render(prompt, overview_chars=self.overview_chars, persona=self.persona, **variables)
         messages = [{"role": "system", "content": render("sandbox_system")}, {"role": "user", "content": content}]
-        name, problem = prompt, None
-        for _attempt in range(self.gateway.settings.repair_attempts + 1):
-            try:
-                text, record = await self.gateway.complete_json(
-                    name, messages, prompt, schema, max_tokens=max_tokens or self.max_tokens
-                )
-            except GatewayError as exc:
-                self.out.calls.append(exc.args[1])
-                return None, f"call failed: {exc.args[0]}"
+        max_tokens = max_tokens or self.max_tokens
+        answer: BaseModel | None = None
+
+        async def complete(name: str, messages: list[dict]) -> tuple[str, CallRecord]:
+            return await self.gateway.complete_json(name, messages, prompt, schema, max_tokens=max_tokens)
+
+        def valid(text: str, record: CallRecord) -> str | None:
+            nonlocal answer
             answer, problem = sc.validate(model, text)
             if answer is not None and check is not None:
                 problem = check(answer)
             if problem is None:
-                self.out.calls.append(record)
                 self.last_key = record.call_key
-                return answer, None
-            record.status, record.error = "invalid", problem[:400]
-            self.out.calls.append(record)
-            name = "sandbox_repair"
-            messages = messages + [
-                {"role": "assistant", "content": text or ""},
-                {"role": "user", "content": render("sandbox_repair", error=problem[:400])},
-            ]
-        return None, f"invalid answer after {self.gateway.settings.repair_attempts + 1} attempts: {problem}"
+            return problem
+
+        def repair(problem: str) -> tuple[str, str]:
+            return "sandbox_repair", render("sandbox_repair", error=problem[:400])
+
+        attempts = self.gateway.settings.repair_attempts + 1
+        error = await ask_until_valid(complete, prompt, messages, valid, repair, attempts, self.out.calls, 400)
+        return (answer, None) if error is None else (None, error)
 
 
 def options_for(turn: Turn, seed: int = 0) -> list[str]:

@@ -6,23 +6,22 @@ same gateway, cache and limits as `doppel run`; a chunk of turns runs its agents
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from doppel.tasks.llm.cache import ResponseCache
-from doppel.tasks.llm.gateway import CallRecord, LLMGateway
-from doppel.tasks.llm.limits import CallLimiter
-from doppel.tasks.records import HistoryItem
+from doppel.tasks.llm.calls import CallRecord
+from doppel.tasks.llm.gateway import LLMGateway
+from doppel.tasks.llm.session import LimitSpec, run_chunk
+from doppel.tasks.records import HistoryItem, Packed
 from doppel.tasks.sandbox.agent import play_turn
 from doppel.tasks.sandbox.config import SandboxSettings
 from doppel.tasks.sandbox.recommender import Recommender
 from doppel.tasks.sandbox.records import ItemCard, PackedTurns
 from doppel.tasks.settings import LLMSettings
-from doppel.tasks.simulation import LimitSpec
 
 PROFILE_WORDS = 60
 MIN_RATINGS = 5
@@ -82,58 +81,39 @@ def catalogue_cards(items: pd.DataFrame) -> dict[str, ItemCard]:
     }
 
 
-async def _with_gateway(llm: LLMSettings, model_id: str, cache_dir: str, limits: LimitSpec, body):
-    cache = ResponseCache(cache_dir)
-    limiter = CallLimiter(
-        limits.local_slots, limits.dask_semaphore_name, limits.dask_max_leases, limits.rpm, limits.prefect_limit_name
-    )
-    gateway = LLMGateway(llm, cache, limiter, model_id)
-    try:
-        await limiter.open()
-        return await body(gateway)
-    finally:
-        await gateway.aclose()
-        await limiter.aclose()
-        cache.close()
+@dataclass
+class BuiltProfile:
+    """One agent's profile built with `profile_create` (text None when every attempt failed)."""
+
+    user_id: str
+    text: str | None
+    error: str | None
+    calls: list[CallRecord]
+
+    @property
+    def n_failed(self) -> int:
+        return int(self.text is None)
 
 
 def build_profiles(
-    works: list[tuple[str, str, list[HistoryItem]]],
+    packed: Packed,
     llm: LLMSettings,
     model_id: str,
     cache_dir: str,
     limits: LimitSpec,
-    channel=None,
-) -> list[tuple[str, str | None, str | None, list[CallRecord]]]:
-    """(user_id, profile or None, error, calls) per (user_id, demographics, history) with `profile_create`.
+    channel,
+) -> list[str]:
+    """A `BuiltProfile` per packed (user_id, demographics, history), each sent through `channel` as it is ready."""
 
-    Each finished user id is also sent through `channel` (for a progress bar), when given.
-    """
+    async def work(gateway: LLMGateway, job: tuple[str, str, list[HistoryItem]]) -> BuiltProfile:
+        user_id, demographics, history = job
+        mean = f"{sum(h.rating for h in history) / len(history):.1f}"
+        variables = {"demographics": demographics, "profile": None, "items": history, "mean_rating": mean}
+        outcome = await gateway.text("profile_create", {**variables, "max_words": PROFILE_WORDS}, overview_chars=0)
+        return BuiltProfile(user_id, outcome.text, outcome.error, outcome.calls)
 
-    async def body(gateway: LLMGateway):
-        in_flight = asyncio.Semaphore(limits.local_slots)
-
-        async def one(user_id: str, demographics: str, history: list[HistoryItem]):
-            async with in_flight:
-                mean = f"{sum(h.rating for h in history) / len(history):.1f}"
-                outcome = await gateway.text(
-                    "profile_create",
-                    {
-                        "demographics": demographics,
-                        "profile": None,
-                        "items": history,
-                        "mean_rating": mean,
-                        "max_words": PROFILE_WORDS,
-                    },
-                    overview_chars=0,
-                )
-            if channel is not None:
-                await asyncio.to_thread(channel.put, user_id)
-            return user_id, outcome.text, outcome.error, outcome.calls
-
-        return await asyncio.gather(*(one(*w) for w in works))
-
-    return asyncio.run(_with_gateway(llm, model_id, cache_dir, limits, body))
+    works = packed.unpack()
+    return run_chunk(works, work, llm, model_id, cache_dir, limits, channel, limits.local_slots, lambda r: r.user_id)
 
 
 def run_turns(
@@ -149,19 +129,14 @@ def run_turns(
 ) -> list[str]:
     """Synchronous entry for a task-runner thread: play the chunk's turns; each outcome goes out via `channel`."""
 
-    async def body(gateway: LLMGateway):
-        # one slot (the embedded server): one agent at a time, so its calls share the prompt prefix cache
-        in_flight = asyncio.Semaphore(1 if limits.local_slots == 1 else 2 * limits.local_slots)
+    async def work(gateway: LLMGateway, turn) -> object:
+        started = time.monotonic()
+        outcome = await play_turn(turn, gateway, rec, catalogue, cfg)
+        outcome.wall_s = round(time.monotonic() - started, 3)
+        return outcome
 
-        async def one(turn):
-            async with in_flight:
-                started = time.monotonic()
-                outcome = await play_turn(turn, gateway, rec, catalogue, cfg)
-                outcome.wall_s = round(time.monotonic() - started, 3)
-            await asyncio.to_thread(channel.put, outcome)
-            return turn.agent.agent_id
-
-        return list(await asyncio.gather(*(one(t) for t in packed.unpack())))
-
+    # one slot (the embedded server): one agent at a time, so its calls share the prompt prefix cache
+    in_flight = 1 if limits.local_slots == 1 else 2 * limits.local_slots
     sampled = llm.model_copy(update={"temperature": cfg.temperature})
-    return asyncio.run(_with_gateway(sampled, model_id, cache_dir, limits, body))
+    turns = packed.unpack()
+    return run_chunk(turns, work, sampled, model_id, cache_dir, limits, channel, in_flight, lambda o: o.agent_id)

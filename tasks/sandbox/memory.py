@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from doppel.tasks.sandbox.config import MemorySettings
+from doppel.tasks.sandbox.records import Agent
 
 POST_READ_IMPORTANCE = 3
 
@@ -60,3 +61,22 @@ def history_memories(history: pd.DataFrame) -> list[dict]:
         }
         for r in history.itertuples(index=False)
     ]
+
+
+def post_read_memories(agents: list[Agent], posts: pd.DataFrame, round_no: int, encode) -> pd.DataFrame:
+    """Each post of the last round becomes a memory of every friend of its author (read this round)."""
+    friends = {a.agent_id: a.friends for a in agents}
+    rows = [
+        {
+            "agent_id": reader,
+            "kind": "post_read",
+            "text": f"Round {round_no - 1}: {p.agent_id} posted: {p.text}",
+            "importance": POST_READ_IMPORTANCE,
+        }
+        for p in posts.itertuples(index=False)
+        for reader in friends.get(p.agent_id, ())
+    ]
+    frame = pd.DataFrame(rows, columns=["agent_id", "kind", "text", "importance"])
+    frame["k"] = np.arange(len(frame))
+    frame["embedding"] = [v.tolist() for v in encode(frame["text"].tolist())] if len(frame) else []
+    return frame

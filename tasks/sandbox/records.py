@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from doppel.tasks.llm.gateway import CallRecord
+from doppel.tasks.llm.calls import CallRecord
 from doppel.tasks.records import Packed
 
 

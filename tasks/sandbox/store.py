@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from doppel.tasks.sandbox.records import Outcome
+from doppel.tasks.sandbox.records import Agent, Outcome
+from doppel.tasks.sandbox.social import neighbours
 from doppel.tasks.store.db import connect, execute, query, transaction
 from doppel.tasks.store.schema import frame_columns
 from doppel.tasks.store.writes import CALL_COLUMNS, write_checked
@@ -175,3 +176,14 @@ def export(db: str | Path, sandbox_id: str, out_dir: str | Path, fmt: str) -> li
                 relation.df().to_json(path, orient="records", lines=True, date_format="iso")
             written.append(path)
     return written
+
+
+def load_agents(db: str, sandbox_id: str) -> list[Agent]:
+    frame = read(db, "sandbox_agents", sandbox_id=sandbox_id)
+    edges = read(db, "sandbox_friends", sandbox_id=sandbox_id)
+    ids = frame["agent_id"].tolist()
+    friends = neighbours(list(zip(edges["agent_id"], edges["friend_id"])), ids)
+    return [
+        Agent(r.agent_id, r.user_id, r.demographics, r.profile, float(r.activity), friends[r.agent_id])
+        for r in frame.itertuples(index=False)
+    ]

@@ -1,0 +1,59 @@
+"""Is the endpoint usable? Checked once, before any work: it answers, accepts the key, serves the model."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import httpx
+import openai
+
+from doppel.tasks.llm.calls import EndpointError
+from doppel.tasks.settings import API_KEY_ENV_VARS, LLMSettings
+from doppel.tasks.trust import check_plain_http
+
+_NOTED: set[str] = set()  # notes said once per process (the preflight and the flow both check)
+
+
+def api_key_from_env() -> str:
+    for var in API_KEY_ENV_VARS:
+        if os.environ.get(var):
+            return os.environ[var]
+    return "no-key"  # local servers ignore it
+
+
+def check_endpoint(settings: LLMSettings, model_id: str) -> None:
+    """Fail fast, before any work: the endpoint answers, accepts the key and serves the model."""
+    try:
+        check_plain_http(settings.base_url)  # the key's first request is the one below
+    except ValueError as exc:
+        raise EndpointError(str(exc)) from None
+    client = openai.OpenAI(base_url=settings.base_url, api_key=api_key_from_env(), timeout=15, max_retries=1)
+    try:
+        served = [m.id for m in client.models.list()]
+    except openai.AuthenticationError as exc:
+        raise EndpointError(f"{settings.base_url} rejected the API key (HTTP 401); set OPENAI_API_KEY") from exc
+    except openai.APIConnectionError as exc:
+        raise EndpointError(f"cannot reach --base-url {settings.base_url}: {exc.__cause__ or exc}") from exc
+    except openai.APIStatusError:
+        return  # no /models on this server: the first call will tell
+    finally:
+        client.close()
+    if not served or model_id in served:
+        return
+    llama_cpp = False  # llama.cpp answers with its model whatever the name; it shows itself by /props
+    with contextlib.suppress(httpx.HTTPError, ValueError, AttributeError):
+        props = httpx.get(
+            settings.base_url.rstrip("/").removesuffix("/v1") + "/props",
+            headers={"Authorization": f"Bearer {api_key_from_env()}"},
+            timeout=15,
+        )
+        llama_cpp = props.status_code == 200 and "default_generation_settings" in props.json()
+    if len(served) > 1 and not llama_cpp:
+        raise EndpointError(f"model {model_id!r} is not served by {settings.base_url}; it serves {served[:10]}")
+    kind = "a llama.cpp server" if llama_cpp else "one model"
+    note = f"--model {model_id!r}: {settings.base_url} ({kind}) answers with {served[0]!r} under any name"
+    if note not in _NOTED:  # once per process, though the preflight and the flow both check
+        _NOTED.add(note)
+        logging.getLogger("doppel").warning(note)

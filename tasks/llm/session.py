@@ -1,0 +1,124 @@
+"""One gateway session per chunk: client, response cache and limiter opened together, closed in order.
+
+Every LLM-driven mode runs its chunk through `run_chunk`: the session opens (the chunk's share of
+the run's limits taken), the chunk's jobs run as asyncio coroutines (a few more in flight than
+slots), each result goes out through the channel the moment it is ready, and on an error (e.g. a
+rejected key) the chunk's other jobs are cancelled before the session closes. A mode supplies only
+`work(gateway, job) -> result`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from doppel.tasks.llm.cache import ResponseCache
+from doppel.tasks.llm.gateway import LLMGateway
+from doppel.tasks.llm.limits import CallLimiter
+from doppel.tasks.settings import LLMSettings
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+
+@dataclass
+class LimitSpec:
+    """How one chunk joins the run's limits (picklable; the limiter is built on the worker)."""
+
+    local_slots: int
+    dask_semaphore_name: str | None = None
+    dask_max_leases: int | None = None
+    rpm: float | None = None
+    prefect_limit_name: str | None = None
+
+    def limiter(self) -> CallLimiter:
+        return CallLimiter(
+            self.local_slots, self.dask_semaphore_name, self.dask_max_leases, self.rpm, self.prefect_limit_name
+        )
+
+
+@contextlib.asynccontextmanager
+async def gateway_session(
+    llm: LLMSettings, model_id: str, cache_dir: str, limits: LimitSpec
+) -> AsyncIterator[LLMGateway]:
+    """An open gateway: the cache, the limiter (its share of the run-wide leases taken) and the client.
+
+    On exit the client closes first, then the leases go back, then the cache closes (whatever raised).
+    """
+    cache = ResponseCache(cache_dir)
+    limiter = limits.limiter()
+    gateway = LLMGateway(llm, cache, limiter, model_id)
+    try:
+        await limiter.open()
+        yield gateway
+    finally:
+        now, lowest = limiter.concurrency
+        if lowest < limits.local_slots:
+            logging.getLogger("doppel").warning(
+                "LLM concurrency settled at %d of %d (lowest %d) after calls timed out", now, limits.local_slots, lowest
+            )
+        try:
+            await gateway.aclose()
+        finally:
+            try:
+                await limiter.aclose()
+            finally:
+                cache.close()
+
+
+async def run_jobs(
+    jobs: Sequence[J],
+    work: Callable[[J], Awaitable[R]],
+    publish: Callable[[R], Awaitable[None]],
+    in_flight: int,
+) -> list[R]:
+    """Run `work` on every job, at most `in_flight` at once, publishing each result as it finishes.
+
+    The first error cancels the jobs still running or waiting (their partial work is lost, finished
+    ones are already published) and is raised.
+    """
+    gate = asyncio.Semaphore(max(1, in_flight))
+
+    async def one(job: J) -> R:
+        async with gate:
+            result = await work(job)
+        await publish(result)
+        return result
+
+    running = [asyncio.ensure_future(one(job)) for job in jobs]
+    try:
+        return list(await asyncio.gather(*running))
+    except BaseException:
+        for job in running:
+            job.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        raise
+
+
+def run_chunk(
+    jobs: Sequence[J],
+    work: Callable[[LLMGateway, J], Awaitable[R]],
+    llm: LLMSettings,
+    model_id: str,
+    cache_dir: str,
+    limits: LimitSpec,
+    channel: Any,
+    in_flight: int,
+    key: Callable[[R], Any],
+) -> list:
+    """Synchronous entry for a task-runner thread or a Dask worker: `work` on every job in one gateway
+    session; each result goes out through `channel` (`put`) as soon as it is ready. Returns the
+    results' keys (the rows travel only once, through the channel)."""
+
+    async def publish(result: R) -> None:
+        await asyncio.to_thread(channel.put, result)
+
+    async def main() -> list[R]:
+        async with gateway_session(llm, model_id, cache_dir, limits) as gateway:
+            return await run_jobs(jobs, lambda job: work(gateway, job), publish, in_flight)
+
+    return [key(result) for result in asyncio.run(main())]
