@@ -41,19 +41,23 @@ def chunk_count(llm: LLMSettings, workers: int) -> int:
     return 1 if llm.concurrency <= 1 else max(1, min(workers, llm.concurrency))
 
 
+def shares(total: int, parts: int) -> list[int]:
+    """`total` split into `parts` near-equal whole shares (the first ones one larger), each at least 1."""
+    return [max(1, total // parts + (1 if k < total % parts else 0)) for k in range(parts)]
+
+
 def limit_shares(llm: LLMSettings, n_chunks: int, semaphore: str | None) -> list[LimitSpec]:
     """Each chunk's share of the run's limits: concurrency and rpm split evenly; the run-wide Dask
     semaphore (named `semaphore`, None on the thread runner) caps all of them together."""
-    total = llm.concurrency
     return [
         LimitSpec(
-            local_slots=max(1, total // n_chunks + (1 if k < total % n_chunks else 0)),
+            local_slots=share,
             dask_semaphore_name=semaphore,
-            dask_max_leases=total if semaphore else None,
+            dask_max_leases=llm.concurrency if semaphore else None,
             rpm=llm.rpm / n_chunks if llm.rpm else None,
             prefect_limit_name=llm.concurrency_limit_name,
         )
-        for k in range(n_chunks)
+        for share in shares(llm.concurrency, n_chunks)
     ]
 
 

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 from aiotools import VirtualClock
 
-from doppel.flows.simulate import _shares
+from doppel.flows.fanout import shares
 from doppel.tasks.llm.limits import CallLimiter
 from doppel.tasks.planning import build_work, partition, select_users
 from doppel.tasks.records import UserWork
@@ -84,7 +84,7 @@ class _ClockGateway:
 
 
 async def _chunk(works: list[UserWork], sim: SimulationSettings, latency: float, slots: int) -> None:
-    # as tasks/simulation.simulate_chunk: longest chain first, USERS_PER_SLOT users per slot (one with one slot)
+    # as tasks/simulation.simulate_users: longest chain first, USERS_PER_SLOT users per slot (one with one slot)
     limiter = CallLimiter(slots)
     gateway = _ClockGateway(limiter, latency)
     in_flight = asyncio.Semaphore(1 if slots == 1 else USERS_PER_SLOT * slots)
@@ -108,8 +108,8 @@ def simulate_schedule(plan: Plan, latency: float, concurrency: int, chunks: int 
         with VirtualClock().patch_loop():
             loop = asyncio.get_running_loop()
             start = loop.time()
-            shares = _shares(concurrency, len(parts))
-            await asyncio.gather(*(_chunk(p, plan.sim, latency, s) for p, s in zip(parts, shares, strict=True)))
+            slots = shares(concurrency, len(parts))
+            await asyncio.gather(*(_chunk(p, plan.sim, latency, s) for p, s in zip(parts, slots, strict=True)))
             return loop.time() - start
 
     return asyncio.run(run())
