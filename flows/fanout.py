@@ -104,7 +104,7 @@ def fan_out(
     chunks = partition(jobs, chunk_count(llm, workers), cost or (lambda job: 1.0))
     kind = "dask" if runner == "dask" else "local"
     channel = ResultChannel(f"doppel-{name}-{uuid.uuid4().hex[:8]}", kind)
-    reader = ChannelReader(channel, FlowRunContext.get().task_runner.client if kind == "dask" else None)
+    reader = ChannelReader(channel, _dask_client() if kind == "dask" else None)
     limits = limit_shares(llm, len(chunks), f"doppel-llm-{name}" if kind == "dask" else None)
     futures = [
         chunk_task.submit(pack(chunk), llm=llm, limits=limit, channel=channel, **kwargs)
@@ -125,6 +125,15 @@ def fan_out(
     gathered.endpoint_error = endpoint_error(futures)
     gathered.wall_s = round(time.monotonic() - started, 2)
     return gathered
+
+
+def _dask_client() -> Any:
+    """The Dask client of the running flow's task runner (the channel's queue lives on its scheduler)."""
+    context = FlowRunContext.get()
+    if context is None or context.task_runner is None:
+        raise RuntimeError("a Dask fan-out runs inside a flow with the Dask task runner")
+    runner: Any = context.task_runner  # a DaskTaskRunner (its client is not on the base type)
+    return runner.client
 
 
 def _drain(reader: ChannelReader, futures: list, write, key, tally: Tally, bar: Bar, every_s: float) -> int:

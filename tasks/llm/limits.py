@@ -230,6 +230,8 @@ def stop_lease_refresh() -> None:
     for limiter in list(_LEASED):
         _CLOSED.add(limiter)
         semaphore = limiter._dask_sem
+        if semaphore is None:
+            continue
         semaphore.refresh_leases = False
         with contextlib.suppress(Exception):
             semaphore.refresh_callback.stop()

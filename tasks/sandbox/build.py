@@ -20,7 +20,7 @@ from doppel.tasks.records import HistoryItem, Packed
 from doppel.tasks.sandbox.agent import play_turn
 from doppel.tasks.sandbox.config import SandboxSettings
 from doppel.tasks.sandbox.recommender import Recommender
-from doppel.tasks.sandbox.records import ItemCard, PackedTurns
+from doppel.tasks.sandbox.records import ItemCard, Outcome, PackedTurns, Turn
 from doppel.tasks.settings import LLMSettings
 
 PROFILE_WORDS = 60
@@ -129,7 +129,7 @@ def run_turns(
 ) -> list[str]:
     """Synchronous entry for a task-runner thread: play the chunk's turns; each outcome goes out via `channel`."""
 
-    async def work(gateway: LLMGateway, turn) -> object:
+    async def work(gateway: LLMGateway, turn: Turn) -> Outcome:
         started = time.monotonic()
         outcome = await play_turn(turn, gateway, rec, catalogue, cfg)
         outcome.wall_s = round(time.monotonic() - started, 3)
