@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from prefect.context import FlowRunContext
 
@@ -102,7 +102,7 @@ def fan_out(
     finished jobs again) is neither written nor counted twice."""
     started = time.monotonic()
     chunks = partition(jobs, chunk_count(llm, workers), cost or (lambda job: 1.0))
-    kind = "dask" if runner == "dask" else "local"
+    kind: Literal["local", "dask"] = "dask" if runner == "dask" else "local"
     channel = ResultChannel(f"doppel-{name}-{uuid.uuid4().hex[:8]}", kind)
     reader = ChannelReader(channel, _dask_client() if kind == "dask" else None)
     limits = limit_shares(llm, len(chunks), f"doppel-llm-{name}" if kind == "dask" else None)
@@ -142,7 +142,8 @@ def _drain(reader: ChannelReader, futures: list, write, key, tally: Tally, bar: 
     On Ctrl-C or an error the results that did arrive are written before it propagates.
     """
     seen: set = set()
-    written, waiting, last_write = 0, [], time.monotonic()
+    written, last_write = 0, time.monotonic()
+    waiting: list = []
 
     def flush() -> None:
         nonlocal written, waiting, last_write

@@ -25,8 +25,11 @@ def api_key_from_env() -> str:
 
 def check_endpoint(settings: LLMSettings, model_id: str) -> None:
     """Fail fast, before any work: the endpoint answers, accepts the key and serves the model."""
+    if settings.base_url is None:
+        return  # the embedded server: doppel starts it and knows what it serves
+    base_url: str = settings.base_url
     try:
-        check_plain_http(settings.base_url)  # the key's first request is the one below
+        check_plain_http(base_url)  # the key's first request is the one below
     except ValueError as exc:
         raise EndpointError(str(exc)) from None
     client = openai.OpenAI(base_url=settings.base_url, api_key=api_key_from_env(), timeout=15, max_retries=1)
@@ -45,7 +48,7 @@ def check_endpoint(settings: LLMSettings, model_id: str) -> None:
     llama_cpp = False  # llama.cpp answers with its model whatever the name; it shows itself by /props
     with contextlib.suppress(httpx.HTTPError, ValueError, AttributeError):
         props = httpx.get(
-            settings.base_url.rstrip("/").removesuffix("/v1") + "/props",
+            base_url.rstrip("/").removesuffix("/v1") + "/props",
             headers={"Authorization": f"Bearer {api_key_from_env()}"},
             timeout=15,
         )
