@@ -23,6 +23,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from doppel.tasks.trust import ALLOWED_ENDPOINTS_ENV, DATA_ROOTS_ENV
 from tests.processes import alive, descendants, marked, wait_gone
 
 pytestmark = pytest.mark.slow
@@ -523,10 +524,14 @@ def test_deployment_flow_from_python_leaves_no_process(tmp_path):
     env = {k: v for k, v in user_env().items() if not k.startswith("PREFECT_API")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), DOPPEL_TEST_MARKER=marker)
     env.update(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    env.update(
+        {ALLOWED_ENDPOINTS_ENV: url, DATA_ROOTS_ENV: str(tmp_path)}
+    )  # the operator allows them (a worker's trust)
     script = (
         "from doppel.flows.deploy import run_job\n"
         f"run_job(dataset='synthetic', users=2, db={str(tmp_path / 'd.duckdb')!r}, "
-        f"base_url='http://127.0.0.1:{server.server_address[1]}/v1', model='m', timeout=5, baselines=False)\n"
+        f"base_url={url!r}, model='m', timeout=5, baselines=False)\n"
     )
     try:
         done = subprocess.run(
