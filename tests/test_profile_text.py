@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from doppel.tasks import validate as v
-from doppel.tasks.llm.profile_text import profile_problems
+from doppel.tasks.llm.gateway import REASK_TEMPERATURE
+from doppel.tasks.llm.profile_text import profile_problems, trimmed_to_last_sentence
 from tests.test_validate import _set, check, failed, profiles
 
 LOOP = "Loves " + "Star Wars (1977), Fargo (1996), Contact (1997), Scream (1996), " * 8 + "and more."
@@ -97,6 +98,26 @@ def test_gateway_re_asks_a_degenerate_profile_quoting_the_problem(tmp_path) -> N
     repair = bodies[1]["messages"]  # the re-ask: the bad answer, then the problem quoted
     assert repair[:2] == bodies[0]["messages"] and repair[2] == {"role": "assistant", "content": LOOP}
     assert "repeats 'star wars 1977 fargo 1996' 8 times" in repair[3]["content"]
+    # greedy decoding loops the same way twice: the first ask keeps the run's temperature, a re-ask samples
+    assert bodies[0]["temperature"] == 0.0 and bodies[1]["temperature"] == REASK_TEMPERATURE > 0
+
+
+def test_a_profile_cut_off_every_time_keeps_its_whole_sentences(tmp_path) -> None:
+    from doppel.testing.llm_server import LLMTestServer
+
+    cut = "Likes tense heist films and rates them generously. Avoids slow romances. Enjoys the occasional wes"
+    with LLMTestServer(answer_fn=lambda kind, body: cut) as server:
+        out = _profile(server, tmp_path)
+    assert out.text == "Likes tense heist films and rates them generously. Avoids slow romances."
+    assert out.error is None and all(c.status == "invalid" for c in out.calls) and len(out.calls) > 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Enjoys the occasional wes", "Loves " + "Star Wars (1977), Fargo (1996), Contact (1997), Scream (1996), " * 8],
+)
+def test_only_whole_sentences_without_problems_are_kept(text: str) -> None:
+    assert trimmed_to_last_sentence(text) is None  # no sentence to keep / what is left still loops
 
 
 def test_a_profile_that_stays_degenerate_fails_with_the_reason(tmp_path) -> None:

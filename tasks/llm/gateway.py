@@ -22,7 +22,7 @@ from doppel.tasks.llm.cache import ResponseCache, call_key
 from doppel.tasks.llm.calls import CallRecord, EndpointError, GatewayError, RatingOutcome, TextOutcome, describe_error
 from doppel.tasks.llm.endpoint import api_key_from_env, check_endpoint  # noqa: F401 (check_endpoint: re-exported)
 from doppel.tasks.llm.limits import CallLimiter
-from doppel.tasks.llm.profile_text import profile_problems
+from doppel.tasks.llm.profile_text import profile_problems, trimmed_to_last_sentence
 from doppel.tasks.llm.repair import ask_until_valid
 from doppel.tasks.llm.schemas import (
     digit_distributions,
@@ -42,6 +42,7 @@ TOP_LOGPROBS = 10  # alternatives per answer token: enough to hold all five rati
 # cached without them still serves (with no distribution) and is never bought twice
 LOGPROB_PARAMS = ("logprobs", "top_logprobs")
 DRAW_STRIDE = RATING_SAMPLES_LIMIT  # draw indices per retry round
+REASK_TEMPERATURE = 0.7  # a profile re-ask's temperature at least
 DRAW_PROMPT = "rating_draw"  # llm_calls.prompt_name of a draw (the rating prompt, asked again to sample)
 
 
@@ -83,7 +84,9 @@ class LLMGateway:
         samples = iter(range(self.settings.repair_attempts + 1))  # each attempt a new sample (seed, cache key)
 
         async def complete(name: str, messages: list[dict]) -> tuple[str, CallRecord]:
-            content, record = await self._complete(name, messages, params, next(samples), priority, prompts)
+            sample = next(samples)  # a re-ask samples: at temperature 0 a looping model loops again
+            asked = params if sample == 0 else {**params, "temperature": max(params["temperature"], REASK_TEMPERATURE)}
+            content, record = await self._complete(name, messages, asked, sample, priority, prompts)
             return (content or "").strip(), record
 
         def check(content: str, record: CallRecord) -> str | None:
@@ -96,7 +99,8 @@ class LLMGateway:
 
         attempts = self.settings.repair_attempts + 1
         if await ask_until_valid(complete, prompt, messages, check, repair, attempts, outcome.calls) is not None:
-            outcome.text, outcome.error = None, outcome.calls[-1].error
+            trimmed = trimmed_to_last_sentence(outcome.text)  # cut off every time: keep its whole sentences
+            outcome.text, outcome.error = (trimmed, None) if trimmed else (None, outcome.calls[-1].error)
         return outcome
 
     async def ratings(

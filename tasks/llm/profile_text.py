@@ -83,3 +83,17 @@ def _cut_off(text: str) -> bool:
         return True
     # a list item or a `Label: value` line may end without a full stop; prose may not
     return end[-1] not in _ENDS and not _LIST_ITEM.match(last_line) and not _HEADER.match(last_line)
+
+
+def trimmed_to_last_sentence(text: str | None) -> str | None:
+    """A cut-off profile ended at its last complete sentence, if that leaves a profile with no problem.
+
+    The gateway's last resort once re-asks are spent: a small model that keeps running into the
+    token limit still wrote whole sentences before it; keeping those is a repair, not a guess.
+    """
+    text = (text or "").strip()
+    ends = [m.end() for m in re.finditer(r"[.!?…][\"')\]»”’]*(?=\s|$)", text)]
+    if not ends:
+        return None
+    trimmed = text[: ends[-1]].strip()
+    return trimmed if trimmed != text and not profile_problems(trimmed) else None
