@@ -84,7 +84,11 @@ def read_view(
     if name not in view_names():
         raise ValueError(f"no view {name!r}; views: {', '.join(view_names())}")
     with connect(db, read_only=True) as con:
-        declare_temp_views(con)
+        if name in declare_temp_views(con):
+            raise ValueError(
+                f"{db}: view {name!r} needs tables or columns this file does not have yet (written by an older "
+                f"doppel); a command that writes to it brings it up to date, e.g. doppel score --db {db}"
+            )
         frame = _rows(con, name, run_id, limit=None if limit is None else limit + 1)
     return _cut(frame, limit)
 

@@ -391,3 +391,22 @@ def test_column_lists_come_from_the_tables(tmp_path):
     assert ITEM_COLUMNS == stored["items"][1:] and SPLIT_COLUMNS == stored["splits"][1:]
     assert RATING_COLUMNS == stored["simulated_ratings"][3:]
     assert CALL_COLUMNS == [c for c in stored["llm_calls"] if c not in ("run_id", "fold", "user_id", "created_at")]
+
+
+def test_a_file_without_a_newer_modes_tables_still_reads_read_only(tmp_path):
+    """`doppel sql` / `doppel report` open read-only and cannot migrate: a file written before the arena
+    existed reads every view but the arena's, and asking for that one says how to bring the file up to date."""
+    from doppel.tasks.report import read_view, run_sql
+
+    db = tmp_path / "old.duckdb"
+    init_db(db)
+    with duckdb.connect(str(db)) as con:  # what a file from before sql/arena.sql looks like
+        for (name,) in con.execute("select view_name from duckdb_views() where not internal").fetchall():
+            con.execute(f'drop view "{name}"')
+        for (name,) in con.execute("select table_name from duckdb_tables() where table_name like 'arena%'").fetchall():
+            con.execute(f'drop table "{name}"')
+    frame, _ = read_view(db, "run_overview")
+    assert frame.empty and "run_id" in frame.columns
+    assert run_sql(db, "select count(*) as n from user_error")[0]["n"].tolist() == [0]
+    with pytest.raises(ValueError, match="arena_scatter.*older doppel.*doppel score --db"):
+        read_view(db, "arena_scatter")

@@ -122,10 +122,20 @@ def apply_schema(con: duckdb.DuckDBPyConnection, sql_dir: Path = SQL_DIR) -> lis
     return ran
 
 
-def declare_temp_views(con: duckdb.DuckDBPyConnection, sql_dir: Path = SQL_DIR) -> None:
-    """Every view as a temporary view on this connection (e.g. read-only), shadowing a stored one."""
-    for _, text in views_in_order(sql_dir):
-        con.execute(_CREATE_VIEW.sub("create or replace temp view", text, count=1))
+def declare_temp_views(con: duckdb.DuckDBPyConnection, sql_dir: Path = SQL_DIR) -> list[str]:
+    """Every view as a temporary view on this connection (e.g. read-only), shadowing a stored one.
+
+    A file written by an older doppel, opened read-only, may lack a newer mode's tables (or a
+    migration's columns): the views over them are left out, and their names returned, instead of
+    making every other view unreadable.
+    """
+    missing = []
+    for name, text in views_in_order(sql_dir):
+        try:
+            con.execute(_CREATE_VIEW.sub("create or replace temp view", text, count=1))
+        except (duckdb.CatalogException, duckdb.BinderException):
+            missing.append(name)
+    return missing
 
 
 @cache
