@@ -6,7 +6,7 @@ import pytest
 
 from doppel.tasks import validate as v
 from doppel.tasks.llm.gateway import REASK_TEMPERATURE
-from doppel.tasks.llm.profile_text import profile_problems, trimmed_to_last_sentence
+from doppel.tasks.llm.profile_text import profile_problems, salvaged_profile
 from tests.test_validate import _set, check, failed, profiles
 
 LOOP = "Loves " + "Star Wars (1977), Fargo (1996), Contact (1997), Scream (1996), " * 8 + "and more."
@@ -117,7 +117,13 @@ def test_a_profile_cut_off_every_time_keeps_its_whole_sentences(tmp_path) -> Non
     ["Enjoys the occasional wes", "Loves " + "Star Wars (1977), Fargo (1996), Contact (1997), Scream (1996), " * 8],
 )
 def test_only_whole_sentences_without_problems_are_kept(text: str) -> None:
-    assert trimmed_to_last_sentence(text) is None  # no sentence to keep / what is left still loops
+    assert salvaged_profile(text) is None  # no whole sentence before the problem
+
+
+def test_a_looping_profile_keeps_what_it_said_before_the_loop() -> None:
+    loop = "Likes dark comedies. Loves " + "horror action comedy drama romance " * 11
+    assert salvaged_profile(loop) == "Likes dark comedies."
+    assert salvaged_profile("<profile>Likes heist films.</profile>") is None  # tags are not cut away
 
 
 def test_a_profile_that_stays_degenerate_fails_with_the_reason(tmp_path) -> None:

@@ -22,7 +22,7 @@ from doppel.tasks.llm.cache import ResponseCache, call_key
 from doppel.tasks.llm.calls import CallRecord, EndpointError, GatewayError, RatingOutcome, TextOutcome, describe_error
 from doppel.tasks.llm.endpoint import api_key_from_env, check_endpoint  # noqa: F401 (check_endpoint: re-exported)
 from doppel.tasks.llm.limits import CallLimiter
-from doppel.tasks.llm.profile_text import profile_problems, trimmed_to_last_sentence
+from doppel.tasks.llm.profile_text import profile_problems, salvaged_profile
 from doppel.tasks.llm.repair import ask_until_valid
 from doppel.tasks.llm.schemas import (
     digit_distributions,
@@ -99,7 +99,7 @@ class LLMGateway:
 
         attempts = self.settings.repair_attempts + 1
         if await ask_until_valid(complete, prompt, messages, check, repair, attempts, outcome.calls) is not None:
-            trimmed = trimmed_to_last_sentence(outcome.text)  # cut off every time: keep its whole sentences
+            trimmed = salvaged_profile(outcome.text)  # bad every time: keep what it said before it went wrong
             outcome.text, outcome.error = (trimmed, None) if trimmed else (None, outcome.calls[-1].error)
         return outcome
 

@@ -85,15 +85,22 @@ def _cut_off(text: str) -> bool:
     return end[-1] not in _ENDS and not _LIST_ITEM.match(last_line) and not _HEADER.match(last_line)
 
 
-def trimmed_to_last_sentence(text: str | None) -> str | None:
-    """A cut-off profile ended at its last complete sentence, if that leaves a profile with no problem.
+def salvaged_profile(text: str | None) -> str | None:
+    """What a degenerate profile said before it went wrong, if that is a profile with no problem; else None.
 
-    The gateway's last resort once re-asks are spent: a small model that keeps running into the
-    token limit still wrote whole sentences before it; keeping those is a repair, not a guess.
+    The gateway's last resort once re-asks are spent: a small model that starts to loop or runs into
+    the token limit has often written whole sentences first. Keep the text up to where the loop
+    begins again (the second occurrence of the repeated span), then end it at its last complete
+    sentence: a repair that keeps only what the model wrote, never a guess.
     """
     text = (text or "").strip()
+    if span := _repeated_span(text):
+        starts = [m.start() for m in _WORD.finditer(text)]
+        words = [w.lower() for w in _WORD.findall(text)]
+        first = span[0].split()
+        hits = [i for i in range(len(words) - SPAN_WORDS + 1) if words[i : i + SPAN_WORDS] == first]
+        text = text[: starts[hits[1]]].strip()
     ends = [m.end() for m in re.finditer(r"[.!?…][\"')\]»”’]*(?=\s|$)", text)]
-    if not ends:
-        return None
-    trimmed = text[: ends[-1]].strip()
-    return trimmed if trimmed != text and not profile_problems(trimmed) else None
+    if ends:
+        text = text[: ends[-1]].strip()
+    return text if not profile_problems(text) else None
