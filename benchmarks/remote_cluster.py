@@ -46,7 +46,7 @@ def main() -> None:
     from doppel.tasks.settings import LLMSettings, RunSettings
     from doppel.testing.llm_server import LLMTestServer
     from support.output import log, result_line
-    from tests.test_deployments import spawn, stop_tree
+    from tests._deployments import spawn, stop_tree
 
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, work, ignore_errors=True)  # runs last, after the servers stop

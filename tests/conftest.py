@@ -10,6 +10,9 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import contextlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -83,3 +86,66 @@ def run_settings(tmp_path, llm_server):
         return RunSettings(**base)
 
     return make
+
+
+# ----------------------------------------------------------------------------- deployments (test_deployments*)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`prefect server start` on a free loopback port, its database in a temp PREFECT_HOME (test_deployments*)."""
+    from doppel.flows.runtime import free_port
+    from tests._deployments import prefect_env, spawn, stop_tree, wait_healthy
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    log = home / "server.log"
+    proc = spawn(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        log,
+        prefect_env(home, api),
+    )
+    try:
+        startup = wait_healthy(f"{api}/health", proc, log)
+        yield {"api": api, "port": port, "home": home, "log": log, "startup": startup}
+    finally:
+        stop_tree(proc)
+
+
+@pytest.fixture(scope="module")
+def llm_subprocess(tmp_path_factory):
+    """The LLM test server in its own process (test_deployments*): flow runs in other processes reach it."""
+    from doppel.testing.llm_server import start_subprocess
+    from tests._deployments import stop_tree
+
+    proc, base_url = start_subprocess(latency=0.02)
+    try:
+        yield base_url
+    finally:
+        stop_tree(proc)
+
+
+@pytest.fixture
+def started(tmp_path):
+    """started(name, argv, env) -> (process, log path); at teardown every process is stopped, and any
+    process still carrying this test's DOPPEL_TEST_TMP (an orphan: a flow run, a Dask worker) fails it."""
+    import psutil
+
+    from tests._deployments import processes_with_env, spawn, stop_tree
+
+    procs: list[subprocess.Popen] = []
+
+    def start(name: str, argv: list[str], env: dict) -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / f"{name}.log"
+        procs.append(spawn(argv, log, env))
+        return procs[-1], log
+
+    yield start
+    for proc in reversed(procs):
+        stop_tree(proc)
+    orphans = processes_with_env("DOPPEL_TEST_TMP", str(tmp_path))
+    for p in orphans:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    assert not orphans, f"processes left running: {[(p.pid, p.info['cmdline']) for p in orphans]}"

@@ -213,7 +213,7 @@ def test_fidelity_benchmark_takes_the_llm_as_a_calibrator_input(tmp_path, llm_se
     import subprocess
     import sys
 
-    from tests.test_bad_input import REPO, cli, run_args, user_env
+    from tests._bad_input import REPO, cli, run_args, user_env
 
     data_dir = write_synthetic_ml100k(tmp_path)
     db = tmp_path / "d.duckdb"

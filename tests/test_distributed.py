@@ -16,7 +16,7 @@ import duckdb
 import pytest
 
 from doppel.flows.runtime import free_port
-from tests.test_deployments import REPO, processes_with_env, spawn, stop_tree, tail
+from tests._deployments import REPO, processes_with_env, spawn, stop_tree, tail
 
 pytestmark = pytest.mark.slow
 

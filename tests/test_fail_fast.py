@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._bad_input import REPO, assert_one_error_line, closed_port, user_env, write_ml100k
 from tests.processes import descendants
-from tests.test_bad_input import REPO, assert_one_error_line, closed_port, user_env, write_ml100k
 
 
 def run_watched(*args: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict, float]:

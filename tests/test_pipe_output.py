@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.test_bad_input import REPO, user_env
+from tests._bad_input import REPO, user_env
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import pytest
 from doppel.tasks import validate as v
 from doppel.tasks.llm.gateway import REASK_TEMPERATURE
 from doppel.tasks.llm.profile_text import profile_problems, salvaged_profile
-from tests.test_validate import _set, check, failed, profiles
+from tests._validate import _set, check, failed, profiles
 
 LOOP = "Loves " + "Star Wars (1977), Fargo (1996), Contact (1997), Scream (1996), " * 8 + "and more."
 DEGENERATE = {

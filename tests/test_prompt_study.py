@@ -10,7 +10,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from tests.test_bad_input import user_env, write_ml100k
+from tests._bad_input import user_env, write_ml100k
 
 pytestmark = pytest.mark.slow
 
