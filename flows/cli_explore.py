@@ -49,7 +49,11 @@ def sql(
     if run_id is not None and view is None:
         fail("--run-id filters a --view; put the filter in the query instead")
     with _explore_errors():
-        frame, more = read_view(db, view, run_id, limit) if view else run_sql(db, query, limit, allow_files)
+        if view:
+            frame, more = read_view(db, view, run_id, limit)
+        else:
+            assert query is not None  # exactly one of query and --view, checked above
+            frame, more = run_sql(db, query, limit, allow_files)
     if run_id is not None and "run_id" in frame:
         frame = frame.drop(columns="run_id")  # one run: the column says nothing
     show(frame_table(frame, max_width or (60 if TERMINAL else None), title=view))

@@ -37,7 +37,10 @@ def prefect_api(on_url: Callable[[], None] | None = None) -> Iterator[str]:
             yield os.environ["PREFECT_API_URL"]
         return
     # where prefect is, without importing it here (~1 s): that import then overlaps the server's boot
-    prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent
+    spec = importlib.util.find_spec("prefect")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("prefect is not installed")
+    prefect_dir = Path(spec.origin).parent
     port = free_port()
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     # its output goes to a file: a pipe nobody reads could fill up and stall the server in a long run

@@ -186,7 +186,7 @@ def part_files(model: EmbeddedModel) -> list[Part]:
         )
     parts = []
     for dist in model.packages:
-        files = [f for f in _distribution(dist).files or [] if f.suffix == ".bin" and f.parent.name == "data"]
+        files = [f for f in metadata.distribution(dist).files or [] if f.suffix == ".bin" and f.parent.name == "data"]
         if len(files) != 1:
             raise EmbeddedModelError(f"{dist}: expected one data/*.bin chunk in its RECORD, found {len(files)}")
         entry = files[0]
