@@ -8,9 +8,9 @@ parameter, a result or the database.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from doppel.tasks.data.registry import NAMES_HELP, expand_folds
 
@@ -134,3 +134,26 @@ def resume_conflicts(stored: dict, settings: RunSettings) -> list[str]:
     pairs += [(f"llm.{k}", old_llm[k], asked["llm"][k]) for k in RESUME_LLM_KEYS]
     pairs.append(("dataset", stored.get("dataset", asked["dataset"]), asked["dataset"]))
     return [f"{key}: {old!r} -> {new!r}" for key, old, new in pairs if old != new]
+
+
+class OneFoldSettings(BaseModel):
+    """A mode over one fold of a run's dataset (`doppel ensemble`, `doppel sandbox`): `run` carries the
+    dataset, database and LLM; `fold` is the run's only fold. Subclasses name their work folder."""
+
+    WORK_SUBDIR: ClassVar[str]
+    run: RunSettings = Field(default_factory=RunSettings)
+    fold: str = "u1"
+
+    @model_validator(mode="after")
+    def _one_fold(self) -> OneFoldSettings:
+        """The run's folds are this fold (set once, here)."""
+        if self.run.folds != [self.fold]:
+            self.run = self.run.model_copy(update={"folds": [self.fold]})
+        return self
+
+    @property
+    def llm(self) -> LLMSettings:
+        return self.run.llm
+
+    def work_dir(self) -> Path:
+        return self.run.work_dir() / self.WORK_SUBDIR

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
-from doppel.tasks.settings import LLMSettings, RunSettings
+from doppel.tasks.settings import LLMSettings, OneFoldSettings, RunSettings
 
 
 class SASRecSettings(BaseModel):
@@ -29,8 +29,10 @@ class SASRecSettings(BaseModel):
     threads: int = Field(1, ge=1, description="torch threads while training and scoring (1 was fastest here)")
 
 
-class EnsembleSettings(BaseModel):
+class EnsembleSettings(OneFoldSettings):
     """A whole `doppel ensemble`: dataset, fold, LLM item analysis, voters, evaluation."""
+
+    WORK_SUBDIR = "ensemble"
 
     run: RunSettings = Field(default_factory=RunSettings)  # dataset, db, runner, llm (+ limits and cache)
     fold: str = Field("u1", description="the fold whose held-out ratings are scored")
@@ -51,20 +53,6 @@ class EnsembleSettings(BaseModel):
     )
     embed_batch: int = Field(64, ge=1)
     sasrec: SASRecSettings = Field(default_factory=SASRecSettings)
-
-    @model_validator(mode="after")
-    def _one_fold(self) -> EnsembleSettings:
-        """The run's folds are this fold (set once, here)."""
-        if self.run.folds != [self.fold]:
-            self.run = self.run.model_copy(update={"folds": [self.fold]})
-        return self
-
-    @property
-    def llm(self) -> LLMSettings:
-        return self.run.llm
-
-    def work_dir(self) -> Path:
-        return self.run.work_dir() / "ensemble"
 
 
 def model_key(llm: LLMSettings) -> str:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator
 
-from doppel.tasks.settings import LLMSettings, RunSettings
+from doppel.tasks.settings import OneFoldSettings, RunSettings
 
 ACTIONS = ("recommender", "chat", "post", "nothing")
 
@@ -24,8 +23,10 @@ class MemorySettings(BaseModel):
     reflect_on: int = Field(6, ge=1, description="memories a reflection summarises")
 
 
-class SandboxSettings(BaseModel):
+class SandboxSettings(OneFoldSettings):
     """A whole `doppel sandbox`: which users become agents, how they act, which recommender serves them."""
+
+    WORK_SUBDIR = "sandbox"
 
     run: RunSettings = Field(default_factory=RunSettings)  # dataset, db, llm (+ limits and cache)
     sandbox_id: str | None = Field(None, description="resume this sandbox (default: a new one)")
@@ -64,17 +65,3 @@ class SandboxSettings(BaseModel):
         if value != "data" and not 0.0 <= float(value) <= 1.0:
             raise ValueError("must be in [0, 1] or 'data'")
         return value
-
-    @model_validator(mode="after")
-    def _one_fold(self) -> SandboxSettings:
-        """The run's folds are this fold (set once, here)."""
-        if self.run.folds != [self.fold]:
-            self.run = self.run.model_copy(update={"folds": [self.fold]})
-        return self
-
-    @property
-    def llm(self) -> LLMSettings:
-        return self.run.llm
-
-    def work_dir(self) -> Path:
-        return self.run.work_dir() / "sandbox"
