@@ -39,7 +39,7 @@ def describe(exc: Exception) -> tuple[str, int] | None:
 
     if isinstance(exc, _raised_by("doppel.flows.score", "GateFailed")):
         return str(exc), 3
-    user_fixable = (DataError, DatabaseLockedError, FileNotFoundError, NotADirectoryError)
+    user_fixable: tuple[type, ...] = (DataError, DatabaseLockedError, FileNotFoundError, NotADirectoryError)
     user_fixable += _raised_by("doppel.tasks.llm.calls", "EndpointError")
     user_fixable += _raised_by("doppel.tasks.llm.gguf", "EmbeddedModelError")
     if isinstance(exc, user_fixable):

@@ -20,13 +20,16 @@ import traceback
 from collections.abc import Callable
 from http.cookies import SimpleCookie
 from importlib.resources import files
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from doppel.tasks.sandbox.config import SandboxSettings
 from doppel.tasks.store.db import DatabaseLockedError, init_db, query
+
+if TYPE_CHECKING:
+    from doppel.flows.sandbox import Control
 
 READ_WAIT_S = 2.0  # a read gives up quickly (the page polls again) rather than queue behind a writer
 
@@ -40,7 +43,7 @@ class SandboxController:
         self.settings = settings
         self.sandbox_id = settings.sandbox_id or new_sandbox_id()
         self.thread: threading.Thread | None = None
-        self.control = None
+        self.control: Control | None = None
         self.error: str | None = None
         self.target_rounds = settings.rounds
         self.lock = threading.Lock()

@@ -36,13 +36,17 @@ class Calibrator:
 
 
 def fit_calibrator(
-    X: pd.DataFrame, y: Sequence[int], kind: str = "hgb", seed: int = 0, columns: Sequence[str] | None = None
+    X: pd.DataFrame,
+    y: Sequence[int] | np.ndarray,
+    kind: str = "hgb",
+    seed: int = 0,
+    columns: Sequence[str] | None = None,
 ) -> Calibrator:
     """Fit P(rating | features) on the slice: X features, y integer ratings 1..5."""
-    y = np.asarray(y).astype(int)
-    if len(y) != len(X):
-        raise ValueError(f"X and y differ in length: {len(X)} vs {len(y)}")
-    if y.size == 0 or y.min() < 1 or y.max() > 5:
+    labels = np.asarray(y).astype(int)
+    if len(labels) != len(X):
+        raise ValueError(f"X and y differ in length: {len(X)} vs {len(labels)}")
+    if labels.size == 0 or labels.min() < 1 or labels.max() > 5:
         raise ValueError("y must be non-empty integer ratings in 1..5")
     cols = list(columns) if columns is not None else list(X.columns)
     if kind == "hgb":
@@ -67,6 +71,6 @@ def fit_calibrator(
         model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
     else:
         raise ValueError(f"calibrator kind must be one of {KINDS}, got {kind!r}")
-    model.fit(X[cols].to_numpy(dtype=float), y)
+    model.fit(X[cols].to_numpy(dtype=float), labels)
     classes = model.classes_ if hasattr(model, "classes_") else model[-1].classes_
     return Calibrator(model=model, columns=cols, classes=np.asarray(classes))

@@ -137,7 +137,7 @@ def _join_llm(X: pd.DataFrame, keys: pd.DataFrame, llm: pd.DataFrame) -> pd.Data
 
 def feature_columns(X: pd.DataFrame, drop: Sequence[str] = ()) -> list[str]:
     """X's columns minus the named FEATURE_GROUPS (or single columns)."""
-    gone = set()
+    gone: set[str] = set()
     for name in drop:
         gone.update(FEATURE_GROUPS.get(name, (name,)))
     return [c for c in X.columns if c not in gone]

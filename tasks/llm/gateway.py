@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Literal
 
 import openai
 
@@ -36,7 +36,7 @@ from doppel.tasks.llm.templates import answer_layout, prompt_hash, rating_variab
 from doppel.tasks.llm.tokens import count_messages, count_text
 from doppel.tasks.settings import RATING_SAMPLES_LIMIT, LLMSettings
 
-JSON_MODES = ("schema", "object", "text")
+JSON_MODES: tuple[Literal["schema", "object", "text"], ...] = ("schema", "object", "text")
 TOP_LOGPROBS = 10  # alternatives per answer token: enough to hold all five rating digits
 # logprobs annotate an answer without changing it, so they stay out of the cache key: an answer
 # cached without them still serves (with no distribution) and is never bought twice
@@ -265,7 +265,9 @@ class LLMGateway:
         """One completion, from the cache if this exact request was answered before."""
         request = {**params, "seed": self.settings.seed + sample}
         key = call_key(self.model_id, messages, {k: v for k, v in request.items() if k not in LOGPROB_PARAMS}, sample)
-        base = dict(call_key=key, prompt_name=prompt, prompt_hash=prompt_hash(prompt, prompts), model=self.model_id)
+        base: dict[str, Any] = dict(
+            call_key=key, prompt_name=prompt, prompt_hash=prompt_hash(prompt, prompts), model=self.model_id
+        )
         hit = self.cache.get(key)
         if hit is not None:
             return hit["content"], CallRecord(

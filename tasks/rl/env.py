@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -56,7 +56,8 @@ class DoppelRecEnv(gym.Env):
     - v0: initial version; an action outside the space raises `ValueError` (it used to index from the end).
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": []}  # declared as gym.Env declares it
+    action_space: spaces.Discrete
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from doppel.tasks.llm.calls import CallRecord
 from doppel.tasks.sandbox.records import Agent, Outcome
 from doppel.tasks.sandbox.social import neighbours
 from doppel.tasks.store.db import connect, execute, query, transaction
@@ -75,7 +76,7 @@ def set_status(db: str | Path, sandbox_id: str, status: str) -> None:
     transaction(db, "sandbox_set_status", sandbox_id=sandbox_id, status=status)
 
 
-def calls_frame(rows: list[tuple[str, object]]) -> pd.DataFrame:
+def calls_frame(rows: list[tuple[str, CallRecord]]) -> pd.DataFrame:
     """(user id, CallRecord) pairs as llm_calls rows."""
     return pd.DataFrame([{"user_id": user, **asdict(call)} for user, call in rows], columns=["user_id", *CALL_COLUMNS])
 
@@ -110,7 +111,7 @@ def begin_round(db: str | Path, sandbox_id: str, round_no: int, post_reads: pd.D
 def outcome_frames(outcomes: list[Outcome], user_of: dict[str, str], embed) -> dict[str, pd.DataFrame]:
     """The rows of finished agents; `embed(texts) -> (n, d) array` embeds their new memories."""
     rows: dict[str, list[dict]] = {name: [] for name in _COLUMNS}
-    calls = []
+    calls: list[tuple[str, CallRecord]] = []
     for o in outcomes:
         for kind in ("actions", "pages", "ratings", "posts"):
             for row in getattr(o, kind):
