@@ -124,6 +124,12 @@ def test_a_looping_profile_keeps_what_it_said_before_the_loop() -> None:
     loop = "Likes dark comedies. Loves " + "horror action comedy drama romance " * 11
     assert salvaged_profile(loop) == "Likes dark comedies."
     assert salvaged_profile("<profile>Likes heist films.</profile>") is None  # tags are not cut away
+    # seen from the 0.5B model on a synthetic user, at temperature 0 and 0.7 alike: a genre list that loops
+    listed = "Viewer: 55, healthcare\nGenres: Romance, Drama, " + "Adventure, Sci-Fi, Horror, Animation, Comedy, " * 12
+    assert (
+        salvaged_profile(listed)
+        == "Viewer: 55, healthcare\nGenres: Romance, Drama, Adventure, Sci-Fi, Horror, Animation, Comedy"
+    )
 
 
 def test_a_profile_that_stays_degenerate_fails_with_the_reason(tmp_path) -> None:

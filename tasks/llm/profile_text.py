@@ -89,9 +89,10 @@ def salvaged_profile(text: str | None) -> str | None:
     """What a degenerate profile said before it went wrong, if that is a profile with no problem; else None.
 
     The gateway's last resort once re-asks are spent: a small model that starts to loop or runs into
-    the token limit has often written whole sentences first. Keep the text up to where the loop
-    begins again (the second occurrence of the repeated span), then end it at its last complete
-    sentence: a repair that keeps only what the model wrote, never a guess.
+    the token limit has often written something whole first. Keep the text up to where the loop
+    begins again (the second occurrence of the repeated span; a list ends at its last entry before
+    it), and if that still has a problem (a cut-off sentence), end it at its last whole sentence: a
+    repair that keeps only what the model wrote, never a guess.
     """
     text = (text or "").strip()
     if span := _repeated_span(text):
@@ -99,8 +100,8 @@ def salvaged_profile(text: str | None) -> str | None:
         words = [w.lower() for w in _WORD.findall(text)]
         first = span[0].split()
         hits = [i for i in range(len(words) - SPAN_WORDS + 1) if words[i : i + SPAN_WORDS] == first]
-        text = text[: starts[hits[1]]].strip()
-    ends = [m.end() for m in re.finditer(r"[.!?…][\"')\]»”’]*(?=\s|$)", text)]
-    if ends:
-        text = text[: ends[-1]].strip()
+        text = text[: starts[hits[1]]].rstrip(" ,;:-–—\n")  # a list cut at its loop ends at its last entry
+    if profile_problems(text):
+        ends = [m.end() for m in re.finditer(r"[.!?…][\"')\]»”’]*(?=\s|$)", text)]
+        text = text[: ends[-1]].strip() if ends else ""
     return text if not profile_problems(text) else None
