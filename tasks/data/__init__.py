@@ -48,6 +48,8 @@ def load_dataset(name_or_path: str, data_dir: Path | None = None, item_text: Pat
         return load_movielens(zip_path=source.path, item_text=item_text, **kw)
     if item_text is not None:
         raise ValueError("item_text applies to ML-100K; pass items_csv for a CSV dataset")
+    if source.path is None:
+        raise ValueError(f"{name_or_path}: no file to read")
     if source.kind == "csv-dir":
         for opt, fname in (("items_csv", "items.csv"), ("users_csv", "users.csv")):
             if (source.path / fname).exists():

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -52,7 +53,18 @@ class _Source:
     def label(self, name: str) -> str:
         if self.zip is not None:
             return f"{self.zip_path}/{self.prefix}{name}"
-        return str(Path(self.dir) / name)
+        return str(self._path(name))
+
+    def _path(self, name: str) -> Path:
+        if self.dir is None:
+            raise ValueError("an ML-100K source needs a directory or a zip")
+        return Path(self.dir) / name
+
+    @overload
+    def read(self, name: str, required: Literal[True] = True) -> bytes: ...
+
+    @overload
+    def read(self, name: str, required: bool) -> bytes | None: ...
 
     def read(self, name: str, required: bool = True) -> bytes | None:
         if self.zip is not None:
@@ -62,7 +74,7 @@ class _Source:
             if required:
                 raise DataError(self.label(name), None, "file not found in zip")
             return None
-        path = Path(self.dir) / name
+        path = self._path(name)
         if not required and not path.exists():
             return None
         return read_bytes(path)
