@@ -33,14 +33,14 @@ def rank_by_score(users: np.ndarray, items: np.ndarray, score: np.ndarray) -> np
 def catalogue_candidates(train: pd.DataFrame, users: list[str]) -> pd.DataFrame:
     """user_id, item_id: every item with a train rating that the user has not rated in train."""
     items = np.sort(train["item_id"].astype(str).unique())
-    users = np.asarray(users, dtype=str)
+    user_ids = np.asarray(users, dtype=str)
     item_code = pd.Series(np.arange(items.size), index=items)
-    user_code = pd.Series(np.arange(users.size), index=users)
-    rated = np.zeros((users.size, items.size), dtype=bool)
-    t = train[train["user_id"].astype(str).isin(set(users))]
+    user_code = pd.Series(np.arange(user_ids.size), index=user_ids)
+    rated = np.zeros((user_ids.size, items.size), dtype=bool)
+    t = train[train["user_id"].astype(str).isin(set(user_ids))]
     rated[user_code[t["user_id"].astype(str)].to_numpy(), item_code[t["item_id"].astype(str)].to_numpy()] = True
     u, i = np.nonzero(~rated)
-    return pd.DataFrame({"user_id": users[u], "item_id": items[i]})
+    return pd.DataFrame({"user_id": user_ids[u], "item_id": items[i]})
 
 
 def recommend(

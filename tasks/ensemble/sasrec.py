@@ -34,6 +34,8 @@ log = logging.getLogger("doppel")
 
 
 class SASRec(nn.Module):
+    causal: torch.Tensor  # a buffer (register_buffer below)
+
     def __init__(self, n_items: int, cfg: SASRecSettings):
         super().__init__()
         d = cfg.dim
@@ -244,7 +246,10 @@ def _fit(model: SASRec, seqs: Sequences, n_items: int, cfg: SASRecSettings) -> l
                 # a window of up to maxlen+1 items ending at a random point (the full history for short users)
                 end = int(rng.integers(min(len(items), L + 1), len(items) + 1))
                 window, wlikes = items[max(0, end - L - 1) : end], likes[max(0, end - L - 1) : end]
-                inp.append(window[:-1]), lin.append(wlikes[:-1] + 1), tgt.append(window[1:]), ltg.append(wlikes[1:])
+                inp.append(window[:-1])
+                lin.append(wlikes[:-1] + 1)
+                tgt.append(window[1:])
+                ltg.append(wlikes[1:])
             inp_t = torch.from_numpy(_left_pad(inp, L))
             tgt_np = _left_pad(tgt, L)
             neg_np = _negatives(rng, seen, users, tgt_np.shape, n_items)

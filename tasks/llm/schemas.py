@@ -215,14 +215,14 @@ def read_completion(body: bytes) -> Completion:
     if not isinstance(data, dict):
         return Completion(content="")
     choices = data.get("choices")
-    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-    content = message.get("content") if isinstance(message.get("content"), str) else ""
+    choice: dict = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = found if isinstance(found := choice.get("message"), dict) else {}
+    content = found if isinstance(found := message.get("content"), str) else ""
     logprobs = choice.get("logprobs")
     tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
     tokens = [t for t in tokens if isinstance(t, dict)] if isinstance(tokens, list) else None
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    details = usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
+    usage = found if isinstance(found := data.get("usage"), dict) else {}
+    details = found if isinstance(found := usage.get("prompt_tokens_details"), dict) else {}
     return Completion(
         content=content,
         prompt_tokens=_count(usage.get("prompt_tokens")),
