@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger, task, unmapped
@@ -25,7 +26,7 @@ from doppel.tasks.store.writes import finish_run, start_run
 from doppel.tasks.version import code_version
 
 PLUGINS_ENV = "DOPPEL_ARENA_PLUGINS"  # the module:factory plug-ins the operator allows
-OPTS = {"cache_policy": NO_CACHE, "persist_result": False}
+OPTS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
 class GateFailed(RuntimeError):
@@ -123,8 +124,8 @@ def gate(run_id: str, frames: dict[str, pd.DataFrame]) -> None:
         )
 
 
-score_fold = task(evaluate.evaluate_fold, name="arena-protocols", **OPTS)
-save_fold = task(tables.save_fold, name="arena-save-fold", **OPTS)
+score_fold = task(name="arena-protocols", **OPTS)(evaluate.evaluate_fold)
+save_fold = task(name="arena-save-fold", **OPTS)(tables.save_fold)
 
 
 def dask_runner(settings: ArenaSettings | None = None):
@@ -151,7 +152,8 @@ def arena(settings: ArenaSettings) -> dict:
     run_id = settings.run_id or new_arena_id()
     entrants = entrants_of(settings)
     init_db(settings.db)
-    status, summary = "failed", {"run_id": run_id, "folds": {}, "entrants": [e.name for e in entrants]}
+    status = "failed"
+    summary: dict[str, Any] = {"run_id": run_id, "folds": {}, "entrants": [e.name for e in entrants]}
     start_run(
         settings.db,
         run_id,
@@ -175,7 +177,7 @@ def arena(settings: ArenaSettings) -> dict:
             ranked, top = evaluate.assemble(
                 listed, {e.name: e.family for e in entrants}, judged["observed"], judged["catalogue"]
             )
-            frames = {
+            frames: dict[str, pd.DataFrame] = {
                 "arena_lists": tables.list_rows(run_id, fold, listed),
                 "arena_judgments": tables.judgment_rows(run_id, fold, judged),
             }
@@ -224,7 +226,8 @@ def run_arena(settings: ArenaSettings) -> dict:
     allowed = [x for x in os.environ.get(PLUGINS_ENV, "").split(",") if x]
     os.environ[PLUGINS_ENV] = ",".join(dict.fromkeys(allowed + settings.recommenders))
     if settings.runner == "threads":
-        from prefect.task_runners import ThreadPoolTaskRunner
+        from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-        return arena.with_options(task_runner=ThreadPoolTaskRunner(max_workers=settings.workers))(settings)
+        threads: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=settings.workers)
+        return arena.with_options(task_runner=threads)(settings)
     return arena.with_options(task_runner=dask_runner(settings))(settings)

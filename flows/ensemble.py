@@ -46,15 +46,10 @@ from doppel.tasks.store.db import init_db
 from doppel.tasks.store.writes import finish_run, start_run
 from doppel.tasks.version import code_version
 
-ingest_dataset = task(ingest, name="ingest-dataset", cache_policy=NO_CACHE, persist_result=False)
+ingest_dataset = task(name="ingest-dataset", cache_policy=NO_CACHE, persist_result=False)(ingest)
 analyse_chunk = task(
-    run_analysis_chunk,
-    name="analyse-items",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-    retries=1,
-    retry_delay_seconds=2,
-)
+    name="analyse-items", cache_policy=NO_CACHE, persist_result=False, retries=1, retry_delay_seconds=2
+)(run_analysis_chunk)
 
 
 def new_ensemble_id() -> str:
@@ -293,7 +288,7 @@ def embed_catalogue(settings: EnsembleSettings, dataset: str, catalogue: pd.Data
     return {"embedded": len(rows), "stored": len(stored)}
 
 
-train_statistical = task(train_sasrec, name="train-sasrec", cache_policy=NO_CACHE, persist_result=False)
+train_statistical = task(name="train-sasrec", cache_policy=NO_CACHE, persist_result=False)(train_sasrec)
 
 
 def score_fold(

@@ -24,12 +24,12 @@ from doppel.tasks.store.db import init_db
 from doppel.tasks.store.writes import finish_run, start_run
 from doppel.tasks.version import code_version
 
-read_inputs = task(rewards.read_ensemble_inputs, name="rl-read-ensemble", cache_policy=NO_CACHE, persist_result=False)
-ensemble_likes = task(
-    rewards.cached_ensemble_likes, name="rl-ensemble-likes", cache_policy=NO_CACHE, persist_result=False
+read_inputs = task(name="rl-read-ensemble", cache_policy=NO_CACHE, persist_result=False)(rewards.read_ensemble_inputs)
+ensemble_likes = task(name="rl-ensemble-likes", cache_policy=NO_CACHE, persist_result=False)(
+    rewards.cached_ensemble_likes
 )
-run_likes = task(rewards.read_run_likes, name="rl-run-likes", cache_policy=NO_CACHE, persist_result=False)
-train_agent = task(agents.train, name="rl-train", cache_policy=NO_CACHE, persist_result=False)
+run_likes = task(name="rl-run-likes", cache_policy=NO_CACHE, persist_result=False)(rewards.read_run_likes)
+train_agent = task(name="rl-train", cache_policy=NO_CACHE, persist_result=False)(agents.train)
 
 
 def new_rl_id() -> str:
@@ -91,7 +91,7 @@ def rl(settings: RLSettings) -> dict:
         for name in settings.algos:
             t = time.monotonic()
             if name in BASELINES:
-                policies = [
+                policies: list[agents.Policy] = [
                     agents.RandomPolicy(s) if name == "random" else agents.PopularPolicy(world.popularity)
                     for s in seeds
                 ]

@@ -50,9 +50,9 @@ PROMPTS = (
 )
 HISTORY_MEMORIES = 5
 
-make_profiles = task(build.build_profiles, name="sandbox-profiles", cache_policy=NO_CACHE, persist_result=False)
-agent_chunk = task(build.run_turns, name="sandbox-agents", cache_policy=NO_CACHE, persist_result=False)
-train_recommender = task(build_recommender, name="sandbox-recommender", cache_policy=NO_CACHE, persist_result=False)
+make_profiles = task(name="sandbox-profiles", cache_policy=NO_CACHE, persist_result=False)(build.build_profiles)
+agent_chunk = task(name="sandbox-agents", cache_policy=NO_CACHE, persist_result=False)(build.run_turns)
+train_recommender = task(name="sandbox-recommender", cache_policy=NO_CACHE, persist_result=False)(build_recommender)
 
 
 class Control:

@@ -10,8 +10,8 @@ from doppel.tasks.scoring import gate_outputs, score_ratings
 from doppel.tasks.store.db import init_db, query
 from doppel.tasks.store.writes import save_metrics, save_validation
 
-gate = task(gate_outputs, name="validate-outputs", cache_policy=NO_CACHE, persist_result=False)
-score = task(score_ratings, name="score-ratings", cache_policy=NO_CACHE, persist_result=False)
+gate = task(name="validate-outputs", cache_policy=NO_CACHE, persist_result=False)(gate_outputs)
+score = task(name="score-ratings", cache_policy=NO_CACHE, persist_result=False)(score_ratings)
 
 
 class GateFailed(RuntimeError):
@@ -61,7 +61,7 @@ def gate_and_score(
     split = {"target": run["target"], "slice_frac": float(run["slice_frac"]), "slice_seed": int(run["slice_seed"])}
     train = {fold: query(db, "fold_train", dataset=dataset, fold=fold, **split) for fold in rows["fold"].unique()}
     items = query(db, "hybrid_items", dataset=dataset) if hybrid else None
-    table = score(rows, train, baselines, items, precomputed)
+    table: pd.DataFrame = score(rows, train, baselines, items, precomputed)
     save_metrics(db, run_id, table)
     return table.to_dict(orient="records")
 

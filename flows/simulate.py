@@ -38,15 +38,14 @@ def _worth_retrying(task, task_run, state) -> bool:
 
 
 simulate_chunk = task(
-    simulate_users,
     name="simulate-chunk",
     cache_policy=NO_CACHE,
     persist_result=False,
     retries=1,
     retry_delay_seconds=2,
     retry_condition_fn=_worth_retrying,
-)
-ingest_dataset = task(ingest, name="ingest-dataset", cache_policy=NO_CACHE, persist_result=False)
+)(simulate_users)
+ingest_dataset = task(name="ingest-dataset", cache_policy=NO_CACHE, persist_result=False)(ingest)
 WRITE_EVERY_S = 1.0  # finished users wait at most this long for their transaction (see fan_out_users)
 
 
