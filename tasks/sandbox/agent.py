@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from pydantic import BaseModel
-
 from doppel.tasks.llm.calls import CallRecord
 from doppel.tasks.llm.gateway import LLMGateway
 from doppel.tasks.llm.repair import ask_until_valid
@@ -22,6 +20,7 @@ from doppel.tasks.sandbox import schemas as sc
 from doppel.tasks.sandbox.config import SandboxSettings
 from doppel.tasks.sandbox.recommender import Recommender
 from doppel.tasks.sandbox.records import ItemCard, Outcome, Turn
+from doppel.tasks.sandbox.schemas import M
 
 OPTION_TEXT = {
     "recommender": "recommender (find a movie to watch now)",
@@ -46,17 +45,17 @@ class Asker:
     async def __call__(
         self,
         prompt: str,
-        model: type[BaseModel],
+        model: type[M],
         schema: dict,
         check=None,
         max_tokens: int | None = None,
         **variables: Any,
-    ) -> tuple[BaseModel | None, str | None]:
+    ) -> tuple[M | None, str | None]:
         """(answer, None) or (None, why it failed after the repairs)."""
         content = render(prompt, overview_chars=self.overview_chars, persona=self.persona, **variables)
         messages = [{"role": "system", "content": render("sandbox_system")}, {"role": "user", "content": content}]
         max_tokens = max_tokens or self.max_tokens
-        answer: BaseModel | None = None
+        answer: M | None = None
 
         async def complete(name: str, messages: list[dict]) -> tuple[str, CallRecord]:
             return await self.gateway.complete_json(name, messages, prompt, schema, max_tokens=max_tokens)

@@ -8,7 +8,7 @@ that ignore the schema. A schema's name starts with ``sandbox_`` (the test serve
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -144,7 +144,10 @@ def reflection_schema() -> dict:
     return _object({"insights": {"type": "array", "items": _text(120), "minItems": 1, "maxItems": 2}})
 
 
-def validate(model: type[BaseModel], text: str | None) -> tuple[BaseModel | None, str | None]:
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], text: str | None) -> tuple[M | None, str | None]:
     """(parsed answer, None) or (None, a problem stated so a model can act on it)."""
     try:
         return model.model_validate(load_json(text)), None
