@@ -11,7 +11,10 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import distributed
 
 _LOCAL: dict[str, queue.Queue] = {}
 _LOCK = threading.Lock()
@@ -38,6 +41,7 @@ class ChannelReader:
 
     def __init__(self, channel: ResultChannel, dask_client=None):
         self.channel = channel
+        self._queue: queue.Queue | distributed.Queue
         if channel.kind == "dask":
             from distributed import Queue
 
@@ -47,12 +51,13 @@ class ChannelReader:
 
     def drain(self, timeout: float) -> list[Any]:
         """Everything waiting now, or the first item to arrive within `timeout` seconds."""
-        if self.channel.kind == "local":
+        if isinstance(self._queue, queue.Queue):  # kind "local"
+            local = self._queue
             payloads = []
             try:
-                payloads.append(self._queue.get(timeout=timeout))
+                payloads.append(local.get(timeout=timeout))
                 while True:
-                    payloads.append(self._queue.get_nowait())
+                    payloads.append(local.get_nowait())
             except queue.Empty:
                 pass
         else:
