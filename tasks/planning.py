@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from collections import namedtuple
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -50,7 +52,7 @@ def build_work(
     with connect(db, read_only=True) as con:
         history = execute(con, "user_histories", history_n=sim.history_n, **params)
         candidates = execute(con, "user_candidates", **params)
-        demographics = execute(con, "user_demographics", **params)
+        demographics = _selected(con, "user_demographics", **params)
     demo = dict(zip(demographics["user_id"], demographics["demographics"].fillna("")))
     hist_by_user, cand_by_user = _rows_by_user(history), _rows_by_user(candidates)
     works = []
@@ -83,12 +85,20 @@ def requested_pairs(
     """fold, user_id, item_id of the held-out items `build_work` would give these users (cheaper:
     no histories, no item objects)."""
     with connect(db, read_only=True) as con:
-        items = execute(
+        items = _selected(
             con, "user_candidates", dataset=dataset, fold=fold, user_ids=list(user_ids), **sim.split_params()
         )
     if sim.max_test_items:
         items = items.groupby("user_id", sort=False).head(sim.max_test_items)
     return items[["user_id", "item_id"]].assign(fold=fold)[["fold", "user_id", "item_id"]].reset_index(drop=True)
+
+
+def _selected(con: duckdb.DuckDBPyConnection, name: str, **params: Any) -> pd.DataFrame:
+    """The rows of a query file that ends in a select (execute gives None only for one that does not)."""
+    rows = execute(con, name, **params)
+    if rows is None:
+        raise ValueError(f"query {name!r} returned no rows to read")
+    return rows
 
 
 def _rows_by_user(frame: pd.DataFrame | None) -> dict[str, list]:
@@ -98,7 +108,9 @@ def _rows_by_user(frame: pd.DataFrame | None) -> dict[str, list]:
     by_user: dict[str, list] = {}
     if frame is None or frame.empty:
         return by_user
-    row = namedtuple("Row", frame.columns)
+    # the fields are the frame's columns, known at run time only: a row type mypy cannot see into
+    make_row_type: Callable[..., Any] = namedtuple
+    row = make_row_type("Row", frame.columns)
     columns = [[_year(v) for v in frame[c]] if c == "year" else frame[c].tolist() for c in frame.columns]
     for values in zip(*columns):
         record = row._make(values)
