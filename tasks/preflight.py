@@ -14,12 +14,16 @@ from doppel.tasks.settings import LLMSettings, RunSettings
 
 
 def check_paths(settings: RunSettings) -> DataSource:
-    """The dataset, its folds, the item text and the database's folder exist (the synthetic dataset: no files)."""
+    """The dataset, its folds and the item text exist (the synthetic dataset: no files); the database's folder is made."""
     db = Path(settings.db).expanduser()
     if db.is_dir():
         raise DataError(str(db), None, "is a directory; --db wants a DuckDB file")
-    if not db.resolve().parent.is_dir():
-        raise DataError(str(db), None, f"its folder {db.resolve().parent} does not exist (--db)")
+    try:  # an output: its folder is made, as doppel always did; only one that cannot be made is an error
+        db.resolve().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(
+            str(db), None, f"its folder {db.resolve().parent} cannot be made: {exc.strerror} (--db)"
+        ) from None
     if builtin(settings.dataset) == "synthetic":
         source = locate("synthetic")
     else:

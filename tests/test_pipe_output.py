@@ -54,7 +54,7 @@ def test_run_log_has_progress_lines_and_whole_lines(piped_run):
     progress = [line for line in done.stderr.splitlines() if line.startswith("simulating ")]
     # 8+ calls one after another at 1 s each: at least one line while it runs, one at the end
     assert len(progress) >= 2, done.stderr[-2000:]
-    assert progress[-1].startswith("simulating 3/3 users")
+    assert progress[-1].startswith("simulating users 3/3")
     assert "calls" in progress[-1] and "tokens" in progress[-1] and "elapsed" in progress[-1]
     summary = [line for line in done.stdout.splitlines() if line.startswith("run piped finished:")]
     assert summary and summary[0].endswith("tokens in all"), done.stdout
