@@ -123,7 +123,7 @@ def test_only_whole_sentences_without_problems_are_kept(text: str) -> None:
 def test_a_looping_profile_keeps_what_it_said_before_the_loop() -> None:
     loop = "Likes dark comedies. Loves " + "horror action comedy drama romance " * 11
     assert salvaged_profile(loop) == "Likes dark comedies."
-    assert salvaged_profile("<profile>Likes heist films.</profile>") is None  # tags are not cut away
+    assert salvaged_profile("<profile>Likes heist films.</profile>") == "Likes heist films."  # our delimiters, echoed
     # seen from the 0.5B model on a synthetic user, at temperature 0 and 0.7 alike: a genre list that loops
     listed = "Viewer: 55, healthcare\nGenres: Romance, Drama, " + "Adventure, Sci-Fi, Horror, Animation, Comedy, " * 12
     assert (
@@ -135,9 +135,10 @@ def test_a_looping_profile_keeps_what_it_said_before_the_loop() -> None:
 def test_a_profile_that_stays_degenerate_fails_with_the_reason(tmp_path) -> None:
     from doppel.testing.llm_server import LLMTestServer
 
-    with LLMTestServer(answer_fn=lambda kind, body: "<profile>Likes heist films.</profile>") as server:
+    loop = "horror action comedy drama romance " * 10  # nothing whole before the loop: nothing to keep
+    with LLMTestServer(answer_fn=lambda kind, body: loop) as server:
         out = _profile(server, tmp_path)
-    assert out.text is None and "template tags" in out.error
+    assert out.text is None and "repeats 'horror action comedy drama romance'" in out.error
     assert all(c.status == "invalid" for c in out.calls) and len(out.calls) > 1
 
 

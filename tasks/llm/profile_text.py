@@ -88,20 +88,35 @@ def _cut_off(text: str) -> bool:
 def salvaged_profile(text: str | None) -> str | None:
     """What a degenerate profile said before it went wrong, if that is a profile with no problem; else None.
 
-    The gateway's last resort once re-asks are spent: a small model that starts to loop or runs into
-    the token limit has often written something whole first. Keep the text up to where the loop
-    begins again (the second occurrence of the repeated span; a list ends at its last entry before
-    it), and if that still has a problem (a cut-off sentence), end it at its last whole sentence: a
-    repair that keeps only what the model wrote, never a guess.
+    The gateway's last resort once re-asks are spent (small models echo the prompt's `<profile>`
+    delimiters, loop and run into the token limit, and a re-ask rarely changes that). It only removes:
+    template tags, a header line written again, the text from where a loop begins again (the repeated
+    span's second occurrence; a list ends at its last entry before it), then, while the text is still
+    cut off, its last line, and at last everything after the last whole sentence. Never a word added.
     """
-    text = (text or "").strip()
+    text = "\n".join(" ".join(line.split()) for line in _TAG.sub(" ", text or "").splitlines()).strip()
+    text = _without_repeated_headers(text)
     if span := _repeated_span(text):
         starts = [m.start() for m in _WORD.finditer(text)]
         words = [w.lower() for w in _WORD.findall(text)]
         first = span[0].split()
         hits = [i for i in range(len(words) - SPAN_WORDS + 1) if words[i : i + SPAN_WORDS] == first]
         text = text[: starts[hits[1]]].rstrip(" ,;:-–—\n")  # a list cut at its loop ends at its last entry
+    while profile_problems(text) and "\n" in text:
+        text = text.rsplit("\n", 1)[0].rstrip(" ,;:-–—\n")
     if profile_problems(text):
         ends = [m.end() for m in re.finditer(r"[.!?…][\"')\]»”’]*(?=\s|$)", text)]
         text = text[: ends[-1]].strip() if ends else ""
     return text if not profile_problems(text) else None
+
+
+def _without_repeated_headers(text: str) -> str:
+    kept, seen = [], set()
+    for line in text.splitlines():
+        match = _HEADER.match(line)
+        key = " ".join(_WORD.findall(next(g for g in match.groups() if g).lower())) if match else ""
+        if key and key in seen:
+            continue
+        seen.add(key)
+        kept.append(line)
+    return "\n".join(kept)
