@@ -1,6 +1,6 @@
 """Only what pyproject.toml cannot say: install doppel-gymnasium.pth beside the packages.
 
-Gymnasium >= 1.0 loads no plugins, so this one-line .pth (`import doppel._gymnasium_hook`) is what
+Gymnasium >= 1.0 loads no plugins, so this one-line .pth (`import doppel._gymnasium_hook`, an ImportError ignored) is what
 makes `gymnasium.make("doppel/Synthetic-v0")` work without importing doppel first (doppel/envs.py).
 It goes into the wheel's root (site-packages) for a normal install, and into the editable wheel
 for `pip install -e .`. Everything else is in pyproject.toml.

@@ -95,9 +95,10 @@ def test_unknown_embedded_model(tmp_path):
 
 
 def test_missing_db_folder_and_ensemble_fold(tmp_path):
-    db = tmp_path / "nowhere" / "d.duckdb"
+    (tmp_path / "a-file").write_text("not a folder")
+    db = tmp_path / "a-file" / "d.duckdb"  # a missing folder is made; one under a file cannot be
     done, children, elapsed = run_watched("run", "--db", str(db), tmp_path=tmp_path)
-    check_fast(done, children, elapsed, str(tmp_path / "nowhere"), "--db")
+    check_fast(done, children, elapsed, str(tmp_path / "a-file"), "--db")
     done, children, elapsed = run_watched(
         "ensemble", "--fold", "u6", "--db", str(tmp_path / "d.duckdb"), tmp_path=tmp_path
     )

@@ -3,6 +3,11 @@
 DuckDB lets no other process open a file that one process holds read-write, so writers hold the
 file only for one short transaction and retry with backoff while someone else holds it; that is
 what lets `doppel sql` and `duckdb -readonly` look at a live run.
+
+Within one process, one connection per file is open at a time (`_file_lock`): DuckDB shares one
+database instance per file in a process, and threads opening and closing it side by side (the web UI's
+reads beside the sandbox's writes) met "pandas_scan does not exist" while an instance was being made
+and "a different configuration" when a read-only connection met a writing one.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import contextlib
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,6 +49,16 @@ def lock_wait_s() -> float:
         raise ValueError(f"DOPPEL_DB_LOCK_WAIT_S={value!r} is not a number of seconds") from None
 
 
+_FILE_LOCKS: dict[Path, threading.RLock] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _file_lock(path: Path) -> threading.RLock:
+    """This process's lock for one database file (re-entrant: a thread may nest its own connections)."""
+    with _FILE_LOCKS_GUARD:
+        return _FILE_LOCKS.setdefault(path.resolve(), threading.RLock())
+
+
 @contextlib.contextmanager
 def connect(
     db_path: str | Path, read_only: bool = False, wait_s: float | None = None
@@ -54,11 +70,25 @@ def connect(
         raise FileNotFoundError(f"no DuckDB file at {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_s
+    in_process = _file_lock(path)
+    if not in_process.acquire(timeout=wait_s):
+        raise DatabaseLockedError(f"{path} is held by another thread of this process (waited {wait_s:.0f} s)")
+    try:
+        con = _open(path, read_only, deadline, wait_s)
+        try:
+            yield con
+        finally:
+            con.close()
+    finally:
+        in_process.release()
+
+
+def _open(path: Path, read_only: bool, deadline: float, wait_s: float) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect, waiting with backoff while another process holds the file."""
     delay = 0.02
     while True:
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
-            break
+            return duckdb.connect(str(path), read_only=read_only)
         except duckdb.Error as exc:
             if not _is_lock_error(exc):
                 raise
@@ -68,10 +98,6 @@ def connect(
                 ) from exc
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)
-    try:
-        yield con
-    finally:
-        con.close()
 
 
 def statements(name: str) -> list[str]:
