@@ -148,6 +148,16 @@ def dask_runner(settings: ArenaSettings | None = None):
 @flow(name="doppel-arena", task_runner=dask_runner())  # a deployment fits on a local 2-worker cluster
 def arena(settings: ArenaSettings) -> dict:
     """Fit the zoo (+ plug-ins) per fold, judge the lists, score every protocol, write the tables."""
+    from doppel.flows.untrusted import refuse_untrusted
+    from doppel.tasks.trust import dataset_path
+
+    refuse_untrusted(  # a deployment's parameters are anyone's: the cache holds pickles (docs/security.md)
+        endpoints={"dask_address": settings.dask_address},
+        db=settings.db,
+        cache_dir=settings.cache_dir,
+        data_dir=settings.data_dir,
+        dataset=dataset_path(settings.dataset),
+    )
     logger = get_run_logger()
     run_id = settings.run_id or new_arena_id()
     entrants = entrants_of(settings)

@@ -22,7 +22,6 @@ from doppel.tasks.settings import API_KEY_ENV_VARS, RunSettings
 ALLOWED_ENDPOINTS_ENV = "DOPPEL_ALLOWED_ENDPOINTS"
 DATA_ROOTS_ENV = "DOPPEL_DATA_ROOTS"
 PLAIN_HTTP_ENV = "DOPPEL_ALLOW_PLAIN_HTTP"
-NAMED_DATASETS = ("synthetic", "ml-100k", "ml100k", "movielens-100k")
 
 
 class UntrustedSettingError(ValueError):
@@ -97,6 +96,13 @@ def check_inside_roots(path: str, what: str) -> None:
         )
 
 
+def dataset_path(dataset: str) -> str | None:
+    """A --dataset that names files (checked like any path); None for a built-in name or alias."""
+    from doppel.tasks.data.registry import builtin
+
+    return None if builtin(dataset) else dataset
+
+
 def check_untrusted_run(settings: RunSettings) -> None:
     """Every setting of a run built from flow-run parameters, checked before anything starts."""
     if settings.llm.base_url:
@@ -113,7 +119,7 @@ def check_untrusted_run(settings: RunSettings) -> None:
         "data_dir": settings.data_dir,
         "item_text": settings.item_text,
         "gguf": settings.llm.gguf,
-        "dataset": None if settings.dataset.lower() in NAMED_DATASETS else settings.dataset,
+        "dataset": dataset_path(settings.dataset),
     }
     for what, path in paths.items():
         if path:

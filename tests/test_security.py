@@ -346,7 +346,7 @@ def test_a_run_from_parameters_reaches_only_what_the_operator_allowed(tmp_path, 
 
 
 def test_every_deployed_flow_checks_its_parameters_when_run_from_a_deployment(tmp_path, monkeypatch):
-    """doppel-score, doppel-ensemble and doppel-rl, in a flow run of a deployment (Prefect's runtime
+    """doppel-score, doppel-ensemble, doppel-rl and doppel-arena, in a flow run of a deployment (Prefect's runtime
     says so), refuse paths and endpoints the operator did not allow, before they touch anything."""
     from doppel.flows.ensemble import ensemble
     from doppel.flows.rl import rl
@@ -367,6 +367,14 @@ def test_every_deployed_flow_checks_its_parameters_when_run_from_a_deployment(tm
     llm = LLMSettings(base_url="http://127.0.0.1:9/v1", model="m")
     with pytest.raises(UntrustedSettingError, match="base_url 'http://127.0.0.1:9/v1'"):
         ensemble.fn(EnsembleSettings(run=RunSettings(db=str(tmp_path / "d.duckdb"), llm=llm)))
+    from doppel.flows.arena import arena
+    from doppel.tasks.arena.config import ArenaSettings
+
+    outside_cache = ArenaSettings(db=str(tmp_path / "d.duckdb"), cache_dir="/tmp/doppel-not-the-root/cache")
+    with pytest.raises(UntrustedSettingError, match="cache_dir '/tmp/doppel-not-the-root/cache'"):
+        arena.fn(outside_cache)  # the arena's cache holds pickles: one planted outside the roots is never read
+    with pytest.raises(UntrustedSettingError, match="dask_address 'tcp://10.0.0.9:8786'"):
+        arena.fn(ArenaSettings(db=str(tmp_path / "d.duckdb"), dask_address="tcp://10.0.0.9:8786"))
     assert not Path("/tmp/doppel-not-the-root").exists()
     # the operator's own call (CLI, Python) is not a deployment's: not checked here
     monkeypatch.delenv("PREFECT__RUNTIME__DEPLOYMENT__ID")
