@@ -66,12 +66,16 @@ def report(
     run_id: str | None = typer.Option(None, help="the run to report (default: the latest run)"),
     db: Path = DB,
     out: Path = typer.Option(Path("report.html"), help="HTML file to write"),
+    arena_run: str | None = typer.Option(
+        None, help="the arena run of the arena section (default: the latest finished one; none in the file: no section)"
+    ),
 ) -> None:
-    """Write a self-contained HTML report of a run: plots, fidelity vs baselines, cost, validation."""
+    """Write a self-contained HTML report of a run: plots, fidelity vs baselines, cost, validation, and the
+    recommender arena (rank agreement, calibration) when the file holds an arena run."""
     from doppel.tasks.report import write_report
 
     with _explore_errors():
-        path = write_report(db, run_id, out)
+        path = write_report(db, run_id, out, arena_run)
     console.print(f"report written to [bold]{path}[/]", highlight=False)
 
 

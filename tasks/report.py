@@ -8,8 +8,6 @@ The report is self-contained: plots are matplotlib PNGs inlined as base64, no sc
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,8 @@ import duckdb
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from doppel.tasks.arena.report import ArenaReport, arena_context, load_arena
+from doppel.tasks.plotting import png, pyplot
 from doppel.tasks.store.db import connect
 from doppel.tasks.store.schema import declare_temp_views, view_files
 
@@ -133,10 +133,12 @@ class ReportData:
     metrics: pd.DataFrame
     validation: pd.DataFrame
     failed: pd.DataFrame
+    arena: ArenaReport | None = None  # the arena section's run (tasks/arena/report.py), if the file has one
 
 
-def load_report_data(db: str | Path, run_id: str) -> ReportData:
-    """Read one run's rows from the views and tables on one short read-only connection."""
+def load_report_data(db: str | Path, run_id: str, arena_run: str | None = None) -> ReportData:
+    """Read one run's rows from the views and tables on one short read-only connection, and those of
+    the arena run `arena_run` (default: the latest finished one, if any)."""
     with connect(db, read_only=True) as con:
         declare_temp_views(con)
         runs = _rows(con, "runs", run_id)
@@ -146,7 +148,9 @@ def load_report_data(db: str | Path, run_id: str) -> ReportData:
             raise ValueError(f"no run {run_id!r} in {db}{hint}")
         names = "run_overview run_costs rating_histograms confusion_matrix user_error failed_pairs metrics validation_results"
         frames = {name: _rows(con, name, run_id) for name in names.split()}
+        arena = load_arena(con, db, arena_run)
     run = runs.iloc[0].to_dict()
+    run["folds"] = [] if run["folds"] is None else list(run["folds"])  # an array (no truth value) from DuckDB
     config = json.loads(run["config"]) if isinstance(run["config"], str) else dict(run["config"] or {})
     return ReportData(
         run=run,
@@ -159,30 +163,11 @@ def load_report_data(db: str | Path, run_id: str) -> ReportData:
         metrics=frames["metrics"],
         validation=frames["validation_results"].sort_values("checked_at"),
         failed=frames["failed_pairs"].sort_values(["fold", "user_id", "item_id"]),
+        arena=arena,
     )
 
 
 # ----------------------------------------------------------------------------- plots
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update(
-        {"font.size": 10, "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 100, "savefig.dpi": 110}
-    )
-    return plt
-
-
-def _png(fig) -> str:
-    """The figure as a data: URI (PNG, base64); closes it."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    _pyplot().close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def pooled_histogram(histograms: pd.DataFrame) -> pd.DataFrame:
@@ -192,7 +177,7 @@ def pooled_histogram(histograms: pd.DataFrame) -> pd.DataFrame:
 
 
 def histogram_plot(histograms: pd.DataFrame) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     shares = pooled_histogram(histograms)
     tv = 0.5 * (shares["real"] - shares["simulated"]).abs().sum()
     fig, ax = plt.subplots(figsize=(6.2, 3.4))
@@ -207,7 +192,7 @@ def histogram_plot(histograms: pd.DataFrame) -> str:
     ax.set_title(f"Real vs simulated ratings (total variation {tv:.3f})", loc="left")
     ax.set_ylim(0, max(shares.max().max(), 0.01) * 1.25)  # headroom for the labels and the legend
     ax.legend(frameon=False, ncol=2, loc="upper left")
-    return _png(fig)
+    return png(fig)
 
 
 def confusion_grid(confusion: pd.DataFrame) -> pd.DataFrame:
@@ -217,7 +202,7 @@ def confusion_grid(confusion: pd.DataFrame) -> pd.DataFrame:
 
 
 def confusion_plot(confusion: pd.DataFrame) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     grid = confusion_grid(confusion)
     shares = grid.div(grid.sum(axis=1).replace(0, 1), axis=0)
     fig, ax = plt.subplots(figsize=(4.6, 4.0))
@@ -242,7 +227,7 @@ def confusion_plot(confusion: pd.DataFrame) -> str:
     ax.set_title("Confusion matrix (counts)", loc="left")
     bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, format=lambda v, _: f"{v:.0%}")
     bar.set_label("share of the real rating's row")
-    return _png(fig)
+    return png(fig)
 
 
 def activity_bins(user_error: pd.DataFrame, max_bins: int = 5) -> pd.DataFrame:
@@ -269,7 +254,7 @@ def activity_bins(user_error: pd.DataFrame, max_bins: int = 5) -> pd.DataFrame:
 
 
 def activity_plot(user_error: pd.DataFrame) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     users = user_error[user_error["n"] > 0]
     bins = activity_bins(user_error)
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.2, 3.4), gridspec_kw={"width_ratios": [1, 1.2]})
@@ -288,7 +273,7 @@ def activity_plot(user_error: pd.DataFrame) -> str:
     right.set_ylim(0, max(float(bins[["rmse", "mae"]].max().max()), 0.01) * 1.3)
     right.legend(frameon=False, ncol=2, loc="upper left")
     fig.tight_layout()
-    return _png(fig)
+    return png(fig)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -381,16 +366,21 @@ def render_report(data: ReportData) -> str:
         ),
         leaks=leaks,
         config_json=json.dumps(data.config, indent=2, sort_keys=False),
-        folds=", ".join(data.run.get("folds") or []),
+        folds=", ".join(data.run["folds"]),
+        arena=arena_context(data.arena),
     )
 
 
-def write_report(db: str | Path, run_id: str | None = None, out: str | Path = "report.html") -> Path:
-    """Write the HTML report of `run_id` (default: the latest run) to `out`; returns the path."""
+def write_report(
+    db: str | Path, run_id: str | None = None, out: str | Path = "report.html", arena_run: str | None = None
+) -> Path:
+    """Write the HTML report of `run_id` (default: the latest run) to `out`; returns the path.
+
+    The arena section shows `arena_run` (default: the latest finished arena run; none: no section)."""
     run_id = run_id or latest_run_id(db)
     if run_id is None:
         raise ValueError(f"{db} has no runs yet")
-    html = render_report(load_report_data(db, run_id))
+    html = render_report(load_report_data(db, run_id, arena_run))
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html, encoding="utf-8")
