@@ -101,7 +101,7 @@ def open_run(db: str | os.PathLike = "doppel.duckdb", run_id: str | None = None)
 
     Args:
         db: the DuckDB file a run wrote (`doppel run --db`).
-        run_id: the run; default: the latest run started in the file.
+        run_id: the run; default: the latest run that simulated users (else the latest of any kind).
 
     Returns:
         Run: the run's tables as pandas DataFrames.

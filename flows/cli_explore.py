@@ -63,7 +63,7 @@ def sql(
 
 @app.command()
 def report(
-    run_id: str | None = typer.Option(None, help="the run to report (default: the latest run)"),
+    run_id: str | None = typer.Option(None, help="the run to report (default: the latest run that simulated users)"),
     db: Path = DB,
     out: Path = typer.Option(Path("report.html"), help="HTML file to write"),
     arena_run: str | None = typer.Option(

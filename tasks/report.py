@@ -19,7 +19,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from doppel.tasks.arena.report import ArenaReport, arena_context, load_arena
 from doppel.tasks.plotting import png, pyplot
-from doppel.tasks.store.db import connect
+from doppel.tasks.store.db import connect, execute
 from doppel.tasks.store.schema import declare_temp_views, view_files
 
 TEMPLATE = "report_template.html"
@@ -110,10 +110,10 @@ def _rows(con: duckdb.DuckDBPyConnection, name: str, run_id: str | None, limit: 
 
 
 def latest_run_id(db: str | Path) -> str | None:
-    """The most recently started run in the file, if any."""
+    """The most recently started run that simulated users (else of any kind), if any."""
     with connect(db, read_only=True) as con:
-        runs = con.table("runs").df()
-    return None if runs.empty else str(runs.sort_values("started").iloc[-1]["run_id"])
+        found = execute(con, "latest_report_run")
+    return None if found is None or found.empty else str(found.iloc[0]["run_id"])
 
 
 # ----------------------------------------------------------------------------- report data

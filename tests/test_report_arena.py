@@ -56,6 +56,8 @@ def interval(value, lo, hi) -> str:
 
 @pytest.mark.slow
 def test_report_shows_the_arena_run_with_both_plots_and_its_stored_numbers(arena_db, tmp_path):
+    # the default run is the latest that simulated users, not the arena run started after it
+    assert report.latest_run_id(arena_db) == "r2"
     html = report.write_report(arena_db, "r1", tmp_path / "report.html").read_text()
     assert '<section id="arena">' in html and f"<code>{ARENA_ID}</code>" in html
     assert '<section id="fidelity">' in html and "Alien &lt;3" in html  # the LLM run's report is still there
