@@ -132,6 +132,24 @@ def test_a_looping_profile_keeps_what_it_said_before_the_loop() -> None:
     )
 
 
+def test_a_long_enough_degenerate_profile_is_trimmed_without_a_re_ask(tmp_path) -> None:
+    """The 0.5B model's usual shape: our delimiters echoed, then a list that loops to the token limit.
+    What it said before the loop is a profile: kept after one call, the record saying what was cut."""
+    from doppel.testing.llm_server import LLMTestServer
+
+    said = (
+        "The viewer is a 22-year-old student who enjoys war dramas and romances from the late eighties. "
+        "They rate slow character studies highly and give loud action films low marks."
+    )
+    answer = f"<profile>{said}\nEras: " + "1986, " * 30 + "19"
+    with LLMTestServer(answer_fn=lambda kind, body: answer) as server:
+        out = _profile(server, tmp_path)
+    assert out.text == f"{said}\nEras: 1986" and out.error is None  # a list ends at its last entry before the loop
+    assert [(c.prompt_name, c.status) for c in out.calls] == [("profile_create", "ok")]
+    assert out.calls[0].error.startswith("trimmed: contains template tags '<profile>'")
+    assert "repeats '1986 1986 1986 1986 1986'" in out.calls[0].error
+
+
 def test_a_profile_that_stays_degenerate_fails_with_the_reason(tmp_path) -> None:
     from doppel.testing.llm_server import LLMTestServer
 

@@ -22,7 +22,7 @@ from doppel.tasks.llm.cache import ResponseCache, call_key
 from doppel.tasks.llm.calls import CallRecord, EndpointError, GatewayError, RatingOutcome, TextOutcome, describe_error
 from doppel.tasks.llm.endpoint import api_key_from_env, check_endpoint  # noqa: F401 (check_endpoint: re-exported)
 from doppel.tasks.llm.limits import CallLimiter
-from doppel.tasks.llm.profile_text import profile_problems, salvaged_profile
+from doppel.tasks.llm.profile_text import judged_profile, salvaged_profile
 from doppel.tasks.llm.repair import ask_until_valid
 from doppel.tasks.llm.schemas import (
     digit_distributions,
@@ -76,8 +76,9 @@ class LLMGateway:
         overview_chars: int = 160,
         prompts: str = "compact",
     ) -> TextOutcome:
-        """A profile text. One with a problem (empty, looping, cut off: tasks/llm/profile_text.py) is re-asked in
-        the same conversation, quoting the problem."""
+        """A profile text. One with a problem (empty, looping, cut off: tasks/llm/profile_text.py) is trimmed to
+        what it said before it went wrong when that is long enough, else re-asked in the same conversation,
+        quoting the problem."""
         messages = self._messages(prompt, variables, overview_chars, prompts)
         params = {"temperature": self.settings.temperature, "max_tokens": self.settings.max_tokens_profile}
         outcome = TextOutcome(text=None, error=None)
@@ -90,9 +91,8 @@ class LLMGateway:
             return (content or "").strip(), record
 
         def check(content: str, record: CallRecord) -> str | None:
-            outcome.text = content
-            problems = profile_problems(content)
-            return "; ".join(problems)[:600] if problems else None
+            outcome.text, problem, record.error = judged_profile(content)  # error: what a trim removed
+            return problem
 
         def repair(problem: str) -> tuple[str, str]:
             return "profile_repair", render("profile_repair", prompts=prompts, **variables, error=problem)
