@@ -240,6 +240,7 @@ RUN = OptionSet(
         opt("rating_probs", "llm.rating_probs"),
         opt("rating_samples", "llm.rating_samples"),
         opt("sample_temperature", "llm.sample_temperature"),
+        opt("profile_keep_words", "llm.profile_keep_words"),
         opt("db"),
         opt("run_id"),
         opt("runner"),

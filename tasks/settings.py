@@ -31,6 +31,12 @@ class LLMSettings(BaseModel):
     timeout_s: float = Field(120.0, description="seconds per LLM call")
     max_retries: int = 4  # transport retries by the openai client (429/5xx/timeouts)
     repair_attempts: int = 2  # re-asks quoting the validation error
+    profile_keep_words: int = Field(
+        20,
+        ge=0,
+        description="a degenerate profile answer (loop, cut-off, tags) whose trimmed text keeps this many words "
+        "is kept trimmed instead of re-asked (0: always re-ask)",
+    )
     json_mode: Literal["auto", "schema", "object", "text"] = "auto"
     rating_probs: bool = Field(
         True, description="ask for token logprobs and store each rating's distribution over 1..5"

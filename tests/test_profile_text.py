@@ -6,7 +6,7 @@ import pytest
 
 from doppel.tasks import validate as v
 from doppel.tasks.llm.gateway import REASK_TEMPERATURE
-from doppel.tasks.llm.profile_text import profile_problems, salvaged_profile
+from doppel.tasks.llm.profile_text import judged_profile, profile_problems, salvaged_profile
 from tests._validate import _set, check, failed, profiles
 
 LOOP = "Loves " + "Star Wars (1977), Fargo (1996), Contact (1997), Scream (1996), " * 8 + "and more."
@@ -148,6 +148,9 @@ def test_a_long_enough_degenerate_profile_is_trimmed_without_a_re_ask(tmp_path) 
     assert [(c.prompt_name, c.status) for c in out.calls] == [("profile_create", "ok")]
     assert out.calls[0].error.startswith("trimmed: contains template tags '<profile>'")
     assert "repeats '1986 1986 1986 1986 1986'" in out.calls[0].error
+    # --profile-keep-words 0 (or a salvage shorter than it) re-asks instead
+    assert judged_profile(answer, keep_words=0) == (answer, out.calls[0].error.removeprefix("trimmed: "), None)
+    assert judged_profile(answer, keep_words=40)[1] is not None
 
 
 def test_a_profile_that_stays_degenerate_fails_with_the_reason(tmp_path) -> None:

@@ -91,7 +91,7 @@ class LLMGateway:
             return (content or "").strip(), record
 
         def check(content: str, record: CallRecord) -> str | None:
-            outcome.text, problem, record.error = judged_profile(content)  # error: what a trim removed
+            outcome.text, problem, record.error = judged_profile(content, self.settings.profile_keep_words)
             return problem
 
         def repair(problem: str) -> tuple[str, str]:

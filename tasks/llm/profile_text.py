@@ -22,9 +22,9 @@ _HEADER = re.compile(r"^\s*(?:#{1,6}\s*(?P<md>[^\n]+)|\*\*(?P<bold>[^*\n]+?)\*\*
 _ENDS = ".!?…"
 _CLOSERS = "\"')]*_`»”’"
 _LIST_ITEM = re.compile(r"^\s*(?:[-*•+]|\d+[.)])\s+")
-# A degenerate answer whose salvage keeps at least this many words is kept at once, not re-asked: on the
-# 0.5B model (3 ML-100K u1 users, one slot, 2026-12-05) 24 of 26 profile re-asks came back degenerate
-# again, often word for word, and they took 178 of the run's 369 s of LLM time.
+# A degenerate answer whose salvage keeps at least this many words is kept at once, not re-asked
+# (LLMSettings.profile_keep_words): the 0.5B model's re-asks mostly come back degenerate again, often
+# word for word (benchmarks/one_slot.py measures both policies).
 KEEP_WORDS = 20
 
 
@@ -89,15 +89,15 @@ def _cut_off(text: str) -> bool:
     return end[-1] not in _ENDS and not _LIST_ITEM.match(last_line) and not _HEADER.match(last_line)
 
 
-def judged_profile(text: str) -> tuple[str, str | None, str | None]:
+def judged_profile(text: str, keep_words: int = KEEP_WORDS) -> tuple[str, str | None, str | None]:
     """(the text to keep, the problem a re-ask quotes or None, a note of what was trimmed or None).
 
-    A degenerate answer whose salvage keeps at least KEEP_WORDS words is kept trimmed, not re-asked."""
+    A degenerate answer whose salvage keeps at least `keep_words` words (> 0) is kept trimmed, not re-asked."""
     problems = "; ".join(profile_problems(text))[:600]
     if not problems:
         return text, None, None
     kept = salvaged_profile(text)
-    if kept and len(_WORD.findall(kept)) >= KEEP_WORDS:
+    if keep_words and kept and len(_WORD.findall(kept)) >= keep_words:
         return kept, None, f"trimmed: {problems}"[:600]
     return text, problems, None
 
