@@ -232,7 +232,15 @@ def test_interrupt_stops_cleanly(how, tmp_path, llm_server):
         "--no-baselines",
     ]
     proc = subprocess.Popen(
-        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        argv,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        # as a terminal's foreground job: a shell's background job (pytest started with `&`) ignores SIGINT
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen: dict = {}
     deadline = time.monotonic() + 150
