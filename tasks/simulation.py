@@ -97,10 +97,10 @@ async def simulate_user(work: UserWork, gateway: LLMGateway, sim: SimulationSett
         new = await next_profile(
             prompt, stage, {"profile": profile, "items": batch, "mean_rating": _mean([h.rating for h in batch])}
         )
-        if new is None:
+        if new is None and profile is None:  # no profile at all: nothing to rate from
             failure = f"profile call failed: {result.calls[-1].error}"
             break
-        profile = new
+        profile = new or profile  # a refine that stayed bad keeps the last good profile (its calls say why)
 
     recent = work.history[-sim.recent_k :] if sim.recent_k else []
     pending = set(work.pending_item_ids) if work.pending_item_ids is not None else None
@@ -116,10 +116,7 @@ async def simulate_user(work: UserWork, gateway: LLMGateway, sim: SimulationSett
             )
         if sim.update_profile and j < n_rate - 1:
             new = await next_profile("profile_update", "update", {"profile": profile, "items": batch})
-            if new is None:
-                failure = f"profile update failed: {result.calls[-1].error}"
-            else:
-                profile = new
+            profile = new or profile  # an update that stayed bad keeps the last good profile (its calls say why)
     for rows, calls in await asyncio.gather(*rating_jobs):
         result.ratings.extend(rows)
         result.calls.extend(calls)

@@ -105,6 +105,30 @@ def test_a_server_without_logprobs_gets_distributions_from_draws(prefect_server,
         llm_server.configure(logprobs=True)
 
 
+def test_a_profile_update_that_stays_degenerate_keeps_the_last_good_profile(prefect_server, llm_server, run_settings):
+    """A profile update that loops on every re-ask (the 0.5B model did, on a u1 user) no longer fails the
+    user's remaining pairs: the last good profile rates them, the bad calls stay in llm_calls as invalid."""
+    from doppel.flows.simulate import simulate
+
+    def answer(kind, body):
+        asked = " ".join(str(m.get("content", "")) for m in body["messages"])
+        return "drama " * 200 if kind == "text" and "Update the profile" in asked else None
+
+    llm_server.app.answer_fn = answer
+    try:
+        settings = run_settings(run_id="stale-profile")
+        simulate(settings)
+    finally:
+        llm_server.app.answer_fn = None
+    ratings = table(settings.db, "select status from simulated_ratings where run_id = 'stale-profile'")
+    assert len(ratings) > 0 and set(ratings["status"]) == {"ok"}
+    calls = table(settings.db, "select prompt_name, status from llm_calls where run_id = 'stale-profile'")
+    updates = calls[calls["prompt_name"] == "profile_update"]
+    assert len(updates) > 0 and set(updates["status"]) == {"invalid"}
+    stages = table(settings.db, "select distinct stage from profiles where run_id = 'stale-profile'")
+    assert "update" not in set(stages["stage"]) and "initial" in set(stages["stage"])
+
+
 def test_lost_database_rows_are_rebuilt_from_the_cache(prefect_server, llm_server, run_settings, tmp_path):
     """A second database with the same cache replays every answer: zero calls, same ratings."""
     from doppel.flows.simulate import simulate
