@@ -31,6 +31,7 @@ import duckdb
 
 from doppel.tasks.llm.embedded import EmbeddedServer
 from doppel.tasks.llm.embedded_models import ensure_model
+from doppel.tasks.store.db import query
 from support import output, runs
 
 POLICIES = {"keep": [], "reask": ["--profile-keep-words", "0"]}
@@ -58,9 +59,8 @@ def calls_by_prompt(db: Path, run_id: str) -> list[dict]:
 
 
 def metrics(db: Path, run_id: str) -> list[tuple]:
-    with duckdb.connect(str(db), read_only=True) as con:
-        sql = "select fold, simulator, metric, value from metrics where run_id = ? order by all"
-        return [tuple(r) for r in con.execute(sql, [run_id]).fetchall()]
+    """The run's stored scores, as `doppel` reads them (sql/queries/run_metrics.sql)."""
+    return [tuple(row) for row in query(db, "run_metrics", read_only=True, run_id=run_id).itertuples(index=False)]
 
 
 def one_policy(name: str, extra: list[str], base_url: str, model: str, args: argparse.Namespace) -> dict:
