@@ -12,7 +12,7 @@
    (cache in a fresh folder, so every call is made), timed from its first call to its last.
 ceiling_ratio = the wall llama.cpp's best rates give for the tokens the new runs evaluated (prompt
 tokens not reused from the server's cache) and generated / the new runs' wall. valid_pct = rating
-calls whose first answer was valid. rmse_delta = RMSE(new) - RMSE(old) on the same pairs; its upper
+calls whose first answer was valid. rmse_delta = RMSE(new) - RMSE(old) on the pairs both layouts rated; its upper
 bound is the 97.5th percentile of a paired bootstrap over users.
 
 Last line: RESULT s_per_user=<median new> ceiling_ratio=<x> valid_pct=<x> rmse_delta=<x> rmse_delta_hi=<x>
@@ -69,7 +69,7 @@ async def one_user(work, server: EmbeddedServer, sim: SimulationSettings, cache_
         cache.close()
     wall = time.monotonic() - started
     truth = {c.item_id: c.truth for c in work.candidates}
-    pairs = [(r["rating"], truth[r["item_id"]]) for r in result.ratings if r.get("status") == "ok"]
+    pairs = {r["item_id"]: (r["rating"], truth[r["item_id"]]) for r in result.ratings if r.get("status") == "ok"}
     ratings = [c for c in result.calls if c.prompt_name == "rating"]
     return {
         "wall": wall,
@@ -84,6 +84,12 @@ async def one_user(work, server: EmbeddedServer, sim: SimulationSettings, cache_
         "rating_prompt": sum(c.prompt_tokens for c in ratings),
         "rating_generated": sum(c.completion_tokens for c in ratings),
     }
+
+
+def common_pairs(old: list[dict], new: list[dict]) -> tuple[list[list], list[list]]:
+    """Per user, the (prediction, truth) pairs both layouts rated: their RMSEs compare like with like."""
+    both = [sorted(o.keys() & n.keys()) for o, n in zip(old, new)]
+    return [[o[i] for i in b] for o, b in zip(old, both)], [[n[i] for i in b] for n, b in zip(new, both)]
 
 
 def rmse(pairs: list[tuple[int, int]]) -> float:
@@ -148,9 +154,12 @@ def main() -> None:
                         f"{len(res['pairs'])}/{res['asked']} rated, load {os.getloadavg()[0]:.1f}",
                         flush=True,
                     )
+    common = dict(
+        zip(("old", "new"), common_pairs([r["pairs"] for r in runs["old"]], [r["pairs"] for r in runs["new"]]))
+    )
     rows = []
     for layout, res in runs.items():
-        pairs = [p for r in res for p in r["pairs"]]
+        pairs = [p for user_pairs in common[layout] for p in user_pairs]
         rated = sum(len(r["pairs"]) for r in res)
         rows.append(
             {
@@ -167,7 +176,7 @@ def main() -> None:
                 "exact %": 100 * float(np.mean([p == t for p, t in pairs])) if pairs else float("nan"),
             }
         )
-    lo, hi = paired_bootstrap([r["pairs"] for r in runs["old"]], [r["pairs"] for r in runs["new"]])
+    lo, hi = paired_bootstrap(common["old"], common["new"])
     new = rows[1]
     cols = list(new)
     lines += [
@@ -180,6 +189,11 @@ def main() -> None:
         "| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r.values()) + " |" for r in rows
     ]
     delta = new["rmse"] - rows[0]["rmse"]
+    n_common = sum(map(len, common["new"]))
+    lines += [
+        "",
+        f"rmse and exact % on the {n_common} pairs both layouts rated (of {sum(r['asked'] for r in runs['new'])} asked)",
+    ]
     lines += ["", f"RMSE new - old: {delta:+.3f}, paired bootstrap over users 95% interval [{lo:+.3f}, {hi:+.3f}]"]
     lines += [f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
