@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from doppel.tasks.arena import evaluate, judges, lists, tables, zoo
 from doppel.tasks.arena.config import ArenaSettings, cached, code_digest, frame_digest
+from doppel.tasks.arena.rl_entrant import FAMILY, rl_entrants
 from doppel.tasks.data import load_dataset
 from doppel.tasks.store.db import init_db
 from doppel.tasks.store.writes import finish_run, start_run
@@ -113,6 +114,17 @@ def ensemble_judge(settings: ArenaSettings, fold_data: dict, judged: dict[str, p
     return {k: j.merge(votes, on=["user_id", "item_id"], how="left") for k, j in judged.items()}, note
 
 
+@task(name="arena-llm-judge", **OPTS)
+def llm_judge(settings: ArenaSettings, run_id: str, fold: str, judged: dict[str, pd.DataFrame]) -> tuple[dict, str]:
+    """The LLM's ratings of the listed pairs, when the db holds a `doppel run --target arena` of this run."""
+    from doppel.tasks.arena.llm_judge import llm_ratings
+
+    rated, note = llm_ratings(settings.db, run_id, fold, settings.llm_run)
+    if rated is None:
+        return judged, note
+    return {k: j.merge(rated, on=["user_id", "item_id"], how="left") for k, j in judged.items()}, note
+
+
 @task(name="arena-gate", **OPTS)
 def gate(run_id: str, frames: dict[str, pd.DataFrame]) -> None:
     from doppel.tasks.validate import format_failures
@@ -161,6 +173,8 @@ def arena(settings: ArenaSettings) -> dict:
     logger = get_run_logger()
     run_id = settings.run_id or new_arena_id()
     entrants = entrants_of(settings)
+    rl_fold, agents = rl_entrants(settings.db, settings.rl_run) if settings.rl_run else (None, [])
+    entrants += agents
     init_db(settings.db)
     status = "failed"
     summary: dict[str, Any] = {"run_id": run_id, "folds": {}, "entrants": [e.name for e in entrants]}
@@ -179,13 +193,16 @@ def arena(settings: ArenaSettings) -> dict:
         for fold in settings.folds:
             t = time.monotonic()
             data = load_fold(settings, fold)
-            futures = fit_recommender.map(entrants, unmapped(data["train"]), unmapped(data["test"]), unmapped(settings))
-            listed = {e.name: f.result() for e, f in zip(entrants, futures)}
+            here = [e for e in entrants if e.family != FAMILY or fold == rl_fold]  # an agent knows its own fold only
+            futures = fit_recommender.map(here, unmapped(data["train"]), unmapped(data["test"]), unmapped(settings))
+            listed = {e.name: f.result() for e, f in zip(here, futures)}
             judged = hybrid_judge(data, listed, settings)
             judged, note = ensemble_judge(settings, data, judged)
             logger.info("arena %s: %s", fold, note)
+            judged, llm_note = llm_judge(settings, run_id, fold, judged)
+            logger.info("arena %s: %s", fold, llm_note)
             ranked, top = evaluate.assemble(
-                listed, {e.name: e.family for e in entrants}, judged["observed"], judged["catalogue"]
+                listed, {e.name: e.family for e in here}, judged["observed"], judged["catalogue"]
             )
             frames: dict[str, pd.DataFrame] = {
                 "arena_lists": tables.list_rows(run_id, fold, listed),
@@ -194,15 +211,16 @@ def arena(settings: ArenaSettings) -> dict:
             gate(run_id, frames)
             scored = score_fold(ranked, top, judged["observed"], fold, settings.n_boot, settings.seed)
             frames.update({f"arena_{k}": v for k, v in scored.items()})
-            frames["arena_recommenders"] = tables.recommender_rows(run_id, fold, entrants, listed)
+            frames["arena_recommenders"] = tables.recommender_rows(run_id, fold, here, listed)
             save_fold(settings.db, run_id, fold, frames)
             summary["folds"][fold] = {
                 **scored,
                 "ensemble_note": note,
+                "llm_note": llm_note,
                 "recommenders": frames["arena_recommenders"],
                 "wall_s": round(time.monotonic() - t, 1),
             }
-            logger.info("arena %s: %d recommenders judged in %.1f s", fold, len(entrants), time.monotonic() - t)
+            logger.info("arena %s: %d recommenders judged in %.1f s", fold, len(here), time.monotonic() - t)
         status = "finished"
     finally:
         finish_run(settings.db, run_id, status)

@@ -23,6 +23,13 @@ def arena_command(
     only: str = typer.Option("", help="built-in entrants to keep, comma list (default: all)"),
     k: int = typer.Option(10, min=1, help="catalogue list length"),
     ensemble_id: str | None = typer.Option(None, help="ensemble run that judges too (default: the latest of the fold)"),
+    llm_run: str | None = typer.Option(
+        None,
+        help="`doppel run --target arena --arena-run ID` whose LLM ratings judge too (default: the latest of --run-id)",
+    ),
+    rl_run: str | None = typer.Option(
+        None, help="a finished `doppel rl` run whose trained agents enter (on the fold they were trained on)"
+    ),
     seed: int = typer.Option(0),
     n_boot: int = typer.Option(500, min=0, help="bootstrap resamples of users for the intervals"),
     runner: str = typer.Option("dask", help="dask | threads"),
@@ -49,6 +56,8 @@ def arena_command(
         only=[x.strip() for x in only.split(",") if x.strip()],
         k=k,
         ensemble_id=ensemble_id,
+        llm_run=llm_run,
+        rl_run=rl_run,
         seed=seed,
         n_boot=n_boot,
         runner=runner,

@@ -23,6 +23,7 @@ RL = OptionSet(
         opt("episodes"),
         opt("ensemble_id"),
         opt("reward"),
+        opt("reward_users"),
         opt("like_threshold"),
         *(opt(name, "env." + name) for name in ("horizon", "leave_after", "history_len", "seen_in_obs")),
         opt("db"),
@@ -93,4 +94,7 @@ def summary_lines(summary: dict) -> list[str]:
     ]
     if summary.get("plot"):
         lines.append(f"learning curves: {summary['plot']}")
+    if summary.get("agents"):
+        folder = Path(next(iter(summary["agents"].values()))[0]).parent
+        lines.append(f"trained agents: {folder} (`doppel arena --rl-run {summary['rl_id']}` enters them)")
     return lines

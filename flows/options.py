@@ -233,7 +233,7 @@ RUN = OptionSet(
         opt("seed", "llm.seed", "sample_seed"),
         opt("timeout", "llm.timeout_s"),
         *(opt(name, "sim." + name) for name in ("history_n", "profile_batch", "recent_k", "rate_batch")),
-        *(opt(name, "sim." + name) for name in ("max_test_items", "target", "slice_frac", "slice_seed")),
+        *(opt(name, "sim." + name) for name in ("max_test_items", "target", "arena_run", "slice_frac", "slice_seed")),
         opt("overview_chars", "sim.overview_chars"),
         opt("prompts", "sim.prompts"),
         opt("update", "sim.update_profile"),

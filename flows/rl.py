@@ -19,7 +19,8 @@ from prefect.cache_policies import NO_CACHE
 from doppel.tasks.rl import agents, rewards
 from doppel.tasks.rl.config import BASELINES, RLSettings
 from doppel.tasks.rl.env import DoppelRecEnv
-from doppel.tasks.rl.store import save_results
+from doppel.tasks.rl.hybrid_reward import cached_hybrid_likes
+from doppel.tasks.rl.store import agents_dir, save_results
 from doppel.tasks.store.db import init_db
 from doppel.tasks.store.writes import finish_run, start_run
 from doppel.tasks.version import code_version
@@ -29,6 +30,7 @@ ensemble_likes = task(name="rl-ensemble-likes", cache_policy=NO_CACHE, persist_r
     rewards.cached_ensemble_likes
 )
 run_likes = task(name="rl-run-likes", cache_policy=NO_CACHE, persist_result=False)(rewards.read_run_likes)
+hybrid_likes = task(name="rl-hybrid-likes", cache_policy=NO_CACHE, persist_result=False)(cached_hybrid_likes)
 train_agent = task(name="rl-train", cache_policy=NO_CACHE, persist_result=False)(agents.train)
 
 
@@ -66,12 +68,15 @@ def rl(settings: RLSettings) -> dict:
         likes, like_info = ensemble_likes(inputs)
     elif settings.reward.startswith("run:"):
         likes, like_info = run_likes(settings.db, settings.reward.split(":", 1)[1], inputs, threshold), {}
+    elif settings.reward == "hybrid":
+        likes, like_info = hybrid_likes(inputs, threshold, settings.reward_users, settings.seed)
     else:
-        raise ValueError(f"--reward must be 'ensemble' or 'run:<run_id>', not {settings.reward!r}")
+        raise ValueError(f"--reward must be 'ensemble', 'hybrid' or 'run:<run_id>', not {settings.reward!r}")
     world = rewards.build_world(
         inputs.train, likes, inputs.embeddings, inputs.has_embedding, threshold, settings.env.feature_dim
     )
     rl_id = settings.rl_id or new_rl_id()
+    agents_dir(settings.db, rl_id)  # refuses an id that is no plain name before any training
     start_run(
         settings.db,
         rl_id,
@@ -84,7 +89,7 @@ def rl(settings: RLSettings) -> dict:
         "none",
     )
     status = "failed"
-    table, curves, timings = {}, {}, {}
+    table, curves, timings, saved = {}, {}, {}, {}
     try:
         env_kwargs = settings.env.model_dump(exclude={"feature_dim"})
         seeds = [settings.seed + k for k in range(settings.seeds)]
@@ -103,6 +108,7 @@ def rl(settings: RLSettings) -> dict:
                     for s in seeds
                 ]
                 curves[name] = [point for tr in trained[:1] for point in tr.curve]
+                saved[name] = [agents.save(tr, agents_dir(settings.db, rl_id)) for tr in trained]
                 policies = [agents.ModelPolicy(tr.model, settings.seed + 10_000) for tr in trained]
             table[name] = evaluate_agent(name, policies, world, settings)
             timings[name] = round(time.monotonic() - t, 2)
@@ -129,7 +135,8 @@ def rl(settings: RLSettings) -> dict:
         "reward": likes.source,
         "users": len(likes.user_ids),
         "items": len(likes.item_ids),
-        "like_rate": float(likes.like[likes.defined].mean()) if likes.defined.any() else 0.0,
+        "like_rate": _like_rate(likes),
+        "agents": saved,
         "likes": like_info,
         "table": table,
         "timings": timings,
@@ -140,3 +147,9 @@ def rl(settings: RLSettings) -> dict:
         "wall_s": round(time.monotonic() - started, 2),
         "db": settings.db,
     }
+
+
+def _like_rate(likes: rewards.UserItemLikes) -> float:
+    if likes.p_like is not None:
+        return float(likes.p_like.mean())
+    return float(likes.like[likes.defined].mean()) if likes.defined.any() else 0.0

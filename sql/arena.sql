@@ -6,7 +6,7 @@ create table if not exists arena_recommenders (
     run_id varchar not null,
     fold varchar not null,
     recommender varchar not null,
-    family varchar not null,        -- baseline | knn | mf | sequence | plugin
+    family varchar not null,        -- baseline | knn | mf | sequence | rl | plugin
     factory varchar not null,       -- built-in name or module:callable
     fit_s double,                   -- seconds (0 when its lists came from the cache)
     score_s double,

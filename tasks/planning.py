@@ -71,7 +71,9 @@ def build_work(
                     HistoryItem(r.item_id, r.title, r.year, r.genres, r.text, int(r.rating), int(r.ts))
                     for r in hist_by_user.get(user_id, [])
                 ],
-                candidates=[CandidateItem(r.item_id, r.title, r.year, r.genres, r.text, int(r.truth)) for r in items],
+                candidates=[
+                    CandidateItem(r.item_id, r.title, r.year, r.genres, r.text, _int_or_none(r.truth)) for r in items
+                ],
                 pending_item_ids=(pending or {}).get(user_id),
                 retry_round=(retries or {}).get(user_id, 0),
             )
@@ -111,14 +113,14 @@ def _rows_by_user(frame: pd.DataFrame | None) -> dict[str, list]:
     # the fields are the frame's columns, known at run time only: a row type mypy cannot see into
     make_row_type: Callable[..., Any] = namedtuple
     row = make_row_type("Row", frame.columns)
-    columns = [[_year(v) for v in frame[c]] if c == "year" else frame[c].tolist() for c in frame.columns]
+    columns = [[_int_or_none(v) for v in frame[c]] if c == "year" else frame[c].tolist() for c in frame.columns]
     for values in zip(*columns):
         record = row._make(values)
         by_user.setdefault(record.user_id, []).append(record)
     return by_user
 
 
-def _year(value) -> int | None:
+def _int_or_none(value) -> int | None:
     return None if value is None or pd.isna(value) else int(value)
 
 

@@ -34,6 +34,35 @@ def check_paths(settings: RunSettings) -> DataSource:
     return source
 
 
+def check_arena_run(settings: RunSettings) -> None:
+    """--target arena: --db holds the arena run's lists for every fold asked."""
+    if settings.sim.target != "arena":
+        return
+    import duckdb
+
+    from doppel.tasks.store.db import query
+
+    where = f"--arena-run {settings.sim.arena_run!r} in {settings.db}"
+    if not Path(settings.db).expanduser().is_file():
+        raise DataError(settings.db, None, f"no such file: {where} needs the database `doppel arena` wrote")
+    try:
+        listed = query(settings.db, "arena_run_folds", read_only=True, arena_run=settings.sim.arena_run)
+    except duckdb.Error as exc:
+        raise DataError(settings.db, None, f"{where}: no arena lists to read ({exc})") from None
+    other = sorted(set(listed["dataset"]) - {settings.dataset})
+    if other:
+        raise DataError(settings.db, None, f"{where} is of dataset {other[0]!r}, not --dataset {settings.dataset!r}")
+    missing = sorted(set(settings.folds) - set(listed["fold"]))
+    if missing:
+        have = ", ".join(listed["fold"]) or "none"
+        raise DataError(
+            settings.db,
+            None,
+            f"{where} has no lists for fold(s) {', '.join(missing)} (its folds: {have}); "
+            f"run `doppel arena --fold {missing[0]} --db {settings.db}` first, or pass its run id",
+        )
+
+
 def check_model(llm: LLMSettings) -> None:
     """The endpoint answers, accepts the key and serves the model; or the embedded model is there."""
     if llm.base_url:
@@ -49,5 +78,6 @@ def check_model(llm: LLMSettings) -> None:
 def preflight(settings: RunSettings, model: bool = True) -> None:
     """Every check, cheapest first: a wrong path is reported before the endpoint is asked anything."""
     check_paths(settings)
+    check_arena_run(settings)
     if model:
         check_model(settings.llm)

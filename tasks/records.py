@@ -70,14 +70,15 @@ class HistoryItem:
 
 @dataclass(frozen=True)
 class CandidateItem:
-    """One held-out item to rate; `truth` is used only for the dynamic profile update."""
+    """One item to rate; `truth` (its real rating; None for an arena list's unrated item) is used only
+    for the dynamic profile update."""
 
     item_id: str
     title: str
     year: int | None
     genres: str
     text: str
-    truth: int
+    truth: int | None
 
 
 @dataclass

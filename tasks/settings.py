@@ -68,19 +68,37 @@ class SimulationSettings(BaseModel):
     overview_chars: int = Field(160, ge=0, description="item overview characters per item in prompts (0: none)")
     prompts: str = Field("compact", description="prompt set: compact | seed (the seed's layout) | a folder of .md")
     max_test_items: int | None = Field(None, description="cap held-out items per user (default: all)")
-    target: Literal["test", "slice"] = Field(
+    target: Literal["test", "slice", "arena"] = Field(
         "test",
         description="what to rate: test (the held-out items) | slice (each user's calibration slice of train, "
-        "profile built without it: the calibrated hybrid's LLM input)",
+        "profile built without it: the calibrated hybrid's LLM input) | arena (every item an arena run's "
+        "recommenders listed for the user: the LLM judge of `doppel arena`; no profile update, so no "
+        "held-out rating reaches the judge)",
     )
+    arena_run: str | None = Field(None, description="--target arena: the arena run whose lists are rated")
     slice_frac: float = Field(
         0.2, gt=0, lt=1, description="--target slice: share of each user's train ratings in the slice"
     )
     slice_seed: int = Field(0, description="--target slice: the slice's seed (benchmarks/fidelity.py --seed)")
 
+    @model_validator(mode="after")
+    def _arena_target(self) -> SimulationSettings:
+        if self.target == "arena":
+            if not self.arena_run:
+                raise ValueError("--target arena needs --arena-run (the arena run whose lists are rated)")
+            self.update_profile = False  # an update shows the held-out ratings: the judge would see the answers
+        elif self.arena_run:
+            raise ValueError("--arena-run goes with --target arena")
+        return self
+
     def split_params(self) -> dict:
         """The SQL parameters that say which of a fold's ratings are rated and which form the history."""
-        return {"target": self.target, "slice_frac": self.slice_frac, "slice_seed": self.slice_seed}
+        return {
+            "target": self.target,
+            "slice_frac": self.slice_frac,
+            "slice_seed": self.slice_seed,
+            "arena_run": self.arena_run,
+        }
 
 
 class RunSettings(BaseModel):

@@ -203,13 +203,9 @@ def test_plugins_from_flow_parameters_need_the_operators_allow_list(monkeypatch)
     assert [e.name for e in entrants_of(settings)] == ["random", "make_item_id_order"]
 
 
-@pytest.mark.slow
-def test_a_finished_ensemble_run_of_the_fold_judges_too(prefect_server, llm_server, run_settings, tmp_path):
-    import duckdb
-
-    from doppel.flows.arena import run_arena
+def finished_ensemble(llm_server, run_settings, ensemble_id: str):
+    """A finished `doppel ensemble` run of the arena's synthetic dataset (keywords from the test server)."""
     from doppel.flows.ensemble import ensemble
-    from doppel.tasks.arena.config import ArenaSettings
     from doppel.tasks.ensemble.config import EnsembleSettings, SASRecSettings
     from tests.test_ensemble import genre_keywords
 
@@ -219,12 +215,23 @@ def test_a_finished_ensemble_run_of_the_fold_judges_too(prefect_server, llm_serv
             run=run_settings(synthetic_users=60, synthetic_items=120, runner="threads"),  # the arena's synthetic
             fold="u1",
             items=30,
-            ensemble_id="ens-arena",
+            ensemble_id=ensemble_id,
             sasrec=SASRecSettings(maxlen=20, dim=16, blocks=1, heads=1, epochs=3, batch_size=16),
         )
         assert ensemble(settings)["status"] == "finished"
     finally:
         llm_server.app.answer_fn = None
+    return settings
+
+
+@pytest.mark.slow
+def test_a_finished_ensemble_run_of_the_fold_judges_too(prefect_server, llm_server, run_settings, tmp_path):
+    import duckdb
+
+    from doppel.flows.arena import run_arena
+    from doppel.tasks.arena.config import ArenaSettings
+
+    settings = finished_ensemble(llm_server, run_settings, "ens-arena")
     db = settings.run.db
     summary = run_arena(
         ArenaSettings(
@@ -243,3 +250,138 @@ def test_a_finished_ensemble_run_of_the_fold_judges_too(prefect_server, llm_serv
             "where run_id = 'arena-ens' and judge = 'ensemble:vote'"
         ).fetchone()
     assert votes[0] > 0 and votes[1] == 0 and votes[2]
+
+
+@pytest.mark.slow
+def test_an_llm_run_of_the_arena_lists_judges_them(prefect_server, llm_server, run_settings, tmp_path):
+    """`doppel run --target arena` rates exactly the listed items of its users (held-out and catalogue,
+    no profile update), through the gateway and cache; the arena then judges with it on those users."""
+    import duckdb
+
+    from doppel.flows.arena import run_arena
+    from doppel.flows.simulate import simulate
+    from doppel.tasks.arena.config import ArenaSettings
+    from doppel.tasks.preflight import check_arena_run
+    from doppel.tasks.records import DataError
+    from doppel.tasks.settings import SimulationSettings
+
+    db = str(tmp_path / "arena.duckdb")
+    arena = ArenaSettings(
+        db=db, only=["random", "most_popular", "biased_mf"], n_boot=10, runner="threads", run_id="arena-llm",
+        cache_dir=str(tmp_path / "cache"),
+    )  # fmt: skip
+    first = run_arena(arena)["folds"]["u1"]
+    assert "no LLM judge" in first["llm_note"] and "llm" not in set(first["agreement"]["judge"])
+
+    with pytest.raises(DataError, match="arena-nope"):
+        check_arena_run(run_settings(db=db, synthetic_users=60, synthetic_items=120, sim=SimulationSettings(
+            target="arena", arena_run="arena-nope")))  # fmt: skip
+    with pytest.raises(ValueError, match="--arena-run"):
+        SimulationSettings(target="arena")
+    settings = run_settings(
+        db=db, synthetic_users=60, synthetic_items=120, users=3, run_id="llm-judge",
+        sim=SimulationSettings(target="arena", arena_run="arena-llm", rate_batch=8),
+    )  # fmt: skip
+    check_arena_run(settings)
+    assert settings.sim.update_profile is False  # an update would show the judge the held-out ratings
+    summary = simulate(settings)
+    assert summary["status"] == "finished"
+    with duckdb.connect(db, read_only=True) as con:
+        listed = con.execute(
+            "select distinct l.user_id, l.item_id from arena_lists l join run_users u using (user_id) "
+            "where l.run_id = 'arena-llm' and u.run_id = 'llm-judge' order by all"
+        ).fetchall()
+        rated = con.execute(
+            "select user_id, item_id from simulated_ratings where run_id = 'llm-judge' and status = 'ok' order by all"
+        ).fetchall()
+        stages = {r[0] for r in con.execute("select stage from profiles where run_id = 'llm-judge'").fetchall()}
+        scored = con.execute(
+            "select value from metrics where run_id = 'llm-judge' and simulator = 'llm' and metric = 'n'"
+        ).fetchone()
+        held_out = con.execute(
+            "select count(*) from simulated_ratings s join splits t on t.dataset = 'synthetic' and t.fold = 'u1' "
+            "and t.split = 'test' and t.user_id = s.user_id and t.item_id = s.item_id where s.run_id = 'llm-judge'"
+        ).fetchone()[0]
+    assert rated == listed and len({u for u, _ in rated}) == 3
+    assert "update" not in stages
+    assert scored[0] == held_out < len(rated)  # scored on the held-out pairs; the catalogue's have no truth
+
+    second = run_arena(arena)["folds"]["u1"]  # the same arena run again: lists from the cache, the LLM judges
+    assert "llm-judge" in second["llm_note"] and "3 users" in second["llm_note"]
+    assert {("observed", "llm"), ("catalogue", "llm")} <= set(
+        zip(second["agreement"]["protocol"], second["agreement"]["judge"])
+    )
+    m = second["metrics"]
+    real_llm = m[(m.judge == "real@llm") & (m.metric == "ndcg@10")]
+    assert len(real_llm) == 3 and real_llm["value"].between(0, 1).all()
+    calib = second["calibration"].set_index("judge")
+    assert calib.loc["llm", "n"] == held_out and 0 <= calib.loc["llm", "ece"] <= 1
+    with duckdb.connect(db, read_only=True) as con:
+        judged = dict(
+            con.execute(
+                "select protocol, count(*) from arena_judgments where run_id = 'arena-llm' and judge = 'llm' "
+                "and p_like between 0 and 1 group by protocol"
+            ).fetchall()
+        )
+        scatter = con.execute(
+            "select count(*) from arena_scatter where run_id = 'arena-llm' and judge = 'llm'"
+        ).fetchone()[0]
+    assert judged["observed"] == held_out and judged["catalogue"] > 0 and scatter > 0
+
+
+@pytest.mark.slow
+def test_agents_trained_on_the_hybrid_reward_enter_the_arena(prefect_server, llm_server, run_settings, tmp_path):
+    """Sim-to-real: `doppel rl --reward hybrid` (P(like) of the calibrated hybrid, drawn with the env's
+    seed) trains PPO and DQN; `doppel arena --rl-run` enters them on their fold, judged on real ratings."""
+    import duckdb
+
+    from doppel.flows.arena import run_arena
+    from doppel.flows.rl import rl
+    from doppel.tasks.arena.config import ArenaSettings
+    from doppel.tasks.rl.config import RLSettings
+    from doppel.tasks.rl.env import DoppelRecEnv
+    from doppel.tasks.rl.hybrid_reward import cached_hybrid_likes
+    from doppel.tasks.rl.rewards import build_world, read_ensemble_inputs
+
+    db = finished_ensemble(llm_server, run_settings, "ens-rl").run.db
+    inputs = read_ensemble_inputs(db, "ens-rl")
+    likes, info = cached_hybrid_likes(inputs, 4, n_users=12, seed=0)
+    assert likes.p_like.shape == (12, len(inputs.item_ids)) and 0 < likes.p_like.mean() < 1
+    assert cached_hybrid_likes(inputs, 4, n_users=12, seed=0)[1]["cached"] and not info["cached"]
+    world = build_world(inputs.train, likes, inputs.embeddings, inputs.has_embedding, 4, 8)
+
+    def rewards(seed: int) -> list[float]:
+        env = DoppelRecEnv(world, leave_after=None, horizon=30)
+        env.reset(seed=seed)
+        return [env.step(a)[1] for a in np.argsort(-world.likes.p_like[env._user])[:30]]
+
+    assert rewards(3) == rewards(3) and 0 < sum(rewards(3)) < 30  # drawn per step, fixed by the seed
+    with pytest.raises(ValueError, match="letters, digits"):
+        rl(RLSettings(db=db, ensemble_id="ens-rl", reward="hybrid", algos=["ppo"], rl_id="../escape", steps=64))
+    summary = rl(
+        RLSettings(
+            db=db, ensemble_id="ens-rl", reward="hybrid", reward_users=12, algos=["ppo", "dqn", "popular"],
+            steps=256, episodes=3, rl_id="rl-hybrid",
+        )
+    )  # fmt: skip
+    assert summary["reward"] == "hybrid" and summary["users"] == 12 and set(summary["agents"]) == {"ppo", "dqn"}
+    result = run_arena(
+        ArenaSettings(
+            db=db, only=["random", "most_popular"], n_boot=10, runner="threads", run_id="arena-rl",
+            rl_run="rl-hybrid", cache_dir=str(tmp_path / "cache"),
+        )
+    )  # fmt: skip
+    assert {"rl_ppo", "rl_dqn"} <= set(result["entrants"])
+    u1 = result["folds"]["u1"]
+    real = u1["metrics"].query("judge == 'real' and metric == 'ndcg@10'").set_index("recommender")["value"]
+    assert {"rl_ppo", "rl_dqn", "most_popular"} <= set(real.index) and real.between(0, 1).all()
+    with duckdb.connect(db, read_only=True) as con:
+        family = dict(
+            con.execute("select recommender, family from arena_recommenders where run_id = 'arena-rl'").fetchall()
+        )
+        listed = con.execute(
+            "select count(distinct user_id), count(score) = count(*) from arena_lists "
+            "where run_id = 'arena-rl' and recommender = 'rl_ppo' and protocol = 'observed'"
+        ).fetchone()
+    assert family["rl_ppo"] == family["rl_dqn"] == "rl"
+    assert listed[0] > 0 and listed[1]  # every held-out pair of every test user has a policy score

@@ -23,6 +23,10 @@ class ArenaSettings(BaseModel):
     recommenders: list[str] = Field(default_factory=list, description="extra module:factory plug-ins")
     only: list[str] = Field(default_factory=list, description="built-in entrants to keep (empty: all)")
     ensemble_id: str | None = Field(None, description="the ensemble run that judges (default: the latest of the fold)")
+    llm_run: str | None = Field(
+        None, description="the `doppel run --target arena` run that judges (default: the latest of this arena run)"
+    )
+    rl_run: str | None = Field(None, description="a finished `doppel rl` run whose saved agents enter (on its fold)")
     k: int = Field(10, ge=1, description="catalogue list length")
     seed: int = 0
     n_boot: int = Field(500, ge=0, description="bootstrap resamples of users for the intervals")

@@ -11,6 +11,7 @@ import pandas as pd
 
 from doppel.tasks.arena.ensemble_judge import ENSEMBLE
 from doppel.tasks.arena.judges import AUDIT, HYBRID_JUDGES, audit_column
+from doppel.tasks.arena.llm_judge import LLM, P_LIKE_LLM, REAL_LLM, judged_pairs
 from doppel.tasks.arena.protocols import (
     calibration,
     catalogue_metrics,
@@ -25,8 +26,13 @@ JUDGES = (*HYBRID_JUDGES, AUDIT)
 
 
 def judges_in(judged: pd.DataFrame) -> list[str]:
-    """The simulated judges of a judged frame: the hybrid's, the audit, and the ensemble vote if present."""
-    return [*JUDGES, *([ENSEMBLE] if ENSEMBLE in judged else [])]
+    """The simulated judges of a judged frame: the hybrid's, the audit, the ensemble vote and the LLM if present."""
+    return [*JUDGES, *(j for j in (ENSEMBLE, LLM) if j in judged)]
+
+
+def real_of(judge: str) -> str:
+    """The real judge a simulated one is set against: the LLM judged some users only, so its own."""
+    return REAL_LLM if judge == LLM else "real"
 
 
 PROTOCOL_METRICS = {"observed": ("ndcg@10", "precision@5"), "catalogue": ("like_rate@10",)}
@@ -64,10 +70,21 @@ def evaluate_fold(
     calibration (gap, ECE, Brier per judge) and reliability (bins) for one fold."""
     recs = sorted(ranked["recommender"].unique())
     judges = judges_in(ranked)
+    everyone = [j for j in judges if j != LLM]
     per_user = {
-        "observed": observed_metrics(ranked, ["real", *judges]),
-        "catalogue": catalogue_metrics(top, judges),
+        "observed": observed_metrics(ranked, ["real", *everyone]),
+        "catalogue": catalogue_metrics(top, everyone),
     }
+    if LLM in judges:  # its users and pairs only, beside the real ratings of the same (judge real@llm)
+        rated = judged_pairs(ranked)
+        as_real = {"real": REAL_LLM}
+        per_user["observed"] = pd.concat(
+            [per_user["observed"], observed_metrics(rated, ["real", LLM]).replace({"judge": as_real})]
+        )
+        covered = top[top["user_id"].isin(set(rated["user_id"]))]
+        per_user["catalogue"] = pd.concat(
+            [per_user["catalogue"], catalogue_metrics(covered, [LLM]).replace({"judge": as_real})]
+        )
     metrics = pd.concat(
         [
             u.drop(columns="user_id")
@@ -83,8 +100,8 @@ def evaluate_fold(
     rows = []
     for protocol, names in PROTOCOL_METRICS.items():
         for metric in names:
-            real = user_matrix(per_user[protocol], "real", metric, recs)
             for judge in judges:
+                real = user_matrix(per_user[protocol], real_of(judge), metric, recs)
                 sim = user_matrix(per_user[protocol], judge, metric, recs)
                 row = {
                     "protocol": protocol,
@@ -132,11 +149,20 @@ def evaluate_fold(
             "brier": vs["brier"],
             "n": len(voted),
         }
+    bins = bins.assign(judge="hybrid")
+    rated = judged_pairs(held)
+    if len(rated):  # the LLM's own P(like): from its rating distribution, else its hard like
+        ls, lbins = calibration(rated[P_LIKE_LLM].to_numpy(), (rated["real"] >= 4).to_numpy())
+        calib.loc[len(calib)] = {
+            "judge": LLM,
+            "like_rate_gap": like_rate_gap(rated[LLM].to_numpy(), rated["real"].to_numpy()),
+            "like_rate": float(np.mean(rated[LLM] >= 4)),
+            "real_like_rate": float(np.mean(rated["real"] >= 4)),
+            "ece": ls["ece"],
+            "brier": ls["brier"],
+            "n": len(rated),
+        }
+        bins = pd.concat([bins, lbins.assign(judge=LLM)], ignore_index=True)
     for frame in (metrics, agreement, calib, bins):
         frame.insert(0, "fold", fold)
-    return {
-        "metrics": metrics,
-        "agreement": agreement,
-        "calibration": calib,
-        "reliability": bins.assign(judge="hybrid"),
-    }
+    return {"metrics": metrics, "agreement": agreement, "calibration": calib, "reliability": bins}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from doppel.tasks.arena.ensemble_judge import ENSEMBLE
+from doppel.tasks.arena.llm_judge import LLM, P_LIKE_LLM
 from doppel.tasks.arena.zoo import Entrant
 from doppel.tasks.store.db import transaction
 from doppel.tasks.store.schema import table_columns
@@ -39,6 +40,11 @@ def judgment_rows(run_id: str, fold: str, judged: dict[str, pd.DataFrame]) -> pd
             vote = frame[["user_id", "item_id", ENSEMBLE]].dropna().rename(columns={ENSEMBLE: "p_like"})
             vote = vote.assign(judge=ENSEMBLE, rating=pd.NA, liked=vote["p_like"] >= 1)
             long = pd.concat([long.astype({"rating": "Int64"}), vote.astype({"rating": "Int64"})], ignore_index=True)
+        if LLM in frame:  # the LLM's rating, with P(like) from its distribution
+            rated = frame[["user_id", "item_id", LLM, P_LIKE_LLM]].dropna(subset=[LLM])
+            rated = rated.rename(columns={LLM: "rating", P_LIKE_LLM: "p_like"}).assign(judge=LLM)
+            rated = rated.assign(liked=rated["rating"] >= 4)
+            long = pd.concat([long.astype({"rating": "Int64"}), rated.astype({"rating": "Int64"})], ignore_index=True)
         frames.append(long.assign(run_id=run_id, fold=fold, protocol=protocol))
     out = pd.concat(frames, ignore_index=True)
     return out.astype({"rating": "Int64", "liked": bool})[JUDGMENT_COLUMNS]

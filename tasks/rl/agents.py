@@ -119,6 +119,19 @@ def train(
     return Trained(algo, seed, model, curve, round(seconds, 2))
 
 
+def save(trained: Trained, folder: Path) -> str:
+    """The trained SB3 model as folder/<algo>-seed<seed>.zip; returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{trained.algo}-seed{trained.seed}.zip"
+    trained.model.save(path)  # type: ignore[attr-defined]
+    return str(path)
+
+
+def load(path: str | Path, algo: str):
+    """A model `save` wrote, on the CPU."""
+    return algorithm(algo).load(str(path), device="cpu")
+
+
 def evaluate(policy: Policy, env: DoppelRecEnv, episodes: int, seed: int) -> np.ndarray:
     """Per episode (rows) reset with seeds seed .. seed + episodes - 1: reward, steps, recommended, liked."""
     out = np.zeros((episodes, 4))

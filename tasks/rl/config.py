@@ -31,7 +31,14 @@ class RLSettings(BaseModel):
 
     db: str = Field("doppel.duckdb", description="DuckDB file")
     ensemble_id: str | None = Field(None, description="a finished `doppel ensemble` run (default: the latest)")
-    reward: str = Field("ensemble", description="ensemble | run:<run_id> (a finished `doppel run`'s ratings)")
+    reward: str = Field(
+        "ensemble",
+        description="ensemble | hybrid (the calibrated hybrid's P(like), drawn per step) | run:<run_id> "
+        "(a finished `doppel run`'s ratings)",
+    )
+    reward_users: int = Field(
+        200, ge=0, description="hybrid reward: seeded sample of train users the env serves (0: all)"
+    )
     like_threshold: int | None = Field(
         None, ge=1, le=5, description="run reward: like = rating >= this (default: the ensemble run's)"
     )

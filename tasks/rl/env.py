@@ -37,7 +37,8 @@ class DoppelRecEnv(gym.Env):
     The item codes behind the rows are in `info["history"]` (-1 = empty row).
 
     ## Rewards
-    1.0 if the user likes the item, else 0.0. No reward for an item already shown this episode or
+    1.0 if the user likes the item, else 0.0 (with the hybrid reward the like is drawn from the
+    calibrated P(like) of the pair with the env's RNG, so `reset(seed=...)` fixes the answers). No reward for an item already shown this episode or
     (with `exclude_train`) already in the user's train history, nor (run reward) for a pair the
     source never rated: such a step returns 0.0 and leaves the history unchanged (`info["repeat"]`,
     `info["unrated"]`). `action_masks()` gives the actions that can still earn a reward
@@ -76,6 +77,7 @@ class DoppelRecEnv(gym.Env):
         self.seen_in_obs = seen_in_obs
         self._like = world.likes.like
         self._defined = world.likes.defined
+        self._p_like = world.likes.p_like
         self._features = world.item_features.astype(np.float32)
         self._user_code = {u: k for k, u in enumerate(world.likes.user_ids)}
         n_items, dim = self._features.shape
@@ -124,7 +126,7 @@ class DoppelRecEnv(gym.Env):
         item = int(action)
         repeat = bool(self._seen[item])
         unrated = not self._defined[self._user, item]
-        liked = not repeat and not unrated and bool(self._like[self._user, item])
+        liked = not repeat and not unrated and self._answer(item)
         if not repeat:
             self._seen[item] = True
             self._push(item, liked)
@@ -141,6 +143,12 @@ class DoppelRecEnv(gym.Env):
         return ~self._seen & self._defined[self._user]
 
     # ------------------------------------------------------------------ helpers
+
+    def _answer(self, item: int) -> bool:
+        """The user's like: the source's decision, or a draw from its P(like) with the env's RNG."""
+        if self._p_like is None:
+            return bool(self._like[self._user, item])
+        return bool(self.np_random.random() < self._p_like[self._user, item])
 
     def _push(self, item: int, liked: bool) -> None:
         self._hist_items[:-1] = self._hist_items[1:]

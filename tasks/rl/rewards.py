@@ -1,11 +1,13 @@
-"""The simulated user of the RL env: one like decision per (user, item), computed once.
+"""The simulated user of the RL env: one like decision (or probability) per (user, item), computed once.
 
-Two sources:
+Three sources:
 - `ensemble` (default): the ensemble simulator's 2-of-3 vote (tasks/ensemble: f_mat, f_sim, f_sta,
   `score_pairs`) for every (train user, catalogue item) pair of the fold, each pair judged from ITS
   user's own train history. Computed in blocks of users (943 x 1,682 pairs on ML-100K u1).
 - `run:<run_id>`: a finished `doppel run`'s simulated ratings, like = rating >= threshold. Only the
   pairs the run rated are defined; `defined` marks them and the env gives 0 for the others.
+- `hybrid`: the calibrated hybrid's P(like) for a seeded sample of train users x every catalogue
+  item (tasks/rl/hybrid_reward.py); the env draws each like from it with its own seeded RNG.
 
 `World` adds what the env observes: each user's train history in time order and item features.
 """
@@ -38,6 +40,7 @@ class UserItemLikes:
     like: np.ndarray  # (n_users, n_items) bool
     defined: np.ndarray  # (n_users, n_items) bool
     source: str
+    p_like: np.ndarray | None = None  # (n_users, n_items) float: a like is drawn per step (hybrid reward)
 
 
 @dataclass
@@ -295,6 +298,10 @@ def load_world(
         likes, _ = cached_ensemble_likes(inputs)
     elif reward.startswith("run:"):
         likes = read_run_likes(db, reward.split(":", 1)[1], inputs, threshold)
+    elif reward == "hybrid":
+        from doppel.tasks.rl.hybrid_reward import cached_hybrid_likes
+
+        likes, _ = cached_hybrid_likes(inputs, threshold)
     else:
-        raise ValueError(f"reward must be 'ensemble' or 'run:<run_id>', not {reward!r}")
+        raise ValueError(f"reward must be 'ensemble', 'hybrid' or 'run:<run_id>', not {reward!r}")
     return build_world(inputs.train, likes, inputs.embeddings, inputs.has_embedding, threshold, feature_dim)
