@@ -21,7 +21,7 @@ import pytest
 from doppel.tasks.store.db import init_db
 from doppel.tasks.store.schema import view_files, views_in_order
 
-STAGING = ["stg_simulated_pairs"]
+STAGING = ["stg_runs_preferred", "stg_simulated_pairs"]
 RATING_MARTS = ["confusion_matrix", "failed_pairs", "rating_distributions", "rating_histograms", "user_error"]
 VIEWS = [
     "arena_scatter",
