@@ -17,6 +17,7 @@ import pandas as pd
 from doppel.tasks.arena.zoo import Entrant
 
 FAMILY = "rl"
+FACTORY = f"{__name__}:RLAgentScores"  # built like a plug-in (zoo.load_factory), entered by the operator's --rl-run
 
 
 def rl_entrants(db: str, rl_run: str) -> tuple[str, list[Entrant]]:
@@ -32,7 +33,7 @@ def rl_entrants(db: str, rl_run: str) -> tuple[str, list[Entrant]]:
         raise ValueError(
             f"--rl-run {rl_run!r}: no saved agent in {folder} (runs of doppel before 2026-12-05 saved none)"
         )
-    entrants = [Entrant(f"rl_{a}", FAMILY, "rl_agent", {"db": str(db), "rl_run": rl_run, "algo": a}) for a in algos]
+    entrants = [Entrant(f"rl_{a}", FAMILY, FACTORY, {"db": str(db), "rl_run": rl_run, "algo": a}) for a in algos]
     return str(list(row["folds"])[0]), entrants
 
 

@@ -186,18 +186,11 @@ class SASRecScores:
         return out
 
 
-def _rl_agent(**params: Any) -> Any:
-    from doppel.tasks.arena.rl_entrant import RLAgentScores
-
-    return RLAgentScores(**params)
-
-
 BUILTINS: dict[str, Callable[..., Any]] = {
     "random": RandomScores,
     "cornac": CornacRecommender,
     "implicit_als": ImplicitALS,
     "sasrec": SASRecScores,
-    "rl_agent": _rl_agent,  # a `doppel rl` agent (tasks/arena/rl_entrant.py; `doppel arena --rl-run`)
 }
 
 # the built-in zoo: settings are each library's documented defaults unless a comment says why
@@ -250,7 +243,7 @@ def build(entrant: Entrant, seed: int = 0) -> Recommender:
     """A fresh, unfitted recommender for `entrant`; plug-ins must follow the protocol."""
     factory = load_factory(entrant.factory)
     params = dict(entrant.params)
-    if entrant.factory in ("random", "cornac", "implicit_als", "sasrec", "rl_agent"):
+    if entrant.factory in ("random", "cornac", "implicit_als", "sasrec"):
         params.setdefault("seed", seed)
     rec = factory(**params)
     missing = [m for m in ("fit", "score") if not callable(getattr(rec, m, None))]

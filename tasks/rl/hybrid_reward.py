@@ -12,16 +12,12 @@ import hashlib
 import json
 import sys
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from doppel.tasks.rl.rewards import UserItemLikes
+from doppel.tasks.rl.world import EnsembleInputs, UserItemLikes
 from doppel.tasks.store.db import query
-
-if TYPE_CHECKING:
-    from doppel.tasks.rl.rewards import EnsembleInputs
 
 
 def sample_users(train: pd.DataFrame, n_users: int, seed: int) -> list[str]:
