@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from prefect import get_run_logger
 from prefect.context import FlowRunContext
 
 from doppel.flows.progress import Bar, Tally
@@ -67,6 +68,9 @@ class Gathered:
 
     tally: Tally
     written: int = 0
+    write_s: float = 0.0  # seconds spent in `write`
+    submitted_s: float = 0.0  # from the fan-out's start: every chunk submitted
+    first_result_s: float | None = None  # the first result arrived
     chunk_errors: list[str] = field(default_factory=list)
     endpoint_error: EndpointError | None = None
     wall_s: float = 0.0
@@ -110,10 +114,12 @@ def fan_out(
         chunk_task.submit(pack(chunk), llm=llm, limits=limit, channel=channel, **kwargs)
         for chunk, limit in zip(chunks, limits, strict=True)
     ]
-    gathered = Gathered(Tally())
+    gathered = Gathered(Tally(), submitted_s=round(time.monotonic() - started, 2))
+    logger = get_run_logger()
+    logger.info("submitted %d chunks in %.2f s", len(futures), gathered.submitted_s)
     try:
         with Bar(label, len(jobs), enabled=progress) as bar:
-            gathered.written = _drain(reader, futures, write, key, gathered.tally, bar, write_every_s)
+            gathered.written = _drain(reader, futures, write, key, gathered, bar, write_every_s, started)
     except BaseException:
         for future in futures:  # chunks not started yet never start
             with contextlib.suppress(Exception):
@@ -136,11 +142,14 @@ def _dask_client() -> Any:
     return runner.client
 
 
-def _drain(reader: ChannelReader, futures: list, write, key, tally: Tally, bar: Bar, every_s: float) -> int:
+def _drain(
+    reader: ChannelReader, futures: list, write, key, gathered: Gathered, bar: Bar, every_s: float, started: float
+) -> int:
     """Until every chunk is done: take what arrived, count it, and write it (at most every `every_s`).
 
     On Ctrl-C or an error the results that did arrive are written before it propagates.
     """
+    tally = gathered.tally
     seen: set = set()
     written, last_write = 0, time.monotonic()
     waiting: list = []
@@ -151,6 +160,7 @@ def _drain(reader: ChannelReader, futures: list, write, key, tally: Tally, bar: 
         if batch:
             write(batch)
             written += len(batch)
+            gathered.write_s += time.monotonic() - last_write
 
     try:
         while True:
@@ -162,6 +172,9 @@ def _drain(reader: ChannelReader, futures: list, write, key, tally: Tally, bar: 
                     tally.add(result)
                     fresh.append(result)
             if fresh:
+                if gathered.first_result_s is None:
+                    gathered.first_result_s = round(time.monotonic() - started, 2)
+                    get_run_logger().info("first result at %.2f s", gathered.first_result_s)
                 bar.show(tally, advance=len(fresh))
             waiting += fresh
             if all_done and not fresh:

@@ -216,7 +216,9 @@ def fan_out_users(settings: RunSettings, run_id: str, dataset: str, llm: LLMSett
         model_id=model_id,
         cache_dir=str(settings.cache_dir()),
     )
-    logger.info("fan-out %.2f s: %d users written", gathered.wall_s, gathered.written)
+    logger.info(
+        "fan-out %.2f s: %d users written (%.2f s of writes)", gathered.wall_s, gathered.written, gathered.write_s
+    )
     if gathered.endpoint_error is not None:
         raise gathered.endpoint_error  # finished users are written; the CLI prints this one line
     if gathered.chunk_errors:

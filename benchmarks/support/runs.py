@@ -163,8 +163,8 @@ VALUES = {
     "planned_s": re.compile(r"planned \d+ users in ([\d.]+) s"),
     "submitted_s": re.compile(r"submitted \d+ chunks in ([\d.]+) s"),
     "fanout_s": re.compile(r"fan-out ([\d.]+) s: "),
-    "first_user_s": re.compile(r"first user at ([\d.]+) s"),
-    "write_s": re.compile(r"users written in ([\d.]+) s of writes"),
+    "first_user_s": re.compile(r"first result at ([\d.]+) s"),
+    "write_s": re.compile(r"users written \(([\d.]+) s of writes\)"),
     "flow_wall_s": re.compile(r"this invocation: .*?([\d.]+) s\s*$"),
     "new_calls": re.compile(r"this invocation: \d+ users simulated, ([\d,]+) LLM calls"),
 }
