@@ -45,7 +45,9 @@ def test_sql_slice_is_the_python_hash_slice_for_any_row_order_and_subset_of_user
     assert 0.15 < mask.mean() < 0.25
     # a user's slice does not depend on who else is asked about
     users = sorted(train["user_id"].unique())[:3]
-    some = query(db, "user_candidates", dataset=name, fold="u1", user_ids=users, target="slice", **split)
+    some = query(
+        db, "user_candidates", dataset=name, fold="u1", user_ids=users, target="slice", arena_run=None, **split
+    )
     assert _pairs(some) == _pairs(shuffled[mask & shuffled["user_id"].isin(users)])
     # another seed, another slice
     other = calibration_slice(shuffled, frac=0.2, how="hash", seed=8)
@@ -60,7 +62,15 @@ def test_slice_work_rates_the_slice_from_a_history_without_it(synthetic_db):
     truth = {(r.user_id, r.item_id): r.rating for r in train.itertuples()}
     test_items = _pairs(
         query(
-            db, "user_candidates", dataset=name, fold="u1", user_ids=users, target="test", slice_frac=0.2, slice_seed=7
+            db,
+            "user_candidates",
+            dataset=name,
+            fold="u1",
+            user_ids=users,
+            target="test",
+            slice_frac=0.2,
+            slice_seed=7,
+            arena_run=None,
         )
     )
     works = build_work(db, name, "u1", users, sim)
