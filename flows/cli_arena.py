@@ -75,6 +75,9 @@ def arena_command(
     for fold_name, result in summary["folds"].items():
         for table in fold_tables(fold_name, result):
             show(table)
+        for note in (result.get("ensemble_note"), result.get("llm_note")):  # which judges there were, or why not
+            if note:
+                console.print(f"{fold_name}: {note}", highlight=False, markup=False)
     console.print(
         f"arena run [bold]{summary['run_id']}[/] in {db}: tables arena_*, view arena_scatter", highlight=False
     )

@@ -177,6 +177,7 @@ def test_doppel_arena_fills_its_tables_and_a_rerun_fits_nothing(prefect_server, 
     first = CliRunner().invoke(app, [*args, "--run-id", "arena-a"])
     assert first.exit_code == 0, first.output
     assert "rank agreement" in first.output and "make_item_id_order" in first.output
+    assert "u1: no LLM judge" in first.output  # the judges it lacks, and why
     with duckdb.connect(str(db), read_only=True) as con:
         recs = con.execute("select recommender, cached from arena_recommenders where run_id = 'arena-a'").df()
         assert len(recs) == 4 and not recs["cached"].any()
