@@ -51,7 +51,7 @@ def cached_hybrid_likes(
 ) -> tuple[UserItemLikes, dict]:
     """The hybrid reward of an ensemble run's fold, from the cache file or computed (and cached)."""
     from doppel.tasks import fidelity
-    from doppel.tasks.arena.config import code_digest
+    from doppel.tasks.arena.config import cached, code_digest
     from doppel.tasks.fidelity import features, hybrid
 
     users = sample_users(inputs.train, n_users, seed)
@@ -64,19 +64,16 @@ def cached_hybrid_likes(
         .tobytes()
     )
     digest.update(code_digest(fidelity, features, hybrid, sys.modules[__name__]).encode())
-    path = inputs.settings.run.work_dir() / "rl" / f"hybrid-{inputs.run_id}-{digest.hexdigest()[:16]}.npz"
-    if path.exists():
-        p = np.load(path, allow_pickle=False)["p_like"]
-        return _likes(users, inputs.item_ids, p), {"cached": True, "path": str(path), "seconds": 0.0}
-    t = time.monotonic()
-    items = query(inputs.settings.run.db, "hybrid_items", dataset=inputs.dataset)
-    p = hybrid_p_like(inputs.train, items, users, inputs.item_ids, threshold, seed)
-    seconds = time.monotonic() - t
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, p_like=p)
-    tmp.replace(path)
-    return _likes(users, inputs.item_ids, p), {"cached": False, "path": str(path), "seconds": round(seconds, 2)}
+    started = time.monotonic()
+
+    def compute() -> np.ndarray:
+        items = query(inputs.settings.run.db, "hybrid_items", dataset=inputs.dataset)
+        return hybrid_p_like(inputs.train, items, users, inputs.item_ids, threshold, seed)
+
+    folder = inputs.settings.run.work_dir() / "rl"
+    p, hit = cached(folder, f"hybrid-{inputs.run_id}", digest.hexdigest()[:16], compute)
+    seconds = 0.0 if hit else round(time.monotonic() - started, 2)
+    return _likes(users, inputs.item_ids, p), {"cached": hit, "folder": str(folder), "seconds": seconds}
 
 
 def _likes(users: list[str], item_ids: list[str], p: np.ndarray) -> UserItemLikes:
