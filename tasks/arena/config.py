@@ -44,6 +44,13 @@ def frame_digest(*frames: pd.DataFrame) -> str:
     return h.hexdigest()[:20]
 
 
+def same_pairs(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Whether two rating frames hold the same (user_id, item_id) pairs (e.g. the same train split)."""
+    return set(zip(a["user_id"].astype(str), a["item_id"].astype(str))) == set(
+        zip(b["user_id"].astype(str), b["item_id"].astype(str))
+    )
+
+
 def code_digest(*modules: Any) -> str:
     """Hash of the source files of `modules` (a cache entry is reused only with the same code)."""
     h = hashlib.sha256()

@@ -17,6 +17,7 @@ def ensemble_votes(
     """(user_id, item_id, vote in {0.0, 1.0} (NaN: item outside its catalogue), note) from the latest
     finished ensemble run of `dataset` on `fold` in `db`, whose train split must be `train`'s;
     (None, why) when there is none."""
+    from doppel.tasks.arena.config import same_pairs
     from doppel.tasks.ensemble.evaluate import score_pairs
     from doppel.tasks.rl.rewards import ensemble_run, load_sasrec, read_ensemble_inputs
 
@@ -27,8 +28,7 @@ def ensemble_votes(
     inputs = read_ensemble_inputs(db, row["run_id"], dataset)
     if inputs.fold != fold:
         return None, f"no ensemble judge: the latest ensemble run {row['run_id']} is of fold {inputs.fold}, not {fold}"
-    theirs = set(zip(inputs.train["user_id"].astype(str), inputs.train["item_id"].astype(str)))
-    if theirs != set(zip(train["user_id"].astype(str), train["item_id"].astype(str))):
+    if not same_pairs(inputs.train, train):
         return None, f"no ensemble judge: ensemble run {row['run_id']} was trained on another {dataset} {fold} split"
     keys = pairs[["user_id", "item_id"]].astype(str).drop_duplicates().reset_index(drop=True)
     known = keys["item_id"].isin(set(inputs.item_ids)).to_numpy()  # items outside its catalogue: no vote

@@ -44,6 +44,7 @@ class RLAgentScores:
         self.db, self.rl_run, self.algo = db, rl_run, algo
 
     def fit(self, train: pd.DataFrame) -> RLAgentScores:
+        from doppel.tasks.arena.config import same_pairs
         from doppel.tasks.rl import agents
         from doppel.tasks.rl.config import EnvSettings
         from doppel.tasks.rl.env import DoppelRecEnv
@@ -53,8 +54,7 @@ class RLAgentScores:
         row = finished_rl_run(self.db, self.rl_run)
         config = row["config"]
         inputs = read_ensemble_inputs(self.db, config["ensemble_id"])
-        theirs = set(zip(inputs.train["user_id"].astype(str), inputs.train["item_id"].astype(str)))
-        if theirs != set(zip(train["user_id"].astype(str), train["item_id"].astype(str))):
+        if not same_pairs(inputs.train, train):
             raise ValueError(
                 f"rl agent {self.algo} of {self.rl_run}: trained on another train split than this fold's "
                 f"(its ensemble run {inputs.run_id} is of fold {inputs.fold})"
