@@ -13,9 +13,11 @@ from doppel.tasks.arena.ensemble_judge import ENSEMBLE
 from doppel.tasks.arena.judges import AUDIT, HYBRID_JUDGES, audit_column
 from doppel.tasks.arena.llm_judge import LLM, P_LIKE_LLM, REAL_LLM, judged_pairs
 from doppel.tasks.arena.protocols import (
+    LIKE,
     calibration,
     catalogue_metrics,
     like_rate_gap,
+    like_threshold,
     noise_ceiling,
     observed_metrics,
     rank_agreement,
@@ -121,48 +123,38 @@ def evaluate_fold(
                 rows.append(row)
     agreement = pd.DataFrame(rows)
     held = observed_judged.dropna(subset=["real"])
-    stats, bins = calibration(held["p_like"].to_numpy(), (held["real"] >= 4).to_numpy())
-    calib = pd.DataFrame(
-        [
-            {
-                "judge": judge,
-                "like_rate_gap": like_rate_gap(held[judge].to_numpy(), held["real"].to_numpy()),
-                "like_rate": float(np.mean(held[judge] >= 4)),
-                "real_like_rate": float(np.mean(held["real"] >= 4)),
-                # the three hybrid judges share one distribution, so one P(like), one ECE and Brier
-                "ece": stats["ece"],
-                "brier": stats["brier"],
-                "n": len(held),
-            }
-            for judge in HYBRID_JUDGES
-        ]
-    )
+    # the three hybrid judges share one distribution, so one P(like), one ECE, Brier and reliability
+    judged = [(judge, held, "p_like") for judge in HYBRID_JUDGES]
     if ENSEMBLE in held:  # a hard vote: P(like) is the vote itself
-        voted = held.dropna(subset=[ENSEMBLE])
-        vs, _ = calibration(voted[ENSEMBLE].to_numpy(), (voted["real"] >= 4).to_numpy())
-        calib.loc[len(calib)] = {
-            "judge": ENSEMBLE,
-            "like_rate_gap": like_rate_gap(voted[ENSEMBLE].to_numpy(), voted["real"].to_numpy(), threshold=1.0),
-            "like_rate": float(voted[ENSEMBLE].mean()),
-            "real_like_rate": float(np.mean(voted["real"] >= 4)),
-            "ece": vs["ece"],
-            "brier": vs["brier"],
-            "n": len(voted),
-        }
-    bins = bins.assign(judge="hybrid")
+        judged.append((ENSEMBLE, held.dropna(subset=[ENSEMBLE]), ENSEMBLE))
     rated = judged_pairs(held)
     if len(rated):  # the LLM's own P(like): from its rating distribution, else its hard like
-        ls, lbins = calibration(rated[P_LIKE_LLM].to_numpy(), (rated["real"] >= 4).to_numpy())
-        calib.loc[len(calib)] = {
-            "judge": LLM,
-            "like_rate_gap": like_rate_gap(rated[LLM].to_numpy(), rated["real"].to_numpy()),
-            "like_rate": float(np.mean(rated[LLM] >= 4)),
-            "real_like_rate": float(np.mean(rated["real"] >= 4)),
-            "ece": ls["ece"],
-            "brier": ls["brier"],
-            "n": len(rated),
-        }
-        bins = pd.concat([bins, lbins.assign(judge=LLM)], ignore_index=True)
+        judged.append((LLM, rated, P_LIKE_LLM))
+    calib_rows: list[dict] = []
+    reliability: dict[str, pd.DataFrame] = {}
+    for judge, pairs, p_like in judged:
+        row, judge_bins = calibration_row(judge, pairs, p_like)
+        calib_rows.append(row)
+        reliability.setdefault("hybrid" if judge in HYBRID_JUDGES else judge, judge_bins)
+    calib = pd.DataFrame(calib_rows)
+    bins = pd.concat([b.assign(judge=name) for name, b in reliability.items() if name != ENSEMBLE], ignore_index=True)
     for frame in (metrics, agreement, calib, bins):
         frame.insert(0, "fold", fold)
     return {"metrics": metrics, "agreement": agreement, "calibration": calib, "reliability": bins}
+
+
+def calibration_row(judge: str, pairs: pd.DataFrame, p_like: str) -> tuple[dict, pd.DataFrame]:
+    """One judge's like-rate gap, like rates, ECE and Brier of its P(like) (column `p_like`) on the
+    held-out `pairs`, and its reliability bins."""
+    threshold = like_threshold(judge)
+    stats, bins = calibration(pairs[p_like].to_numpy(), (pairs["real"] >= LIKE).to_numpy())
+    row = {
+        "judge": judge,
+        "like_rate_gap": like_rate_gap(pairs[judge].to_numpy(), pairs["real"].to_numpy(), threshold=threshold),
+        "like_rate": float(np.mean(pairs[judge] >= threshold)),
+        "real_like_rate": float(np.mean(pairs["real"] >= LIKE)),
+        "ece": stats["ece"],
+        "brier": stats["brier"],
+        "n": len(pairs),
+    }
+    return row, bins
