@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             concurrency=args.concurrency,
             runner=args.runner,
             baselines=args.baselines,
+            verbose=True,  # the phase lines (planned, submitted, fan-out) are Prefect INFO logs
         )
         load = machine.quiet_machine(args.max_load, args.max_wait)
         servers.server_reset(base_url)

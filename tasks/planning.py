@@ -55,6 +55,10 @@ def build_work(
         demographics = _selected(con, "user_demographics", **params)
     demo = dict(zip(demographics["user_id"], demographics["demographics"].fillna("")))
     hist_by_user, cand_by_user = _rows_by_user(history), _rows_by_user(candidates)
+    # one string object per distinct value: an item's overview is pickled once per chunk, not once per
+    # user who rated it (a fold-all chunk: 46 -> 7 MB, ~400 MB less RSS across the run's processes)
+    strings: dict[str, str] = {}
+    one = lambda text: strings.setdefault(text, text)  # noqa: E731
     works = []
     for user_id in user_ids:
         items = cand_by_user.get(user_id)
@@ -68,11 +72,16 @@ def build_work(
                 user_id=user_id,
                 demographics=demo.get(user_id) or "unknown",
                 history=[
-                    HistoryItem(r.item_id, r.title, r.year, r.genres, r.text, int(r.rating), int(r.ts))
+                    HistoryItem(
+                        one(r.item_id), one(r.title), r.year, one(r.genres), one(r.text), int(r.rating), int(r.ts)
+                    )
                     for r in hist_by_user.get(user_id, [])
                 ],
                 candidates=[
-                    CandidateItem(r.item_id, r.title, r.year, r.genres, r.text, _int_or_none(r.truth)) for r in items
+                    CandidateItem(
+                        one(r.item_id), one(r.title), r.year, one(r.genres), one(r.text), _int_or_none(r.truth)
+                    )
+                    for r in items
                 ],
                 pending_item_ids=(pending or {}).get(user_id),
                 retry_round=(retries or {}).get(user_id, 0),

@@ -26,7 +26,14 @@ class LLMSettings(BaseModel):
     gguf: str | None = Field(None, description="run the embedded server on this GGUF file")
     temperature: float = Field(0.0, description="sampling temperature")
     seed: int = Field(0, description="LLM seed")
-    max_tokens_profile: int = 220
+    # a profile of tasks/simulation.PROFILE_WORDS words fits in ~90 tokens; a looping answer stops here
+    max_tokens_profile: int = 120
+    profile_frequency_penalty: float = Field(
+        0.5,
+        ge=0.0,
+        le=2.0,
+        description="profile calls: OpenAI frequency_penalty against the loops small models write (0: not sent)",
+    )
     max_tokens_rating_per_item: int = 16
     timeout_s: float = Field(120.0, description="seconds per LLM call")
     max_retries: int = 4  # transport retries by the openai client (429/5xx/timeouts)
@@ -66,7 +73,9 @@ class SimulationSettings(BaseModel):
     rate_batch: int = Field(10, ge=1, description="held-out items per rating call")
     update_profile: bool = Field(True, description="update the profile after each rating batch (the dynamic user)")
     overview_chars: int = Field(160, ge=0, description="item overview characters per item in prompts (0: none)")
-    prompts: str = Field("compact", description="prompt set: compact | seed (the seed's layout) | a folder of .md")
+    prompts: str = Field(
+        "compact", description="prompt set: compact | seed (the seed's layout) | positions | a folder of .md"
+    )
     max_test_items: int | None = Field(None, description="cap held-out items per user (default: all)")
     target: Literal["test", "slice", "arena"] = Field(
         "test",

@@ -158,7 +158,11 @@ def test_bad_answers_fail_with_reasons_never_dropped(llm_server, tmp_path, fault
     assert log and log[0]["fault"] == fault
 
 
-def test_repair_re_asks_for_the_missing_ids(llm_server, tmp_path):
+@pytest.mark.parametrize(
+    ("prompts", "asks_again"),
+    [("compact", 'item_ids: ["4", "5"]'), ("positions", "the ratings of movies 4, 5 in that order")],
+)
+def test_repair_re_asks_for_the_missing_ids(llm_server, tmp_path, prompts, asks_again):
     calls = {"n": 0}
 
     def first_answer_misses_two(kind, body):
@@ -168,11 +172,11 @@ def test_repair_re_asks_for_the_missing_ids(llm_server, tmp_path):
         return None
 
     with LLMTestServer(answer_fn=first_answer_misses_two) as server:
-        out = run(_rate(gateway(server, tmp_path)))
+        out = run(_rate(gateway(server, tmp_path), prompts=prompts))
         repair = server.log()[1]["request"]["messages"][-1]["content"]
     assert set(out.ratings) == set(IDS) and not out.failed
     assert out.ratings["1"] == 3 and [c.status for c in out.calls] == ["invalid", "ok"]
-    assert "Your previous answer was invalid" in repair and "the ratings of movies 4, 5 in that order" in repair
+    assert "Your previous answer was invalid" in repair and asks_again in repair
 
 
 def test_http_errors_are_retried_by_the_client(llm_server, tmp_path):
@@ -190,16 +194,19 @@ def test_a_hung_server_fails_the_pairs_with_a_reason(llm_server, tmp_path):
     assert out.calls[-1].status == "error"
 
 
-def test_fallback_to_json_object_when_schema_is_rejected(tmp_path):
+@pytest.mark.parametrize("prompts", ["compact", "positions"])
+def test_fallback_to_json_object_when_schema_is_rejected(tmp_path, prompts):
     with LLMTestServer(reject_json_schema=True) as server:
         gw = gateway(server, tmp_path)
         gw.limiter = CallLimiter(1)  # the retry must not wait for the slot it still holds
-        out = run(asyncio.wait_for(_rate(gw), 20))
+        out = run(asyncio.wait_for(_rate(gw, prompts=prompts), 20))
         formats = [(e["request"].get("response_format") or {}).get("type") for e in server.log()]
     assert set(out.ratings) == set(IDS) and not out.failed
-    # the first json_object request still has the prompt made for the schema (no item_ids line): the test
-    # server cannot tell the ids, answers none, and the repair (with the ids) completes; later calls carry them
-    assert formats == ["json_schema", "json_object", "json_object"]
+    if prompts == "compact":  # the prompt names the ids: the json_object answer is complete
+        assert formats == ["json_schema", "json_object"]
+    else:  # the first json_object request still has the prompt made for the schema (no item_ids line): the
+        # test server cannot tell the ids, answers none, and the repair (with the ids) completes
+        assert formats == ["json_schema", "json_object", "json_object"]
     assert 'item_ids: ["1"' in server.log()[-1]["request"]["messages"][-1]["content"]
 
 

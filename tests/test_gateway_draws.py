@@ -5,11 +5,11 @@ logprobs, and answer bodies read as plain data whatever they hold.
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 
 from doppel.tasks.llm.limits import CallLimiter
+from doppel.tasks.llm.schemas import parse_ratings
 from doppel.testing.llm_server import LLMTestServer, expected_rating
 from tests._gateway import IDS, _close, _rate, gateway, run
 
@@ -36,11 +36,7 @@ def test_draws_give_the_distribution_where_the_server_gives_no_logprobs(tmp_path
         )
         assert len({d["seed"] for d in draws}) == 6 and answer["seed"] not in {d["seed"] for d in draws}
         # each rating's distribution is the share of the draws (as the server answered them) giving 1..5
-        answered = [
-            dict(zip(IDS, json.loads(e["response"])["ratings"], strict=True))  # by position
-            for e in server.log()
-            if e["request"].get("temperature")
-        ]
+        answered = [parse_ratings(e["response"], IDS).ratings for e in server.log() if e["request"].get("temperature")]
         for item_id in IDS:
             shares = [sum(a[item_id] == k for a in answered) / 6 for k in range(1, 6)]
             assert _close(out.probs[item_id], shares) and out.draws[item_id] == 6

@@ -80,7 +80,12 @@ class LLMGateway:
         what it said before it went wrong when that is long enough, else re-asked in the same conversation,
         quoting the problem."""
         messages = self._messages(prompt, variables, overview_chars, prompts)
-        params = {"temperature": self.settings.temperature, "max_tokens": self.settings.max_tokens_profile}
+        params: dict[str, Any] = {
+            "temperature": self.settings.temperature,
+            "max_tokens": self.settings.max_tokens_profile,
+        }
+        if self.settings.profile_frequency_penalty:  # ratings never get it: a viewer may give many 4s in a row
+            params["frequency_penalty"] = self.settings.profile_frequency_penalty
         outcome = TextOutcome(text=None, error=None)
         samples = iter(range(self.settings.repair_attempts + 1))  # each attempt a new sample (seed, cache key)
 

@@ -1,7 +1,8 @@
 """The rating answer contract: JSON schema for constrained decoding, and a forgiving parser.
 
-Two answer layouts: ratings by position (the default: the model decodes a digit per item) and
-{item_id, rating} objects (the seed's). The parser accepts what the schema allows and, for servers that ignore the schema, digs the
+Two answer layouts: {item_id, rating} objects (the default and the seed's) and ratings by position (the
+"positions" prompt set: the model decodes a digit per item; the 0.5B model copies its first digit down the
+array). The parser accepts what the schema allows and, for servers that ignore the schema, digs the
 JSON object out of prose. It keeps every valid (requested id, integer 1..5) pair and reports
 the rest as problems, so a repair re-ask can ask only for what is missing.
 
@@ -37,11 +38,11 @@ LAYOUTS = ("positions", "item_ids")  # the rating answer: ratings by position, o
 def ratings_json_schema(item_ids: list[str], layout: str = "positions") -> dict:
     """The rating answer's schema for these ids, in `layout`.
 
-    positions (default): {"ratings": [r1, ..., rn]}, an array of exactly n integers 1..5, one per
+    positions: {"ratings": [r1, ..., rn]}, an array of exactly n integers 1..5, one per
     numbered item of the prompt: the model decodes only what carries information (a digit and a comma
     per item). The ids ride along as the array's description (an annotation: it constrains nothing,
     but a reader of the request, such as the test server, knows which items were asked).
-    item_ids (the seed's layout): one `const` item_id per array position, so small models cannot
+    item_ids (the compact and seed prompts'): one `const` item_id per array position, so small models cannot
     repeat or invent ids, at ~15 decoded tokens per item.
     """
     if layout == "positions":

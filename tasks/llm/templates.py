@@ -1,8 +1,8 @@
 """Prompt templates: one file per prompt in prompts/, rendered with Jinja2, hashed for the audit log.
 
 A prompt set is a folder of such files: "compact" (prompts/, the default), "seed" (prompts/seed/: the
-seed's verbose layout with full item descriptions everywhere, kept to measure against) or any folder
-of the user's. A set may hold only some prompts; the others come from prompts/.
+seed's verbose layout with full item descriptions everywhere, kept to measure against), "positions"
+(compact, but ratings answered by position: the fewest decoded tokens) or any folder of the user's. A set may hold only some prompts; the others come from prompts/.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from doppel.tasks.llm.schemas import LAYOUTS, ids_json  # noqa: F401 - ids_json 
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 PROMPT_NAMES = ("system", "profile_create", "profile_refine", "profile_update", "profile_repair", "rating", "repair")
-PROMPT_SETS = {"compact": PROMPT_DIR, "seed": PROMPT_DIR / "seed"}
+PROMPT_SETS = {"compact": PROMPT_DIR, "seed": PROMPT_DIR / "seed", "positions": PROMPT_DIR / "positions"}
 
 
 def prompt_dir(prompts: str = "compact") -> Path:
