@@ -241,6 +241,7 @@ RUN = OptionSet(
         opt("rating_samples", "llm.rating_samples"),
         opt("sample_temperature", "llm.sample_temperature"),
         opt("profile_keep_words", "llm.profile_keep_words"),
+        opt("profile_penalty", "llm.profile_frequency_penalty"),
         opt("db"),
         opt("run_id"),
         opt("runner"),

@@ -3,6 +3,8 @@ train with a profile built without it, and the hybrid's calibrator learns from t
 
 from __future__ import annotations
 
+import pickle
+
 import duckdb
 import numpy as np
 import pandas as pd
@@ -83,6 +85,21 @@ def test_slice_work_rates_the_slice_from_a_history_without_it(synthetic_db):
         assert all(c.truth == truth[(w.user_id, c.item_id)] for c in w.candidates)  # truth = the train rating
     pairs = requested_pairs(db, name, "u1", users, sim)
     assert _pairs(pairs) == {(w.user_id, c.item_id) for w in works for c in w.candidates}
+
+
+def test_work_items_share_one_string_per_item_text(synthetic_db):
+    # a chunk is pickled once: an item's text shared by its users is stored once, not once per user
+    db, name = synthetic_db
+    users = sorted(query(db, "fold_test_users", dataset=name, fold="u1")["user_id"])[:20]
+    works = build_work(db, name, "u1", users, SimulationSettings(history_n=500))
+    by_item: dict[str, list[str]] = {}
+    for w in works:
+        for it in [*w.history, *w.candidates]:
+            by_item.setdefault(it.item_id, []).append(it.text)
+    shared = [texts for texts in by_item.values() if len(texts) > 1]
+    assert shared and all(all(t is texts[0] for t in texts) for texts in shared)
+    packed, alone = pickle.dumps(works), sum(len(pickle.dumps(w)) for w in works)
+    assert len(packed) < alone / 2
 
 
 def synthetic_fold(seed: int):

@@ -124,6 +124,18 @@ def test_a_looping_profile_keeps_what_it_said_before_the_loop() -> None:
     loop = "Likes dark comedies. Loves " + "horror action comedy drama romance " * 11
     assert salvaged_profile(loop) == "Likes dark comedies."
     assert salvaged_profile("<profile>Likes heist films.</profile>") == "Likes heist films."  # our delimiters, echoed
+    # the 0.5B model's usual answer (ML-100K u1, qwen2.5-0.5b): the viewer line echoed, the profile inside our
+    # tags, then more of the prompt echoed until the token limit: the profile is what the tags hold
+    echoed = (
+        "Viewer: 31 years old, male, engineer\n<profile>Viewer: 31 years old, male, engineer Genres: Crime, "
+        "Film-Noir, Mystery Themes: corrupt police of the 1950s. Likes: Comedy Dislikes: Action Rating Habits: "
+        "Mean: 4.2 stars</profile>\n\nRating:\n- Godfather: Part II, The (1974) | Action, Crime, Drama =>"
+    )
+    assert salvaged_profile(echoed) == (
+        "Viewer: 31 years old, male, engineer Genres: Crime, Film-Noir, Mystery Themes: corrupt police of the "
+        "1950s. Likes: Comedy Dislikes: Action Rating Habits: Mean: 4.2 stars"
+    )
+    assert judged_profile(echoed)[1] is None  # long enough: kept after one call
     # seen from the 0.5B model on a synthetic user, at temperature 0 and 0.7 alike: a genre list that loops
     listed = "Viewer: 55, healthcare\nGenres: Romance, Drama, " + "Adventure, Sci-Fi, Horror, Animation, Comedy, " * 12
     assert (

@@ -18,6 +18,9 @@ SPAN_REPEATS = 3  # ... seen this often is a loop, not prose
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 # our own delimiters (<profile>, <data>), chat-template tokens (<|im_end|>), Jinja left-overs
 _TAG = re.compile(r"</?\s*[A-Za-z_][\w-]*\s*/?>|<\|[^|>\n]{1,40}\|>|\{\{|\}\}|\{%|%\}")
+# the 0.5B model echoes the prompt's layout: the viewer line, then its profile inside our <profile> tags, then
+# more echoed prompt; what the tags hold is the profile it meant
+_PROFILE_BLOCK = re.compile(r"<\s*profile\s*>(.*?)(?:<\s*/\s*profile\s*>|$)", re.DOTALL | re.IGNORECASE)
 _HEADER = re.compile(r"^\s*(?:#{1,6}\s*(?P<md>[^\n]+)|\*\*(?P<bold>[^*\n]+?)\*\*|(?P<label>[^\W\d][^:\n]{0,40}?)\s*:)")
 _ENDS = ".!?…"
 _CLOSERS = "\"')]*_`»”’"
@@ -107,11 +110,13 @@ def salvaged_profile(text: str | None) -> str | None:
 
     The gateway keeps it at once when it is long enough (`judged_profile`), else re-asks, and uses it as the
     last resort once re-asks are spent (small models echo the prompt's `<profile>` delimiters, loop and
-    run into the token limit, and a re-ask rarely changes that). It only removes:
-    template tags, a header line written again, the text from where a loop begins again (the repeated
+    run into the token limit, and a re-ask rarely changes that). It only removes: what is outside a
+    `<profile>` block the answer wrapped its profile in, template tags, a header line written again, the text from where a loop begins again (the repeated
     span's second occurrence; a list ends at its last entry before it), then, while the text is still
     cut off, its last line, and at last everything after the last whole sentence. Never a word added.
     """
+    block = _PROFILE_BLOCK.search(text or "")
+    text = block.group(1) if block and _WORD.search(block.group(1)) else text
     text = "\n".join(" ".join(line.split()) for line in _TAG.sub(" ", text or "").splitlines()).strip()
     text = _without_repeated_headers(text)
     if span := _repeated_span(text):

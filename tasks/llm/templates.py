@@ -110,12 +110,12 @@ LAYOUT_MARK = re.compile(r"\{#-?\s*answer:\s*(\w+)\s*-?#\}")
 
 @cache
 def answer_layout(prompts: str = "compact") -> str:
-    """The rating answer layout of a prompt set (schemas.LAYOUTS): "positions" unless its rating template
-    declares another in a Jinja comment, as the seed's does: `{# answer: item_ids #}`."""
+    """The rating answer layout of a prompt set (schemas.LAYOUTS): "item_ids" unless its rating template
+    declares another in a Jinja comment, as the positions set's does: `{# answer: positions #}`."""
     folder = prompt_dir(prompts)
     own = folder / "rating.md"
     match = LAYOUT_MARK.search((own if own.exists() else PROMPT_DIR / "rating.md").read_text())
-    layout = match.group(1) if match else "positions"
+    layout = match.group(1) if match else "item_ids"
     if layout not in LAYOUTS:
         raise ValueError(f"prompt set {prompts!r}: rating.md declares answer {layout!r}, not one of {LAYOUTS}")
     return layout
