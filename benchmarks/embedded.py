@@ -48,11 +48,14 @@ from doppel.tasks.simulation import simulate_user  # noqa: E402
 LAYOUTS = {"old": "seed", "new": "compact"}
 # shared/ beside the checkout (or beside the worktrees' folder)
 SHARED = next((p / "shared" for p in HERE.parents[1:3] if (p / "shared").is_dir()), HERE.parents[1] / "shared")
+DATA_DIR = str(SHARED / "data" / "ml-100k") if (SHARED / "data" / "ml-100k").is_dir() else None
+ITEM_TEXT = str(path) if (path := SHARED / "data" / "ml-100k-text" / "ml100k_movie_text.tsv").is_file() else None
 
 
-def ingest(db: Path, data_dir: str, item_text: str | None) -> None:
-    cmd = [sys.executable, "-m", "doppel.flows.cli", "ingest", "--dataset", "ml-100k", "--data-dir", data_dir]
-    cmd += ["--db", str(db)] + (["--item-text", item_text] if item_text else [])
+def ingest(db: Path, data_dir: str | None, item_text: str | None) -> None:
+    """ML-100K into `db`: from `data_dir`, else doppel's verified download of the public zip."""
+    cmd = [sys.executable, "-m", "doppel.flows.cli", "ingest", "--dataset", "ml-100k", "--db", str(db)]
+    cmd += (["--data-dir", data_dir] if data_dir else []) + (["--item-text", item_text] if item_text else [])
     env = {**os.environ, "PREFECT_HOME": str(db.parent / "prefect-home")}
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
 
@@ -119,8 +122,8 @@ def main() -> None:
     ap.add_argument("--max-test-items", type=int, default=None, help="cap held-out items per user")
     ap.add_argument("--ceiling-rounds", type=int, default=2)
     ap.add_argument("--parallels", default="1,2,4", help="parallel sequences of the ceiling measure")
-    ap.add_argument("--data-dir", default=str(SHARED / "data" / "ml-100k"))
-    ap.add_argument("--item-text", default=str(SHARED / "data" / "ml-100k-text" / "ml100k_movie_text.tsv"))
+    ap.add_argument("--data-dir", default=DATA_DIR, help="ML-100K folder (default: the shared copy, else download)")
+    ap.add_argument("--item-text", default=ITEM_TEXT, help="item overview TSV (default: the shared copy, if any)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "embedded.md")
     args = ap.parse_args()
     head = _ceiling.header("Embedded model: seconds per user against llama.cpp's own ceiling", args.model)

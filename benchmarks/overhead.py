@@ -71,18 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy(args.template, template)
     else:
         t0 = time.monotonic()
-        ingest = [
-            sys.executable,
-            "-m",
-            "doppel.flows.cli",
-            "ingest",
-            "--dataset",
-            "ml-100k",
-            "--data-dir",
-            str(args.data_dir),
-            "--db",
-            str(template),
-        ] + (["--item-text", str(args.item_text)] if args.item_text else [])
+        ingest = runs.ingest_argv(template, args.data_dir, args.item_text)
         ing = runs.run_timed(ingest, env, wd, log_path, sample_rss=False)
         if ing.returncode != 0:
             log(ing.text[-3000:])

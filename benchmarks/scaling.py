@@ -140,18 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.template:
         shutil.copy(args.template, template)
     else:
-        ingest = [
-            sys.executable,
-            "-m",
-            "doppel.flows.cli",
-            "ingest",
-            "--dataset",
-            "ml-100k",
-            "--data-dir",
-            str(args.data_dir),
-            "--db",
-            str(template),
-        ] + (["--item-text", str(args.item_text)] if args.item_text else [])
+        ingest = runs.ingest_argv(template, args.data_dir, args.item_text)
         if runs.run_timed(ingest, env, wd, log_path, sample_rss=False).returncode != 0:
             log(f"ingest failed: see {log_path}")
             return 1

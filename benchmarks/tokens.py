@@ -68,18 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if template is None:
         wd = Path(tempfile.mkdtemp(prefix="doppel-tokens-"))
         template = wd / "template.duckdb"
-        ingest = [
-            sys.executable,
-            "-m",
-            "doppel.flows.cli",
-            "ingest",
-            "--dataset",
-            "ml-100k",
-            "--data-dir",
-            str(args.data_dir),
-            "--db",
-            str(template),
-        ] + (["--item-text", str(args.item_text)] if args.item_text else [])
+        ingest = runs.ingest_argv(template, args.data_dir, args.item_text)
         t = runs.run_timed(
             ingest, runs.doppel_env(wd / "prefect-home", repo=repo, timed=True), wd, wd / "ingest.log", sample_rss=False
         )

@@ -14,8 +14,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parents[1]  # benchmarks/
 REPO = HERE.parent
 RESULTS = HERE / "results"
-DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "ml-100k"
-DEFAULT_ITEM_TEXT = REPO.parent / "shared" / "data" / "ml-100k-text" / "ml100k_movie_text.tsv"
+# the development copy beside the checkout; elsewhere None: doppel downloads the public dataset (no item text)
+_SHARED = REPO.parent / "shared" / "data"
+DEFAULT_DATA_DIR = _SHARED / "ml-100k" if (_SHARED / "ml-100k").is_dir() else None
+DEFAULT_ITEM_TEXT = _SHARED / "ml-100k-text" / "ml100k_movie_text.tsv"
 SERVER_MODEL = "doppel-test-model"
 
 

@@ -55,6 +55,13 @@ def doppel_env(prefect_home: Path, extra: dict | None = None, *, repo: Path = RE
     return env
 
 
+def ingest_argv(db: Path, data_dir: Path | None, item_text: Path | None) -> list[str]:
+    """`doppel ingest` of ML-100K into `db`: from `data_dir`, else doppel's verified download of the public zip."""
+    argv = [sys.executable, "-m", "doppel.flows.cli", "ingest", "--dataset", "ml-100k", "--db", str(db)]
+    argv += ["--data-dir", str(data_dir)] if data_dir else []
+    return argv + (["--item-text", str(item_text)] if item_text else [])
+
+
 def doppel_argv(
     *,
     base_url: str,
