@@ -111,9 +111,10 @@ def salvaged_profile(text: str | None) -> str | None:
     The gateway keeps it at once when it is long enough (`judged_profile`), else re-asks, and uses it as the
     last resort once re-asks are spent (small models echo the prompt's `<profile>` delimiters, loop and
     run into the token limit, and a re-ask rarely changes that). It only removes: what is outside a
-    `<profile>` block the answer wrapped its profile in, template tags, a header line written again, the text from where a loop begins again (the repeated
-    span's second occurrence; a list ends at its last entry before it), then, while the text is still
-    cut off, its last line, and at last everything after the last whole sentence. Never a word added.
+    `<profile>` block the answer wrapped its profile in, template tags, a header line written again, the
+    text from where a loop begins again (the repeated span's second occurrence; a list ends at its last
+    entry before it), then, while the text is still cut off, its last line, and at last everything after
+    the last whole sentence. Never a word added.
     """
     block = _PROFILE_BLOCK.search(text or "")
     text = block.group(1) if block and _WORD.search(block.group(1)) else text

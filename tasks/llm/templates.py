@@ -2,7 +2,8 @@
 
 A prompt set is a folder of such files: "compact" (prompts/, the default), "seed" (prompts/seed/: the
 seed's verbose layout with full item descriptions everywhere, kept to measure against), "positions"
-(compact, but ratings answered by position: the fewest decoded tokens) or any folder of the user's. A set may hold only some prompts; the others come from prompts/.
+(compact, but ratings answered by position: the fewest decoded tokens) or any folder of the user's.
+A set may hold only some prompts; the others come from prompts/.
 """
 
 from __future__ import annotations
