@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")  # before prefect is imported; errors are ours to print
@@ -11,6 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
 os.environ.setdefault("DASK_DISTRIBUTED__WORKER__DAEMON", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# Prefect's queue services log under their class names, outside "prefect", so PREFECT_LOGGING_LEVEL misses them:
+# an exit that drains slowly (Ctrl-C under load) printed "EventsWorker - Still processing items" beside our error
+for _service in ("EventsWorker", "APILogWorker"):
+    logging.getLogger(_service).setLevel(logging.ERROR)
 
 import typer  # noqa: E402
 

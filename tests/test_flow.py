@@ -60,12 +60,11 @@ def test_run_writes_every_table_and_rerun_makes_no_calls(prefect_server, llm_ser
     answered = {}
     for entry in llm_server.log():
         if entry["kind"] == "rating" and entry.get("response"):
-            import json
-
+            from doppel.tasks.llm.schemas import parse_ratings
             from doppel.testing.llm_server import requested_ids
 
-            ids = requested_ids(entry["request"])  # the answer is by position
-            for item_id, rating in zip(ids, json.loads(entry["response"])["ratings"], strict=True):
+            ids = requested_ids(entry["request"])
+            for item_id, rating in parse_ratings(entry["response"], ids).ratings.items():
                 answered.setdefault(item_id, set()).add(rating)
     ratings = table(settings.db, "select item_id, rating from simulated_ratings where run_id = ?", summary["run_id"])
     assert all(row.rating in answered[row.item_id] for row in ratings.itertuples())
