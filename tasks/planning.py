@@ -56,7 +56,7 @@ def build_work(
     demo = dict(zip(demographics["user_id"], demographics["demographics"].fillna("")))
     hist_by_user, cand_by_user = _rows_by_user(history), _rows_by_user(candidates)
     # one string object per distinct value: an item's overview is pickled once per chunk, not once per
-    # user who rated it (a fold-all chunk: 46 -> 7 MB, ~400 MB less RSS across the run's processes)
+    # user who rated it (the peak RSS of a fold-all run: benchmarks/results/overhead_all.md)
     strings: dict[str, str] = {}
     one = lambda text: strings.setdefault(text, text)  # noqa: E731
     works = []

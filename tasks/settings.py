@@ -26,7 +26,7 @@ class LLMSettings(BaseModel):
     gguf: str | None = Field(None, description="run the embedded server on this GGUF file")
     temperature: float = Field(0.0, description="sampling temperature")
     seed: int = Field(0, description="LLM seed")
-    # a profile of tasks/simulation.PROFILE_WORDS words fits in ~90 tokens; a looping answer stops here
+    # a profile of tasks/simulation.PROFILE_WORDS words fits; a looping answer stops here (answer_shapes.md)
     max_tokens_profile: int = 120
     profile_frequency_penalty: float = Field(
         0.5,

@@ -19,7 +19,7 @@ from doppel.tasks.llm.session import LimitSpec, run_chunk
 from doppel.tasks.records import CandidateItem, HistoryItem, PackedWork, UserWork
 from doppel.tasks.settings import LLMSettings, SimulationSettings
 
-PROFILE_WORDS = 60  # 110 made the 0.5B model loop to its token cap on every profile call (benchmarks/embedded.py)
+PROFILE_WORDS = 60  # at 110 the 0.5B model looped to its token cap (benchmarks/results/answer_shapes.md)
 USERS_PER_SLOT = 3
 
 
