@@ -8,7 +8,7 @@ parameter, a result or the database.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -62,6 +62,16 @@ class LLMSettings(BaseModel):
     cache_dir: str | None = Field(None, description="LLM response cache (default: .doppel/ next to the db)")
     price_prompt_per_mtok: float = Field(0.0, description="USD per million prompt tokens (cost accounting)")
     price_completion_per_mtok: float = Field(0.0, description="USD per million completion tokens")
+
+    def profile_params(self) -> dict[str, Any]:
+        """Sampling parameters of a profile call. The penalty is sent only when set (not every server takes
+        it) and never on rating calls: a viewer may well give many 4s in a row."""
+        penalty = self.profile_frequency_penalty
+        return {
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens_profile,
+            **({"frequency_penalty": penalty} if penalty else {}),
+        }
 
 
 class SimulationSettings(BaseModel):

@@ -144,6 +144,17 @@ def test_a_looping_profile_keeps_what_it_said_before_the_loop() -> None:
     )
 
 
+def test_profile_calls_carry_the_loop_penalty_and_rating_calls_do_not(llm_server, tmp_path) -> None:
+    from doppel.tasks.settings import LLMSettings
+    from tests._gateway import _rate, gateway, run
+
+    _profile(llm_server, tmp_path / "profile")
+    assert llm_server.log()[-1]["request"]["frequency_penalty"] == 0.5
+    run(_rate(gateway(llm_server, tmp_path / "rating")))
+    assert "frequency_penalty" not in llm_server.log()[-1]["request"]
+    assert "frequency_penalty" not in LLMSettings(profile_frequency_penalty=0).profile_params()  # 0: not sent
+
+
 def test_a_long_enough_degenerate_profile_is_trimmed_without_a_re_ask(tmp_path) -> None:
     """The 0.5B model's usual shape: our delimiters echoed, then a list that loops to the token limit.
     What it said before the loop is a profile: kept after one call, the record saying what was cut."""

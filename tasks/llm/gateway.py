@@ -80,12 +80,7 @@ class LLMGateway:
         what it said before it went wrong when that is long enough, else re-asked in the same conversation,
         quoting the problem."""
         messages = self._messages(prompt, variables, overview_chars, prompts)
-        params: dict[str, Any] = {
-            "temperature": self.settings.temperature,
-            "max_tokens": self.settings.max_tokens_profile,
-        }
-        if self.settings.profile_frequency_penalty:  # ratings never get it: a viewer may give many 4s in a row
-            params["frequency_penalty"] = self.settings.profile_frequency_penalty
+        params = self.settings.profile_params()
         outcome = TextOutcome(text=None, error=None)
         samples = iter(range(self.settings.repair_attempts + 1))  # each attempt a new sample (seed, cache key)
 
