@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import _ceiling  # noqa: E402
-from embedded import DATA_DIR, ITEM_TEXT, ingest  # noqa: E402
+from embedded import add_data_args, ingest  # noqa: E402
 
 from doppel.tasks.llm.embedded import EmbeddedServer  # noqa: E402
 from doppel.tasks.llm.profile_text import profile_problems, salvaged_profile  # noqa: E402
@@ -193,8 +193,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the user sample's seed")
     ap.add_argument("--max-test-items", type=int, default=20)
     ap.add_argument("--part", choices=["both", "ratings", "profiles"], default="both")
-    ap.add_argument("--data-dir", default=DATA_DIR, help="ML-100K folder (default: the shared copy, else download)")
-    ap.add_argument("--item-text", default=ITEM_TEXT, help="item overview TSV (default: the shared copy, if any)")
+    add_data_args(ap)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "answer_shapes.md")
     args = ap.parse_args()
     head = _ceiling.header("Answer shapes of the embedded model: rating layouts and profile caps", args.model)

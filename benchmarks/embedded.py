@@ -53,6 +53,12 @@ DATA_DIR = str(SHARED / "data" / "ml-100k") if (SHARED / "data" / "ml-100k").is_
 ITEM_TEXT = str(path) if (path := SHARED / "data" / "ml-100k-text" / "ml100k_movie_text.tsv").is_file() else None
 
 
+def add_data_args(ap: argparse.ArgumentParser) -> None:
+    """--data-dir and --item-text: where ML-100K and its overviews come from."""
+    ap.add_argument("--data-dir", default=DATA_DIR, help="ML-100K folder (default: the shared copy, else download)")
+    ap.add_argument("--item-text", default=ITEM_TEXT, help="item overview TSV (default: the shared copy, if any)")
+
+
 def ingest(db: Path, data_dir: str | None, item_text: str | None) -> None:
     """ML-100K into `db`: from `data_dir`, else doppel's verified download of the public zip."""
     cmd = [sys.executable, "-m", "doppel.flows.cli", "ingest", "--dataset", "ml-100k", "--db", str(db)]
@@ -123,8 +129,7 @@ def main() -> None:
     ap.add_argument("--max-test-items", type=int, default=None, help="cap held-out items per user")
     ap.add_argument("--ceiling-rounds", type=int, default=2)
     ap.add_argument("--parallels", default="1,2,4", help="parallel sequences of the ceiling measure")
-    ap.add_argument("--data-dir", default=DATA_DIR, help="ML-100K folder (default: the shared copy, else download)")
-    ap.add_argument("--item-text", default=ITEM_TEXT, help="item overview TSV (default: the shared copy, if any)")
+    add_data_args(ap)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "embedded.md")
     args = ap.parse_args()
     head = _ceiling.header("Embedded model: seconds per user against llama.cpp's own ceiling", args.model)
