@@ -8,9 +8,9 @@ u1 users, straight to its llama.cpp server (temperature 0, the JSON schema const
 
 1. ratings: each user's first --max-test-items held-out items in batches of 10, rated from the viewer
    line and the last 10 train ratings (no profile: the layout alone differs) in four layouts:
-   `item_ids` ({item_id, rating} objects: the compact prompts' answer), `positions` (an array of digits
-   by the movies' numbers: `--prompts positions`), `numbered` ({"1": r, ...}) and `id_keyed`
-   ({"<item_id>": r, ...}); the last two exist only here. Per layout: RMSE and exact % against the
+   `item_ids` ({item_id, rating} objects: `--prompts item_ids`), `positions` (an array of digits
+   by the movies' numbers: `--prompts positions`), `numbered` ({"1": r, ...}: the default prompts'
+   answer) and `id_keyed` ({"<item_id>": r, ...}); the last exists only here. Per layout: RMSE and exact % against the
    real ratings, the histogram of the predictions against the real one, generated tokens per call.
 2. profiles: `profile_create` on each user's first 20 train ratings under caps of words and tokens
    and a loop penalty. Per variant: generated tokens per call, the share of answers with a problem
@@ -50,15 +50,11 @@ from doppel.tasks.settings import SimulationSettings  # noqa: E402
 BATCH = 10
 # layout -> (prompt set, answer layout of the prompt, replacement of the prompt's answer line or None)
 LAYOUTS = {
-    "item_ids": ("compact", "item_ids", None),
+    "item_ids": ("item_ids", "item_ids", None),
     "positions": ("positions", "positions", None),
-    "numbered": (
-        "positions",
-        "positions",
-        'Answer with JSON only: {"ratings": {"1": <stars 1-5>, ...}}, one entry per numbered movie.',
-    ),
+    "numbered": ("compact", "numbered", None),
     "id_keyed": (
-        "compact",
+        "item_ids",
         "item_ids",
         'Answer with JSON only: {"ratings": {"<item_id>": <stars 1-5>, ...}}, every item_id above once, in that order.',
     ),
@@ -111,14 +107,13 @@ def rate(server: EmbeddedServer, layout: str, work, batch) -> tuple[dict[str, in
     )
     if answer_line:
         text = text.rsplit("\n", 1)[0] + "\n" + answer_line
-    keys = [str(n) for n in range(1, len(ids) + 1)] if layout == "numbered" else ids
-    schema = keyed_schema(keys) if answer_line else ratings_json_schema(ids, answer)
+    schema = keyed_schema(ids) if answer_line else ratings_json_schema(ids, answer)
     fmt = {"type": "json_schema", "json_schema": {"name": "ratings", "strict": True, "schema": schema}}
     reply = chat(server, text, max_tokens=24 + 16 * len(ids), response_format=fmt)
     content = reply["choices"][0]["message"]["content"]
     if answer_line:
         given = json.loads(content)["ratings"]
-        ratings = {i: int(given[k]) for i, k in zip(ids, keys, strict=True) if k in given}
+        ratings = {i: int(given[i]) for i in ids if i in given}
     else:
         ratings = parse_ratings(content, ids).ratings
     return ratings, int(reply["usage"]["completion_tokens"])

@@ -7,8 +7,8 @@
    parallel sequences with the default model, no doppel in between.
 2. The same seeded ML-100K users simulated twice on one embedded server, alternating which layout
    goes first: old (`--prompts seed`: the seed's verbose prompts, {item_id, rating} objects) and new
-   (the default: compact prompts, {item_id, rating} objects; `--prompts positions` answers by position,
-   benchmarks/answer_shapes.py compares the layouts). Each user is doppel's real chain
+   (the default: compact prompts, ratings keyed by the movies' numbers; benchmarks/answer_shapes.py
+   compares the layouts). Each user is doppel's real chain
    (`simulate_user`: profile create/refine, rating batches, profile updates) through the real gateway
    (cache in a fresh folder, so every call is made), timed from its first call to its last.
 ceiling_ratio = the wall llama.cpp's best rates give for the tokens the new runs evaluated (prompt

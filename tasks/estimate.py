@@ -11,6 +11,7 @@ from doppel.tasks.records import UserWork
 from doppel.tasks.settings import RunSettings
 from doppel.tasks.simulation import PROFILE_WORDS, batches, chain_shape, critical_path
 
+ANSWER_TOKENS_PER_ITEM = {"positions": 2, "numbered": 5, "item_ids": 14}  # benchmarks/results/answer_shapes.md
 PLACEHOLDER_PROFILE = " ".join(["taste"] * PROFILE_WORDS)
 
 
@@ -71,8 +72,8 @@ def _user_tokens(work: UserWork, settings: RunSettings) -> tuple[int, int]:
             **rating_variables(ids, layout, constrained=llm.json_mode in ("auto", "schema")),
         )
         prompt += _tokens(system, text) * asked
-        # the answer: a digit and a comma per item by position, an object of ~12 tokens per item by id
-        completion += (6 + (2 if layout == "positions" else 12) * len(batch)) * asked
+        # the answer per item: a digit and a comma by position, ~5 tokens keyed by number, ~14 as an {id, rating} object
+        completion += (6 + ANSWER_TOKENS_PER_ITEM[layout] * len(batch)) * asked
         if sim.update_profile and j < len(rate_batches) - 1:
             text = render(
                 "profile_update",

@@ -84,7 +84,7 @@ class SimulationSettings(BaseModel):
     update_profile: bool = Field(True, description="update the profile after each rating batch (the dynamic user)")
     overview_chars: int = Field(160, ge=0, description="item overview characters per item in prompts (0: none)")
     prompts: str = Field(
-        "compact", description="prompt set: compact | seed (the seed's layout) | positions | a folder of .md"
+        "compact", description="prompt set: compact | seed (the seed's layout) | item_ids | positions | a folder of .md"
     )
     max_test_items: int | None = Field(None, description="cap held-out items per user (default: all)")
     target: Literal["test", "slice", "arena"] = Field(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 
 import jsonschema
@@ -18,10 +19,12 @@ from doppel.tasks.llm.schemas import (
     rating_distributions,
     ratings_json_schema,
     schema_item_ids,
+    schema_layout,
 )
 from doppel.tasks.llm.templates import item_line, prompt_dir, prompt_hash, render
 from doppel.tasks.records import CandidateItem
 from doppel.tasks.settings import LLMSettings
+from doppel.testing.llm_faults import CONTENT_FAULTS, ratings_answer
 from doppel.testing.llm_server import LLMTestServer, digit_probs, expected_rating, token_logprobs
 from tests._gateway import IDS, ITEMS, _close, _rate, gateway, run
 
@@ -132,6 +135,44 @@ def test_positional_schema_fixes_length_and_range_and_reads_back_by_position():
         ratings_json_schema(["7"], "xml")
 
 
+def test_numbered_schema_keys_each_movie_and_reads_back_by_number():
+    schema = ratings_json_schema(["7", "8", "9"], "numbered")
+    assert schema_layout(schema) == ("numbered", [1, 2, 3]) and schema_item_ids(schema) == ["7", "8", "9"]
+    assert jsonschema.validate({"ratings": {"1": 4, "2": 2, "3": 5}}, schema) is None
+    for bad in (
+        {"1": 4, "2": 2},
+        {"1": 4, "2": 2, "3": 5, "4": 1},
+        {"1": 0, "2": 2, "3": 5},
+        {"1": "4", "2": 2, "3": 5},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"ratings": bad}, schema)
+    parsed = parse_ratings('{"ratings": {"1": 4, "2": 9, "3": 5.0, "12": 3}}', ["7", "8", "9"])
+    assert parsed.ratings == {"7": 4, "9": 5} and parsed.missing(["7", "8", "9"]) == ["8"]
+    assert "movie 2 (9)" in parsed.problems[0] and "'12' was not asked" in parsed.problems[1]
+    assert parsed.problems[-1] == "missing movies 2"
+    # a repair asks for some movies by their numbers in the rating prompt
+    repair = ratings_json_schema(["8", "10"], "numbered", [2, 4])
+    assert list(repair["properties"]["ratings"]["properties"]) == ["2", "4"]
+    assert schema_layout(repair) == ("numbered", [2, 4])
+    assert parse_ratings('{"ratings": {"2": 1, "4": 5}}', ["8", "10"], [2, 4]).ratings == {"8": 1, "10": 5}
+    answer = '{"ratings": {"2": 1, "4": 5}}'
+    got = rating_distributions(answer, digit_distributions(answer, token_logprobs(answer, 10)), ["8", "10"], [2, 4])
+    assert set(got) == {"8", "10"} and _close(got["8"], digit_probs(1)) and _close(got["10"], digit_probs(5))
+
+
+@pytest.mark.parametrize("fault", CONTENT_FAULTS)
+def test_every_content_fault_of_a_numbered_answer_is_named_or_read_through(fault):
+    spoiled = ratings_answer([{"item_id": i, "rating": 3} for i in IDS], "numbered", fault, random.Random(fault))
+    parsed = parse_ratings(spoiled, IDS)
+    if fault == "prose":  # chatter around the JSON is read through
+        assert parsed.ratings == dict.fromkeys(IDS, 3) and not parsed.problems
+    else:
+        assert parsed.problems, spoiled
+        kept = {"malformed_json": 0, "extra_ids": len(IDS), "duplicate_ids": len(IDS)}.get(fault, len(IDS) - 1)
+        assert len(parsed.ratings) == kept, spoiled
+
+
 @pytest.mark.parametrize(
     "fault",
     [
@@ -160,13 +201,19 @@ def test_bad_answers_fail_with_reasons_never_dropped(llm_server, tmp_path, fault
 
 @pytest.mark.parametrize(
     ("prompts", "asks_again"),
-    [("compact", 'item_ids: ["4", "5"]'), ("positions", "the ratings of movies 4, 5 in that order")],
+    [
+        ("compact", '{"ratings": {"4": <stars 1-5>, "5": <stars 1-5>}}'),
+        ("item_ids", 'item_ids: ["4", "5"]'),
+        ("positions", "the ratings of movies 4, 5 in that order"),
+    ],
 )
 def test_repair_re_asks_for_the_missing_ids(llm_server, tmp_path, prompts, asks_again):
     calls = {"n": 0}
 
     def first_answer_misses_two(kind, body):
         calls["n"] += 1
+        if kind == "rating" and calls["n"] == 1 and prompts == "compact":
+            return json.dumps({"ratings": {"1": 3, "2": 3, "3": 3}})
         if kind == "rating" and calls["n"] == 1:
             return json.dumps({"ratings": [{"item_id": i, "rating": 3} for i in IDS[:3]]})
         return None
@@ -194,7 +241,7 @@ def test_a_hung_server_fails_the_pairs_with_a_reason(llm_server, tmp_path):
     assert out.calls[-1].status == "error"
 
 
-@pytest.mark.parametrize("prompts", ["compact", "positions"])
+@pytest.mark.parametrize("prompts", ["compact", "item_ids", "positions"])
 def test_fallback_to_json_object_when_schema_is_rejected(tmp_path, prompts):
     with LLMTestServer(reject_json_schema=True) as server:
         gw = gateway(server, tmp_path)
@@ -202,7 +249,7 @@ def test_fallback_to_json_object_when_schema_is_rejected(tmp_path, prompts):
         out = run(asyncio.wait_for(_rate(gw, prompts=prompts), 20))
         formats = [(e["request"].get("response_format") or {}).get("type") for e in server.log()]
     assert set(out.ratings) == set(IDS) and not out.failed
-    if prompts == "compact":  # the prompt names the ids: the json_object answer is complete
+    if prompts == "item_ids":  # the prompt names the ids: the json_object answer is complete
         assert formats == ["json_schema", "json_object"]
     else:  # the first json_object request still has the prompt made for the schema (no item_ids line): the
         # test server cannot tell the ids, answers none, and the repair (with the ids) completes

@@ -59,6 +59,8 @@ def _json_schema(body: dict) -> dict | None:
 
 DESCRIBED_IDS_RE = re.compile(r"^ratings of item_ids (\[.*\]) in this order$")
 POSITIONS_ASKED_RE = re.compile(r'"ratings":\s*\[\d+ integers')  # what doppel's positional prompts ask
+NUMBERED_ASKED_RE = re.compile(r'"ratings":\s*\{\s*"\d+":')  # ... and its numbered ones
+ASKED_NUMBER_RE = re.compile(r'"(\d+)":\s*<')  # a numbered repair's '"4": <stars 1-5>'
 
 
 def _schema_ratings(body: dict) -> dict | None:
@@ -79,13 +81,28 @@ def _schema_ids(body: dict) -> list[str] | None:
 
 
 def answer_layout(body: dict) -> str:
-    """``"item_ids"`` ({item_id, rating} objects) or ``"positions"`` (an array of integers): from the
-    schema, else from the answer format the last user message asks for."""
+    """``"item_ids"`` ({item_id, rating} objects), ``"positions"`` (an array of integers) or ``"numbered"``
+    ({"1": r, ...}): from the schema, else from the answer format the last user message asks for."""
     ratings = _schema_ratings(body)
     if ratings is not None:
+        if ratings.get("type") == "object":
+            return "numbered"
         return "item_ids" if "prefixItems" in ratings else "positions"
     texts = _user_texts(body)
+    if texts and NUMBERED_ASKED_RE.search(texts[-1]):
+        return "numbered"
     return "positions" if texts and POSITIONS_ASKED_RE.search(texts[-1]) else "item_ids"
+
+
+def requested_numbers(body: dict, count: int) -> list[str]:
+    """The movie numbers a numbered answer is keyed by: the schema's keys, else those a repair names,
+    else 1..count."""
+    ratings = _schema_ratings(body) or {}
+    if ratings.get("type") == "object":
+        return [str(k) for k in ratings.get("properties") or {}]
+    texts = _user_texts(body)
+    named = ASKED_NUMBER_RE.findall(texts[-1]) if texts else []
+    return named if len(named) == count else [str(n) for n in range(1, count + 1)]
 
 
 def request_kind(body: dict) -> str:

@@ -22,6 +22,7 @@ from .llm_answers import (
     profile_text,
     request_kind,
     requested_ids,
+    requested_numbers,
     sampled_ratings,
     sandbox_answer,
 )
@@ -237,7 +238,8 @@ class LLMApp:
             if float(body.get("temperature") or 0) > 0:  # sampling: the request's seed picks the draw
                 ratings = sampled_ratings(ratings, random.Random(json.dumps(body, sort_keys=True)))
             spoil = fault if fault in CONTENT_FAULTS else None
-            content = ratings_answer(ratings, answer_layout(body), spoil, rng)
+            numbers = requested_numbers(body, len(ratings))
+            content = ratings_answer(ratings, answer_layout(body), spoil, rng, numbers)
         elif content is None and kind == "sandbox":
             content = sandbox_answer(body)
         elif content is None:

@@ -14,6 +14,7 @@ from .llm_answers import (  # noqa: F401  (re-exported: tests import the server'
     DESCRIBED_IDS_RE,
     GENRES,
     ITEM_IDS_RE,
+    NUMBERED_ASKED_RE,
     POSITIONS_ASKED_RE,
     PROFILE_RE,
     WORDS,
@@ -27,6 +28,7 @@ from .llm_answers import (  # noqa: F401  (re-exported: tests import the server'
     profile_text,
     request_kind,
     requested_ids,
+    requested_numbers,
     sampled_ratings,
     sandbox_answer,
     schema_answer,
@@ -103,12 +105,17 @@ def _unused_id(requested: list[str], rng: random.Random) -> str:
             return candidate
 
 
-def ratings_answer(ratings: list[dict], layout: str, fault: str | None, rng: random.Random) -> str:
-    """The answer text in `layout`, spoiled by the content `fault` if any. By position, a fault that
-    names ids becomes its positional kin: a missing, extra or repeated entry, or an entry that is not
+def ratings_answer(
+    ratings: list[dict], layout: str, fault: str | None, rng: random.Random, numbers: list[str] | None = None
+) -> str:
+    """The answer text in `layout`, spoiled by the content `fault` if any. By position or number, a fault
+    that names ids becomes its kin there: a missing, extra or repeated entry, or an entry that is not
     a rating."""
     if layout == "item_ids":
         return spoil_ratings(fault, ratings, rng) if fault else json.dumps({"ratings": ratings})
+    if layout == "numbered":
+        keys = numbers or [str(n) for n in range(1, len(ratings) + 1)]
+        return numbered_answer(dict(zip(keys, (r["rating"] for r in ratings), strict=True)), fault, rng)
     values: list = [r["rating"] for r in ratings]
     i = rng.randrange(len(values)) if values and fault else None
     if fault is None:
@@ -130,6 +137,31 @@ def ratings_answer(ratings: list[dict], layout: str, fault: str | None, rng: ran
     else:
         raise ValueError(f"not a content fault: {fault!r}")
     return json.dumps({"ratings": values})
+
+
+def numbered_answer(by_number: dict[str, object], fault: str | None, rng: random.Random) -> str:
+    """{"ratings": {"1": r, ...}}, spoiled by `fault` if any: a number dropped, one not asked added (an
+    extra, a "duplicate" JSON cannot hold, or one in place of an asked number), or a value that is not a
+    rating."""
+    answer = dict(by_number)
+    key = rng.choice(list(answer)) if answer and fault else None
+    unasked = str(max((int(k) for k in answer), default=0) + 1 + rng.randrange(5))
+    if fault in ("malformed_json", "prose"):
+        text = json.dumps({"ratings": answer})
+        return text[: max(1, len(text) * 3 // 5)] if fault == "malformed_json" else f"Here you go: {text} Enjoy!"
+    if fault in ("extra_ids", "duplicate_ids"):
+        answer[unasked] = rng.randint(1, 5)
+    elif key is None:
+        pass
+    elif fault == "missing_ids":
+        del answer[key]
+    elif fault == "unknown_ids":
+        answer[unasked] = answer.pop(key)
+    elif fault in ("out_of_range", "non_integer"):
+        answer[key] = rng.choice([0, 6] if fault == "out_of_range" else [3.5, "four"])
+    elif fault is not None:
+        raise ValueError(f"not a content fault: {fault!r}")
+    return json.dumps({"ratings": answer})
 
 
 def spoil_ratings(fault: str, ratings: list[dict], rng: random.Random) -> str:

@@ -1,12 +1,11 @@
 """The one LLM gateway: every call to a model goes through `LLMGateway`.
 
-The openai client owns transport (HTTP, timeouts, retries with backoff + jitter that honour
-Retry-After). The gateway adds: the response cache, the run's limits, structured output with a
-fallback for servers without json_schema, validation with repair re-asks, and a `CallRecord` per
-call for the audit log. It never raises on a bad answer: callers get what was valid plus reasons.
-Rating calls also ask for token logprobs (settings.rating_probs), so each rating comes with the
-model's distribution over 1..5; a server that rejects logprobs is asked without them from then on.
-Where no logprobs gave one, `rating_samples` > 0 draws that many answers to the same prompt at
+The openai client owns transport (HTTP, timeouts, retries with backoff + jitter that honour Retry-After). The
+gateway adds: the response cache, the run's limits, structured output with a fallback for servers without
+json_schema, validation with repair re-asks, and a `CallRecord` per call for the audit log. It never raises on a bad
+answer: callers get what was valid plus reasons. Rating calls also ask for token logprobs (settings.rating_probs),
+so each rating comes with the model's distribution over 1..5; a server that rejects logprobs is asked without them
+from then on. Where no logprobs gave one, `rating_samples` > 0 draws that many answers to the same prompt at
 `sample_temperature` and takes each rating's distribution from how often the draws gave 1..5.
 """
 
@@ -31,6 +30,7 @@ from doppel.tasks.llm.schemas import (
     ratings_json_schema,
     read_completion,
     schema_item_ids,
+    schema_layout,
 )
 from doppel.tasks.llm.templates import answer_layout, prompt_hash, rating_variables, render
 from doppel.tasks.llm.tokens import count_messages, count_text
@@ -128,18 +128,19 @@ class LLMGateway:
     ) -> RatingOutcome:
         """The answer: one rating per id, repaired by re-asking in the same conversation."""
         outcome = RatingOutcome(ratings={}, failed={})
-        pending = list(item_ids)
+        pending, number = list(item_ids), {item_id: n for n, item_id in enumerate(item_ids, start=1)}
 
         async def complete(prompt: str, messages: list[dict]) -> tuple[str, CallRecord]:
-            params = self._rating_params(pending, layout=layout)
+            params = self._rating_params(pending, layout=layout, numbers=[number[i] for i in pending])
             return await self._complete(prompt, messages, params, sample, priority, prompts)
 
         def check(content: str, record: CallRecord) -> str | None:
             nonlocal pending
-            parsed = parse_ratings(content, pending)
+            parsed = parse_ratings(content, pending, [number[i] for i in pending])
             outcome.ratings.update(parsed.ratings)
             if self.settings.rating_probs:  # off: no logprob distribution, not even one the cache holds
-                outcome.probs.update(rating_distributions(content, record.digits, list(parsed.ratings)))
+                rated = list(parsed.ratings)
+                outcome.probs.update(rating_distributions(content, record.digits, rated, [number[i] for i in rated]))
             pending = parsed.missing(pending)
             return "; ".join(parsed.problems)[:600] if pending else None
 
@@ -236,7 +237,7 @@ class LLMGateway:
         ]
 
     def _rating_params(
-        self, item_ids: list[str], logprobs: bool | None = None, layout: str = "positions"
+        self, item_ids: list[str], logprobs: bool | None = None, layout: str = "positions", numbers: list | None = None
     ) -> dict[str, Any]:
         params: dict[str, Any] = {
             "temperature": self.settings.temperature,
@@ -245,10 +246,8 @@ class LLMGateway:
         if self.logprobs if logprobs is None else logprobs:
             params.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
         if self.json_mode == "schema":
-            params["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "ratings", "strict": True, "schema": ratings_json_schema(item_ids, layout)},
-            }
+            schema = {"name": "ratings", "strict": True, "schema": ratings_json_schema(item_ids, layout, numbers)}
+            params["response_format"] = {"type": "json_schema", "json_schema": schema}
         elif self.json_mode == "object":
             params["response_format"] = {"type": "json_object"}
         return params
@@ -371,9 +370,9 @@ class LLMGateway:
         schema = params.get("response_format", {}).get("json_schema", {}).get("schema", {})
         ids = schema_item_ids(schema)
         if ids:  # as asked (a draw keeps its temperature and stays without logprobs), in the weaker mode
-            layout = "item_ids" if "prefixItems" in schema["properties"]["ratings"] else "positions"
+            layout, numbers = schema_layout(schema)
             return {
-                **self._rating_params(ids, logprobs=self.logprobs and "logprobs" in params, layout=layout),
+                **self._rating_params(ids, self.logprobs and "logprobs" in params, layout, numbers),
                 "temperature": params.get("temperature", self.settings.temperature),
             }
         rest = {k: v for k, v in params.items() if k != "response_format"}

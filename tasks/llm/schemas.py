@@ -1,8 +1,9 @@
 """The rating answer contract: JSON schema for constrained decoding, and a forgiving parser.
 
-Two answer layouts: {item_id, rating} objects (the default and the seed's) and ratings by position (the
-"positions" prompt set: the model decodes a digit per item; the 0.5B model copies its first digit down the
-array). The parser accepts what the schema allows and, for servers that ignore the schema, digs the
+Three answer layouts: ratings keyed by the movies' numbers in the prompt ({"1": r, "2": r, ...}: the
+default, ~5 decoded tokens per item), {item_id, rating} objects (the seed's and the "item_ids" prompt set's,
+~14 per item) and ratings by position (the "positions" prompt set: a digit per item; the 0.5B model copies
+its first digit down the array, benchmarks/results/answer_shapes.md). The parser accepts what the schema allows and, for servers that ignore the schema, digs the
 JSON object out of prose. It keeps every valid (requested id, integer 1..5) pair and reports
 the rest as problems, so a repair re-ask can ask only for what is missing.
 
@@ -32,12 +33,16 @@ class RatingAnswer(BaseModel):
     ratings: list[RatingEntry]
 
 
-LAYOUTS = ("positions", "item_ids")  # the rating answer: ratings by position, or {item_id, rating} objects
+LAYOUTS = ("numbered", "item_ids", "positions")  # the rating answer (see the module docstring)
+RATING = {"type": "integer", "minimum": 1, "maximum": 5}
 
 
-def ratings_json_schema(item_ids: list[str], layout: str = "positions") -> dict:
+def ratings_json_schema(item_ids: list[str], layout: str = "positions", numbers: list[int] | None = None) -> dict:
     """The rating answer's schema for these ids, in `layout`.
 
+    numbered: {"ratings": {"1": r1, ..., "n": rn}}, one required key per movie number (`numbers`, the
+    asked items' numbers in the rating prompt: 1..n unless a repair asks for some of them), in order,
+    nothing else. The ids ride along as the object's description, as in the positional layout.
     positions: {"ratings": [r1, ..., rn]}, an array of exactly n integers 1..5, one per
     numbered item of the prompt: the model decodes only what carries information (a digit and a comma
     per item). The ids ride along as the array's description (an annotation: it constrains nothing,
@@ -45,11 +50,21 @@ def ratings_json_schema(item_ids: list[str], layout: str = "positions") -> dict:
     item_ids (the compact and seed prompts'): one `const` item_id per array position, so small models cannot
     repeat or invent ids, at ~15 decoded tokens per item.
     """
-    if layout == "positions":
+    described = f"ratings of item_ids {ids_json(item_ids)} in this order"
+    if layout == "numbered":
+        keys = [str(n) for n in numbers or range(1, len(item_ids) + 1)]
+        ratings = {
+            "type": "object",
+            "description": described,
+            "properties": {k: RATING for k in keys},
+            "required": keys,
+            "additionalProperties": False,
+        }
+    elif layout == "positions":
         ratings = {
             "type": "array",
-            "description": f"ratings of item_ids {ids_json(item_ids)} in this order",
-            "items": {"type": "integer", "minimum": 1, "maximum": 5},
+            "description": described,
+            "items": RATING,
             "minItems": len(item_ids),
             "maxItems": len(item_ids),
         }
@@ -58,7 +73,7 @@ def ratings_json_schema(item_ids: list[str], layout: str = "positions") -> dict:
             "type": "object",
             "properties": {
                 "item_id": {"type": "string", "const": item_id},
-                "rating": {"type": "integer", "minimum": 1, "maximum": 5},
+                "rating": RATING,
             },
             "required": ["item_id", "rating"],
             "additionalProperties": False,
@@ -80,8 +95,16 @@ def ratings_json_schema(item_ids: list[str], layout: str = "positions") -> dict:
     }
 
 
+def schema_layout(schema: dict) -> tuple[str, list[int] | None]:
+    """(layout, movie numbers asked or None) of a rating schema from `ratings_json_schema`."""
+    ratings = (schema.get("properties") or {}).get("ratings") or {}
+    if ratings.get("type") == "object":
+        return "numbered", [int(k) for k in ratings.get("properties") or {}]
+    return ("item_ids" if "prefixItems" in ratings else "positions"), None
+
+
 def schema_item_ids(schema: dict) -> list[str] | None:
-    """The ids a rating schema (either layout) asks for, or None for another schema."""
+    """The ids a rating schema (any layout) asks for, or None for another schema."""
     ratings = (schema.get("properties") or {}).get("ratings") or {}
     if "prefixItems" in ratings:
         return [p["properties"]["item_id"]["const"] for p in ratings["prefixItems"]]
@@ -119,12 +142,12 @@ def load_json(text: str | None) -> object:
         return json.loads(match.group(0))
 
 
-def parse_ratings(text: str, item_ids: list[str]) -> ParsedRatings:
+def parse_ratings(text: str, item_ids: list[str], numbers: list[int] | None = None) -> ParsedRatings:
     """Keep every valid requested pair; describe every problem in words a model can act on.
 
-    Either layout is read: {"ratings": [{"item_id": .., "rating": ..}, ...]} by id, or
-    {"ratings": [r1, ..., rn]} (or a bare [r1, ...]) by position, which must then hold exactly one
-    rating per requested id."""
+    Any layout is read: {"ratings": {"1": r, ...}} by the movies' `numbers` (default 1..n, one per
+    id), {"ratings": [{"item_id": .., "rating": ..}, ...]} by id, or {"ratings": [r1, ..., rn]} (or a
+    bare [r1, ...]) by position, which must then hold exactly one rating per requested id."""
     out = ParsedRatings()
     try:
         data = load_json(text or "")
@@ -132,8 +155,17 @@ def parse_ratings(text: str, item_ids: list[str]) -> ParsedRatings:
         out.problems.append(f"not valid JSON ({exc.msg} at char {exc.pos})")
         return out
     entries = data.get("ratings") if isinstance(data, dict) else data
+    if entries is None and isinstance(data, dict) and data and all(str(k).strip().isdigit() for k in data):
+        entries = data  # a bare {"1": r, ...}
+    if isinstance(entries, dict):
+        numbers = numbers or list(range(1, len(item_ids) + 1))
+        _read_numbered(entries, item_ids, numbers, out)
+        missing = [n for n, i in zip(numbers, item_ids, strict=True) if i not in out.ratings]
+        if missing:
+            out.problems.append(f"missing movies {', '.join(map(str, missing))}")
+        return out
     if not isinstance(entries, list):
-        out.problems.append('expected an object {"ratings": [...]}')
+        out.problems.append('expected an object {"ratings": ...}')
         return out
     if entries and not any(isinstance(e, dict) for e in entries):
         _read_positions(entries, item_ids, out)
@@ -145,12 +177,27 @@ def parse_ratings(text: str, item_ids: list[str]) -> ParsedRatings:
     return out
 
 
+def _read_numbered(entries: dict, item_ids: list[str], numbers: list[int], out: ParsedRatings) -> None:
+    asked = {str(n): item_id for n, item_id in zip(numbers, item_ids, strict=True)}
+    for key, raw in entries.items():
+        if str(key).strip() not in asked:
+            out.problems.append(f"movie {key!r} was not asked for (asked: {', '.join(asked)})")
+        elif not _is_rating(raw):
+            out.problems.append(f"rating of movie {key} ({raw!r}) is not an integer 1..5")
+        else:
+            out.ratings[asked[str(key).strip()]] = int(raw)
+
+
+def _is_rating(raw: object) -> bool:
+    return not isinstance(raw, bool) and isinstance(raw, (int, float)) and raw == int(raw) and 1 <= raw <= 5
+
+
 def _read_positions(entries: list, item_ids: list[str], out: ParsedRatings) -> None:
     if len(entries) != len(item_ids):
         out.problems.append(f"expected {len(item_ids)} ratings, one per numbered item, got {len(entries)}")
         return
     for position, (item_id, raw) in enumerate(zip(item_ids, entries, strict=True), start=1):
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw != int(raw) or not 1 <= raw <= 5:
+        if not _is_rating(raw):
             out.problems.append(f"rating {position} ({raw!r}) is not an integer 1..5")
         else:
             out.ratings[item_id] = int(raw)
@@ -242,6 +289,7 @@ def _count(value: Any) -> int | None:
 _ENTRY = re.compile(r"\{[^{}]*\}")
 _ENTRY_ID = re.compile(r'"item_id"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|([^,}\s]+))')
 _ENTRY_RATING = re.compile(r'"rating"\s*:\s*"?([1-5])(?![\d.])')
+_NUMBERED = re.compile(r'"\s*(\d+)\s*"\s*:\s*"?([1-5])(?![\d.])')  # "3": 4 of the numbered layout
 _POSITIONS = re.compile(r"\[([\s\d,.\-]*)\]")  # the positional ratings array
 _POSITION_DIGIT = re.compile(r"(?<![\d.])([1-5])(?![\d.])")
 SCALE_DIGITS = "12345"
@@ -279,10 +327,13 @@ def digit_distributions(content: str, tokens: list[dict]) -> list[list[float]]:
     return out
 
 
-def rating_distributions(content: str, digits: list[list[float]] | None, item_ids: list[str]) -> dict[str, list[float]]:
+def rating_distributions(
+    content: str, digits: list[list[float]] | None, item_ids: list[str], numbers: list[int] | None = None
+) -> dict[str, list[float]]:
     """{item_id: [p1..p5]} for the requested ids whose rating digit has a distribution in `digits`
-    (from `digit_distributions`); ids without one are left out. Both layouts: by id, or by position
-    (the i-th digit of the ratings array is the i-th requested id's, when the array holds one per id)."""
+    (from `digit_distributions`); ids without one are left out. Any layout: by id, by the movies'
+    `numbers` (default 1..n), or by position (the i-th digit of the ratings array is the i-th
+    requested id's, when the array holds one per id)."""
     if not digits:
         return {}
     by_offset = {int(d[0]): [float(x) for x in d[1:6]] for d in digits}
@@ -296,6 +347,13 @@ def rating_distributions(content: str, digits: list[list[float]] | None, item_id
         if item_id in wanted and offset in by_offset:
             out[item_id] = by_offset[offset]
     if out or not content:
+        return out
+    asked = {str(n): item_id for n, item_id in zip(numbers or range(1, len(item_ids) + 1), item_ids, strict=True)}
+    for match in _NUMBERED.finditer(content):
+        offset = len(content[: match.start(2)].encode())
+        if match.group(1) in asked and offset in by_offset:
+            out[asked[match.group(1)]] = by_offset[offset]
+    if out:
         return out
     array = _POSITIONS.search(content)
     if array:

@@ -1,8 +1,9 @@
 """Prompt templates: one file per prompt in prompts/, rendered with Jinja2, hashed for the audit log.
 
-A prompt set is a folder of such files: "compact" (prompts/, the default), "seed" (prompts/seed/: the
-seed's verbose layout with full item descriptions everywhere, kept to measure against), "positions"
-(compact, but ratings answered by position: the fewest decoded tokens) or any folder of the user's.
+A prompt set is a folder of such files: "compact" (prompts/, the default: ratings keyed by the movies'
+numbers), "seed" (prompts/seed/: the seed's verbose layout with full item descriptions everywhere, kept to
+measure against), "item_ids" (compact, answered as {item_id, rating} objects), "positions" (compact, ratings
+by position: the fewest decoded tokens) or any folder of the user's.
 A set may hold only some prompts; the others come from prompts/.
 """
 
@@ -20,7 +21,7 @@ from doppel.tasks.llm.schemas import LAYOUTS, ids_json  # noqa: F401 - ids_json 
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 PROMPT_NAMES = ("system", "profile_create", "profile_refine", "profile_update", "profile_repair", "rating", "repair")
-PROMPT_SETS = {"compact": PROMPT_DIR, "seed": PROMPT_DIR / "seed", "positions": PROMPT_DIR / "positions"}
+PROMPT_SETS = {"compact": PROMPT_DIR} | {name: PROMPT_DIR / name for name in ("seed", "item_ids", "positions")}
 
 
 def prompt_dir(prompts: str = "compact") -> Path:
@@ -112,7 +113,7 @@ LAYOUT_MARK = re.compile(r"\{#-?\s*answer:\s*(\w+)\s*-?#\}")
 @cache
 def answer_layout(prompts: str = "compact") -> str:
     """The rating answer layout of a prompt set (schemas.LAYOUTS): "item_ids" unless its rating template
-    declares another in a Jinja comment, as the positions set's does: `{# answer: positions #}`."""
+    declares another in a Jinja comment, as the default's does: `{# answer: numbered #}`."""
     folder = prompt_dir(prompts)
     own = folder / "rating.md"
     match = LAYOUT_MARK.search((own if own.exists() else PROMPT_DIR / "rating.md").read_text())
