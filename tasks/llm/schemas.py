@@ -160,9 +160,9 @@ def parse_ratings(text: str, item_ids: list[str], numbers: list[int] | None = No
     if isinstance(entries, dict):
         numbers = numbers or list(range(1, len(item_ids) + 1))
         _read_numbered(entries, item_ids, numbers, out)
-        missing = [n for n, i in zip(numbers, item_ids, strict=True) if i not in out.ratings]
-        if missing:
-            out.problems.append(f"missing movies {', '.join(map(str, missing))}")
+        unanswered = [str(n) for n, i in zip(numbers, item_ids, strict=True) if i not in out.ratings]
+        if unanswered:
+            out.problems.append(f"missing movies {', '.join(unanswered)}")
         return out
     if not isinstance(entries, list):
         out.problems.append('expected an object {"ratings": ...}')
@@ -348,7 +348,8 @@ def rating_distributions(
             out[item_id] = by_offset[offset]
     if out or not content:
         return out
-    asked = {str(n): item_id for n, item_id in zip(numbers or range(1, len(item_ids) + 1), item_ids, strict=True)}
+    numbered = numbers or list(range(1, len(item_ids) + 1))
+    asked = {str(n): item_id for n, item_id in zip(numbered, item_ids, strict=True)}
     for match in _NUMBERED.finditer(content):
         offset = len(content[: match.start(2)].encode())
         if match.group(1) in asked and offset in by_offset:
