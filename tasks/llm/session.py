@@ -75,19 +75,22 @@ async def run_jobs(
     work: Callable[[J], Awaitable[R]],
     publish: Callable[[R], Awaitable[None]],
     in_flight: int,
-) -> list[R]:
-    """Run `work` on every job, at most `in_flight` at once, publishing each result as it finishes.
+    key: Callable[[R], Any],
+) -> list:
+    """Run `work` on every job, at most `in_flight` at once, publishing each result as it finishes;
+    the results' keys. A published result is not kept: a chunk's memory (and the garbage collector's
+    walks over it) stays that of the jobs in flight, not of every result so far.
 
     The first error cancels the jobs still running or waiting (their partial work is lost, finished
     ones are already published) and is raised.
     """
     gate = asyncio.Semaphore(max(1, in_flight))
 
-    async def one(job: J) -> R:
+    async def one(job: J) -> Any:
         async with gate:
             result = await work(job)
         await publish(result)
-        return result
+        return key(result)
 
     running = [asyncio.ensure_future(one(job)) for job in jobs]
     try:
@@ -117,8 +120,8 @@ def run_chunk(
     async def publish(result: R) -> None:
         await asyncio.to_thread(channel.put, result)
 
-    async def main() -> list[R]:
+    async def main() -> list:
         async with gateway_session(llm, model_id, cache_dir, limits) as gateway:
-            return await run_jobs(jobs, lambda job: work(gateway, job), publish, in_flight)
+            return await run_jobs(jobs, lambda job: work(gateway, job), publish, in_flight, key)
 
-    return [key(result) for result in asyncio.run(main())]
+    return asyncio.run(main())
