@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     out["overhead_ratio"] = round(full.wall_s / ideal, 3)
     log(
         f"\noverhead_ratio = whole command / ideal = {full.wall_s:.1f} / {ideal:.1f} = {full.wall_s / ideal:.3f} "
-        f"(flow {flow / ideal:.3f}, fan-out {fan / ideal:.3f}; goal <= 1.15)"
+        f"(flow {flow / ideal:.3f}, fan-out {fan / ideal:.3f}; goal <= 1.10)"
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
