@@ -82,6 +82,7 @@ async def one_user(work, server: EmbeddedServer, sim: SimulationSettings, cache_
     pairs = {r["item_id"]: (r["rating"], truth[r["item_id"]]) for r in result.ratings if r.get("status") == "ok"}
     ratings = [c for c in result.calls if c.prompt_name == "rating"]
     return {
+        "user": work.user_id,
         "wall": wall,
         "pairs": pairs,
         "asked": len(work.candidates),
@@ -204,6 +205,12 @@ def main() -> None:
         f"rmse and exact % on the {n_common} pairs both layouts rated (of {sum(r['asked'] for r in runs['new'])} asked)",
     ]
     lines += ["", f"RMSE new - old: {delta:+.3f}, paired bootstrap over users 95% interval [{lo:+.3f}, {hi:+.3f}]"]
+    lines += ["", "Per user (the bootstrap draws users, so a user with many pairs weighs on the interval):", ""]
+    lines += ["| user | pairs | rmse old | rmse new | s old | s new |", "|---|---|---|---|---|---|"]
+    for o, n, po, pn in zip(runs["old"], runs["new"], common["old"], common["new"], strict=True):
+        lines.append(
+            f"| {o['user']} | {len(po)} | {rmse(po):.2f} | {rmse(pn):.2f} | {o['wall']:.0f} | {n['wall']:.0f} |"
+        )
     lines += [f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(head + "\n" + "\n".join(lines) + "\n")
