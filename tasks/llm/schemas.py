@@ -1,11 +1,12 @@
 """The rating answer contract: JSON schema for constrained decoding, and a forgiving parser.
 
 Three answer layouts: ratings keyed by the movies' numbers in the prompt ({"1": r, "2": r, ...}: the
-default, ~5 decoded tokens per item), {item_id, rating} objects (the seed's and the "item_ids" prompt set's,
-~14 per item) and ratings by position (the "positions" prompt set: a digit per item; the 0.5B model copies
-its first digit down the array, benchmarks/results/answer_shapes.md). The parser accepts what the schema allows and, for servers that ignore the schema, digs the
-JSON object out of prose. It keeps every valid (requested id, integer 1..5) pair and reports
-the rest as problems, so a repair re-ask can ask only for what is missing.
+default, ~5 decoded tokens per item), {item_id, rating} objects (the seed's and the "item_ids" prompt
+set's, ~14 per item) and ratings by position (the "positions" prompt set: a digit per item; the 0.5B
+model copies its first digit down the array, benchmarks/results/answer_shapes.md). The parser accepts
+what the schema allows and, for servers that ignore the schema, digs the JSON object out of prose. It
+keeps every valid (requested id, integer 1..5) pair and reports the rest as problems, so a repair re-ask
+can ask only for what is missing.
 
 Where the server returns token logprobs, `rating_distributions` reads each rating's distribution
 over 1..5 off the token that holds its digit (the gateway keeps those tokens, see
@@ -47,7 +48,7 @@ def ratings_json_schema(item_ids: list[str], layout: str = "positions", numbers:
     numbered item of the prompt: the model decodes only what carries information (a digit and a comma
     per item). The ids ride along as the array's description (an annotation: it constrains nothing,
     but a reader of the request, such as the test server, knows which items were asked).
-    item_ids (the compact and seed prompts'): one `const` item_id per array position, so small models cannot
+    item_ids (the item_ids and seed prompt sets'): one `const` item_id per array position, so small models cannot
     repeat or invent ids, at ~15 decoded tokens per item.
     """
     described = f"ratings of item_ids {ids_json(item_ids)} in this order"
