@@ -53,7 +53,7 @@ def ratings_json_schema(item_ids: list[str], layout: str = "positions", numbers:
     """
     described = f"ratings of item_ids {ids_json(item_ids)} in this order"
     if layout == "numbered":
-        keys = [str(n) for n in numbers or range(1, len(item_ids) + 1)]
+        keys = list(_by_number(item_ids, numbers))
         ratings = {
             "type": "object",
             "description": described,
@@ -159,9 +159,9 @@ def parse_ratings(text: str, item_ids: list[str], numbers: list[int] | None = No
     if entries is None and isinstance(data, dict) and data and all(str(k).strip().isdigit() for k in data):
         entries = data  # a bare {"1": r, ...}
     if isinstance(entries, dict):
-        numbers = numbers or list(range(1, len(item_ids) + 1))
-        _read_numbered(entries, item_ids, numbers, out)
-        unanswered = [str(n) for n, i in zip(numbers, item_ids, strict=True) if i not in out.ratings]
+        asked = _by_number(item_ids, numbers)
+        _read_numbered(entries, asked, out)
+        unanswered = [n for n, i in asked.items() if i not in out.ratings]
         if unanswered:
             out.problems.append(f"missing movies {', '.join(unanswered)}")
         return out
@@ -178,8 +178,12 @@ def parse_ratings(text: str, item_ids: list[str], numbers: list[int] | None = No
     return out
 
 
-def _read_numbered(entries: dict, item_ids: list[str], numbers: list[int], out: ParsedRatings) -> None:
-    asked = {str(n): item_id for n, item_id in zip(numbers, item_ids, strict=True)}
+def _by_number(item_ids: list[str], numbers: list[int] | None) -> dict[str, str]:
+    """{movie number as its key: item_id}; the numbers default to 1..n."""
+    return {str(n): i for n, i in zip(numbers or range(1, len(item_ids) + 1), item_ids, strict=True)}
+
+
+def _read_numbered(entries: dict, asked: dict[str, str], out: ParsedRatings) -> None:
     for key, raw in entries.items():
         if str(key).strip() not in asked:
             out.problems.append(f"movie {key!r} was not asked for (asked: {', '.join(asked)})")
@@ -349,8 +353,7 @@ def rating_distributions(
             out[item_id] = by_offset[offset]
     if out or not content:
         return out
-    numbered = numbers or list(range(1, len(item_ids) + 1))
-    asked = {str(n): item_id for n, item_id in zip(numbered, item_ids, strict=True)}
+    asked = _by_number(item_ids, numbers)
     for match in _NUMBERED.finditer(content):
         offset = len(content[: match.start(2)].encode())
         if match.group(1) in asked and offset in by_offset:
