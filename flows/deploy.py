@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -235,9 +236,29 @@ def serve_file(
     for key, value in PREFECT_QUIET_ENV.items():
         os.environ.setdefault(key, value)
     trust_operator_params(overrides or {})
-    signal.signal(signal.SIGTERM, _interrupt)  # until the runner installs its own: stop cleanly, exit 0
-    with contextlib.suppress(KeyboardInterrupt), local_prefect_server(port) as url:
+    stopping = threading.Event()
+
+    def interrupt(*_: Any) -> None:
+        stopping.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # until the runner installs its own: stop cleanly, exit 0
+    try:
+        _serve_specs(specs, overrides, schedules, limit, port, suffix, announce)
+    except BaseException as exc:
+        # the interrupt can land inside code that wraps it in an error of its own (pydantic-core turned
+        # it into a SchemaError while Prefect imported its webserver): a stop asked for is still clean
+        if not (isinstance(exc, KeyboardInterrupt) or stopping.is_set()):
+            raise
+
+
+def _serve_specs(
+    specs: list[dict], overrides: dict | None, schedules: bool, limit: int | None, port: int, suffix: str, announce
+) -> None:
+    """serve_file's work: the server, the runner deployments, then prefect.serve until stopped."""
+    with local_prefect_server(port) as url:
         os.environ["PREFECT_API_URL"] = url  # flow-run subprocesses inherit it
+        import prefect.runner.server  # noqa: F401  (its import is slow: done before the deployments show)
         from prefect import serve
         from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
@@ -251,7 +272,3 @@ def serve_file(
                 + (f"; it asks for the secret in {auth_path()}" if "PREFECT_API_AUTH_STRING" in os.environ else "")
             )
             serve(*deployments, limit=limit, print_starting_message=False)
-
-
-def _interrupt(*_: Any) -> None:
-    raise KeyboardInterrupt
