@@ -47,8 +47,6 @@ class EmbeddedModel:
     size_label: str
     file_type: int = 15  # llama.cpp LLAMA_FTYPE_MOSTLY_Q4_K_M
     has_chat_template: bool = True
-    speed: str = ""
-    rss: str = ""
     default: bool = False
 
     @property
@@ -82,8 +80,6 @@ MODELS: dict[str, EmbeddedModel] = {
             architecture="qwen2",
             gguf_name="Qwen2.5 Coder 0.5B Instruct AWQ",
             size_label="0.5B",
-            speed="~7.7 s per ~760-token rating call on 2 cores (~8 calls/min)",
-            rss="~0.9 GB",
             default=True,
         ),
         EmbeddedModel(
@@ -97,8 +93,6 @@ MODELS: dict[str, EmbeddedModel] = {
             architecture="qwen2",
             gguf_name="Qwen2.5 Coder 1.5B Instruct GGUF",
             size_label="1.5B",
-            speed="~16 s per ~760-token rating call on 2 cores (~4 calls/min)",
-            rss="~2.1 GB",
         ),
     )
 }
@@ -339,8 +333,6 @@ def list_models(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
             "installed": not _installed(m),
             "assembled": _is_assembled(m, directory / m.file_name),
             "path": str(directory / m.file_name),
-            "speed": m.speed,
-            "rss": m.rss,
             "install": m.pip_install,
         }
         for m in MODELS.values()
