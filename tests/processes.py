@@ -1,8 +1,9 @@
-"""Process-tree bookkeeping for tests that kill or interrupt doppel: no child may outlive it."""
+"""Commands and process-tree bookkeeping for tests that run, kill or interrupt doppel: no child may outlive it."""
 
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import psutil
 
@@ -48,3 +49,33 @@ def marked(marker: str) -> dict:
             if marker in proc.environ().values() and proc.status() != psutil.STATUS_ZOMBIE:
                 found[(proc.pid, proc.create_time())] = " ".join(proc.cmdline())[:200]
     return found
+
+
+def doppel_run(base_url: str, db, run_id: str, users: int, concurrency: int, *extra: str) -> list[str]:
+    """The argv of `doppel run` on a 24-user, 60-item synthetic dataset against `base_url`'s test model."""
+    return [
+        sys.executable,
+        "-m",
+        "doppel.flows.cli",
+        "run",
+        "--dataset",
+        "synthetic",
+        "--synthetic-users",
+        "24",
+        "--synthetic-items",
+        "60",
+        "--users",
+        str(users),
+        "--base-url",
+        base_url,
+        "--model",
+        "doppel-test-model",
+        "--concurrency",
+        str(concurrency),
+        "--db",
+        str(db),
+        "--run-id",
+        run_id,
+        "--no-progress",
+        *extra,
+    ]

@@ -23,7 +23,7 @@ import pytest
 
 from doppel.tasks.trust import ALLOWED_ENDPOINTS_ENV, DATA_ROOTS_ENV
 from tests._bad_input import GOOD_KEY, REPO, SYNTHETIC, assert_one_error_line, cli, run_args, user_env
-from tests.processes import alive, descendants, marked, wait_gone
+from tests.processes import alive, descendants, doppel_run, marked, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -205,32 +205,7 @@ def test_interrupt_stops_cleanly(how, tmp_path, llm_server):
     db = tmp_path / "d.duckdb"
     env = {k: v for k, v in user_env().items() if not k.startswith("PREFECT_API")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"))
-    argv = [
-        sys.executable,
-        "-m",
-        "doppel.flows.cli",
-        "run",
-        "--dataset",
-        "synthetic",
-        "--synthetic-users",
-        "24",
-        "--synthetic-items",
-        "60",
-        "--users",
-        "20",
-        "--base-url",
-        llm_server.base_url,
-        "--model",
-        "doppel-test-model",
-        "--concurrency",
-        "2",
-        "--db",
-        str(db),
-        "--run-id",
-        "ctrl-c",
-        "--no-progress",
-        "--no-baselines",
-    ]
+    argv = doppel_run(llm_server.base_url, db, "ctrl-c", 20, 2, "--no-baselines")
     proc = subprocess.Popen(
         argv,
         cwd=REPO,

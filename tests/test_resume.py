@@ -10,14 +10,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from tests.processes import alive, descendants
+from tests.processes import alive, descendants, doppel_run
 
 pytestmark = pytest.mark.slow
 
@@ -27,35 +26,7 @@ CONCURRENCY = 4
 
 
 def doppel(base_url: str, db: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "doppel.flows.cli",
-        "run",
-        "--dataset",
-        "synthetic",
-        "--synthetic-users",
-        "24",
-        "--synthetic-items",
-        "60",
-        "--users",
-        "8",
-        "--base-url",
-        base_url,
-        "--model",
-        "doppel-test-model",
-        "--concurrency",
-        str(CONCURRENCY),
-        "--db",
-        str(db),
-        "--run-id",
-        RUN_ID,
-        "--no-progress",
-        "--no-baselines",
-        "--dask-workers",
-        "2",
-        *extra,
-    ]
+    return doppel_run(base_url, db, RUN_ID, 8, CONCURRENCY, "--no-baselines", "--dask-workers", "2", *extra)
 
 
 def env() -> dict:

@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 from doppel.testing.llm_server import LLMTestServer
+from tests.processes import doppel_run
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
@@ -87,32 +88,7 @@ def sentinel_run(tmp_path_factory):
     }
     env.update(PYTHONPATH=str(REPO), OPENAI_API_KEY=key, PREFECT_HOME=str(root / "prefect-home"))
     db = root / "run" / "doppel.duckdb"
-    argv = [
-        sys.executable,
-        "-m",
-        "doppel.flows.cli",
-        "run",
-        "--dataset",
-        "synthetic",
-        "--synthetic-users",
-        "24",
-        "--synthetic-items",
-        "60",
-        "--users",
-        "4",
-        "--base-url",
-        server.base_url,
-        "--model",
-        "doppel-test-model",
-        "--db",
-        str(db),
-        "--run-id",
-        "sentinel-run",
-        "--concurrency",
-        "4",
-        "--no-progress",
-        "--verbose",
-    ]
+    argv = doppel_run(server.base_url, db, "sentinel-run", 4, 4, "--verbose")
     listeners: dict[tuple, str] = {}
     out_path = root / "output.txt"
     proc = None
