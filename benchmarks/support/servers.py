@@ -5,25 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from doppel.flows.runtime.prefect_api import api_server_argv
+from doppel.flows.runtime.processes import free_port, stop_process, wait_healthy
 from doppel.testing.llm_server import admin, start_subprocess
 
 __all__ = ["admin", "llm_server", "prefect_server", "server_requests", "server_reset", "server_stats"]
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextlib.contextmanager
@@ -33,7 +23,7 @@ def llm_server(**options: Any) -> Iterator[tuple[subprocess.Popen, str]]:
     try:
         yield proc, base_url
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 def server_stats(base_url: str) -> dict:
@@ -53,49 +43,13 @@ def server_reset(base_url: str) -> None:
 def prefect_server(prefect_home: Path) -> Iterator[str]:
     """A running Prefect API server (as a lab's `prefect server start`), started outside the timed
     runs; yields its PREFECT_API_URL."""
-    import importlib.util
-    import socket
-
-    import httpx
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    site = Path(importlib.util.find_spec("prefect").origin).parent.parent
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env.update(PREFECT_HOME=str(prefect_home), PREFECT_UI_ENABLED="0", PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--app-dir",
-            str(site),
-            "--factory",
-            "prefect.server.api.server:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "error",
-            "--lifespan",
-            "on",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = subprocess.Popen(api_server_argv(port), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            if proc.poll() is not None:
-                raise RuntimeError("the Prefect API server did not start")
-            time.sleep(0.2)
+        wait_healthy(f"{url}/health", proc, 180, "the Prefect API server")
         yield url
     finally:
-        stop(proc)
+        stop_process(proc)

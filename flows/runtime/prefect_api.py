@@ -36,33 +36,12 @@ def prefect_api(on_url: Callable[[], None] | None = None) -> Iterator[str]:
         with _prefect_settings(os.environ["PREFECT_API_URL"]):
             yield os.environ["PREFECT_API_URL"]
         return
-    # where prefect is, without importing it here (~1 s): that import then overlaps the server's boot
-    spec = importlib.util.find_spec("prefect")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("prefect is not installed")
-    prefect_dir = Path(spec.origin).parent
     port = free_port()
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     # its output goes to a file: a pipe nobody reads could fill up and stall the server in a long run
     log = tempfile.TemporaryFile()
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--app-dir",
-            str(prefect_dir.parent),
-            "--factory",
-            "prefect.server.api.server:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "error",
-            "--lifespan",
-            "on",
-        ],
+        api_server_argv(port),
         env=env,
         preexec_fn=die_with_parent,
         stdout=subprocess.DEVNULL,
@@ -122,3 +101,15 @@ def _flush_prefect_logs() -> None:
 
         APILogWorker.drain_all(timeout=10)
         EventsWorker.drain_all(timeout=10)
+
+
+def api_server_argv(port: int) -> list[str]:
+    """The command of a Prefect API server (no UI) on 127.0.0.1:port, as `prefect server start` runs it."""
+    # where prefect is, without importing it here (~1 s): that import then overlaps the server's boot
+    spec = importlib.util.find_spec("prefect")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("prefect is not installed")
+    site = Path(spec.origin).parent.parent
+    app = ["--factory", "prefect.server.api.server:create_app"]
+    quiet = "--host 127.0.0.1 --log-level error --lifespan on".split()
+    return [sys.executable, "-m", "uvicorn", "--app-dir", str(site), *app, *quiet, "--port", str(port)]
