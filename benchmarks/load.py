@@ -14,13 +14,12 @@ import time
 from pathlib import Path
 
 from doppel.tasks.data import load_movielens
-from support.output import DEFAULT_DATA_DIR, DEFAULT_ITEM_TEXT, RESULTS, log, provenance, result_line
+from support.output import RESULTS, add_data_options, log, provenance, result_line
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--item-text", type=Path, default=DEFAULT_ITEM_TEXT if DEFAULT_ITEM_TEXT.exists() else None)
+    add_data_options(parser)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

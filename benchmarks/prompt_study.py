@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 from doppel.tasks.fidelity.llm_margin import paired_gap  # noqa: E402
 from doppel.tasks.metrics import rating_metrics  # noqa: E402
 from doppel.tasks.store.db import query  # noqa: E402
-from support.output import DEFAULT_DATA_DIR, DEFAULT_ITEM_TEXT, RESULTS, log, markdown_table, result_line  # noqa: E402
+from support.output import RESULTS, add_data_options, log, markdown_table, result_line  # noqa: E402
 from support.runs import doppel_env, run_doppel  # noqa: E402
 
 NEW, OLD = "compact", "seed"
@@ -116,8 +116,7 @@ def variant_rows(db: Path, run_id: str) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variants", default=f"{NEW},{OLD}", help="comma list; the first is the reference")
-    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    ap.add_argument("--item-text", type=Path, default=DEFAULT_ITEM_TEXT if DEFAULT_ITEM_TEXT.exists() else None)
+    add_data_options(ap)
     ap.add_argument("--no-item-text", dest="item_text", action="store_const", const=None, help="titles and genres only")
     ap.add_argument("--fold", default="u1")
     ap.add_argument("--users", type=int, default=20, help="seeded sample of the fold's test users")

@@ -102,10 +102,7 @@ def plot(rows: list[dict], path: Path, latency: float, users_for_conc: int, conc
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", type=Path, default=output.DEFAULT_DATA_DIR)
-    ap.add_argument(
-        "--item-text", type=Path, default=output.DEFAULT_ITEM_TEXT if output.DEFAULT_ITEM_TEXT.exists() else None
-    )
+    output.add_data_options(ap)
     ap.add_argument("--fold", default="u1")
     ap.add_argument("--latency", type=float, default=0.1)
     ap.add_argument("--users-list", default="50,100,200,459")

@@ -34,10 +34,7 @@ from support.output import log
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", type=Path, default=output.DEFAULT_DATA_DIR)
-    ap.add_argument(
-        "--item-text", type=Path, default=output.DEFAULT_ITEM_TEXT if output.DEFAULT_ITEM_TEXT.exists() else None
-    )
+    output.add_data_options(ap)
     ap.add_argument("--fold", default="u1")
     ap.add_argument("--users", type=int, default=None)
     ap.add_argument("--batches", default="5,10,15,20,30")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shlex
@@ -19,6 +20,13 @@ _SHARED = REPO.parent / "shared" / "data"
 DEFAULT_DATA_DIR = _SHARED / "ml-100k" if (_SHARED / "ml-100k").is_dir() else None
 DEFAULT_ITEM_TEXT = _SHARED / "ml-100k-text" / "ml100k_movie_text.tsv"
 SERVER_MODEL = "doppel-test-model"
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """--data-dir and --item-text, defaulting to the development copy beside the checkout when there is one."""
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    item_text = DEFAULT_ITEM_TEXT if DEFAULT_ITEM_TEXT.exists() else None
+    parser.add_argument("--item-text", type=Path, default=item_text)
 
 
 def log(message: str = "") -> None:
