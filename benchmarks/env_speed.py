@@ -96,16 +96,7 @@ def ensemble_world(db: str, ensemble_id: str | None):
     sasrec = rewards.load_sasrec(inputs)
     read_s = time.perf_counter() - t
     t = time.perf_counter()
-    likes = rewards.ensemble_likes(
-        inputs.train,
-        inputs.item_ids,
-        inputs.settings.like_threshold,
-        inputs.keywords,
-        inputs.embeddings,
-        inputs.has_embedding,
-        sasrec,
-        inputs.settings.sim_top_k,
-    )
+    likes = rewards.ensemble_run_likes(inputs, sasrec)
     votes_s = time.perf_counter() - t
     world = rewards.build_world(
         inputs.train, likes, inputs.embeddings, inputs.has_embedding, inputs.settings.like_threshold, 16

@@ -25,7 +25,7 @@ import pandas as pd
 from doppel.tasks.ensemble.evaluate import score_pairs
 from doppel.tasks.ensemble.voters import Index
 from doppel.tasks.rl.world import EnsembleInputs, UserItemLikes, World
-from doppel.tasks.store.db import query
+from doppel.tasks.store.db import first_run, query
 
 if TYPE_CHECKING:
     pass
@@ -128,16 +128,14 @@ def build_world(
 
 def ensemble_run(db: str | Path, ensemble_id: str | None = None, dataset: str | None = None) -> dict:
     """The runs row of a finished ensemble run (the given id, else the latest one; `dataset`: a LIKE pattern)."""
-    rows = query(db, "rl_ensemble_run", run_id=ensemble_id, dataset=dataset)
-    if rows.empty:
+    row = first_run(db, "rl_ensemble_run", run_id=ensemble_id, dataset=dataset)
+    if row is None:
         what = (
             f"ensemble run {ensemble_id!r}"
             if ensemble_id
             else "finished `doppel ensemble` run" + (f" of dataset {dataset!r}" if dataset else "")
         )
         raise ValueError(f"no {what} in {db}: run `doppel ensemble` first (or pass --ensemble-id)")
-    row = rows.iloc[0].to_dict()
-    row["config"] = json.loads(row["config"]) if isinstance(row["config"], str) else row["config"]
     return row
 
 
@@ -202,6 +200,20 @@ def likes_cache_path(inputs: EnsembleInputs, sasrec_key: str) -> Path:
     return inputs.settings.run.work_dir() / "rl" / f"likes-{inputs.run_id}-{digest.hexdigest()[:16]}.npz"
 
 
+def ensemble_run_likes(inputs: EnsembleInputs, sasrec) -> UserItemLikes:
+    """`ensemble_likes` with a finished ensemble run's train split, keywords, embeddings and settings."""
+    return ensemble_likes(
+        inputs.train,
+        inputs.item_ids,
+        inputs.settings.like_threshold,
+        inputs.keywords,
+        inputs.embeddings,
+        inputs.has_embedding,
+        sasrec,
+        inputs.settings.sim_top_k,
+    )
+
+
 def cached_ensemble_likes(inputs: EnsembleInputs) -> tuple[UserItemLikes, dict]:
     """The ensemble like matrix of a run, from the cache file or computed (and cached); plus timing info."""
     import time
@@ -215,16 +227,7 @@ def cached_ensemble_likes(inputs: EnsembleInputs) -> tuple[UserItemLikes, dict]:
         )
         return likes, {"cached": True, "path": str(path), "seconds": 0.0}
     t = time.monotonic()
-    likes = ensemble_likes(
-        inputs.train,
-        inputs.item_ids,
-        inputs.settings.like_threshold,
-        inputs.keywords,
-        inputs.embeddings,
-        inputs.has_embedding,
-        sasrec,
-        inputs.settings.sim_top_k,
-    )
+    likes = ensemble_run_likes(inputs, sasrec)
     seconds = time.monotonic() - t
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")

@@ -31,13 +31,9 @@ def agents_dir(db: str | Path, rl_id: str) -> Path:
 
 def finished_rl_run(db: str | Path, rl_id: str) -> dict:
     """The runs row of a finished `doppel rl` run, its config parsed; ValueError naming the id if none."""
-    import json
+    from doppel.tasks.store.db import first_run
 
-    from doppel.tasks.store.db import query
-
-    rows = query(db, "rl_run", run_id=rl_id)
-    if rows.empty:
+    row = first_run(db, "rl_run", run_id=rl_id)
+    if row is None:
         raise ValueError(f"--rl-run {rl_id!r}: no finished `doppel rl` run of that id in {db}")
-    row = rows.iloc[0].to_dict()
-    row["config"] = json.loads(row["config"]) if isinstance(row["config"], str) else row["config"]
     return row

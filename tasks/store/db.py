@@ -13,6 +13,7 @@ and "a different configuration" when a read-only connection met a writing one.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -133,6 +134,16 @@ def query(db_path: str | Path, name: str, read_only: bool = False, **params: Any
             declare_temp_views(con)
         out = execute(con, name, **params)
     return out if out is not None else pd.DataFrame()
+
+
+def first_run(db_path: str | Path, name: str, **params: Any) -> dict | None:
+    """The first row of the runs query `name` (sql/queries), its JSON config parsed; None if it has none."""
+    rows = query(db_path, name, **params)
+    if rows.empty:
+        return None
+    row = rows.iloc[0].to_dict()
+    row["config"] = json.loads(row["config"]) if isinstance(row["config"], str) else row["config"]
+    return row
 
 
 def transaction(
