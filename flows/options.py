@@ -229,6 +229,7 @@ RUN = OptionSet(
         opt("user_ids"),
         *dataset_options()[3:],
         *llm_options()[:6],
+        opt("embedded_slots", "llm.embedded_slots"),
         opt("temperature", "llm.temperature"),
         opt("seed", "llm.seed", "sample_seed"),
         opt("timeout", "llm.timeout_s"),

@@ -24,6 +24,13 @@ class LLMSettings(BaseModel):
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint; default: the embedded model")
     model: str = Field("qwen2.5-0.5b", description="endpoint model id, or an embedded model name")
     gguf: str | None = Field(None, description="run the embedded server on this GGUF file")
+    embedded_slots: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="the embedded server's parallel sequences, continuously batched: its LLM concurrency "
+        "(one user per slot; benchmarks/embedded_slots.py measures them)",
+    )
     temperature: float = Field(0.0, description="sampling temperature")
     seed: int = Field(0, description="LLM seed")
     # a profile of tasks/simulation.PROFILE_WORDS words fits; a looping answer stops here (answer_shapes.md)
@@ -57,6 +64,9 @@ class LLMSettings(BaseModel):
     )
     sample_temperature: float = Field(1.0, gt=0, description="--rating-samples: the draws' temperature")
     concurrency: int = Field(8, ge=1, description="LLM calls in flight across all workers")
+    # users simulated at once per slot: a few keep a remote endpoint's slots busy across round trips; the
+    # embedded server gets 1, so each user's calls run back to back on one slot and reuse its prompt cache
+    users_per_slot: int = Field(3, ge=1, le=8)
     rpm: float | None = Field(None, description="requests per minute cap")
     concurrency_limit_name: str | None = Field(None, description="also hold this Prefect global concurrency limit")
     cache_dir: str | None = Field(None, description="LLM response cache (default: .doppel/ next to the db)")

@@ -20,7 +20,6 @@ from doppel.tasks.records import CandidateItem, HistoryItem, PackedWork, UserWor
 from doppel.tasks.settings import LLMSettings, SimulationSettings
 
 PROFILE_WORDS = 60  # at 110 the 0.5B model looped to its token cap (benchmarks/results/answer_shapes.md)
-USERS_PER_SLOT = 3
 
 
 @dataclass
@@ -185,6 +184,12 @@ def _failed_rows(batch: list[CandidateItem], batch_index: int, reason: str) -> l
     ]
 
 
+def users_in_flight(local_slots: int, users_per_slot: int) -> int:
+    """Users simulated at once: one on one slot (its calls then run back to back and its prompt cache
+    hits), else `users_per_slot` per slot."""
+    return 1 if local_slots == 1 else users_per_slot * local_slots
+
+
 def simulate_users(
     packed: PackedWork,
     llm: LLMSettings,
@@ -197,13 +202,12 @@ def simulate_users(
     """Synchronous entry for a task-runner thread or Dask worker: simulate the chunk's users concurrently;
     each user's rows go out through `channel` the moment the user finishes.
 
-    Users start longest chain first, a few per slot: enough ready calls to keep every slot busy, and
-    users finish (and are written) all along instead of all at the end. With one slot (the embedded
-    server) one user at a time, so its calls run back to back and the prompt cache hits.
+    Users start longest chain first, a few per slot (`users_in_flight`): enough ready calls to keep every
+    slot busy, and users finish (and are written) all along instead of all at the end.
     """
     started = time.monotonic()
     works = sorted(packed.unpack(), key=lambda w: -critical_path(w, sim))
-    in_flight = 1 if limits.local_slots == 1 else USERS_PER_SLOT * limits.local_slots
+    in_flight = users_in_flight(limits.local_slots, llm.users_per_slot)
 
     async def work(gateway: LLMGateway, user: UserWork) -> UserResult:
         return await simulate_user(user, gateway, sim)

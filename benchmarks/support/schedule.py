@@ -21,8 +21,8 @@ from doppel.flows.fanout import shares
 from doppel.tasks.llm.limits import CallLimiter
 from doppel.tasks.planning import build_work, partition, select_users
 from doppel.tasks.records import UserWork
-from doppel.tasks.settings import SimulationSettings
-from doppel.tasks.simulation import USERS_PER_SLOT, chain_shape, critical_path, simulate_user
+from doppel.tasks.settings import LLMSettings, SimulationSettings
+from doppel.tasks.simulation import chain_shape, critical_path, simulate_user, users_in_flight
 
 
 @dataclass
@@ -84,10 +84,10 @@ class _ClockGateway:
 
 
 async def _chunk(works: list[UserWork], sim: SimulationSettings, latency: float, slots: int) -> None:
-    # as tasks/simulation.simulate_users: longest chain first, USERS_PER_SLOT users per slot (one with one slot)
+    # as tasks/simulation.simulate_users: longest chain first, a few users per slot (one with one slot)
     limiter = CallLimiter(slots)
     gateway = _ClockGateway(limiter, latency)
-    in_flight = asyncio.Semaphore(1 if slots == 1 else USERS_PER_SLOT * slots)
+    in_flight = asyncio.Semaphore(users_in_flight(slots, LLMSettings().users_per_slot))
 
     async def one(work: UserWork) -> None:
         async with in_flight:

@@ -24,14 +24,13 @@ def llm_endpoint(llm: LLMSettings, start: bool = True) -> Iterator[tuple[LLMSett
         return
     from doppel.tasks.llm.embedded import EmbeddedServer
 
-    with EmbeddedServer.from_model(llm.gguf or llm.model) as server:
-        # one slot on a small CPU: more concurrency only adds latency
-        yield (
-            llm.model_copy(
-                update={"base_url": server.base_url, "concurrency": 1, "timeout_s": max(llm.timeout_s, 600.0)}
-            ),
-            server.model_name,
-        )
+    slots = llm.embedded_slots
+    with EmbeddedServer.from_model(llm.gguf or llm.model, slots=slots) as server:
+        # as many calls in flight as slots: one user per slot, whose calls then reuse that slot's cache
+        # (more would only queue in the server); its calls are slow on a CPU, hence the long timeout
+        update = {"base_url": server.base_url, "concurrency": slots, "users_per_slot": 1}
+        update["timeout_s"] = max(llm.timeout_s, 600.0)
+        yield llm.model_copy(update=update), server.model_name
 
 
 @dataclass
