@@ -87,6 +87,7 @@ def main() -> None:
         f"default model, default options but `--embedded-slots`; slot counts run one after the other in the order "
         f"{args.slots}, each in a fresh folder and LLM cache. speedup: wall with {counts[0]} slot(s) / this wall. "
         "prompt, evaluated (prompt tokens not served from the cache) and generated: tokens of all the run's calls. "
+        "peak_rss_mb: the whole process tree at once, the embedded server included. "
         f"rmse: the LLM's on the pairs it rated. Load average (1, 5, 15 min) at start: {load_start}.",
         "",
         output.markdown_table(

@@ -63,3 +63,17 @@ def test_three_synthetic_users_on_the_embedded_model(prefect_server, tmp_path, m
     assert llm["exact"] == pytest.approx(100 * float((err == 0).mean()))
     assert model == "qwen2.5-0.5b"
     assert llama_children() == [], "the embedded server must be stopped after the run"
+
+
+def test_embedded_slots_start_a_server_with_that_many_and_one_user_per_slot():
+    """--embedded-slots 2: llama.cpp reports two slots, and the run sends two calls at once, one user each."""
+    from doppel.flows.runtime.engines import llm_endpoint
+    from doppel.tasks.llm.limits import server_slots
+    from doppel.tasks.settings import LLMSettings
+    from doppel.tasks.simulation import users_in_flight
+
+    with llm_endpoint(LLMSettings(embedded_slots=2)) as (llm, model_id):
+        assert server_slots(llm.base_url) == 2
+        assert llm.concurrency == 2 and users_in_flight(llm.concurrency, llm.users_per_slot) == 2
+        assert model_id == "qwen2.5-0.5b"
+    assert llama_children() == []

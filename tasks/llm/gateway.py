@@ -32,7 +32,7 @@ from doppel.tasks.llm.schemas import (
     schema_item_ids,
     schema_layout,
 )
-from doppel.tasks.llm.templates import answer_layout, prompt_hash, rating_variables, render
+from doppel.tasks.llm.templates import answer_layout, item_numbers, prompt_hash, rating_variables, render
 from doppel.tasks.llm.tokens import count_messages, count_text
 from doppel.tasks.settings import RATING_SAMPLES_LIMIT, LLMSettings
 
@@ -128,19 +128,19 @@ class LLMGateway:
     ) -> RatingOutcome:
         """The answer: one rating per id, repaired by re-asking in the same conversation."""
         outcome = RatingOutcome(ratings={}, failed={})
-        pending, number = list(item_ids), {item_id: n for n, item_id in enumerate(item_ids, start=1)}
+        pending = list(item_ids)
 
         async def complete(prompt: str, messages: list[dict]) -> tuple[str, CallRecord]:
-            params = self._rating_params(pending, layout=layout, numbers=[number[i] for i in pending])
+            params = self._rating_params(pending, layout=layout, numbers=item_numbers(item_ids, pending))
             return await self._complete(prompt, messages, params, sample, priority, prompts)
 
         def check(content: str, record: CallRecord) -> str | None:
             nonlocal pending
-            parsed = parse_ratings(content, pending, [number[i] for i in pending])
+            parsed = parse_ratings(content, pending, item_numbers(item_ids, pending))
             outcome.ratings.update(parsed.ratings)
             if self.settings.rating_probs:  # off: no logprob distribution, not even one the cache holds
                 rated = list(parsed.ratings)
-                outcome.probs.update(rating_distributions(content, record.digits, rated, [number[i] for i in rated]))
+                outcome.probs.update(rating_distributions(content, record.digits, rated, item_numbers(item_ids, rated)))
             pending = parsed.missing(pending)
             return "; ".join(parsed.problems)[:600] if pending else None
 

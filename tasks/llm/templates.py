@@ -123,15 +123,20 @@ def answer_layout(prompts: str = "compact") -> str:
     return layout
 
 
+def item_numbers(item_ids: list[str], asked: list[str]) -> list[int]:
+    """The numbers (1-based places in `item_ids`, as the rating prompt lists them) of the `asked` items."""
+    position = {item_id: n for n, item_id in enumerate(item_ids, start=1)}
+    return [position[i] for i in asked]
+
+
 def rating_variables(item_ids: list[str], layout: str, constrained: bool, asked: list[str] | None = None) -> dict:
     """What the rating and repair templates need about the ids: `item_ids_json` (the ids asked),
     `layout`, `numbers` (the asked items' numbers in the rating prompt) and `ids_line` (show the
     ids: always in the item_ids layout; in the positional one only when no schema carries them)."""
     asked = item_ids if asked is None else asked
-    position = {item_id: n for n, item_id in enumerate(item_ids, start=1)}
     return {
         "item_ids_json": ids_json(asked),
         "layout": layout,
-        "numbers": [position[i] for i in asked],
+        "numbers": item_numbers(item_ids, asked),
         "ids_line": layout == "item_ids" or not constrained,
     }
