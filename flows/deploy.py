@@ -244,31 +244,24 @@ def serve_file(
 
     signal.signal(signal.SIGTERM, interrupt)  # until the runner installs its own: stop cleanly, exit 0
     try:
-        _serve_specs(specs, overrides, schedules, limit, port, suffix, announce)
+        with local_prefect_server(port) as url:
+            os.environ["PREFECT_API_URL"] = url  # flow-run subprocesses inherit it
+            import prefect.runner.server  # noqa: F401  (its import is slow: done before the deployments show)
+            from prefect import serve
+            from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+            client = {PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: os.environ.get("PREFECT_API_AUTH_STRING")}
+            with temporary_settings(client):
+                deployments = runner_deployments(specs, overrides, schedules, suffix)
+                check_not_in_a_pool(deployments)
+                announce(
+                    f"serving {', '.join(f'{d.flow_name}/{d.name}' for d in deployments)} on {url} "
+                    f"(UI: {url.removesuffix('/api')})"
+                    + (f"; it asks for the secret in {auth_path()}" if "PREFECT_API_AUTH_STRING" in os.environ else "")
+                )
+                serve(*deployments, limit=limit, print_starting_message=False)
     except BaseException as exc:
         # the interrupt can land inside code that wraps it in an error of its own (pydantic-core turned
         # it into a SchemaError while Prefect imported its webserver): a stop asked for is still clean
         if not (isinstance(exc, KeyboardInterrupt) or stopping.is_set()):
             raise
-
-
-def _serve_specs(
-    specs: list[dict], overrides: dict | None, schedules: bool, limit: int | None, port: int, suffix: str, announce
-) -> None:
-    """serve_file's work: the server, the runner deployments, then prefect.serve until stopped."""
-    with local_prefect_server(port) as url:
-        os.environ["PREFECT_API_URL"] = url  # flow-run subprocesses inherit it
-        import prefect.runner.server  # noqa: F401  (its import is slow: done before the deployments show)
-        from prefect import serve
-        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
-
-        client = {PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: os.environ.get("PREFECT_API_AUTH_STRING")}
-        with temporary_settings(client):
-            deployments = runner_deployments(specs, overrides, schedules, suffix)
-            check_not_in_a_pool(deployments)
-            announce(
-                f"serving {', '.join(f'{d.flow_name}/{d.name}' for d in deployments)} on {url} "
-                f"(UI: {url.removesuffix('/api')})"
-                + (f"; it asks for the secret in {auth_path()}" if "PREFECT_API_AUTH_STRING" in os.environ else "")
-            )
-            serve(*deployments, limit=limit, print_starting_message=False)
