@@ -77,3 +77,44 @@ def test_embedded_slots_start_a_server_with_that_many_and_one_user_per_slot():
         assert llm.concurrency == 2 and users_in_flight(llm.concurrency, llm.users_per_slot) == 2
         assert model_id == "qwen2.5-0.5b"
     assert llama_children() == []
+
+
+def test_a_server_started_ahead_is_taken_over_or_stopped():
+    """`doppel run` starts the embedded server while the Prefect API boots: the flow's endpoint takes
+    that one over (no second server), and one nobody takes over is stopped."""
+    import time
+
+    from doppel.flows.runtime.engines import discard_prestarted, llm_endpoint, prestart_embedded
+    from doppel.tasks.settings import LLMSettings
+
+    prestart_embedded(LLMSettings())
+    with llm_endpoint(LLMSettings()) as (llm, _):
+        assert len(llama_children()) == 1
+        assert llm.base_url and llm.concurrency == 1
+    assert llama_children() == []
+
+    prestart_embedded(LLMSettings(embedded_slots=2))  # not what the flow asks for: it starts its own
+    with llm_endpoint(LLMSettings()):
+        assert len(llama_children()) == 2
+    discard_prestarted()  # stops the unused one once it is up
+    deadline = time.monotonic() + 120
+    while llama_children() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert llama_children() == []
+
+
+def test_doppel_run_on_the_embedded_default_loads_the_model_while_prefect_starts(tmp_path):
+    """The README's command, one synthetic user: the flow takes over the server started ahead."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API") and "API_KEY" not in k}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    argv = [sys.executable, "-m", "doppel.flows.cli", "run", "--dataset", "synthetic", "--users", "1"]
+    argv += ["--db", str(tmp_path / "doppel.duckdb"), "--verbose", "--no-progress"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout + done.stderr
+    assert "embedded server qwen2.5-0.5b: loaded in" in out and "(started ahead)" in out
+    assert "(started here)" not in out and "finished: 1 users, " in out
