@@ -75,13 +75,11 @@ def _run_flow(settings: RunSettings) -> dict:
 
 
 def _while_api_starts(settings: RunSettings, work_left: bool) -> None:
-    """Spawn the Dask workers, load the embedded model (without --base-url) and import the flow
-    (prefect, ~1.5 s) while the API server boots."""
-    from doppel.flows.runtime import prestart_cluster, prestart_embedded
+    """Spawn the Dask workers and import the flow (prefect, ~1.5 s) while the API server boots."""
+    from doppel.flows.runtime import prestart_cluster
 
     if work_left:
         prestart_cluster(settings, preload=["doppel.flows.simulate"])
-        prestart_embedded(settings.llm)
     import doppel.flows.simulate  # noqa: F401
 
 

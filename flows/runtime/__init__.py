@@ -8,13 +8,14 @@ from doppel.flows.runtime.cluster import (
     PROFILER_ENV,
     ClusterLease,
     dask_cluster,
+    discard_prestarted,
     prestart_cluster,
     start_local_cluster,
     task_runner,
     worker_config,
     worker_start_method,
 )
-from doppel.flows.runtime.engines import Engines, discard_prestarted, engines, llm_endpoint, prestart_embedded
+from doppel.flows.runtime.engines import Engines, engines, llm_endpoint
 from doppel.flows.runtime.prefect_api import PREFECT_QUIET_ENV, current_api_url, prefect_api
 from doppel.flows.runtime.processes import die_with_parent, free_port, stop_process, wait_healthy
 
@@ -32,7 +33,6 @@ __all__ = [
     "llm_endpoint",
     "prefect_api",
     "prestart_cluster",
-    "prestart_embedded",
     "start_local_cluster",
     "stop_process",
     "task_runner",

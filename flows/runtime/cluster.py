@@ -134,7 +134,7 @@ def prestart_cluster(settings: RunSettings, preload: Sequence[str] = ()) -> None
         pool.shutdown(wait=False)
 
 
-def discard_prestarted_cluster() -> None:
+def discard_prestarted() -> None:
     """Close a pre-started cluster nobody took over (e.g. nothing was left to simulate, or an error)."""
     starting = _PRESTARTED.pop("local", None)
     if starting is not None:
@@ -181,7 +181,7 @@ def dask_cluster(settings: RunSettings, start: bool = True, preload: Sequence[st
     chunks' tasks live in (imported once by the fork server, not by every worker).
     """
     if not _local_cluster_wanted(settings) or not start:
-        discard_prestarted_cluster()
+        discard_prestarted()
         yield ClusterLease(lambda: settings.dask_address)
         return
     starting = _PRESTARTED.pop("local", None)

@@ -6,80 +6,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from doppel.flows.runtime.cluster import ClusterLease, dask_cluster, discard_prestarted_cluster, task_runner
+from doppel.flows.runtime.cluster import ClusterLease, dask_cluster, task_runner
 from doppel.tasks.llm.endpoint import api_key_from_env, check_endpoint
 from doppel.tasks.llm.limits import cap_to_server_slots
 from doppel.tasks.settings import LLMSettings, RunSettings
-
-if TYPE_CHECKING:
-    from doppel.tasks.llm.embedded import EmbeddedServer
-
-# embedded servers started ahead of the flow (by `doppel run` while the Prefect API boots), by what they serve
-_PRESTARTED: dict[tuple[str, int], Future] = {}
-
-
-def _embedded_key(llm: LLMSettings) -> tuple[str, int]:
-    return str(llm.gguf or llm.model), llm.embedded_slots
-
-
-def _start_embedded(llm: LLMSettings) -> EmbeddedServer:
-    from doppel.tasks.llm.embedded import EmbeddedServer
-
-    model, slots = _embedded_key(llm)
-    return EmbeddedServer.from_model(model, slots=slots).start()
-
-
-def prestart_embedded(llm: LLMSettings) -> None:
-    """Start the embedded server in the background now (no --base-url): its model load then overlaps
-    the Prefect API's boot, and `llm_endpoint` takes it over. A start-up error is raised there."""
-    if llm.base_url or _embedded_key(llm) in _PRESTARTED:
-        return
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-start")
-    _PRESTARTED[_embedded_key(llm)] = pool.submit(_start_embedded, llm)
-    pool.shutdown(wait=False)
-
-
-def discard_prestarted() -> None:
-    """Stop what was started ahead of the flow and not taken over (nothing was left to simulate, or
-    an error): the local Dask cluster and the embedded server."""
-    discard_prestarted_cluster()
-    while _PRESTARTED:
-        _stop_when_started(_PRESTARTED.popitem()[1])
-
-
-def _stop_when_started(starting: Future) -> None:
-    """Stop the server of `starting` once it is up (now if it is), whoever was waiting for it."""
-
-    def stop(done: Future) -> None:
-        if not done.cancelled() and done.exception() is None:
-            done.result().stop()
-
-    starting.add_done_callback(stop)
-
-
-def _embedded_server(llm: LLMSettings) -> EmbeddedServer:
-    """The pre-started server for these settings (waits for it), else one started now."""
-    asked = time.monotonic()
-    starting = _PRESTARTED.pop(_embedded_key(llm), None)
-    try:
-        server = starting.result() if starting is not None else _start_embedded(llm)
-    except BaseException:
-        if starting is not None:
-            _stop_when_started(starting)  # e.g. Ctrl-C while it loads: it stops once up
-        raise
-    # benchmarks/startup.py reads this line: what the overlap with the Prefect API's boot saved
-    _run_logger().info(
-        "embedded server %s: loaded in %.2f s, waited for %.2f s (%s)",
-        server.model_name,
-        server.load_seconds or 0.0,
-        time.monotonic() - asked,
-        "started ahead" if starting is not None else "started here",
-    )
-    return server
 
 
 def _run_logger() -> logging.Logger | logging.LoggerAdapter:
@@ -102,8 +34,18 @@ def llm_endpoint(llm: LLMSettings, start: bool = True) -> Iterator[tuple[LLMSett
     if llm.base_url or not start:
         yield llm, llm.model
         return
+    from doppel.tasks.llm.embedded import EmbeddedServer
+
     slots = llm.embedded_slots
-    with _embedded_server(llm) as server:
+    asked = time.monotonic()
+    with EmbeddedServer.from_model(llm.gguf or llm.model, slots=slots) as server:
+        # benchmarks/startup.py reads this line (the start-up's phases)
+        _run_logger().info(
+            "embedded server %s: loaded in %.2f s, waited for %.2f s (started here)",
+            server.model_name,
+            server.load_seconds or 0.0,
+            time.monotonic() - asked,
+        )
         # as many calls in flight as slots: one user per slot, whose calls then reuse that slot's cache
         # (more would only queue in the server); its calls are slow on a CPU, hence the long timeout
         update = {"base_url": server.base_url, "concurrency": slots, "users_per_slot": 1}
