@@ -5,6 +5,8 @@ doppel in between: prompt tokens/s (P distinct ~rating-sized prompts at once, on
 prompt cache off) and generated tokens/s (P short prompts at once, a fixed number of tokens each,
 end-of-sequence ignored) at P = 1, 2, 4 parallel sequences, each on a server started with P slots.
 Aggregate rate = tokens of all P sequences / wall of the round; the median of `rounds` rounds.
+At P = 1 also the generated tokens/s with the top TOP_LOGPROBS alternatives of every token (llama.cpp's
+`n_probs`), as doppel's rating calls ask for them (the ideal still uses the plain rate).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from doppel.tasks.llm.embedded import EmbeddedServer
+from doppel.tasks.llm.gateway import TOP_LOGPROBS
 
 FILLER = (
     "Toy Story (1995) | Animation, Children's, Comedy | A cowboy doll is profoundly threatened and jealous when a "
@@ -39,7 +42,9 @@ def _round(server: EmbeddedServer, bodies: list[dict]) -> tuple[float, list[dict
 def measure(server: EmbeddedServer, parallel: int, prompt_tokens: int = 700, gen_tokens: int = 32, rounds: int = 3):
     """{prompt_tps, gen_tps} aggregate over `parallel` sequences (median of `rounds`)."""
     repeat = max(1, prompt_tokens // 40)  # FILLER is ~40 tokens
-    prompt_rates, gen_rates = [], []
+    prompt_rates: list[float] = []
+    gen_rates: list[float] = []
+    logprob_rates: list[float] = []
     for _ in range(rounds):
         # distinct first tokens: no sequence reuses another's prompt cache
         bodies = [
@@ -63,12 +68,22 @@ def measure(server: EmbeddedServer, parallel: int, prompt_tokens: int = 700, gen
             }
             for _ in range(parallel)
         ]
-        wall, answers = _round(server, bodies)
-        # the short prompts' evaluation is inside the wall: subtract it at the measured prompt rate
-        prompt_n = sum(a["timings"]["prompt_n"] for a in answers)
-        gen_wall = max(1e-6, wall - prompt_n / prompt_rates[-1])
-        gen_rates.append(sum(a["timings"]["predicted_n"] for a in answers) / gen_wall)
-    return {"prompt_tps": statistics.median(prompt_rates), "gen_tps": statistics.median(gen_rates)}
+        gen_rates.append(_gen_rate(server, bodies, prompt_rates[-1]))
+        if parallel == 1:  # what doppel's rating calls add: the top alternatives of every answer token
+            logprob_rates.append(_gen_rate(server, [{**b, "n_probs": TOP_LOGPROBS} for b in bodies], prompt_rates[-1]))
+    rates = {"prompt_tps": statistics.median(prompt_rates), "gen_tps": statistics.median(gen_rates)}
+    if logprob_rates:
+        rates["gen_logprobs_tps"] = statistics.median(logprob_rates)
+    return rates
+
+
+def _gen_rate(server: EmbeddedServer, bodies: list[dict], prompt_tps: float) -> float:
+    """Generated tokens/s of one round of `bodies`."""
+    wall, answers = _round(server, bodies)
+    # the short prompts' evaluation is inside the wall: subtract it at the measured prompt rate
+    prompt_n = sum(a["timings"]["prompt_n"] for a in answers)
+    gen_wall = max(1e-6, wall - prompt_n / prompt_tps)
+    return sum(a["timings"]["predicted_n"] for a in answers) / gen_wall
 
 
 def ceiling(model: str, parallels: tuple[int, ...] = (1, 2, 4), rounds: int = 3, log=print) -> dict[int, dict]:

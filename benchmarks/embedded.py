@@ -138,13 +138,23 @@ def main() -> None:
     lines = ["## Ceiling: llama.cpp alone (aggregate tokens/s)", ""]
     parallels = tuple(int(p) for p in args.parallels.split(","))
     rates = _ceiling.ceiling(args.model, parallels, rounds=args.ceiling_rounds)
-    lines += ["| parallel sequences | prompt tok/s | generated tok/s |", "|---|---|---|"]
-    lines += [f"| {p} | {r['prompt_tps']:.0f} | {r['gen_tps']:.1f} |" for p, r in rates.items()]
+    lines += [
+        "| parallel sequences | prompt tok/s | generated tok/s | generated tok/s with logprobs |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {p} | {r['prompt_tps']:.0f} | {r['gen_tps']:.1f} | "
+        + (f"{r['gen_logprobs_tps']:.1f} |" if "gen_logprobs_tps" in r else "- |")
+        for p, r in rates.items()
+    ]
     best = max(rates, key=lambda p: rates[p]["gen_tps"])
     if args.users == 0:
         args.out.write_text(head + "\n" + "\n".join(lines) + f"\n\nload average at end: {os.getloadavg()}\n")
         one = rates[min(rates)]
-        print(f"RESULT prompt_tps={one['prompt_tps']:.0f} gen_tps={one['gen_tps']:.1f} best_parallel={best}")
+        print(
+            f"RESULT prompt_tps={one['prompt_tps']:.0f} gen_tps={one['gen_tps']:.1f} "
+            f"gen_logprobs_tps={one.get('gen_logprobs_tps', float('nan')):.1f} best_parallel={best}"
+        )
         return
     with tempfile.TemporaryDirectory(prefix="doppel-embedded-") as tmp:
         db = Path(tmp) / "ml100k.duckdb"

@@ -77,3 +77,20 @@ def test_embedded_slots_start_a_server_with_that_many_and_one_user_per_slot():
         assert llm.concurrency == 2 and users_in_flight(llm.concurrency, llm.users_per_slot) == 2
         assert model_id == "qwen2.5-0.5b"
     assert llama_children() == []
+
+
+def test_doppel_run_on_the_embedded_default_through_the_cli(tmp_path):
+    """The README's command, one synthetic user: the CLI starts the embedded server, logs its load, finishes."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API") and "API_KEY" not in k}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    argv = [sys.executable, "-m", "doppel.flows.cli", "run", "--dataset", "synthetic", "--users", "1"]
+    argv += ["--db", str(tmp_path / "doppel.duckdb"), "--verbose", "--no-progress"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout + done.stderr
+    assert "embedded server qwen2.5-0.5b: loaded in" in out and "finished: 1 users, " in out
+    assert llama_children() == []
