@@ -149,7 +149,8 @@ def main() -> None:
     ]
     best = max(rates, key=lambda p: rates[p]["gen_tps"])
     if args.users == 0:
-        args.out.write_text(head + "\n" + "\n".join(lines) + f"\n\nload average at end: {os.getloadavg()}\n")
+        end = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        args.out.write_text(head + "\n" + "\n".join(lines) + f"\n\nload average at end: {end}\n")
         one = rates[min(rates)]
         print(
             f"RESULT prompt_tps={one['prompt_tps']:.0f} gen_tps={one['gen_tps']:.1f} "
