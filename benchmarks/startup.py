@@ -64,14 +64,20 @@ def one_round(args: argparse.Namespace, build: Build, folder: Path, log_path: Pa
 
 @dataclass
 class Build:
-    """An install of doppel to time: its Python, its commit, the Prefect home its rounds share."""
+    """An install of doppel to time: its Python, its commit, the folder of its rounds (one Prefect home)."""
 
     name: str
     python: str
-    prefect_home: Path
+    folder: Path
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.folder / "prefect-home"
 
     @classmethod
     def of(cls, python: str, folder: Path) -> Build:
+        if python == sys.executable:  # this checkout (its rounds run with PYTHONPATH on it)
+            return cls(output.commit(), python, folder / "this")
         where = subprocess.run(
             [python, "-c", "import doppel.flows.cli as m; print(m.__file__)"], capture_output=True, text=True
         )
@@ -82,7 +88,9 @@ class Build:
             ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         )
         name = f"{commit.stdout.strip() or repo}"
-        return cls(name, python, folder / f"prefect-home-{name}")
+        if name == output.commit():
+            name += " (against)"  # the same commit in another install: its rows stay apart
+        return cls(name, python, folder / "against")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,12 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         builds = [Build.of(python, Path(tmp)) for python in [sys.executable, *([args.against] if args.against else [])]]
         for build in builds:  # unrecorded: creates the Prefect home's database, as a user's first run does
             log(f"warm-up run of {build.name}")
-            (Path(tmp) / f"warm-up-{build.name}").mkdir()
-            one_round(args, build, Path(tmp) / f"warm-up-{build.name}", log_path)
+            (build.folder / "warm-up").mkdir(parents=True)
+            one_round(args, build, build.folder / "warm-up", log_path)
         for k in range(args.rounds):
             for build in builds if k % 2 == 0 else builds[::-1]:
                 machine.quiet_machine()
-                folder = Path(tmp) / f"round-{k}-{build.name}"
+                folder = build.folder / f"round-{k}"
                 folder.mkdir()
                 rows.append({"round": k + 1, **one_round(args, build, folder, log_path)})
                 log(output.markdown_table(rows[-1:], list(rows[-1])).splitlines()[-1])
