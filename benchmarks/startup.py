@@ -14,13 +14,11 @@ doppel is another commit (a venv), side by side on the same machine:
   request follows at once), and the phases before it (the flow begins once the Prefect API answers;
   the dataset is loaded; the users are planned);
 - the embedded server: its load (child start to /health) and how long the flow waited for it (the
-  line the flow logs; a build that starts the server ahead of the flow, while the Prefect API boots,
-  waits less than the load: saved = load - waited, the server's load on these 2 cores slowing the
-  other start-up work as it may, which only --against a build without that overlap shows);
+  line the flow logs; a build that starts the server ahead of the flow, as 29a7906 did while the
+  Prefect API booted, waits less than the load);
 - the whole command's wall.
 
-Last line: RESULT server_load_s=<median> server_wait_s=<median> saved_s=<median load - waited>
-wall_s=<median> startup_s=<median until submitted> (with --against: startup_s_against=<..>
+Last line: RESULT server_load_s=<median> server_wait_s=<median> wall_s=<median> startup_s=<median until submitted> (with --against: startup_s_against=<..>
 wall_s_against=<..> startup_ratio=<this / against>)
 """
 
@@ -38,7 +36,7 @@ from pathlib import Path
 from support import machine, output, runs
 from support.output import log
 
-SERVER_LINE = re.compile(r"embedded server \S+: loaded in ([\d.]+) s, waited for ([\d.]+) s \(([^)]+)\)")
+SERVER_LINE = re.compile(r"embedded server \S+: loaded in ([\d.]+) s, waited for ([\d.]+) s")
 PHASES = ("flow_begin", "dataset_ready", "planned", "submitted")
 
 
@@ -57,8 +55,7 @@ def one_round(args: argparse.Namespace, build: Build, folder: Path, log_path: Pa
     found = SERVER_LINE.search(timed.text)
     row: dict = {"build": build.name, **{phase: timed.phases.get(phase, float("nan")) for phase in PHASES}}
     load_s, wait_s = (float(found[1]), float(found[2])) if found else (float("nan"), float("nan"))
-    row.update(server_load_s=load_s, server_wait_s=wait_s, server=found[3] if found else "not logged")
-    row.update(saved_s=load_s - wait_s, wall_s=timed.wall_s, load=timed.load_mean)
+    row.update(server_load_s=load_s, server_wait_s=wait_s, wall_s=timed.wall_s, load=timed.load_mean)
     return row
 
 
@@ -122,14 +119,14 @@ def main(argv: list[str] | None = None) -> int:
                 folder.mkdir()
                 rows.append({"round": k + 1, **one_round(args, build, folder, log_path)})
                 log(output.markdown_table(rows[-1:], list(rows[-1])).splitlines()[-1])
-    columns = ["round", "build", *PHASES, "server_load_s", "server_wait_s", "saved_s", "server", "wall_s", "load"]
+    columns = ["round", "build", *PHASES, "server_load_s", "server_wait_s", "wall_s", "load"]
     table = output.markdown_table(rows, columns)
 
     def median(key: str, build: Build) -> float:
         return statistics.median(r[key] for r in rows if r["build"] == build.name)
 
     this = builds[0]
-    result = {key: median(key, this) for key in ("submitted", "server_load_s", "server_wait_s", "saved_s", "wall_s")}
+    result = {key: median(key, this) for key in ("submitted", "server_load_s", "server_wait_s", "wall_s")}
     result["startup_s"] = result.pop("submitted")
     compared = ""
     if len(builds) > 1:
@@ -143,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} rounds of build {this.name}, each in a fresh folder.{compared} Phases: seconds from the "
         "command's start until the line was printed; submitted: the fan-out's chunks are submitted (the first "
         "LLM request follows). server_load_s: the embedded server's start until /health; server_wait_s: how "
-        "long the flow waited for it; saved_s = load - wait; load: the machine's mean 1-min load average over "
+        "long the flow waited for it; load: the machine's mean 1-min load average over "
         "the round. Medians of each build's rounds:\n\n"
         f"{output.result_line(**result)}\n\n{table}\n"
     )

@@ -41,7 +41,7 @@ def llm_endpoint(llm: LLMSettings, start: bool = True) -> Iterator[tuple[LLMSett
     with EmbeddedServer.from_model(llm.gguf or llm.model, slots=slots) as server:
         # benchmarks/startup.py reads this line (the start-up's phases)
         _run_logger().info(
-            "embedded server %s: loaded in %.2f s, waited for %.2f s (started here)",
+            "embedded server %s: loaded in %.2f s, waited for %.2f s",
             server.model_name,
             server.load_seconds or 0.0,
             time.monotonic() - asked,
