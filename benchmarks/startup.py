@@ -18,8 +18,8 @@ doppel is another commit (a venv), side by side on the same machine:
   Prefect API booted, waits less than the load);
 - the whole command's wall.
 
-Last line: RESULT server_load_s=<median> server_wait_s=<median> wall_s=<median> startup_s=<median until submitted> (with --against: startup_s_against=<..>
-wall_s_against=<..> startup_ratio=<this / against>)
+Last line: RESULT server_load_s=<median> server_wait_s=<median> wall_s=<median> startup_s=<median until
+submitted> (with --against: startup_s_against=<..> wall_s_against=<..> startup_ratio=<this / against>)
 """
 
 from __future__ import annotations
