@@ -11,10 +11,12 @@ At P = 1 also the generated tokens/s with the top TOP_LOGPROBS alternatives of e
 
 from __future__ import annotations
 
+import os
 import secrets
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 
@@ -105,6 +107,14 @@ def ideal_seconds(prompt_tokens: float, gen_tokens: float, rates: dict) -> float
     prompt_tps = max(r["prompt_tps"] for r in rates.values())
     gen_tps = max(r["gen_tps"] for r in rates.values())
     return prompt_tokens / prompt_tps + gen_tokens / gen_tps
+
+
+def write(out: Path, head: str, lines: list[str]) -> None:
+    """The results file: `head`, `lines` and the load average at the end; the lines are printed too."""
+    lines = [*lines, "", f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(head + "\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def header(title: str, model: str) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
@@ -36,13 +35,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import _ceiling  # noqa: E402
-from embedded import add_data_args, ingest  # noqa: E402
+from embedded import add_sample_args, sample_users  # noqa: E402
 
 from doppel.tasks.llm.cache import ResponseCache, call_key  # noqa: E402
 from doppel.tasks.llm.embedded import EmbeddedServer  # noqa: E402
 from doppel.tasks.llm.gateway import LOGPROB_PARAMS, LLMGateway  # noqa: E402
 from doppel.tasks.llm.limits import CallLimiter  # noqa: E402
-from doppel.tasks.planning import build_work, select_users  # noqa: E402
+from doppel.tasks.planning import build_work  # noqa: E402
 from doppel.tasks.settings import LLMSettings, SimulationSettings  # noqa: E402
 from doppel.tasks.simulation import simulate_user  # noqa: E402
 
@@ -109,13 +108,9 @@ def summarize(calls: list[dict], one: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="qwen2.5-0.5b")
-    ap.add_argument("--users", type=int, default=10)
-    ap.add_argument("--fold", default="u1")
-    ap.add_argument("--seed", type=int, default=0, help="the user sample's seed (embedded.py's)")
+    add_sample_args(ap)  # embedded.py's: the same seeded users
     ap.add_argument("--max-test-items", type=int, default=20, help="cap held-out items per user (0: all)")
     ap.add_argument("--ceiling-rounds", type=int, default=2)
-    add_data_args(ap)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "call_parts.md")
     args = ap.parse_args()
     head = _ceiling.header("Where an embedded call's time goes", args.model)
@@ -126,9 +121,7 @@ def main() -> None:
     calls: list[dict] = []
     user_walls: list[float] = []
     with tempfile.TemporaryDirectory(prefix="doppel-call-parts-") as tmp:
-        db = Path(tmp) / "ml100k.duckdb"
-        ingest(db, args.data_dir, args.item_text)
-        users = select_users(db, "ml-100k", args.fold, args.users, None, args.seed)
+        db, users = sample_users(args, Path(tmp))
         works = build_work(db, "ml-100k", args.fold, users, sim)
         with EmbeddedServer.from_model(args.model, slots=1) as server:
             for work in works:
@@ -172,12 +165,8 @@ def main() -> None:
         f"time: {prompt_share:.3f}",
         f"- ideal at one-sequence rates / the users' walls: {ideal_p1 / users_wall:.3f}; at the best rates "
         f"(embedded.py's ceiling_ratio): {ideal_best / users_wall:.3f}",
-        "",
-        f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(head + "\n" + "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    _ceiling.write(args.out, head, lines)
     print(
         f"RESULT outside_ms_per_call={whole['outside ms/call']:.1f} server_share={server_share:.3f} "
         f"prompt_share={prompt_share:.3f} gen_vs_ceiling={whole['generated vs ceiling']:.3f} "

@@ -64,6 +64,22 @@ def add_data_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--item-text", default=ITEM_TEXT, help="item overview TSV (default: the shared copy, if any)")
 
 
+def add_sample_args(ap: argparse.ArgumentParser) -> None:
+    """--model, and which seeded ML-100K users: --users, --fold, --seed, --data-dir, --item-text."""
+    ap.add_argument("--model", default="qwen2.5-0.5b")
+    ap.add_argument("--users", type=int, default=10)
+    ap.add_argument("--fold", default="u1")
+    ap.add_argument("--seed", type=int, default=0, help="the user sample's seed")
+    add_data_args(ap)
+
+
+def sample_users(args: argparse.Namespace, folder: Path) -> tuple[Path, list[str]]:
+    """ML-100K ingested into a database in `folder`, and the seeded users of `args`."""
+    db = folder / "ml100k.duckdb"
+    ingest(db, args.data_dir, args.item_text)
+    return db, select_users(db, "ml-100k", args.fold, args.users, None, args.seed)
+
+
 def ingest(db: Path, data_dir: str | None, item_text: str | None) -> None:
     """ML-100K into `db`: from `data_dir`, else doppel's verified download of the public zip."""
     cmd = [sys.executable, "-m", "doppel.flows.cli", "ingest", "--dataset", "ml-100k", "--db", str(db)]
@@ -142,15 +158,11 @@ def user_mean_bootstrap(old: list[list], new: list[list], rounds: int = 2000, se
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="qwen2.5-0.5b")
-    ap.add_argument("--users", type=int, default=10)
-    ap.add_argument("--fold", default="u1")
-    ap.add_argument("--seed", type=int, default=0, help="the user sample's seed")
+    add_sample_args(ap)
     ap.add_argument("--slots", type=int, default=1, help="the embedded server's parallel slots (= concurrency)")
     ap.add_argument("--max-test-items", type=int, default=None, help="cap held-out items per user")
     ap.add_argument("--ceiling-rounds", type=int, default=2)
     ap.add_argument("--parallels", default="1,2,4", help="parallel sequences of the ceiling measure")
-    add_data_args(ap)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "embedded.md")
     args = ap.parse_args()
     head = _ceiling.header("Embedded model: seconds per user against llama.cpp's own ceiling", args.model)
@@ -169,8 +181,7 @@ def main() -> None:
     ]
     best = max(rates, key=lambda p: rates[p]["gen_tps"])
     if args.users == 0:
-        end = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-        args.out.write_text(head + "\n" + "\n".join(lines) + f"\n\nload average at end: {end}\n")
+        _ceiling.write(args.out, head, lines)
         one = rates[min(rates)]
         print(
             f"RESULT prompt_tps={one['prompt_tps']:.0f} gen_tps={one['gen_tps']:.1f} "
@@ -178,9 +189,7 @@ def main() -> None:
         )
         return
     with tempfile.TemporaryDirectory(prefix="doppel-embedded-") as tmp:
-        db = Path(tmp) / "ml100k.duckdb"
-        ingest(db, args.data_dir, args.item_text)
-        users = select_users(db, "ml-100k", args.fold, args.users, None, args.seed)
+        db, users = sample_users(args, Path(tmp))
         sims = {k: SimulationSettings(prompts=v, max_test_items=args.max_test_items) for k, v in LAYOUTS.items()}
         works = {k: {w.user_id: w for w in build_work(db, "ml-100k", args.fold, users, s)} for k, s in sims.items()}
         runs: dict[str, list[dict]] = {"old": [], "new": []}
@@ -267,10 +276,7 @@ def main() -> None:
             f"| {o['user']} | {len(po)} | {rmse(po):.2f} | {rmse(pn):.2f} | {rmse(eo):.2f} | {rmse(en):.2f} "
             f"| {o['wall']:.0f} | {n['wall']:.0f} |"
         )
-    lines += [f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(head + "\n" + "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    _ceiling.write(args.out, head, lines)
     print(
         f"RESULT s_per_user={new['median s/user']:.1f} ceiling_ratio={new['ideal/wall']:.3f} "
         f"valid_pct={new['valid %']:.1f} rmse_delta={delta:+.3f} rmse_delta_hi={hi:+.3f} "
