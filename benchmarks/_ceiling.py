@@ -12,12 +12,14 @@ At P = 1 also the generated tokens/s with the top TOP_LOGPROBS alternatives of e
 from __future__ import annotations
 
 import os
+import platform
 import secrets
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import _provenance
 import httpx
 
 from doppel.tasks.llm.embedded import EmbeddedServer
@@ -118,21 +120,13 @@ def write(out: Path, head: str, lines: list[str]) -> None:
 
 
 def header(title: str, model: str) -> str:
-    """The results file's first lines: date, command, commit, machine (cores, model) and its load."""
-    import datetime
-    import os
-    import platform
-    import subprocess
-    import sys
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    """The results file's first lines: date, command, commit (`_provenance`'s), machine (cores, model), its load."""
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
         f"# {title}\n\n"
-        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n"
-        f"- command: `python {' '.join(sys.argv)}`\n"
-        f"- commit: {commit}{' (with uncommitted changes)' if dirty.stdout.strip() else ''}\n"
+        f"- date: {_provenance.STARTED:%Y-%m-%d %H:%M} UTC\n"
+        f"- command: `{_provenance.command()}`\n"
+        f"- commit: {_provenance.COMMIT}\n"
         f"- machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; model {model}\n"
         f"- load average (1, 5, 15 min) at start: {load} (the machine is shared; 2 cores)\n"
     )

@@ -35,15 +35,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import _ceiling  # noqa: E402
-from embedded import add_sample_args, sample_users  # noqa: E402
+import embedded  # noqa: E402
 
-from doppel.tasks.llm.cache import ResponseCache, call_key  # noqa: E402
+from doppel.tasks.llm.cache import call_key  # noqa: E402
 from doppel.tasks.llm.embedded import EmbeddedServer  # noqa: E402
 from doppel.tasks.llm.gateway import LOGPROB_PARAMS, LLMGateway  # noqa: E402
-from doppel.tasks.llm.limits import CallLimiter  # noqa: E402
 from doppel.tasks.planning import build_work  # noqa: E402
-from doppel.tasks.settings import LLMSettings, SimulationSettings  # noqa: E402
-from doppel.tasks.simulation import simulate_user  # noqa: E402
+from doppel.tasks.settings import SimulationSettings  # noqa: E402
 
 
 class TimedGateway(LLMGateway):
@@ -68,21 +66,13 @@ class TimedGateway(LLMGateway):
 
 
 async def one_user(work, server: EmbeddedServer, sim: SimulationSettings, cache_dir: Path) -> tuple[float, list[dict]]:
-    """One user's chain: its wall (first call to last, as embedded.py times it) and each call's timings."""
-    llm = LLMSettings(base_url=server.base_url, concurrency=1, timeout_s=3600.0, max_retries=0)
-    cache = ResponseCache(cache_dir)
-    gateway = TimedGateway(llm, cache, CallLimiter(1), server.model_name)
-    started = time.monotonic()
-    try:
-        result = await simulate_user(work, gateway, sim)
-        wall = time.monotonic() - started
-    finally:
-        await gateway.aclose()
-        cache.close()
-    names = {c.call_key: c.prompt_name for c in result.calls}
-    if len(result.calls) != len(gateway.timed) or not all(t["key"] in names for t in gateway.timed):
-        raise SystemExit(f"user {work.user_id}: {len(result.calls)} calls recorded, {len(gateway.timed)} timed")
-    return wall, [{**t, "prompt": names[t["key"]], "user": work.user_id} for t in gateway.timed]
+    """One user's chain as embedded.py runs it (one slot): its wall and each call's timings."""
+    run = await embedded.one_user(work, server, sim, cache_dir, slots=1, gateway_class=TimedGateway)
+    timed = run["gateway"].timed
+    names = {c.call_key: c.prompt_name for c in run["call_records"]}
+    if len(run["call_records"]) != len(timed) or not all(t["key"] in names for t in timed):
+        raise SystemExit(f"user {work.user_id}: {len(run['call_records'])} calls recorded, {len(timed)} timed")
+    return run["wall"], [{**t, "prompt": names[t["key"]], "user": work.user_id} for t in timed]
 
 
 def summarize(calls: list[dict], one: dict) -> dict:
@@ -108,7 +98,7 @@ def summarize(calls: list[dict], one: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_sample_args(ap)  # embedded.py's: the same seeded users
+    embedded.add_sample_args(ap)  # embedded.py's: the same seeded users
     ap.add_argument("--max-test-items", type=int, default=20, help="cap held-out items per user (0: all)")
     ap.add_argument("--ceiling-rounds", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "call_parts.md")
@@ -121,7 +111,7 @@ def main() -> None:
     calls: list[dict] = []
     user_walls: list[float] = []
     with tempfile.TemporaryDirectory(prefix="doppel-call-parts-") as tmp:
-        db, users = sample_users(args, Path(tmp))
+        db, users = embedded.sample_users(args, Path(tmp))
         works = build_work(db, "ml-100k", args.fold, users, sim)
         with EmbeddedServer.from_model(args.model, slots=1) as server:
             for work in works:

@@ -88,10 +88,19 @@ def ingest(db: Path, data_dir: str | None, item_text: str | None) -> None:
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
 
 
-async def one_user(work, server: EmbeddedServer, sim: SimulationSettings, cache_dir: Path, slots: int) -> dict:
+async def one_user(
+    work,
+    server: EmbeddedServer,
+    sim: SimulationSettings,
+    cache_dir: Path,
+    slots: int,
+    gateway_class: type[LLMGateway] = LLMGateway,
+) -> dict:
+    """One user's chain through a fresh gateway (`gateway_class`, e.g. call_parts.py's timed one): its
+    wall, (prediction, truth) pairs, tokens, and the call records and gateway for a caller to read."""
     llm = LLMSettings(base_url=server.base_url, concurrency=slots, timeout_s=3600.0, max_retries=0)
     cache, limiter = ResponseCache(cache_dir), CallLimiter(slots)
-    gateway = LLMGateway(llm, cache, limiter, server.model_name)
+    gateway = gateway_class(llm, cache, limiter, server.model_name)
     started = time.monotonic()
     try:
         result = await simulate_user(work, gateway, sim)
@@ -121,6 +130,8 @@ async def one_user(work, server: EmbeddedServer, sim: SimulationSettings, cache_
         "generated": sum(c.completion_tokens for c in result.calls),
         "rating_prompt": sum(c.prompt_tokens for c in ratings),
         "rating_generated": sum(c.completion_tokens for c in ratings),
+        "call_records": result.calls,
+        "gateway": gateway,
     }
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
 import subprocess
-import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import _provenance  # benchmarks/ is on sys.path wherever support/ is imported
 
 HERE = Path(__file__).resolve().parents[1]  # benchmarks/
 REPO = HERE.parent
@@ -67,7 +66,7 @@ def machine() -> str:
 
 
 def provenance() -> str:
-    """One line for a results file: date, command, commit and machine."""
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    command = shlex.join(["python", *sys.argv])
-    return f"{stamp}; `{command}`; commit {commit()}; {machine()}"
+    """One line for a results file: date, command, commit (`_provenance`'s, uncommitted changes said) and machine."""
+    return (
+        f"{_provenance.STARTED:%Y-%m-%d %H:%M} UTC; `{_provenance.command()}`; commit {_provenance.COMMIT}; {machine()}"
+    )
