@@ -82,10 +82,13 @@ def load_specs(path: str | Path = DEFAULT_FILE, names: list[str] | None = None) 
 
 
 def load_entrypoint(entrypoint: str):
-    """`flows/<file>.py:<flow>` -> the flow object, imported as a module of the installed package."""
+    """`flows/<file>.py:<flow>` -> the flow object, imported from the installed package (`doppel.flows.<file>`:
+    the checkout's flows/ is installed under doppel, and the console script does not put the cwd on sys.path)."""
     path, _, attr = entrypoint.partition(":")
-    module = ".".join(Path(path).with_suffix("").parts)
-    return getattr(importlib.import_module(module), attr)
+    parts = Path(path).with_suffix("").parts
+    if len(parts) < 2 or parts[0] != "flows":
+        raise ValueError(f"entrypoint {entrypoint!r}: doppel serve loads flows/<file>.py:<flow> entrypoints only")
+    return getattr(importlib.import_module(".".join(("doppel", *parts))), attr)
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:

@@ -84,9 +84,9 @@ def prefect_env(home: Path, api_url: str | None) -> dict:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_LOGGING_LEVEL="INFO",
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
-        PYTHONPATH=str(REPO),
         PWD=str(REPO),
     )
+    env.pop("PYTHONPATH", None)  # doppel as installed, the way a user's shell finds it
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env

@@ -7,6 +7,7 @@ in test_deployments_run.py.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -177,3 +178,18 @@ def test_doppel_serve_starts_a_prefect_server_that_refuses_strangers(tmp_path, l
     serve.send_signal(signal.SIGTERM)
     assert serve.wait(timeout=60) == 0, tail(serve_log)
     assert secret_file.read_text() == secret
+
+
+def test_serve_imports_every_entrypoint_as_installed(tmp_path):
+    """`doppel serve` imports each prefect.yaml entrypoint from the installed package, from any folder and with
+    no PYTHONPATH (the console script does not put the checkout on sys.path)."""
+    code = (
+        "from doppel.flows.deploy import DEFAULT_FILE, load_entrypoint, load_specs\n"
+        "print(sorted({load_entrypoint(s['entrypoint']).name for s in load_specs(DEFAULT_FILE)}))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "doppel-job" in done.stdout and "doppel-arena" in done.stdout, done.stdout
