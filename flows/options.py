@@ -118,6 +118,8 @@ class OptionSet:
             annotation: Any = self.field(o.targets[0]).annotation
             if _is_list(annotation):  # a list or its comma string (fold: u1,u2 or all)
                 annotation = str | annotation
+            if self.default(o) is None:  # None: the settings choose (fold: the dataset's default)
+                annotation = annotation | None
             default = Field(self.default(o), description=self.help(o))
             params.append(
                 inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)

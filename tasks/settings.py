@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
-from doppel.tasks.data.registry import NAMES_HELP, expand_folds
+from doppel.tasks.data.registry import NAMES_HELP, default_folds, expand_folds
 
 API_KEY_ENV_VARS = ("DOPPEL_API_KEY", "OPENAI_API_KEY")
 RATING_SAMPLES_LIMIT = 10_000  # draws per rating call stay below it (tasks/llm/gateway.draw_sample)
@@ -138,7 +138,9 @@ class RunSettings(BaseModel):
     item_text: str | None = Field(None, description="item overview TSV (item id + overview)")
     synthetic_users: int = Field(60, description="synthetic dataset: number of users")
     synthetic_items: int = Field(120, description="synthetic dataset: number of items")
-    folds: list[str] = Field(default_factory=lambda: ["u1"], description="u1..u5, a comma list, or all")
+    folds: list[str] = Field(
+        None, validate_default=True, description="u1..u5, a comma list, or all (default: u1; a ratings CSV: t1)"
+    )
     users: int | None = Field(None, description="seeded sample of N test users per fold (default: all)")
     user_ids: list[str] | None = Field(None, description="comma-separated user ids to simulate")
     sample_seed: int = Field(0, description="user sample seed")
@@ -154,7 +156,9 @@ class RunSettings(BaseModel):
 
     @field_validator("folds", mode="before")
     @classmethod
-    def _folds(cls, value: str | list[str]) -> list[str]:
+    def _folds(cls, value: str | list[str] | None, info: ValidationInfo) -> list[str]:
+        if value is None:  # the dataset's default (dataset and data_dir are validated before folds)
+            return default_folds(info.data.get("dataset", "synthetic"), info.data.get("data_dir"))
         return expand_folds(value)  # "u1,u3" or "all" as the user writes them
 
     @field_validator("user_ids", mode="before")
@@ -195,7 +199,14 @@ class OneFoldSettings(BaseModel):
 
     WORK_SUBDIR: ClassVar[str]
     run: RunSettings = Field(default_factory=RunSettings)
-    fold: str = "u1"
+    fold: str = Field(None, validate_default=True, description="one fold (default: u1; a ratings CSV: t1)")
+
+    @field_validator("fold", mode="before")
+    @classmethod
+    def _default_fold(cls, value: str | None, info: ValidationInfo) -> str:
+        """No fold: the run's first, its dataset's default (`run` is validated before `fold`)."""
+        run = info.data.get("run")
+        return value if value is not None else run.folds[0] if run is not None else "u1"
 
     @model_validator(mode="after")
     def _one_fold(self) -> OneFoldSettings:

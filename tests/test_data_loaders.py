@@ -363,3 +363,27 @@ def test_real_ml100k():
     assert ds.ratings.rating.value_counts().sort_index().tolist() == [6110, 11370, 27145, 34174, 21201]
     if text is not None:
         assert (ds.items.text != "").sum() > 1500
+
+
+def test_no_fold_means_the_datasets_own_default(tmp_path):
+    """Without --fold a ratings CSV runs on its one split (t1), ML-100K and synthetic on u1; the one-fold
+    modes (sandbox, ensemble) follow; a fold asked for is kept as asked."""
+    from typer.testing import CliRunner
+
+    from doppel.flows.cli import app
+    from doppel.tasks.sandbox.config import SandboxSettings
+    from doppel.tasks.settings import RunSettings
+
+    csv = str(write_generic(tmp_path)["ratings_csv"])
+    assert RunSettings(dataset=csv).folds == ["t1"]
+    assert RunSettings().folds == ["u1"] and RunSettings(dataset="ml-100k", data_dir=str(tmp_path)).folds == ["u1"]
+    assert RunSettings(dataset=csv, folds="u2").folds == ["u2"]
+    assert RunSettings(dataset=str(tmp_path / "missing.csv")).folds == ["u1"]  # preflight names the path
+    sandbox = SandboxSettings(run=RunSettings(dataset=csv))
+    assert sandbox.fold == "t1" and sandbox.run.folds == ["t1"]
+    db = str(tmp_path / "d.duckdb")
+    done = CliRunner().invoke(
+        app, ["run", "--dataset", csv, "--db", db, "--dry-run", "--base-url", "http://127.0.0.1:9/v1"]
+    )
+    assert done.exit_code == 0, done.output
+    assert "| users " in done.output and "requested pairs" in done.output

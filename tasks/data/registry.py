@@ -108,6 +108,18 @@ def _zip_folds(path: Path) -> tuple[str, ...]:
     return tuple(f for f in ML100K_FOLDS if f"{f}.base" in names or f"{f}.test" in names)
 
 
+def default_folds(dataset: str, data_dir: str | Path | None = None) -> list[str]:
+    """What no --fold means: u1, or the dataset's first fold where it has no u1 (a ratings CSV: t1, its one
+    split). File names only, never a download; a path that cannot be read gets u1 (preflight names the path)."""
+    if builtin(dataset) is not None:
+        return [FOLDS_ALL[0]]
+    try:
+        folds = locate(dataset, data_dir).folds
+    except (DataError, OSError, zipfile.BadZipFile):
+        return [FOLDS_ALL[0]]
+    return [FOLDS_ALL[0]] if FOLDS_ALL[0] in folds or not folds else [folds[0]]
+
+
 def expand_folds(fold: str | list[str] | tuple[str, ...]) -> list[str]:
     """`--fold` as the user writes it (u1 | u1,u3 | all) -> the list of folds."""
     parts = [p.strip() for p in (fold.split(",") if isinstance(fold, str) else fold) if p.strip()]

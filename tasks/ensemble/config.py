@@ -35,7 +35,11 @@ class EnsembleSettings(OneFoldSettings):
     WORK_SUBDIR = "ensemble"
 
     run: RunSettings = Field(default_factory=RunSettings)  # dataset, db, runner, llm (+ limits and cache)
-    fold: str = Field("u1", description="the fold whose held-out ratings are scored")
+    fold: str = Field(
+        None,
+        validate_default=True,
+        description="the fold whose held-out ratings are scored (default: u1; a ratings CSV: t1)",
+    )
     items: int | None = Field(None, ge=1, description="analyse only the N most-rated train items (None: all)")
     like_threshold: int = Field(4, ge=1, le=5, description="like = rating >= threshold (the seed used 3)")
     compare_run_id: str | None = Field(None, description="a `doppel run` id: score its LLM ratings beside the voters")

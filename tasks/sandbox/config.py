@@ -30,7 +30,11 @@ class SandboxSettings(OneFoldSettings):
 
     run: RunSettings = Field(default_factory=RunSettings)  # dataset, db, llm (+ limits and cache)
     sandbox_id: str | None = Field(None, description="resume this sandbox (default: a new one)")
-    fold: str = Field("u1", description="whose train split seeds the recommender and the agents' histories")
+    fold: str = Field(
+        None,
+        validate_default=True,
+        description="whose train split seeds the recommender and the agents' histories (default: u1; a ratings CSV: t1)",
+    )
     agents: int = Field(20, ge=1, description="agents (a seeded sample of the fold's users)")
     rounds: int = Field(5, ge=0, description="total rounds; a rerun of a sandbox id continues after the last one")
     seed: int = Field(0, description="agent sample, graph and activity seed")
