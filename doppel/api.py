@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,6 +162,13 @@ def simulate(base: RunSettings | None = None, /, **options: Any) -> Run:
         >>> run = doppel.simulate(users=3, base_url="http://localhost:8000/v1", model="qwen2.5:7b")
         >>> run.fidelity()
     """
+    if sys._getframe(1).f_globals.get("__name__") == "__mp_main__":
+        # a Dask worker process (forkserver/spawn) is importing the caller's script as __mp_main__: running
+        # again would start processes from a process still starting (Python's "bootstrapping phase" error)
+        raise RuntimeError(
+            "doppel.simulate() was called while a worker process imported your script: put the call under "
+            '`if __name__ == "__main__":` (as for any script that starts processes), or pass runner="threads"'
+        )
     chosen = settings(base, **options)
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
