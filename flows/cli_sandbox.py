@@ -68,9 +68,11 @@ def sandbox_run(settings: SandboxSettings, ctx: typer.Context) -> None:
     with friendly_errors(fail), prefect_api():
         from doppel.flows.sandbox import new_sandbox_id, run_sandbox
 
+        agents = stored_agents(settings.run.db, settings.sandbox_id) if settings.sandbox_id else 0
         settings = settings.model_copy(update={"sandbox_id": settings.sandbox_id or new_sandbox_id()})
         console.print(
-            f"sandbox [bold]{settings.sandbox_id}[/] in {settings.run.db} ({settings.agents} agents, rounds up to "
+            f"sandbox [bold]{settings.sandbox_id}[/] in {settings.run.db} ({agents or settings.agents} agents"
+            f"{' as stored' if agents else ''}, rounds up to "
             f"{settings.rounds}, recommender {settings.recommender})",
             highlight=False,
         )
@@ -178,3 +180,17 @@ def _num(value, fmt: str = "{:,.0f}") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return fmt.format(value)
+
+
+def stored_agents(db: str, sandbox_id: str) -> int:
+    """How many agents a sandbox being resumed already has (0: none stored, a new sandbox)."""
+    import duckdb
+
+    from doppel.tasks.store.db import query
+
+    if not Path(db).expanduser().is_file():
+        return 0
+    try:
+        return len(query(db, "sandbox_agents", read_only=True, sandbox_id=sandbox_id))
+    except duckdb.Error:  # a database with no sandbox tables yet
+        return 0
