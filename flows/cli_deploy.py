@@ -32,20 +32,27 @@ def serve(
     Uses PREFECT_API_URL, or a Prefect server on 127.0.0.1:PORT (started here if none answers).
     Trigger a run with `prefect deployment run doppel-job/weekly --param users=5` or from the UI.
     """
+    from prefect.logging.configuration import setup_logging
+    from prefect.settings import PREFECT_LOGGING_LEVEL, temporary_settings
+
     from doppel.flows.deploy import DEFAULT_FILE, parse_params, serve_file
 
-    os.environ["PREFECT_LOGGING_LEVEL"] = log_level.upper()  # inherited by the flow-run processes
+    os.environ["PREFECT_LOGGING_LEVEL"] = log_level.upper()  # the flow-run processes' environment
     try:
         overrides = parse_params(param or [])
-        serve_file(
-            file or DEFAULT_FILE,
-            names=deployment or None,
-            overrides=overrides,
-            schedules=schedules,
-            limit=limit,
-            port=port,
-            suffix=suffix,
-            announce=lambda text: console.print(text, highlight=False),
-        )
+        # and the settings: Prefect was set up at the CLI's quiet level, and a served run's process takes
+        # its settings from this one's context, not from the environment
+        with temporary_settings(updates={PREFECT_LOGGING_LEVEL: log_level.upper()}):
+            setup_logging(incremental=False)
+            serve_file(
+                file or DEFAULT_FILE,
+                names=deployment or None,
+                overrides=overrides,
+                schedules=schedules,
+                limit=limit,
+                port=port,
+                suffix=suffix,
+                announce=lambda text: console.print(text, highlight=False),
+            )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         fail(str(exc), 2)

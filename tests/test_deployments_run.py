@@ -127,6 +127,7 @@ def test_doppel_serve_runs_a_triggered_deployment(tmp_path, server, llm_subproce
     assert stranger.returncode == 2 and f"did not start answers on 127.0.0.1:{port}" in stranger.stderr, stranger.stderr
     env = prefect_env(server["home"], api)
     env["DOPPEL_TEST_TMP"] = str(tmp_path)
+    env.pop("PREFECT_LOGGING_LEVEL")  # serve's own --log-level (INFO) must reach the runs, as in a user's shell
     params = job_params(tmp_path, llm_subprocess, "serve-it")
     argv = SERVE + [
         "--deployment",
