@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import _ceiling  # noqa: E402
-from embedded import add_data_args, ingest  # noqa: E402
+from embedded import ingest  # noqa: E402
 
 from doppel.tasks.llm.embedded import EmbeddedServer  # noqa: E402
 from doppel.tasks.llm.profile_text import profile_problems, salvaged_profile  # noqa: E402
@@ -46,6 +46,7 @@ from doppel.tasks.llm.schemas import parse_ratings, ratings_json_schema  # noqa:
 from doppel.tasks.llm.templates import rating_variables, render  # noqa: E402
 from doppel.tasks.planning import build_work, select_users  # noqa: E402
 from doppel.tasks.settings import SimulationSettings  # noqa: E402
+from support.output import add_data_options  # noqa: E402
 
 BATCH = 10
 # layout -> (prompt set, answer layout of the prompt, replacement of the prompt's answer line or None)
@@ -188,7 +189,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the user sample's seed")
     ap.add_argument("--max-test-items", type=int, default=20)
     ap.add_argument("--part", choices=["both", "ratings", "profiles"], default="both")
-    add_data_args(ap)
+    add_data_options(ap)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "answer_shapes.md")
     args = ap.parse_args()
     head = _ceiling.header("Answer shapes of the embedded model: rating layouts and profile caps", args.model)

@@ -24,25 +24,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import _provenance
 import pandas as pd
+
+from support.output import add_data_options, data_argv
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-# the checkout sits beside shared/ (a worktree under /work/wt/ uses /work/shared)
-DEFAULT_DATA_DIR = next(
-    (p for p in (REPO.parent / "shared" / "data" / "ml-100k", Path("/work/shared/data/ml-100k")) if p.is_dir()),
-    REPO.parent / "shared" / "data" / "ml-100k",
-)
-
-
-DEFAULT_ITEM_TEXT = DEFAULT_DATA_DIR.parent / "ml-100k-text" / "ml100k_movie_text.tsv"
 
 
 def doppel(*args: str) -> str:
@@ -69,8 +63,7 @@ def finished(db: str, run_id: str) -> bool:
 
 def sim2real(args) -> tuple[str, str]:
     """doppel ensemble (the env's world) then doppel rl --reward hybrid on --llm-fold: (RL run id, its table)."""
-    data = ["--dataset", "ml-100k", "--data-dir", args.data_dir, "--db", args.db]
-    data += ["--item-text", args.item_text] if Path(args.item_text).is_file() else []
+    data = ["--dataset", "ml-100k", *data_argv(args.data_dir, args.item_text), "--db", args.db]
     ensemble_id = f"bench-ens-{args.llm_fold}-{args.ensemble_items}"
     if not finished(args.db, ensemble_id):  # a rerun on the same --db reuses it
         doppel(
@@ -94,8 +87,8 @@ def sim2real(args) -> tuple[str, str]:
 def llm_judge(args, arena_id: str) -> str:
     """doppel run --target arena on the arena run's lists of --llm-fold; the LLM run's id."""
     run_id = f"llm-{arena_id}"
-    cmd = ["run", "--dataset", "ml-100k", "--data-dir", args.data_dir, "--db", args.db, "--fold", args.llm_fold]
-    cmd += ["--item-text", args.item_text] if Path(args.item_text).is_file() else []
+    cmd = ["run", "--dataset", "ml-100k", *data_argv(args.data_dir, args.item_text), "--db", args.db]
+    cmd += ["--fold", args.llm_fold]
     cmd += ["--users", str(args.llm_users), "--target", "arena", "--arena-run", arena_id, "--run-id", run_id]
     doppel(*cmd, "--no-progress")
     return run_id
@@ -104,8 +97,7 @@ def llm_judge(args, arena_id: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--folds", nargs="+", default=["u1", "u2", "u3", "u4", "u5"])
-    ap.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
-    ap.add_argument("--item-text", default=str(DEFAULT_ITEM_TEXT))
+    add_data_options(ap)
     ap.add_argument("--llm-users", type=int, default=10, help="LLM judge: seeded test users of --llm-fold (0: none)")
     ap.add_argument("--llm-fold", default="u1", help="the fold of the LLM judge and of the RL agents")
     ap.add_argument("--no-sim2real", action="store_true", help="no ensemble, RL training or RL entrants")
@@ -136,7 +128,7 @@ def main() -> None:
     sim2real_s = time.monotonic() - started
     settings = ArenaSettings(
         dataset="ml-100k",
-        data_dir=args.data_dir,
+        data_dir=str(args.data_dir) if args.data_dir else None,
         folds=args.folds,
         db=args.db,
         cache_dir=args.cache_dir,
@@ -242,15 +234,6 @@ def result_line(result: dict) -> str:
     return "RESULT " + " ".join(f"{k}={value(v)}" for k, v in result.items())
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
-
-
 def write_markdown(args, summary, agreement, calib, metrics, recs, reliability, fold_wall, wall, result) -> None:
     def md(frame: pd.DataFrame) -> str:  # a Markdown table without the optional tabulate package
         cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
@@ -275,10 +258,7 @@ def write_markdown(args, summary, agreement, calib, metrics, recs, reliability, 
     lines = [
         f"# Recommender arena on ML-100K ({', '.join(args.folds)})",
         "",
-        f"- date: {datetime.now(UTC).isoformat(timespec='seconds')}",
-        f"- command: `python benchmarks/arena.py {' '.join(sys.argv[1:])}`",
-        f"- commit: {commit()}",
-        f"- machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, load {os.getloadavg()[0]:.1f} at the end",
+        _provenance.header(),
         f"- arena run: {summary['run_id']} in {args.db}; wall {wall:.0f} s in all; per fold (s): {fold_wall}; "
         f"phases (s): {summary.get('phases_s', {})}",
         *(

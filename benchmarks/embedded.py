@@ -50,18 +50,10 @@ from doppel.tasks.llm.limits import CallLimiter  # noqa: E402
 from doppel.tasks.planning import build_work, select_users  # noqa: E402
 from doppel.tasks.settings import LLMSettings, SimulationSettings  # noqa: E402
 from doppel.tasks.simulation import simulate_user  # noqa: E402
+from support.output import add_data_options  # noqa: E402
+from support.runs import ingest_argv  # noqa: E402
 
 LAYOUTS = {"old": "seed", "new": "compact"}
-# shared/ beside the checkout (or beside the worktrees' folder)
-SHARED = next((p / "shared" for p in HERE.parents[1:3] if (p / "shared").is_dir()), HERE.parents[1] / "shared")
-DATA_DIR = str(SHARED / "data" / "ml-100k") if (SHARED / "data" / "ml-100k").is_dir() else None
-ITEM_TEXT = str(path) if (path := SHARED / "data" / "ml-100k-text" / "ml100k_movie_text.tsv").is_file() else None
-
-
-def add_data_args(ap: argparse.ArgumentParser) -> None:
-    """--data-dir and --item-text: where ML-100K and its overviews come from."""
-    ap.add_argument("--data-dir", default=DATA_DIR, help="ML-100K folder (default: the shared copy, else download)")
-    ap.add_argument("--item-text", default=ITEM_TEXT, help="item overview TSV (default: the shared copy, if any)")
 
 
 def add_sample_args(ap: argparse.ArgumentParser) -> None:
@@ -70,7 +62,7 @@ def add_sample_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--users", type=int, default=10)
     ap.add_argument("--fold", default="u1")
     ap.add_argument("--seed", type=int, default=0, help="the user sample's seed")
-    add_data_args(ap)
+    add_data_options(ap)
 
 
 def sample_users(args: argparse.Namespace, folder: Path) -> tuple[Path, list[str]]:
@@ -80,12 +72,10 @@ def sample_users(args: argparse.Namespace, folder: Path) -> tuple[Path, list[str
     return db, select_users(db, "ml-100k", args.fold, args.users, None, args.seed)
 
 
-def ingest(db: Path, data_dir: str | None, item_text: str | None) -> None:
+def ingest(db: Path, data_dir: Path | None, item_text: Path | None) -> None:
     """ML-100K into `db`: from `data_dir`, else doppel's verified download of the public zip."""
-    cmd = [sys.executable, "-m", "doppel.flows.cli", "ingest", "--dataset", "ml-100k", "--db", str(db)]
-    cmd += (["--data-dir", data_dir] if data_dir else []) + (["--item-text", item_text] if item_text else [])
     env = {**os.environ, "PREFECT_HOME": str(db.parent / "prefect-home")}
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(ingest_argv(db, data_dir, item_text), check=True, env=env, stdout=subprocess.DEVNULL)
 
 
 async def one_user(

@@ -39,8 +39,7 @@ def one_count(slots: int, args: argparse.Namespace) -> dict:
     folder = Path(tempfile.mkdtemp(prefix=f"doppel-slots-{slots}-"))
     db, run_id = folder / "doppel.duckdb", f"slots-{slots}"
     command = ["run", "--dataset", "ml-100k", "--fold", args.fold, "--users", str(args.users)]
-    command += ["--data-dir", str(args.data_dir)] if args.data_dir else []
-    command += ["--item-text", str(args.item_text)] if args.item_text else []
+    command += output.data_argv(args.data_dir, args.item_text)
     command += ["--embedded-slots", str(slots), "--db", str(db), "--run-id", run_id, "--no-progress"]
     output.log(f"\n[{slots} slot(s)] doppel {' '.join(command)}")
     argv = [sys.executable, "-m", "doppel.flows.cli", *command]

@@ -27,7 +27,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "ml-100k"
+from support.output import add_data_options  # noqa: E402
 
 
 def log(message: str) -> None:
@@ -78,14 +78,12 @@ def time_llm(items: pd.DataFrame, k: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--item-text", type=Path, default=None)
+    add_data_options(parser)
     parser.add_argument("--fold", default="u1")
     parser.add_argument("--threshold", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=None, help="SASRec epochs (default: the setting)")
     parser.add_argument("--sample", type=int, default=0, help="time K real LLM item analyses (embedded model)")
     args = parser.parse_args()
-    item_text = args.item_text or args.data_dir.parent / "ml-100k-text" / "ml100k_movie_text.tsv"
 
     from doppel.tasks.data import load_dataset
     from doppel.tasks.ensemble import embeddings as emb
@@ -95,7 +93,7 @@ def main() -> None:
     from doppel.tasks.ensemble.vocabulary import build_vocabulary, canonicalise
     from doppel.tasks.ensemble.voters import Index
 
-    ds = load_dataset("ml-100k", data_dir=args.data_dir, item_text=item_text if item_text.exists() else None)
+    ds = load_dataset("ml-100k", data_dir=args.data_dir, item_text=args.item_text)
     ratings = ds.ratings.merge(ds.splits[ds.splits["fold"] == args.fold], on=["user_id", "item_id"])
     train = ratings[ratings["split"] == "train"].reset_index(drop=True)
     pairs = ratings[ratings["split"] == "test"].reset_index(drop=True)

@@ -67,9 +67,7 @@ def one_policy(name: str, extra: list[str], base_url: str, model: str, args: arg
     folder = Path(tempfile.mkdtemp(prefix=f"doppel-one-slot-{name}-"))
     db, run_id = folder / "doppel.duckdb", f"one-slot-{name}"
     env = runs.doppel_env(folder / "prefect-home")
-    command = ["run", "--dataset", "ml-100k", "--fold", args.fold] + (
-        ["--data-dir", str(args.data_dir)] if args.data_dir else []
-    )
+    command = ["run", "--dataset", "ml-100k", "--fold", args.fold, *output.data_argv(args.data_dir, None)]
     command += ["--users", str(args.users), "--base-url", base_url, "--model", model, "--db", str(db)]
     command += ["--run-id", run_id, *extra]
     output.log(f"\n[{name}] doppel {' '.join(command)}")

@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 from doppel.tasks.fidelity.llm_margin import paired_gap  # noqa: E402
 from doppel.tasks.metrics import rating_metrics  # noqa: E402
 from doppel.tasks.store.db import query  # noqa: E402
-from support.output import RESULTS, add_data_options, log, markdown_table, result_line  # noqa: E402
+from support.output import RESULTS, add_data_options, data_argv, log, markdown_table, result_line  # noqa: E402
 from support.runs import doppel_env, run_doppel  # noqa: E402
 
 NEW, OLD = "compact", "seed"
@@ -90,10 +90,7 @@ def run_variant(args: argparse.Namespace, variant: str, db: Path) -> str:
         str(args.concurrency),
         *variant_args(variant),
     ]
-    if args.data_dir and args.data_dir.exists():  # else doppel downloads ML-100K
-        argv += ["--data-dir", str(args.data_dir)]
-    if args.item_text:
-        argv += ["--item-text", str(args.item_text)]
+    argv += data_argv(args.data_dir, args.item_text)  # no --data-dir: doppel downloads ML-100K
     if args.max_test_items:
         argv += ["--max-test-items", str(args.max_test_items)]
     if args.base_url:

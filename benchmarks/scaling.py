@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# doppel run scaling ({stamp})",
         "",
         f"u1 of MovieLens-100K, test server at {args.latency:g} s per call with a server-side cap = concurrency, "
-        f"`--no-baselines`, fresh db and cache per point; repo {repo}; machine: {_machine()}.",
+        f"`--no-baselines`, fresh db and cache per point; repo {repo}; machine: {output.machine()}.",
         "",
         "fan-out = the flow's simulate phase (first planning to last write); command = the whole `doppel run` "
         "process (imports, Prefect API start, ingest check, cluster, fan-out, gate, score, shutdown). "
@@ -264,13 +264,6 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     return 0
-
-
-def _machine() -> str:
-    import os
-    import platform
-
-    return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
 
 
 if __name__ == "__main__":

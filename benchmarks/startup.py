@@ -45,7 +45,7 @@ def one_round(args: argparse.Namespace, build: Build, folder: Path, log_path: Pa
     argv = [build.python, "-m", "doppel.flows.cli", "run", "--dataset", args.dataset, "--fold", args.fold]
     argv += ["--users", str(args.users), "--db", str(folder / "doppel.duckdb"), "--verbose", "--no-progress"]
     if args.data_dir is not None and args.dataset == "ml-100k":
-        argv += ["--data-dir", str(args.data_dir)] + (["--item-text", str(args.item_text)] if args.item_text else [])
+        argv += output.data_argv(args.data_dir, args.item_text)
     env = runs.doppel_env(build.prefect_home, timed=True)  # the LLM cache: beside the fresh database
     if build.python != sys.executable:
         env.pop("PYTHONPATH")  # the other Python runs the doppel installed in it

@@ -14,18 +14,31 @@ import _provenance  # benchmarks/ is on sys.path wherever support/ is imported
 HERE = Path(__file__).resolve().parents[1]  # benchmarks/
 REPO = HERE.parent
 RESULTS = HERE / "results"
-# the development copy beside the checkout; elsewhere None: doppel downloads the public dataset (no item text)
-_SHARED = REPO.parent / "shared" / "data"
-DEFAULT_DATA_DIR = _SHARED / "ml-100k" if (_SHARED / "ml-100k").is_dir() else None
-DEFAULT_ITEM_TEXT = _SHARED / "ml-100k-text" / "ml100k_movie_text.tsv"
+# the development copy beside the checkout (or beside the worktrees' folder); elsewhere None: doppel
+# downloads the public dataset, which has no item text
+_SHARED = next((p / "shared" / "data" for p in REPO.parents[:2] if (p / "shared" / "data" / "ml-100k").is_dir()), None)
+DEFAULT_DATA_DIR = _SHARED / "ml-100k" if _SHARED else None
+_ITEM_TEXT = _SHARED / "ml-100k-text" / "ml100k_movie_text.tsv" if _SHARED else None
+DEFAULT_ITEM_TEXT = _ITEM_TEXT if _ITEM_TEXT and _ITEM_TEXT.is_file() else None
 SERVER_MODEL = "doppel-test-model"
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     """--data-dir and --item-text, defaulting to the development copy beside the checkout when there is one."""
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    item_text = DEFAULT_ITEM_TEXT if DEFAULT_ITEM_TEXT.exists() else None
-    parser.add_argument("--item-text", type=Path, default=item_text)
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="ML-100K folder (default: the shared copy, else download)",
+    )
+    parser.add_argument(
+        "--item-text", type=Path, default=DEFAULT_ITEM_TEXT, help="item overview TSV (default: the shared copy, if any)"
+    )
+
+
+def data_argv(data_dir: Path | str | None, item_text: Path | str | None) -> list[str]:
+    """The `doppel` options naming where the data comes from: only those given (none: doppel downloads ML-100K)."""
+    return (["--data-dir", str(data_dir)] if data_dir else []) + (["--item-text", str(item_text)] if item_text else [])
 
 
 def log(message: str = "") -> None:

@@ -14,13 +14,7 @@ from support.output import log
 
 def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--data-dir", type=Path, default=output.DEFAULT_DATA_DIR)
-    ap.add_argument(
-        "--item-text",
-        type=Path,
-        default=output.DEFAULT_ITEM_TEXT if output.DEFAULT_ITEM_TEXT.exists() else None,
-        help="item overview TSV (default: ../shared/data/ml-100k-text/ml100k_movie_text.tsv if present)",
-    )
+    output.add_data_options(ap)
     ap.add_argument("--fold", default="u1")
     ap.add_argument("--users", type=int, default=None, help="seeded sample of N users (default: all test users)")
     ap.add_argument("--concurrency", type=int, default=32)

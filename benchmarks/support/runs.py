@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .machine import LoadSampler, RssSampler
-from .output import REPO, SERVER_MODEL
+from .output import REPO, SERVER_MODEL, data_argv
 
 # a timed run prints phase lines (--verbose); it would also ship every INFO log to the API server,
 # which a plain `doppel run` (level CRITICAL) does not: print them, don't ship them
@@ -58,8 +58,7 @@ def doppel_env(prefect_home: Path, extra: dict | None = None, *, repo: Path = RE
 def ingest_argv(db: Path, data_dir: Path | None, item_text: Path | None) -> list[str]:
     """`doppel ingest` of ML-100K into `db`: from `data_dir`, else doppel's verified download of the public zip."""
     argv = [sys.executable, "-m", "doppel.flows.cli", "ingest", "--dataset", "ml-100k", "--db", str(db)]
-    argv += ["--data-dir", str(data_dir)] if data_dir else []
-    return argv + (["--item-text", str(item_text)] if item_text else [])
+    return argv + data_argv(data_dir, item_text)
 
 
 def doppel_argv(
@@ -89,10 +88,7 @@ def doppel_argv(
         argv.append("--no-baselines")
     if verbose:
         argv.append("--verbose")
-    if data_dir is not None:
-        argv += ["--data-dir", str(data_dir)]
-    if item_text is not None:
-        argv += ["--item-text", str(item_text)]
+    argv += data_argv(data_dir, item_text)
     if users is not None:
         argv += ["--users", str(users)]
     if timeout is not None:
