@@ -68,12 +68,13 @@ def sandbox_run(settings: SandboxSettings, ctx: typer.Context) -> None:
     with friendly_errors(fail), prefect_api():
         from doppel.flows.sandbox import new_sandbox_id, run_sandbox
 
-        agents = stored_agents(settings.run.db, settings.sandbox_id) if settings.sandbox_id else 0
+        agents, used = stored_sandbox(settings.run.db, settings.sandbox_id) if settings.sandbox_id else (0, None)
         settings = settings.model_copy(update={"sandbox_id": settings.sandbox_id or new_sandbox_id()})
+        switched = f"; rounds so far: {used}" if used and used.split(" -> ")[-1] != settings.recommender else ""
         console.print(
             f"sandbox [bold]{settings.sandbox_id}[/] in {settings.run.db} ({agents or settings.agents} agents"
             f"{' as stored' if agents else ''}, rounds up to "
-            f"{settings.rounds}, recommender {settings.recommender})",
+            f"{settings.rounds}, recommender {settings.recommender}{switched})",
             highlight=False,
         )
         try:
@@ -182,15 +183,18 @@ def _num(value, fmt: str = "{:,.0f}") -> str:
     return fmt.format(value)
 
 
-def stored_agents(db: str, sandbox_id: str) -> int:
-    """How many agents a sandbox being resumed already has (0: none stored, a new sandbox)."""
+def stored_sandbox(db: str, sandbox_id: str) -> tuple[int, str | None]:
+    """A sandbox being resumed: its stored agents and the recommenders its rounds used ((0, None): new)."""
     import duckdb
 
+    from doppel.tasks.sandbox.store import recommenders_used
     from doppel.tasks.store.db import query
 
     if not Path(db).expanduser().is_file():
-        return 0
+        return 0, None
     try:
-        return len(query(db, "sandbox_agents", read_only=True, sandbox_id=sandbox_id))
+        agents = query(db, "sandbox_agents", read_only=True, sandbox_id=sandbox_id)
+        rounds = query(db, "sandbox_rounds", read_only=True, sandbox_id=sandbox_id)
     except duckdb.Error:  # a database with no sandbox tables yet
-        return 0
+        return 0, None
+    return len(agents), recommenders_used(rounds, None)

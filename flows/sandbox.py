@@ -97,7 +97,7 @@ def run_sandbox(settings: SandboxSettings, control: Control | None = None) -> di
                 control.round = round_no
         run.status = "finished" if finished_rounds(settings.run.db, plan.sandbox_id) >= settings.rounds else "paused"
     return {
-        **summarize(settings.run.db, plan.sandbox_id),
+        **store.summary(settings.run.db, plan.sandbox_id),
         "status": run.status,
         "wall_s": round(time.monotonic() - started, 2),
         "new_rounds": [r for r in plan.rounds_left if r <= control.round],
@@ -378,22 +378,4 @@ def play_round(
         "failed": tally.failed,
         "agents": tally.results,
         "llm_s": round(tally.llm_s, 2),
-    }
-
-
-def summarize(db: str, sandbox_id: str) -> dict:
-    """What the CLI prints: rounds and their timings, the action mix, items watched, ratings."""
-    run = store.read(db, "sandbox_run", sandbox_id=sandbox_id)
-    agents = store.read(db, "sandbox_agents", sandbox_id=sandbox_id)
-    return {
-        "sandbox_id": sandbox_id,
-        "db": str(db),
-        "dataset": run["dataset"].iloc[0] if len(run) else None,
-        "recommender": run["recommender"].iloc[0] if len(run) else None,
-        "agents": len(agents),
-        "profiles_failed": int((agents["profile_source"] == "failed").sum()),
-        "rounds": store.read(db, "sandbox_rounds", sandbox_id=sandbox_id).to_dict(orient="records"),
-        "action_mix": store.read(db, "sandbox_action_mix", sandbox_id=sandbox_id).to_dict(orient="records"),
-        "ratings": store.read(db, "sandbox_rating_stats", sandbox_id=sandbox_id).to_dict(orient="records")[0],
-        "top_watched": store.read(db, "sandbox_top_watched", sandbox_id=sandbox_id).to_dict(orient="records"),
     }

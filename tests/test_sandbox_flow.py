@@ -204,6 +204,22 @@ def test_a_new_sandbox_with_the_same_settings_replays_from_the_cache(sandbox, ll
     assert twin["rounds"][0]["new_calls"] == 0 and twin["rounds"][0]["cached_calls"] > 0
 
 
+def test_a_resume_may_switch_the_recommender_and_says_so(sandbox, llm_server):
+    """An intervention: round 1 with one recommender, round 2 with another; each round records its own,
+    and the summary and the CLI's header name both."""
+    from doppel.flows.cli_sandbox import stored_sandbox
+    from doppel.flows.sandbox import run_sandbox
+
+    settings = sandbox(sandbox_id="sbx-switch", rounds=1, recommender="popular")
+    assert run_sandbox(settings)["recommender"] == "popular"
+    assert stored_sandbox(settings.run.db, "sbx-switch") == (4, "popular")
+    summary = run_sandbox(settings.model_copy(update={"rounds": 2, "recommender": "random"}))
+    assert summary["recommender"] == "popular -> random"
+    assert [json.loads(r["recommender"])["kind"] for r in summary["rounds"]] == ["popular", "random"]
+    assert stored_sandbox(settings.run.db, "sbx-switch") == (4, "popular -> random")
+    assert stored_sandbox(settings.run.db, "sbx-none") == (0, None)
+
+
 def test_agents_take_phase1_profiles_from_a_doppel_run(sandbox, llm_server, tmp_path):
     from doppel.flows.sandbox import run_sandbox
     from doppel.tasks.store.db import init_db

@@ -188,3 +188,30 @@ def load_agents(db: str, sandbox_id: str) -> list[Agent]:
         Agent(r.agent_id, r.user_id, r.demographics, r.profile, float(r.activity), friends[r.agent_id])
         for r in frame.itertuples(index=False)
     ]
+
+
+def summary(db: str | Path, sandbox_id: str) -> dict:
+    """What the CLI prints: rounds and their timings, the action mix, items watched, ratings."""
+    run = read(db, "sandbox_run", sandbox_id=sandbox_id)
+    agents = read(db, "sandbox_agents", sandbox_id=sandbox_id)
+    rounds = read(db, "sandbox_rounds", sandbox_id=sandbox_id)
+    return {
+        "sandbox_id": sandbox_id,
+        "db": str(db),
+        "dataset": run["dataset"].iloc[0] if len(run) else None,
+        "recommender": recommenders_used(rounds, run["recommender"].iloc[0] if len(run) else None),
+        "agents": len(agents),
+        "profiles_failed": int((agents["profile_source"] == "failed").sum()),
+        "rounds": rounds.to_dict(orient="records"),
+        "action_mix": read(db, "sandbox_action_mix", sandbox_id=sandbox_id).to_dict(orient="records"),
+        "ratings": read(db, "sandbox_rating_stats", sandbox_id=sandbox_id).to_dict(orient="records")[0],
+        "top_watched": read(db, "sandbox_top_watched", sandbox_id=sandbox_id).to_dict(orient="records"),
+    }
+
+
+def recommenders_used(rounds: pd.DataFrame, registered: str | None) -> str | None:
+    """The recommenders the rounds were played with, in order ("mf -> popular" when a resume switched
+    them, as an intervention study does); the registered one before any round."""
+    kinds = [json.loads(r)["kind"] for r in rounds.sort_values("round")["recommender"] if isinstance(r, str)]
+    used = [k for i, k in enumerate(kinds) if i == 0 or k != kinds[i - 1]]
+    return " -> ".join(used) if used else registered
