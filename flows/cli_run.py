@@ -56,9 +56,16 @@ def _dry_run(settings: RunSettings) -> None:
 
 def _run_flow(settings: RunSettings) -> dict:
     from doppel.flows.errors import friendly_errors
-    from doppel.flows.plan import plan_run
+    from doppel.flows.plan import RunPlan, plan_run
 
-    with friendly_errors(fail):
+    plan: RunPlan | None = None
+
+    def interrupted() -> str:  # names the id a new run was given, which the user has not seen yet
+        if plan is None:  # before the plan: nothing started
+            return "interrupted"
+        return f"interrupted: finished users are saved; rerun with --run-id {plan.run_id} to continue"
+
+    with friendly_errors(fail, interrupted):
         plan = plan_run(settings)  # the resume decision, once, before any engine starts
         if plan.finished is not None:  # a finished run: stored results, no engine started
             return plan.finished

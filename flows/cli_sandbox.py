@@ -65,7 +65,13 @@ def sandbox_run(settings: SandboxSettings, ctx: typer.Context) -> None:
 
     with friendly_errors(fail):
         preflight(settings.run)  # before any engine starts: a wrong path, fold or endpoint in seconds
-    with friendly_errors(fail), prefect_api():
+
+    def interrupted() -> str:  # the id of a new sandbox is drawn below
+        if settings.sandbox_id is None:
+            return "interrupted"
+        return f"interrupted: finished rounds are saved; rerun with --sandbox-id {settings.sandbox_id} to continue"
+
+    with friendly_errors(fail, interrupted), prefect_api():
         from doppel.flows.sandbox import new_sandbox_id, run_sandbox
 
         agents, used = stored_sandbox(settings.run.db, settings.sandbox_id) if settings.sandbox_id else (0, None)
@@ -77,13 +83,7 @@ def sandbox_run(settings: SandboxSettings, ctx: typer.Context) -> None:
             f"{settings.rounds}, recommender {settings.recommender}{switched})",
             highlight=False,
         )
-        try:
-            summary = run_sandbox(settings)
-        except KeyboardInterrupt:
-            fail(
-                f"interrupted: finished rounds are saved; rerun with --sandbox-id {settings.sandbox_id} to continue",
-                130,
-            )
+        summary = run_sandbox(settings)
     print_sandbox(summary)
 
 

@@ -15,15 +15,18 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def friendly_errors(fail: Callable[[str, int], None]) -> Iterator[None]:
+def friendly_errors(
+    fail: Callable[[str, int], None], interrupted: str | Callable[[], str] = "interrupted"
+) -> Iterator[None]:
+    """Known failures as one line; Ctrl-C and SIGTERM as `interrupted` (a callable: what to rerun, known late)."""
     try:
         with sigterm_interrupts():
             yield
     except KeyboardInterrupt:
-        fail("interrupted: finished users are saved; rerun with the same --run-id to continue", 130)
+        fail(interrupted if isinstance(interrupted, str) else interrupted(), 130)
     except BaseException as exc:
         if type(exc).__name__ == "TerminationSignal":  # SIGTERM as Prefect's flow engine raises it
-            fail("interrupted: finished users are saved; rerun with the same --run-id to continue", 130)
+            fail(interrupted if isinstance(interrupted, str) else interrupted(), 130)
         if not isinstance(exc, Exception):
             raise
         known = describe(exc)

@@ -206,6 +206,8 @@ def test_interrupt_stops_cleanly(how, tmp_path, llm_server):
     env = {k: v for k, v in user_env().items() if not k.startswith("PREFECT_API")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"))
     argv = doppel_run(llm_server.base_url, db, "ctrl-c", 20, 2, "--no-baselines")
+    at = argv.index("--run-id")
+    del argv[at : at + 2]  # a new run: the message must name the id it was given
     proc = subprocess.Popen(
         argv,
         cwd=REPO,
@@ -236,16 +238,18 @@ def test_interrupt_stops_cleanly(how, tmp_path, llm_server):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     done = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
-    assert_one_error_line(done, "interrupted")
+    line = assert_one_error_line(done, "interrupted: finished users are saved; rerun with --run-id ")
+    run_id = line.split("--run-id ")[1].split()[0]
     assert proc.returncode == 130
     assert wait_gone(seen, timeout=30) == [], f"still running after the interrupt: {alive(seen)}"
     con = duckdb.connect(str(db), read_only=True)
     try:
-        status = con.execute("select status from runs where run_id = 'ctrl-c'").fetchall()
+        status = con.execute("select status from runs where run_id = ?", [run_id]).fetchall()
         users = con.execute(
             "select u.status, u.n_pairs, count(s.item_id) from run_users u left join "
-            "simulated_ratings s using (run_id, fold, user_id) where u.run_id = 'ctrl-c' "
-            "group by u.fold, u.user_id, u.status, u.n_pairs"
+            "simulated_ratings s using (run_id, fold, user_id) where u.run_id = ? "
+            "group by u.fold, u.user_id, u.status, u.n_pairs",
+            [run_id],
         ).fetchall()
     finally:
         con.close()
