@@ -133,7 +133,7 @@ class Tally:
     with_new_calls: int = 0  # results that needed at least one call made now
 
     def add(self, result) -> None:
-        new = [c for c in result.calls if not c.cached]
+        new = [c for c in result.calls if not c.cached]  # a replayed call is the run's, but not made now
         self.results += 1
         self.failed += result.n_failed
         self.with_failures += result.n_failed > 0

@@ -18,6 +18,7 @@ from doppel.flows.plan import NOTHING_DONE, RunPlan, new_run_id, plan_run
 from doppel.flows.runtime import Engines, engines
 from doppel.flows.score import gate_and_score
 from doppel.tasks.ingest import ingest
+from doppel.tasks.llm.calls import CallOwner
 from doppel.tasks.llm.gateway import EndpointError
 from doppel.tasks.llm.templates import all_prompt_hashes
 from doppel.tasks.planning import build_work, requested_pairs, select_users
@@ -215,6 +216,7 @@ def fan_out_users(settings: RunSettings, run_id: str, dataset: str, llm: LLMSett
         sim=settings.sim,
         model_id=model_id,
         cache_dir=str(settings.cache_dir()),
+        owner=CallOwner(run_id),
     )
     logger.info(
         "fan-out %.2f s: %d users written (%.2f s of writes)", gathered.wall_s, gathered.written, gathered.write_s

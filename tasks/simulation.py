@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from doppel.tasks.llm.calls import CallRecord
+from doppel.tasks.llm.calls import CallOwner, CallRecord
 from doppel.tasks.llm.gateway import DRAW_PROMPT, LLMGateway
 from doppel.tasks.llm.session import LimitSpec, run_chunk
 from doppel.tasks.records import CandidateItem, HistoryItem, PackedWork, UserWork
@@ -198,9 +198,10 @@ def simulate_users(
     cache_dir: str,
     limits: LimitSpec,
     channel,
+    owner: CallOwner | None = None,
 ) -> list[str]:
     """Synchronous entry for a task-runner thread or Dask worker: simulate the chunk's users concurrently;
-    each user's rows go out through `channel` the moment the user finishes.
+    each user's rows go out through `channel` the moment the user finishes. `owner`: the run's invocation.
 
     Users start longest chain first, a few per slot (`users_in_flight`): enough ready calls to keep every
     slot busy, and users finish (and are written) all along instead of all at the end.
@@ -212,6 +213,6 @@ def simulate_users(
     async def work(gateway: LLMGateway, user: UserWork) -> UserResult:
         return await simulate_user(user, gateway, sim)
 
-    done = run_chunk(works, work, llm, model_id, cache_dir, limits, channel, in_flight, lambda r: r.user_id)
+    done = run_chunk(works, work, llm, model_id, cache_dir, limits, channel, in_flight, lambda r: r.user_id, owner)
     logging.getLogger("doppel").info("chunk of %d users done in %.2f s", len(works), time.monotonic() - started)
     return done

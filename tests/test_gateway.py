@@ -11,6 +11,7 @@ import jsonschema
 import pytest
 
 from doppel.tasks.llm.cache import ResponseCache
+from doppel.tasks.llm.calls import CallOwner
 from doppel.tasks.llm.gateway import LLMGateway
 from doppel.tasks.llm.limits import CallLimiter, PrioritySlots
 from doppel.tasks.llm.schemas import (
@@ -27,6 +28,27 @@ from doppel.tasks.settings import LLMSettings
 from doppel.testing.llm_faults import CONTENT_FAULTS, ratings_answer
 from doppel.testing.llm_server import LLMTestServer, digit_probs, expected_rating, token_logprobs
 from tests._gateway import IDS, ITEMS, _close, _rate, gateway, run
+
+
+def test_a_runs_own_call_from_an_earlier_invocation_keeps_its_cost(llm_server, tmp_path):
+    """A cache hit is free, except this run's own call made by an earlier invocation (which may have ended
+    before recording it): that one is replayed with what it cost. Another run, or the same invocation: free."""
+
+    def rate(owner):
+        gw = gateway(llm_server, tmp_path)
+        gw.owner = owner
+        return run(_rate(gw)).calls[0]
+
+    first = CallOwner("run-a")
+    made = rate(first)
+    assert not made.cached and not made.replayed and made.attempts == 1 and made.latency_s > 0
+    same_invocation, other_run = rate(first), rate(CallOwner("run-b"))
+    assert same_invocation.cached and not same_invocation.replayed and same_invocation.latency_s == 0
+    assert other_run.cached and not other_run.replayed and other_run.attempts == 0
+    resumed = rate(CallOwner("run-a"))  # a new invocation of run-a
+    assert resumed.cached and resumed.replayed
+    assert (resumed.attempts, resumed.latency_s, resumed.prompt_tokens) == (1, made.latency_s, made.prompt_tokens)
+    assert llm_server.stats()["requests"] == 1
 
 
 def test_ratings_match_the_server_and_are_cached(llm_server, tmp_path):

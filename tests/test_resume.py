@@ -121,3 +121,8 @@ def test_kill9_mid_run_then_resume_equals_an_uninterrupted_run(prefect_server, l
     assert 0 <= repeated <= CONCURRENCY, f"{repeated} calls repeated ({killed_requests} before the kill)"
     runs = rows(db, "select status from runs where run_id = ?")
     assert runs["status"].tolist() == ["finished"]
+    # calls the killed invocation made for users it never recorded come back from the cache as the run's
+    # own: the run's bill is the uninterrupted run's, once each
+    bill = "select count(*), sum(prompt_tokens), sum(completion_tokens) from llm_calls where run_id = ? and not cached"
+    assert rows(db, bill).values.tolist() == rows(ref_db, bill).values.tolist()
+    assert rows(db, bill).iloc[0, 0] > made, "no call of the killed invocation was counted"

@@ -15,11 +15,22 @@ insert into simulated_ratings (run_id, fold, user_id, item_id, rating, status, r
 select $run_id, fold, user_id, item_id, rating, status, reason, batch, attempts, call_key,
        rating_probs::double[], rating_probs_source, rating_probs_draws from new_ratings;
 
+-- a replayed call (this run's own, made by an invocation interrupted before it recorded it, read back from
+-- the cache now) is stored as the call it was, once: unless the run already recorded it, or an earlier row
+-- of these records it
+create or replace temp table paid_calls as
+select * replace (
+    cached and not (replayed and row_number() over (partition by call_key order by cached, fold, user_id) = 1
+                    and not exists (select 1 from llm_calls l
+                                    where l.run_id = $run_id and l.call_key = c.call_key and not l.cached)) as cached
+)
+from new_calls c;
+
 insert into llm_calls (call_key, run_id, fold, user_id, prompt_name, prompt_hash, model, status, cached,
                        attempts, prompt_tokens, completion_tokens, latency_s, cached_prompt_tokens, error, response)
 select call_key, $run_id, fold, user_id, prompt_name, prompt_hash, model, status, cached,
        attempts, prompt_tokens, completion_tokens, latency_s, cached_prompt_tokens, error, response
-from new_calls;
+from paid_calls;
 
 update run_users r set
     status = case when f.n_failed > 0 then 'partial' else 'done' end,
@@ -31,7 +42,9 @@ from (
     select u.fold, u.user_id, u.retries,
            (select count(*) from simulated_ratings s
             where s.run_id = $run_id and s.fold = u.fold and s.user_id = u.user_id and s.status = 'failed') as n_failed,
-           (select count(*) from new_calls c where c.fold = u.fold and c.user_id = u.user_id and not c.cached) as n_new_calls
+           (select count(*) from paid_calls c where c.fold = u.fold and c.user_id = u.user_id and not c.cached) as n_new_calls
     from new_users u
 ) f
 where r.run_id = $run_id and r.fold = f.fold and r.user_id = f.user_id;
+
+drop table paid_calls;

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class CallOwner:
+    """Whose calls a gateway makes: a run, in this invocation of it (a resumed run is a new invocation)."""
+
+    run_id: str
+    invocation: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass
@@ -24,6 +33,43 @@ class CallRecord:
     cached_prompt_tokens: int = 0  # prompt tokens the server reused from its prefix cache
     # not an llm_calls column: [byte offset, p1..p5] of the answer's digit tokens (schemas.digit_distributions)
     digits: list[list[float]] | None = field(default=None, repr=False)
+    # not an llm_calls column: this run's own earlier call, read back from the cache (an invocation that was
+    # interrupted before it recorded the call): free now, but the run paid for it (save_user_results.sql)
+    replayed: bool = False
+
+
+def cache_entry(record: CallRecord, owner: CallOwner | None) -> dict:
+    """What the response cache keeps of an answered call: the answer, what it cost, who made it."""
+    entry = {
+        "content": record.response,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "latency_s": record.latency_s,
+        "attempts": record.attempts,
+        "cached_prompt_tokens": record.cached_prompt_tokens,
+        "made_by": owner.run_id if owner else None,
+        "made_in": owner.invocation if owner else None,
+    }
+    return entry if record.digits is None else {**entry, "digits": record.digits}
+
+
+def cached_record(hit: dict, base: dict, owner: CallOwner | None) -> CallRecord:
+    """A cache entry as the record of a call answered from it: free, unless it is this run's own call from
+    an earlier invocation (which may have ended before recording it): that one keeps what it cost."""
+    replayed = owner is not None and hit.get("made_by") == owner.run_id and hit.get("made_in") != owner.invocation
+    return CallRecord(
+        **base,
+        status="ok",
+        cached=True,
+        attempts=hit.get("attempts", 1) if replayed else 0,
+        prompt_tokens=hit["prompt_tokens"],
+        completion_tokens=hit["completion_tokens"],
+        latency_s=hit["latency_s"] if replayed else 0.0,
+        cached_prompt_tokens=hit.get("cached_prompt_tokens", 0) if replayed else 0,
+        response=hit["content"],
+        digits=hit.get("digits"),
+        replayed=replayed,
+    )
 
 
 @dataclass

@@ -18,7 +18,17 @@ from typing import Any, Literal
 import openai
 
 from doppel.tasks.llm.cache import ResponseCache, call_key
-from doppel.tasks.llm.calls import CallRecord, EndpointError, GatewayError, RatingOutcome, TextOutcome, describe_error
+from doppel.tasks.llm.calls import (
+    CallOwner,
+    CallRecord,
+    EndpointError,
+    GatewayError,
+    RatingOutcome,
+    TextOutcome,
+    cache_entry,
+    cached_record,
+    describe_error,
+)
 from doppel.tasks.llm.endpoint import api_key_from_env, check_endpoint  # noqa: F401 (check_endpoint: re-exported)
 from doppel.tasks.llm.limits import CallLimiter
 from doppel.tasks.llm.profile_text import judged_profile, salvaged_profile
@@ -49,8 +59,16 @@ DRAW_PROMPT = "rating_draw"  # llm_calls.prompt_name of a draw (the rating promp
 class LLMGateway:
     """Cached, limited, validated chat completions for one process and event loop."""
 
-    def __init__(self, settings: LLMSettings, cache: ResponseCache, limiter: CallLimiter, model_id: str):
+    def __init__(
+        self,
+        settings: LLMSettings,
+        cache: ResponseCache,
+        limiter: CallLimiter,
+        model_id: str,
+        owner: CallOwner | None = None,
+    ):
         self.settings = settings
+        self.owner = owner  # the run (and invocation) whose calls these are, stamped on what it puts in the cache
         self.cache = cache
         self.limiter = limiter
         self.model_id = model_id
@@ -269,17 +287,7 @@ class LLMGateway:
         )
         hit = self.cache.get(key)
         if hit is not None:
-            return hit["content"], CallRecord(
-                **base,
-                status="ok",
-                cached=True,
-                attempts=0,
-                prompt_tokens=hit["prompt_tokens"],
-                completion_tokens=hit["completion_tokens"],
-                latency_s=0.0,
-                response=hit["content"],
-                digits=hit.get("digits"),
-            )
+            return hit["content"], cached_record(hit, base, self.owner)
         retry_params = None  # the request to make instead, after giving the slot back
         async with self.limiter.slot(priority):
             started = time.monotonic()
@@ -317,27 +325,20 @@ class LLMGateway:
         # a server that sends no usage: counted with the embedded model's tokenizer (tasks/llm/tokens.py)
         prompt_tokens = count_messages(messages) if answer.prompt_tokens is None else answer.prompt_tokens
         completion_tokens = count_text(content) if answer.completion_tokens is None else answer.completion_tokens
-        reused = answer.cached_tokens
-        latency = time.monotonic() - started
-        record = {
-            "content": content,
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "latency_s": latency,
-        }
-        self.cache.put(key, record if digits is None else {**record, "digits": digits})
-        return content, CallRecord(
+        record = CallRecord(
             **base,
             status="ok",
             cached=False,
             attempts=raw.retries_taken + 1,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            latency_s=latency,
+            latency_s=time.monotonic() - started,
             response=content,
-            cached_prompt_tokens=reused,
+            cached_prompt_tokens=answer.cached_tokens,
             digits=digits,
         )
+        self.cache.put(key, cache_entry(record, self.owner))
+        return content, record
 
     async def _create(self, messages: list[dict], request: dict[str, Any]) -> openai.AsyncAPIResponse[bytes]:
         """POST /chat/completions through the client (its transport, timeouts, retries, errors), the body as

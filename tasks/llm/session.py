@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from doppel.tasks.llm.cache import ResponseCache
+from doppel.tasks.llm.calls import CallOwner
 from doppel.tasks.llm.gateway import LLMGateway
 from doppel.tasks.llm.limits import CallLimiter
 from doppel.tasks.settings import LLMSettings
@@ -43,15 +44,16 @@ class LimitSpec:
 
 @contextlib.asynccontextmanager
 async def gateway_session(
-    llm: LLMSettings, model_id: str, cache_dir: str, limits: LimitSpec
+    llm: LLMSettings, model_id: str, cache_dir: str, limits: LimitSpec, owner: CallOwner | None = None
 ) -> AsyncIterator[LLMGateway]:
-    """An open gateway: the cache, the limiter (its share of the run-wide leases taken) and the client.
+    """An open gateway: the cache, the limiter (its share of the run-wide leases taken) and the client;
+    `owner`: the run whose calls these are (a resumed run tells its own earlier calls from others' in the cache).
 
     On exit the client closes first, then the leases go back, then the cache closes (whatever raised).
     """
     cache = ResponseCache(cache_dir)
     limiter = limits.limiter()
-    gateway = LLMGateway(llm, cache, limiter, model_id)
+    gateway = LLMGateway(llm, cache, limiter, model_id, owner)
     try:
         await limiter.open()
         yield gateway
@@ -112,16 +114,17 @@ def run_chunk(
     channel: Any,
     in_flight: int,
     key: Callable[[R], Any],
+    owner: CallOwner | None = None,
 ) -> list:
     """Synchronous entry for a task-runner thread or a Dask worker: `work` on every job in one gateway
-    session; each result goes out through `channel` (`put`) as soon as it is ready. Returns the
-    results' keys (the rows travel only once, through the channel)."""
+    session (`owner`: see gateway_session); each result goes out through `channel` (`put`) as soon as it
+    is ready. Returns the results' keys (the rows travel only once, through the channel)."""
 
     async def publish(result: R) -> None:
         await asyncio.to_thread(channel.put, result)
 
     async def main() -> list:
-        async with gateway_session(llm, model_id, cache_dir, limits) as gateway:
+        async with gateway_session(llm, model_id, cache_dir, limits, owner) as gateway:
             return await run_jobs(jobs, lambda job: work(gateway, job), publish, in_flight, key)
 
     return asyncio.run(main())

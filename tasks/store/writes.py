@@ -86,7 +86,7 @@ def save_user_results(db: str | Path, run_id: str, results: list, retries: dict[
     ).astype({"rating": "Int64", "rating_probs_draws": "Int64"})
     calls = pd.DataFrame(
         [{"fold": r.fold, "user_id": r.user_id, **asdict(c)} for r in results for c in r.calls],
-        columns=["fold", "user_id", *CALL_COLUMNS],
+        columns=["fold", "user_id", *CALL_COLUMNS, "replayed"],
     )
     transaction(
         db,
