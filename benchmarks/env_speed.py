@@ -31,7 +31,7 @@ def steps_per_s(env, steps: int, choose) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", default=None, help="a DuckDB file with a finished doppel ensemble run")
     parser.add_argument("--ensemble-id", default=None)
     parser.add_argument("--steps", type=int, default=200_000)

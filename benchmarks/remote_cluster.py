@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=24, help="synthetic users (all test users of u1 run)")
     parser.add_argument("--latency", type=float, default=0.1, help="seconds per LLM call")
     parser.add_argument("--concurrency", type=int, default=8)

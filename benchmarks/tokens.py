@@ -33,7 +33,7 @@ from support.output import log
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     output.add_data_options(ap)
     ap.add_argument("--fold", default="u1")
     ap.add_argument("--users", type=int, default=None)
