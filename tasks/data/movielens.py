@@ -122,7 +122,7 @@ def download_ml100k(cache_dir: Path | None = None, url: str | None = None, sha25
             raise DataError(url, None, f"sha256 mismatch: got {got}, expected {want}")
         os.replace(tmp, target)
     except (urllib.error.URLError, OSError) as e:
-        reason = f"download failed: {e}; or give a local copy: --data-dir <the unzipped ml-100k folder, or the zip>"
+        reason = f"download failed: {e}; or give a local copy: --data-dir <the unzipped ml-100k folder>"
         raise DataError(url, None, reason) from e
     finally:
         tmp.unlink(missing_ok=True)
