@@ -29,7 +29,7 @@ from prefect import get_run_logger
 from prefect.context import FlowRunContext
 
 from doppel.flows.progress import Bar, Tally
-from doppel.tasks.channel import ChannelReader, ResultChannel
+from doppel.tasks.channel import CallsSoFar, ChannelReader, ResultChannel
 from doppel.tasks.llm.gateway import EndpointError
 from doppel.tasks.llm.session import LimitSpec
 from doppel.tasks.planning import partition
@@ -151,6 +151,7 @@ def _drain(
     """
     tally = gathered.tally
     seen: set = set()
+    calls_so_far: dict[str, int] = {}  # chunk -> calls answered, unfinished jobs' included
     written, last_write = 0, time.monotonic()
     waiting: list = []
 
@@ -165,9 +166,11 @@ def _drain(
     try:
         while True:
             all_done = all(f.wrapped_future.done() for f in futures)
-            fresh = []
+            fresh, moved = [], False
             for result in reader.drain(timeout=0.5 if all_done else 0.25):
-                if key(result) not in seen:
+                if isinstance(result, CallsSoFar):
+                    calls_so_far[result.chunk], moved = result.calls, True
+                elif key(result) not in seen:
                     seen.add(key(result))
                     tally.add(result)
                     fresh.append(result)
@@ -175,7 +178,8 @@ def _drain(
                 if gathered.first_result_s is None:
                     gathered.first_result_s = round(time.monotonic() - started, 2)
                     get_run_logger().info("first result at %.2f s", gathered.first_result_s)
-                bar.show(tally, advance=len(fresh))
+            if fresh or moved:
+                bar.show(tally, advance=len(fresh), calls_so_far=sum(calls_so_far.values()))
             waiting += fresh
             if all_done and not fresh:
                 flush()

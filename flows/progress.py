@@ -144,9 +144,10 @@ class Tally:
         self.llm_s += sum(c.latency_s for c in new)
         self.with_new_calls += bool(new)
 
-    def line(self) -> str:
+    def line(self, calls_so_far: int = 0) -> str:
+        """`calls_so_far`: calls the endpoint answered, unfinished jobs' included (tokens count finished ones)."""
         return (
-            f"{self.failed} failed · {self.calls} calls made, {self.cached} from the cache · "
+            f"{self.failed} failed · {max(self.calls, calls_so_far)} calls made, {self.cached} from the cache · "
             f"{self.prompt_tokens + self.completion_tokens:,} tokens"
         )
 
@@ -170,8 +171,8 @@ class Bar:
         )
         self._task = self._progress.add_task(label, total=total, stats="")
 
-    def show(self, tally: Tally, advance: int) -> None:
-        self._progress.update(self._task, advance=advance, stats=tally.line())
+    def show(self, tally: Tally, advance: int, calls_so_far: int = 0) -> None:
+        self._progress.update(self._task, advance=advance, stats=tally.line(calls_so_far))
 
     def __enter__(self) -> Bar:
         self._progress.__enter__()

@@ -21,6 +21,14 @@ _LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
+class CallsSoFar:
+    """Progress, not a result: calls a chunk's endpoint has answered so far (its unfinished jobs' too)."""
+
+    chunk: str
+    calls: int
+
+
+@dataclass(frozen=True)
 class ResultChannel:
     name: str
     kind: Literal["local", "dask"]

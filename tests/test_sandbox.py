@@ -300,7 +300,7 @@ def test_options_are_shuffled_per_agent_and_round_and_sent_in_that_order(llm_ser
     assert len(orders) > 3 and all(sorted(o) == ["chat", "nothing", "post", "recommender"] for o in orders)
     assert options_for(_turn(round=2)) == options_for(_turn(round=2))
     assert options_for(_turn(friends={})) in (["recommender", "nothing"], ["nothing", "recommender"])
-    from doppel.tasks.channel import ChannelReader, ResultChannel
+    from doppel.tasks.channel import CallsSoFar, ChannelReader, ResultChannel
     from doppel.tasks.llm.session import LimitSpec
     from doppel.tasks.sandbox.build import run_turns
     from doppel.tasks.sandbox.records import PackedTurns
@@ -326,7 +326,7 @@ def test_options_are_shuffled_per_agent_and_round_and_sent_in_that_order(llm_ser
     finally:
         llm_server.app.answer_fn = None
     reader = ChannelReader(channel)
-    (out,) = reader.drain(timeout=1)
+    (out,) = [m for m in reader.drain(timeout=1) if not isinstance(m, CallsSoFar)]  # results, not progress
     reader.close()
     assert done == ["A01"]
     body = llm_server.log()[0]["request"]

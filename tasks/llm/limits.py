@@ -113,6 +113,7 @@ class CallLimiter:
         prefect_limit_name: str | None = None,
     ):
         self.local = PrioritySlots(local_slots)
+        self.answered = 0  # calls the endpoint answered through this limiter (progress shows them)
         self._slots = local_slots
         self._leases = 0
         self._rpm = AsyncLimiter(rpm, 60) if rpm else None
@@ -131,6 +132,7 @@ class CallLimiter:
         return self.local.congested(started)
 
     def succeeded(self) -> None:
+        self.answered += 1
         self.local.succeeded()
 
     @property

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from doppel.tasks.channel import CallsSoFar
 from doppel.tasks.llm.cache import ResponseCache
 from doppel.tasks.llm.calls import CallOwner
 from doppel.tasks.llm.gateway import LLMGateway
@@ -24,6 +26,7 @@ from doppel.tasks.settings import LLMSettings
 
 J = TypeVar("J")
 R = TypeVar("R")
+CALLS_EVERY_S = 1.0  # how often a chunk reports its calls answered so far, when the count moved
 
 
 @dataclass
@@ -123,8 +126,21 @@ def run_chunk(
     async def publish(result: R) -> None:
         await asyncio.to_thread(channel.put, result)
 
+    async def report_calls(limiter: CallLimiter) -> None:  # a user's calls show before the user finishes
+        chunk, sent = uuid.uuid4().hex, 0
+        while True:
+            await asyncio.sleep(CALLS_EVERY_S)
+            if limiter.answered != sent:
+                sent = limiter.answered
+                await asyncio.to_thread(channel.put, CallsSoFar(chunk, sent))
+
     async def main() -> list:
         async with gateway_session(llm, model_id, cache_dir, limits, owner) as gateway:
-            return await run_jobs(jobs, lambda job: work(gateway, job), publish, in_flight, key)
+            reporter = asyncio.ensure_future(report_calls(gateway.limiter))
+            try:
+                return await run_jobs(jobs, lambda job: work(gateway, job), publish, in_flight, key)
+            finally:
+                reporter.cancel()
+                await asyncio.gather(reporter, return_exceptions=True)
 
     return asyncio.run(main())
