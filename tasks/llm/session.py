@@ -126,21 +126,24 @@ def run_chunk(
     async def publish(result: R) -> None:
         await asyncio.to_thread(channel.put, result)
 
-    async def report_calls(limiter: CallLimiter) -> None:  # a user's calls show before the user finishes
+    async def report_calls(limiter: CallLimiter, stop: asyncio.Event) -> None:
+        """A job's calls show in the progress before the job finishes; none is sent after the last result."""
         chunk, sent = uuid.uuid4().hex, 0
-        while True:
-            await asyncio.sleep(CALLS_EVERY_S)
-            if limiter.answered != sent:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), CALLS_EVERY_S)
+            if not stop.is_set() and limiter.answered != sent:
                 sent = limiter.answered
                 await asyncio.to_thread(channel.put, CallsSoFar(chunk, sent))
 
     async def main() -> list:
         async with gateway_session(llm, model_id, cache_dir, limits, owner) as gateway:
-            reporter = asyncio.ensure_future(report_calls(gateway.limiter))
+            stop = asyncio.Event()
+            reporter = asyncio.ensure_future(report_calls(gateway.limiter, stop))
             try:
                 return await run_jobs(jobs, lambda job: work(gateway, job), publish, in_flight, key)
             finally:
-                reporter.cancel()
+                stop.set()
                 await asyncio.gather(reporter, return_exceptions=True)
 
     return asyncio.run(main())
