@@ -146,8 +146,9 @@ class Tally:
 
     def line(self, calls_so_far: int = 0) -> str:
         """`calls_so_far`: calls the endpoint answered, unfinished jobs' included (tokens count finished ones)."""
+        made = max(self.calls, calls_so_far)
         return (
-            f"{self.failed} failed · {max(self.calls, calls_so_far)} calls made, {self.cached} from the cache · "
+            f"{self.failed} failed · {made} call{'' if made == 1 else 's'} made, {self.cached} from the cache · "
             f"{self.prompt_tokens + self.completion_tokens:,} tokens"
         )
 
