@@ -53,13 +53,13 @@ def print_summary(summary: dict) -> None:
     show(metrics_table(summary.get("scores") or []))
     now = summary.get("this_invocation") or {}
     console.print(
-        f"run [bold]{summary['run_id']}[/] {summary['status']}: {summary['users']} users, "
-        f"{summary['pairs']:,} pairs ({summary['failed_pairs']} failed), {summary['calls']:,} LLM calls, "
+        f"run [bold]{summary['run_id']}[/] {summary['status']}: {count(summary['users'], 'user')}, "
+        f"{count(summary['pairs'], 'pair')} ({summary['failed_pairs']} failed), {count(summary['calls'], 'LLM call')}, "
         f"{summary['prompt_tokens']:,} prompt + {summary['completion_tokens']:,} completion tokens in all",
         highlight=False,
     )
     console.print(
-        f"this invocation: {now.get('users', 0)} users simulated, {now.get('new_calls', 0):,} LLM calls made, "
+        f"this invocation: {count(now.get('users', 0), 'user')} simulated, {count(now.get('new_calls', 0), 'LLM call')} made, "
         f"{now.get('cached_calls', 0):,} answered from the cache ({now.get('calls', 0):,} in all), "
         f"{summary['wall_s']:.1f} s",
         highlight=False,
@@ -107,3 +107,8 @@ def print_estimate(est, settings) -> None:
             f"plus up to {llm.rating_samples} draws per rating call where the server gives no logprobs "
             "(--rating-samples)"
         )
+
+
+def count(n: int, noun: str) -> str:
+    """'1 user', '1,200 users'."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"

@@ -151,7 +151,7 @@ def _drain(
     """
     tally = gathered.tally
     seen: set = set()
-    calls_so_far: dict[str, int] = {}  # chunk -> calls answered, unfinished jobs' included
+    so_far: dict[str, CallsSoFar] = {}  # chunk -> its calls answered, unfinished jobs' included
     written, last_write = 0, time.monotonic()
     waiting: list = []
 
@@ -169,7 +169,7 @@ def _drain(
             fresh, moved = [], False
             for result in reader.drain(timeout=0.5 if all_done else 0.25):
                 if isinstance(result, CallsSoFar):
-                    calls_so_far[result.chunk], moved = result.calls, True
+                    so_far[result.chunk], moved = result, True
                 elif key(result) not in seen:
                     seen.add(key(result))
                     tally.add(result)
@@ -179,7 +179,9 @@ def _drain(
                     gathered.first_result_s = round(time.monotonic() - started, 2)
                     get_run_logger().info("first result at %.2f s", gathered.first_result_s)
             if fresh or moved:
-                bar.show(tally, advance=len(fresh), calls_so_far=sum(calls_so_far.values()))
+                bar.show(
+                    tally, len(fresh), sum(c.calls for c in so_far.values()), sum(c.tokens for c in so_far.values())
+                )
             waiting += fresh
             if all_done and not fresh:
                 flush()

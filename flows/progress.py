@@ -144,12 +144,13 @@ class Tally:
         self.llm_s += sum(c.latency_s for c in new)
         self.with_new_calls += bool(new)
 
-    def line(self, calls_so_far: int = 0) -> str:
-        """`calls_so_far`: calls the endpoint answered, unfinished jobs' included (tokens count finished ones)."""
+    def line(self, calls_so_far: int = 0, tokens_so_far: int = 0) -> str:
+        """`calls_so_far`, `tokens_so_far`: what the endpoint answered so far, unfinished jobs' included."""
         made = max(self.calls, calls_so_far)
+        tokens = max(self.prompt_tokens + self.completion_tokens, tokens_so_far)
         return (
             f"{self.failed} failed · {made} call{'' if made == 1 else 's'} made, {self.cached} from the cache · "
-            f"{self.prompt_tokens + self.completion_tokens:,} tokens"
+            f"{tokens:,} tokens"
         )
 
 
@@ -172,8 +173,8 @@ class Bar:
         )
         self._task = self._progress.add_task(label, total=total, stats="")
 
-    def show(self, tally: Tally, advance: int, calls_so_far: int = 0) -> None:
-        self._progress.update(self._task, advance=advance, stats=tally.line(calls_so_far))
+    def show(self, tally: Tally, advance: int, calls_so_far: int = 0, tokens_so_far: int = 0) -> None:
+        self._progress.update(self._task, advance=advance, stats=tally.line(calls_so_far, tokens_so_far))
 
     def __enter__(self) -> Bar:
         self._progress.__enter__()

@@ -26,6 +26,7 @@ class CallsSoFar:
 
     chunk: str
     calls: int
+    tokens: int = 0  # prompt + completion tokens of those calls
 
 
 @dataclass(frozen=True)

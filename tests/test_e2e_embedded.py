@@ -92,7 +92,7 @@ def test_doppel_run_on_the_embedded_default_through_the_cli(tmp_path):
     cli = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = cli.communicate(timeout=900)
     assert cli.returncode == 0, out[-6000:]
-    assert "embedded server qwen2.5-0.5b: loaded in" in out and "finished: 1 users, " in out
+    assert "embedded server qwen2.5-0.5b: loaded in" in out and "finished: 1 user, " in out
     # the CLI stopped its server before exiting (the server names its parent's pid on its command line)
     left = [
         p.info["cmdline"]

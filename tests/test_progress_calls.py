@@ -31,4 +31,6 @@ def test_a_chunk_reports_its_calls_before_its_job_finishes(llm_server, tmp_path)
     reports = [m.calls for m in messages if isinstance(m, CallsSoFar)]
     assert reports and reports == sorted(reports) and 0 < reports[0] < chain, messages
     assert len({m.chunk for m in messages if isinstance(m, CallsSoFar)}) == 1
-    assert "2 calls made" in Tally().line(calls_so_far=2)  # what the bar shows before a job's calls arrive
+    assert all(m.tokens > 0 for m in messages if isinstance(m, CallsSoFar))
+    line = Tally().line(calls_so_far=2, tokens_so_far=1500)  # what the bar shows before a job's calls arrive
+    assert "2 calls made" in line and "1,500 tokens" in line

@@ -317,7 +317,6 @@ class LLMGateway:
                 raise GatewayError(describe_error(exc), self._error_record(base, exc, started)) from exc
         if retry_params is not None:
             return await self._complete(prompt, messages, retry_params, sample, priority, prompts)
-        self.limiter.succeeded()
         answer = read_completion(raw.http_response.content)
         content = answer.content
         asked = "logprobs" in request
@@ -325,6 +324,7 @@ class LLMGateway:
         # a server that sends no usage: counted with the embedded model's tokenizer (tasks/llm/tokens.py)
         prompt_tokens = count_messages(messages) if answer.prompt_tokens is None else answer.prompt_tokens
         completion_tokens = count_text(content) if answer.completion_tokens is None else answer.completion_tokens
+        self.limiter.succeeded(prompt_tokens + completion_tokens)
         record = CallRecord(
             **base,
             status="ok",

@@ -113,7 +113,7 @@ class CallLimiter:
         prefect_limit_name: str | None = None,
     ):
         self.local = PrioritySlots(local_slots)
-        self.answered = 0  # calls the endpoint answered through this limiter (progress shows them)
+        self.answered = self.answered_tokens = 0  # calls the endpoint answered here, their tokens (for progress)
         self._slots = local_slots
         self._leases = 0
         self._rpm = AsyncLimiter(rpm, 60) if rpm else None
@@ -131,8 +131,8 @@ class CallLimiter:
         """A call timed out while the endpoint queues: lower this process's concurrency (see PrioritySlots)."""
         return self.local.congested(started)
 
-    def succeeded(self) -> None:
-        self.answered += 1
+    def succeeded(self, tokens: int = 0) -> None:
+        self.answered, self.answered_tokens = self.answered + 1, self.answered_tokens + tokens
         self.local.succeeded()
 
     @property

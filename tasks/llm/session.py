@@ -134,7 +134,7 @@ def run_chunk(
                 await asyncio.wait_for(stop.wait(), CALLS_EVERY_S)
             if not stop.is_set() and limiter.answered != sent:
                 sent = limiter.answered
-                await asyncio.to_thread(channel.put, CallsSoFar(chunk, sent))
+                await asyncio.to_thread(channel.put, CallsSoFar(chunk, sent, limiter.answered_tokens))
 
     async def main() -> list:
         async with gateway_session(llm, model_id, cache_dir, limits, owner) as gateway:
