@@ -27,7 +27,9 @@ def test_a_chunk_reports_its_calls_before_its_job_finishes(llm_server, tmp_path)
     reader = ChannelReader(channel)
     messages = reader.drain(timeout=1)
     reader.close()
-    assert done == ["u1"] and messages[-1] == [chain - 1]  # the result comes last
+    results = [i for i, m in enumerate(messages) if not isinstance(m, CallsSoFar)]
+    assert done == ["u1"] and [messages[i] for i in results] == [[chain - 1]]
+    assert isinstance(messages[0], CallsSoFar) and results[0] > 0  # a report arrived before the result
     reports = [m.calls for m in messages if isinstance(m, CallsSoFar)]
     assert reports and reports == sorted(reports) and 0 < reports[0] < chain, messages
     assert len({m.chunk for m in messages if isinstance(m, CallsSoFar)}) == 1
