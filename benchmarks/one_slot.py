@@ -81,7 +81,8 @@ def one_policy(name: str, extra: list[str], base_url: str, model: str, args: arg
     capped = CAPPED.search(text)
     again = runs.run_timed(doppel(*command), env, folder, folder / "run.log")
     made = re.search(
-        r"this invocation: \d+ users simulated, ([\d,]+) LLM calls made", "\n".join(line for _, line in again.lines)
+        r"this invocation: [\d,]+ users? simulated, ([\d,]+) LLM calls? made",
+        "\n".join(line for _, line in again.lines),
     )
     before = metrics(db, run_id)
     scored = runs.run_timed(doppel("score", "--db", str(db), "--run-id", run_id), env, folder, folder / "run.log")

@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from doppel.flows.cli_output import TERMINAL, console, fail, show
+from doppel.flows.cli_output import TERMINAL, console, count, fail, show
 from doppel.flows.options import DB
 
 app = typer.Typer()
@@ -57,7 +57,7 @@ def sql(
     if run_id is not None and "run_id" in frame:
         frame = frame.drop(columns="run_id")  # one run: the column says nothing
     show(frame_table(frame, max_width or (60 if TERMINAL else None), title=view))
-    shown = f"{len(frame):,} row{'s' if len(frame) != 1 else ''}"
+    shown = count(len(frame), "row")
     console.print(f"{shown}, more left out (--limit)" if more else shown, style="dim", highlight=False)
 
 

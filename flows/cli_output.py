@@ -29,6 +29,11 @@ console = _console(TERMINAL)
 err = _console(sys.stderr.isatty(), stderr=True)
 
 
+def count(n: int, noun: str) -> str:
+    """'1 user', '1,200 users'."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """One `error: ...` line on stderr and exit `code`.
 

@@ -6,7 +6,7 @@ import pandas as pd
 from rich.console import Group
 from rich.table import Table
 
-from doppel.flows.cli_output import console, show
+from doppel.flows.cli_output import console, count, show
 
 METRIC_COLUMNS = [
     ("rmse", "RMSE", "{:.3f}"),
@@ -107,8 +107,3 @@ def print_estimate(est, settings) -> None:
             f"plus up to {llm.rating_samples} draws per rating call where the server gives no logprobs "
             "(--rating-samples)"
         )
-
-
-def count(n: int, noun: str) -> str:
-    """'1 user', '1,200 users'."""
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"

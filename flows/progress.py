@@ -25,6 +25,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from doppel.flows.cli_output import count
+
 PLAIN_EVERY_S = 5.0
 
 
@@ -146,12 +148,9 @@ class Tally:
 
     def line(self, calls_so_far: int = 0, tokens_so_far: int = 0) -> str:
         """`calls_so_far`, `tokens_so_far`: what the endpoint answered so far, unfinished jobs' included."""
-        made = max(self.calls, calls_so_far)
+        made = count(max(self.calls, calls_so_far), "call")
         tokens = max(self.prompt_tokens + self.completion_tokens, tokens_so_far)
-        return (
-            f"{self.failed} failed · {made} call{'' if made == 1 else 's'} made, {self.cached} from the cache · "
-            f"{tokens:,} tokens"
-        )
+        return f"{self.failed} failed · {made} made, {self.cached} from the cache · {tokens:,} tokens"
 
 
 class Bar:

@@ -169,7 +169,7 @@ VALUES = {
     "first_user_s": re.compile(r"first result at ([\d.]+) s"),
     "write_s": re.compile(r"users written \(([\d.]+) s of writes\)"),
     "flow_wall_s": re.compile(r"this invocation: .*?([\d.]+) s\s*$"),
-    "new_calls": re.compile(r"this invocation: \d+ users simulated, ([\d,]+) LLM calls"),
+    "new_calls": re.compile(r"this invocation: [\d,]+ users? simulated, ([\d,]+) LLM calls?"),
 }
 
 
