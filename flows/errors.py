@@ -22,10 +22,9 @@ def friendly_errors(
     try:
         with sigterm_interrupts():
             yield
-    except KeyboardInterrupt:
-        fail(interrupted if isinstance(interrupted, str) else interrupted(), 130)
     except BaseException as exc:
-        if type(exc).__name__ == "TerminationSignal":  # SIGTERM as Prefect's flow engine raises it
+        # Ctrl-C, or SIGTERM as Prefect's flow engine raises it
+        if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TerminationSignal":
             fail(interrupted if isinstance(interrupted, str) else interrupted(), 130)
         if not isinstance(exc, Exception):
             raise
