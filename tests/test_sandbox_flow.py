@@ -159,6 +159,7 @@ def test_two_rounds_resume_and_export(sandbox, llm_server, tmp_path):
         assert got == counts, fmt
     with pytest.raises(ValueError, match="no sandbox"):
         export(db, "sbx-missing", tmp_path / "x", "csv")
+    assert not (tmp_path / "x").exists()  # a failed export leaves no empty folder behind
 
     # the CLI: `doppel sandbox export` and the printed summary
     from typer.testing import CliRunner
@@ -183,8 +184,11 @@ def test_two_rounds_resume_and_export(sandbox, llm_server, tmp_path):
     )
     assert done.exit_code == 0, done.output
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == sorted(f"{t}.csv" for t in TABLES)
-    missing = CliRunner().invoke(app, ["sandbox", "export", "--sandbox-id", "nope", "--db", db])
+    missing = CliRunner().invoke(
+        app, ["sandbox", "export", "--sandbox-id", "nope", "--db", db, "--out", str(tmp_path / "none")]
+    )
     assert missing.exit_code == 2 and "no sandbox 'nope'" in missing.output  # one line, no traceback
+    assert not (tmp_path / "none").exists()
     with console.capture() as captured:
         print_sandbox({**summary, "status": "finished"})
     text = captured.get()

@@ -159,12 +159,12 @@ def export(db: str | Path, sandbox_id: str, out_dir: str | Path, fmt: str) -> li
     if fmt not in ("parquet", "csv", "json"):
         raise ValueError(f"unknown format {fmt!r}: parquet, csv or json")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     written = []
     with connect(db, read_only=True) as con:
         found = execute(con, "sandbox_run", sandbox_id=sandbox_id)
         if found is None or found.empty:
             raise ValueError(f"no sandbox {sandbox_id!r} in {db}")
+        out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
         for table in TABLES:
             select = sql_text("queries/sandbox_export.sql").replace("{table}", table)
             relation = con.sql(select, params={"sandbox_id": sandbox_id})
