@@ -40,6 +40,7 @@ from doppel.tasks.ensemble.store import (
 from doppel.tasks.ensemble.vocabulary import build_vocabulary, vocabulary_stats
 from doppel.tasks.ensemble.voters import Index
 from doppel.tasks.ingest import ingest
+from doppel.tasks.llm.calls import CallOwner
 from doppel.tasks.llm.templates import prompt_hash
 from doppel.tasks.settings import LLMSettings
 from doppel.tasks.store.db import init_db
@@ -153,6 +154,7 @@ def analyse_left(settings: EnsembleSettings, plan: EnsemblePlan) -> dict:
             settings=settings,
             llm=run_on.llm,
             model_id=run_on.model_id,
+            owner=CallOwner(plan.run_id),
         )
 
 
@@ -200,8 +202,10 @@ def analyse_items(
     settings: EnsembleSettings,
     llm: LLMSettings,
     model_id: str,
+    owner: CallOwner | None = None,
 ) -> dict:
-    """Item-analysis chunks on the task runner; every finished item is written as it arrives."""
+    """Item-analysis chunks on the task runner; every finished item is written as it arrives (`owner`: this
+    invocation of the ensemble, so a resume pays for the answers an interrupted one never recorded)."""
     jobs = plan_jobs(settings, dataset, model, item_ids)
     if not jobs:
         return {"jobs": 0, "written": 0}
@@ -225,6 +229,7 @@ def analyse_items(
         pack=PackedItems,
         model_id=model_id,
         cache_dir=str(settings.run.cache_dir()),
+        owner=owner,
         options={
             "max_keywords": settings.max_keywords,
             "max_tokens": settings.max_tokens,

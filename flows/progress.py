@@ -129,6 +129,7 @@ class Tally:
     with_failures: int = 0  # results with at least one failure
     calls: int = 0  # calls made now (not answered from the cache)
     cached: int = 0  # calls answered from the response cache
+    replayed: int = 0  # of those, this owner's own calls from an invocation that did not record them
     prompt_tokens: int = 0
     completion_tokens: int = 0
     llm_s: float = 0.0  # seconds spent in calls made now
@@ -141,6 +142,7 @@ class Tally:
         self.with_failures += result.n_failed > 0
         self.calls += len(new)
         self.cached += len(result.calls) - len(new)
+        self.replayed += sum(c.replayed for c in result.calls)
         self.prompt_tokens += sum(c.prompt_tokens for c in new)
         self.completion_tokens += sum(c.completion_tokens for c in new)
         self.llm_s += sum(c.latency_s for c in new)

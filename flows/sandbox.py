@@ -27,6 +27,7 @@ from doppel.flows.runtime import engines
 from doppel.tasks.ensemble import embeddings as emb
 from doppel.tasks.ensemble.config import model_key
 from doppel.tasks.ingest import ingest
+from doppel.tasks.llm.calls import CallOwner
 from doppel.tasks.llm.templates import prompt_hash
 from doppel.tasks.sandbox import build, memory, social, store
 from doppel.tasks.sandbox.config import SandboxSettings
@@ -69,16 +70,6 @@ def new_sandbox_id() -> str:
     return datetime.now(UTC).strftime("sbx-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
-def finished_rounds(db: str, sandbox_id: str) -> int:
-    rounds = store.read(db, "sandbox_rounds", sandbox_id=sandbox_id)
-    done = 0
-    for r in rounds.itertuples(index=False):
-        if r.round != done + 1 or r.status != "finished":
-            break
-        done = r.round
-    return done
-
-
 def run_sandbox(settings: SandboxSettings, control: Control | None = None) -> dict:
     """Set up (once) and play rounds up to `settings.rounds`; returns the summary of the whole sandbox."""
     started = time.monotonic()
@@ -87,15 +78,17 @@ def run_sandbox(settings: SandboxSettings, control: Control | None = None) -> di
     finish = partial(finish_sandbox, settings.run.db, plan.sandbox_id, control)
     with lifecycle(finish, start=partial(register, settings, plan)) as run:
         with engines(threads(settings), settings.llm, start=plan.needs_llm) as run_on:
-            sandbox_setup(settings, plan.sandbox_id, plan.dataset, run_on.llm, run_on.model_id)
+            sandbox_setup(settings, plan.sandbox_id, plan.dataset, run_on.llm, run_on.model_id, plan.owner)
             for round_no in plan.rounds_left:
                 if control.stop.is_set():
                     break
                 sandbox_round.with_options(task_runner=run_on.task_runner())(
-                    settings, plan.sandbox_id, plan.dataset, round_no, run_on.llm, run_on.model_id
+                    settings, plan.sandbox_id, plan.dataset, round_no, run_on.llm, run_on.model_id, plan.owner
                 )
                 control.round = round_no
-        run.status = "finished" if finished_rounds(settings.run.db, plan.sandbox_id) >= settings.rounds else "paused"
+        run.status = (
+            "finished" if store.finished_rounds(settings.run.db, plan.sandbox_id) >= settings.rounds else "paused"
+        )
     return {
         **store.summary(settings.run.db, plan.sandbox_id),
         "status": run.status,
@@ -106,13 +99,15 @@ def run_sandbox(settings: SandboxSettings, control: Control | None = None) -> di
 
 @dataclass
 class SandboxPlan:
-    """Which sandbox, on which dataset; the rounds left; whether the LLM is needed (rounds or agents to build)."""
+    """Which sandbox, on which dataset; the rounds left; whether the LLM is needed (rounds or agents to build);
+    whose calls this invocation makes (a resume pays again for what an interrupted one never recorded)."""
 
     sandbox_id: str
     dataset: str
     done: int
     rounds_left: list[int]
     needs_llm: bool
+    owner: CallOwner
 
 
 def plan_sandbox(settings: SandboxSettings, control: Control) -> SandboxPlan:
@@ -122,11 +117,11 @@ def plan_sandbox(settings: SandboxSettings, control: Control) -> SandboxPlan:
     sandbox_id = settings.sandbox_id or new_sandbox_id()
     control.sandbox_id = sandbox_id
     dataset, _ = ingest(settings.run.model_copy(update={"folds": [settings.fold]}))
-    done = finished_rounds(db, sandbox_id)
+    done = store.finished_rounds(db, sandbox_id)
     left = list(range(done + 1, settings.rounds + 1))
     has_agents = not store.read(db, "sandbox_agents", sandbox_id=sandbox_id).empty
     control.round, control.status = done, "running"
-    return SandboxPlan(sandbox_id, dataset, done, left, bool(left) or not has_agents)
+    return SandboxPlan(sandbox_id, dataset, done, left, bool(left) or not has_agents, CallOwner(sandbox_id))
 
 
 def register(settings: SandboxSettings, plan: SandboxPlan) -> None:
@@ -155,7 +150,14 @@ def threads(settings: SandboxSettings) -> RunSettings:
 
 
 @flow(name="doppel-sandbox-setup")
-def sandbox_setup(settings: SandboxSettings, sandbox_id: str, dataset: str, llm: LLMSettings, model_id: str) -> dict:
+def sandbox_setup(
+    settings: SandboxSettings,
+    sandbox_id: str,
+    dataset: str,
+    llm: LLMSettings,
+    model_id: str,
+    owner: CallOwner | None = None,
+) -> dict:
     """Agents from dataset users (profile from a doppel run or built now), the friendship graph, first memories."""
     logger = get_run_logger()
     db = settings.run.db
@@ -180,7 +182,9 @@ def sandbox_setup(settings: SandboxSettings, sandbox_id: str, dataset: str, llm:
     todo = [(u, demo.get(u, "") or "a viewer", build.history_items(histories[u])) for u in users if u not in profiles]
     calls, errors = [], {}
     if todo:
-        for user_id, text, error, user_calls in profiles_with_progress(settings, sandbox_id, todo, llm, model_id):
+        for user_id, text, error, user_calls in profiles_with_progress(
+            settings, sandbox_id, todo, llm, model_id, owner
+        ):
             calls += [(user_id, c) for c in user_calls]
             if text is None:
                 errors[user_id] = error or "no profile"
@@ -233,7 +237,7 @@ def sandbox_setup(settings: SandboxSettings, sandbox_id: str, dataset: str, llm:
 
 
 def profiles_with_progress(
-    settings: SandboxSettings, sandbox_id: str, todo: list, llm: LLMSettings, model_id: str
+    settings: SandboxSettings, sandbox_id: str, todo: list, llm: LLMSettings, model_id: str, owner: CallOwner | None
 ) -> list:
     """Build profiles with the fan-out (one chunk holding the whole concurrency) while a bar counts them."""
     built: list = []
@@ -250,6 +254,7 @@ def profiles_with_progress(
         progress=settings.run.progress,
         model_id=model_id,
         cache_dir=str(settings.run.cache_dir()),
+        owner=owner,
     ).raise_for_errors("profile chunk(s)")
     return [(b.user_id, b.text, b.error, b.calls) for b in built]
 
@@ -293,7 +298,13 @@ def plan_turns(
 
 @flow(name="doppel-sandbox-round")
 def sandbox_round(
-    settings: SandboxSettings, sandbox_id: str, dataset: str, round_no: int, llm: LLMSettings, model_id: str
+    settings: SandboxSettings,
+    sandbox_id: str,
+    dataset: str,
+    round_no: int,
+    llm: LLMSettings,
+    model_id: str,
+    owner: CallOwner | None = None,
 ) -> dict:
     """One round: recommender, posts read, memories retrieved, agents fanned out, rows written as they arrive."""
     logger = get_run_logger()
@@ -327,6 +338,7 @@ def sandbox_round(
         llm,
         model_id,
         {a.agent_id: a.user_id for a in agents},
+        owner,
     )
     stats["wall_s"] = round(time.monotonic() - t0, 2)
     store.finish_round(db, sandbox_id, round_no, stats)
@@ -344,6 +356,7 @@ def play_round(
     llm: LLMSettings,
     model_id: str,
     user_of: dict[str, str],
+    owner: CallOwner | None,
 ) -> dict:
     """Agent chunks on the task runner; every finished agent's rows are written as they arrive."""
 
@@ -368,13 +381,15 @@ def play_round(
         cfg=settings,
         model_id=model_id,
         cache_dir=str(settings.run.cache_dir()),
+        owner=owner,
     )
     gathered.raise_for_errors(f"agent chunk(s) of round {round_no}")  # the round stays unfinished: a rerun redoes it
     tally = gathered.tally
     return {
         "active": sum(t.active for t in turns),
-        "new_calls": tally.calls,
-        "cached_calls": tally.cached,
+        # the round's bill: a redone round also paid, in the interrupted invocation, for what it replays now
+        "new_calls": tally.calls + tally.replayed,
+        "cached_calls": tally.cached - tally.replayed,
         "failed": tally.failed,
         "agents": tally.results,
         "llm_s": round(tally.llm_s, 2),

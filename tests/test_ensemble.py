@@ -375,6 +375,24 @@ def test_ensemble_flow_end_to_end_and_rerun_makes_no_calls(prefect_server, scrip
     wanted = {f"ensemble:{v}" for v in ("f_mat", "f_sim", "f_sta", "vote")}
     assert wanted <= set(metrics["simulator"]) and {"auc", "accuracy", "coverage", "n"} <= set(metrics["metric"])
 
+    # interrupted before five analyses were written (their calls made, answers cached, nothing recorded):
+    # the resume reads them back from the cache and bills them once, as the calls they were
+    bill = "select count(*), sum(prompt_tokens + completion_tokens) from llm_calls where run_id = 'ens-test' and not cached"
+    with duckdb.connect(settings.run.db) as con:
+        paid = con.execute(bill).fetchone()
+        lost = [r[0] for r in con.execute("select item_id from item_analysis order by item_id limit 5").fetchall()]
+        con.execute(
+            "delete from llm_calls where call_key in (select call_key from item_analysis where item_id in ?)", [lost]
+        )
+        for table in ("item_keywords", "item_analysis"):
+            con.execute(f"delete from {table} where item_id in ?", [lost])
+        assert con.execute(bill).fetchone()[0] == 20
+    before = scripted.stats()["requests"]
+    resumed = ensemble(settings)
+    assert scripted.stats()["requests"] == before and resumed["analysis"]["jobs"] == 5
+    with duckdb.connect(settings.run.db, read_only=True) as con:
+        assert con.execute(bill).fetchone() == paid
+
     # a spine run's LLM ratings on some of the pairs (here: the truth) are scored on exactly those pairs
     con = duckdb.connect(settings.run.db)
     try:

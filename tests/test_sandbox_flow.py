@@ -137,14 +137,26 @@ def test_two_rounds_resume_and_export(sandbox, llm_server, tmp_path):
         k: [r for r in v if r[0] != 3 and not (k == "sandbox_memories" and r[1] == 3)] for k, v in after3.items()
     } == before
 
-    # round 3 interrupted half-way (marked running, some rows written): the rerun redoes it from the cache
+    # round 3 interrupted half-way (marked running; A01 and A02 had made their calls, but neither their rows
+    # nor their calls were written): the rerun redoes it from the cache, and bills those calls once
+    bill = "select count(*), sum(prompt_tokens + completion_tokens) from llm_calls where run_id = 'sbx-test' and not cached"
+    round3 = "select new_calls, cached_calls from sandbox_rounds where sandbox_id = 'sbx-test' and round = 3"
     with duckdb.connect(db) as con:
+        paid, round3_bill = con.execute(bill).fetchone(), con.execute(round3).fetchone()
+        con.execute(
+            "delete from llm_calls where run_id = 'sbx-test' and created_at >= (select started from sandbox_rounds "
+            "where sandbox_id = 'sbx-test' and round = 3) and user_id in (select user_id from sandbox_agents "
+            "where sandbox_id = 'sbx-test' and agent_id in ('A01', 'A02'))"
+        )
+        assert con.execute(bill).fetchone()[0] < paid[0]
         con.execute("update sandbox_rounds set status = 'running', finished = null where round = 3")
         con.execute("delete from sandbox_actions where round = 3 and agent_id in ('A01', 'A02')")
     calls_before = llm_server.stats()["requests"]
     run_sandbox(settings.model_copy(update={"rounds": 3}))
-    assert llm_server.stats()["requests"] == calls_before  # cached answers are free
+    assert llm_server.stats()["requests"] == calls_before  # cached answers: no call made again
     assert tables(db, "sbx-test") == after3
+    with duckdb.connect(db, read_only=True) as con:
+        assert con.execute(bill).fetchone() == paid and con.execute(round3).fetchone() == round3_bill
 
     # exported files hold exactly the sandbox's rows
     with duckdb.connect(db, read_only=True) as con:

@@ -1,6 +1,6 @@
 -- finished item analyses in one transaction; new_analysis (item_id, source, status, n_pros, n_cons, error,
--- call_key, prompt_hash), new_keywords (item_id, source, polarity, keyword), new_calls (llm_calls columns).
--- A rerun replaces what it recomputed.
+-- call_key, prompt_hash), new_keywords (item_id, source, polarity, keyword); before it, record_calls.sql
+-- writes new_calls. A rerun replaces what it recomputed.
 delete from item_keywords k using new_analysis a
 where k.dataset = $dataset and k.model = $model and k.item_id = a.item_id and k.source = a.source;
 
@@ -12,9 +12,3 @@ insert or replace into item_analysis (dataset, model, item_id, source, status, n
 select $dataset, $model, item_id, source, status, n_pros, n_cons, error, call_key, prompt_hash, $run_id,
        current_timestamp
 from new_analysis;
-
-insert into llm_calls (call_key, run_id, fold, user_id, prompt_name, prompt_hash, model, status, cached,
-                       attempts, prompt_tokens, completion_tokens, latency_s, cached_prompt_tokens, error, response)
-select call_key, $run_id, null, null, prompt_name, prompt_hash, model, status, cached,
-       attempts, prompt_tokens, completion_tokens, latency_s, cached_prompt_tokens, error, response
-from new_calls;

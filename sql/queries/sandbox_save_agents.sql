@@ -1,4 +1,5 @@
--- the set-up in one transaction: new_agents, new_friends, new_memories (round 0), new_calls (llm_calls columns)
+-- the set-up in one transaction: new_agents, new_friends, new_memories (round 0); before it, record_calls.sql
+-- writes new_calls
 insert into sandbox_agents (sandbox_id, agent_id, user_id, demographics, profile, profile_source, profile_error,
                             activity)
 select $sandbox_id, agent_id, user_id, demographics, profile, profile_source, profile_error, activity
@@ -9,9 +10,3 @@ select $sandbox_id, agent_id, friend_id, source from new_friends;
 
 insert into sandbox_memories (sandbox_id, agent_id, round, seq, kind, text, importance, embedding)
 select $sandbox_id, agent_id, 0, seq, kind, text, importance, embedding::float[] from new_memories;
-
-insert into llm_calls (call_key, run_id, fold, user_id, prompt_name, prompt_hash, model, status, cached,
-                       attempts, prompt_tokens, completion_tokens, latency_s, cached_prompt_tokens, error, response)
-select call_key, $sandbox_id, null, user_id, prompt_name, prompt_hash, model, status, cached,
-       attempts, prompt_tokens, completion_tokens, latency_s, cached_prompt_tokens, error, response
-from new_calls;

@@ -1,4 +1,5 @@
--- finished agents of round $round in one transaction; k orders rows as the agents produced them
+-- finished agents of round $round in one transaction (before it, record_calls.sql writes their calls);
+-- k orders rows as the agents produced them
 insert into sandbox_actions (sandbox_id, round, agent_id, step, action, detail, status, error, call_key, seq)
 select $sandbox_id, $round, agent_id, step, action, detail, status, error, call_key,
        (select coalesce(max(seq), 0) from sandbox_actions where sandbox_id = $sandbox_id) + row_number() over (order by k)
@@ -23,9 +24,3 @@ select $sandbox_id, agent_id, $round,
        (select coalesce(max(seq), 0) from sandbox_memories where sandbox_id = $sandbox_id) + row_number() over (order by k),
        kind, text, importance, embedding::float[]
 from new_memories;
-
-insert into llm_calls (call_key, run_id, fold, user_id, prompt_name, prompt_hash, model, status, cached,
-                       attempts, prompt_tokens, completion_tokens, latency_s, cached_prompt_tokens, error, response)
-select call_key, $sandbox_id, null, user_id, prompt_name, prompt_hash, model, status, cached,
-       attempts, prompt_tokens, completion_tokens, latency_s, cached_prompt_tokens, error, response
-from new_calls;

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from doppel.tasks.llm.calls import CallRecord
+from doppel.tasks.llm.calls import CallOwner, CallRecord
 from doppel.tasks.llm.gateway import LLMGateway
 from doppel.tasks.llm.repair import ask_until_valid
 from doppel.tasks.llm.schemas import load_json
@@ -221,17 +221,34 @@ class PackedItems(Packed):
 
 
 def run_analysis_chunk(
-    packed: PackedItems, llm, model_id: str, cache_dir: str, limits: LimitSpec, options: dict, channel
+    packed: PackedItems,
+    llm,
+    model_id: str,
+    cache_dir: str,
+    limits: LimitSpec,
+    options: dict,
+    channel,
+    owner: CallOwner | None = None,
 ) -> list[str]:
     """Synchronous entry for a task-runner thread or Dask worker: analyse the chunk's (item, source) jobs
-    concurrently (a few more in flight than slots); each result goes out through `channel` as it finishes."""
+    concurrently (a few more in flight than slots); each result goes out through `channel` as it finishes.
+    `owner`: the ensemble's invocation (tasks.llm.calls.CallOwner)."""
 
     async def work(gateway: LLMGateway, job: tuple[ItemFacts, str]) -> ItemAnalysis:
         return await analyse_item(gateway, job[0], job[1], **options)
 
     started = time.monotonic()
     done = run_chunk(
-        packed.unpack(), work, llm, model_id, cache_dir, limits, channel, 2 * limits.local_slots, lambda r: r.item_id
+        packed.unpack(),
+        work,
+        llm,
+        model_id,
+        cache_dir,
+        limits,
+        channel,
+        2 * limits.local_slots,
+        lambda r: r.item_id,
+        owner,
     )
     logging.getLogger("doppel").info("item chunk of %d jobs done in %.2f s", packed.n, time.monotonic() - started)
     return done

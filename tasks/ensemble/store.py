@@ -15,7 +15,7 @@ from doppel.tasks.llm.templates import prompt_hash
 from doppel.tasks.paths import sql_text
 from doppel.tasks.store.db import connect, query, transaction
 from doppel.tasks.store.schema import frame_columns
-from doppel.tasks.store.writes import CALL_COLUMNS, write_checked
+from doppel.tasks.store.writes import RECORDED_CALL_COLUMNS, write_checked
 
 # the tables' columns (sql/ensemble.sql) minus the ones the insert binds itself or fills by default
 ANALYSIS_COLUMNS = frame_columns("item_analysis", ("dataset", "model", "run_id", "analysed_at"))
@@ -59,10 +59,12 @@ def save_item_results(db: str | Path, run_id: str, dataset: str, model: str, res
         ],
         columns=KEYWORD_COLUMNS,
     )
-    calls = pd.DataFrame([asdict(c) for r in results for c in r.calls], columns=CALL_COLUMNS)
+    calls = pd.DataFrame(
+        [{"fold": None, "user_id": None, **asdict(c)} for r in results for c in r.calls], columns=RECORDED_CALL_COLUMNS
+    )
     transaction(
         db,
-        "ensemble_save_items",
+        ("record_calls", "ensemble_save_items"),
         {"new_analysis": analysis, "new_keywords": keywords, "new_calls": calls},
         run_id=run_id,
         dataset=dataset,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from doppel.tasks.llm.calls import CallRecord
+from doppel.tasks.llm.calls import CallOwner, CallRecord
 from doppel.tasks.llm.gateway import LLMGateway
 from doppel.tasks.llm.session import LimitSpec, run_chunk
 from doppel.tasks.records import HistoryItem, Packed
@@ -102,8 +102,10 @@ def build_profiles(
     cache_dir: str,
     limits: LimitSpec,
     channel,
+    owner: CallOwner | None = None,
 ) -> list[str]:
-    """A `BuiltProfile` per packed (user_id, demographics, history), each sent through `channel` as it is ready."""
+    """A `BuiltProfile` per packed (user_id, demographics, history), each sent through `channel` as it is ready
+    (`owner`: the sandbox's invocation, see tasks.llm.calls.CallOwner)."""
 
     async def work(gateway: LLMGateway, job: tuple[str, str, list[HistoryItem]]) -> BuiltProfile:
         user_id, demographics, history = job
@@ -113,7 +115,9 @@ def build_profiles(
         return BuiltProfile(user_id, outcome.text, outcome.error, outcome.calls)
 
     works = packed.unpack()
-    return run_chunk(works, work, llm, model_id, cache_dir, limits, channel, limits.local_slots, lambda r: r.user_id)
+    return run_chunk(
+        works, work, llm, model_id, cache_dir, limits, channel, limits.local_slots, lambda r: r.user_id, owner
+    )
 
 
 def run_turns(
@@ -126,6 +130,7 @@ def run_turns(
     cache_dir: str,
     limits: LimitSpec,
     channel,
+    owner: CallOwner | None = None,
 ) -> list[str]:
     """Synchronous entry for a task-runner thread: play the chunk's turns; each outcome goes out via `channel`."""
 
@@ -139,4 +144,4 @@ def run_turns(
     in_flight = 1 if limits.local_slots == 1 else 2 * limits.local_slots
     sampled = llm.model_copy(update={"temperature": cfg.temperature})
     turns = packed.unpack()
-    return run_chunk(turns, work, sampled, model_id, cache_dir, limits, channel, in_flight, lambda o: o.agent_id)
+    return run_chunk(turns, work, sampled, model_id, cache_dir, limits, channel, in_flight, lambda o: o.agent_id, owner)

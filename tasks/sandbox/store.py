@@ -16,7 +16,7 @@ from doppel.tasks.sandbox.records import Agent, Outcome
 from doppel.tasks.sandbox.social import neighbours
 from doppel.tasks.store.db import connect, execute, query, transaction
 from doppel.tasks.store.schema import frame_columns
-from doppel.tasks.store.writes import CALL_COLUMNS, write_checked
+from doppel.tasks.store.writes import RECORDED_CALL_COLUMNS, write_checked
 
 TABLES = (
     "sandbox_runs",
@@ -77,8 +77,10 @@ def set_status(db: str | Path, sandbox_id: str, status: str) -> None:
 
 
 def calls_frame(rows: list[tuple[str, CallRecord]]) -> pd.DataFrame:
-    """(user id, CallRecord) pairs as llm_calls rows."""
-    return pd.DataFrame([{"user_id": user, **asdict(call)} for user, call in rows], columns=["user_id", *CALL_COLUMNS])
+    """(user id, CallRecord) pairs as the rows of sql/queries/record_calls.sql (no fold)."""
+    return pd.DataFrame(
+        [{"fold": None, "user_id": user, **asdict(call)} for user, call in rows], columns=RECORDED_CALL_COLUMNS
+    )
 
 
 def save_setup(
@@ -91,9 +93,10 @@ def save_setup(
 ) -> None:
     transaction(
         db,
-        "sandbox_save_agents",
+        ("record_calls", "sandbox_save_agents"),
         {"new_agents": agents, "new_friends": friends, "new_memories": memories, "new_calls": calls},
         sandbox_id=sandbox_id,
+        run_id=sandbox_id,
     )
 
 
@@ -135,7 +138,16 @@ def outcome_frames(outcomes: list[Outcome], user_of: dict[str, str], embed) -> d
 def save_outcomes(db: str | Path, sandbox_id: str, round_no: int, frames: dict[str, pd.DataFrame]) -> None:
     """A round's outcomes under the sandbox_actions and sandbox_ratings contracts (expectations/)."""
     contracts = {"sandbox_actions": "sandbox_round_actions", "sandbox_ratings": "sandbox_round_ratings"}
-    write_checked(db, "sandbox_save_outcomes", frames, contracts, sandbox_id, sandbox_id=sandbox_id, round=round_no)
+    write_checked(
+        db,
+        ("record_calls", "sandbox_save_outcomes"),
+        frames,
+        contracts,
+        sandbox_id,
+        sandbox_id=sandbox_id,
+        run_id=sandbox_id,
+        round=round_no,
+    )
 
 
 def finish_round(db: str | Path, sandbox_id: str, round_no: int, stats: dict) -> None:
@@ -177,6 +189,17 @@ def export(db: str | Path, sandbox_id: str, out_dir: str | Path, fmt: str) -> li
                 relation.df().to_json(path, orient="records", lines=True, date_format="iso")
             written.append(path)
     return written
+
+
+def finished_rounds(db: str | Path, sandbox_id: str) -> int:
+    """The last round of an unbroken run of finished rounds from round 1 (0: none); a resume goes on after it."""
+    rounds = read(db, "sandbox_rounds", sandbox_id=sandbox_id)
+    done = 0
+    for r in rounds.itertuples(index=False):
+        if r.round != done + 1 or r.status != "finished":
+            break
+        done = r.round
+    return done
 
 
 def load_agents(db: str, sandbox_id: str) -> list[Agent]:

@@ -108,14 +108,18 @@ def statements(name: str) -> list[str]:
 
 
 def execute(
-    con: duckdb.DuckDBPyConnection, name: str, frames: dict[str, pd.DataFrame] | None = None, **params: Any
+    con: duckdb.DuckDBPyConnection,
+    name: str | tuple[str, ...],
+    frames: dict[str, pd.DataFrame] | None = None,
+    **params: Any,
 ) -> pd.DataFrame | None:
-    """Run every statement of a query file; returns the last statement's rows (if it has any)."""
+    """Run every statement of a query file (or of several, in order); returns the last statement's rows
+    (if it has any)."""
     for view, frame in (frames or {}).items():
         con.register(view, frame)
     try:
         out = None
-        for sql in statements(name):
+        for sql in (s for n in ((name,) if isinstance(name, str) else name) for s in statements(n)):
             used = {k: params[k] for k in dict.fromkeys(_PARAM.findall(sql)) if k in params}
             cursor = con.execute(sql.rstrip(";"), used)
             out = cursor.df() if cursor.description else None
@@ -148,13 +152,13 @@ def first_run(db_path: str | Path, name: str, **params: Any) -> dict | None:
 
 def transaction(
     db_path: str | Path,
-    name: str,
+    name: str | tuple[str, ...],
     frames: dict[str, pd.DataFrame] | None = None,
     check: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
     **params: Any,
 ) -> None:
-    """Run a query file as one transaction on a short-lived connection; `check(con)` sees the written
-    rows before the commit, and whatever it raises rolls the transaction back."""
+    """Run a query file (or several, in order) as one transaction on a short-lived connection; `check(con)`
+    sees the written rows before the commit, and whatever it raises rolls the transaction back."""
     with connect(db_path) as con:
         con.begin()
         try:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 PROFILE_COLUMNS = frame_columns("profiles", ("run_id", "fold", "user_id"))
 RATING_COLUMNS = frame_columns("simulated_ratings", ("run_id", "fold", "user_id"))
 CALL_COLUMNS = frame_columns("llm_calls", ("run_id", "fold", "user_id", "created_at"))
+RECORDED_CALL_COLUMNS = ["fold", "user_id", *CALL_COLUMNS, "replayed"]  # new_calls of sql/queries/record_calls.sql
 
 
 def save_dataset(db: str | Path, ds: Dataset) -> None:
@@ -86,11 +87,11 @@ def save_user_results(db: str | Path, run_id: str, results: list, retries: dict[
     ).astype({"rating": "Int64", "rating_probs_draws": "Int64"})
     calls = pd.DataFrame(
         [{"fold": r.fold, "user_id": r.user_id, **asdict(c)} for r in results for c in r.calls],
-        columns=["fold", "user_id", *CALL_COLUMNS, "replayed"],
+        columns=RECORDED_CALL_COLUMNS,
     )
     transaction(
         db,
-        "save_user_results",
+        ("record_calls", "save_user_results"),
         {"new_users": users, "new_profiles": profiles, "new_ratings": ratings, "new_calls": calls},
         run_id=run_id,
     )
@@ -119,7 +120,7 @@ def save_metrics(db: str | Path, run_id: str, metrics: pd.DataFrame) -> None:
 
 def write_checked(
     db: str | Path,
-    name: str,
+    name: str | tuple[str, ...],
     frames: dict[str, pd.DataFrame],
     contracts: dict[str, str],
     owner: str,
