@@ -205,7 +205,7 @@ def analyse_items(
     owner: CallOwner | None = None,
 ) -> dict:
     """Item-analysis chunks on the task runner; every finished item is written as it arrives (`owner`: this
-    invocation of the ensemble, so a resume pays for the answers an interrupted one never recorded)."""
+    invocation of the ensemble, so a resume records, once, the calls an interrupted one made but never wrote)."""
     jobs = plan_jobs(settings, dataset, model, item_ids)
     if not jobs:
         return {"jobs": 0, "written": 0}

@@ -100,7 +100,7 @@ def run_sandbox(settings: SandboxSettings, control: Control | None = None) -> di
 @dataclass
 class SandboxPlan:
     """Which sandbox, on which dataset; the rounds left; whether the LLM is needed (rounds or agents to build);
-    whose calls this invocation makes (a resume pays again for what an interrupted one never recorded)."""
+    whose calls this invocation makes (a resume records, once, the calls an interrupted one made but never wrote)."""
 
     sandbox_id: str
     dataset: str
