@@ -169,15 +169,16 @@ def load_dataset_reviews(settings: EnsembleSettings, dataset: str) -> int:
     return len(reviews)
 
 
-def plan_jobs(settings: EnsembleSettings, dataset: str, model: str, item_ids: list[str]) -> list[tuple[ItemFacts, str]]:
-    """(item, source) pairs still without a successful analysis: obj for every item, sub where reviews exist."""
+def plan_jobs(
+    settings: EnsembleSettings, dataset: str, model: str, item_ids: list[str]
+) -> list[tuple[ItemFacts, str, int]]:
+    """(item, source, retries) still without a successful analysis: obj for every item, sub where reviews
+    exist; one that failed before is asked again as a new sample (retries: one more than last time)."""
     db = settings.run.db
     done = read(db, "ensemble_analysed", dataset=dataset, model=model)
-    ok = (
-        set(zip(done.loc[done["status"] == "ok", "item_id"], done.loc[done["status"] == "ok", "source"]))
-        if not done.empty
-        else set()
-    )
+    ok = set(zip(done.loc[done["status"] == "ok", "item_id"], done.loc[done["status"] == "ok", "source"]))
+    failed = done[done["status"] != "ok"]
+    retries = {(i, s): int(r) + 1 for i, s, r in zip(failed["item_id"], failed["source"], failed["retries"])}
     catalogue = read(db, "ensemble_catalogue", dataset=dataset, fold=settings.fold).set_index("item_id")
     reviews = read(db, "ensemble_item_reviews", dataset=dataset, per_item=settings.reviews_per_item)
     by_item = reviews.groupby("item_id")["review"].apply(tuple).to_dict() if not reviews.empty else {}
@@ -189,7 +190,7 @@ def plan_jobs(settings: EnsembleSettings, dataset: str, model: str, item_ids: li
         for source in ("obj", "sub"):
             if (item_id, source) in ok or (source == "sub" and not facts.reviews):
                 continue
-            jobs.append((facts, source))
+            jobs.append((facts, source, retries.get((item_id, source), 0)))
     return jobs
 
 

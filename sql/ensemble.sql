@@ -16,6 +16,7 @@ create table if not exists item_analysis (
     prompt_hash varchar not null,
     run_id      varchar not null,
     analysed_at timestamp not null default current_timestamp,
+    retries     integer default 0,       -- reruns that asked again after it failed (each a new sample)
     primary key (dataset, model, item_id, source)
 );
 

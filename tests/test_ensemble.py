@@ -410,3 +410,45 @@ def test_ensemble_flow_end_to_end_and_rerun_makes_no_calls(prefect_server, scrip
     scores = {(m["simulator"], m["metric"]): m["value"] for m in again["metrics"]}
     assert scores[("llm:like@llm-rows", "accuracy")] == 1.0 and scores[("llm:like@llm-rows", "n")] == 40
     assert scores[("ensemble:vote@llm-rows", "n")] == 40 and scores[("ensemble:vote", "n")] == len(votes)
+
+
+@pytest.mark.slow
+def test_a_rerun_asks_a_failed_analysis_again_as_a_new_sample(prefect_server, llm_server, run_settings):
+    """At temperature 0 a failed analysis would fail the same way from the cache at every rerun: the rerun
+    asks it again as a new sample (seed, cache key, temperature >= 0.7), and records how often it did."""
+    import duckdb
+
+    from doppel.flows.ensemble import ensemble
+
+    stubborn: list[str] = []  # the first movie asked about: prose at temperature 0, keywords otherwise
+
+    def answer(kind: str, body: dict) -> str | None:
+        movie = re.search(r"Movie: [^\n]*", body["messages"][0]["content"])
+        if movie is None:
+            return None
+        stubborn[:] = stubborn or [movie.group(0)]
+        if movie.group(0) == stubborn[0] and body.get("temperature", 0) == 0:
+            return "I would rather not say."
+        return genre_keywords(kind, body)
+
+    llm_server.app.answer_fn = answer
+    try:
+        settings = EnsembleSettings(
+            run=run_settings(synthetic_users=24, synthetic_items=60, runner="threads"),
+            fold="u1",
+            items=4,
+            sasrec=SASRecSettings(maxlen=20, dim=16, blocks=1, heads=1, epochs=1, batch_size=16),
+        )
+        first = ensemble(settings)
+        assert first["analysis"]["ok"] == 3 and first["analysis"]["failed"] == 1
+        before = llm_server.stats()["requests"]
+        second = ensemble(settings)
+        assert second["analysis"]["jobs"] == 1 and second["analysis"]["ok"] == 1
+        assert llm_server.stats()["requests"] == before + 1  # asked again, not read back from the cache
+        assert llm_server.log()[-1]["request"]["temperature"] >= 0.7
+        with duckdb.connect(settings.run.db, read_only=True) as con:
+            rows = con.execute("select status, retries from item_analysis order by retries").fetchall()
+        assert rows == [("ok", 0)] * 3 + [("ok", 1)]
+        assert ensemble(settings)["analysis"]["jobs"] == 0
+    finally:
+        llm_server.app.answer_fn = None

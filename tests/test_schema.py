@@ -43,12 +43,13 @@ def test_the_migration_runs_once_and_is_recorded(tmp_path):
     con = duckdb.connect(db)
     con.execute(OLD_SIMULATED_RATINGS)
     con.close()
-    assert init_db(db) == [1, 2] and init_db(db) == []  # 001 and 002 ran on the old file, then never again
+    assert init_db(db) == [1, 2, 3] and init_db(db) == []  # 001..003 ran on the old file, then never again
     con = duckdb.connect(db, read_only=True)
     try:
         assert con.execute("select version, name, applied from schema_migrations order by version").fetchall() == [
             (1, "001_simulated_ratings_rating_probs", True),
             (2, "002_arena_judgments_votes", True),
+            (3, "003_item_analysis_retries", True),
         ]
     finally:
         con.close()
@@ -62,6 +63,7 @@ def test_a_new_file_records_the_migrations_without_running_them(tmp_path):
         assert con.execute("select version, applied from schema_migrations order by version").fetchall() == [
             (1, False),
             (2, False),
+            (3, False),
         ]
     finally:
         con.close()

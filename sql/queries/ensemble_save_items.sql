@@ -8,7 +8,7 @@ insert into item_keywords (dataset, model, item_id, source, polarity, keyword, r
 select distinct $dataset, $model, item_id, source, polarity, keyword, $run_id from new_keywords;
 
 insert or replace into item_analysis (dataset, model, item_id, source, status, n_pros, n_cons, error, call_key,
-                                      prompt_hash, run_id, analysed_at)
+                                      prompt_hash, run_id, analysed_at, retries)
 select $dataset, $model, item_id, source, status, n_pros, n_cons, error, call_key, prompt_hash, $run_id,
-       current_timestamp
+       current_timestamp, retries
 from new_analysis;

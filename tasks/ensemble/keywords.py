@@ -74,6 +74,7 @@ class ItemAnalysis:
     cons: list[str] = field(default_factory=list)
     error: str | None = None
     calls: list[CallRecord] = field(default_factory=list)
+    retries: int = 0  # reruns that asked again after it failed (each a new sample)
 
     @property
     def n_failed(self) -> int:
@@ -186,20 +187,22 @@ async def analyse_item(
     overview_chars: int = 400,
     review_chars: int = 300,
     priority: float = 0.0,
+    retries: int = 0,
 ) -> ItemAnalysis:
     """Pros/cons keywords of one item from one source, repairing bad answers by re-asking.
 
-    The prompt is one user message (no viewer-simulation system prompt: this is item analysis).
+    The prompt is one user message (no viewer-simulation system prompt: this is item analysis). `retries` > 0:
+    a rerun asks again after a failure, a new sample (not the cached failure).
     """
     prompt = SOURCES[source]
-    out = ItemAnalysis(item_id=item.item_id, source=source)
+    out = ItemAnalysis(item_id=item.item_id, source=source, retries=retries)
     variables = prompt_variables(item, source, max_keywords, review_chars)
     messages = [{"role": "user", "content": render(prompt, overview_chars=overview_chars, **variables)}]
     schema = keywords_json_schema(max_keywords)
 
     async def complete(name: str, messages: list[dict]) -> tuple[str, CallRecord]:
         return await gateway.complete_json(
-            name, messages, "item_keywords", schema, max_tokens=max_tokens, priority=priority
+            name, messages, "item_keywords", schema, max_tokens=max_tokens, sample=retries, priority=priority
         )
 
     def check(content: str, record: CallRecord) -> str | None:
@@ -217,7 +220,7 @@ async def analyse_item(
 
 
 class PackedItems(Packed):
-    """A chunk of (ItemFacts, source) pairs for one item-analysis task."""
+    """A chunk of (ItemFacts, source, retries) jobs for one item-analysis task."""
 
 
 def run_analysis_chunk(
@@ -234,8 +237,9 @@ def run_analysis_chunk(
     concurrently (a few more in flight than slots); each result goes out through `channel` as it finishes.
     `owner`: the ensemble's invocation (tasks.llm.calls.CallOwner)."""
 
-    async def work(gateway: LLMGateway, job: tuple[ItemFacts, str]) -> ItemAnalysis:
-        return await analyse_item(gateway, job[0], job[1], **options)
+    async def work(gateway: LLMGateway, job: tuple[ItemFacts, str, int]) -> ItemAnalysis:
+        facts, source, retries = job
+        return await analyse_item(gateway, facts, source, **options, retries=retries)
 
     started = time.monotonic()
     done = run_chunk(

@@ -45,6 +45,7 @@ def save_item_results(db: str | Path, run_id: str, dataset: str, model: str, res
                 "error": r.error,
                 "call_key": r.calls[-1].call_key if r.calls else None,
                 "prompt_hash": prompt_hash(SOURCES[r.source]),
+                "retries": r.retries,
             }
             for r in results
         ],

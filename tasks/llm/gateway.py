@@ -52,7 +52,7 @@ TOP_LOGPROBS = 10  # alternatives per answer token: enough to hold all five rati
 # cached without them still serves (with no distribution) and is never bought twice
 LOGPROB_PARAMS = ("logprobs", "top_logprobs")
 DRAW_STRIDE = RATING_SAMPLES_LIMIT  # draw indices per retry round
-REASK_TEMPERATURE = 0.7  # a profile re-ask's temperature at least
+REASK_TEMPERATURE = 0.7  # a new sample's temperature at least (a profile re-ask, a retried item analysis)
 DRAW_PROMPT = "rating_draw"  # llm_calls.prompt_name of a draw (the rating prompt, asked again to sample)
 
 
@@ -232,12 +232,12 @@ class LLMGateway:
         sample: int = 0,
         priority: float = 0.0,
     ) -> tuple[str, CallRecord]:
-        """One cached, limited completion constrained by `schema` (json_schema, else json_object, else text).
-
-        For callers with their own answer contract (e.g. tasks/ensemble/keywords.py): they validate the
-        content and repair by re-asking. Raises GatewayError (args: reason, CallRecord) like `_complete`.
-        """
-        params: dict[str, Any] = {"temperature": self.settings.temperature, "max_tokens": max_tokens}
+        """One cached, limited completion constrained by `schema` (json_schema, else json_object, else text), for
+        callers with their own answer contract (tasks/ensemble/keywords.py): they validate the content and repair
+        by re-asking. A new `sample` (> 0: asked again after a failure) is drawn at REASK_TEMPERATURE at least:
+        at temperature 0 a new seed gives the same answer. Raises GatewayError (args: reason, CallRecord)."""
+        temperature = self.settings.temperature if sample == 0 else max(self.settings.temperature, REASK_TEMPERATURE)
+        params: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens}
         if self.json_mode == "schema":
             params["response_format"] = {
                 "type": "json_schema",
