@@ -74,7 +74,12 @@ async def simulate_user(work: UserWork, gateway: LLMGateway, sim: SimulationSett
     async def next_profile(prompt: str, stage: str, variables: dict) -> str | None:
         nonlocal remaining
         outcome = await gateway.text(
-            prompt, {**common, **variables}, priority=remaining, overview_chars=sim.overview_chars, prompts=sim.prompts
+            prompt,
+            {**common, **variables},
+            priority=remaining,
+            overview_chars=sim.overview_chars,
+            prompts=sim.prompts,
+            retry=work.retry_round,  # a profile that failed last time (the same way from the cache) is asked anew
         )
         remaining -= 1
         result.calls.extend(outcome.calls)

@@ -128,6 +128,38 @@ def test_a_profile_update_that_stays_degenerate_keeps_the_last_good_profile(pref
     assert "update" not in set(stages["stage"]) and "initial" in set(stages["stage"])
 
 
+def test_a_rerun_asks_a_failed_profile_again_as_new_samples(prefect_server, llm_server, run_settings):
+    """A user whose first profile failed on every re-ask (empty answers) has all its pairs failed; at
+    temperature 0 the rerun would read the same failures back from the cache. It asks fresh samples after
+    them (other seeds and cache keys), and the user's pairs get rated."""
+    from doppel.flows.simulate import simulate
+
+    stubborn: list[str] = []  # the first user's create prompt: empty answers to its first three samples
+
+    def answer(kind, body):
+        if kind != "text" or len(body["messages"]) < 2:
+            return None
+        stubborn[:] = stubborn or [body["messages"][1]["content"]]
+        return "" if body["messages"][1]["content"] == stubborn[0] and body["seed"] < 3 else None
+
+    llm_server.app.answer_fn = answer
+    try:
+        settings = run_settings(run_id="stubborn-profile", users=3)
+        simulate(settings)
+        failed = table(settings.db, "select user_id, reason from simulated_ratings where status = 'failed'")
+        assert failed["user_id"].nunique() == 1 and failed["reason"].str.startswith("profile call failed").all()
+        before = llm_server.stats()["requests"]
+        simulate(settings)
+    finally:
+        llm_server.app.answer_fn = None
+    assert llm_server.stats()["requests"] > before  # asked anew, not read back from the cache
+    ratings = table(settings.db, "select status from simulated_ratings where run_id = 'stubborn-profile'")
+    assert set(ratings["status"]) == {"ok"}
+    asked = [e["request"] for e in llm_server.log()]
+    seeds = [r["seed"] for r in asked if len(r["messages"]) > 1 and r["messages"][1]["content"] == stubborn[0]]
+    assert seeds == [0, 1, 2, 3]  # three failed and were cached; the rerun drew sample 3, which answered
+
+
 def test_lost_database_rows_are_rebuilt_from_the_cache(prefect_server, llm_server, run_settings, tmp_path):
     """A second database with the same cache replays every answer: zero calls, same ratings."""
     from doppel.flows.simulate import simulate

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -94,6 +95,21 @@ class GatewayError(RuntimeError):
 
 class EndpointError(RuntimeError):
     """The endpoint cannot serve this run (unreachable, bad key, unknown model)."""
+
+
+def failed_call(base: dict, exc: Exception, attempts: int, started: float) -> GatewayError:
+    """The error of a call that failed after the client's `attempts`, carrying its record for the audit log."""
+    record = CallRecord(
+        **base,
+        status="error",
+        cached=False,
+        attempts=attempts,
+        prompt_tokens=0,
+        completion_tokens=0,
+        latency_s=time.monotonic() - started,
+        error=describe_error(exc),
+    )
+    return GatewayError(record.error, record)
 
 
 def describe_error(exc: Exception) -> str:

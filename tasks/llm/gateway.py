@@ -27,7 +27,7 @@ from doppel.tasks.llm.calls import (
     TextOutcome,
     cache_entry,
     cached_record,
-    describe_error,
+    failed_call,
 )
 from doppel.tasks.llm.endpoint import api_key_from_env, check_endpoint  # noqa: F401 (check_endpoint: re-exported)
 from doppel.tasks.llm.limits import CallLimiter
@@ -93,14 +93,17 @@ class LLMGateway:
         priority: float = 0.0,
         overview_chars: int = 160,
         prompts: str = "compact",
+        retry: int = 0,
     ) -> TextOutcome:
         """A profile text. One with a problem (empty, looping, cut off: tasks/llm/profile_text.py) is trimmed to
         what it said before it went wrong when that is long enough, else re-asked in the same conversation,
-        quoting the problem."""
+        quoting the problem. `retry` > 0 (a rerun retrying the user): fresh samples follow the cached ones."""
         messages = self._messages(prompt, variables, overview_chars, prompts)
         params = self.settings.profile_params()
         outcome = TextOutcome(text=None, error=None)
-        samples = iter(range(self.settings.repair_attempts + 1))  # each attempt a new sample (seed, cache key)
+        tries = self.settings.repair_attempts + 1  # each attempt a new sample (seed, cache key)
+        drawn = [*range(tries), *(range(retry * tries, (retry + 1) * tries) if retry else ())]
+        samples = iter(drawn)
 
         async def complete(name: str, messages: list[dict]) -> tuple[str, CallRecord]:
             sample = next(samples)  # a re-ask samples: at temperature 0 a looping model loops again
@@ -115,8 +118,7 @@ class LLMGateway:
         def repair(problem: str) -> tuple[str, str]:
             return "profile_repair", render("profile_repair", prompts=prompts, **variables, error=problem)
 
-        attempts = self.settings.repair_attempts + 1
-        if await ask_until_valid(complete, prompt, messages, check, repair, attempts, outcome.calls) is not None:
+        if await ask_until_valid(complete, prompt, messages, check, repair, len(drawn), outcome.calls) is not None:
             trimmed = salvaged_profile(outcome.text)  # bad every time: keep what it said before it went wrong
             outcome.text, outcome.error = (trimmed, None) if trimmed else (None, outcome.calls[-1].error)
         return outcome
@@ -300,7 +302,7 @@ class LLMGateway:
                 elif "response_format" in request and self._downgrade_json_mode(exc):
                     retry_params = self._rating_params_like(params)  # the weaker JSON mode
                 else:
-                    raise GatewayError(describe_error(exc), self._error_record(base, exc, started)) from exc
+                    raise failed_call(base, exc, self.settings.max_retries + 1, started) from exc
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
                 # no later call can succeed: end the run with one clear error, not a failed pair per call
                 raise EndpointError(
@@ -311,10 +313,10 @@ class LLMGateway:
                 # a timeout while other calls succeed: the endpoint queues (e.g. one llama.cpp slot), the
                 # model did not fail; ask again under a lower concurrency while it can still come down
                 if not self.limiter.congested(started):
-                    raise GatewayError(describe_error(exc), self._error_record(base, exc, started)) from exc
+                    raise failed_call(base, exc, self.settings.max_retries + 1, started) from exc
                 retry_params = params
             except openai.OpenAIError as exc:
-                raise GatewayError(describe_error(exc), self._error_record(base, exc, started)) from exc
+                raise failed_call(base, exc, self.settings.max_retries + 1, started) from exc
         if retry_params is not None:
             return await self._complete(prompt, messages, retry_params, sample, priority, prompts)
         answer = read_completion(raw.http_response.content)
@@ -379,18 +381,6 @@ class LLMGateway:
         rest = {k: v for k, v in params.items() if k != "response_format"}
         # other schemas (complete_json): downgrade to the mode just chosen, json_object before plain text
         return {**rest, "response_format": {"type": "json_object"}} if self.json_mode == "object" else rest
-
-    def _error_record(self, base: dict, exc: Exception, started: float) -> CallRecord:
-        return CallRecord(
-            **base,
-            status="error",
-            cached=False,
-            attempts=self.settings.max_retries + 1,
-            prompt_tokens=0,
-            completion_tokens=0,
-            latency_s=time.monotonic() - started,
-            error=describe_error(exc),
-        )
 
 
 def draw_sample(sample: int, k: int) -> int:
