@@ -45,7 +45,7 @@ def arena_command(
     from doppel.tasks.arena.config import ArenaSettings
 
     if runner not in ("dask", "threads"):
-        fail(f"--runner must be dask or threads, not {runner!r}")
+        fail(f"--runner must be dask or threads, not {runner!r}", 2)
     settings = ArenaSettings(
         dataset=dataset,
         data_dir=str(data_dir) if data_dir else None,

@@ -47,7 +47,7 @@ def sql(
     if (query is None) == (view is None):
         fail('give a query ("select ...") or --view NAME (--list shows the views)')
     if run_id is not None and view is None:
-        fail("--run-id filters a --view; put the filter in the query instead")
+        fail("--run-id filters a --view; put the filter in the query instead", 2)
     with _explore_errors():
         if view:
             frame, more = read_view(db, view, run_id, limit)

@@ -39,7 +39,7 @@ def rl_command(settings: RLSettings) -> None:
     """RL on a simulated user: DQN, A2C, PPO, TRPO and two baselines on the doppel Gymnasium env."""
     db = Path(settings.db)
     if not db.is_file():
-        fail(f"{db}: no such DuckDB file (--db); `doppel ensemble` or `doppel run` writes one")
+        fail(f"{db}: no such DuckDB file (--db); `doppel ensemble` or `doppel run` writes one", 2)
     from doppel.flows.errors import friendly_errors
     from doppel.flows.runtime import prefect_api
 

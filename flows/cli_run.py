@@ -31,7 +31,7 @@ def run(
     try:  # a folder is kept as an absolute path: the run's config must still name it from elsewhere
         prompts = prompts if prompts in PROMPT_SETS else str(prompt_dir(prompts))
     except ValueError as exc:
-        fail(f"--prompts: {exc}")
+        fail(f"--prompts: {exc}", 2)
     settings = settings.model_copy(update={"sim": settings.sim.model_copy(update={"prompts": prompts})})
     if dry_run:
         _dry_run(settings)
@@ -165,7 +165,10 @@ def score(
     """Re-run the gate and the metrics of a finished run."""
     from doppel.flows.errors import friendly_errors
     from doppel.flows.runtime import prefect_api
+    from doppel.tasks.store.db import require_run
 
+    with friendly_errors(fail):
+        require_run(settings.db, run_id)  # in a second, before Prefect starts; a missing file is not created
     with friendly_errors(fail), prefect_api():
         from doppel.flows.score import score_run
 

@@ -19,7 +19,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from doppel.tasks.arena.report import ArenaReport, arena_context, load_arena
 from doppel.tasks.plotting import png, pyplot
-from doppel.tasks.store.db import connect, execute
+from doppel.tasks.store.db import connect, execute, run_not_found
 from doppel.tasks.store.schema import declare_temp_views, view_files
 
 TEMPLATE = "report_template.html"
@@ -143,9 +143,7 @@ def load_report_data(db: str | Path, run_id: str, arena_run: str | None = None) 
         declare_temp_views(con)
         runs = _rows(con, "runs", run_id)
         if runs.empty:
-            known = con.table("runs").df()["run_id"].tolist()
-            hint = f"; runs: {', '.join(known[-10:])}" if known else "; it has no runs"
-            raise ValueError(f"no run {run_id!r} in {db}{hint}")
+            raise run_not_found(con, db, run_id)
         names = "run_overview run_costs rating_histograms confusion_matrix user_error failed_pairs metrics validation_results"
         frames = {name: _rows(con, name, run_id) for name in names.split()}
         arena = load_arena(con, db, arena_run)

@@ -141,7 +141,7 @@ class RunSettings(BaseModel):
     folds: list[str] = Field(
         None, validate_default=True, description="u1..u5, a comma list, or all (default: u1; a ratings CSV: t1)"
     )
-    users: int | None = Field(None, description="seeded sample of N test users per fold (default: all)")
+    users: int | None = Field(None, ge=1, description="seeded sample of N test users per fold (default: all)")
     user_ids: list[str] | None = Field(None, description="comma-separated user ids to simulate")
     sample_seed: int = Field(0, description="user sample seed")
     db: str = Field("doppel.duckdb", description="DuckDB file")

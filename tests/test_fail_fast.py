@@ -120,3 +120,28 @@ def test_movielens_alias_loads_a_fresh_database(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "dataset ml-100k loaded" in " ".join(done.stdout.split())
+
+
+def test_score_of_an_unknown_run_or_a_missing_file(tmp_path):
+    """`doppel score` checked nothing before it started Prefect: a wrong run id crashed in the scoring with
+    a traceback, after the gate had recorded it as passed, and a missing --db file was created."""
+    import duckdb
+
+    from doppel.tasks.store.db import init_db
+
+    missing = tmp_path / "nowhere" / "x.duckdb"
+    done, children, elapsed = run_watched("score", "--run-id", "r1", "--db", str(missing), tmp_path=tmp_path)
+    check_fast(done, children, elapsed, "no DuckDB file", str(missing))
+    assert done.returncode == 2 and not missing.parent.exists()
+    db = tmp_path / "d.duckdb"
+    init_db(db)
+    done, children, elapsed = run_watched("score", "--run-id", "nosuch", "--db", str(db), tmp_path=tmp_path)
+    check_fast(done, children, elapsed, "no run 'nosuch'", "it has no runs")
+    assert done.returncode == 2
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("select count(*) from validation_results").fetchone() == (0,)
+    done, children, elapsed = run_watched("run", "--users", "0", "--db", str(db), tmp_path=tmp_path)
+    check_fast(done, children, elapsed, "--users 0")
+    done, children, elapsed = run_watched("rl", "--db", str(tmp_path / "none.duckdb"), tmp_path=tmp_path)
+    check_fast(done, children, elapsed, "no such DuckDB file")
+    assert done.returncode == 2

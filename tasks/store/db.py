@@ -140,6 +140,28 @@ def query(db_path: str | Path, name: str, read_only: bool = False, **params: Any
     return out if out is not None else pd.DataFrame()
 
 
+def run_not_found(con: duckdb.DuckDBPyConnection, db_path: str | Path, run_id: str) -> ValueError:
+    """The error for a run id the file does not hold, naming the (latest ten) runs it does hold."""
+    try:
+        known = [r[0] for r in con.execute("select run_id from runs order by started").fetchall()]
+    except duckdb.CatalogException:  # not a file doppel has set up
+        known = []
+    hint = f"; runs: {', '.join(known[-10:])}" if known else "; it has no runs"
+    return ValueError(f"no run {run_id!r} in {db_path}{hint}")
+
+
+def require_run(db_path: str | Path, run_id: str) -> None:
+    """Raise (FileNotFoundError, or ValueError naming the runs there are) unless the file holds run `run_id`:
+    before any engine starts, and without creating the file."""
+    with connect(db_path, read_only=True) as con:
+        try:
+            found = con.execute("select 1 from runs where run_id = ?", [run_id]).fetchone()
+        except duckdb.CatalogException:
+            found = None
+        if found is None:
+            raise run_not_found(con, db_path, run_id)
+
+
 def first_run(db_path: str | Path, name: str, **params: Any) -> dict | None:
     """The first row of the runs query `name` (sql/queries), its JSON config parsed; None if it has none."""
     rows = query(db_path, name, **params)
