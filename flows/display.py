@@ -60,10 +60,11 @@ def print_summary(summary: dict) -> None:
     )
     console.print(
         f"this invocation: {count(now.get('users', 0), 'user')} simulated, {count(now.get('new_calls', 0), 'LLM call')} made, "
-        f"{now.get('cached_calls', 0):,} answered from the cache ({now.get('calls', 0):,} in all), "
-        f"{summary['wall_s']:.1f} s",
+        f"{now.get('cached_calls', 0):,} answered from the cache, {summary['wall_s']:.1f} s",
         highlight=False,
     )
+    if summary.get("gate"):
+        console.print(f"output contracts (GX gate): {summary['gate']}", highlight=False)
     if summary.get("concurrency_note"):
         console.print(summary["concurrency_note"], highlight=False)
     for error in now.get("chunk_errors") or []:
