@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 
 from doppel.flows.cli_output import console, fail, show
 from doppel.flows.options import OptionSet, dataset_options, llm_options, opt, settings_command
@@ -128,12 +129,14 @@ def summary_lines(summary: dict) -> list[str]:
     ]
     if a.get("jobs"):
         lines.append(
-            f"item analysis: {a.get('written', 0)} of {a['jobs']} (item, source) jobs, "
-            f"{a.get('failed', 0)} failed, {a.get('new_calls', 0)} LLM calls "
+            f"item analysis: {a.get('written', 0)} of {a['jobs']} (item, source) jobs done, {a.get('ok', 0)} with "
+            f"keywords, {a.get('failed', 0)} failed (a rerun asks those again), {a.get('new_calls', 0)} LLM calls "
             f"(+{a.get('cached_calls', 0)} cached), {a.get('wall_s', 0):.1f} s"
         )
+        if a.get("written") and not a.get("ok"):
+            lines.append("  [bold red]every analysis failed[/]: f_mat has no keywords (does the endpoint answer JSON?)")
         if a.get("first_error"):
-            lines.append(f"  first failure: {a['first_error'][:200]}")
+            lines.append(f"  first failure: {escape(a['first_error'][:200])}")  # quotes the model's answer
         if a.get("s_per_new_job"):
             full = a["s_per_new_job"] * summary["catalogue_items"]
             lines.append(

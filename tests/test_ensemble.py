@@ -452,3 +452,21 @@ def test_a_rerun_asks_a_failed_analysis_again_as_a_new_sample(prefect_server, ll
         assert ensemble(settings)["analysis"]["jobs"] == 0
     finally:
         llm_server.app.answer_fn = None
+
+
+def test_the_summary_quotes_a_failed_answer_verbatim_and_says_when_every_analysis_failed():
+    """The first failure quotes the model's answer: console markup in it is shown, not read (it raised)."""
+    from doppel.flows.cli_ensemble import summary_lines
+    from doppel.flows.cli_output import console
+
+    summary = {
+        **{"db": "x.duckdb", "run_id": "e", "status": "finished", "dataset": "d", "fold": "u1"},
+        **{"like_rate_test": 0.5, "keyword_items": 0, "catalogue_items": 60, "pairs": 10, "wall_s": 3.0},
+        **{"vocabulary": {}, "sasrec": {}, "embeddings": {"embedded": 0}, "timings": {}},
+        "analysis": {"jobs": 4, "written": 4, "ok": 0, "failed": 4, "first_error": "item 1 (obj): said [/bold] x"},
+    }
+    with console.capture() as captured:
+        for line in summary_lines(summary):
+            console.print(line, highlight=False)
+    text = captured.get()
+    assert "said [/bold] x" in text and "every analysis failed" in text and "0 with keywords, 4 failed" in text
