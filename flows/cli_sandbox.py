@@ -164,6 +164,7 @@ def print_sandbox(summary: dict) -> None:
             "most watched: "
             + "; ".join(f"{t['title']} x{t['n']} ({t['mean_rating']:.1f})" for t in summary["top_watched"][:5]),
             highlight=False,
+            markup=False,  # dataset titles, shown as they are
         )
     else:
         console.print("items watched: none yet", highlight=False)

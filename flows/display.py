@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 
 from doppel.flows.cli_output import console, count, show
@@ -68,7 +69,7 @@ def print_summary(summary: dict) -> None:
     if summary.get("concurrency_note"):
         console.print(summary["concurrency_note"], highlight=False)
     for error in now.get("chunk_errors") or []:
-        console.print(f"[red]a worker chunk failed:[/] {error}", highlight=False)
+        console.print(f"[red]a worker chunk failed:[/] {escape(error)}", highlight=False)
     if summary["failed_pairs"] or summary["status"] != "finished":
         console.print(f"rerun with [bold]--run-id {summary['run_id']}[/] to retry what is left.")
     console.print(
