@@ -60,6 +60,9 @@ def rl_table(summary: dict):
         title=f"doppel rl — {summary['dataset']} {summary['fold']}, reward {summary['reward']}, "
         f"{summary['episodes']} episodes x {summary['seeds']} seed(s), ± {spread}",
         title_justify="left",
+        caption="liking %: share of the first-time, rated recommendations the user liked; a repeat or an unrated "
+        "pair earns no reward but is a step, so an agent that repeats itself shows a low reward beside a high liking",
+        caption_justify="left",
     )
     for column in ("agent", "avg reward / step", "total reward / episode", "liking %", "episode length", "wall s"):
         table.add_column(column, justify="left" if column == "agent" else "right")
