@@ -130,7 +130,8 @@ def summary_lines(summary: dict) -> list[str]:
     if a.get("jobs"):
         lines.append(
             f"item analysis: {a.get('written', 0)} of {a['jobs']} (item, source) jobs done, {a.get('ok', 0)} with "
-            f"keywords, {a.get('failed', 0)} failed (a rerun asks those again), {a.get('new_calls', 0)} LLM calls "
+            f"keywords, {a.get('failed', 0)} failed{' (a rerun asks those again)' if a.get('failed') else ''}, "
+            f"{a.get('new_calls', 0)} LLM calls "
             f"(+{a.get('cached_calls', 0)} cached), {a.get('wall_s', 0):.1f} s"
         )
         if a.get("written") and not a.get("ok"):
