@@ -70,6 +70,8 @@ def _run_flow(settings: RunSettings) -> dict:
         if plan.finished is not None:  # a finished run: stored results, no engine started
             return plan.finished
         preflight(settings)  # before any engine starts: a wrong path, fold or endpoint in seconds
+        # said first: a --run-id with a typo starts a new run under that name instead of resuming one
+        console.print(f"{'resuming' if plan.resume else 'new'} run [bold]{plan.run_id}[/]", highlight=False)
         from doppel.flows.runtime import discard_prestarted, prefect_api
 
         try:

@@ -56,6 +56,7 @@ def test_run_log_has_progress_lines_and_whole_lines(piped_run):
     assert len(progress) >= 2, done.stderr[-2000:]
     assert progress[-1].startswith("simulating users 3/3")
     assert "calls" in progress[-1] and "tokens" in progress[-1] and "elapsed" in progress[-1]
+    assert done.stdout.splitlines()[0] == "new run piped"  # said before the work: not a resumed run
     summary = [line for line in done.stdout.splitlines() if line.startswith("run piped finished:")]
     assert summary and summary[0].endswith("tokens in all"), done.stdout
     table = [line for line in done.stdout.splitlines() if line.startswith("| llm ")]
