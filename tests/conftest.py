@@ -59,6 +59,16 @@ def llm_server(llm_server_session):
 
 
 @pytest.fixture
+def scripted(llm_server):
+    """The test server answering keyword JSON from the genres in the prompt (tests/test_ensemble.py)."""
+    from tests.test_ensemble import genre_keywords
+
+    llm_server.app.answer_fn = genre_keywords
+    yield llm_server
+    llm_server.app.answer_fn = None
+
+
+@pytest.fixture
 def run_settings(tmp_path, llm_server):
     from doppel.tasks.settings import LLMSettings, RunSettings
 
