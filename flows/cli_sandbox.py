@@ -62,27 +62,21 @@ def sandbox_run(settings: SandboxSettings, ctx: typer.Context) -> None:
         return
     from doppel.flows.errors import friendly_errors
     from doppel.flows.runtime import prefect_api
+    from doppel.tasks.sandbox.config import new_sandbox_id
 
     with friendly_errors(fail):
         preflight(settings.run)  # before any engine starts: a wrong path, fold or endpoint in seconds
+        agents, used = stored_sandbox(settings.run.db, settings.sandbox_id) if settings.sandbox_id else (0, None)
+    settings = settings.model_copy(update={"sandbox_id": settings.sandbox_id or new_sandbox_id()})
+    # said first, as `doppel run` does: a --sandbox-id with a typo starts a new sandbox under that name
+    console.print(sandbox_header(settings, agents, used), highlight=False)
 
-    def interrupted() -> str:  # the id of a new sandbox is drawn below
-        if settings.sandbox_id is None:
-            return "interrupted"
+    def interrupted() -> str:
         return f"interrupted: finished rounds are saved; rerun with --sandbox-id {settings.sandbox_id} to continue"
 
     with friendly_errors(fail, interrupted), prefect_api():
-        from doppel.flows.sandbox import new_sandbox_id, run_sandbox
+        from doppel.flows.sandbox import run_sandbox
 
-        agents, used = stored_sandbox(settings.run.db, settings.sandbox_id) if settings.sandbox_id else (0, None)
-        settings = settings.model_copy(update={"sandbox_id": settings.sandbox_id or new_sandbox_id()})
-        switched = f"; rounds so far: {used}" if used and used.split(" -> ")[-1] != settings.recommender else ""
-        console.print(
-            f"sandbox [bold]{settings.sandbox_id}[/] in {settings.run.db} ({agents or settings.agents} agents"
-            f"{' as stored' if agents else ''}, rounds up to "
-            f"{settings.rounds}, recommender {settings.recommender}{switched})",
-            highlight=False,
-        )
         summary = run_sandbox(settings)
     print_sandbox(summary)
 
@@ -182,6 +176,16 @@ def _num(value, fmt: str = "{:,.0f}") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return fmt.format(value)
+
+
+def sandbox_header(settings: SandboxSettings, agents: int, used: str | None) -> str:
+    """'new sandbox X ...' or 'resuming sandbox X ...' (it has `agents` stored; its rounds used `used`)."""
+    switched = f"; rounds so far: {used}" if used and used.split(" -> ")[-1] != settings.recommender else ""
+    return (
+        f"{'resuming' if agents else 'new'} sandbox [bold]{settings.sandbox_id}[/] in {settings.run.db} "
+        f"({agents or settings.agents} agents{' as stored' if agents else ''}, rounds up to "
+        f"{settings.rounds}, recommender {settings.recommender}{switched})"
+    )
 
 
 def stored_sandbox(db: str, sandbox_id: str) -> tuple[int, str | None]:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 
 import numpy as np
@@ -30,7 +28,7 @@ from doppel.tasks.ingest import ingest
 from doppel.tasks.llm.calls import CallOwner
 from doppel.tasks.llm.templates import prompt_hash
 from doppel.tasks.sandbox import build, memory, social, store
-from doppel.tasks.sandbox.config import SandboxSettings
+from doppel.tasks.sandbox.config import SandboxSettings, new_sandbox_id
 from doppel.tasks.sandbox.recommender import build_recommender
 from doppel.tasks.sandbox.records import Agent, PackedTurns, Turn
 from doppel.tasks.settings import LLMSettings, RunSettings
@@ -64,10 +62,6 @@ class Control:
         self.round = 0
         self.status = "idle"
         self.sandbox_id: str | None = None
-
-
-def new_sandbox_id() -> str:
-    return datetime.now(UTC).strftime("sbx-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
 def run_sandbox(settings: SandboxSettings, control: Control | None = None) -> dict:

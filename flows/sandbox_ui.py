@@ -38,7 +38,7 @@ class SandboxController:
     """Start / pause / reset one sandbox at a time; the state the page shows."""
 
     def __init__(self, settings: SandboxSettings):
-        from doppel.flows.sandbox import new_sandbox_id
+        from doppel.tasks.sandbox.config import new_sandbox_id
 
         self.settings = settings
         self.sandbox_id = settings.sandbox_id or new_sandbox_id()
@@ -83,7 +83,7 @@ class SandboxController:
         return self.state()
 
     def reset(self) -> dict:
-        from doppel.flows.sandbox import new_sandbox_id
+        from doppel.tasks.sandbox.config import new_sandbox_id
 
         with self.lock:
             if self.running:

@@ -177,7 +177,7 @@ def test_two_rounds_resume_and_export(sandbox, llm_server, tmp_path):
     from typer.testing import CliRunner
 
     from doppel.flows.cli import app
-    from doppel.flows.cli_sandbox import console, print_sandbox
+    from doppel.flows.cli_sandbox import console, print_sandbox, sandbox_header, stored_sandbox
 
     done = CliRunner().invoke(
         app,
@@ -201,6 +201,11 @@ def test_two_rounds_resume_and_export(sandbox, llm_server, tmp_path):
     )
     assert missing.exit_code == 2 and "no sandbox 'nope'" in missing.output  # one line, no traceback
     assert not (tmp_path / "none").exists()
+    # the first line says whether an id resumes a sandbox or starts one (a typo starts one)
+    for sandbox_id, said in (("sbx-test", "resuming sandbox [bold]sbx-test[/]"), ("sbx-tset", "new sandbox")):
+        agents, used = stored_sandbox(db, sandbox_id)
+        header = sandbox_header(settings.model_copy(update={"sandbox_id": sandbox_id}), agents, used)
+        assert header.startswith(said) and ("as stored" in header) == (sandbox_id == "sbx-test"), header
     with console.capture() as captured:
         print_sandbox({**summary, "status": "finished"})
     text = captured.get()

@@ -43,7 +43,10 @@ class EnsembleSettings(OneFoldSettings):
     items: int | None = Field(None, ge=1, description="analyse only the N most-rated train items (None: all)")
     like_threshold: int = Field(4, ge=1, le=5, description="like = rating >= threshold (the seed used 3)")
     compare_run_id: str | None = Field(None, description="a `doppel run` id: score its LLM ratings beside the voters")
-    ensemble_id: str | None = Field(None, description="this ensemble run's id (default: a new one)")
+    ensemble_id: str | None = Field(
+        None,
+        description="this ensemble run's id: a known one is rerun, an id never used starts a new run under it (default: a new id)",
+    )
     max_keywords: int = Field(5, ge=1, le=12, description="pros and cons per item and source")
     reviews_per_item: int = Field(5, ge=1, description="reviews quoted per subjective-analysis call")
     review_chars: int = Field(300, ge=20)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
@@ -9,6 +11,10 @@ from pydantic import BaseModel, Field, field_validator
 from doppel.tasks.settings import OneFoldSettings, RunSettings
 
 ACTIONS = ("recommender", "chat", "post", "nothing")
+
+
+def new_sandbox_id() -> str:
+    return datetime.now(UTC).strftime("sbx-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
 class MemorySettings(BaseModel):
@@ -29,7 +35,9 @@ class SandboxSettings(OneFoldSettings):
     WORK_SUBDIR = "sandbox"
 
     run: RunSettings = Field(default_factory=RunSettings)  # dataset, db, llm (+ limits and cache)
-    sandbox_id: str | None = Field(None, description="resume this sandbox (default: a new one)")
+    sandbox_id: str | None = Field(
+        None, description="resume this sandbox; an id never used starts a new one under it (default: a new id)"
+    )
     fold: str = Field(
         None,
         validate_default=True,
