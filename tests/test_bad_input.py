@@ -102,7 +102,11 @@ def test_unknown_model(tmp_path, prefect_server, llm_server):
 
 
 def test_llama_cpp_serves_its_model_under_any_name(tmp_path, prefect_server, llm_server):
-    """The README's llama.cpp example: the server lists its .gguf path and answers to any model name."""
+    """The README's llama.cpp example: the server lists its .gguf path and answers to any model name. The
+    run sends, caches and records the model the server serves, so the cached answers of another server
+    asked under the same --model are never taken for this one's."""
+    import duckdb
+
     gguf = "/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
     llm_server.configure(llama_cpp=True, model=gguf)
     args = run_args(tmp_path, llm_server.base_url, *SYNTHETIC)
@@ -111,8 +115,16 @@ def test_llama_cpp_serves_its_model_under_any_name(tmp_path, prefect_server, llm
     assert done.returncode == 0, done.stderr[-3000:]
     note = f"--model 'local': {llm_server.base_url} (a llama.cpp server) answers with {gguf!r}"
     assert done.stderr.count(note) == 1, done.stderr[-3000:]
-    assert llm_server.stats()["requests"] > 0
-    assert {e["request"]["model"] for e in llm_server.log()} == {"local"}
+    first = llm_server.stats()["requests"]
+    assert first > 0
+    assert {e["request"]["model"] for e in llm_server.log()} == {gguf}
+    with duckdb.connect(str(tmp_path / "d.duckdb"), read_only=True) as con:
+        assert con.sql("select distinct model from llm_calls").fetchall() == [(gguf,)]
+        assert con.sql("select distinct model from runs").fetchall() == [(gguf,)]
+    llm_server.configure(model="/models/another-model.gguf")  # another server, the same --model and cache
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert llm_server.stats()["requests"] > first  # asked anew: the first server's answers are not its
 
 
 def test_unknown_prompt_set(tmp_path, llm_server):

@@ -87,7 +87,7 @@ def engines(
     ):
         note = None
         if start:
-            check_endpoint(served, model_id)
+            model_id = check_endpoint(served, model_id)  # the id the server answers with (a llama.cpp file path)
             capped, note = cap_to_server_slots(served.base_url, served.concurrency, api_key_from_env())
             if note:
                 logging.getLogger("doppel").warning(note)

@@ -23,10 +23,15 @@ def api_key_from_env() -> str:
     return "no-key"  # local servers ignore it
 
 
-def check_endpoint(settings: LLMSettings, model_id: str) -> None:
-    """Fail fast, before any work: the endpoint answers, accepts the key and serves the model."""
+def check_endpoint(settings: LLMSettings, model_id: str) -> str:
+    """Fail fast, before any work: the endpoint answers, accepts the key and serves the model.
+
+    Returns the model id to send, cache under and record: `model_id` when the endpoint lists it (or
+    lists nothing), else the one model a server that answers under any name really serves (llama.cpp,
+    a one-model server). Answers from two such servers are then never taken for each other's.
+    """
     if settings.base_url is None:
-        return  # the embedded server: doppel starts it and knows what it serves
+        return model_id  # the embedded server: doppel starts it and knows what it serves
     base_url: str = settings.base_url
     try:
         check_plain_http(base_url)  # the key's first request is the one below
@@ -40,11 +45,11 @@ def check_endpoint(settings: LLMSettings, model_id: str) -> None:
     except openai.APIConnectionError as exc:
         raise EndpointError(f"cannot reach --base-url {settings.base_url}: {exc.__cause__ or exc}") from exc
     except openai.APIStatusError:
-        return  # no /models on this server: the first call will tell
+        return model_id  # no /models on this server: the first call will tell
     finally:
         client.close()
     if not served or model_id in served:
-        return
+        return model_id
     llama_cpp = False  # llama.cpp answers with its model whatever the name; it shows itself by /props
     with contextlib.suppress(httpx.HTTPError, ValueError, AttributeError):
         props = httpx.get(
@@ -56,7 +61,11 @@ def check_endpoint(settings: LLMSettings, model_id: str) -> None:
     if len(served) > 1 and not llama_cpp:
         raise EndpointError(f"model {model_id!r} is not served by {settings.base_url}; it serves {served[:10]}")
     kind = "a llama.cpp server" if llama_cpp else "one model"
-    note = f"--model {model_id!r}: {settings.base_url} ({kind}) answers with {served[0]!r} under any name"
+    answering = served[0] if len(served) == 1 else model_id  # several: which one answers is not known
+    note = f"--model {model_id!r}: {settings.base_url} ({kind}) answers with {served[0]!r} under any name" + (
+        f"; its answers are cached and recorded as {answering!r}'s" if answering != model_id else ""
+    )
     if note not in _NOTED:  # once per process, though the preflight and the flow both check
         _NOTED.add(note)
         logging.getLogger("doppel").warning(note)
+    return answering
