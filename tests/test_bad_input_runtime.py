@@ -259,6 +259,37 @@ def test_interrupt_stops_cleanly(how, tmp_path, llm_server):
     assert all(n_rows == 0 for s, _, n_rows in users if s == "pending"), users
 
 
+def test_dask_logs_of_peers_gone_stay_off_the_terminal():
+    """An interrupt closes the cluster under running tasks: a worker's heartbeat then finds the scheduler
+    gone and the scheduler a client gone, and distributed logs each with a traceback (1 SIGTERM in 5
+    showed one). Those are dropped, in the scheduler's process and on every worker; other records stay."""
+    import io
+    import logging
+
+    from distributed.comm.core import CommClosedError
+
+    from doppel.flows.runtime.worker_plugin import drop_gone_peer_logs
+
+    terminal = io.StringIO()
+    handler = logging.StreamHandler(terminal)  # as distributed's own handler on stderr
+    logger = logging.getLogger("distributed")
+    logger.addHandler(handler)
+    try:
+        drop_gone_peer_logs()
+        drop_gone_peer_logs()  # a handler gets the filter once
+        assert len(handler.filters) == 1
+        for exc in (CommClosedError("ConnectionPool closing."), ValueError("a worker's real error")):
+            try:
+                raise exc
+            except Exception:
+                logging.getLogger("distributed.worker").exception("Failed to communicate with scheduler")
+    finally:
+        logger.removeHandler(handler)
+    printed = terminal.getvalue()
+    assert "ConnectionPool closing" not in printed
+    assert "a worker's real error" in printed and printed.count("Traceback") == 1
+
+
 class _NotFound(BaseHTTPRequestHandler):
     """An endpoint that answers 404 to everything (a wrong --base-url path, a proxy without the API)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import threading
@@ -59,9 +60,8 @@ def is_interrupt(exc: BaseException) -> bool:
 
 
 def _silence_distributed_logs() -> None:
-    import logging
-
-    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    # above CRITICAL: the scheduler logs a comm closed under it as CRITICAL, with a traceback
+    logging.getLogger("distributed").setLevel(logging.CRITICAL + 1)
 
 
 def _quiet_workers(starting: Future) -> None:
@@ -105,11 +105,13 @@ def start_local_cluster(settings: RunSettings, preload: Sequence[str] = (), api_
             host="127.0.0.1",
             env=env,
         )
-    try:
-        from doppel.flows.runtime.worker_plugin import StopLeaseRefresh
+    from doppel.flows.runtime.worker_plugin import QuietGonePeers, StopLeaseRefresh, drop_gone_peer_logs
 
+    drop_gone_peer_logs()  # the scheduler's, in this process
+    try:
         with Client(cluster) as client:
             client.register_plugin(StopLeaseRefresh(), name=StopLeaseRefresh.name)
+            client.register_plugin(QuietGonePeers(), name=QuietGonePeers.name)  # also on a restarted worker
             client.run(_ignore_ctrl_c)
             client.run(_warm_worker, list(preload))
     except BaseException:
