@@ -23,7 +23,7 @@ from doppel.tasks.arena.config import ArenaSettings, cached, code_digest, frame_
 from doppel.tasks.arena.rl_entrant import FAMILY, rl_entrants
 from doppel.tasks.data import load_dataset
 from doppel.tasks.store.db import init_db
-from doppel.tasks.store.writes import finish_run, start_run
+from doppel.tasks.store.writes import finish_run, save_validation, start_run
 from doppel.tasks.version import code_version
 
 PLUGINS_ENV = "DOPPEL_ARENA_PLUGINS"  # the module:factory plug-ins the operator allows
@@ -126,14 +126,19 @@ def llm_judge(settings: ArenaSettings, run_id: str, fold: str, judged: dict[str,
 
 
 @task(name="arena-gate", **OPTS)
-def gate(run_id: str, frames: dict[str, pd.DataFrame]) -> None:
+def gate(db: str, run_id: str, frames: dict[str, pd.DataFrame]) -> list[dict]:
+    """The fold's lists and judgments against their contracts, recorded in `validation_results`."""
     from doppel.tasks.validate import format_failures
 
-    failed = [o for o in tables.gate(run_id, frames) if not o.success]
+    outcomes = tables.gate(run_id, frames)
+    for o in outcomes:
+        save_validation(db, run_id, o.suite, o.success, o.n_rows, o.failures)
+    failed = [o for o in outcomes if not o.success]
     if failed:
         raise GateFailed(
             "arena contracts failed; no metrics computed:\n" + "\n".join(format_failures(o) for o in failed)
         )
+    return [{"suite": o.suite, "n_rows": o.n_rows} for o in outcomes]
 
 
 score_fold = task(name="arena-protocols", **OPTS)(evaluate.evaluate_fold)
@@ -208,7 +213,7 @@ def arena(settings: ArenaSettings) -> dict:
                 "arena_lists": tables.list_rows(run_id, fold, listed),
                 "arena_judgments": tables.judgment_rows(run_id, fold, judged),
             }
-            gate(run_id, frames)
+            checked = gate(settings.db, run_id, frames)
             scored = score_fold(ranked, top, judged["observed"], fold, settings.n_boot, settings.seed)
             frames.update({f"arena_{k}": v for k, v in scored.items()})
             frames["arena_recommenders"] = tables.recommender_rows(run_id, fold, here, listed)
@@ -217,6 +222,7 @@ def arena(settings: ArenaSettings) -> dict:
                 **scored,
                 "ensemble_note": note,
                 "llm_note": llm_note,
+                "gate": checked,
                 "recommenders": frames["arena_recommenders"],
                 "wall_s": round(time.monotonic() - t, 1),
             }

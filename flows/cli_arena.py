@@ -78,6 +78,8 @@ def arena_command(
         for note in (result.get("ensemble_note"), result.get("llm_note")):  # which judges there were, or why not
             if note:
                 console.print(f"{fold_name}: {note}", highlight=False, markup=False)
+        checked = "; ".join(f"{c['suite']}: passed, {c['n_rows']:,} rows" for c in result.get("gate") or [])
+        console.print(f"{fold_name}: output contracts (GX gate): {checked}", highlight=False)
     console.print(
         f"arena run [bold]{summary['run_id']}[/] in {db}: tables arena_*, view arena_scatter", highlight=False
     )

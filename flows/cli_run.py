@@ -68,6 +68,7 @@ def _run_flow(settings: RunSettings) -> dict:
     with friendly_errors(fail, interrupted):
         plan = plan_run(settings)  # the resume decision, once, before any engine starts
         if plan.finished is not None:  # a finished run: stored results, no engine started
+            console.print(f"finished run [bold]{plan.run_id}[/]: its stored results, nothing to run", highlight=False)
             return plan.finished
         preflight(settings)  # before any engine starts: a wrong path, fold or endpoint in seconds
         # said first: a --run-id with a typo starts a new run under that name instead of resuming one

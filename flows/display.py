@@ -73,8 +73,7 @@ def print_summary(summary: dict) -> None:
     if summary["failed_pairs"] or summary["status"] != "finished":
         console.print(f"rerun with [bold]--run-id {summary['run_id']}[/] to retry what is left.")
     console.print(
-        f"tables in [bold]{summary['db']}[/]: duckdb -readonly {summary['db']}  "
-        f'or  doppel sql --db {summary["db"]} "select * from metrics"',
+        f'tables in [bold]{summary["db"]}[/]: doppel sql --db {summary["db"]} "select * from metrics"',
         highlight=False,
     )
 

@@ -178,7 +178,10 @@ def test_doppel_arena_fills_its_tables_and_a_rerun_fits_nothing(prefect_server, 
     assert first.exit_code == 0, first.output
     assert "rank agreement" in first.output and "make_item_id_order" in first.output
     assert "u1: no LLM judge" in first.output  # the judges it lacks, and why
+    assert "u1: output contracts (GX gate): arena_lists: passed, " in first.output  # the gate's verdict, said
     with duckdb.connect(str(db), read_only=True) as con:
+        gate = con.execute("select suite, success, n_rows from validation_results where run_id = 'arena-a'").fetchall()
+        assert sorted(g[0] for g in gate) == ["arena_judgments", "arena_lists"] and all(g[1] and g[2] for g in gate)
         recs = con.execute("select recommender, cached from arena_recommenders where run_id = 'arena-a'").df()
         assert len(recs) == 4 and not recs["cached"].any()
         n_lists = con.execute("select count(*) from arena_lists where run_id = 'arena-a'").fetchone()[0]

@@ -63,6 +63,15 @@ def test_run_log_has_progress_lines_and_whole_lines(piped_run):
     assert table and table[0].endswith("|"), done.stdout  # a Markdown row, whole
 
 
+def test_a_finished_run_rerun_says_so_first(piped_run, llm_server_session):
+    _, db = piped_run
+    done = doppel(
+        "run", "--base-url", llm_server_session.base_url, "--model", "doppel-test-model", "--users", "3",
+        "--concurrency", "1", "--runner", "threads", "--db", str(db), "--run-id", "piped",
+    )  # fmt: skip
+    assert done.stdout.splitlines()[0] == "finished run piped: its stored results, nothing to run", done.stdout
+
+
 def test_every_view_is_readable_in_a_pipe(piped_run):
     _, db = piped_run
     views = doppel("sql", "--list").stdout.split()

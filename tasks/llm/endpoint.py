@@ -59,7 +59,11 @@ def check_endpoint(settings: LLMSettings, model_id: str) -> str:
         )
         llama_cpp = props.status_code == 200 and "default_generation_settings" in props.json()
     if len(served) > 1 and not llama_cpp:
-        raise EndpointError(f"model {model_id!r} is not served by {settings.base_url}; it serves {served[:10]}")
+        default = model_id == LLMSettings.model_fields["model"].default  # the user typed no --model
+        raise EndpointError(
+            f"model {model_id!r} is not served by {settings.base_url}; it serves {served[:10]}"
+            + (f"; pass --model (the default {model_id!r} names the embedded model)" if default else "")
+        )
     kind = "a llama.cpp server" if llama_cpp else "one model"
     answering = served[0] if len(served) == 1 else model_id  # several: which one answers is not known
     note = f"--model {model_id!r}: {settings.base_url} ({kind}) answers with {served[0]!r} under any name" + (
