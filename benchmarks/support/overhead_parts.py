@@ -142,6 +142,7 @@ def sequential(
         concurrency=1,
         runner=args.runner,
         baselines=False,
+        verbose=True,  # its phases (the fan-out's wall) are read from the flow's log lines
     )
     load = machine.quiet_machine(args.max_load, args.max_wait)
     servers.server_reset(base_url)
