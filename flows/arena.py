@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -19,7 +17,7 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
 from doppel.tasks.arena import evaluate, judges, lists, tables, zoo
-from doppel.tasks.arena.config import ArenaSettings, cached, code_digest, frame_digest
+from doppel.tasks.arena.config import ArenaSettings, cached, code_digest, frame_digest, new_arena_id
 from doppel.tasks.arena.rl_entrant import FAMILY, rl_entrants
 from doppel.tasks.data import load_dataset
 from doppel.tasks.store.db import init_db
@@ -32,10 +30,6 @@ OPTS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 
 class GateFailed(RuntimeError):
     """The arena's lists or judgments broke a contract: no metric was computed."""
-
-
-def new_arena_id() -> str:
-    return datetime.now(UTC).strftime("arena-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
 @task(name="arena-load-fold", **OPTS)

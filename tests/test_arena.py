@@ -176,6 +176,7 @@ def test_doppel_arena_fills_its_tables_and_a_rerun_fits_nothing(prefect_server, 
     args += [f"{__name__}:make_item_id_order", "--n-boot", "20", "--db", str(db), "--cache-dir", str(cache)]
     first = CliRunner().invoke(app, [*args, "--run-id", "arena-a"])
     assert first.exit_code == 0, first.output
+    assert first.output.startswith("arena run arena-a on synthetic, fold(s) u1: ")  # said before the work
     assert "rank agreement" in first.output and "make_item_id_order" in first.output
     assert "u1: no LLM judge" in first.output  # the judges it lacks, and why
     assert "u1: output contracts (GX gate): arena_lists: passed, " in first.output  # the gate's verdict, said

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -12,6 +14,10 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 T = TypeVar("T")
+
+
+def new_arena_id() -> str:
+    return datetime.now(UTC).strftime("arena-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
 class ArenaSettings(BaseModel):
