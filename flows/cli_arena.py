@@ -70,10 +70,10 @@ def arena_command(
     from doppel.tasks.arena.config import new_arena_id
 
     settings = settings.model_copy(update={"run_id": settings.run_id or new_arena_id()})
-    # said first: the tables come only when every fold is scored (minutes on ML-100K)
+    # said first: the tables come only once every fold is scored (minutes on ML-100K)
     console.print(
         f"arena run [bold]{settings.run_id}[/] on {dataset}, fold(s) {', '.join(settings.folds)}: each fold's "
-        "recommenders are fitted, judged and scored, then its tables are printed",
+        "recommenders are fitted, judged and scored; the tables follow at the end",
         highlight=False,
     )
     with friendly_errors(fail), prefect_api():
