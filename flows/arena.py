@@ -169,11 +169,11 @@ def arena(settings: ArenaSettings) -> dict:
         data_dir=settings.data_dir,
         dataset=dataset_path(settings.dataset),
     )
-    logger = get_run_logger()
     run_id = settings.run_id or new_arena_id()
     entrants = entrants_of(settings)
     rl_fold, agents = rl_entrants(settings.db, settings.rl_run) if settings.rl_run else (None, [])
     entrants += agents
+    require_two(entrants)
     init_db(settings.db)
     status = "failed"
     summary: dict[str, Any] = {"run_id": run_id, "folds": {}, "entrants": [e.name for e in entrants]}
@@ -190,41 +190,67 @@ def arena(settings: ArenaSettings) -> dict:
     )
     try:
         for fold in settings.folds:
-            t = time.monotonic()
-            data = load_fold(settings, fold)
-            here = [e for e in entrants if e.family != FAMILY or fold == rl_fold]  # an agent knows its own fold only
-            futures = fit_recommender.map(here, unmapped(data["train"]), unmapped(data["test"]), unmapped(settings))
-            listed = {e.name: f.result() for e, f in zip(here, futures)}
-            judged = hybrid_judge(data, listed, settings)
-            judged, note = ensemble_judge(settings, data, judged)
-            logger.info("arena %s: %s", fold, note)
-            judged, llm_note = llm_judge(settings, run_id, fold, judged)
-            logger.info("arena %s: %s", fold, llm_note)
-            ranked, top = evaluate.assemble(
-                listed, {e.name: e.family for e in here}, judged["observed"], judged["catalogue"]
-            )
-            frames: dict[str, pd.DataFrame] = {
-                "arena_lists": tables.list_rows(run_id, fold, listed),
-                "arena_judgments": tables.judgment_rows(run_id, fold, judged),
-            }
-            checked = gate(settings.db, run_id, frames)
-            scored = score_fold(ranked, top, judged["observed"], fold, settings.n_boot, settings.seed)
-            frames.update({f"arena_{k}": v for k, v in scored.items()})
-            frames["arena_recommenders"] = tables.recommender_rows(run_id, fold, here, listed)
-            save_fold(settings.db, run_id, fold, frames)
-            summary["folds"][fold] = {
-                **scored,
-                "ensemble_note": note,
-                "llm_note": llm_note,
-                "gate": checked,
-                "recommenders": frames["arena_recommenders"],
-                "wall_s": round(time.monotonic() - t, 1),
-            }
-            logger.info("arena %s: %d recommenders judged in %.1f s", fold, len(here), time.monotonic() - t)
+            summary["folds"][fold] = run_fold(settings, run_id, fold, entrants, rl_fold)
         status = "finished"
     finally:
         finish_run(settings.db, run_id, status)
     return summary
+
+
+def run_fold(
+    settings: ArenaSettings, run_id: str, fold: str, entrants: list[zoo.Entrant], rl_fold: str | None
+) -> dict[str, Any]:
+    """One fold: fit and list, judge, gate, score, save; its summary. A progress line shows each step."""
+    from prefect.futures import as_completed
+
+    from doppel.flows.progress import Steps
+
+    logger = get_run_logger()
+    t = time.monotonic()
+    here = [e for e in entrants if e.family != FAMILY or fold == rl_fold]  # an agent knows its own fold only
+    with Steps(f"arena {fold}", total=len(here) + 6, enabled=settings.progress) as steps:
+        steps.doing("loading the fold")
+        data = load_fold(settings, fold)
+        steps.done(f"fitting {len(here)} recommenders")
+        futures = fit_recommender.map(here, unmapped(data["train"]), unmapped(data["test"]), unmapped(settings))
+        name_of = {id(f): e.name for e, f in zip(here, futures)}
+        fitted = {}
+        for future in as_completed(list(futures)):
+            fitted[name_of[id(future)]] = future.result()
+            steps.done(f"fitted {name_of[id(future)]}")
+        listed = {e.name: fitted[e.name] for e in here}  # the zoo's order, whatever order the fits ended in
+        steps.doing("the hybrid judges the listed pairs")
+        judged = hybrid_judge(data, listed, settings)
+        steps.done("the ensemble's vote")
+        judged, note = ensemble_judge(settings, data, judged)
+        logger.info("arena %s: %s", fold, note)
+        steps.done("the LLM's ratings")
+        judged, llm_note = llm_judge(settings, run_id, fold, judged)
+        logger.info("arena %s: %s", fold, llm_note)
+        steps.done("output contracts (GX gate)")
+        ranked, top = evaluate.assemble(
+            listed, {e.name: e.family for e in here}, judged["observed"], judged["catalogue"]
+        )
+        frames: dict[str, pd.DataFrame] = {
+            "arena_lists": tables.list_rows(run_id, fold, listed),
+            "arena_judgments": tables.judgment_rows(run_id, fold, judged),
+        }
+        checked = gate(settings.db, run_id, frames)
+        steps.done("protocols and bootstrap intervals")
+        scored = score_fold(ranked, top, judged["observed"], fold, settings.n_boot, settings.seed)
+        frames.update({f"arena_{k}": v for k, v in scored.items()})
+        frames["arena_recommenders"] = tables.recommender_rows(run_id, fold, here, listed)
+        save_fold(settings.db, run_id, fold, frames)
+        steps.done("saved")
+    logger.info("arena %s: %d recommenders judged in %.1f s", fold, len(here), time.monotonic() - t)
+    return {
+        **scored,
+        "ensemble_note": note,
+        "llm_note": llm_note,
+        "gate": checked,
+        "recommenders": frames["arena_recommenders"],
+        "wall_s": round(time.monotonic() - t, 1),
+    }
 
 
 def entrants_of(settings: ArenaSettings) -> list[zoo.Entrant]:
@@ -247,12 +273,35 @@ def entrants_of(settings: ArenaSettings) -> list[zoo.Entrant]:
     return chosen + plugins
 
 
+def require_two(entrants: list[zoo.Entrant]) -> None:
+    """The arena ranks recommenders against each other: with one, every rank agreement is undefined."""
+    if len(entrants) < 2:
+        raise ValueError(
+            f"the arena ranks recommenders against each other: it needs two or more, got {[e.name for e in entrants]} "
+            "(widen --only or add a --recommender)"
+        )
+
+
+def allow_operator_plugins(settings: ArenaSettings) -> None:
+    """The caller is the operator (CLI, benchmark, Python): the settings' plug-ins are allowed."""
+    allowed = [x for x in os.environ.get(PLUGINS_ENV, "").split(",") if x]
+    os.environ[PLUGINS_ENV] = ",".join(dict.fromkeys(allowed + settings.recommenders))
+
+
+def check_entrants(settings: ArenaSettings) -> None:
+    """Before any engine starts: known --only names, importable plug-ins, two entrants or more (an --rl-run's
+    agents, read from the database in the flow, may make up the second)."""
+    allow_operator_plugins(settings)
+    entrants = entrants_of(settings)
+    if not settings.rl_run:
+        require_two(entrants)
+
+
 def run_arena(settings: ArenaSettings) -> dict:
     """The flow on the settings' task runner: Dask (local cluster or --dask-address) or threads.
 
     The caller is the operator (CLI, benchmark, Python): the settings' plug-ins are allowed."""
-    allowed = [x for x in os.environ.get(PLUGINS_ENV, "").split(",") if x]
-    os.environ[PLUGINS_ENV] = ",".join(dict.fromkeys(allowed + settings.recommenders))
+    allow_operator_plugins(settings)
     if settings.runner == "threads":
         from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 

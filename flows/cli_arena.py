@@ -40,6 +40,9 @@ def arena_command(
     cache_dir: Path = typer.Option(
         Path(".doppel/arena-cache"), help="fitted lists and hybrid judgments (a rerun fits only what changed)"
     ),
+    progress: bool = typer.Option(
+        True, help="show each fold's steps (a bar on a terminal, a line every few seconds elsewhere)"
+    ),
 ) -> None:
     """Recommender arena: do simulated users rank recommenders the way real users do?"""
     from doppel.tasks.arena.config import ArenaSettings
@@ -64,11 +67,16 @@ def arena_command(
         dask_address=dask_address,
         workers=workers,
         cache_dir=str(cache_dir),
+        progress=progress,
     )
     from doppel.flows.errors import friendly_errors
     from doppel.flows.runtime import prefect_api
     from doppel.tasks.arena.config import new_arena_id
 
+    with friendly_errors(fail):  # wrong names or too few entrants: said before Prefect and Dask start
+        from doppel.flows.arena import check_entrants
+
+        check_entrants(settings)
     settings = settings.model_copy(update={"run_id": settings.run_id or new_arena_id()})
     # said first: the tables come only once every fold is scored (minutes on ML-100K)
     console.print(

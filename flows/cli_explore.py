@@ -45,7 +45,7 @@ def sql(
         console.print("\n".join(view_names()), highlight=False)
         return
     if (query is None) == (view is None):
-        fail('give a query ("select ...") or --view NAME (--list shows the views)')
+        fail('give a query ("select ...") or --view NAME (--list shows the views)', 2)
     if run_id is not None and view is None:
         fail("--run-id filters a --view; put the filter in the query instead", 2)
     with _explore_errors():

@@ -18,14 +18,19 @@ from typing import Any
 def friendly_errors(
     fail: Callable[[str, int], None], interrupted: str | Callable[[], str] = "interrupted"
 ) -> Iterator[None]:
-    """Known failures as one line; Ctrl-C and SIGTERM as `interrupted` (a callable: what to rerun, known late)."""
+    """Known failures as one line; Ctrl-C and SIGTERM as `interrupted` (a callable: what to rerun, known late).
+
+    Exit codes as a shell reports a process killed by the signal: 130 (128 + SIGINT), 143 (128 + SIGTERM)."""
+    terminated = threading.Event()
     try:
-        with sigterm_interrupts():
+        with sigterm_interrupts(terminated):
             yield
     except BaseException as exc:
         # Ctrl-C, or SIGTERM as Prefect's flow engine raises it
-        if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "TerminationSignal":
-            fail(interrupted if isinstance(interrupted, str) else interrupted(), 130)
+        by_prefect = type(exc).__name__ == "TerminationSignal"
+        if isinstance(exc, KeyboardInterrupt) or by_prefect:
+            code = 128 + (signal.SIGTERM if terminated.is_set() or by_prefect else signal.SIGINT)
+            fail(interrupted if isinstance(interrupted, str) else interrupted(), code)
         if not isinstance(exc, Exception):
             raise
         known = describe(exc)
@@ -60,16 +65,18 @@ def _raised_by(module: str, name: str) -> tuple[type, ...]:
 
 
 @contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
+def sigterm_interrupts(terminated: threading.Event | None = None) -> Iterator[None]:
     """SIGTERM to the main process ends a command as Ctrl-C does: KeyboardInterrupt, so every engine
-    stops through its context manager and the user reads the one line. A second SIGTERM during that
-    shutdown is ignored (it would interrupt the clean-up)."""
+    stops through its context manager and the user reads the one line (`terminated` is set, for the
+    exit code). A second SIGTERM during that shutdown is ignored (it would interrupt the clean-up)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if terminated is not None:
+            terminated.set()
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)

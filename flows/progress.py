@@ -183,3 +183,36 @@ class Bar:
 
     def __exit__(self, *exc) -> None:
         self._progress.__exit__(*exc)
+
+
+class Steps:
+    """A job of a known number of steps: `label` done/total, what it is doing now, elapsed time (live_progress)."""
+
+    def __init__(self, label: str, total: int, enabled: bool = True) -> None:
+        self._progress = live_progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[doing]}"),
+            TimeElapsedColumn(),
+            enabled=enabled,
+            unit="steps",
+            transient=False,
+            refresh_per_second=4,
+        )
+        self._task = self._progress.add_task(label, total=total, doing="")
+
+    def doing(self, what: str) -> None:
+        """Say what the job does now (no step finished)."""
+        self._progress.update(self._task, doing=what)
+
+    def done(self, then: str = "") -> None:
+        """One step finished; `then` is what comes next."""
+        self._progress.update(self._task, advance=1, doing=then)
+
+    def __enter__(self) -> Steps:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.__exit__(*exc)

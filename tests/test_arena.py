@@ -180,6 +180,7 @@ def test_doppel_arena_fills_its_tables_and_a_rerun_fits_nothing(prefect_server, 
     assert "rank agreement" in first.output and "make_item_id_order" in first.output
     assert "u1: no LLM judge" in first.output  # the judges it lacks, and why
     assert "u1: output contracts (GX gate): arena_lists: passed, " in first.output  # the gate's verdict, said
+    assert "arena u1 10/10 steps · saved · " in first.stderr  # the fold's progress: 4 fits + 6 steps, all done
     with duckdb.connect(str(db), read_only=True) as con:
         gate = con.execute("select suite, success, n_rows from validation_results where run_id = 'arena-a'").fetchall()
         assert sorted(g[0] for g in gate) == ["arena_judgments", "arena_lists"] and all(g[1] and g[2] for g in gate)

@@ -173,3 +173,14 @@ def test_score_of_an_unknown_run_or_a_missing_file(tmp_path):
     done, children, elapsed = run_watched("rl", "--db", str(tmp_path / "none.duckdb"), tmp_path=tmp_path)
     check_fast(done, children, elapsed, "no such DuckDB file")
     assert done.returncode == 2
+
+
+def test_arena_entrants_are_checked_before_any_engine(tmp_path):
+    """An unknown --only name was reported only after Prefect and Dask had started; one entrant ran a whole
+    fold to print rank agreements that cannot exist (NaN) under dozens of numpy warnings."""
+    db = str(tmp_path / "d.duckdb")
+    done, children, elapsed = run_watched("arena", "--only", "random,no_such", "--db", db, tmp_path=tmp_path)
+    check_fast(done, children, elapsed, "--only", "'no_such'")
+    done, children, elapsed = run_watched("arena", "--only", "random", "--db", db, tmp_path=tmp_path)
+    check_fast(done, children, elapsed, "two or more", "['random']", "--only")
+    assert not (tmp_path / "d.duckdb").exists()

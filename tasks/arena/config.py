@@ -40,6 +40,9 @@ class ArenaSettings(BaseModel):
     dask_address: str | None = None
     workers: int = Field(2, ge=1)
     cache_dir: str = ".doppel/arena-cache"
+    progress: bool = Field(
+        True, description="show each fold's steps (a bar on a terminal, a line every few seconds elsewhere)"
+    )
 
 
 def frame_digest(*frames: pd.DataFrame) -> str:
