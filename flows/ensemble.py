@@ -41,6 +41,7 @@ from doppel.tasks.ensemble.vocabulary import build_vocabulary, vocabulary_stats
 from doppel.tasks.ensemble.voters import Index
 from doppel.tasks.ingest import ingest
 from doppel.tasks.llm.calls import CallOwner
+from doppel.tasks.llm.endpoint import check_endpoint
 from doppel.tasks.llm.templates import prompt_hash
 from doppel.tasks.settings import LLMSettings
 from doppel.tasks.store.db import init_db
@@ -98,7 +99,7 @@ def plan_ensemble(settings: EnsembleSettings) -> EnsemblePlan:
     ensure_tables(db)
     dataset, _ = ingest_dataset(settings.run.model_copy(update={"folds": [fold]}))
     run_id = settings.ensemble_id or new_ensemble_id()
-    model = model_key(settings.llm)
+    model = check_endpoint(settings.llm, model_key(settings.llm))  # the id the endpoint answers with
     n_reviews = load_dataset_reviews(settings, dataset)
     catalogue = read(db, "ensemble_catalogue", dataset=dataset, fold=fold)
     if catalogue.empty or catalogue["n_train"].sum() == 0:

@@ -26,6 +26,7 @@ from doppel.tasks.ensemble import embeddings as emb
 from doppel.tasks.ensemble.config import model_key
 from doppel.tasks.ingest import ingest
 from doppel.tasks.llm.calls import CallOwner
+from doppel.tasks.llm.endpoint import check_endpoint
 from doppel.tasks.llm.templates import prompt_hash
 from doppel.tasks.sandbox import build, memory, social, store
 from doppel.tasks.sandbox.config import SandboxSettings, new_sandbox_id
@@ -125,7 +126,7 @@ def register(settings: SandboxSettings, plan: SandboxPlan) -> None:
         plan.sandbox_id,
         plan.dataset,
         settings.fold,
-        model_key(settings.llm),
+        check_endpoint(settings.llm, model_key(settings.llm)),  # the id the endpoint answers with
         settings.recommender,
         {"kind": "sandbox", **settings.model_dump(mode="json"), "sandbox_id": plan.sandbox_id},
         code_version(),

@@ -129,6 +129,40 @@ def test_a_rerun_asks_a_failed_analysis_again_as_a_new_sample(prefect_server, ll
         llm_server.app.answer_fn = None
 
 
+@pytest.mark.slow
+def test_keywords_are_stored_under_the_model_a_llama_cpp_server_serves(prefect_server, scripted, run_settings):
+    """llama.cpp answers under any name. The keywords were stored under the --model typed, so a second such
+    server asked under the same name got the first one's keywords: now they are stored under the model the
+    server serves (its file path), and `doppel rl` and the arena read them back by the run's model."""
+    import duckdb
+
+    from doppel.flows.ensemble import ensemble
+    from doppel.tasks.rl.rewards import read_ensemble_inputs
+
+    first_gguf, second_gguf = "/models/first.gguf", "/models/second.gguf"
+    scripted.configure(llama_cpp=True, model=first_gguf)
+    run = run_settings(synthetic_users=24, synthetic_items=60, runner="threads")
+    settings = EnsembleSettings(
+        run=run.model_copy(update={"llm": run.llm.model_copy(update={"model": "local"})}),
+        fold="u1",
+        items=3,
+        ensemble_id="ens-first",
+        sasrec=SASRecSettings(maxlen=20, dim=16, blocks=1, heads=1, epochs=1, batch_size=16),
+    )
+    assert ensemble(settings)["analysis"]["ok"] == 3
+    scripted.configure(model=second_gguf)  # another server, the same --model
+    before = scripted.stats()["requests"]
+    second = ensemble(settings.model_copy(update={"ensemble_id": "ens-second"}))
+    assert second["analysis"]["jobs"] == 3 and scripted.stats()["requests"] == before + 3  # not the first's
+    with duckdb.connect(settings.run.db, read_only=True) as con:
+        stored = con.execute("select model, count(distinct item_id) from item_keywords group by model").fetchall()
+        models = con.execute("select run_id, model from runs order by run_id").fetchall()
+    assert sorted(stored) == [(first_gguf, 3), (second_gguf, 3)]
+    assert models == [("ens-first", first_gguf), ("ens-second", second_gguf)]
+    for run_id in ("ens-first", "ens-second"):
+        assert read_ensemble_inputs(settings.run.db, run_id).keywords["item_id"].nunique() == 3
+
+
 def test_the_summary_quotes_a_failed_answer_verbatim_and_says_when_every_analysis_failed():
     """The first failure quotes the model's answer: console markup in it is shown, not read (it raised)."""
     from doppel.flows.cli_ensemble import summary_lines

@@ -225,6 +225,28 @@ def test_a_new_sandbox_with_the_same_settings_replays_from_the_cache(sandbox, ll
     assert twin["rounds"][0]["new_calls"] == 0 and twin["rounds"][0]["cached_calls"] > 0
 
 
+def test_a_llama_cpp_server_is_asked_and_recorded_under_the_model_it_serves(sandbox, llm_server):
+    """Under the same --model, a second llama.cpp server (another file) is asked anew, not answered from the
+    first one's cache, and each sandbox records the model that answered it."""
+    from doppel.flows.sandbox import run_sandbox
+
+    llm_server.configure(llama_cpp=True, model="/models/first.gguf")
+    settings = sandbox(sandbox_id="sbx-first", rounds=1, recommender="popular")
+    settings = settings.model_copy(
+        update={"run": settings.run.model_copy(update={"llm": settings.llm.model_copy(update={"model": "local"})})}
+    )
+    run_sandbox(settings)
+    calls = llm_server.stats()["requests"]
+    llm_server.configure(model="/models/second.gguf")
+    run_sandbox(settings.model_copy(update={"sandbox_id": "sbx-second"}))
+    assert llm_server.stats()["requests"] > calls
+    with duckdb.connect(settings.run.db, read_only=True) as con:
+        rows = con.execute("select sandbox_id, model from sandbox_runs order by sandbox_id").fetchall()
+        served = con.execute("select distinct model from llm_calls order by model").fetchall()
+    assert rows == [("sbx-first", "/models/first.gguf"), ("sbx-second", "/models/second.gguf")]
+    assert served == [("/models/first.gguf",), ("/models/second.gguf",)]
+
+
 def test_a_resume_may_switch_the_recommender_and_says_so(sandbox, llm_server):
     """An intervention: round 1 with one recommender, round 2 with another; each round records its own,
     and the summary and the CLI's header name both."""

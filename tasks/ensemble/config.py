@@ -63,10 +63,12 @@ class EnsembleSettings(OneFoldSettings):
 
 
 def model_key(llm: LLMSettings) -> str:
-    """The model name keywords are stored under, known before any server starts.
+    """The model id asked for, known before any server starts.
 
     The embedded server serves a registry model under its registry name and a GGUF file under its
-    stem (tasks/llm/embedded.py), so this equals the model id the gateway sends.
+    stem (tasks/llm/embedded.py), so this equals the model id the gateway sends. An endpoint that answers
+    under any name (llama.cpp) may serve another: `check_endpoint` says which, and keywords are stored
+    under that one (the runs row's `model`, which `doppel rl` and the arena read them back by).
     """
     if llm.base_url is None and llm.gguf:
         return Path(llm.gguf).stem

@@ -142,7 +142,7 @@ def ensemble_run(db: str | Path, ensemble_id: str | None = None, dataset: str | 
 def read_ensemble_inputs(db: str | Path, ensemble_id: str | None = None, dataset: str | None = None) -> EnsembleInputs:
     """Keywords (of the items the run asked for), embeddings and the fold's train split of an ensemble run."""
     from doppel.tasks.ensemble import embeddings as emb
-    from doppel.tasks.ensemble.config import EnsembleSettings, model_key
+    from doppel.tasks.ensemble.config import EnsembleSettings
 
     row = ensemble_run(db, ensemble_id, dataset)
     config = {k: v for k, v in row["config"].items() if k != "kind"}
@@ -152,7 +152,8 @@ def read_ensemble_inputs(db: str | Path, ensemble_id: str | None = None, dataset
     catalogue = query(db, "ensemble_catalogue", dataset=dataset, fold=fold)
     item_ids = catalogue["item_id"].tolist()
     chosen = set(catalogue.head(settings.items)["item_id"]) if settings.items else set(item_ids)
-    keywords = query(db, "ensemble_keywords", dataset=dataset, model=model_key(settings.llm))
+    # under the model id the run stored them with (a llama.cpp server's is its file path, not --model)
+    keywords = query(db, "ensemble_keywords", dataset=dataset, model=row["model"])
     keywords = keywords[keywords["item_id"].isin(chosen)].reset_index(drop=True)
     ratings = query(db, "ensemble_fold_ratings", dataset=dataset, fold=fold)
     train = ratings[ratings["split"] == "train"].reset_index(drop=True)
