@@ -206,7 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", default=",".join(FOLDS), help="comma-separated, default u1..u5")
     parser.add_argument("--users", type=int, default=None, help="test users sampled per fold (seeded); default all")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="ML-100K folder (default: the shared copy, else download)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--stack",

@@ -14,11 +14,11 @@ import pandas as pd
 from .output import HERE
 
 
-def inputs_hash(data_dir: Path) -> str:
+def inputs_hash(data_dir: Path | None) -> str:
     """Everything a cached number depends on besides the arguments, hashed whole: doppel's source (every
     file of the installed doppel package: tasks/, sql/, expectations/, the root package), the benchmark's
     own code (fidelity.py and support/), every installed distribution's version and the Python version,
-    and every data file under data_dir. A change in any of them (e.g. tasks/metrics.py, tasks/baselines.py,
+    and every data file under data_dir (None: the downloaded zip). A change in any of them (e.g. tasks/metrics.py, tasks/baselines.py,
     a new scikit-surprise) misses."""
     import doppel
     import doppel.expectations
@@ -33,6 +33,11 @@ def inputs_hash(data_dir: Path) -> str:
         h.update(path.read_bytes())
     versions = sorted(f"{d.metadata['Name']}=={d.version}".lower() for d in metadata.distributions())
     h.update("\n".join([sys.version, *versions]).encode())
+    if data_dir is None:  # no local copy: doppel's verified download of the public zip is the data
+        from doppel.tasks.data.movielens import download_ml100k
+
+        h.update(download_ml100k().read_bytes())
+        return h.hexdigest()[:16]
     for path in sorted(p for p in Path(data_dir).rglob("*") if p.is_file()):
         h.update(f"{path.relative_to(data_dir)}\0".encode() + path.read_bytes())
     return h.hexdigest()[:16]

@@ -18,7 +18,7 @@ from .output import log
 SLICE_FRAC = 0.2  # the calibration slice: this share of each user's train ratings (fold_features' default)
 
 
-def load_folds(data_dir: Path, folds: list[str]) -> tuple[dict, pd.DataFrame]:
+def load_folds(data_dir: Path | None, folds: list[str]) -> tuple[dict, pd.DataFrame]:
     from doppel.tasks.data.movielens import load_movielens
 
     ds = load_movielens(data_dir)
