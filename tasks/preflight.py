@@ -63,16 +63,39 @@ def check_arena_run(settings: RunSettings) -> None:
         )
 
 
-def check_model(llm: LLMSettings) -> None:
-    """The endpoint answers, accepts the key and serves the model; or the embedded model is there."""
+def check_model(llm: LLMSettings) -> str | None:
+    """The endpoint answers, accepts the key and serves the model; or the embedded model is there.
+
+    Returns the id an endpoint answers with (a llama.cpp server's file path); None for the embedded model."""
     if llm.base_url:
         from doppel.tasks.llm.gateway import check_endpoint
 
-        check_endpoint(llm, llm.model)
-        return
+        return check_endpoint(llm, llm.model)
     from doppel.tasks.llm.embedded_models import ensure_model
 
     ensure_model(llm.gguf or llm.model)  # a registry model (assembled once, then a marker check) or a GGUF file
+    return None
+
+
+def check_resumed_model(settings: RunSettings, served: str) -> None:
+    """A resumed run keeps the model that answered it. A server that answers under any name (llama.cpp)
+    may serve another file under the same --model: its answers would join the first model's in one run."""
+    if not settings.run_id or not Path(settings.db).expanduser().is_file():
+        return
+    import duckdb
+
+    from doppel.tasks.store.db import query
+
+    try:
+        stored = query(settings.db, "run_config", read_only=True, run_id=settings.run_id)
+    except duckdb.Error:  # not a file doppel set up, or locked: the run reports it
+        return
+    if stored.empty or stored["model"].iloc[0] in (served, None):
+        return
+    raise ValueError(
+        f"run {settings.run_id} was answered by model {stored['model'].iloc[0]!r}; {settings.llm.base_url} "
+        f"serves {served!r}: resume it against a server of that model, or start a new run (another --run-id)"
+    )
 
 
 def preflight(settings: RunSettings, model: bool = True) -> None:
@@ -80,4 +103,6 @@ def preflight(settings: RunSettings, model: bool = True) -> None:
     check_paths(settings)
     check_arena_run(settings)
     if model:
-        check_model(settings.llm)
+        served = check_model(settings.llm)
+        if served is not None:
+            check_resumed_model(settings, served)

@@ -125,6 +125,15 @@ def test_llama_cpp_serves_its_model_under_any_name(tmp_path, prefect_server, llm
     again = cli(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert llm_server.stats()["requests"] > first  # asked anew: the first server's answers are not its
+    # resuming the first run against it (a finished run with a user added) would mix two models' answers in
+    # one run: refused, before any call (a finished run's rerun answers from the database, asking no one)
+    with duckdb.connect(str(tmp_path / "d.duckdb"), read_only=True) as con:
+        first_run = con.execute("select run_id from runs where model = ?", [gguf]).fetchall()[0][0]
+    asked = llm_server.stats()["requests"]
+    resumed = cli(*args, "--run-id", first_run, "--users", "3")  # one more user: work left, the endpoint asked
+    error = f"error: run {first_run} was answered by model {gguf!r}; {llm_server.base_url} serves '/models/another"
+    assert resumed.returncode == 2 and error in resumed.stderr and "Traceback" not in resumed.stderr, resumed.stderr
+    assert llm_server.stats()["requests"] == asked
 
 
 def test_unknown_prompt_set(tmp_path, llm_server):

@@ -1,2 +1,2 @@
--- the settings a run was started with (RunSettings as JSON)
-select config from runs where run_id = $run_id
+-- the settings a run was started with (RunSettings as JSON) and the model id that answered it
+select config, model from runs where run_id = $run_id
