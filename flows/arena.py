@@ -214,10 +214,11 @@ def run_fold(
         steps.done(f"fitting {len(here)} recommenders")
         futures = fit_recommender.map(here, unmapped(data["train"]), unmapped(data["test"]), unmapped(settings))
         name_of = {id(f): e.name for e, f in zip(here, futures)}
-        fitted = {}
+        fitted: dict[str, dict] = {}
         for future in as_completed(list(futures)):
             fitted[name_of[id(future)]] = future.result()
-            steps.done(f"fitted {name_of[id(future)]}")
+            left = [e.name for e in here if e.name not in fitted]
+            steps.done(f"fitted {name_of[id(future)]}" + (f"; left: {', '.join(left)}" if left else ""))
         listed = {e.name: fitted[e.name] for e in here}  # the zoo's order, whatever order the fits ended in
         steps.doing("the hybrid judges the listed pairs")
         judged = hybrid_judge(data, listed, settings)

@@ -33,8 +33,10 @@ PLAIN_EVERY_S = 5.0
 class PlainProgress:
     """Rich Progress's add_task / update for a stream that is not a terminal: full lines, never redrawn."""
 
-    def __init__(self, enabled: bool = True, every_s: float = PLAIN_EVERY_S, unit: str = "", stream=None) -> None:
-        self.enabled, self.every_s, self.unit = enabled, every_s, unit
+    def __init__(
+        self, enabled: bool = True, every_s: float = PLAIN_EVERY_S, unit: str = "", stream=None, eta: bool = True
+    ) -> None:
+        self.enabled, self.every_s, self.unit, self.eta = enabled, every_s, unit, eta
         self._stream = stream
         self._tasks: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -79,7 +81,7 @@ class PlainProgress:
         parts = [f"{task['description']} {count}" + (f" {self.unit}" if self.unit else "")]
         parts += [str(v) for v in task["fields"].values() if v not in ("", None)]
         parts.append(f"{_clock(elapsed)} elapsed")
-        if total and 0 < done < total:
+        if self.eta and total and 0 < done < total:
             parts.append(f"ETA {_clock(elapsed / done * (total - done))}")
         return " · ".join(parts)
 
@@ -113,10 +115,13 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def live_progress(*columns: Any, enabled: bool = True, unit: str = "", **kwargs: Any) -> Progress | PlainProgress:
-    """Rich's Progress (with these columns) on a terminal; PlainProgress into a pipe or file (stderr)."""
+def live_progress(
+    *columns: Any, enabled: bool = True, unit: str = "", eta: bool = True, **kwargs: Any
+) -> Progress | PlainProgress:
+    """Rich's Progress (with these columns) on a terminal; PlainProgress into a pipe or file (stderr).
+    `eta`: whether the plain line estimates the time left (not for steps of very unequal length)."""
     if not sys.stderr.isatty():
-        return PlainProgress(enabled=enabled, unit=unit)
+        return PlainProgress(enabled=enabled, unit=unit, eta=eta)
     return Progress(*columns, console=Console(stderr=True), disable=not enabled, **kwargs)
 
 
@@ -197,6 +202,7 @@ class Steps:
             TimeElapsedColumn(),
             enabled=enabled,
             unit="steps",
+            eta=False,  # a fit takes a second, the hybrid a minute: no estimate from the steps done
             transient=False,
             refresh_per_second=4,
         )
