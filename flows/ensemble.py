@@ -43,6 +43,7 @@ from doppel.tasks.ingest import ingest
 from doppel.tasks.llm.calls import CallOwner
 from doppel.tasks.llm.endpoint import check_endpoint
 from doppel.tasks.llm.templates import prompt_hash
+from doppel.tasks.preflight import check_resumed_model
 from doppel.tasks.settings import LLMSettings
 from doppel.tasks.store.db import init_db
 from doppel.tasks.store.writes import finish_run, start_run
@@ -100,6 +101,7 @@ def plan_ensemble(settings: EnsembleSettings) -> EnsemblePlan:
     dataset, _ = ingest_dataset(settings.run.model_copy(update={"folds": [fold]}))
     run_id = settings.ensemble_id or new_ensemble_id()
     model = check_endpoint(settings.llm, model_key(settings.llm))  # the id the endpoint answers with
+    check_resumed_model(db, run_id, model, settings.llm.base_url)  # a resume keeps its keywords' model
     n_reviews = load_dataset_reviews(settings, dataset)
     catalogue = read(db, "ensemble_catalogue", dataset=dataset, fold=fold)
     if catalogue.empty or catalogue["n_train"].sum() == 0:

@@ -77,24 +77,24 @@ def check_model(llm: LLMSettings) -> str | None:
     return None
 
 
-def check_resumed_model(settings: RunSettings, served: str) -> None:
+def check_resumed_model(db: str | Path, run_id: str | None, served: str, endpoint: str | None) -> None:
     """A resumed run keeps the model that answered it. A server that answers under any name (llama.cpp)
     may serve another file under the same --model: its answers would join the first model's in one run."""
-    if not settings.run_id or not Path(settings.db).expanduser().is_file():
+    if not run_id or not Path(db).expanduser().is_file():
         return
     import duckdb
 
     from doppel.tasks.store.db import query
 
     try:
-        stored = query(settings.db, "run_config", read_only=True, run_id=settings.run_id)
+        stored = query(db, "run_config", read_only=True, run_id=run_id)
     except duckdb.Error:  # not a file doppel set up, or locked: the run reports it
         return
     if stored.empty or stored["model"].iloc[0] in (served, None):
         return
     raise ValueError(
-        f"run {settings.run_id} was answered by model {stored['model'].iloc[0]!r}; {settings.llm.base_url} "
-        f"serves {served!r}: resume it against a server of that model, or start a new run (another --run-id)"
+        f"run {run_id} was answered by model {stored['model'].iloc[0]!r}; {endpoint or 'the embedded server'} "
+        f"serves {served!r}: resume it against a server of that model, or start a new run (another id)"
     )
 
 
@@ -105,4 +105,4 @@ def preflight(settings: RunSettings, model: bool = True) -> None:
     if model:
         served = check_model(settings.llm)
         if served is not None:
-            check_resumed_model(settings, served)
+            check_resumed_model(settings.db, settings.run_id, served, settings.llm.base_url)

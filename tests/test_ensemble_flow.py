@@ -161,6 +161,10 @@ def test_keywords_are_stored_under_the_model_a_llama_cpp_server_serves(prefect_s
     assert models == [("ens-first", first_gguf), ("ens-second", second_gguf)]
     for run_id in ("ens-first", "ens-second"):
         assert read_ensemble_inputs(settings.run.db, run_id).keywords["item_id"].nunique() == 3
+    asked = scripted.stats()["requests"]
+    with pytest.raises(ValueError, match=f"run ens-first was answered by model '{first_gguf}'.*'{second_gguf}'"):
+        ensemble(settings)  # resuming the first run against the second server: refused, nothing asked
+    assert scripted.stats()["requests"] == asked
 
 
 def test_the_summary_quotes_a_failed_answer_verbatim_and_says_when_every_analysis_failed():
