@@ -103,6 +103,7 @@ class SandboxPlan:
     rounds_left: list[int]
     needs_llm: bool
     owner: CallOwner
+    model: str  # the id the endpoint answers with (a llama.cpp server's file path)
 
 
 def plan_sandbox(settings: SandboxSettings, control: Control) -> SandboxPlan:
@@ -115,8 +116,12 @@ def plan_sandbox(settings: SandboxSettings, control: Control) -> SandboxPlan:
     done = store.finished_rounds(db, sandbox_id)
     left = list(range(done + 1, settings.rounds + 1))
     has_agents = not store.read(db, "sandbox_agents", sandbox_id=sandbox_id).empty
+    needs_llm = bool(left) or not has_agents
+    model = check_endpoint(settings.llm, model_key(settings.llm))
+    if needs_llm:
+        store.check_same_model(db, sandbox_id, model, settings.llm.base_url)
     control.round, control.status = done, "running"
-    return SandboxPlan(sandbox_id, dataset, done, left, bool(left) or not has_agents, CallOwner(sandbox_id))
+    return SandboxPlan(sandbox_id, dataset, done, left, needs_llm, CallOwner(sandbox_id), model)
 
 
 def register(settings: SandboxSettings, plan: SandboxPlan) -> None:
@@ -126,7 +131,7 @@ def register(settings: SandboxSettings, plan: SandboxPlan) -> None:
         plan.sandbox_id,
         plan.dataset,
         settings.fold,
-        check_endpoint(settings.llm, model_key(settings.llm)),  # the id the endpoint answers with
+        plan.model,
         settings.recommender,
         {"kind": "sandbox", **settings.model_dump(mode="json"), "sandbox_id": plan.sandbox_id},
         code_version(),

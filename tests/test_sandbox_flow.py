@@ -227,7 +227,8 @@ def test_a_new_sandbox_with_the_same_settings_replays_from_the_cache(sandbox, ll
 
 def test_a_llama_cpp_server_is_asked_and_recorded_under_the_model_it_serves(sandbox, llm_server):
     """Under the same --model, a second llama.cpp server (another file) is asked anew, not answered from the
-    first one's cache, and each sandbox records the model that answered it."""
+    first one's cache, and each sandbox records the model that answered it; a sandbox is not resumed on
+    another model."""
     from doppel.flows.sandbox import run_sandbox
 
     llm_server.configure(llama_cpp=True, model="/models/first.gguf")
@@ -245,6 +246,10 @@ def test_a_llama_cpp_server_is_asked_and_recorded_under_the_model_it_serves(sand
         served = con.execute("select distinct model from llm_calls order by model").fetchall()
     assert rows == [("sbx-first", "/models/first.gguf"), ("sbx-second", "/models/second.gguf")]
     assert served == [("/models/first.gguf",), ("/models/second.gguf",)]
+    asked = llm_server.stats()["requests"]  # a second round of the first sandbox, on the second server: refused
+    with pytest.raises(ValueError, match="sandbox sbx-first was played by model '/models/first.gguf'.*second.gguf"):
+        run_sandbox(settings.model_copy(update={"rounds": 2}))
+    assert llm_server.stats()["requests"] == asked
 
 
 def test_a_resume_may_switch_the_recommender_and_says_so(sandbox, llm_server):
