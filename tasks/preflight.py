@@ -90,12 +90,12 @@ def check_resumed_model(db: str | Path, run_id: str | None, served: str, endpoin
         stored = query(db, "run_config", read_only=True, run_id=run_id)
     except duckdb.Error:  # not a file doppel set up, or locked: the run reports it
         return
-    if stored.empty or stored["model"].iloc[0] in (served, None):
-        return
-    raise ValueError(
-        f"run {run_id} was answered by model {stored['model'].iloc[0]!r}; {endpoint or 'the embedded server'} "
-        f"serves {served!r}: resume it against a server of that model, or start a new run (another id)"
-    )
+    if not stored.empty:
+        from doppel.tasks.llm.endpoint import refuse_another_model
+
+        refuse_another_model(
+            f"run {run_id} was answered", stored["model"].iloc[0], served, endpoint, "start a new run (another id)"
+        )
 
 
 def preflight(settings: RunSettings, model: bool = True) -> None:

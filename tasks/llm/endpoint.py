@@ -73,3 +73,17 @@ def check_endpoint(settings: LLMSettings, model_id: str) -> str:
         _NOTED.add(note)
         logging.getLogger("doppel").warning(note)
     return answering
+
+
+def refuse_another_model(subject: str, stored: str | None, served: str, endpoint: str | None, start_new: str) -> None:
+    """A resume keeps the model that answered it: a server that answers under any name (llama.cpp) may
+    serve another file under the same --model, and its answers would join the first model's.
+
+    `subject`: what was answered ("run X was answered"); `stored`: its model (None: nothing stored yet);
+    `start_new`: how to start afresh instead."""
+    if stored is None or stored == served:
+        return
+    raise ValueError(
+        f"{subject} by model {stored!r}; {endpoint or 'the embedded server'} serves {served!r}: "
+        f"resume it against a server of that model, or {start_new}"
+    )

@@ -50,12 +50,16 @@ def read(db: str | Path, name: str, **params) -> pd.DataFrame:
 def check_same_model(db: str | Path, sandbox_id: str, model: str, endpoint: str | None) -> None:
     """A sandbox resumes with the model that played it: one sandbox, one model's agents (a llama.cpp
     server answers under any name, so the same --model may be another file)."""
+    from doppel.tasks.llm.endpoint import refuse_another_model
+
     stored = read(db, "sandbox_run", sandbox_id=sandbox_id)
-    if not stored.empty and stored["model"].iloc[0] != model:
-        raise ValueError(
-            f"sandbox {sandbox_id} was played by model {stored['model'].iloc[0]!r}; "
-            f"{endpoint or 'the embedded server'} serves {model!r}: resume it against a server of that model, "
-            "or start a new sandbox (another --sandbox-id)"
+    if not stored.empty:
+        refuse_another_model(
+            f"sandbox {sandbox_id} was played",
+            stored["model"].iloc[0],
+            model,
+            endpoint,
+            "start a new sandbox (another --sandbox-id)",
         )
 
 
