@@ -160,65 +160,58 @@ class Tally:
         return f"{self.failed} failed · {made} made, {self.cached} from the cache · {tokens:,} tokens"
 
 
-class Bar:
+class _OneTask:
+    """One task of `live_progress` as a context manager: the columns between the label and the elapsed
+    time, the task's own fields, and whether the plain line estimates the time left."""
+
+    def __init__(self, label: str, total: int, columns: list, fields: dict, enabled: bool, unit: str, eta: bool):
+        self._progress = live_progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            *columns,
+            enabled=enabled,
+            unit=unit,
+            eta=eta,
+            transient=False,
+            refresh_per_second=4,
+        )
+        self._task = self._progress.add_task(label, total=total, **fields)
+
+    def _update(self, **changes: Any) -> None:
+        self._progress.update(self._task, **changes)
+
+    def __enter__(self):
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.__exit__(*exc)
+
+
+class Bar(_OneTask):
     """The fan-out's progress: `label` done/total, the tally's line, elapsed time and ETA (live_progress)."""
 
     def __init__(self, label: str, total: int, enabled: bool = True, unit: str = "") -> None:
-        self._progress = live_progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            enabled=enabled,
-            unit=unit,
-            transient=False,
-            refresh_per_second=4,
-        )
-        self._task = self._progress.add_task(label, total=total, stats="")
+        columns = [TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        super().__init__(label, total, columns, {"stats": ""}, enabled, unit, eta=True)
 
     def show(self, tally: Tally, advance: int, calls_so_far: int = 0, tokens_so_far: int = 0) -> None:
-        self._progress.update(self._task, advance=advance, stats=tally.line(calls_so_far, tokens_so_far))
-
-    def __enter__(self) -> Bar:
-        self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._progress.__exit__(*exc)
+        self._update(advance=advance, stats=tally.line(calls_so_far, tokens_so_far))
 
 
-class Steps:
+class Steps(_OneTask):
     """A job of a known number of steps: `label` done/total, what it is doing now, elapsed time (live_progress)."""
 
     def __init__(self, label: str, total: int, enabled: bool = True) -> None:
-        self._progress = live_progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[doing]}"),
-            TimeElapsedColumn(),
-            enabled=enabled,
-            unit="steps",
-            eta=False,  # a fit takes a second, the hybrid a minute: no estimate from the steps done
-            transient=False,
-            refresh_per_second=4,
-        )
-        self._task = self._progress.add_task(label, total=total, doing="")
+        # no ETA: a fit takes a second, the hybrid a minute, so the steps done say nothing of the time left
+        columns = [TextColumn("{task.fields[doing]}"), TimeElapsedColumn()]
+        super().__init__(label, total, columns, {"doing": ""}, enabled, "steps", eta=False)
 
     def doing(self, what: str) -> None:
         """Say what the job does now (no step finished)."""
-        self._progress.update(self._task, doing=what)
+        self._update(doing=what)
 
     def done(self, then: str = "") -> None:
         """One step finished; `then` is what comes next."""
-        self._progress.update(self._task, advance=1, doing=then)
-
-    def __enter__(self) -> Steps:
-        self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._progress.__exit__(*exc)
+        self._update(advance=1, doing=then)
