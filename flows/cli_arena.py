@@ -73,10 +73,12 @@ def arena_command(
     from doppel.flows.runtime import prefect_api
     from doppel.tasks.arena.config import new_arena_id
 
-    with friendly_errors(fail):  # wrong names or too few entrants: said before Prefect and Dask start
+    with friendly_errors(fail):  # wrong names, too few entrants, no scheduler: said before Prefect and Dask start
         from doppel.flows.arena import check_entrants
+        from doppel.tasks.preflight import check_dask_address
 
         check_entrants(settings)
+        check_dask_address(settings.dask_address)
     settings = settings.model_copy(update={"run_id": settings.run_id or new_arena_id()})
     # said first: the tables come only once every fold is scored (minutes on ML-100K)
     console.print(

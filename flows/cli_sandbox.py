@@ -9,6 +9,7 @@ import typer
 from doppel.flows.cli_output import console, fail, show
 from doppel.flows.options import DB, OptionSet, dataset_options, llm_options, opt, settings_command
 from doppel.tasks.preflight import preflight
+from doppel.tasks.records import DataError
 from doppel.tasks.sandbox.config import SandboxSettings
 
 app = typer.Typer()
@@ -54,6 +55,13 @@ UI = SANDBOX.only(
 )  # fmt: skip
 
 
+def preflight_sandbox(settings: SandboxSettings) -> None:
+    """The sandbox's own file (its edges are read once the agents are known), then the run's checks."""
+    if settings.graph_file and not Path(settings.graph_file).is_file():
+        raise DataError(settings.graph_file, None, "no such file (--graph-file)")
+    preflight(settings.run)
+
+
 @sandbox_app.callback(invoke_without_command=True)
 @settings_command(SANDBOX, fail)
 def sandbox_run(settings: SandboxSettings, ctx: typer.Context) -> None:
@@ -65,7 +73,7 @@ def sandbox_run(settings: SandboxSettings, ctx: typer.Context) -> None:
     from doppel.tasks.sandbox.config import new_sandbox_id
 
     with friendly_errors(fail):
-        preflight(settings.run)  # before any engine starts: a wrong path, fold or endpoint in seconds
+        preflight_sandbox(settings)  # before any engine starts: a wrong path, fold or endpoint in seconds
         agents, used = stored_sandbox(settings.run.db, settings.sandbox_id) if settings.sandbox_id else (0, None)
     settings = settings.model_copy(update={"sandbox_id": settings.sandbox_id or new_sandbox_id()})
     # said first, as `doppel run` does: a --sandbox-id with a typo starts a new sandbox under that name
@@ -109,7 +117,7 @@ def ui(settings: SandboxSettings, port: int = typer.Option(8765, help="port on 1
     from doppel.flows.runtime import prefect_api
 
     with friendly_errors(fail):
-        preflight(settings.run)  # before any engine starts: a wrong path, fold or endpoint in seconds
+        preflight_sandbox(settings)  # before any engine starts: a wrong path, fold or endpoint in seconds
     with friendly_errors(fail), prefect_api():
         from doppel.flows.sandbox_ui import serve
 

@@ -6,7 +6,9 @@ The path and fold checks look at file names only (well under a second); the mode
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from doppel.tasks.data.registry import DataSource, builtin, locate
 from doppel.tasks.records import DataError
@@ -98,10 +100,33 @@ def check_resumed_model(db: str | Path, run_id: str | None, served: str, endpoin
         )
 
 
+def check_dask_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """An external Dask scheduler accepts a connection (Dask's own connect waits 30 s, then a traceback).
+    Schemes other than tcp, tls, ws and wss are left to Dask."""
+    if not address:
+        return
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme not in ("tcp", "tls", "ws", "wss"):
+        return
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is no number
+        host = port = None
+    if not host or port is None:
+        raise DataError(address, None, "is not a scheduler address; --dask-address wants tcp://host:port")
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise DataError(address, None, f"no Dask scheduler answers there ({reason}; --dask-address)") from None
+
+
 def preflight(settings: RunSettings, model: bool = True) -> None:
     """Every check, cheapest first: a wrong path is reported before the endpoint is asked anything."""
     check_paths(settings)
     check_arena_run(settings)
+    check_dask_address(settings.dask_address)
     if model:
         served = check_model(settings.llm)
         if served is not None:

@@ -31,7 +31,7 @@ class LLMSettings(BaseModel):
         description="the embedded server's parallel sequences, continuously batched: its LLM concurrency "
         "(one user per slot; benchmarks/embedded_slots.py measures them)",
     )
-    temperature: float = Field(0.0, description="sampling temperature")
+    temperature: float = Field(0.0, ge=0, description="sampling temperature")
     seed: int = Field(0, description="LLM seed")
     # a profile of tasks/simulation.PROFILE_WORDS words fits; a looping answer stops here (answer_shapes.md)
     max_tokens_profile: int = 120
@@ -42,9 +42,9 @@ class LLMSettings(BaseModel):
         description="profile calls: OpenAI frequency_penalty against the loops small models write (0: not sent)",
     )
     max_tokens_rating_per_item: int = 16
-    timeout_s: float = Field(120.0, description="seconds per LLM call")
-    max_retries: int = 4  # transport retries by the openai client (429/5xx/timeouts)
-    repair_attempts: int = 2  # re-asks quoting the validation error
+    timeout_s: float = Field(120.0, gt=0, description="seconds per LLM call")
+    max_retries: int = Field(4, ge=0)  # transport retries by the openai client (429/5xx/timeouts)
+    repair_attempts: int = Field(2, ge=0)  # re-asks quoting the validation error
     profile_keep_words: int = Field(
         20,
         ge=0,
@@ -67,11 +67,11 @@ class LLMSettings(BaseModel):
     # users simulated at once per slot: a few keep a remote endpoint's slots busy across round trips; the
     # embedded server gets 1, so each user's calls run back to back on one slot and reuse its prompt cache
     users_per_slot: int = Field(3, ge=1, le=8)
-    rpm: float | None = Field(None, description="requests per minute cap")
+    rpm: float | None = Field(None, gt=0, description="requests per minute cap")
     concurrency_limit_name: str | None = Field(None, description="also hold this Prefect global concurrency limit")
     cache_dir: str | None = Field(None, description="LLM response cache (default: .doppel/ next to the db)")
-    price_prompt_per_mtok: float = Field(0.0, description="USD per million prompt tokens (cost accounting)")
-    price_completion_per_mtok: float = Field(0.0, description="USD per million completion tokens")
+    price_prompt_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens (cost accounting)")
+    price_completion_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens")
 
     def profile_params(self) -> dict[str, Any]:
         """Sampling parameters of a profile call. The penalty is sent only when set (not every server takes
@@ -96,7 +96,7 @@ class SimulationSettings(BaseModel):
     prompts: str = Field(
         "compact", description="prompt set: compact | seed (the seed's layout) | item_ids | positions | a folder of .md"
     )
-    max_test_items: int | None = Field(None, description="cap held-out items per user (default: all)")
+    max_test_items: int | None = Field(None, ge=1, description="cap held-out items per user (default: all)")
     target: Literal["test", "slice", "arena"] = Field(
         "test",
         description="what to rate: test (the held-out items) | slice (each user's calibration slice of train, "
@@ -136,8 +136,8 @@ class RunSettings(BaseModel):
     dataset: str = Field("synthetic", description=NAMES_HELP)
     data_dir: str | None = Field(None, description="local copy of the dataset (ml-100k: the unzipped folder)")
     item_text: str | None = Field(None, description="item overview TSV (item id + overview)")
-    synthetic_users: int = Field(60, description="synthetic dataset: number of users")
-    synthetic_items: int = Field(120, description="synthetic dataset: number of items")
+    synthetic_users: int = Field(60, ge=1, description="synthetic dataset: number of users")
+    synthetic_items: int = Field(120, ge=1, description="synthetic dataset: number of items")
     folds: list[str] = Field(
         None, validate_default=True, description="u1..u5, a comma list, or all (default: u1; a ratings CSV: t1)"
     )
@@ -148,7 +148,7 @@ class RunSettings(BaseModel):
     run_id: str | None = Field(None, description="resume or rerun this run id (default: a new run)")
     runner: Literal["dask", "threads"] = Field("dask", description="dask | threads")
     dask_address: str | None = Field(None, description="use an existing Dask scheduler (tcp://host:8786)")
-    dask_workers: int = Field(2, description="local Dask workers (and user chunks)")
+    dask_workers: int = Field(2, ge=1, description="local Dask workers (and user chunks)")
     llm: LLMSettings = Field(default_factory=LLMSettings)
     sim: SimulationSettings = Field(default_factory=SimulationSettings)
     baselines: bool = Field(True, description="score CF baselines on the same rows")

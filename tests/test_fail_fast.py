@@ -184,3 +184,22 @@ def test_arena_entrants_are_checked_before_any_engine(tmp_path):
     done, children, elapsed = run_watched("arena", "--only", "random", "--db", db, tmp_path=tmp_path)
     check_fast(done, children, elapsed, "two or more", "['random']", "--only")
     assert not (tmp_path / "d.duckdb").exists()
+
+
+def test_no_dask_scheduler_a_missing_graph_file_and_values_out_of_range(tmp_path):
+    """An unreachable --dask-address was Dask's traceback after 30 s; a missing --graph-file was read after
+    the agents' profiles were built; `--rpm -5` and `--timeout 0` ran, each pair failing."""
+    db = str(tmp_path / "d.duckdb")
+    scheduler = f"tcp://127.0.0.1:{closed_port()}"
+    for command in ("run", "arena", "ensemble"):
+        done, children, elapsed = run_watched(command, "--dask-address", scheduler, "--db", db, tmp_path=tmp_path)
+        check_fast(done, children, elapsed, scheduler, "no Dask scheduler", "--dask-address")
+    done, children, elapsed = run_watched("run", "--dask-address", "tcp://host:port", "--db", db, tmp_path=tmp_path)
+    check_fast(done, children, elapsed, "tcp://host:port", "tcp://host:port")
+    missing = str(tmp_path / "friends.csv")
+    done, children, elapsed = run_watched("sandbox", "--graph-file", missing, "--db", db, tmp_path=tmp_path)
+    check_fast(done, children, elapsed, missing, "--graph-file")
+    for option, value in (("--rpm", "-5"), ("--timeout", "0"), ("--temperature", "-1")):
+        done, children, elapsed = run_watched("run", option, value, "--db", db, tmp_path=tmp_path)
+        check_fast(done, children, elapsed, option, "greater than")
+    assert not (tmp_path / "d.duckdb").exists()
