@@ -162,14 +162,20 @@ def simulate(base: RunSettings | None = None, /, **options: Any) -> Run:
         >>> run = doppel.simulate(users=3, base_url="http://localhost:8000/v1", model="qwen2.5:7b")
         >>> run.fidelity()
     """
+    guard = '`if __name__ == "__main__":` (as for any script that starts processes), or pass runner="threads"'
     if sys._getframe(1).f_globals.get("__name__") == "__mp_main__":
         # a Dask worker process (forkserver/spawn) is importing the caller's script as __mp_main__: running
         # again would start processes from a process still starting (Python's "bootstrapping phase" error)
         raise RuntimeError(
-            "doppel.simulate() was called while a worker process imported your script: put the call under "
-            '`if __name__ == "__main__":` (as for any script that starts processes), or pass runner="threads"'
+            f"doppel.simulate() was called while a worker process imported your script: put the call under {guard}"
         )
     chosen = settings(base, **options)
+    if chosen.runner == "dask" and not chosen.dask_address and _unguarded_script_line(sys._getframe(1)):
+        # said here, before any worker starts: each worker would otherwise fail on the line above, and the
+        # advice would drown in their tracebacks
+        raise RuntimeError(
+            f"doppel.simulate() is called where Dask's worker processes would call it again: put the call under {guard}"
+        )
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
     from doppel.flows.plan import plan_run
@@ -186,6 +192,30 @@ def simulate(base: RunSettings | None = None, /, **options: Any) -> Run:
     run = open_run(chosen.db, summary["run_id"])
     run.summary = summary
     return run
+
+
+def _unguarded_script_line(frame: Any) -> int | None:
+    """The line of the running script's top level that led to this call, if no `if __name__ == "__main__":`
+    holds it (None: a guarded call, a notebook, `python -c`, or a module run as no script)."""
+    import ast
+
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    while frame is not None and not (
+        frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__main__"
+    ):
+        frame = frame.f_back
+    if frame is None or not main_file or frame.f_code.co_filename != main_file:
+        return None
+    try:
+        tree = ast.parse(Path(main_file).read_text(), main_file)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    line = frame.f_lineno
+    for node in tree.body:  # a guard is a top-level `if __name__ == "__main__":`
+        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) and "__name__" in ast.unparse(node.test):
+            if node.lineno <= line <= (node.end_lineno or node.lineno):
+                return None
+    return line
 
 
 def fidelity(

@@ -6,7 +6,6 @@ HTTP test LLM server; the Gymnasium check runs the exact one-liner of the docs i
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -69,22 +68,20 @@ def test_simulate_open_run_and_fidelity(prefect_server, llm_server, run_settings
     )
 
 
-@pytest.mark.slow
-def test_simulate_in_a_script_without_a_main_guard_says_what_to_do(tmp_path, prefect_server, llm_server):
-    """Dask's worker processes import the caller's script again (forkserver): a module-level
-    `doppel.simulate` there is refused with the fix, not Python's "bootstrapping phase" error."""
+@pytest.mark.parametrize("through_a_function", [False, True])
+def test_simulate_in_a_script_without_a_main_guard_says_what_to_do(tmp_path, llm_server, through_a_function):
+    """Dask's worker processes import the caller's script again (forkserver): a `doppel.simulate` the
+    script's top level reaches outside `if __name__ == "__main__":` is refused with the fix, before any
+    process starts (not Python's "bootstrapping phase" error, nor the advice inside every worker's traceback)."""
     script = tmp_path / "unguarded.py"
-    db = str(tmp_path / "d.duckdb")
-    script.write_text(
-        "import doppel\n"
-        f"doppel.simulate(users=1, base_url={llm_server.base_url!r}, model='doppel-test-model', db={db!r})\n"
-    )
-    env = {**os.environ, "PREFECT_API_URL": prefect_server}
-    done = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    db = tmp_path / "d.duckdb"
+    call = f"doppel.simulate(users=1, base_url={llm_server.base_url!r}, model='doppel-test-model', db={str(db)!r})"
+    body = f"def main():\n    {call}\n\nmain()\n" if through_a_function else f"{call}\n"
+    script.write_text("import doppel\n" + body)
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert 'put the call under `if __name__ == "__main__":`' in done.stderr, done.stderr[-3000:]
+    assert "Nanny" not in done.stderr and not db.exists()  # refused before any worker, Prefect or database
 
 
 def _python(code: str, cwd) -> subprocess.CompletedProcess:
