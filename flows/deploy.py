@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,8 @@ def serve_file(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)  # until the runner installs its own: stop cleanly, exit 0
+    # Prefect's runner, stopped by SIGTERM, leaves its stop coroutine unawaited: Python's warning says nothing to act on
+    warnings.filterwarnings("ignore", "coroutine 'Runner.astop' was never awaited", RuntimeWarning)
     try:
         with local_prefect_server(port) as url:
             os.environ["PREFECT_API_URL"] = url  # flow-run subprocesses inherit it
