@@ -160,6 +160,11 @@ def register_run(settings: RunSettings, run_id: str, dataset: str, llm: LLMSetti
     """
     config = settings.model_dump(mode="json")
     config["run_id"] = run_id
+    # chosen first: unknown --user-ids stop the run before it is recorded
+    users = {
+        fold: select_users(settings.db, dataset, fold, settings.users, settings.user_ids, settings.sample_seed)
+        for fold in settings.folds
+    }
     start_run(
         settings.db,
         run_id,
@@ -173,8 +178,7 @@ def register_run(settings: RunSettings, run_id: str, dataset: str, llm: LLMSetti
     )
     requested = []
     for fold in settings.folds:
-        users = select_users(settings.db, dataset, fold, settings.users, settings.user_ids, settings.sample_seed)
-        pairs = requested_pairs(settings.db, dataset, fold, users, settings.sim)
+        pairs = requested_pairs(settings.db, dataset, fold, users[fold], settings.sim)
         n_pairs = pairs.groupby("user_id", sort=False).size()
         add_run_users(
             settings.db, run_id, pd.DataFrame({"fold": fold, "user_id": n_pairs.index, "n_pairs": n_pairs.to_numpy()})

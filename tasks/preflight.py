@@ -100,6 +100,28 @@ def check_resumed_model(db: str | Path, run_id: str | None, served: str, endpoin
         )
 
 
+def check_user_ids(settings: RunSettings) -> None:
+    """--user-ids are test users of every fold asked, when --db already holds the dataset from the same
+    source (else the flow checks them after loading it, before the run is recorded)."""
+    if not settings.user_ids or not Path(settings.db).expanduser().is_file():
+        return
+    import duckdb
+
+    from doppel.tasks.ingest import dataset_name, source_of
+    from doppel.tasks.planning import select_users
+    from doppel.tasks.store.db import query
+
+    name = dataset_name(settings)
+    try:
+        stored = query(settings.db, "dataset_source", read_only=True, dataset=name)
+    except duckdb.Error:  # not a file doppel set up, or locked by a run: the flow checks them
+        return
+    if stored.empty or stored["source"].iloc[0] != source_of(settings):
+        return
+    for fold in settings.folds:
+        select_users(settings.db, name, fold, settings.users, settings.user_ids, settings.sample_seed)
+
+
 def check_dask_address(address: str | None, timeout_s: float = 5.0) -> None:
     """An external Dask scheduler accepts a connection (Dask's own connect waits 30 s, then a traceback).
     Schemes other than tcp, tls, ws and wss are left to Dask."""
@@ -126,6 +148,7 @@ def preflight(settings: RunSettings, model: bool = True) -> None:
     """Every check, cheapest first: a wrong path is reported before the endpoint is asked anything."""
     check_paths(settings)
     check_arena_run(settings)
+    check_user_ids(settings)
     check_dask_address(settings.dask_address)
     if model:
         served = check_model(settings.llm)

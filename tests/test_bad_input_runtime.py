@@ -121,6 +121,19 @@ def test_endpoint_failing_every_call_records_failed_pairs(prefect_server, llm_se
     assert rows["reason"].str.contains("HTTP 500").all(), rows["reason"].unique()
 
 
+def test_unknown_user_ids_on_a_fresh_database_record_no_run(prefect_server, llm_server, run_settings):
+    """The dataset is not stored yet, so the preflight cannot check --user-ids: the flow refuses them
+    after loading it, before the run is recorded (no `failed` run row to clean up)."""
+    from doppel.flows.simulate import simulate
+
+    settings = run_settings(run_id="no-such-users", users=None, user_ids=["no-such-user"], baselines=False)
+    with pytest.raises(ValueError, match=r"no-such-user.*not test users of fold 'u1'"):
+        simulate(settings)
+    with duckdb.connect(settings.db, read_only=True) as con:
+        assert con.execute("select count(*) from runs").fetchone()[0] == 0
+        assert con.execute("select count(*) from ratings").fetchone()[0] > 0  # the dataset was loaded
+
+
 # ----------------------------------------------------------------------------- a locked database
 
 

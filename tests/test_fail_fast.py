@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from tests._bad_input import REPO, assert_one_error_line, closed_port, user_env, write_ml100k
@@ -120,6 +121,27 @@ def test_unknown_embedded_model(tmp_path):
         "run", "--model", "no-such-model", "--db", str(tmp_path / "d.duckdb"), tmp_path=tmp_path
     )
     check_fast(done, children, elapsed, "'no-such-model'", "qwen2.5-0.5b")
+
+
+def test_unknown_user_ids_of_a_stored_dataset(tmp_path):
+    """--user-ids that are no test users of a dataset --db holds: one line before any engine, no run row."""
+    db = tmp_path / "d.duckdb"
+    ingested = subprocess.run(
+        [sys.executable, "-m", "doppel.flows.cli", "ingest", "--dataset", "synthetic", "--db", str(db)],
+        cwd=REPO,
+        env=user_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ingested.returncode == 0, ingested.stderr[-2000:]
+    url = f"http://127.0.0.1:{closed_port()}/v1"  # never asked: the ids are refused first
+    done, children, elapsed = run_watched(
+        "run", "--user-ids", "1,no-such-user", "--base-url", url, "--model", "m", "--db", str(db), tmp_path=tmp_path
+    )
+    check_fast(done, children, elapsed, "no-such-user", "fold 'u1'")
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("select count(*) from runs").fetchone()[0] == 0
 
 
 def test_missing_db_folder_and_ensemble_fold(tmp_path):
