@@ -43,7 +43,7 @@ def run(
 def _dry_run(settings: RunSettings) -> None:
     from doppel.flows.display import print_estimate
     from doppel.flows.errors import friendly_errors
-    from doppel.tasks.estimate import estimate
+    from doppel.tasks.estimate import estimate, measured_speed
     from doppel.tasks.ingest import ingest as ingest_step
     from doppel.tasks.store.db import init_db
 
@@ -51,7 +51,9 @@ def _dry_run(settings: RunSettings) -> None:
         preflight(settings, model=False)  # a dry run calls nothing
         init_db(settings.db)
         dataset, _ = ingest_step(settings)
-        print_estimate(estimate(settings, dataset), settings)
+        print_estimate(
+            estimate(settings, dataset), settings, measured_speed(settings.db, every_call=True).get(settings.llm.model)
+        )
 
 
 def _run_flow(settings: RunSettings) -> dict:
@@ -105,15 +107,9 @@ def models(
 
 def measured_speed(db: Path) -> dict[str, str]:
     """model -> 'median s per rating call (n calls)' from the database's own LLM calls (none: no runs yet)."""
-    if not db.is_file():
-        return {}
-    from doppel.tasks.store.db import query
+    from doppel.tasks.estimate import measured_speed as measured
 
-    try:
-        frame = query(db, "model_speed", read_only=True)
-    except Exception:  # noqa: BLE001 - a locked or foreign file: no figure rather than a wrong one
-        return {}
-    return {r.model: f"{r.median_s:.1f} s ({r.calls:,} calls)" for r in frame.itertuples()}
+    return {model: f"{median:.1f} s ({calls:,} calls)" for model, (median, calls) in measured(db).items()}
 
 
 def models_table(rows: list[dict], speed: dict[str, str]):

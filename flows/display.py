@@ -78,11 +78,12 @@ def print_summary(summary: dict) -> None:
     )
 
 
-def print_estimate(est, settings) -> None:
-    """The dry-run table: calls, tokens, cost and the LLM-bound wall time at a few speeds."""
+def print_estimate(est, settings, measured: tuple[float, int] | None = None) -> None:
+    """The dry-run table: calls, tokens, cost and the LLM-bound wall time at the speed measured in --db's
+    own runs of this model (`measured`: mean seconds per call, calls), else at a few speeds."""
     llm = settings.llm
     embedded = not llm.base_url
-    concurrency = 1 if embedded else llm.concurrency
+    concurrency = llm.embedded_slots if embedded else llm.concurrency
     table = Table(title="dry run: nothing was called", title_justify="left", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -96,13 +97,23 @@ def print_estimate(est, settings) -> None:
         ("prompt tokens per rating", f"{est.prompt_tokens / max(1, est.pairs):.0f}"),
         ("cost (USD, at the given prices)", f"{est.cost_usd:,.2f}"),
     ]
-    speeds = [10.0] if embedded else [0.5, 1.0, 2.0]
-    for seconds in speeds:
-        label = f"wall at {seconds:g} s/call, concurrency {concurrency}" + (" (embedded 0.5B)" if embedded else "")
+    if measured is not None:
+        seconds, calls = measured
+        label = f"wall at {seconds:.1f} s/call (mean of {calls:,} calls in --db), concurrency {concurrency}"
         rows.append((label, f"{est.wall_s(seconds, concurrency) / 60:,.1f} min"))
+    else:
+        for seconds in [5.0, 10.0, 20.0] if embedded else [0.5, 1.0, 2.0]:
+            label = f"wall at {seconds:g} s/call, concurrency {concurrency}"
+            rows.append((label, f"{est.wall_s(seconds, concurrency) / 60:,.1f} min"))
     for key, value in rows:
         table.add_row(key, value)
     show(table)
+    if measured is None:
+        console.print(
+            f"no rating call of {llm.model} is recorded in {settings.db} yet: a short run "
+            "(e.g. --users 2) measures this machine's speed, and the dry run then uses it",
+            highlight=False,
+        )
     if llm.rating_samples and llm.rating_probs:
         console.print(
             f"plus up to {llm.rating_samples} draws per rating call where the server gives no logprobs "

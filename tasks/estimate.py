@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from doppel.tasks.llm.templates import answer_layout, rating_variables, render
 from doppel.tasks.llm.tokens import count_messages
@@ -120,3 +121,19 @@ def estimate(settings: RunSettings, dataset: str) -> Estimate:
         longest_chain=max((critical_path(w, settings.sim) for w in works), default=0),
         cost_usd=cost,
     )
+
+
+def measured_speed(db: str | Path, every_call: bool = False) -> dict[str, tuple[float, int]]:
+    """model -> (seconds, calls) from the database's own answered, uncached calls: the median rating
+    call, or with `every_call` the mean of all its calls (profiles are longer than ratings); {} when
+    there are none or the file cannot be read (no figure rather than a wrong one)."""
+    if not Path(db).expanduser().is_file():
+        return {}
+    from doppel.tasks.store.db import query
+
+    try:
+        frame = query(db, "model_speed", read_only=True)
+    except Exception:  # noqa: BLE001 - a locked or foreign file
+        return {}
+    seconds, calls = ("mean_s", "all_calls") if every_call else ("median_s", "calls")
+    return {str(row["model"]): (float(row[seconds]), int(row[calls])) for _, row in frame.iterrows() if row[calls] > 0}

@@ -107,3 +107,21 @@ def test_models_speed_is_the_one_measured_in_the_database(piped_run):
     out = doppel("models", "--db", str(db)).stdout
     no_cut_line(out)
     assert "qwen2.5-0.5b" in out and "per rating call" in out and "~7.7" not in out
+
+
+def test_dry_run_times_the_run_at_the_speed_measured_in_the_database(piped_run, llm_server_session):
+    """The dry run's wall time uses the mean s/call of this model's calls in --db; with none recorded
+    (another file) it shows a few speeds and says how to measure one."""
+    from doppel.tasks.estimate import measured_speed
+
+    _, db = piped_run
+    seconds, calls = measured_speed(db, every_call=True)["doppel-test-model"]
+    assert seconds >= 1.0 and calls > measured_speed(db)["doppel-test-model"][1]  # 1 s per call; profiles too
+    args = ("run", "--base-url", llm_server_session.base_url, "--model", "doppel-test-model", "--users", "3")
+    out = doppel(*args, "--dry-run", "--db", str(db)).stdout
+    no_cut_line(out)
+    assert f"wall at {seconds:.1f} s/call (mean of {calls:,} calls in --db), concurrency 8" in out, out
+    other = db.parent / "other.duckdb"
+    out = doppel(*args, "--dry-run", "--db", str(other)).stdout
+    assert "median of" not in out and "wall at 0.5 s/call, concurrency 8" in out, out
+    assert "no rating call of doppel-test-model is recorded" in out, out
