@@ -16,6 +16,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
+from doppel.flows.untrusted import refusal_fails_the_run
 from doppel.tasks.arena import evaluate, judges, lists, tables, zoo
 from doppel.tasks.arena.config import ArenaSettings, cached, code_digest, frame_digest, new_arena_id
 from doppel.tasks.arena.rl_entrant import FAMILY, rl_entrants
@@ -157,6 +158,7 @@ def dask_runner(settings: ArenaSettings | None = None):
 
 
 @flow(name="doppel-arena", task_runner=dask_runner())  # a deployment fits on a local 2-worker cluster
+@refusal_fails_the_run
 def arena(settings: ArenaSettings) -> dict:
     """Fit the zoo (+ plug-ins) per fold, judge the lists, score every protocol, write the tables."""
     from doppel.flows.untrusted import refuse_untrusted

@@ -30,6 +30,7 @@ from pydantic.fields import FieldInfo
 from doppel.flows.options import RUN
 from doppel.flows.runtime import PREFECT_QUIET_ENV, die_with_parent, stop_process, wait_healthy
 from doppel.flows.serve_auth import auth_path, server_auth_string, server_security_env, started_by_doppel
+from doppel.flows.untrusted import refusal_fails_the_run
 from doppel.tasks.trust import ALLOWED_ENDPOINTS_ENV, DATA_ROOTS_ENV, check_untrusted_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ def _run_job(**params: Any) -> dict:
 
 
 _run_job.__signature__ = inspect.Signature(JOB.flow_parameters(), return_annotation=dict)  # type: ignore[attr-defined]
-run_job = flow(name="doppel-job", log_prints=True)(_run_job)
+run_job = flow(name="doppel-job", log_prints=True)(refusal_fails_the_run(_run_job))
 
 
 def _plain(value: Any) -> Any:

@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from doppel.flows.fanout import fan_out
 from doppel.flows.lifecycle import lifecycle
 from doppel.flows.runtime import engines
+from doppel.flows.untrusted import refusal_fails_the_run
 from doppel.tasks.ensemble import embeddings as emb
 from doppel.tasks.ensemble.config import EnsembleSettings, model_key
 from doppel.tasks.ensemble.evaluate import f_mat_raw_rows, metrics_rows, score_pairs
@@ -73,6 +74,7 @@ class EnsemblePlan:
 
 
 @flow(name="doppel-ensemble")
+@refusal_fails_the_run
 def ensemble(settings: EnsembleSettings) -> dict:
     """Analyse items with the LLM, then score the three voters and their vote on the fold's held-out likes."""
     from doppel.flows.untrusted import refuse_untrusted

@@ -16,6 +16,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from doppel.flows.untrusted import refusal_fails_the_run
 from doppel.tasks.rl import agents, rewards
 from doppel.tasks.rl.config import BASELINES, RLSettings
 from doppel.tasks.rl.env import DoppelRecEnv
@@ -54,6 +55,7 @@ def evaluate_agent(name: str, policies: list, world: rewards.World, settings: RL
 
 
 @flow(name="doppel-rl")
+@refusal_fails_the_run
 def rl(settings: RLSettings) -> dict:
     """Train and evaluate the agents on the env whose reward is a simulated doppel user."""
     from doppel.flows.untrusted import refuse_untrusted

@@ -6,6 +6,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from doppel.flows.untrusted import refusal_fails_the_run
 from doppel.tasks.scoring import gate_outputs, score_ratings
 from doppel.tasks.store.db import init_db, query
 from doppel.tasks.store.writes import save_metrics, save_validation
@@ -19,6 +20,7 @@ class GateFailed(RuntimeError):
 
 
 @flow(name="doppel-score")
+@refusal_fails_the_run
 def score_run(db: str, run_id: str, baselines: bool = True, hybrid: bool = False) -> list[dict]:
     """Validate the run's tables; when they pass, compute and store metrics (llm + baselines,
     + the calibrated hybrid's accuracy and realism modes when `hybrid`)."""

@@ -6,8 +6,12 @@ A flow the operator calls (the CLI, Python) runs with the operator's settings an
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar, cast
+
 from doppel.tasks.settings import RunSettings
-from doppel.tasks.trust import check_allowed_endpoint, check_inside_roots, check_untrusted_run
+from doppel.tasks.trust import UntrustedSettingError, check_allowed_endpoint, check_inside_roots, check_untrusted_run
 
 
 def refuse_untrusted(
@@ -28,3 +32,30 @@ def refuse_untrusted(
     for what, path in paths.items():
         if path:
             check_inside_roots(path, what)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def refusal_fails_the_run(fn: Callable[P, R]) -> Callable[P, R]:
+    """Under @flow: a deployment's flow run refused by these checks ends Failed with the reason as its
+    state message and one error line in the worker's log, instead of Prefect's traceback of a crash.
+    Anywhere else (the operator's own call, `.fn` outside a run) the error is raised as before."""
+
+    @functools.wraps(fn)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except UntrustedSettingError as exc:
+            from prefect import get_run_logger
+            from prefect.context import FlowRunContext
+            from prefect.runtime import deployment
+            from prefect.states import Failed
+
+            if deployment.id is None or FlowRunContext.get() is None:
+                raise
+            get_run_logger().error("refused: %s", exc)
+            return cast(R, Failed(message=f"refused: {exc}"))  # a returned state is the run's final state
+
+    return checked

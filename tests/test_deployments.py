@@ -67,6 +67,8 @@ def test_a_flow_run_cannot_send_the_key_to_an_endpoint_the_operator_did_not_allo
         run = wait_flow_run(api, created["id"], 300, {"worker": worker_log}, want="FAILED")
         message = run["state"]["message"]
         assert capture.base_url in message and "DOPPEL_ALLOWED_ENDPOINTS" in message, message
+        log = worker_log.read_text()  # the reason, once, and no traceback of a crash around it
+        assert f"refused: {message.removeprefix('refused: ')}" in log and "Traceback" not in log, log[-3000:]
         assert dict(capture.app.auth) == {}, f"the endpoint received requests: {dict(capture.app.auth)}"
         assert not Path(params["db"]).exists(), "the refused run wrote a database"
         assert worker.wait(timeout=60) == 0
