@@ -1,10 +1,11 @@
 """`doppel sandbox`: agents built from dataset users act in rounds beside a recommender (RecAgent-like).
 
-set-up flow (agents, profiles, friendship graph, memories seeded from real ratings), then one flow
-per round: train the recommender -> last round's posts become the readers' memories -> retrieve
-memories -> fan agent chunks out (same gateway, limits and cache as `doppel run`) -> write each
-agent's rows as it arrives -> mark the round finished. A rerun with the same sandbox id continues
-after the last finished round; a round interrupted half-way is redone from the response cache.
+set-up flow (flows/sandbox_setup.py: agents, profiles, friendship graph, memories seeded from real
+ratings), then one flow per round: train the recommender -> last round's posts become the readers'
+memories -> retrieve memories -> fan agent chunks out (same gateway, limits and cache as `doppel run`)
+-> write each agent's rows as it arrives -> mark the round finished. A rerun with the same sandbox id
+asks again the agent profiles that failed, then continues after the last finished round; a round
+interrupted half-way is redone from the response cache.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -22,18 +22,19 @@ from prefect.cache_policies import NO_CACHE
 from doppel.flows.fanout import fan_out
 from doppel.flows.lifecycle import lifecycle
 from doppel.flows.runtime import engines
+from doppel.flows.sandbox_setup import sandbox_setup
 from doppel.tasks.ensemble import embeddings as emb
 from doppel.tasks.ensemble.config import model_key
 from doppel.tasks.ingest import ingest
 from doppel.tasks.llm.calls import CallOwner
 from doppel.tasks.llm.endpoint import check_endpoint
 from doppel.tasks.llm.templates import prompt_hash
-from doppel.tasks.sandbox import build, memory, social, store
+from doppel.tasks.sandbox import build, memory, store
 from doppel.tasks.sandbox.config import SandboxSettings, new_sandbox_id
 from doppel.tasks.sandbox.recommender import build_recommender
 from doppel.tasks.sandbox.records import Agent, PackedTurns, Turn
 from doppel.tasks.settings import LLMSettings, RunSettings
-from doppel.tasks.store.db import init_db, query
+from doppel.tasks.store.db import init_db
 from doppel.tasks.version import code_version
 
 PROMPTS = (
@@ -48,9 +49,6 @@ PROMPTS = (
     "sandbox_repair",
     "profile_create",
 )
-HISTORY_MEMORIES = 5
-
-make_profiles = task(name="sandbox-profiles", cache_policy=NO_CACHE, persist_result=False)(build.build_profiles)
 agent_chunk = task(name="sandbox-agents", cache_policy=NO_CACHE, persist_result=False)(build.run_turns)
 train_recommender = task(name="sandbox-recommender", cache_policy=NO_CACHE, persist_result=False)(build_recommender)
 
@@ -94,8 +92,9 @@ def run_sandbox(settings: SandboxSettings, control: Control | None = None) -> di
 
 @dataclass
 class SandboxPlan:
-    """Which sandbox, on which dataset; the rounds left; whether the LLM is needed (rounds or agents to build);
-    whose calls this invocation makes (a resume records, once, the calls an interrupted one made but never wrote)."""
+    """Which sandbox, on which dataset; the rounds left; whether the LLM is needed (rounds, agents or failed
+    profiles to build); whose calls this invocation makes (a resume records, once, the calls an interrupted one
+    made but never wrote)."""
 
     sandbox_id: str
     dataset: str
@@ -116,7 +115,8 @@ def plan_sandbox(settings: SandboxSettings, control: Control) -> SandboxPlan:
     done = store.finished_rounds(db, sandbox_id)
     left = list(range(done + 1, settings.rounds + 1))
     has_agents = not store.read(db, "sandbox_agents", sandbox_id=sandbox_id).empty
-    needs_llm = bool(left) or not has_agents
+    failed = not store.read(db, "sandbox_failed_profiles", sandbox_id=sandbox_id).empty  # asked again at set-up
+    needs_llm = bool(left) or not has_agents or failed
     model = check_endpoint(settings.llm, model_key(settings.llm))
     if needs_llm:
         store.check_same_model(db, sandbox_id, model, settings.llm.base_url)
@@ -147,116 +147,6 @@ def finish_sandbox(db: str, sandbox_id: str, control: Control, status: str) -> N
 def threads(settings: SandboxSettings) -> RunSettings:
     """Agents' chunks run on threads (the round's rows are small; no cluster to start)."""
     return settings.run.model_copy(update={"runner": "threads"})
-
-
-@flow(name="doppel-sandbox-setup")
-def sandbox_setup(
-    settings: SandboxSettings,
-    sandbox_id: str,
-    dataset: str,
-    llm: LLMSettings,
-    model_id: str,
-    owner: CallOwner | None = None,
-) -> dict:
-    """Agents from dataset users (profile from a doppel run or built now), the friendship graph, first memories."""
-    logger = get_run_logger()
-    db = settings.run.db
-    stored = store.read(db, "sandbox_agents", sandbox_id=sandbox_id)
-    if not stored.empty:
-        return {"agents": len(stored), "created": False}
-    train = store.read(db, "sandbox_fold_train", dataset=dataset, fold=settings.fold)
-    given = (
-        store.read(db, "sandbox_run_profiles", run_id=settings.profile_run_id)
-        if settings.profile_run_id
-        else pd.DataFrame(columns=["user_id", "profile"])
-    )
-    if settings.profile_run_id and given.empty:
-        raise ValueError(f"run {settings.profile_run_id!r} has no Phase-1 profiles in {db}")
-    users = build.choose_users(train, settings.agents, settings.seed, set(given["user_id"]) or None)
-    demo = query(db, "user_demographics", dataset=dataset, user_ids=users).set_index("user_id")["demographics"]
-    histories = {
-        u: g.tail(settings.profile_history)
-        for u, g in train[train["user_id"].isin(users)].groupby("user_id", sort=False)
-    }
-    profiles = dict(zip(given["user_id"], given["profile"]))
-    todo = [(u, demo.get(u, "") or "a viewer", build.history_items(histories[u])) for u in users if u not in profiles]
-    calls, errors = [], {}
-    if todo:
-        for user_id, text, error, user_calls in profiles_with_progress(
-            settings, sandbox_id, todo, llm, model_id, owner
-        ):
-            calls += [(user_id, c) for c in user_calls]
-            if text is None:
-                errors[user_id] = error or "no profile"
-            else:
-                profiles[user_id] = " ".join(text.split())
-    agent_ids = [f"A{k + 1:02d}" for k in range(len(users))]
-    activity = build.activity_levels(train, users, settings.activity)
-    source = {u: f"run:{settings.profile_run_id}" if u in set(given["user_id"]) else "built" for u in users}
-    agents = pd.DataFrame(
-        {
-            "agent_id": agent_ids,
-            "user_id": users,
-            "demographics": [demo.get(u, "") or "a viewer" for u in users],
-            "profile": [profiles.get(u, "(no profile)") for u in users],
-            "profile_source": ["failed" if u in errors else source[u] for u in users],
-            "profile_error": [errors.get(u) for u in users],
-            "activity": activity,
-        }
-    )
-    by_user = dict(zip(users, agent_ids))
-    edges = (
-        social.load(settings.graph_file, agent_ids, by_user)
-        if settings.graph_file
-        else social.generate(agent_ids, settings.friends, settings.seed)
-    )
-    friends = pd.DataFrame(edges, columns=["agent_id", "friend_id"])
-    friends["source"] = "file" if settings.graph_file else "generated"
-    rows = [
-        {"agent_id": by_user[u], **m}
-        for u in users
-        for m in memory.history_memories(histories[u].tail(HISTORY_MEMORIES))
-    ]
-    memories = pd.DataFrame(rows, columns=["agent_id", "kind", "text", "importance"])
-    memories["seq"] = np.arange(1, len(memories) + 1)
-    memories["embedding"] = [v.tolist() for v in emb.encode(memories["text"].tolist())] if len(memories) else []
-    store.save_setup(db, sandbox_id, agents, friends, memories, store.calls_frame(calls))
-    if errors:
-        logger.warning(
-            "%d profile(s) failed; those agents act on demographics only: %s",
-            len(errors),
-            "; ".join(f"{u}: {e}" for u, e in list(errors.items())[:3]),
-        )
-    return {
-        "agents": len(agents),
-        "created": True,
-        "profiles_built": len(todo) - len(errors),
-        "profiles_failed": len(errors),
-        "edges": len(edges),
-    }
-
-
-def profiles_with_progress(
-    settings: SandboxSettings, sandbox_id: str, todo: list, llm: LLMSettings, model_id: str, owner: CallOwner | None
-) -> list:
-    """Build profiles with the fan-out (one chunk holding the whole concurrency) while a bar counts them."""
-    built: list = []
-    fan_out(
-        make_profiles,
-        todo,
-        name=f"{sandbox_id}-profiles",
-        llm=llm.model_copy(update={"max_tokens_profile": settings.profile_max_tokens}),
-        runner="threads",
-        workers=1,
-        write=built.extend,
-        key=lambda profile: profile.user_id,
-        label="building agent profiles",
-        progress=settings.run.progress,
-        model_id=model_id,
-        cache_dir=str(settings.run.cache_dir()),
-        owner=owner,
-    ).raise_for_errors("profile chunk(s)")
-    return [(b.user_id, b.text, b.error, b.calls) for b in built]
 
 
 @task(name="sandbox-plan-turns", cache_policy=NO_CACHE, persist_result=False)

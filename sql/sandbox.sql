@@ -26,6 +26,7 @@ create table if not exists sandbox_agents (
     profile_source varchar not null,      -- run:<run id> | built | failed (then demographics only)
     profile_error  varchar,
     activity       double not null,       -- chance of acting in a round
+    profile_retries integer default 0,    -- resumes that asked a failed profile again (each a new sample)
     primary key (sandbox_id, agent_id)
 );
 

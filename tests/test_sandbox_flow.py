@@ -293,3 +293,67 @@ def test_agents_take_phase1_profiles_from_a_doppel_run(sandbox, llm_server, tmp_
     assert len(built) == 1 and llm_server.stats()["by_kind"] == {"text": 1}  # one profile built for the third
     with pytest.raises(ValueError, match="no Phase-1 profiles"):
         run_sandbox(sandbox(sandbox_id="sbx-q", rounds=0, profile_run_id="run-none"))
+
+
+def test_a_resume_builds_again_the_profiles_that_failed(sandbox, llm_server):
+    """A profile that failed at set-up (an empty answer every time, re-asks too) is asked again by each resume,
+    even with no round left, as fresh samples (not the cached failures): new calls only for it, recorded under
+    the sandbox, until it is built; the built profiles are kept. A resume with no failed profile asks nothing."""
+    from doppel.flows.sandbox import run_sandbox
+    from doppel.testing.llm_server import message_text
+
+    victim: list[str] = []
+
+    def one_user_answers_nothing(kind: str, body: dict) -> str | None:
+        """The first user whose profile is asked gets an empty answer each time (its re-asks repeat the ask)."""
+        if kind != "text":
+            return None
+        asked = message_text(body["messages"][1])
+        victim[:] = victim or [asked]
+        return "" if asked == victim[0] else None
+
+    settings = sandbox(sandbox_id="sbx-fix", agents=3, rounds=0)
+    db = settings.run.db
+    agents = "select agent_id, user_id, profile, profile_source, profile_error from sandbox_agents order by agent_id"
+    paid = "select count(*) from llm_calls where run_id = 'sbx-fix' and not cached"
+    llm_server.app.answer_fn = one_user_answers_nothing
+    try:
+        assert run_sandbox(settings)["profiles_failed"] == 1
+        with duckdb.connect(db, read_only=True) as con:
+            before = {r[0]: r[1:] for r in con.execute(agents).fetchall()}
+            paid_before = con.execute(paid).fetchone()[0]
+        asked = llm_server.stats()["by_kind"].get("text", 0)
+        assert run_sandbox(settings)["profiles_failed"] == 1  # asked again, and failed again
+    finally:
+        llm_server.app.answer_fn = None
+    failed = [a for a, (_, _, source, _) in before.items() if source == "failed"]
+    assert len(failed) == 1 and before[failed[0]][1] == "(no profile)" and before[failed[0]][3]
+    user = before[failed[0]][0]
+    tries = settings.llm.repair_attempts + 1
+    assert llm_server.stats()["by_kind"].get("text", 0) - asked == tries  # new samples, each as bad
+    with duckdb.connect(db, read_only=True) as con:
+        assert {r[0]: r[1:] for r in con.execute(agents).fetchall()} == before
+        assert con.execute(paid).fetchone()[0] == paid_before + tries
+        paid_before += tries
+    asked += tries
+
+    summary = run_sandbox(settings)  # healthy server, no round left: only the failed profile is asked again
+    assert summary["profiles_failed"] == 0 and summary["status"] == "finished"
+    new_calls = llm_server.stats()["by_kind"].get("text", 0) - asked
+    assert new_calls == len(failed)
+    with duckdb.connect(db, read_only=True) as con:
+        after = {r[0]: r[1:] for r in con.execute(agents).fetchall()}
+        assert con.execute(paid).fetchone()[0] == paid_before + new_calls  # billed to the sandbox
+        rebuilt_calls = con.execute(
+            "select count(*) from llm_calls where run_id = 'sbx-fix' and not cached and status = 'ok' and user_id = ?",
+            [user],
+        ).fetchone()[0]
+    _, profile, source, error = after[failed[0]]
+    assert source == "built" and error is None and len(profile) > 20 and rebuilt_calls == 1
+    assert {a: r for a, r in after.items() if a not in failed} == {a: r for a, r in before.items() if a not in failed}
+
+    requests = llm_server.stats()["requests"]
+    run_sandbox(settings)  # nothing failed any more: no call at all
+    assert llm_server.stats()["requests"] == requests
+    with duckdb.connect(db, read_only=True) as con:
+        assert {r[0]: r[1:] for r in con.execute(agents).fetchall()} == after

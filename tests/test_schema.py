@@ -38,18 +38,38 @@ def test_a_file_from_before_rating_probs_gains_the_column_and_keeps_its_rows(tmp
     assert got == [(4, None)] and columns[-3:] == ["rating_probs", "rating_probs_source", "rating_probs_draws"]
 
 
+def test_a_sandbox_from_before_profile_retries_gains_the_column_and_keeps_its_agents(tmp_path):
+    db = str(tmp_path / "old.duckdb")
+    con = duckdb.connect(db)
+    con.execute(  # as doppel wrote it before profile_retries
+        "create table sandbox_agents (sandbox_id varchar not null, agent_id varchar not null, user_id varchar "
+        "not null, demographics varchar not null, profile varchar not null, profile_source varchar not null, "
+        "profile_error varchar, activity double not null, primary key (sandbox_id, agent_id))"
+    )
+    con.execute("insert into sandbox_agents values ('s', 'A01', '7', 'a viewer', '(no profile)', 'failed', 'e', 1.0)")
+    con.close()
+    init_db(db)
+    con = duckdb.connect(db, read_only=True)
+    try:
+        got = con.execute("select agent_id, profile_source, profile_retries from sandbox_agents").fetchall()
+    finally:
+        con.close()
+    assert got == [("A01", "failed", 0)]
+
+
 def test_the_migration_runs_once_and_is_recorded(tmp_path):
     db = str(tmp_path / "old.duckdb")
     con = duckdb.connect(db)
     con.execute(OLD_SIMULATED_RATINGS)
     con.close()
-    assert init_db(db) == [1, 2, 3] and init_db(db) == []  # 001..003 ran on the old file, then never again
+    assert init_db(db) == [1, 2, 3, 4] and init_db(db) == []  # 001..004 ran on the old file, then never again
     con = duckdb.connect(db, read_only=True)
     try:
         assert con.execute("select version, name, applied from schema_migrations order by version").fetchall() == [
             (1, "001_simulated_ratings_rating_probs", True),
             (2, "002_arena_judgments_votes", True),
             (3, "003_item_analysis_retries", True),
+            (4, "004_sandbox_agents_profile_retries", True),
         ]
     finally:
         con.close()
@@ -64,6 +84,7 @@ def test_a_new_file_records_the_migrations_without_running_them(tmp_path):
             (1, False),
             (2, False),
             (3, False),
+            (4, False),
         ]
     finally:
         con.close()

@@ -25,6 +25,7 @@ from doppel.tasks.settings import LLMSettings
 
 PROFILE_WORDS = 60
 MIN_RATINGS = 5
+NO_PROFILE = "(no profile)"  # a failed profile's text: the agent acts on its demographics only
 
 
 def choose_users(train: pd.DataFrame, n: int, seed: int, prefer: set[str] | None = None) -> list[str]:
@@ -55,6 +56,11 @@ def activity_levels(train: pd.DataFrame, user_ids: list[str], activity: float | 
 def is_active(seed: int, agent_id: str, round_no: int, activity: float) -> bool:
     digest = hashlib.sha256(f"{seed}|{agent_id}|{round_no}".encode()).digest()
     return int.from_bytes(digest[:8], "little") / 2**64 < activity
+
+
+def user_histories(train: pd.DataFrame, users: list[str], last: int) -> dict[str, pd.DataFrame]:
+    """Each user's last `last` train ratings (what a profile is asked from)."""
+    return {u: g.tail(last) for u, g in train[train["user_id"].isin(users)].groupby("user_id", sort=False)}
 
 
 def history_items(frame: pd.DataFrame) -> list[HistoryItem]:
@@ -95,6 +101,40 @@ class BuiltProfile:
         return int(self.text is None)
 
 
+@dataclass
+class Profiles:
+    """Built profiles by user (whitespace folded), the reasons of the failed ones, and every call made."""
+
+    texts: dict[str, str]
+    errors: dict[str, str]
+    calls: list[tuple[str, CallRecord]]
+
+
+def gather_profiles(built: list[BuiltProfile]) -> Profiles:
+    """The `BuiltProfile`s of a fan-out as texts, errors and (user id, call) pairs."""
+    out = Profiles({}, {}, [])
+    for b in built:
+        out.calls += [(b.user_id, c) for c in b.calls]
+        if b.text is None:
+            out.errors[b.user_id] = b.error or "no profile"
+        else:
+            out.texts[b.user_id] = " ".join(b.text.split())
+    return out
+
+
+def asked_again(failed: pd.DataFrame, profiles: Profiles) -> pd.DataFrame:
+    """The new profile, source and error of each agent in `failed` whose profile a resume asked again."""
+    users = failed["user_id"].tolist()
+    return pd.DataFrame(
+        {
+            "agent_id": failed["agent_id"].tolist(),
+            "profile": [profiles.texts.get(u, NO_PROFILE) for u in users],
+            "profile_source": ["built" if u in profiles.texts else "failed" for u in users],
+            "profile_error": [None if u in profiles.texts else profiles.errors.get(u, "no profile") for u in users],
+        }
+    )
+
+
 def build_profiles(
     packed: Packed,
     llm: LLMSettings,
@@ -104,14 +144,16 @@ def build_profiles(
     channel,
     owner: CallOwner | None = None,
 ) -> list[str]:
-    """A `BuiltProfile` per packed (user_id, demographics, history), each sent through `channel` as it is ready
-    (`owner`: the sandbox's invocation, see tasks.llm.calls.CallOwner)."""
+    """A `BuiltProfile` per packed (user_id, demographics, history, retry), each sent through `channel` as it is
+    ready (`owner`: the sandbox's invocation, see tasks.llm.calls.CallOwner; `retry` > 0: a resume asking a
+    failed profile again, fresh samples after the cached ones)."""
 
-    async def work(gateway: LLMGateway, job: tuple[str, str, list[HistoryItem]]) -> BuiltProfile:
-        user_id, demographics, history = job
+    async def work(gateway: LLMGateway, job: tuple[str, str, list[HistoryItem], int]) -> BuiltProfile:
+        user_id, demographics, history, retry = job
         mean = f"{sum(h.rating for h in history) / len(history):.1f}"
         variables = {"demographics": demographics, "profile": None, "items": history, "mean_rating": mean}
-        outcome = await gateway.text("profile_create", {**variables, "max_words": PROFILE_WORDS}, overview_chars=0)
+        words = {**variables, "max_words": PROFILE_WORDS}
+        outcome = await gateway.text("profile_create", words, overview_chars=0, retry=retry)
         return BuiltProfile(user_id, outcome.text, outcome.error, outcome.calls)
 
     works = packed.unpack()

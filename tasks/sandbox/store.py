@@ -116,6 +116,17 @@ def save_setup(
     )
 
 
+def save_profiles(db: str | Path, sandbox_id: str, profiles: pd.DataFrame, calls: pd.DataFrame) -> None:
+    """A resume's profiles asked again (`build.asked_again`) and the calls they took, in one transaction."""
+    transaction(
+        db,
+        ("record_calls", "sandbox_save_profiles"),
+        {"new_profiles": profiles, "new_calls": calls},
+        sandbox_id=sandbox_id,
+        run_id=sandbox_id,
+    )
+
+
 def begin_round(db: str | Path, sandbox_id: str, round_no: int, post_reads: pd.DataFrame, recommender: dict) -> None:
     transaction(
         db,
