@@ -18,7 +18,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests._bad_input import REPO, assert_one_error_line, closed_port, user_env, write_ml100k
+from tests._bad_input import assert_one_error_line, cli, closed_port, user_env, write_ml100k
 from tests.processes import descendants
 
 # how long a child may be seen and still be the openai client's `uname -p` probe (engines live far longer)
@@ -126,14 +126,7 @@ def test_unknown_embedded_model(tmp_path):
 def test_unknown_user_ids_of_a_stored_dataset(tmp_path):
     """--user-ids that are no test users of a dataset --db holds: one line before any engine, no run row."""
     db = tmp_path / "d.duckdb"
-    ingested = subprocess.run(
-        [sys.executable, "-m", "doppel.flows.cli", "ingest", "--dataset", "synthetic", "--db", str(db)],
-        cwd=REPO,
-        env=user_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    ingested = cli("ingest", "--dataset", "synthetic", "--db", str(db), timeout=300)
     assert ingested.returncode == 0, ingested.stderr[-2000:]
     url = f"http://127.0.0.1:{closed_port()}/v1"  # never asked: the ids are refused first
     done, children, elapsed = run_watched(
@@ -159,15 +152,7 @@ def test_movielens_alias_loads_a_fresh_database(tmp_path):
     """`--dataset movielens` is ml-100k, also when nothing is stored yet (it was "unknown dataset")."""
     data = write_ml100k(tmp_path / "data")
     db = tmp_path / "d.duckdb"
-    done = subprocess.run(
-        [sys.executable, "-m", "doppel.flows.cli", "ingest", "--dataset", "movielens", "--data-dir", str(data)]
-        + ["--db", str(db)],
-        cwd=REPO,
-        env=user_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = cli("ingest", "--dataset", "movielens", "--data-dir", str(data), "--db", str(db), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "dataset ml-100k loaded" in " ".join(done.stdout.split())
 
