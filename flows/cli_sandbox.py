@@ -170,8 +170,18 @@ def print_sandbox(summary: dict) -> None:
         )
     else:
         console.print("items watched: none yet", highlight=False)
+    calls = summary.get("profile_calls") or {}
+    console.print(
+        f"agent profiles: {_num(calls.get('new_calls', 0))} LLM calls, {_num(calls.get('cached_calls', 0))} "
+        "from the cache",
+        highlight=False,
+    )
     if summary.get("profiles_failed"):
-        console.print(f"[yellow]{summary['profiles_failed']} agent profile(s) failed[/] (they act on demographics)")
+        console.print(
+            f"[yellow]{summary['profiles_failed']} agent profile(s) failed[/] (they act on demographics); "
+            f"rerun with [bold]--sandbox-id {summary['sandbox_id']}[/] to ask them again",
+            highlight=False,
+        )
     console.print(
         f"tables in [bold]{summary['db']}[/] (sandbox_*; sandbox_id = '{summary['sandbox_id']}'); "
         f"`doppel sandbox export --sandbox-id {summary['sandbox_id']}` writes them to files"

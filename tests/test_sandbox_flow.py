@@ -210,6 +210,11 @@ def test_two_rounds_resume_and_export(sandbox, llm_server, tmp_path):
         print_sandbox({**summary, "status": "finished"})
     text = captured.get()
     assert "action mix" in text and "sbx-test" in text and ("items watched: none" in text or "distinct items" in text)
+    with duckdb.connect(db, read_only=True) as con:
+        profile_calls = con.execute(
+            "select count(*) from llm_calls where run_id = 'sbx-test' and prompt_name like 'profile_%' and not cached"
+        ).fetchone()[0]
+    assert profile_calls > 0 and f"agent profiles: {profile_calls:,} LLM calls, 0 from the cache" in text, text
 
 
 def test_a_new_sandbox_with_the_same_settings_replays_from_the_cache(sandbox, llm_server):
@@ -348,6 +353,11 @@ def test_a_resume_builds_again_the_profiles_that_failed(sandbox, llm_server):
             "select count(*) from llm_calls where run_id = 'sbx-fix' and not cached and status = 'ok' and user_id = ?",
             [user],
         ).fetchone()[0]
+    from doppel.flows.cli_sandbox import console, print_sandbox
+
+    with console.capture() as captured:  # the bill of the profiles: the set-up's calls and every resume's
+        print_sandbox(summary)
+    assert f"agent profiles: {paid_before + new_calls:,} LLM calls" in captured.get(), captured.get()
     _, profile, source, error = after[failed[0]]
     assert source == "built" and error is None and len(profile) > 20 and rebuilt_calls == 1
     assert {a: r for a, r in after.items() if a not in failed} == {a: r for a, r in before.items() if a not in failed}

@@ -252,6 +252,7 @@ def summary(db: str | Path, sandbox_id: str) -> dict:
         "recommender": recommenders_used(rounds, run["recommender"].iloc[0] if len(run) else None),
         "agents": len(agents),
         "profiles_failed": int((agents["profile_source"] == "failed").sum()),
+        "profile_calls": read(db, "sandbox_profile_calls", sandbox_id=sandbox_id).iloc[0].to_dict(),
         "rounds": rounds.to_dict(orient="records"),
         "action_mix": read(db, "sandbox_action_mix", sandbox_id=sandbox_id).to_dict(orient="records"),
         "ratings": read(db, "sandbox_rating_stats", sandbox_id=sandbox_id).to_dict(orient="records")[0],
