@@ -7,6 +7,7 @@ A flow the operator calls (the CLI, Python) runs with the operator's settings an
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar, cast
 
@@ -58,4 +59,7 @@ def refusal_fails_the_run(fn: Callable[P, R]) -> Callable[P, R]:
             get_run_logger().error("refused: %s", exc)
             return cast(R, Failed(message=f"refused: {exc}"))  # a returned state is the run's final state
 
+    # Prefect builds the flow's parameter model from this signature: its annotations resolved in the flow's
+    # module (as strings they would be looked up here, where its settings class is not defined)
+    checked.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]
     return checked
