@@ -9,6 +9,7 @@ DuckDB file: requested pairs, rated pairs, failed pairs by reason, duplicated an
 calls, transport retries, repair re-asks, wall time. Then it switches the faults off and reruns with
 the same run id, which must retry exactly the failed pairs.
 
+Writes benchmarks/results/faults.md (`--out NAME`: NAME.md there) with the provenance header.
 Last line: RESULT lost=<n> duplicated=<n> failed_after_rerun=<n> calls=<n>
 (calls = LLM calls that reached the server's endpoint as doppel counts them, both invocations, cache
 hits excluded; client-side retries of one call are in `retries`.)
@@ -21,8 +22,10 @@ import re
 import sys
 from pathlib import Path
 
+from _provenance import write_result
+
 from support.db import read_db
-from support.output import DEFAULT_DATA_DIR, log, result_line
+from support.output import DEFAULT_DATA_DIR, log, markdown_table, result_line
 from support.runs import doppel_argv, doppel_env, run_doppel, workdir
 from support.servers import admin, llm_server
 
@@ -97,23 +100,29 @@ def measure(db: Path, run_id: str) -> dict:
     return out
 
 
-def show(title: str, m: dict, wall: float, server: dict, rc: int) -> None:
-    log(f"\n== {title} (exit {rc}, wall {wall:.1f} s)")
-    log(
+def show(title: str, m: dict, wall: float, server: dict, rc: int) -> list[str]:
+    """Print one invocation's figures; return them as Markdown lines for the results file."""
+    lines = [
+        f"### {title} (exit {rc}, wall {wall:.1f} s)",
+        "",
         f"requested pairs {m['requested']:,} (sum of run_users.n_pairs {m['requested_n_pairs']:,}); "
         f"rows {m['rows']:,}; rated {m['rated']:,}; failed {m['failed']:,}; lost {m['lost']}; "
         f"duplicated {m['duplicated']}; not requested {m['not_requested']}; ok rows with a bad rating "
-        f"{m['bad_ok']}; failed rows without a reason {m['failed_without_reason']}"
-    )
-    log(f"users by status: {m['users']}")
-    for kind, n in m["reasons"].items():
-        log(f"  failed {n:5,}  {kind}")
-    log(
+        f"{m['bad_ok']}; failed rows without a reason {m['failed_without_reason']}",
+        "",
+        f"users by status: {m['users']}",
+        "",
         f"LLM calls {m['calls']:,} (+{m['cached']:,} from the cache): transport retries {m['transport_retries']:,}, "
         f"repair re-asks {m['repair_calls']:,}, invalid answers {m['invalid_answers']:,}, "
-        f"calls failed after retries {m['failed_calls']:,}"
-    )
-    log(f"server: {server['requests']:,} chat requests; faults {server['by_fault']}; statuses {server['by_status']}")
+        f"calls failed after retries {m['failed_calls']:,}",
+        "",
+        f"server: {server['requests']:,} chat requests; faults {server['by_fault']}; statuses {server['by_status']}",
+    ]
+    if m["reasons"]:
+        reasons = [{"failed pairs": n, "reason": kind} for kind, n in m["reasons"].items()]
+        lines += ["", "Failed pairs by reason:", "", markdown_table(reasons, ["failed pairs", "reason"])]
+    log("\n" + "\n".join(line for line in lines if line).replace("### ", "== "))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retry-after", type=float, default=1.0, help="Retry-After of the 429s")
     ap.add_argument("--seed", type=int, default=0, help="fault seed")
     ap.add_argument("--workdir", default=None, help="keep the db, cache and logs here (default: a temp dir)")
+    ap.add_argument("--out", default="faults", help="results file: benchmarks/results/<OUT>.md")
     args = ap.parse_args(argv)
 
     wd = workdir("doppel-faults-", args.workdir)
@@ -162,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         first = run_doppel(argv_run, env, out)
         server1 = admin(base_url, "stats")
         m1 = measure(db, run_id)
-        show("run with faults", m1, first.wall_s, server1, first.returncode)
+        md1 = show("run with faults", m1, first.wall_s, server1, first.returncode)
         if first.returncode != 0:
             log(first.stdout[-3000:])
 
@@ -171,27 +181,38 @@ def main(argv: list[str] | None = None) -> int:
         second = run_doppel(argv_run, env, out)
         server2 = admin(base_url, "stats")
         m2 = measure(db, run_id)
-        show("rerun, same run id, no faults", m2, second.wall_s, server2, second.returncode)
+        md2 = show("rerun, same run id, no faults", m2, second.wall_s, server2, second.returncode)
         if second.returncode != 0:
             log(second.stdout[-3000:])
 
-    retried = m1["failed"]
-    log(
-        f"\nrerun retried {retried:,} failed pairs with {m2['calls'] - m1['calls']:,} new calls; "
+    rerun_line = (
+        f"rerun retried {m1['failed']:,} failed pairs with {m2['calls'] - m1['calls']:,} new calls; "
         f"failed after the rerun: {m2['failed']:,}"
     )
+    log("\n" + rerun_line)
     log(f"doppel output: {out}")
     ok = m2["lost"] == 0 and m2["duplicated"] == 0 and m2["failed"] == 0 and first.returncode == second.returncode == 0
-    log("goal (lost=0, duplicated=0, failed_after_rerun=0, both runs exit 0): " + ("met" if ok else "NOT met"))
-    print(
-        result_line(
-            lost=max(m1["lost"], m2["lost"]),
-            duplicated=max(m1["duplicated"], m2["duplicated"]),
-            failed_after_rerun=m2["failed"],
-            calls=m2["calls"],
-        ),
-        flush=True,
+    goal = "goal (lost=0, duplicated=0, failed_after_rerun=0, both runs exit 0): " + ("met" if ok else "NOT met")
+    log(goal)
+    result = result_line(
+        lost=max(m1["lost"], m2["lost"]),
+        duplicated=max(m1["duplicated"], m2["duplicated"]),
+        failed_after_rerun=m2["failed"],
+        calls=m2["calls"],
     )
+    users = "all test users" if args.users is None else f"a seeded sample of {args.users} test users"
+    setup = (
+        f"`doppel run` on ML-100K {args.fold}, {users}, concurrency {args.concurrency}, `--timeout {args.timeout}`, "
+        f"against `doppel.testing.llm_server` ({args.latency} s per call, fault seed {args.seed}) with faults "
+        f"{faults}: hangs answer after {args.hang_seconds} s, 429s carry Retry-After {args.retry_after} s. Then "
+        "the faults are switched off and the same command runs again with the same run id. Pair figures are "
+        "the run's whole table after each invocation; LLM calls are doppel's `llm_calls` rows (cache hits "
+        "apart), cumulative over both invocations; server figures are per invocation."
+    )
+    body = "\n".join(["## Setup", "", setup, "", "## Figures", "", *md1, "", *md2, "", rerun_line, "", goal])
+    path = write_result(args.out, "# Nothing lost under injected LLM faults (benchmarks/faults.py)", body, result)
+    log(f"wrote {path}")
+    print(result, flush=True)
     return 0
 
 

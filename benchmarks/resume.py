@@ -22,6 +22,7 @@ version, stage, text) with the reference, counts repeated calls = server request
 invocations - the reference's, and lists processes of the killed run still alive 10 s after the kill
 (they are then killed by pid).
 
+Writes benchmarks/results/resume.md (`--out NAME`: NAME.md there) with the provenance header.
 Last line: RESULT repeated_calls_pct=<trial half, % of the reference's calls> identical=<all trials>
 """
 
@@ -34,8 +35,10 @@ import sys
 import time
 from pathlib import Path
 
+from _provenance import write_result
+
 from support.db import db_is_locked, read_db
-from support.output import DEFAULT_DATA_DIR, log, result_line
+from support.output import DEFAULT_DATA_DIR, log, markdown_table, result_line
 from support.processes import ProcessTree, describe, kill_pids
 from support.runs import doppel_argv, doppel_env, kill_group, run_doppel, start_doppel, workdir
 from support.servers import admin, llm_server, server_requests
@@ -150,6 +153,27 @@ def compare(ref: tuple, got: tuple) -> dict:
     return out
 
 
+def write(args: argparse.Namespace, notes: list[str], rows: list[dict], result: str) -> None:
+    users = "all test users" if args.users is None else f"a seeded sample of {args.users} test users"
+    setup = (
+        f"`doppel run` on ML-100K {args.fold}, {users}, concurrency {args.concurrency}, against "
+        f"`doppel.testing.llm_server` ({args.latency} s per call, deterministic answers); trials {args.trials}. "
+        f"half: SIGKILL of the process group at {args.kill_at:.0%} of the reference's server requests; writes: "
+        f"{args.write_kills} SIGKILLs of the process group while the flow holds the DuckDB file, from "
+        f"{args.write_from:.0%} of the requests; main: SIGKILL of the main process only, at {args.kill_at:.0%}. "
+        "Each trial then reruns with the same run id to the end and compares simulated_ratings (fold, user, "
+        "item, rating, status) and profiles (fold, user, version, stage, text) with the uninterrupted "
+        "reference. Repeated calls: server requests of all the trial's invocations minus the reference's."
+    )
+    body = ["## Setup", "", setup, ""]
+    if rows:
+        cols = ["trial", "kills", "repeated calls", "repeated %", "identical", "orphans", "rerun exit"]
+        body += ["## Summary", "", markdown_table(rows, cols), ""]
+    body += ["## Log", "", *(f"- {line}" for line in notes)]
+    path = write_result(args.out, "# Kill -9 and resume (benchmarks/resume.py)", "\n".join(body), result)
+    log(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
@@ -170,12 +194,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--trials", default="half,writes,main", help="comma list of half, writes, main")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--out", default="resume", help="results file: benchmarks/results/<OUT>.md")
     args = ap.parse_args(argv)
     trials = [t.strip() for t in args.trials.split(",") if t.strip()]
 
     wd = workdir("doppel-resume-", args.workdir)
     log(f"workdir {wd}; trials {trials}")
     results: dict[str, dict] = {}
+    notes: list[str] = []  # the printed lines, for the results file
+
+    def note(line: str) -> None:
+        log(line)
+        notes.append(line)
+
     with llm_server(latency=args.latency) as (_, base_url):
 
         def argv_for(name: str) -> list[str]:
@@ -197,13 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         ref_requests = server_requests(base_url)
         ref_db = wd / "reference" / "doppel.duckdb"
         ref = tables(ref_db)
-        log(
+        note(
             f"reference: exit {ref_run.returncode}, {ref_run.wall_s:.1f} s, {ref_requests:,} server requests, "
             f"{len(ref[0]):,} rating rows, {len(ref[1]):,} profile rows"
         )
         if ref_run.returncode != 0:
             log(ref_run.stdout[-3000:])
-            print(result_line(repeated_calls_pct=float("nan"), identical=False))
+            result = result_line(repeated_calls_pct=float("nan"), identical=False)
+            write(args, notes, [], result)
+            print(result)
             return 1
 
         for trial in trials:
@@ -248,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 raise SystemExit(f"unknown trial {trial!r}")
             for i, k in enumerate(kills, 1):
-                log(
+                note(
                     f"{trial} kill {i}: at {k['killed_at_s']} s, server requests so far {k['requests']:,} "
                     f"({100 * k['requests'] / ref_requests:.0f}% of the reference), held the db lock: "
                     f"{k['held_lock']}, WAL left {k['wal_bytes']:,} bytes, db after the kill {k['state']}, "
@@ -268,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                 "kills": len(kills),
                 **cmp,
             }
-            log(
+            note(
                 f"{trial}: rerun exit {rerun.returncode} in {rerun.wall_s:.1f} s; requests of all invocations "
                 f"{total:,}; repeated {repeated:,} = {100 * repeated / ref_requests:.2f}% of {ref_requests:,} "
                 f"({100 * repeated / ref_requests / max(1, len(kills)):.2f}% per kill); tables vs reference: {cmp}"
@@ -276,15 +309,30 @@ def main(argv: list[str] | None = None) -> int:
             if rerun.returncode != 0:
                 log(rerun.stdout[-3000:])
 
+    rows = [
+        {
+            "trial": trial,
+            "kills": r["kills"],
+            "repeated calls": r["repeated"],
+            "repeated %": round(r["pct"], 2),
+            "identical": r["identical"],
+            "orphans": r["orphans"],
+            "rerun exit": r["rerun_rc"],
+        }
+        for trial, r in results.items()
+    ]
     log("\nsummary:")
-    for trial, r in results.items():
+    for row in rows:
         log(
-            f"  {trial:6s} kills {r['kills']}, repeated calls {r['repeated']:,} ({r['pct']:.2f}%), identical "
-            f"{r['identical']}, orphans {r['orphans']}, rerun exit {r['rerun_rc']}"
+            f"  {row['trial']:6s} kills {row['kills']}, repeated calls {row['repeated calls']:,} "
+            f"({row['repeated %']:.2f}%), identical {row['identical']}, orphans {row['orphans']}, "
+            f"rerun exit {row['rerun exit']}"
         )
     identical = bool(results) and all(r["identical"] and r["rerun_rc"] == 0 for r in results.values())
     headline = results.get("half") or next(iter(results.values()), {"pct": float("nan")})
-    print(result_line(repeated_calls_pct=round(headline["pct"], 2), identical=identical), flush=True)
+    result = result_line(repeated_calls_pct=round(headline["pct"], 2), identical=identical)
+    write(args, notes, rows, result)
+    print(result, flush=True)
     return 0
 
 
