@@ -110,7 +110,7 @@ def print_estimate(est, settings, measured: tuple[float, int] | None = None) -> 
     show(table)
     if measured is None:
         console.print(
-            f"no rating call of {llm.model} is recorded in {settings.db} yet: a short run "
+            f"no call of {llm.model} is recorded in {settings.db} yet: a short run "
             "(e.g. --users 2) measures this machine's speed, and the dry run then uses it",
             highlight=False,
         )

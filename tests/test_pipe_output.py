@@ -124,4 +124,4 @@ def test_dry_run_times_the_run_at_the_speed_measured_in_the_database(piped_run, 
     other = db.parent / "other.duckdb"
     out = doppel(*args, "--dry-run", "--db", str(other)).stdout
     assert "median of" not in out and "wall at 0.5 s/call, concurrency 8" in out, out
-    assert "no rating call of doppel-test-model is recorded" in out, out
+    assert "no call of doppel-test-model is recorded" in out, out
