@@ -34,7 +34,6 @@ def sandbox_setup(
 ) -> dict:
     """Agents from dataset users (profile from a doppel run or built now), the friendship graph, first memories;
     agents already stored (a resume) are kept, only their failed profiles asked again."""
-    logger = get_run_logger()
     db = settings.run.db
     stored = store.read(db, "sandbox_agents", sandbox_id=sandbox_id)
     if not stored.empty:
@@ -92,12 +91,7 @@ def sandbox_setup(
     memories["seq"] = np.arange(1, len(memories) + 1)
     memories["embedding"] = [v.tolist() for v in emb.encode(memories["text"].tolist())] if len(memories) else []
     store.save_setup(db, sandbox_id, agents, friends, memories, store.calls_frame(built.calls))
-    if errors:
-        logger.warning(
-            "%d profile(s) failed; those agents act on demographics only: %s",
-            len(errors),
-            "; ".join(f"{u}: {e}" for u, e in list(errors.items())[:3]),
-        )
+    warn_failed(errors, "failed")
     return {
         "agents": len(agents),
         "created": True,
@@ -124,15 +118,20 @@ def rebuild_profiles(
     ]
     built = profiles_with_progress(settings, sandbox_id, todo, llm, model_id, owner)
     store.save_profiles(db, sandbox_id, build.asked_again(failed, built), store.calls_frame(built.calls))
-    logger = get_run_logger()
-    logger.info("%d of %d failed profile(s) rebuilt", len(built.texts), len(failed))
-    if built.errors:
-        logger.warning(
-            "%d profile(s) failed again; those agents act on demographics only: %s",
-            len(built.errors),
-            "; ".join(f"{u}: {e}" for u, e in list(built.errors.items())[:3]),
-        )
+    get_run_logger().info("%d of %d failed profile(s) rebuilt", len(built.texts), len(failed))
+    warn_failed(built.errors, "failed again")
     return {"profiles_rebuilt": len(built.texts), "profiles_failed": len(built.errors)}
+
+
+def warn_failed(errors: dict[str, str], what: str) -> None:
+    """One warning naming the first failed profiles (user: reason), if any failed."""
+    if errors:
+        get_run_logger().warning(
+            "%d profile(s) %s; those agents act on demographics only: %s",
+            len(errors),
+            what,
+            "; ".join(f"{u}: {e}" for u, e in list(errors.items())[:3]),
+        )
 
 
 def profiles_with_progress(
