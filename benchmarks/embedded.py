@@ -16,18 +16,21 @@ tokens not reused from the server's cache) and generated / the new runs' wall. v
 calls whose first answer was valid. rmse_delta = RMSE(new) - RMSE(old) on the pairs both layouts rated; its upper
 bound is the 97.5th percentile of a paired bootstrap over users.
 
-Two more views of the same answers: the users' mean of their RMSE differences (each user weighing the
+Three more views of the same answers: the users' mean of their RMSE differences (each user weighing the
 same; user_mean_delta_hi the upper bound of its bootstrap interval), and the RMSE of the expected
-rating (the mean of each answer's distribution over 1..5 from logprobs) in place of the rating.
+rating (the mean of each answer's distribution over 1..5 from logprobs) in place of the rating; and how
+much the model copies instead of rating: rating answers that repeat an earlier answer of the same user star
+for star (other movies, the same sequence), and answers that give every movie the same stars.
 
 Last line: RESULT s_per_user=<median new> ceiling_ratio=<x> valid_pct=<x> rmse_delta=<x> rmse_delta_hi=<x>
-user_mean_delta_hi=<x> expected_rmse_delta=<x> expected_rmse_delta_hi=<x>
+user_mean_delta_hi=<x> expected_rmse_delta=<x> expected_rmse_delta_hi=<x> repeat_pct_old=<x> repeat_pct_new=<x>
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -114,6 +117,7 @@ async def one_user(
         "asked": len(work.candidates),
         "rating_calls": len(ratings),
         "rating_valid": sum(c.status == "ok" for c in ratings),
+        "answers": [stars for c in ratings if c.status == "ok" and (stars := answer_stars(c.response))],
         "calls": len(result.calls),
         "evaluated": sum(c.prompt_tokens - c.cached_prompt_tokens for c in result.calls),
         "prompt": sum(c.prompt_tokens for c in result.calls),
@@ -123,6 +127,29 @@ async def one_user(
         "call_records": result.calls,
         "gateway": gateway,
     }
+
+
+def answer_stars(response: str | None) -> list[int] | None:
+    """The stars of a rating answer in the order given, in either layout ({"1": 4, ...} or [{item_id, rating}])."""
+    try:
+        ratings = json.loads(response or "")["ratings"]
+        return [int(v) for v in ratings.values()] if isinstance(ratings, dict) else [int(e["rating"]) for e in ratings]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def copying(runs: list[dict]) -> tuple[int, float, float]:
+    """Of the rating answers with 2+ movies: how many, the % that repeat an earlier answer of the same user star
+    for star (other movies, the same sequence), and the % that give every movie the same stars."""
+    answers = [(u, tuple(a)) for r in runs for u in [r["user"]] for a in r["answers"] if len(a) > 1]
+    seen: set[tuple] = set()
+    repeats = 0
+    for key in answers:
+        repeats += key in seen
+        seen.add(key)
+    constant = sum(len(set(a)) == 1 for _, a in answers)
+    n = max(1, len(answers))
+    return len(answers), 100 * repeats / n, 100 * constant / n
 
 
 def common_pairs(old: list[dict], new: list[dict]) -> tuple[list[list], list[list]]:
@@ -256,8 +283,9 @@ def main() -> None:
     u_mean, u_lo, u_hi = user_mean_bootstrap(common["old"], common["new"])
     lines += [
         "",
-        "Two more views of the same answers (added to this benchmark after embedded.md's first run, where one of its "
-        "10 users held half the pairs; the goal's measure is the line above):",
+        "Three more views of the same answers (the first two added to this benchmark after embedded.md's first run, "
+        "where one of its 10 users held half the pairs; the third after a later run's answers to one user were "
+        "seen to repeat one sequence of stars; the goal's measure is the line above):",
         "",
         f"- the users' mean of their RMSE new - old, each user weighing the same: {u_mean:+.3f}, bootstrap over "
         f"users 95% interval [{u_lo:+.3f}, {u_hi:+.3f}]",
@@ -265,6 +293,15 @@ def main() -> None:
         f"{len(e_new)} pairs both layouts rated with one: RMSE old {rmse(e_old):.3f}, new {rmse(e_new):.3f}, "
         f"new - old {rmse(e_new) - rmse(e_old):+.3f}, paired bootstrap over users 95% interval [{e_lo:+.3f}, "
         f"{e_hi:+.3f}]",
+    ]
+    copy = {layout: copying(res) for layout, res in runs.items()}
+    lines += [
+        "- how much the model copies instead of rating: of the rating answers with 2+ movies, "
+        + "; ".join(
+            f"{layout} {n} answers, {rep:.1f}% repeat an earlier answer of the same user star for star "
+            f"(other movies), {const:.1f}% give every movie the same stars"
+            for layout, (n, rep, const) in copy.items()
+        ),
     ]
     lines += ["", "Per user (the bootstrap draws users, so a user with many pairs weighs on the interval):", ""]
     lines += [
@@ -284,7 +321,7 @@ def main() -> None:
         f"RESULT s_per_user={new['median s/user']:.1f} ceiling_ratio={new['ideal/wall']:.3f} "
         f"valid_pct={new['valid %']:.1f} rmse_delta={delta:+.3f} rmse_delta_hi={hi:+.3f} "
         f"user_mean_delta_hi={u_hi:+.3f} expected_rmse_delta={rmse(e_new) - rmse(e_old):+.3f} "
-        f"expected_rmse_delta_hi={e_hi:+.3f}"
+        f"expected_rmse_delta_hi={e_hi:+.3f} repeat_pct_old={copy['old'][1]:.1f} repeat_pct_new={copy['new'][1]:.1f}"
     )
 
 
