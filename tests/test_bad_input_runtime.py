@@ -123,12 +123,13 @@ def test_endpoint_failing_every_call_records_failed_pairs(prefect_server, llm_se
 
 def test_unknown_user_ids_on_a_fresh_database_record_no_run(prefect_server, llm_server, run_settings):
     """The dataset is not stored yet, so the preflight cannot check --user-ids: the flow refuses them
-    after loading it, before the run is recorded (no `failed` run row to clean up)."""
+    after loading it, before the run is recorded (no `failed` run row to clean up) and before any LLM call."""
     from doppel.flows.simulate import simulate
 
     settings = run_settings(run_id="no-such-users", users=None, user_ids=["no-such-user"], baselines=False)
     with pytest.raises(ValueError, match=r"no-such-user.*not test users of fold 'u1'"):
         simulate(settings)
+    assert llm_server.stats()["requests"] == 0
     with duckdb.connect(settings.db, read_only=True) as con:
         assert con.execute("select count(*) from runs").fetchone()[0] == 0
         assert con.execute("select count(*) from ratings").fetchone()[0] > 0  # the dataset was loaded
