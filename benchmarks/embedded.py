@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -117,7 +116,7 @@ async def one_user(
         "asked": len(work.candidates),
         "rating_calls": len(ratings),
         "rating_valid": sum(c.status == "ok" for c in ratings),
-        "answers": [stars for c in ratings if c.status == "ok" and (stars := answer_stars(c.response))],
+        "answers": answered_stars(result.ratings),
         "calls": len(result.calls),
         "evaluated": sum(c.prompt_tokens - c.cached_prompt_tokens for c in result.calls),
         "prompt": sum(c.prompt_tokens for c in result.calls),
@@ -129,19 +128,20 @@ async def one_user(
     }
 
 
-def answer_stars(response: str | None) -> list[int] | None:
-    """The stars of a rating answer in the order given, in either layout ({"1": 4, ...} or [{item_id, rating}])."""
-    try:
-        ratings = json.loads(response or "")["ratings"]
-        return [int(v) for v in ratings.values()] if isinstance(ratings, dict) else [int(e["rating"]) for e in ratings]
-    except (ValueError, KeyError, TypeError):
-        return None
+def answered_stars(rows: list[dict]) -> list[list[int]]:
+    """The stars each rating call answered, in its movies' order: the rows rated ok, grouped by the call
+    that answered them (the rating records already hold the parsed answers)."""
+    by_call: dict[str, list[int]] = {}
+    for row in rows:
+        if row.get("status") == "ok" and row.get("call_key"):
+            by_call.setdefault(row["call_key"], []).append(int(row["rating"]))
+    return list(by_call.values())
 
 
 def copying(runs: list[dict]) -> tuple[int, float, float]:
     """Of the rating answers with 2+ movies: how many, the % that repeat an earlier answer of the same user star
     for star (other movies, the same sequence), and the % that give every movie the same stars."""
-    answers = [(u, tuple(a)) for r in runs for u in [r["user"]] for a in r["answers"] if len(a) > 1]
+    answers = [(r["user"], tuple(a)) for r in runs for a in r["answers"] if len(a) > 1]
     seen: set[tuple] = set()
     repeats = 0
     for key in answers:
